@@ -1,0 +1,176 @@
+"""Run provenance and crash-safe result files.
+
+Every result this harness writes carries a manifest (command, git revision, device, versions, date, whether the
+weights were synthetic), and every file is written to a temporary name and renamed, so an interrupted run never
+leaves a half-written result behind.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON (keys in insertion order), atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the records of a JSONL file; a torn last line (from a crash mid-write) is skipped."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue  # torn final line from an interrupted append
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON; the file is corrupt (delete the line to resume)")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def git_revision(repo: Path = REPO_ROOT) -> str | None:
+    """The current commit, with '-dirty' when the work tree has uncommitted changes; None outside a checkout."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_info(device: str | None = None) -> dict:
+    """Describe the accelerator (or CPU) a run used: name, capability, memory, driver, CUDA and torch versions."""
+    import torch
+
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if not use_cuda:
+        info.update(device="cpu", device_name=platform.processor() or platform.machine())
+        return info
+    idx = torch.device(device or "cuda").index or 0
+    props = torch.cuda.get_device_properties(idx)
+    info.update(
+        device=f"cuda:{idx}",
+        device_name=props.name,
+        compute_capability=f"{props.major}.{props.minor}",
+        total_memory_gib=round(props.total_memory / 2**30, 2),
+        driver=_nvidia_driver_version(),
+    )
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def _nvidia_driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def package_versions(names: Iterable[str] = ("torch", "diffusers", "transformers", "triton", "datasets",
+                                             "safetensors", "qwen-vl-utils")) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def run_manifest(*, synthetic: str | bool | None, device: str | None = None, extra: dict | None = None) -> dict:
+    """Provenance recorded with every result: what ran, where, on which code, with which weights.
+
+    `synthetic` is the synthetic-weights flag of the models used ("tiny", "full", or False for real weights);
+    anything but False makes the result say its quality numbers are meaningless.
+    """
+    manifest = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "argv": list(sys.argv),
+        "cwd": os.getcwd(),
+        "git_revision": git_revision(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "packages": package_versions(),
+        "synthetic_weights": synthetic or False,
+    }
+    if synthetic:
+        manifest["warning"] = SYNTHETIC_WARNING
+    if extra:
+        manifest.update(extra)
+    return manifest
+
+
+SYNTHETIC_WARNING = ("SYNTHETIC WEIGHTS: models were built with random weights; latency and memory are real, "
+                     "but every image and every quality score from this run is meaningless.")
