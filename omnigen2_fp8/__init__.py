@@ -1,0 +1,4 @@
+"""OmniGen2 image editing in BF16 and FP8: a faithful plain-PyTorch transformer, the edit pipeline, the FP8 path."""
+from .transformer import OmniGen2Transformer, TransformerConfig
+
+__all__ = ["OmniGen2Transformer", "TransformerConfig"]

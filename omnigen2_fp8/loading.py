@@ -1,0 +1,168 @@
+"""Finding and reading checkpoint folders: local folders, top-level checkpoints, HF hub ids; safetensors shards.
+
+Errors say what was looked for and where, so a wrong path or an offline machine is a one-line fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A checkpoint folder, file or hub repository could not be found."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model built from its config."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_component_folder(path_or_hub_id: str | os.PathLike, component: str, marker: str = "config.json") -> Path:
+    """The folder holding `component` (e.g. "transformer"): `path` itself, `path/component`, or a hub download.
+
+    `marker` is a file that must exist in the component folder.
+    """
+    path = Path(path_or_hub_id).expanduser()
+    looked_at = []
+    for candidate in (path / component, path):
+        looked_at.append(candidate / marker)
+        if (candidate / marker).is_file():
+            return candidate
+    if path.exists():
+        raise CheckpointNotFoundError(
+            f"{path} is not a {component} checkpoint: none of {', '.join(map(str, looked_at))} exists. "
+            f"Pass the top-level checkpoint folder (with a {component}/ subfolder) or the {component}/ folder itself.")
+    return download_from_hub(str(path_or_hub_id), component, looked_at)
+
+
+def download_from_hub(repo_id: str, component: str | None, looked_at: Iterable[Path] = ()) -> Path:
+    """Snapshot `repo_id` from the HF hub (only `component/` when given) and return the component folder."""
+    looked = ", ".join(map(str, looked_at)) or repo_id
+    if not _HUB_ID.match(repo_id):
+        raise CheckpointNotFoundError(f"no checkpoint at {looked}, and {repo_id!r} is not a hub id (owner/name). "
+                                      "Pass an existing local folder or a hub id such as OmniGen2/OmniGen2.")
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{component}/*", "model_index.json"] if component else None
+    try:
+        root = Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:  # the hub raises many types (offline, 404, auth); all mean "not available here"
+        raise CheckpointNotFoundError(
+            f"no local folder at {looked}, and the hub repository {repo_id!r} could not be fetched "
+            f"({type(err).__name__}: {err}). Download it where the hub is reachable "
+            f"(huggingface-cli download {repo_id} --local-dir DIR) and pass DIR.") from err
+    folder = root / component if component else root
+    if not folder.is_dir():
+        raise CheckpointNotFoundError(f"hub repository {repo_id!r} has no {component}/ folder")
+    return folder
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt, download it again") from err
+
+
+def safetensors_files(folder: Path, weights_name: str = "diffusion_pytorch_model") -> list[Path]:
+    """The weight files of a folder: one `<name>.safetensors`, or the shards listed in `<name>.safetensors.index.json`."""
+    index = folder / f"{weights_name}.safetensors.index.json"
+    single = folder / f"{weights_name}.safetensors"
+    if index.is_file():
+        shards = sorted(set(read_json(index)["weight_map"].values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointNotFoundError(f"{index} lists shards that are missing: {missing}")
+        return [folder / s for s in shards]
+    if single.is_file():
+        return [single]
+    raise CheckpointNotFoundError(f"no weights in {folder}: expected {single.name} or {index.name}")
+
+
+def load_tensors(files: list[Path], device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Read every tensor of `files` onto `device`, cast floating tensors to `dtype` (FP8 tensors keep theirs)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if dtype is not None and t.is_floating_point() and t.element_size() > 1:
+                    t = t.to(dtype)
+                tensors[name] = t.to(device)
+    return tensors
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from 5000000, "5GB", "500MB"."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise ValueError(f"cannot read size {size!r}; write it like '5GB' or '500MB'")
+    unit = match.group(2).upper().replace("I", "")
+    return int(float(match.group(1)) * {"KB": 10**3, "MB": 10**6, "GB": 10**9}[unit])
+
+
+def save_tensors_sharded(tensors: dict[str, torch.Tensor], folder: Path, weights_name: str = "diffusion_pytorch_model",
+                         max_shard_size: int | str = "5GB", metadata: dict | None = None) -> list[Path]:
+    """Write tensors as one safetensors file, or as shards plus an index when larger than `max_shard_size`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().contiguous().cpu()
+        size += nbytes
+    meta = {"format": "pt", **(metadata or {})}
+    if len(shards) == 1:
+        path = folder / f"{weights_name}.safetensors"
+        save_file(shards[0], str(path), metadata=meta)
+        return [path]
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards, start=1):
+        path = folder / f"{weights_name}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(path), metadata=meta)
+        paths.append(path)
+        weight_map.update({name: path.name for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{weights_name}.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return paths
+
+
+def check_state_dict(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], where: Path | str) -> None:
+    """Raise CheckpointMismatchError naming missing / unexpected tensors and shape mismatches."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensor(s): {_preview(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensor(s): {_preview(unexpected)}")
+    for name in sorted(set(expected) & set(found)):
+        if tuple(found[name].shape) != tuple(expected[name]):
+            problems.append(f"shape mismatch for {name}: checkpoint has {tuple(found[name].shape)}, "
+                            f"the config expects {tuple(expected[name])}")
+    if problems:
+        raise CheckpointMismatchError(f"the weights in {where} do not match its config.json: " + "; ".join(problems)
+                                      + ". Check that config.json and the safetensors files come from the same model.")
+
+
+def _preview(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
