@@ -1,0 +1,516 @@
+"""Kernel profiles: torch.profiler capture, top-kernel table, category roll-up, FP8 fallback detector.
+
+What is counted
+- CUDA runs: device kernels (and memcpy / memset) launched while a `stage::denoise_step` range was open
+  (harness.timing.StageTimer opens these ranges), with their self time on the GPU. Each kernel is attributed to the
+  CPU op that launched it (aten::_scaled_mm, aten::addmm, ...) and to the enclosing layer range (`layer::<fqn>`,
+  opened by `layer_ranges` around every linear layer of the transformer).
+- CPU runs (CI): there are no kernels, so the rows are the leaf CPU ops (aten::_scaled_mm, aten::mm, ...) with
+  their self CPU time. Everything else works the same way.
+
+Categories (`categorize`, first matching rule wins; names are matched case-insensitively)
+- gemm-fp8: launched by aten::_scaled_mm / _scaled_grouped_mm, or a GEMM-like kernel name carrying an FP8 type
+  marker (e4m3, e5m2, fp8, float8, f8f8, cuBLASLt `nvjet_*qq*`), or a Triton scaled-mm kernel.
+- gemm-bf16: any other GEMM: launched by aten::mm / addmm / bmm / baddbmm / matmul / linear, or a kernel name that
+  looks like a GEMM (gemm, gemv, xmma, nvjet, cutlass, wgmma, s16816, tensorop, splitK). On CPU this is "every
+  non-FP8 matmul" (CPU op names carry no dtype).
+- attention: flash / fmha / efficient / cudnn SDPA kernels, aten::*scaled_dot_product*, *flash_attention*.
+- quant: activation quantisation and FP8 casts: kernel names with quant, fp8, float8, e4m3, amax; the Triton
+  kernels of omnigen2_fp8/fp8/kernels.py; and every non-GEMM kernel launched inside an FP8 layer's range (the
+  layer's quantise / pad / slice overhead).
+- memcpy: Memcpy / Memset, copy and concatenation kernels (aten::copy_, cat, contiguous).
+- norm-elementwise: normalisation, reductions, softmax, activations, elementwise and Triton pointwise kernels.
+- other: the rest.
+
+Fallback detector (`detect_fallbacks`, FP8 arms): each finding names kernels or layers.
+- triton-scaled-mm: a Triton scaled-mm kernel (the vLLM-style fallback for shapes cuBLASLt refuses).
+- non-tensor-core-scaled-gemm: an FP8 GEMM kernel whose name has no tensor-core marker.
+- bf16-gemm-in-fp8-layer: a high-precision GEMM launched inside a layer that should run in FP8.
+- fp8-layer-without-fp8-gemm: an FP8 layer call that reached no cuBLASLt/CUTLASS scaled GEMM (aten::_scaled_mm).
+- excess-bf16-gemms: more high-precision GEMM calls per denoising step than the layers kept in BF16 explain.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import re
+import sys
+import warnings
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from harness.records import write_text_atomic
+from harness.timing import STAGE_RANGE_PREFIX
+
+LAYER_RANGE_PREFIX = "layer::"
+STEP_STAGE = "denoise_step"
+CATEGORIES = ("gemm-fp8", "gemm-bf16", "attention", "quant", "memcpy", "norm-elementwise", "other")
+
+# Launching CPU ops: these decide the GEMM category regardless of the kernel's (library-specific) name.
+FP8_GEMM_OPS = re.compile(r"^aten::_scaled_(grouped_)?mm$")
+HP_GEMM_OPS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|addbmm|matmul|linear|addmv|mv|dot|_addmm_activation|"
+                         r"mkldnn_linear|_mkldnn_linear|_int_mm)$")
+ATTENTION_OPS = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention|_fused_sdp|"
+                           r"flex_attention", re.I)
+# Kernel names (CUDA) and op names (CPU). Patterns are searched, case-insensitive.
+FP8_MARK = re.compile(r"e4m3|e5m2|fp8|float8|f8f8|nvjet_(?:sm\d+_)?q|_qq", re.I)
+GEMM_MARK = re.compile(r"gemm|gemv|xmma|nvjet|cutlass|wgmma|s16816|s1688|tensorop|splitk|_mm_|matmul|"
+                       r"^triton_tem_|scaled_mm", re.I)
+TENSOR_CORE_MARK = re.compile(r"xmma|nvjet|tensorop|wgmma|gmma|hmma|qmma|mma|cutlass|sm\d\d_|s16816|tilesize",
+                              re.I)
+TRITON_SCALED_MM = re.compile(r"scaled_mm_kernel|triton.*scaled_mm|_w8a8|fp8.*matmul.*kernel|fp8_gemm_kernel|"
+                              r"_fp8_mm_kernel|triton_.*fp8.*mm", re.I)
+ATTENTION_MARK = re.compile(r"flash|fmha|attention|_attn|sdpa|mha_|fort_native_sdpa", re.I)
+QUANT_MARK = re.compile(r"quant|fp8|float8|e4m3|e5m2|amax|absmax", re.I)
+MEMCPY_MARK = re.compile(r"memcpy|memset|copy|catarray|^aten::cat$|^aten::(contiguous|clone|_to_copy|to|stack)$", re.I)
+NORM_ELEMENTWISE_MARK = re.compile(
+    r"elementwise|reduce|norm|softmax|^triton_(poi|per|red)_|silu|gelu|tanh|sigmoid|rsqrt|exp|pow|mean|sum|"
+    r"^aten::(add|sub|mul|div|neg|cos|sin|where|fill_|zero_|zeros|ones|empty|abs|clamp|maximum|minimum|"
+    r"index|index_select|gather|scatter|masked_fill|view_as_complex|view_as_real|polar|arange|full|"
+    r"linspace|_softmax|rms_norm|_fused_rms_norm|layer_norm|native_layer_norm|group_norm|native_group_norm|"
+    r"upsample|pad|constant_pad_nd|slice|narrow|chunk|split|unbind|select|expand|reshape|view|permute|"
+    r"transpose|flatten|squeeze|unsqueeze|t|as_strided|type_as|lt|gt|eq|ne|ge|le|bitwise_\w+|any|all|"
+    r"round|floor|ceil|reciprocal|sqrt|log|erf|cumsum|argmax|topk|repeat|repeat_interleave|roll|flip|"
+    r"embedding|conv\w*|_convolution|convolution|silu_|copy_)$", re.I)
+
+
+def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False) -> str:
+    """Category of one kernel (CUDA) or leaf op (CPU), from its name and the CPU op that launched it.
+
+    name: kernel name (CUDA) or op name (CPU). op: launching CPU op (CUDA only; None on CPU).
+    in_fp8_layer: it ran inside the range of a layer that should be FP8 (its non-GEMM work is FP8 overhead).
+    Returns one of CATEGORIES.
+    """
+    launcher = op or ""
+    if FP8_GEMM_OPS.search(name) or FP8_GEMM_OPS.search(launcher) or TRITON_SCALED_MM.search(name):
+        if not (MEMCPY_MARK.search(name) and not GEMM_MARK.search(name)):
+            return "gemm-fp8"
+    if GEMM_MARK.search(name) and FP8_MARK.search(name):
+        return "gemm-fp8"
+    if ATTENTION_OPS.search(name) or ATTENTION_MARK.search(name) or (op and ATTENTION_OPS.search(launcher)):
+        return "attention"
+    if HP_GEMM_OPS.search(name) or (GEMM_MARK.search(name) and not re.search(r"elementwise|reduce_kernel", name)):
+        return "gemm-bf16"
+    if in_fp8_layer or QUANT_MARK.search(name):
+        return "quant"
+    if MEMCPY_MARK.search(name):
+        return "memcpy"
+    if NORM_ELEMENTWISE_MARK.search(name):
+        return "norm-elementwise"
+    return "other"
+
+
+# -------------------------------------------------------------------------------------------- per-layer ranges
+@contextlib.contextmanager
+def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] | None = None,
+                 prefix: str = "") -> Iterator[dict[str, int]]:
+    """Open a `record_function("layer::<prefix><fqn>")` range around every forward of the selected modules.
+
+    Default selection: modules with a 2-D `weight` whose class name ends in "Linear" (nn.Linear, Fp8Linear).
+    Yields a dict fqn -> number of forward calls seen while the context was open. The hooks are removed on exit.
+    Do not combine with torch.compile (the hooks would break the graph); `detect_fallbacks` then falls back on
+    counting GEMM calls per step.
+    """
+    predicate = predicate or is_linear_layer
+    calls: dict[str, int] = defaultdict(int)
+    handles = []
+    for fqn, module in model.named_modules():
+        if not fqn or not predicate(fqn, module):
+            continue
+        name = f"{LAYER_RANGE_PREFIX}{prefix}{fqn}"
+        stack: list = []
+
+        def pre(mod, args, _name=name, _fqn=prefix + fqn, _stack=stack):
+            calls[_fqn] += 1
+            rf = torch.profiler.record_function(_name)
+            rf.__enter__()
+            _stack.append(rf)
+
+        def post(mod, args, out, _stack=stack):
+            if _stack:
+                _stack.pop().__exit__(None, None, None)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def is_linear_layer(fqn: str, module: nn.Module) -> bool:
+    """True for nn.Linear and linear-like swaps (class name ending in "Linear" with a 2-D weight)."""
+    if isinstance(module, nn.Linear):
+        return True
+    weight = getattr(module, "weight", None)
+    return type(module).__name__.endswith("Linear") and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+def is_fp8_layer(module: nn.Module) -> bool:
+    """True when the module holds an FP8 (e4m3 / e5m2) weight tensor, i.e. it is meant to run an FP8 GEMM."""
+    fp8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+           if hasattr(torch, n)}
+    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    return any(t.dtype in fp8 for t in tensors)
+
+
+def layer_precisions(model: nn.Module, prefix: str = "") -> dict[str, str]:
+    """fqn -> "fp8" or "bf16" for every linear layer of `model` (what it actually holds now)."""
+    return {prefix + fqn: ("fp8" if is_fp8_layer(m) else "bf16")
+            for fqn, m in model.named_modules() if fqn and is_linear_layer(fqn, m)}
+
+
+# ---------------------------------------------------------------------------------------------- capture + parse
+@dataclass
+class KernelCall:
+    """One kernel (CUDA) or leaf op (CPU) execution, in microseconds."""
+
+    name: str
+    op: str | None          # launching CPU op (CUDA); None on CPU
+    layer: str | None       # innermost enclosing layer range (fqn), if any
+    stage: str | None       # innermost enclosing stage range, if any
+    step: int | None        # index of the enclosing denoise_step range among all of them, if any
+    duration_us: float
+
+
+@dataclass
+class ProfileCapture:
+    """Flattened profiler output of one profiled run."""
+
+    device_kind: str                                       # "cuda" or "cpu"
+    calls: list[KernelCall]
+    stage_wall_us: dict[str, list[float]]                  # stage -> CPU-side range durations (us)
+    stage_kernel_us: dict[str, list[float]]                # stage -> summed kernel (self) time per range entry
+    gemm_ops: list[tuple[str, str | None, int | None]]     # (op name, layer fqn, step) of every GEMM CPU op
+    steps: int                                             # number of denoise_step ranges seen
+
+    @property
+    def time_unit(self) -> str:
+        return "self CUDA time" if self.device_kind == "cuda" else "self CPU time"
+
+
+def profiler_activities(device: str | torch.device) -> list:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if torch.device(device).type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return acts
+
+
+@contextlib.contextmanager
+def capture(device: str | torch.device, *, record_shapes: bool = False) -> Iterator[torch.profiler.profile]:
+    """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device)."""
+    with torch.profiler.profile(activities=profiler_activities(device), record_shapes=record_shapes) as prof:
+        yield prof
+
+
+def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> ProfileCapture:
+    """Walk the profiler's event tree once and flatten it into KernelCalls with stage / step / layer context."""
+    kind = torch.device(device).type
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
+    roots = [e for e in events if e.cpu_parent is None]
+    calls: list[KernelCall] = []
+    gemm_ops: list[tuple[str, str | None, int | None]] = []
+    stage_wall: dict[str, list[float]] = defaultdict(list)
+    stage_kernel: dict[str, list[float]] = defaultdict(list)
+    step_counter = [0]
+
+    def visit(evt, stage, step, layer, in_op) -> float:
+        """Add evt's subtree to `calls`; returns its summed kernel (CUDA) or CPU (CPU) time in us.
+
+        in_op: inside an attention or FP8 GEMM op, or a GEMM already counted (nested GEMM ops are its internals).
+        """
+        name = evt.name
+        own = 0.0
+        if name.startswith(STAGE_RANGE_PREFIX):
+            stage = name[len(STAGE_RANGE_PREFIX):]
+            if stage == STEP_STAGE:
+                step = step_counter[0]
+                step_counter[0] += 1
+        elif name.startswith(LAYER_RANGE_PREFIX):
+            layer = name[len(LAYER_RANGE_PREFIX):]
+        elif not in_op:
+            fp8_gemm = bool(FP8_GEMM_OPS.search(name))
+            # Composite ops (linear -> addmm, matmul -> mm) are counted once, at the innermost GEMM op.
+            hp_gemm = bool(HP_GEMM_OPS.search(name)) and not any(
+                HP_GEMM_OPS.search(c.name) or FP8_GEMM_OPS.search(c.name) for c in _descendants(evt))
+            attention = bool(ATTENTION_OPS.search(name))
+            if fp8_gemm or hp_gemm:
+                gemm_ops.append((name, layer, step))
+            terminal = fp8_gemm or hp_gemm or attention
+            if kind == "cpu" and terminal:
+                # CPU: a GEMM / attention op is one "kernel" with its inclusive time (CPU _scaled_mm runs mm inside).
+                own = float(evt.cpu_time_total)
+                calls.append(KernelCall(name, None, layer, stage, step, own))
+                _record_stage(evt, stage, own)
+                return own
+            in_op = terminal
+            if kind == "cpu":  # other ops: self time only, children are visited below
+                own = float(evt.self_cpu_time_total)
+                calls.append(KernelCall(name, None, layer, stage, step, own))
+        elif kind == "cpu":
+            own = float(evt.self_cpu_time_total)
+            calls.append(KernelCall(name, None, layer, stage, step, own))
+        if kind == "cuda":
+            for k in evt.kernels:  # attached by the profiler to the innermost op / range open at launch time
+                calls.append(KernelCall(k.name, name, layer, stage, step, float(k.duration)))
+                own += float(k.duration)
+        total = own + sum(visit(c, stage, step, layer, in_op) for c in evt.cpu_children)
+        _record_stage(evt, stage, total)
+        return total
+
+    def _record_stage(evt, stage, total):
+        if evt.name.startswith(STAGE_RANGE_PREFIX):
+            stage_wall[stage].append(float(evt.cpu_time_total))
+            stage_kernel[stage].append(total)
+
+    for root in sorted(roots, key=lambda e: e.time_range.start):
+        visit(root, None, None, None, False)
+    return ProfileCapture(device_kind=kind, calls=calls, stage_wall_us=dict(stage_wall),
+                          stage_kernel_us=dict(stage_kernel), gemm_ops=gemm_ops, steps=step_counter[0])
+
+
+def _descendants(evt) -> Iterator:
+    for c in evt.cpu_children:
+        yield c
+        yield from _descendants(c)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+@dataclass
+class KernelRow:
+    """One row of the top-kernel table: all calls of one kernel name in the profiled denoising steps."""
+
+    name: str
+    category: str
+    calls: int
+    total_us: float
+    share: float              # fraction of all kernel time in the profiled steps
+    calls_per_step: float
+    us_per_step: float
+    launched_by: str | None   # most frequent launching CPU op (CUDA)
+
+
+def step_calls(capture: ProfileCapture) -> list[KernelCall]:
+    """The calls made inside denoise_step ranges (all calls when the run had no step ranges)."""
+    inside = [c for c in capture.calls if c.step is not None]
+    return inside if capture.steps else list(capture.calls)
+
+
+def kernel_table(capture: ProfileCapture, fp8_layers: set[str] | frozenset = frozenset()) -> list[KernelRow]:
+    """Top kernels (CUDA) / ops (CPU) of the profiled denoising steps, by total self time, largest first.
+
+    Calls are categorised one by one (the same kernel can be FP8 overhead inside an FP8 layer and plain
+    elementwise work elsewhere) and grouped by (name, category).
+    """
+    calls = step_calls(capture)
+    total = sum(c.duration_us for c in calls) or 1.0
+    steps = max(capture.steps, 1)
+    groups: dict[tuple[str, str], list[KernelCall]] = defaultdict(list)
+    for c in calls:
+        groups[(c.name, categorize(c.name, c.op, in_fp8_layer=c.layer in fp8_layers))].append(c)
+    rows = []
+    for (name, category), cs in groups.items():
+        t = sum(c.duration_us for c in cs)
+        ops: dict[str, int] = defaultdict(int)
+        for c in cs:
+            if c.op:
+                ops[c.op] += 1
+        rows.append(KernelRow(name=name, category=category, calls=len(cs), total_us=t, share=t / total,
+                              calls_per_step=len(cs) / steps, us_per_step=t / steps,
+                              launched_by=max(ops, key=ops.get) if ops else None))
+    rows.sort(key=lambda r: r.total_us, reverse=True)
+    return rows
+
+
+def category_rollup(rows: list[KernelRow], steps: int) -> dict[str, dict]:
+    """category -> {total_us, us_per_step, share, calls, kernels}; every category is present (zeros included)."""
+    total = sum(r.total_us for r in rows) or 1.0
+    out = {c: {"total_us": 0.0, "us_per_step": 0.0, "share": 0.0, "calls": 0, "kernels": 0} for c in CATEGORIES}
+    for r in rows:
+        d = out[r.category]
+        d["total_us"] += r.total_us
+        d["calls"] += r.calls
+        d["kernels"] += 1
+    for d in out.values():
+        d["share"] = d["total_us"] / total
+        d["us_per_step"] = d["total_us"] / max(steps, 1)
+    return out
+
+
+def stage_kernel_summary(capture: ProfileCapture) -> dict[str, dict]:
+    """stage -> {entries, wall_us (CPU-side range time), kernel_us (summed kernel/self time), kernel_over_wall}."""
+    out = {}
+    for stage, kern in capture.stage_kernel_us.items():
+        wall = capture.stage_wall_us.get(stage, [])
+        w, k = sum(wall), sum(kern)
+        out[stage] = {"entries": len(kern), "wall_us": w, "kernel_us": k,
+                      "kernel_over_wall": (k / w) if w > 0 else None}
+    return out
+
+
+def write_kernel_csv(path: str | Path, rows: list[KernelRow]) -> None:
+    """kernels_<arm>.csv: one row per kernel name (columns = KernelRow fields), atomically."""
+    buf = io.StringIO()
+    names = list(KernelRow.__dataclass_fields__)
+    writer = csv.DictWriter(buf, fieldnames=names)
+    writer.writeheader()
+    for r in rows:
+        d = asdict(r)
+        d["total_us"] = f"{r.total_us:.3f}"
+        d["share"] = f"{r.share:.6f}"
+        d["calls_per_step"] = f"{r.calls_per_step:.3f}"
+        d["us_per_step"] = f"{r.us_per_step:.3f}"
+        writer.writerow(d)
+    write_text_atomic(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------- fallback detector
+class FallbackKernelWarning(UserWarning):
+    """An FP8 run executed slow fallback kernels or high-precision GEMMs where FP8 GEMMs were expected."""
+
+
+@dataclass
+class FallbackFinding:
+    kind: str          # one of the kinds listed in the module docstring
+    message: str       # human-readable, names the kernels / layers
+    names: list[str] = field(default_factory=list)   # kernel names or layer fqns (first 20)
+    calls: int = 0
+    total_us: float = 0.0
+
+
+@dataclass
+class FallbackReport:
+    checked: bool                       # False for arms that are not expected to run FP8 GEMMs
+    method: str                         # "per-layer ranges" or "GEMM call counts"
+    fallback_detected: bool
+    findings: list[FallbackFinding]
+    fp8_gemm_calls_per_step: float
+    bf16_gemm_calls_per_step: float
+    expected_fp8_linear_calls_per_step: float | None
+    expected_bf16_linear_calls_per_step: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect_fallbacks(capture: ProfileCapture, precisions: dict[str, str], *,
+                     layer_calls: dict[str, int] | None = None, expect_fp8: bool = True) -> FallbackReport:
+    """Check the denoising steps of a profiled FP8 run for fallback kernels (see module docstring for the kinds).
+
+    precisions: fqn -> "fp8" | "bf16", what each linear layer SHOULD run (the layer policy; `layer_precisions`
+    gives what the model holds). layer_calls: fqn -> forward calls during the profiled run (from `layer_ranges`);
+    None when layers had no ranges (torch.compile), in which case only kernel names and GEMM counts are checked.
+    """
+    steps = max(capture.steps, 1)
+    calls = step_calls(capture)
+    step_ops = [(op, layer) for op, layer, step in capture.gemm_ops if step is not None or not capture.steps]
+    fp8_ops = [x for x in step_ops if FP8_GEMM_OPS.search(x[0])]
+    hp_ops = [x for x in step_ops if not FP8_GEMM_OPS.search(x[0])]
+    exp_fp8 = exp_bf16 = None
+    if layer_calls is not None:
+        exp_fp8 = sum(n for fqn, n in layer_calls.items() if precisions.get(fqn) == "fp8") / steps
+        exp_bf16 = sum(n for fqn, n in layer_calls.items() if precisions.get(fqn) != "fp8") / steps
+    report = FallbackReport(checked=expect_fp8, method="per-layer ranges" if layer_calls is not None else
+                            "kernel names and GEMM call counts", fallback_detected=False, findings=[],
+                            fp8_gemm_calls_per_step=len(fp8_ops) / steps, bf16_gemm_calls_per_step=len(hp_ops) / steps,
+                            expected_fp8_linear_calls_per_step=exp_fp8, expected_bf16_linear_calls_per_step=exp_bf16)
+    if not expect_fp8:
+        return report
+    findings = report.findings
+
+    triton = [c for c in calls if TRITON_SCALED_MM.search(c.name)]
+    if triton:
+        findings.append(_finding("triton-scaled-mm", "Triton scaled-mm kernels ran (slow fallback GEMM)", triton))
+    if capture.device_kind == "cuda":
+        fp8_kernels = [c for c in calls if categorize(c.name, c.op) == "gemm-fp8" and GEMM_MARK.search(c.name)]
+        slow = [c for c in fp8_kernels if not TENSOR_CORE_MARK.search(c.name) and c not in triton]
+        if slow:
+            findings.append(_finding("non-tensor-core-scaled-gemm",
+                                     "FP8 GEMM kernels without a tensor-core marker in their name", slow))
+    fp8_layers = {f for f, p in precisions.items() if p == "fp8"}
+    if layer_calls is not None:
+        bad = defaultdict(int)
+        for op, layer in hp_ops:
+            if layer in fp8_layers:
+                bad[layer] += 1
+        if capture.device_kind == "cuda":
+            for c in calls:
+                if c.layer in fp8_layers and categorize(c.name, c.op) == "gemm-bf16" and not HP_GEMM_OPS.search(c.op or ""):
+                    bad[c.layer] += 1
+        if bad:
+            gemm_us = sum(c.duration_us for c in calls
+                          if c.layer in bad and categorize(c.name, c.op) == "gemm-bf16")
+            findings.append(FallbackFinding(
+                "bf16-gemm-in-fp8-layer",
+                f"high-precision GEMMs ran inside {len(bad)} layers that should be FP8: {_names(bad)}",
+                names=sorted(bad)[:20], calls=sum(bad.values()), total_us=gemm_us))
+        with_fp8 = {layer for op, layer in fp8_ops}
+        missing = {f: n for f, n in layer_calls.items() if f in fp8_layers and n and f not in with_fp8}
+        if missing:
+            findings.append(FallbackFinding(
+                "fp8-layer-without-fp8-gemm",
+                f"{len(missing)} layers that should be FP8 never reached aten::_scaled_mm (cuBLASLt/CUTLASS): "
+                f"{_names(missing)}", names=sorted(missing)[:20], calls=sum(missing.values())))
+    if exp_bf16 is not None and len(hp_ops) / steps > exp_bf16 + 1e-9:
+        extra = len(hp_ops) / steps - exp_bf16
+        findings.append(FallbackFinding(
+            "excess-bf16-gemms",
+            f"{extra:g} more high-precision GEMM calls per step than the {exp_bf16:g} linear calls kept in BF16",
+            names=sorted({op for op, _ in hp_ops}), calls=int(round(extra * steps))))
+    report.fallback_detected = bool(findings)
+    return report
+
+
+def _finding(kind: str, what: str, calls: list[KernelCall]) -> FallbackFinding:
+    by_name: dict[str, float] = defaultdict(float)
+    for c in calls:
+        by_name[c.name] += c.duration_us
+    names = sorted(by_name, key=by_name.get, reverse=True)
+    return FallbackFinding(kind, f"{what}: {', '.join(_short(n) for n in names[:5])}", names=names[:20],
+                           calls=len(calls), total_us=sum(by_name.values()))
+
+
+def _names(counts: dict[str, int], limit: int = 6) -> str:
+    keys = sorted(counts)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _short(name: str, width: int = 90) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
+    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean."""
+    if not report.fallback_detected:
+        return
+    stream = stream or sys.stderr
+    bar = "!" * 100
+    lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
+    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls, {f.total_us / 1e3:.2f} ms)" for f in report.findings]
+    lines.append(bar)
+    print("\n".join(lines), file=stream, flush=True)
+    warnings.warn(f"FP8 fallback kernels in arm {arm!r}: " + "; ".join(f.kind for f in report.findings),
+                  FallbackKernelWarning, stacklevel=2)
+
+
+def export_trace(prof: torch.profiler.profile, path: str | Path) -> Path:
+    """Write a Chrome trace (open in chrome://tracing or ui.perfetto.dev)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(path))
+    return path
+
+
+def iter_categories(rows: Iterable[KernelRow]) -> dict[str, list[KernelRow]]:
+    out: dict[str, list[KernelRow]] = defaultdict(list)
+    for r in rows:
+        out[r.category].append(r)
+    return out
