@@ -1,0 +1,361 @@
+"""A local Qwen2.5-VL judge for GEdit-Bench: batched calls, answer parsing, bounded retries, failures counted.
+
+Per sample two calls: SC sees [source, edited] and the instruction, PQ sees [edited]; each answer should carry two
+0-10 scores. Decoding is greedy with 512 new tokens and the checkpoint's generation config left active (as the
+official Qwen judge does). An answer that cannot be parsed, or holds a score outside 0-10, is asked again up to
+`max_retries` times with seeded sampling (temperature RETRY_TEMPERATURE, seed = base seed + attempt); if every
+attempt fails the call is a judge failure: it is recorded with all raw answers and excluded from the means, never
+given an invented score.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from harness.judge_prompts import PromptSet
+
+SCORE_MIN, SCORE_MAX = 0.0, 10.0
+RETRY_TEMPERATURE = 0.7
+RETRY_TOP_P = 0.9
+
+# Qwen2.5-VL-7B-Instruct text model and vision tower as released (for a full-size random judge only).
+QWEN2_5_VL_7B_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
+    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, rope_theta=1000000.0, use_sliding_window=False,
+    sliding_window=32768, max_window_layers=28, attention_dropout=0.0,
+)
+QWEN2_5_VL_7B_VISION_OUT = 3584
+# What a tiny random judge may emit as single tokens, so that a few of its (meaningless) answers parse.
+# Whole "[a, b]" pairs are single tokens, so a random choice of tokens is sometimes a parseable answer.
+TINY_JUDGE_WORDS = (*[f"[{a}, {b}]" for a in range(11) for b in range(11)], "{", "}", '"score": ', ", ",
+                    '"reasoning": "random"', "7", "x")
+TINY_JUDGE_LOGIT_GAIN = 2.0
+
+
+class JudgeError(RuntimeError):
+    """The judge model or its processor cannot be loaded or run; the message says the fix."""
+
+
+# ------------------------------------------------------------------------------------------------------ parsing
+@dataclasses.dataclass(frozen=True)
+class ParsedAnswer:
+    """Scores read from one judge answer. `scores` is None when nothing could be read (then `error` says why)."""
+
+    scores: tuple[float, ...] | None
+    method: str | None  # "json" | "list" | "integer"
+    error: str | None = None
+
+    @property
+    def out_of_range(self) -> bool:
+        return self.scores is not None and any(not SCORE_MIN <= s <= SCORE_MAX for s in self.scores)
+
+    @property
+    def valid(self) -> bool:
+        return self.scores is not None and not self.out_of_range
+
+    def to_record(self) -> dict:
+        return {"scores": list(self.scores) if self.scores is not None else None, "method": self.method,
+                "error": self.error, "out_of_range": self.out_of_range}
+
+
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_BARE_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
+_SINGLE_INT = re.compile(r"\s*(-?\d+)\s*\.?\s*")
+
+
+def parse_judge_answer(text: str) -> ParsedAnswer:
+    """Read the scores of one answer, trying in order:
+
+    1. the JSON object between the first "{" and the last "}" with a "score" list of numbers;
+    2. a bare list of numbers, e.g. "[7, 8]" (the first one in the text);
+    3. the whole answer being one integer, e.g. "7".
+    Numbers given as numeric strings inside the JSON list are accepted. Range is NOT checked here (see
+    `ParsedAnswer.out_of_range`).
+    """
+    if not isinstance(text, str) or not text.strip():
+        return ParsedAnswer(None, None, "empty answer")
+    start, end = text.find("{"), text.rfind("}")
+    json_error = "no JSON object"
+    if start != -1 and end > start:
+        try:
+            obj = json.loads(text[start:end + 1])
+        except json.JSONDecodeError as err:
+            json_error = f"invalid JSON ({err.msg})"
+        else:
+            scores = _score_list(obj.get("score") if isinstance(obj, dict) else None)
+            if scores is not None:
+                return ParsedAnswer(scores, "json")
+            json_error = "JSON without a non-empty numeric 'score' list"
+    match = _BARE_LIST.search(text)
+    if match:
+        return ParsedAnswer(tuple(float(x) for x in match.group(1).split(",")), "list")
+    match = _SINGLE_INT.fullmatch(text)
+    if match:
+        return ParsedAnswer((float(match.group(1)),), "integer")
+    return ParsedAnswer(None, None, f"{json_error}; no [a, b] list; not a single integer")
+
+
+def _score_list(value: Any) -> tuple[float, ...] | None:
+    if not isinstance(value, list) or not value:
+        return None
+    out = []
+    for item in value:
+        if isinstance(item, bool):
+            return None
+        if isinstance(item, (int, float)) and math.isfinite(item):
+            out.append(float(item))
+        elif isinstance(item, str) and re.fullmatch(_NUMBER, item.strip()):
+            out.append(float(item))
+        else:
+            return None
+    return tuple(out)
+
+
+# -------------------------------------------------------------------------------------------------- call records
+@dataclasses.dataclass
+class JudgeCall:
+    """One request: `images` (PIL, in order) before `prompt`, in one user turn. `call_id` is free-form."""
+
+    call_id: str
+    images: list
+    prompt: str
+
+
+@dataclasses.dataclass
+class CallResult:
+    """Outcome of one call after retries. status: "ok" | "parse_failure" | "out_of_range"."""
+
+    call_id: str
+    status: str
+    scores: list[float] | None
+    score: float | None  # min(scores) when ok: the official per-call reduction
+    attempts: list[dict]
+
+    def to_record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def finish_call(call_id: str, attempts: list[dict]) -> CallResult:
+    """Status and score of a call from its attempts (each has "parse": ParsedAnswer.to_record())."""
+    last = attempts[-1]["parse"]
+    for attempt in attempts:
+        parse = attempt["parse"]
+        if parse["scores"] is not None and not parse["out_of_range"]:
+            return CallResult(call_id, "ok", parse["scores"], min(parse["scores"]), attempts)
+    status = "out_of_range" if last["scores"] is not None else "parse_failure"
+    return CallResult(call_id, status, last["scores"], None, attempts)
+
+
+# --------------------------------------------------------------------------------------------------------- judge
+class QwenJudge:
+    """Qwen2.5-VL judge through transformers: batched, left-padded, greedy first, seeded retries.
+
+    Vision preprocessing uses `qwen_vl_utils.process_vision_info` and `AutoProcessor` when they import; where
+    torchvision is missing (both need it) the images go straight to the checkpoint's Qwen2-VL image processor
+    and image tokens are expanded by the processor's rule; `self.preprocessing` records which path ran.
+    """
+
+    def __init__(self, model, tokenizer, image_processor, processor=None, *, model_id: str, device: str,
+                 batch_size: int = 4, max_new_tokens: int = 512, max_retries: int = 2, seed: int = 0,
+                 synthetic: dict | None = None):
+        self.model, self.tokenizer, self.image_processor, self.processor = model, tokenizer, image_processor, processor
+        self.model_id, self.device = model_id, device
+        self.batch_size, self.max_new_tokens, self.max_retries, self.seed = batch_size, max_new_tokens, max_retries, seed
+        self.synthetic = synthetic
+        self.tokenizer.padding_side = "left"
+        self._process_vision_info = _import_process_vision_info()
+        self.preprocessing = ("qwen_vl_utils.process_vision_info + AutoProcessor"
+                              if self._process_vision_info is not None and processor is not None else
+                              "fallback: Qwen2-VL image processor + image-token expansion (torchvision missing)")
+
+    @classmethod
+    def load(cls, model_path: str, device: str = "cuda", dtype: torch.dtype | None = None, **kwargs) -> "QwenJudge":
+        """Load a Qwen2.5-VL checkpoint (hub id or folder) in bf16 on CUDA, fp32 on CPU unless `dtype` is given."""
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        try:
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(device).eval()
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            image_processor = AutoImageProcessor.from_pretrained(model_path)
+        except OSError as err:
+            raise JudgeError(f"cannot load the judge {model_path!r}: {err}. Pass --judge with a local "
+                             "Qwen2.5-VL-7B-Instruct folder or hub id, or --synthetic tiny for a random test judge") from err
+        try:
+            processor = AutoProcessor.from_pretrained(model_path)
+            processor.tokenizer.padding_side = "left"
+            tokenizer = processor.tokenizer
+        except ImportError:  # AutoProcessor needs torchvision for Qwen's video processor
+            processor = None
+        kwargs.setdefault("synthetic", _synthetic_marker(model_path))
+        return cls(model, tokenizer, image_processor, processor, model_id=str(model_path), device=device, **kwargs)
+
+    def describe(self) -> dict:
+        gen = self.model.generation_config
+        return {"model": self.model_id, "dtype": str(self.model.dtype).replace("torch.", ""), "device": self.device,
+                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
+                "max_retries": self.max_retries, "retry": {"temperature": RETRY_TEMPERATURE, "top_p": RETRY_TOP_P,
+                                                           "seed": f"{self.seed} + attempt"},
+                "repetition_penalty": getattr(gen, "repetition_penalty", None),
+                "vision_preprocessing": self.preprocessing, "synthetic": self.synthetic or False}
+
+    # ---- one batch of raw generations
+    def generate(self, calls: Sequence[JudgeCall], sample_seed: int | None = None) -> list[str]:
+        """Answers (decoded new tokens) for `calls`, one forward batch; greedy when sample_seed is None."""
+        conversations = [[{"role": "user", "content": [*({"type": "image", "image": im} for im in c.images),
+                                                       {"type": "text", "text": c.prompt}]}] for c in calls]
+        inputs = self._encode(conversations).to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if sample_seed is None:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            torch.manual_seed(sample_seed)
+            kwargs.update(do_sample=True, temperature=RETRY_TEMPERATURE, top_p=RETRY_TOP_P, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _encode(self, conversations: list[list[dict]]):
+        texts = [self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+                 for conv in conversations]
+        if self._process_vision_info is not None and self.processor is not None:
+            images, videos = self._process_vision_info(conversations)
+            return self.processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt")
+        images = [item["image"].convert("RGB") for conv in conversations for item in conv[0]["content"]
+                  if item["type"] == "image"]
+        vision = self.image_processor(images=images, return_tensors="pt") if images else {}
+        merge = self.image_processor.merge_size ** 2
+        counts = iter([int(thw.prod()) // merge for thw in vision.get("image_grid_thw", [])])
+        pad = "<|image_pad|>"
+        # Each image placeholder becomes one token per merged patch (the Qwen2-VL processor's rule).
+        texts = [re.sub(re.escape(pad), lambda _: pad * next(counts), t) for t in texts]
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        image_id = self.tokenizer.convert_tokens_to_ids(pad)
+        enc["mm_token_type_ids"] = (enc["input_ids"] == image_id).to(torch.int32)
+        enc.update(vision)
+        return enc
+
+    # ---- calls with retries
+    def run_calls(self, calls: Sequence[JudgeCall], progress=None) -> list[CallResult]:
+        """Judge every call: greedy in batches, then up to max_retries seeded resamples of the failed ones."""
+        attempts: dict[str, list[dict]] = {c.call_id: [] for c in calls}
+        pending = list(calls)
+        for attempt in range(self.max_retries + 1):
+            seed = None if attempt == 0 else self.seed + attempt
+            for start in range(0, len(pending), self.batch_size):
+                batch = pending[start:start + self.batch_size]
+                for call, answer in zip(batch, self.generate(batch, sample_seed=seed)):
+                    attempts[call.call_id].append({"attempt": attempt, "answer": answer, "sample_seed": seed,
+                                                   "parse": parse_judge_answer(answer).to_record()})
+                if progress is not None and attempt == 0:
+                    progress.update(len(batch))
+            pending = [c for c in pending if not _valid(attempts[c.call_id][-1])]
+            if not pending:
+                break
+        return [finish_call(c.call_id, attempts[c.call_id]) for c in calls]
+
+
+def _synthetic_marker(model_path: str) -> dict | None:
+    if not Path(model_path).is_dir():
+        return None
+    from omnigen2_fp8.synthetic import read_synthetic_marker
+
+    return read_synthetic_marker(model_path)
+
+
+def _valid(attempt: dict) -> bool:
+    return attempt["parse"]["scores"] is not None and not attempt["parse"]["out_of_range"]
+
+
+def _import_process_vision_info():
+    # Imported lazily: qwen_vl_utils imports torchvision at module level, absent on some CPU machines.
+    try:
+        from qwen_vl_utils import process_vision_info
+    except ImportError:
+        return None
+    return process_vision_info
+
+
+# --------------------------------------------------------------------------------------------- sample-level judging
+def judge_calls_for_sample(sample_uid: str, source_image, edited_image, instruction: str,
+                           prompts: PromptSet) -> list[JudgeCall]:
+    """The two calls of one sample: SC ([source, edited] + instruction) and PQ ([edited])."""
+    return [JudgeCall(f"{sample_uid}#sc", [source_image, edited_image], prompts.sc_prompt(instruction)),
+            JudgeCall(f"{sample_uid}#pq", [edited_image], prompts.pq_prompt())]
+
+
+# ------------------------------------------------------------------------------------------------ synthetic judges
+def write_synthetic_judge(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """A random-weight Qwen2.5-VL judge folder (transformers format, processor files included), marked synthetic.
+
+    "tiny": the pipeline's tiny Qwen2.5-VL with TINY_JUDGE_WORDS as whole tokens, so a few random answers parse
+    (every such score is meaningless). "full" is built in memory instead: see `build_full_synthetic_judge`.
+    """
+    from omnigen2_fp8.synthetic import write_tiny_qwen2_5_vl
+
+    if size != "tiny":
+        raise ValueError("only the tiny judge is written to disk; use build_full_synthetic_judge for 7B shapes")
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return folder
+    write_tiny_qwen2_5_vl(folder, vocab=TINY_JUDGE_WORDS, seed=seed, size="tiny")
+    # Zero the output rows of every token but the score words and EOS (and amplify those): decoding then emits
+    # mostly those words, so the real parser sees some well-formed answers. Their content is still random noise.
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    keep = tokenizer.convert_tokens_to_ids([*TINY_JUDGE_WORDS, "<|im_end|>"])
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        mask = torch.ones(model.lm_head.weight.shape[0], dtype=torch.bool)
+        mask[keep] = False
+        model.lm_head.weight[mask] = 0.0
+        model.lm_head.weight[~mask] *= TINY_JUDGE_LOGIT_GAIN
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_full_synthetic_judge(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0, **kwargs) -> QwenJudge:
+    """A random-weight judge with the shapes of Qwen2.5-VL-7B-Instruct, built in device memory (speed and memory
+    are those of the real judge; its answers are noise)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from omnigen2_fp8 import synthetic as syn
+
+    tokenizer = syn.build_qwen_tokenizer(qwen_ids=True)
+    config = syn.qwen2_5_vl_config("full", tokenizer)
+    for key, value in QWEN2_5_VL_7B_TEXT.items():
+        setattr(config.text_config, key, value)
+    config.vision_config.out_hidden_size = QWEN2_5_VL_7B_VISION_OUT
+    config.tie_word_embeddings = False
+    previous = torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.repetition_penalty = 1.05  # as in the released generation_config.json
+    image_processor = syn.build_qwen_image_processor("full")
+    processor = None
+    with tempfile.TemporaryDirectory() as tmp:  # the real processor class, where torchvision allows it
+        syn.write_qwen_processor(tmp, tokenizer, image_processor)
+        try:
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(tmp)
+            tokenizer = processor.tokenizer
+        except ImportError:
+            processor = None
+    return QwenJudge(model, tokenizer, image_processor, processor, model_id="synthetic-full-qwen2.5-vl-7b",
+                     device=device, synthetic={"size": "full", "seed": seed}, **kwargs)
