@@ -83,7 +83,12 @@ def _json_default(obj: Any) -> Any:
 
 
 def git_revision(repo: Path = REPO_ROOT) -> str | None:
-    """The current commit, with '-dirty' when the work tree has uncommitted changes; None outside a checkout."""
+    """The current commit, with '-dirty' when the work tree has uncommitted changes; None outside a checkout.
+
+    A copy of the tree without .git (a remote GPU box) can pass the revision in OMNIGEN2_FP8_GIT_REVISION.
+    """
+    if os.environ.get("OMNIGEN2_FP8_GIT_REVISION"):
+        return os.environ["OMNIGEN2_FP8_GIT_REVISION"]
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
