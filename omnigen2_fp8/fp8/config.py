@@ -1,0 +1,183 @@
+"""Fp8Config: which linears become FP8, with which scale granularity, padding and kernel.
+
+The config is the whole policy: `quantize_fp8(model, Fp8Config(...))` reads nothing else, and the same dict is
+stored in an FP8 checkpoint's config.json under "quantization_config" (with a format version), so a checkpoint
+always says how it was made.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+FORMAT_VERSION = 1
+QUANT_METHOD = "omnigen2_fp8"
+
+
+class Fp8ConfigError(ValueError):
+    """An Fp8Config (or a checkpoint's quantization_config) with an invalid or unsupported value."""
+
+
+class WeightGranularity(str, enum.Enum):
+    """How many scales a weight gets: one per output channel (row of W) or one for the whole tensor."""
+
+    PER_CHANNEL = "per_channel"
+    PER_TENSOR = "per_tensor"
+
+
+class ActivationGranularity(str, enum.Enum):
+    """Dynamic activation scales, computed on every call: one per token (row of x) or one per call."""
+
+    PER_TOKEN = "per_token"
+    PER_TENSOR = "per_tensor"
+
+
+class Kernel(str, enum.Enum):
+    """How an Fp8Linear computes.
+
+    AUTO: CUBLAS_PADDED on a CUDA GPU with FP8 tensor cores, TORCH_REFERENCE on the CPU; an older GPU raises.
+    CUBLAS_PADDED: fused Triton activation quantization + torch._scaled_mm (cuBLASLt) on K/N padded to 16.
+    CUBLAS_TORCH_QUANT: the same GEMM with the activation quantization as plain torch ops (the slow trap; kept
+        only so benchmarks can show what the fused kernel buys).
+    TORCH_REFERENCE: FP8 emulation: the same e4m3 values, dequantized and multiplied exactly (float64 on CPU).
+    """
+
+    AUTO = "auto"
+    CUBLAS_PADDED = "cublas-padded"
+    CUBLAS_TORCH_QUANT = "cublas-torch-quant"
+    TORCH_REFERENCE = "torch-reference"
+
+
+_BLOCKS = r"(layers|noise_refiner|ref_image_refiner|context_refiner)\.\d+"
+# The four GEMM groups of every block (32 main, 2 noise, 2 reference and 2 context refiners), fused or not.
+DEFAULT_INCLUDE = (
+    rf"re:{_BLOCKS}\.attn\.(to_q|to_k|to_v|to_qkv)",
+    rf"re:{_BLOCKS}\.attn\.to_out\.0",
+    rf"re:{_BLOCKS}\.feed_forward\.(linear_1|linear_3|linear_13)",
+    rf"re:{_BLOCKS}\.feed_forward\.linear_2",
+)
+# Why each high-precision module stays BF16 (the report repeats these per layer).
+DEFAULT_EXCLUDE_REASONS = {
+    "*norm1.linear": "AdaLN modulation: its output scales every normalised activation and gates the residual "
+                     "through tanh, so its error reaches the whole block; it runs on one temb row per sample, "
+                     "so FP8 would save no time (see python -m omnigen2_fp8.fp8.sensitivity)",
+    "x_embedder": "patch embedding: K = 64, a memory-bound GEMM with no FP8 gain; first layer of the image path",
+    "ref_image_patch_embedder": "reference patch embedding: K = 64, memory-bound, no FP8 gain",
+    "time_caption_embed.*": "timestep MLP and caption embedder: one row per sample / ~100 text tokens, negligible "
+                            "FLOPs; conditioning that every block depends on",
+    "norm_out.*": "output head: its error goes straight into the predicted velocity; tiny (64 outputs, or one "
+                  "temb row)",
+}
+DEFAULT_EXCLUDE = tuple(DEFAULT_EXCLUDE_REASONS)
+
+
+@dataclass(frozen=True)
+class Fp8Config:
+    """FP8 (e4m3) quantization policy for OmniGen2 linears.
+
+    include / exclude: module-name patterns (fnmatch, or a regex prefixed with "re:" that must match the whole
+    name); a linear is quantized when it matches an include pattern and no exclude pattern.
+    pad_multiple: K and N are zero-padded to this multiple once, at quantization (FP8 tensor cores need 16).
+    fuse_projections: call model.fuse_projections() first, so q/k/v and gate/up each run as one GEMM sharing
+    one activation quantization.
+    fuse_swiglu: fold silu(gate) * up into the down projection's activation quantization (one kernel).
+    """
+
+    weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
+    activation_granularity: ActivationGranularity = ActivationGranularity.PER_TOKEN
+    include: tuple[str, ...] = DEFAULT_INCLUDE
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    pad_multiple: int = 16
+    kernel: Kernel = Kernel.AUTO
+    fuse_projections: bool = True
+    fuse_swiglu: bool = True
+    format_version: int = FORMAT_VERSION
+    _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "weight_granularity", _enum(WeightGranularity, self.weight_granularity, "weight_granularity"))
+        set_(self, "activation_granularity",
+             _enum(ActivationGranularity, self.activation_granularity, "activation_granularity"))
+        set_(self, "kernel", _enum(Kernel, self.kernel, "kernel"))
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise Fp8ConfigError(f"Fp8Config.{name} must be a list of patterns, got the string {value!r}; "
+                                     f"write {name}=[{value!r}]")
+            set_(self, name, tuple(value))
+        if not isinstance(self.pad_multiple, int) or self.pad_multiple <= 0 or self.pad_multiple % 16:
+            raise Fp8ConfigError(f"Fp8Config.pad_multiple must be a positive multiple of 16 (FP8 tensor cores need "
+                                 f"K and N divisible by 16); got {self.pad_multiple!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise Fp8ConfigError(f"FP8 format version {self.format_version} is not supported by this code (it reads "
+                                 f"version {FORMAT_VERSION}); re-quantize the model with this version")
+        set_(self, "_compiled", (tuple(_compile(p) for p in self.include), tuple(_compile(p) for p in self.exclude)))
+
+    # ------------------------------------------------------------------------------------------------ policy
+    def decide(self, name: str) -> tuple[bool, str]:
+        """(quantize?, reason) for the linear called `name` (its fully qualified module name)."""
+        includes, excludes = self._compiled
+        for pattern, match in zip(self.exclude, excludes):
+            if match(name):
+                return False, f"excluded by {pattern!r}: " + DEFAULT_EXCLUDE_REASONS.get(pattern, "user exclude")
+        for pattern, match in zip(self.include, includes):
+            if match(name):
+                return True, f"included by {_short(pattern)!r}"
+        return False, "matches no include pattern"
+
+    # ------------------------------------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        """JSON-serialisable dict (enums as their string values), as stored in config.json."""
+        out = {"quant_method": QUANT_METHOD}
+        for f in dataclasses.fields(self):
+            if f.name.startswith("_"):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple) \
+                else value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Fp8Config":
+        """Inverse of to_dict; unknown keys, another quant_method or another format version fail loudly."""
+        raw = dict(raw)
+        method = raw.pop("quant_method", QUANT_METHOD)
+        if method != QUANT_METHOD:
+            raise Fp8ConfigError(f"quantization_config.quant_method is {method!r}; this loader reads "
+                                 f"{QUANT_METHOD!r} checkpoints only (written by save_fp8_checkpoint)")
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise Fp8ConfigError(f"quantization_config has unknown keys {unknown}; known keys are {sorted(names)}. "
+                                 "The checkpoint was written by a newer or different version")
+        if "format_version" not in raw:
+            raise Fp8ConfigError("quantization_config has no format_version; it was not written by "
+                                 "save_fp8_checkpoint")
+        return cls(**raw)
+
+
+def _enum(kind: type[enum.Enum], value, what: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise Fp8ConfigError(f"Fp8Config.{what} = {value!r} is not valid; choose one of "
+                             f"{[v.value for v in kind]}") from None
+
+
+def _compile(pattern: str):
+    if not isinstance(pattern, str) or not pattern:
+        raise Fp8ConfigError(f"pattern {pattern!r} must be a non-empty string (fnmatch, or 're:' + regex)")
+    if pattern.startswith("re:"):
+        try:
+            regex = re.compile(pattern[3:])
+        except re.error as err:
+            raise Fp8ConfigError(f"pattern {pattern!r} is not a valid regular expression ({err})") from None
+        return lambda name: regex.fullmatch(name) is not None
+    return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
+def _short(pattern: str, n: int = 60) -> str:
+    return pattern if len(pattern) <= n else pattern[: n - 3] + "..."

@@ -1,0 +1,186 @@
+"""Fp8Linear: a drop-in nn.Linear replacement holding a padded e4m3 weight and float32 scales.
+
+A module swap rather than a tensor subclass: the layer owns its activation quantization and its padding, the
+state dict holds plain tensors (e4m3 `weight` [Np, Kp], float32 `weight_scale` [Np]) that safetensors and
+load_state_dict(assign=True) handle directly, and torch.compile traces a plain module with one custom op.
+
+forward(x [..., K]) = quantize x per token (fused kernel, K zero-padded to Kp) -> torch._scaled_mm against the
+padded weight (cuBLASLt FP8 tensor cores) -> keep the first N output columns. The BF16 weight is not kept.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import kernels  # noqa: F401  (registers torch.ops.omnigen2_fp8.quantize_activation)
+from .config import ActivationGranularity, Fp8Config, Kernel, WeightGranularity
+from .primitives import FP8_DTYPE, emulated_scaled_mm, quantize_activation, quantize_weight, round_up
+
+MIN_FP8_CAPABILITY = (8, 9)
+
+
+class Fp8UnsupportedDeviceError(RuntimeError):
+    """FP8 GEMMs were asked for on a device without FP8 tensor cores."""
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """Raise Fp8UnsupportedDeviceError unless `device` is a CUDA GPU with compute capability >= 8.9."""
+    if device.type != "cuda":
+        raise Fp8UnsupportedDeviceError(
+            f"the FP8 GEMM kernel runs on CUDA GPUs; this layer is on {device}. Use "
+            "Fp8Config(kernel='torch-reference') (or kernel='auto') to emulate FP8 on this device")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_FP8_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise Fp8UnsupportedDeviceError(
+            f"{name} has compute capability {capability[0]}.{capability[1]}; FP8 tensor cores need 8.9 or newer "
+            "(Ada, Hopper, Blackwell). Run in BF16, or emulate FP8 with Fp8Config(kernel='torch-reference') "
+            "(same numerics, no speed-up)")
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
+    """The concrete kernel for `device`: AUTO becomes CUBLAS_PADDED on CUDA and TORCH_REFERENCE elsewhere."""
+    if kernel == Kernel.TORCH_REFERENCE:
+        return kernel
+    if kernel == Kernel.AUTO and device.type != "cuda":
+        return Kernel.TORCH_REFERENCE
+    check_fp8_device(device)
+    return Kernel.CUBLAS_PADDED if kernel == Kernel.AUTO else kernel
+
+
+class Fp8Linear(nn.Module):
+    """y = x @ W.T (+ bias) with W stored as e4m3 [Np, Kp] and float32 scales [Np]; x is quantized on the fly.
+
+    in_features K, out_features N; Kp, Np = K, N rounded up to `pad_multiple` (zero rows / columns).
+    Input [..., K] (or [..., 2K] = [gate | up] through `forward_swiglu`), output [..., N] in the input dtype.
+    """
+
+    is_fp8 = True
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
+                 weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL,
+                 activation_granularity: ActivationGranularity = ActivationGranularity.PER_TOKEN,
+                 pad_multiple: int = 16, kernel: Kernel = Kernel.AUTO, device=None,
+                 bias_dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.in_padded, self.out_padded = round_up(in_features, pad_multiple), round_up(out_features, pad_multiple)
+        self.weight_granularity = WeightGranularity(weight_granularity)
+        self.activation_granularity = ActivationGranularity(activation_granularity)
+        self.kernel = Kernel(kernel)
+        self.weight = nn.Parameter(torch.empty(self.out_padded, self.in_padded, dtype=FP8_DTYPE, device=device),
+                                   requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones(self.out_padded, dtype=torch.float32, device=device))
+        self.bias = (nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+                     if bias else None)
+        self._resolved: Kernel | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: Fp8Config) -> "Fp8Linear":
+        """Quantize an nn.Linear's weight (padding once, here); the caller drops the BF16 layer afterwards."""
+        if linear.weight.is_meta:
+            raise ValueError("cannot quantize a linear whose weight is on the meta device; load the weights first")
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                    weight_granularity=config.weight_granularity,
+                    activation_granularity=config.activation_granularity, pad_multiple=config.pad_multiple,
+                    kernel=config.kernel, device="meta")
+        q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL,
+                                   config.pad_multiple)
+        layer.weight = nn.Parameter(q, requires_grad=False)
+        layer.weight_scale = scale
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        layer.refresh_kernel()
+        return layer
+
+    # ------------------------------------------------------------------------------------------------ kernel
+    def refresh_kernel(self) -> Kernel | None:
+        """Resolve (and check) the kernel for the device the weight lives on; raises on a GPU without FP8."""
+        device = self.weight.device
+        self._resolved = None if device.type == "meta" else resolve_kernel(self.kernel, device)
+        return self._resolved
+
+    def _apply(self, fn, recurse=True):
+        # model.to(torch.bfloat16) must not touch the e4m3 weight or the float32 scales (a bf16 scale loses
+        # precision): they follow device moves only. The bias follows the model like any parameter.
+        weight, scale = self._parameters.pop("weight"), self._buffers.pop("weight_scale")
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(torch.empty(0, device=weight.device)).device
+            self._parameters["weight"] = nn.Parameter(weight.data.to(device), requires_grad=False)
+            self._buffers["weight_scale"] = scale.to(device)
+        if device.type != "meta":
+            self.refresh_kernel()
+        return self
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, apply_swiglu=False)
+
+    def forward_swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """down(silu(gate) * up) for gate_up [..., 2K] = [gate | up]: the SwiGLU is folded into the quantization."""
+        return self._forward(gate_up, apply_swiglu=True)
+
+    def _forward(self, x: torch.Tensor, apply_swiglu: bool) -> torch.Tensor:
+        expected = 2 * self.in_features if apply_swiglu else self.in_features
+        if x.shape[-1] != expected:
+            raise ValueError(f"Fp8Linear expects inputs [..., {expected}]; got {tuple(x.shape)}")
+        kernel = self._resolved or self.refresh_kernel()
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        per_token = self.activation_granularity == ActivationGranularity.PER_TOKEN
+        if kernel == Kernel.TORCH_REFERENCE:
+            xq, x_scale = quantize_activation(x2, self.in_padded, per_token, apply_swiglu)
+            compute = torch.float64 if x.device.type == "cpu" else torch.float32
+            y = emulated_scaled_mm(xq, x_scale, self.weight, self.weight_scale, x.dtype, compute)
+        else:
+            if kernel == Kernel.CUBLAS_PADDED:
+                xq, x_scale = torch.ops.omnigen2_fp8.quantize_activation(x2, self.in_padded, per_token, apply_swiglu)
+            else:
+                xq, x_scale = quantize_activation(x2, self.in_padded, per_token, apply_swiglu)
+            y = self._scaled_mm(xq, x_scale, x.dtype)
+        if self.out_padded != self.out_features:
+            y = y[:, : self.out_features]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def _scaled_mm(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+        per_tensor_w = self.weight_granularity == WeightGranularity.PER_TENSOR
+        if x_scale.numel() == 1 and per_tensor_w:
+            # Tensor-wise scaling (the fastest cuBLASLt path) when both scales are single numbers.
+            dtype = out_dtype if out_dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+            return torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale.reshape(()),
+                                    scale_b=self.weight_scale[0], out_dtype=dtype).to(out_dtype)
+        # Row-wise scaling: [M, 1] x [1, N] float32 scales, BF16 output (cuBLASLt's requirement).
+        if x_scale.shape[0] != xq.shape[0]:
+            x_scale = x_scale.expand(xq.shape[0], 1).contiguous()
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
+                             out_dtype=torch.bfloat16)
+        return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
+
+    def extra_repr(self) -> str:
+        pad = (f", padded=({self.out_padded}, {self.in_padded})"
+               if (self.out_padded, self.in_padded) != (self.out_features, self.in_features) else "")
+        return (f"in_features={self.in_features}, out_features={self.out_features}{pad}, bias={self.bias is not None}, "
+                f"weight=e4m3/{self.weight_granularity.value}, activations=e4m3/{self.activation_granularity.value}, "
+                f"kernel={self.kernel.value}" + (f"->{self._resolved.value}" if self._resolved and
+                                                  self._resolved != self.kernel else ""))
+
+
+class Fp8SwiGLUFeedForward(nn.Module):
+    """FeedForward with fused gate/up and the SwiGLU folded into the down projection's activation quantization:
+    linear_2(silu(gate) * up) where [gate | up] = linear_13(x). Same parameter names as the BF16 FeedForward."""
+
+    def __init__(self, linear_13: Fp8Linear, linear_2: Fp8Linear):
+        super().__init__()
+        if 2 * linear_2.in_features != linear_13.out_features:
+            raise ValueError(f"linear_13 gives {linear_13.out_features} features; linear_2 takes "
+                             f"{linear_2.in_features} (needs gate + up = 2 x that)")
+        self.linear_13, self.linear_2 = linear_13, linear_2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2.forward_swiglu(self.linear_13(x))

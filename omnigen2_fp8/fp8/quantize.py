@@ -1,0 +1,170 @@
+"""quantize_fp8(model, config): swap the targeted nn.Linear layers for Fp8Linear in place, report every decision.
+
+Order of work: fuse q/k/v and gate/up (when the config asks and the model can), then for every nn.Linear ask the
+config's policy, quantize (pad once, free the BF16 weight) or keep it, and finally fold the SwiGLU into the down
+projection of feed-forwards whose gate/up and down are both FP8.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from .config import Fp8Config
+from .linear import Fp8Linear, Fp8SwiGLUFeedForward
+
+
+class Fp8QuantizationError(RuntimeError):
+    """The model cannot be quantized as asked (already FP8, weights not loaded, ...)."""
+
+
+@dataclass
+class LayerDecision:
+    """What happened to one candidate linear. Shapes: in = K, out = N; padded = what the FP8 GEMM runs on."""
+
+    name: str
+    in_features: int
+    out_features: int
+    in_padded: int
+    out_padded: int
+    action: str  # "fp8" or "bf16"
+    reason: str
+
+
+@dataclass
+class Fp8Report:
+    """The per-layer outcome of quantize_fp8, plus what was fused."""
+
+    config: Fp8Config
+    layers: list[LayerDecision] = field(default_factory=list)
+    fused_projections: bool = False
+    swiglu_folded: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quantized(self) -> list[LayerDecision]:
+        return [d for d in self.layers if d.action == "fp8"]
+
+    @property
+    def kept(self) -> list[LayerDecision]:
+        return [d for d in self.layers if d.action != "fp8"]
+
+    def to_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "fused_projections": self.fused_projections,
+                "swiglu_folded": self.swiglu_folded, "notes": self.notes,
+                "num_quantized": len(self.quantized), "num_kept": len(self.kept),
+                "layers": [asdict(d) for d in self.layers]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """One line per candidate linear: name, K x N, padded K x N, action, reason."""
+        width = max((len(d.name) for d in self.layers), default=10)
+        lines = [f"{'layer':<{width}}  {'K x N':>13}  {'padded':>13}  action  reason"]
+        for d in self.layers:
+            padded = f"{d.in_padded}x{d.out_padded}" if (d.in_padded, d.out_padded) != (d.in_features,
+                                                                                         d.out_features) else "-"
+            lines.append(f"{d.name:<{width}}  {d.in_features:>6}x{d.out_features:<6}  {padded:>13}  "
+                         f"{d.action:<6}  {d.reason}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
+                f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
+                "down projections")
+        return "\n".join([head, *self.notes, self.table()])
+
+
+def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report:
+    """Quantize `model` in place to FP8 by `config` (default Fp8Config()); returns the per-layer report.
+
+    Each targeted nn.Linear [N, K] becomes an Fp8Linear holding only an e4m3 [Np, Kp] weight (zero-padded to
+    config.pad_multiple) and float32 scales; the high-precision weight is released as soon as it is converted.
+    On a CUDA GPU without FP8 tensor cores this raises Fp8UnsupportedDeviceError (before changing anything)
+    unless config.kernel is 'torch-reference'.
+    """
+    config = config or Fp8Config()
+    if not isinstance(config, Fp8Config):
+        raise TypeError(f"config must be an Fp8Config, got {type(config).__name__}")
+    if any(isinstance(m, Fp8Linear) for m in model.modules()):
+        raise Fp8QuantizationError("this model already holds FP8 layers; quantize a freshly loaded BF16 model")
+    report = Fp8Report(config)
+    _check_device_first(model, config)
+    report.fused_projections = _fuse(model, config, report)
+    swap_linears(model, config, report, lambda name, linear: Fp8Linear.from_linear(linear, config))
+    if config.fuse_swiglu:
+        report.swiglu_folded = fold_swiglu(model)
+    model.fp8_config = config
+    return report
+
+
+def _check_device_first(model: nn.Module, config: Fp8Config) -> None:
+    """Fail before touching any layer when the model's GPU cannot run the requested FP8 kernel."""
+    from .linear import resolve_kernel
+
+    devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
+    for device in devices:
+        resolve_kernel(config.kernel, device)
+    if any(p.is_meta for p in model.parameters()):
+        raise Fp8QuantizationError("the model has weights on the meta device; load its weights before quantize_fp8 "
+                                   "(or load a serialized FP8 checkpoint with OmniGen2Transformer.from_pretrained)")
+
+
+def _fuse(model: nn.Module, config: Fp8Config, report: Fp8Report) -> bool:
+    if not config.fuse_projections:
+        return False
+    if not hasattr(model, "fuse_projections"):
+        report.notes.append(f"note: fuse_projections asked, but {type(model).__name__} has no fuse_projections(); "
+                            "projections stay separate")
+        return False
+    model.fuse_projections()
+    return True
+
+
+def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
+                 build: Callable[[str, nn.Linear], Fp8Linear]) -> None:
+    """Replace every nn.Linear the policy selects by build(name, linear); record each decision in `report`.
+
+    Names are collected first and modules fetched one at a time, so no list keeps replaced BF16 layers alive.
+    """
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    high_precision = tuple(getattr(model, "high_precision_modules", ()))
+    for name in names:
+        linear = model.get_submodule(name)
+        quantize, reason = config.decide(name)
+        if quantize and _under(name, high_precision):
+            reason += " (listed in the model's high_precision_modules; quantized because the config asks)"
+        fp8 = build(name, linear) if quantize else None
+        if fp8 is not None:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, fp8)
+        if report is not None:
+            k, n = linear.in_features, linear.out_features
+            kp, np_ = (fp8.in_padded, fp8.out_padded) if fp8 is not None else (k, n)
+            report.layers.append(LayerDecision(name, k, n, kp, np_, "fp8" if fp8 is not None else "bf16", reason))
+        del linear, fp8
+
+
+def fold_swiglu(model: nn.Module) -> list[str]:
+    """Replace OmniGen2 SwiGLU feed-forwards whose linear_13 and linear_2 are both Fp8Linear by
+    Fp8SwiGLUFeedForward (same math, one kernel less per block)."""
+    from ..transformer import FeedForward
+
+    folded = []
+    names = [name for name, m in model.named_modules()
+             if isinstance(m, FeedForward) and isinstance(m.linear_13, Fp8Linear) and isinstance(m.linear_2, Fp8Linear)]
+    for name in names:
+        ff = model.get_submodule(name)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                Fp8SwiGLUFeedForward(ff.linear_13, ff.linear_2))
+        folded.append(name)
+    return folded
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") or name.endswith("." + p) or f".{p}." in f".{name}."
+               for p in prefixes)
