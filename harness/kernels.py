@@ -49,6 +49,9 @@ from harness.records import write_text_atomic
 from harness.timing import STAGE_RANGE_PREFIX
 
 LAYER_RANGE_PREFIX = "layer::"
+# Linear-layer methods that callers use instead of __call__ (Fp8Linear.forward_swiglu, called by the folded
+# SwiGLU feed-forward); layer_ranges wraps them too.
+EXTRA_ENTRY_POINTS = ("forward_swiglu",)
 STEP_STAGE = "denoise_step"
 CATEGORIES = ("gemm-fp8", "gemm-bf16", "attention", "quant", "memcpy", "norm-elementwise", "other")
 
@@ -113,13 +116,14 @@ def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] |
     """Open a `record_function("layer::<prefix><fqn>")` range around every forward of the selected modules.
 
     Default selection: modules with a 2-D `weight` whose class name ends in "Linear" (nn.Linear, Fp8Linear).
-    Yields a dict fqn -> number of forward calls seen while the context was open. The hooks are removed on exit.
+    Yields a dict fqn -> number of forward calls seen while the context was open (methods named in
+    EXTRA_ENTRY_POINTS count and get ranges too). The hooks are removed on exit.
     Do not combine with torch.compile (the hooks would break the graph); `detect_fallbacks` then falls back on
     counting GEMM calls per step.
     """
     predicate = predicate or is_linear_layer
     calls: dict[str, int] = defaultdict(int)
-    handles = []
+    handles, patched = [], []
     for fqn, module in model.named_modules():
         if not fqn or not predicate(fqn, module):
             continue
@@ -138,11 +142,28 @@ def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] |
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
+        for method_name in EXTRA_ENTRY_POINTS:
+            method = getattr(module, method_name, None)
+            if callable(method):
+                # Entry points called directly (not through __call__) get no hooks: shadow the bound method with an
+                # instance attribute that opens the same range, and delete it on exit.
+                module.__dict__[method_name] = _ranged(method, name, prefix + fqn, calls)
+                patched.append((module, method_name))
     try:
         yield calls
     finally:
         for h in handles:
             h.remove()
+        for module, method_name in patched:
+            module.__dict__.pop(method_name, None)
+
+
+def _ranged(method: Callable, range_name: str, fqn: str, calls: dict[str, int]) -> Callable:
+    def wrapper(*args, **kwargs):
+        calls[fqn] += 1
+        with torch.profiler.record_function(range_name):
+            return method(*args, **kwargs)
+    return wrapper
 
 
 def is_linear_layer(fqn: str, module: nn.Module) -> bool:

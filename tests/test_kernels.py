@@ -1,0 +1,195 @@
+"""harness.kernels: categories, profiler parsing, and the FP8 fallback detector on real profiler output."""
+from __future__ import annotations
+
+import csv
+import warnings
+
+import pytest
+import torch
+
+from harness import kernels as K
+from harness.timing import StageTimer
+from omnigen2_fp8.fp8.config import Fp8Config, Kernel
+from omnigen2_fp8.fp8.linear import Fp8Linear
+from omnigen2_fp8.fp8.quantize import quantize_fp8
+from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
+
+
+@pytest.mark.parametrize("name, op, expected", [
+    # cuBLASLt / CUTLASS FP8 GEMMs (launched by aten::_scaled_mm, or recognisable by the e4m3 type in the name)
+    ("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128_warpgroupsize1x1x1_execute_segment_k_off",
+     "aten::_scaled_mm", "gemm-fp8"),
+    ("nvjet_qqtst_128x256_128x6_2x1_v_bz_coopA_TNT", "aten::_scaled_mm", "gemm-fp8"),
+    ("void cutlass::device_kernel<cutlass3x_sm90_tensorop_gemm_e4m3_e4m3_f32_bf16>", None, "gemm-fp8"),
+    ("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "gemm-fp8"),  # vLLM's Triton fallback
+    # BF16 GEMMs
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1", "aten::mm", "gemm-bf16"),
+    ("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT", "aten::addmm", "gemm-bf16"),
+    ("ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_stages_64x3_tn", "aten::mm", "gemm-bf16"),
+    # attention
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>",
+     "aten::_flash_attention_forward", "attention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x128_4x1x1_kernel0_0", "aten::_cudnn_attention_forward",
+     "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", "aten::_efficient_attention_forward", "attention"),
+    # our fused activation quantization, and casts to e4m3
+    ("_quantize_rows_kernel", "omnigen2_fp8::quantize_activation", "quant"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda, c10::Float8_e4m3fn>",
+     "aten::copy_", "quant"),
+    # copies, norms / elementwise, other
+    ("Memcpy HtoD (Pageable -> Device)", "aten::copy_", "memcpy"),
+    ("void at::native::(anonymous namespace)::CatArrayBatchedCopy<bf16>", "aten::cat", "memcpy"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel>", "aten::silu", "norm-elementwise"),
+    ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, MeanOps>>", "aten::mean",
+     "norm-elementwise"),
+    ("triton_poi_fused_add_mul_0", None, "norm-elementwise"),
+    ("some_unheard_of_kernel", None, "other"),
+    # CPU op names (CI)
+    ("aten::_scaled_mm", None, "gemm-fp8"),
+    ("aten::mm", None, "gemm-bf16"),
+    ("aten::addmm", None, "gemm-bf16"),
+    ("aten::scaled_dot_product_attention", None, "attention"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", None, "attention"),
+    ("omnigen2_fp8::quantize_activation", None, "quant"),
+    ("aten::copy_", None, "memcpy"),
+    ("aten::rms_norm", None, "norm-elementwise"),
+    ("aten::native_layer_norm", None, "norm-elementwise"),
+])
+def test_categories(name, op, expected):
+    assert K.categorize(name, op) == expected
+
+
+def test_non_gemm_work_inside_an_fp8_layer_counts_as_quantization_overhead():
+    assert K.categorize("aten::abs", None, in_fp8_layer=True) == "quant"
+    assert K.categorize("aten::abs", None) == "norm-elementwise"
+    assert K.categorize("aten::_scaled_mm", None, in_fp8_layer=True) == "gemm-fp8"
+
+
+# ----------------------------------------------------------------------------------------- real tiny-model runs
+@pytest.fixture(scope="module")
+def tiny_inputs():
+    config = TransformerConfig.from_name("tiny")
+    g = torch.Generator().manual_seed(0)
+    latents = [torch.randn(16, 8, 8, generator=g).bfloat16()]
+    text = torch.randn(1, 7, config.text_feat_dim, generator=g).bfloat16()
+    refs = [[torch.randn(16, 8, 8, generator=g).bfloat16()]]
+    return config, latents, text, torch.ones(1, 7, dtype=torch.long), refs
+
+
+def _tiny_model(config) -> OmniGen2Transformer:
+    torch.manual_seed(0)
+    return OmniGen2Transformer(config).to(torch.bfloat16).eval()
+
+
+def _profile(model, inputs, steps=2):
+    """Run `steps` transformer forwards as denoise steps under the profiler, with layer ranges."""
+    _, latents, text, mask, refs = inputs
+    timer = StageTimer("cpu")
+    with torch.no_grad(), K.capture("cpu") as prof, K.layer_ranges(model) as layer_calls:
+        with timer("denoise"):
+            for _ in range(steps):
+                with timer("denoise_step"):
+                    model(latents, torch.tensor([0.5]), text, mask, ref_latents=refs)
+    return K.parse_profile(prof, "cpu"), dict(layer_calls)
+
+
+def _fp8_model(config, kernel_on_cpu: Kernel) -> tuple[OmniGen2Transformer, dict[str, str]]:
+    model = _tiny_model(config)
+    report = quantize_fp8(model, Fp8Config())
+    for m in model.modules():
+        if isinstance(m, Fp8Linear):
+            # Fp8Linear resolves every non-reference kernel to an error on the CPU, although torch._scaled_mm has a
+            # CPU implementation; pin the resolved kernel so these layers run the same op sequence as on a GPU.
+            m._resolved = kernel_on_cpu
+    return model, {d.name: d.action for d in report.layers}
+
+
+def test_bf16_run_tables_and_stage_sums(tiny_inputs, tmp_path):
+    model = _tiny_model(tiny_inputs[0])
+    capture, layer_calls = _profile(model, tiny_inputs)
+    assert capture.steps == 2 and capture.device_kind == "cpu"
+    rows = K.kernel_table(capture)
+    by_name = {r.name: r for r in rows}
+    # every linear call is exactly one GEMM op (linear -> addmm / matmul -> mm counted once)
+    linears_per_step = sum(layer_calls.values()) / 2
+    gemm_calls = sum(r.calls for r in rows if r.name in ("aten::mm", "aten::addmm")) / 2
+    assert gemm_calls == linears_per_step
+    assert by_name["aten::scaled_dot_product_attention"].category == "attention"
+    assert sum(r.share for r in rows) == pytest.approx(1.0)
+    roll = K.category_rollup(rows, capture.steps)
+    assert list(roll) == list(K.CATEGORIES) and roll["gemm-fp8"]["calls"] == 0
+    assert roll["gemm-bf16"]["share"] > 0
+    stages = K.stage_kernel_summary(capture)
+    assert stages["denoise_step"]["entries"] == 2 and stages["denoise"]["entries"] == 1
+    assert stages["denoise"]["kernel_us"] == pytest.approx(stages["denoise_step"]["kernel_us"], rel=1e-6)
+    report = K.detect_fallbacks(capture, K.layer_precisions(model), layer_calls=layer_calls, expect_fp8=False)
+    assert not report.checked and not report.fallback_detected
+    assert report.bf16_gemm_calls_per_step == linears_per_step
+    K.write_kernel_csv(tmp_path / "k.csv", rows)
+    with open(tmp_path / "k.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and table[0]["name"] == rows[0].name and "category" in table[0]
+
+
+def test_fp8_run_on_the_scaled_gemm_is_clean(tiny_inputs):
+    model, precisions = _fp8_model(tiny_inputs[0], Kernel.CUBLAS_TORCH_QUANT)
+    capture, layer_calls = _profile(model, tiny_inputs)
+    # forward_swiglu (the folded down projection) is called directly, and still gets its range and count
+    assert any(name.endswith("feed_forward.linear_2") for name in layer_calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+        K.warn_fallbacks("fp8", report)
+    assert report.checked and not report.fallback_detected, report.findings
+    fp8_layers = sum(1 for p in precisions.values() if p == "fp8")
+    assert report.fp8_gemm_calls_per_step == report.expected_fp8_linear_calls_per_step == fp8_layers
+    assert report.bf16_gemm_calls_per_step == report.expected_bf16_linear_calls_per_step
+    rows = K.kernel_table(capture, {f for f, p in precisions.items() if p == "fp8"})
+    assert {r.name: r.category for r in rows}["aten::_scaled_mm"] == "gemm-fp8"
+
+
+def test_fallback_gemms_in_fp8_layers_are_detected_and_named(tiny_inputs, capsys):
+    # The deliberate fallback: the same e4m3 weights, but the GEMM is a dequantised high-precision matmul
+    # (what an FP8 layer runs when no FP8 tensor-core kernel takes its shapes).
+    model, precisions = _fp8_model(tiny_inputs[0], Kernel.TORCH_REFERENCE)
+    capture, layer_calls = _profile(model, tiny_inputs)
+    report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+    kinds = {f.kind for f in report.findings}
+    assert report.fallback_detected
+    assert {"bf16-gemm-in-fp8-layer", "fp8-layer-without-fp8-gemm", "excess-bf16-gemms"} <= kinds
+    named = next(f for f in report.findings if f.kind == "bf16-gemm-in-fp8-layer").names
+    assert "layers.0.attn.to_qkv" in named and "layers.1.feed_forward.linear_2" in named
+    assert not any(n.endswith("norm1.linear") for n in named)  # kept in BF16 by the policy: not a fallback
+    assert report.fp8_gemm_calls_per_step == 0
+    with pytest.warns(K.FallbackKernelWarning, match="bf16-gemm-in-fp8-layer"):
+        K.warn_fallbacks("fp8-nopad", report)
+    assert "FP8 FALLBACK DETECTED in arm 'fp8-nopad'" in capsys.readouterr().err
+
+
+def test_layer_policy_mismatch_is_caught_by_counts_without_ranges(tiny_inputs):
+    # A layer the policy says is FP8 but that stayed nn.Linear: without layer ranges (torch.compile), the
+    # per-step GEMM counts still expose it.
+    model = _tiny_model(tiny_inputs[0])
+    capture, layer_calls = _profile(model, tiny_inputs)
+    precisions = K.layer_precisions(model)
+    precisions["layers.0.attn.to_out.0"] = "fp8"
+    report = K.detect_fallbacks(capture, precisions, layer_calls=None)
+    assert report.method == "kernel names and GEMM call counts"
+    report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+    kinds = {f.kind: f for f in report.findings}
+    assert kinds["bf16-gemm-in-fp8-layer"].names == ["layers.0.attn.to_out.0"]
+    assert kinds["excess-bf16-gemms"].calls == 2  # one extra BF16 GEMM per step, two steps
+
+
+def test_triton_scaled_mm_kernel_names_are_flagged():
+    calls = [K.KernelCall("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "layers.0.attn.to_qkv",
+                          "denoise_step", 0, 950.0),
+             K.KernelCall("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128", "aten::_scaled_mm",
+                          "layers.0.attn.to_out.0", "denoise_step", 0, 20.0)]
+    capture = K.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "layers.0.attn.to_out.0", 0)], 1)
+    report = K.detect_fallbacks(capture, {"layers.0.attn.to_qkv": "fp8", "layers.0.attn.to_out.0": "fp8"},
+                                layer_calls={"layers.0.attn.to_qkv": 1, "layers.0.attn.to_out.0": 1})
+    kinds = {f.kind: f for f in report.findings}
+    assert kinds["triton-scaled-mm"].names == ["scaled_mm_kernel"] and kinds["triton-scaled-mm"].total_us == 950.0
+    assert kinds["fp8-layer-without-fp8-gemm"].names == ["layers.0.attn.to_qkv"]
+    assert "non-tensor-core-scaled-gemm" not in kinds  # the xmma kernel is a tensor-core GEMM
