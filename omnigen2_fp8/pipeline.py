@@ -180,6 +180,8 @@ class OmniGen2Pipeline:
         from diffusers import AutoencoderKL
         from transformers import Qwen2_5_VLForConditionalGeneration
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
         root = _checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device

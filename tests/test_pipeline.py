@@ -1,0 +1,165 @@
+"""The edit pipeline end to end on a tiny synthetic checkpoint written in the official layout (CPU, seconds)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from omnigen2_fp8 import synthetic
+from omnigen2_fp8.image_processing import ImageInputError
+from omnigen2_fp8.loading import CheckpointNotFoundError
+from omnigen2_fp8.pipeline import STAGES, OmniGen2Pipeline
+from omnigen2_fp8.text_encoder import SYSTEM_PROMPT, chat_text
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return synthetic.write_synthetic_checkpoint(tmp_path_factory.mktemp("omnigen2-tiny"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(70, 100), (48, 48)]):
+        path = folder / f"in{i}.png"
+        PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _edit(pipe, images, **kwargs):
+    settings = dict(num_inference_steps=2, text_guidance_scale=5.0, image_guidance_scale=1.5, seed=7)
+    return pipe("make the sky green", images, **{**settings, **kwargs})
+
+
+def test_checkpoint_has_the_official_layout_and_says_it_is_synthetic(checkpoint):
+    for name in ("model_index.json", "transformer/config.json", "vae/config.json", "mllm/config.json",
+                 "processor/tokenizer_config.json", "processor/preprocessor_config.json",
+                 "scheduler/scheduler_config.json"):
+        assert (checkpoint / name).is_file(), name
+    assert json.loads((checkpoint / "transformer" / "config.json").read_text())["_class_name"] == \
+        "OmniGen2Transformer2DModel"
+    assert json.loads((checkpoint / synthetic.SYNTHETIC_MARKER).read_text())["synthetic"] is True
+
+
+def test_edit_runs_every_stage_and_carries_the_synthetic_flag(pipe, image_paths, tmp_path):
+    result = _edit(pipe, [image_paths[0]])
+    assert result.synthetic and result.synthetic_info["size"] == "tiny"
+    assert list(result.stage_seconds) == [*STAGES, "postprocess"]
+    assert all(s >= 0 for s in result.stage_seconds.values())
+    assert result.peak_vram_bytes is None  # CPU run: no VRAM to report
+    record = result.to_record()
+    assert record["synthetic"] is True and json.dumps(record)
+    saved = result.save(tmp_path / "out.png")
+    with PIL.Image.open(saved) as image:
+        assert "synthetic" in image.text and json.loads(image.text["omnigen2_fp8"])["synthetic"] is True
+
+
+def test_same_seed_same_image_other_seed_other_image(pipe, image_paths):
+    first = _edit(pipe, [image_paths[0]])
+    again = _edit(pipe, [image_paths[0]])
+    other = _edit(pipe, [image_paths[0]], seed=8)
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    assert not torch.equal(first.latents, other.latents)
+
+
+def test_output_size_follows_one_reference_else_the_request(pipe, image_paths):
+    one = _edit(pipe, [image_paths[0]])
+    assert one.image.size == (96, 64) and one.settings["generation_size"] == [96, 64]
+    two = _edit(pipe, image_paths, width=80, height=48)
+    assert two.image.size == (80, 48) and two.settings["reference_sizes"] == [[96, 64], [48, 48]]
+    none = _edit(pipe, [], width=40, height=72)
+    assert none.image.size == (40, 72) and none.settings["generation_size"] == [32, 64]  # floored to 16, resized
+
+
+def test_guidance_branches_per_step(pipe, image_paths):
+    assert _edit(pipe, [image_paths[0]], num_inference_steps=3).transformer_calls == 9  # 3 branches
+    assert _edit(pipe, [image_paths[0]], image_guidance_scale=1.0).transformer_calls == 4  # text CFG only
+    assert _edit(pipe, [], image_guidance_scale=2.0).transformer_calls == 4  # no refs: 2 branches
+    assert _edit(pipe, [image_paths[0]], text_guidance_scale=1.0).transformer_calls == 2
+    assert _edit(pipe, [image_paths[0]], num_inference_steps=4, cfg_range=(0.0, 0.5)).transformer_calls == 3 * 3 + 1
+
+
+def test_negative_prompt_and_fixed_shift_change_the_result(pipe, image_paths):
+    base = _edit(pipe, [image_paths[0]])
+    assert not torch.equal(base.latents, _edit(pipe, [image_paths[0]], negative_prompt="blurry").latents)
+    shifted = _edit(pipe, [image_paths[0]], time_shift=3.0)
+    assert shifted.settings["time_shift"] == 3.0 and not torch.equal(base.latents, shifted.latents)
+
+
+def test_text_features_are_the_mllm_last_hidden_state_of_the_chat_template(pipe):
+    text = chat_text(pipe.tokenizer, "make it red")
+    assert text.startswith(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nmake it red")
+    assert not text.rstrip().endswith("assistant")
+    embeds = pipe.encode_prompt("make it red", "", need_negative=True)
+    tokens = pipe.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        hidden = pipe.mllm(**tokens, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(embeds.prompt, hidden)
+    assert embeds.negative.shape[1] < embeds.prompt.shape[1]
+
+
+def test_posterior_sample_is_seeded_and_the_mean_is_deterministic(pipe, image_paths):
+    image = PIL.Image.open(image_paths[0]).convert("RGB")
+    sample = lambda seed: pipe.encode_images([image], torch.Generator().manual_seed(seed))[0]
+    assert torch.equal(sample(1), sample(1)) and not torch.equal(sample(1), sample(2))
+    mean = lambda seed: pipe.encode_images([image], torch.Generator().manual_seed(seed), sample_posterior=False)[0]
+    assert torch.equal(mean(1), mean(2))
+
+
+def test_stage_hook_wraps_each_stage_in_order(pipe, image_paths):
+    import contextlib
+
+    seen = []
+
+    @contextlib.contextmanager
+    def hook(name):
+        seen.append(("enter", name))
+        yield
+        seen.append(("exit", name))
+
+    _edit(pipe, [image_paths[0]], stage_hook=hook)
+    assert [n for e, n in seen if e == "enter"] == [*STAGES, "postprocess"]
+    assert seen[0] == ("enter", "text_encode") and seen[1] == ("exit", "text_encode")
+
+
+def test_offload_gives_the_same_image(checkpoint, pipe, image_paths):
+    offloaded = OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", offload=True,
+                                                 progress=False)
+    assert torch.equal(_edit(offloaded, [image_paths[0]]).latents, _edit(pipe, [image_paths[0]]).latents)
+
+
+def test_bad_inputs_get_clear_errors(pipe, image_paths, tmp_path):
+    with pytest.raises(ValueError, match="at most 5"):
+        _edit(pipe, [image_paths[1]] * 6)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _edit(pipe, [tmp_path / "missing.png"])
+    tiny = tmp_path / "tiny.png"
+    PIL.Image.new("RGB", (8, 8)).save(tiny)
+    with pytest.raises(ImageInputError, match="too small"):
+        _edit(pipe, [tiny])
+    with pytest.raises(ValueError, match="text guidance"):
+        _edit(pipe, [image_paths[0]], text_guidance_scale=0.0)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        _edit(pipe, [image_paths[0]], num_inference_steps=0)
+
+
+def test_missing_component_is_named(checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(CheckpointNotFoundError, match=r"vae/"):
+        OmniGen2Pipeline.from_pretrained(broken, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="precision"):
+        OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", precision="int4")
