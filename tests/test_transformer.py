@@ -253,3 +253,19 @@ def test_input_errors(tiny_model):
     six = [torch.zeros(16, 4, 4)] * 6
     with pytest.raises(ValueError, match="at most 5"):
         tiny_model(latents, t, text, mask, [six, None])
+
+
+def test_rotary_forms_agree_and_rotate_adjacent_pairs():
+    from omnigen2_fp8.rope import rotate_pairs_complex, rotate_pairs_real
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, generator=g)
+    angles = torch.randn(2, 5, 4, generator=g) * 50
+    cos, sin = angles.cos(), angles.sin()
+    a, b = rotate_pairs_complex(x, cos, sin), rotate_pairs_real(x, cos, sin)
+    assert torch.allclose(a, b, atol=1e-6)
+    # pair (0, 1) of head 0 rotated by angle[..., 0], computed by hand
+    x0, x1, c, s = x[..., 0, 0], x[..., 0, 1], cos[..., 0], sin[..., 0]
+    assert torch.allclose(a[..., 0, 0], x0 * c - x1 * s, atol=1e-6)
+    assert torch.allclose(a[..., 0, 1], x0 * s + x1 * c, atol=1e-6)
+    assert torch.allclose(a.norm(dim=-1), x.norm(dim=-1), atol=1e-5)  # rotations keep norms
