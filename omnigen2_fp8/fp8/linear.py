@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import kernels  # noqa: F401  (registers torch.ops.omnigen2_fp8.quantize_activation)
+from .kernels import quantize_activation_triton  # also registers torch.ops.omnigen2_fp8.quantize_activation
 from .config import ActivationGranularity, Fp8Config, Kernel, WeightGranularity
 from .primitives import FP8_DTYPE, emulated_scaled_mm, quantize_activation, quantize_weight, round_up
 
@@ -138,7 +138,10 @@ class Fp8Linear(nn.Module):
             y = emulated_scaled_mm(xq, x_scale, self.weight, self.weight_scale, x.dtype, compute)
         else:
             if kernel == Kernel.CUBLAS_PADDED:
-                xq, x_scale = torch.ops.omnigen2_fp8.quantize_activation(x2, self.in_padded, per_token, apply_swiglu)
+                # The custom op is what torch.compile sees; eager calls skip its dispatch overhead.
+                quant = (torch.ops.omnigen2_fp8.quantize_activation if torch.compiler.is_compiling()
+                         else quantize_activation_triton)
+                xq, x_scale = quant(x2, self.in_padded, per_token, apply_swiglu)
             else:
                 xq, x_scale = quantize_activation(x2, self.in_padded, per_token, apply_swiglu)
             y = self._scaled_mm(xq, x_scale, x.dtype)

@@ -1,0 +1,291 @@
+"""Full OmniGen2 transformer: FP8 vs BF16 forward (eager and compiled), weight memory, and load-time peak VRAM.
+
+Shape: the 1024x1024 edit with one 1024x1024 reference, batch 1: noisy latent [16, 128, 128] -> 4096 tokens,
+reference [16, 128, 128] -> 4096 tokens, 100 text tokens (joint sequence 8292). Full-size model with random
+weights made on the GPU (latency and memory do not depend on weight values; quality numbers would be meaningless).
+Every ratio is measured in this one process: BF16 eager, BF16 compiled (regional: each block), then the same model
+quantized in place with quantize_fp8(model, Fp8Config()), FP8 eager, FP8 compiled. Then both models are saved to
+local disk and reloaded with OmniGen2Transformer.from_pretrained to measure the load-time peak.
+
+    python benchmarks/bench_fp8_transformer.py --out results/fp8_transformer_h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.records import run_manifest, write_json_atomic  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint  # noqa: E402
+from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig  # noqa: E402
+
+GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
+
+
+def build_model(preset: str, device: str) -> OmniGen2Transformer:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = OmniGen2Transformer(TransformerConfig.from_name(preset))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval().requires_grad_(False)
+
+
+def make_inputs(model: OmniGen2Transformer, latent_side: int, ref_side: int, text_len: int, device: str):
+    c = model.config
+    g = torch.Generator(device=device).manual_seed(0)
+    latents = [torch.randn(c.in_channels, latent_side, latent_side, device=device, dtype=torch.bfloat16, generator=g)]
+    refs = [[torch.randn(c.in_channels, ref_side, ref_side, device=device, dtype=torch.bfloat16, generator=g)]]
+    text = torch.randn(1, text_len, c.text_feat_dim, device=device, dtype=torch.bfloat16, generator=g)
+    mask = torch.ones(1, text_len, dtype=torch.bool)  # CPU mask: reading its lengths costs no device sync
+    t = torch.full((1,), 0.5, device=device)
+    return latents, t, text, mask, refs
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
+    """Median of CUDA-event (or perf_counter on CPU) times of whole forwards, after warm-up."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(*inputs)
+        sync(device)
+        first_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
+            model(*inputs)
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(*inputs)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                model(*inputs)
+                times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    med = times[len(times) // 2]
+    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
+            "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}
+
+
+KERNEL_CATEGORIES = (  # first match wins; lower-case substrings of kernel names
+    ("quant", ("_quantize_rows_kernel",)),
+    ("attention", ("sdpa", "flash", "fmha", "attention")),
+    ("gemm-fp8", ("e4m3", "f8f8", "fp8", "qqtst", "_e4m3", "sm90_xmma_gemm_e4")),
+    ("gemm-bf16", ("nvjet", "gemm", "cutlass", "sm90_xmma", "cublas")),
+    ("triton-fused", ("triton_",)),
+    ("norm-elementwise", ("elementwise", "norm", "reduce", "copy", "cat", "silu", "mul", "add")),
+)
+
+
+def kernel_profile(model, inputs) -> dict:
+    """Kernel time of one forward grouped by category (ms), and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(*inputs)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(*inputs)
+            torch.cuda.synchronize()
+    per_kernel: dict[str, list] = {}
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        entry = per_kernel.setdefault(evt.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += evt.device_time / 1e3 if hasattr(evt, "device_time") else evt.cuda_time / 1e3
+    categories: dict[str, float] = {}
+    for name, (_, ms) in per_kernel.items():
+        lname = name.lower()
+        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in lname for k in keys)), "other")
+        categories[cat] = categories.get(cat, 0.0) + ms
+    total = sum(categories.values())
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:20]
+    return {"total_kernel_ms": total, "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+            "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
+
+
+def uncompile(model: OmniGen2Transformer) -> None:
+    for block in model.blocks():
+        block._compiled_call_impl = None
+    torch._dynamo.reset()
+
+
+def load_peak(folder: Path, device: str, then_quantize: bool = False) -> dict:
+    """Peak allocated memory while OmniGen2Transformer.from_pretrained loads `folder` (and optionally quantizes)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    model = OmniGen2Transformer.from_pretrained(folder, dtype=torch.bfloat16, device=device)
+    if then_quantize:
+        quantize_fp8(model, Fp8Config())
+    torch.cuda.synchronize()
+    out = {"seconds": time.perf_counter() - t0,
+           "peak_allocated_gib": (torch.cuda.max_memory_allocated() - base) / 2**30,
+           "resident_after_gib": (torch.cuda.memory_allocated() - base) / 2**30}
+    return out, model
+
+
+def run(args, result: dict) -> None:
+    device = args.device
+    save = lambda: write_json_atomic(args.out, result)  # noqa: E731
+    model = build_model(args.preset, device)
+    inputs = make_inputs(model, args.latent_side, args.latent_side, args.text_tokens, device)
+    tokens = 2 * (args.latent_side // 2) ** 2 + args.text_tokens
+    result["shape"] = {"latent": [16, args.latent_side, args.latent_side], "ref_latent": [16, args.latent_side,
+                       args.latent_side], "text_tokens": args.text_tokens, "joint_tokens": tokens, "batch": 1}
+    mem = result.setdefault("memory", {})
+    mem["bf16_weight_bytes"] = weight_bytes(model)
+    timing = result.setdefault("forward", {})
+
+    timing["bf16_eager"] = time_forward(model, inputs, device, args.warmup, args.repeats)
+    with torch.inference_mode():
+        reference = torch.stack(model(*inputs)).float()
+    print("bf16 eager", timing["bf16_eager"]["median_ms"])
+    save()
+    if not args.no_compile:
+        model.compile_blocks()
+        timing["bf16_compiled"] = time_forward(model, inputs, device, args.warmup, args.repeats)
+        print("bf16 compiled", timing["bf16_compiled"]["median_ms"])
+        if args.profile:
+            result["profile_bf16_compiled"] = kernel_profile(model, inputs)
+        uncompile(model)
+        save()
+
+    tmp = Path(tempfile.mkdtemp(prefix="fp8bench-", dir=args.tmp))
+    if args.load_peak:
+        t0 = time.perf_counter()
+        model.save_pretrained(tmp / "bf16")
+        result.setdefault("checkpoints", {})["bf16_save_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report = quantize_fp8(model, Fp8Config())
+    sync(device)
+    result["quantize_s"] = time.perf_counter() - t0
+    result["quantize_report"] = {"num_quantized": len(report.quantized), "num_kept": len(report.kept),
+                                 "swiglu_folded": len(report.swiglu_folded),
+                                 "kept": [[d.name, d.reason.split(":")[0]] for d in report.kept]}
+    gc.collect()
+    mem["fp8_weight_bytes"] = weight_bytes(model)
+    mem["fp8_weight_fraction"] = mem["fp8_weight_bytes"] / mem["bf16_weight_bytes"]
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        mem["fp8_model_allocated_gib"] = torch.cuda.memory_allocated() / 2**30
+    print("weight fraction", mem["fp8_weight_fraction"])
+
+    timing["fp8_eager"] = time_forward(model, inputs, device, args.warmup, args.repeats)
+    with torch.inference_mode():
+        out = torch.stack(model(*inputs)).float()
+    result["fp8_output_rel_err_vs_bf16"] = float((out - reference).norm() / reference.norm())
+    print("fp8 eager", timing["fp8_eager"]["median_ms"], "rel err", result["fp8_output_rel_err_vs_bf16"])
+    if args.profile:
+        result["profile_fp8_eager"] = kernel_profile(model, inputs)
+    save()
+    if not args.no_compile:
+        model.compile_blocks()
+        timing["fp8_compiled"] = time_forward(model, inputs, device, args.warmup, args.repeats)
+        print("fp8 compiled", timing["fp8_compiled"]["median_ms"])
+        if args.profile:
+            result["profile_fp8_compiled"] = kernel_profile(model, inputs)
+        uncompile(model)
+        save()
+
+    ratios = result.setdefault("ratios", {})
+    ratios["fp8_vs_bf16_eager"] = timing["bf16_eager"]["median_ms"] / timing["fp8_eager"]["median_ms"]
+    if "fp8_compiled" in timing:
+        ratios["fp8_vs_bf16_compiled"] = timing["bf16_compiled"]["median_ms"] / timing["fp8_compiled"]["median_ms"]
+        ratios["fp8_compiled_vs_bf16_eager"] = timing["bf16_eager"]["median_ms"] / timing["fp8_compiled"]["median_ms"]
+    print("ratios", ratios)
+    save()
+
+    if args.load_peak:
+        t0 = time.perf_counter()
+        save_fp8_checkpoint(model, tmp / "fp8")
+        result["checkpoints"]["fp8_save_s"] = time.perf_counter() - t0
+        with torch.inference_mode():
+            fp8_out = torch.stack(model(*inputs)).float()
+        del model
+        loads = result.setdefault("load_peak", {})
+        loads["bf16_checkpoint"], m = load_peak(tmp / "bf16", device)
+        del m
+        loads["fp8_checkpoint"], m = load_peak(tmp / "fp8", device)
+        with torch.inference_mode():
+            loaded_out = torch.stack(m(*inputs)).float()
+        result["fp8_reloaded_max_abs_diff"] = float((loaded_out - fp8_out).abs().max())
+        del m
+        loads["bf16_checkpoint_then_quantize"], m = load_peak(tmp / "bf16", device, then_quantize=True)
+        del m
+        loads["fp8_over_bf16_peak"] = (loads["fp8_checkpoint"]["peak_allocated_gib"]
+                                       / loads["bf16_checkpoint"]["peak_allocated_gib"])
+        print("load peaks", loads)
+        save()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", default="omnigen2", help="TransformerConfig preset (tiny for a smoke test)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--latent-side", type=int, default=128, help="latent side (1024 px / 8)")
+    parser.add_argument("--text-tokens", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="kernel-time roll-up of one forward per mode")
+    parser.add_argument("--load-peak", action="store_true", help="save both checkpoints and measure load peaks")
+    parser.add_argument("--tmp", default=None, help="folder for the temporary checkpoints (local disk)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
+                                       device=args.device, extra={"benchmark": "fp8 transformer"}),
+              "goals": GOALS, "config": Fp8Config().to_dict()}
+    try:
+        run(args, result)
+    except Exception as err:  # keep what was measured, and say what failed
+        result["error"] = f"{type(err).__name__}: {err}"
+        result["traceback"] = traceback.format_exc()
+        write_json_atomic(args.out, result)
+        raise
+    r, m = result.get("ratios", {}), result.get("memory", {})
+    result["goals_met"] = {
+        "fp8_vs_bf16_eager": r.get("fp8_vs_bf16_eager", 0) >= GOALS["fp8_vs_bf16_same_mode"],
+        "fp8_vs_bf16_compiled": r.get("fp8_vs_bf16_compiled", 0) >= GOALS["fp8_vs_bf16_same_mode"],
+        "fp8_compiled_vs_bf16_eager": r.get("fp8_compiled_vs_bf16_eager", 0) >= GOALS["fp8_compiled_vs_bf16_eager"],
+        "fp8_weight_fraction": m.get("fp8_weight_fraction", 1) <= GOALS["fp8_weight_fraction"],
+    }
+    if "load_peak" in result:
+        result["goals_met"]["fp8_load_peak_below_bf16"] = result["load_peak"]["fp8_over_bf16_peak"] < 1
+    write_json_atomic(args.out, result)
+    print("goals met:", result["goals_met"])
+
+
+if __name__ == "__main__":
+    main()
