@@ -1,0 +1,149 @@
+"""Command line: edit an image with OmniGen2 and print the time of each stage and the peak VRAM.
+
+    python -m omnigen2_fp8.edit --image a.png [--image b.png] --prompt "make the sky green" -o out.png
+    python -m omnigen2_fp8.edit --synthetic tiny --device cpu --dtype float32 --image a.png --prompt "..." -o out.png
+
+--model takes a checkpoint folder (official layout) or a hub id; --synthetic builds random-weight models in
+memory instead (tiny: seconds on a CPU; full: the released sizes, for speed and memory work on a GPU). Outputs made
+from random weights say so (stdout, PNG metadata, the --json record).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .image_processing import MAX_PIXELS
+
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+          "fp32": torch.float32}
+STAGE_LABELS = {"text_encode": "MLLM (text encode)", "vae_encode": "VAE encode", "prepare_latents": "prepare latents",
+                "denoise": "denoise", "vae_decode": "VAE decode", "postprocess": "postprocess"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m omnigen2_fp8.edit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--image", action="append", default=[], metavar="PATH",
+                    help="reference image (repeat for up to 5); none generates from text")
+    io.add_argument("--prompt", required=True, help="the edit instruction")
+    io.add_argument("--negative-prompt", default="", help="negative prompt (default: empty, as officially)")
+    io.add_argument("-o", "--output", required=True, type=Path, help="PNG to write")
+    io.add_argument("--json", type=Path, metavar="PATH", help="also write settings, stage times and VRAM as JSON")
+    io.add_argument("--width", type=int, help="output width when not following a single reference (default 1024)")
+    io.add_argument("--height", type=int, help="output height when not following a single reference (default 1024)")
+
+    model = parser.add_argument_group("model")
+    source = model.add_mutually_exclusive_group()
+    source.add_argument("--model", default="OmniGen2/OmniGen2", help="checkpoint folder or hub id")
+    source.add_argument("--synthetic", choices=("tiny", "full"),
+                        help="random-weight models built in memory instead of --model")
+    model.add_argument("--precision", choices=("bf16", "fp8"), default="bf16",
+                       help="bf16, or fp8 (the DiT's linear layers in FP8)")
+    model.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of all models")
+    model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    model.add_argument("--offload", action="store_true", help="keep models on the CPU, each on the device only "
+                                                              "while its stage runs")
+    model.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--steps", type=int, default=28, help="Euler steps (official demo: 50)")
+    sampling.add_argument("--text-guidance", type=float, default=4.0, help="text guidance scale")
+    sampling.add_argument("--image-guidance", type=float, default=1.0, help="image guidance scale")
+    sampling.add_argument("--cfg-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                          help="fraction of the steps that use guidance")
+    sampling.add_argument("--time-shift", type=float, help="fixed time shift (GEdit-Bench setting: 3.0); "
+                                                           "default: the dynamic, resolution-based shift")
+    sampling.add_argument("--seed", type=int, default=0)
+    sampling.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="pixel cap for inputs and output")
+    sampling.add_argument("--posterior-mean", action="store_true",
+                          help="encode references with the VAE posterior mean instead of a seeded sample")
+    sampling.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def load_pipeline(args: argparse.Namespace):
+    """The pipeline the flags ask for (synthetic in memory, or from --model)."""
+    from .pipeline import OmniGen2Pipeline
+    from .synthetic import build_synthetic_pipeline
+
+    dtype = DTYPES[args.dtype]
+    options = dict(precision=args.precision, offload=args.offload, compile=args.compile,
+                   progress=not args.no_progress)
+    if args.synthetic:
+        pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
+        if args.time_shift is not None:
+            pipe.scheduler.time_shift = args.time_shift
+        return pipe
+    return OmniGen2Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device, time_shift=args.time_shift,
+                                            **options)
+
+
+def format_report(result) -> str:
+    """Human-readable stage times and peak VRAM of one result."""
+    lines = []
+    if result.synthetic:
+        lines.append("SYNTHETIC: random-weight models; timings are real, the image means nothing")
+    settings = result.settings
+    lines.append(f"generated {settings['generation_size'][0]}x{settings['generation_size'][1]}, "
+                 f"{settings['num_inference_steps']} steps, {result.transformer_calls} transformer passes, "
+                 f"precision={settings['precision']} dtype={settings['dtype']} device={settings['device']}")
+    for stage, seconds in result.stage_seconds.items():
+        peak = result.stage_peak_vram_bytes.get(stage)
+        vram = f"   peak {peak / 2**30:6.2f} GiB" if peak is not None else ""
+        lines.append(f"  {STAGE_LABELS.get(stage, stage):<20} {seconds:9.3f} s{vram}")
+    lines.append(f"  {'total':<20} {result.total_seconds:9.3f} s")
+    if result.peak_vram_bytes is not None:
+        lines.append(f"peak VRAM {result.peak_vram_bytes / 2**30:.2f} GiB allocated, "
+                     f"{result.peak_vram_reserved_bytes / 2**30:.2f} GiB reserved")
+    else:
+        lines.append("peak VRAM: n/a (not a CUDA device)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, NotImplementedError) as err:  # user errors: the message names the fix
+        parser.exit(2, f"error: {err}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, edit, save, report; returns the exit status."""
+    from .image_processing import check_reference_count, load_image
+    from .transformer import MAX_REFERENCE_IMAGES
+
+    check_reference_count(args.image, MAX_REFERENCE_IMAGES)
+    for path in args.image:  # fail on a bad image before minutes of model loading
+        load_image(path)
+    pipe = load_pipeline(args)
+    result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
+                  text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
+                  cfg_range=tuple(args.cfg_range), seed=args.seed, width=args.width, height=args.height,
+                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean)
+    result.save(args.output)
+    print(format_report(result))
+    print(f"wrote {args.output}")
+    if args.json:
+        record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output)}
+        _write_json_atomic(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
