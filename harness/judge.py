@@ -170,6 +170,7 @@ class QwenJudge:
         self.model_id, self.device = model_id, device
         self.batch_size, self.max_new_tokens, self.max_retries, self.seed = batch_size, max_new_tokens, max_retries, seed
         self.synthetic = synthetic
+        self.last_new_tokens_total = 0  # generated tokens in the last run_calls (throughput bookkeeping)
         self.tokenizer.padding_side = "left"
         self._process_vision_info = _import_process_vision_info()
         self.preprocessing = ("qwen_vl_utils.process_vision_info + AutoProcessor"
@@ -222,6 +223,8 @@ class QwenJudge:
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        pad = self.tokenizer.pad_token_id
+        self.last_new_tokens_total += int((new_tokens != pad).sum()) if pad is not None else new_tokens.numel()
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     def _encode(self, conversations: list[list[dict]]):
@@ -248,6 +251,7 @@ class QwenJudge:
     def run_calls(self, calls: Sequence[JudgeCall], progress=None) -> list[CallResult]:
         """Judge every call: greedy in batches, then up to max_retries seeded resamples of the failed ones."""
         attempts: dict[str, list[dict]] = {c.call_id: [] for c in calls}
+        self.last_new_tokens_total = 0
         pending = list(calls)
         for attempt in range(self.max_retries + 1):
             seed = None if attempt == 0 else self.seed + attempt

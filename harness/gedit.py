@@ -1,0 +1,610 @@
+"""python -m harness.gedit: GEdit-Bench edits per precision, a local Qwen2.5-VL judge, scores, deltas, fidelity.
+
+Examples:
+    python -m harness.gedit --precision bf16 fp8 --task gedit-en-10pct             # real models from hub/folders
+    python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
+    python -m harness.gedit --stage judge --edits DIR --precision mymodel           # judge edits made elsewhere
+    python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
+
+Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
+Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
+fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
+per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from harness import data as gdata
+from harness.fidelity import fidelity_table, summarize_fidelity
+from harness.generate import (edit_path, free_pipeline, generate_samples, generation_records, load_arm_pipeline,
+                              pending_samples)
+from harness.judge import QwenJudge, judge_calls_for_sample
+from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
+from harness.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
+                             write_text_atomic)
+from harness.scoring import METRICS, headline_table, sample_table, task_table
+from harness.stats import paired_deltas
+from harness.tasks import GeditTaskConfig, TaskError, apply_overrides, load_gedit_task
+
+log = logging.getLogger("harness.gedit")
+
+DEFAULT_TASK = "gedit-en-full"
+JUDGEMENTS = "judgements.jsonl"
+JUDGE_RUNS = "judge_runs.jsonl"
+SYNTHETIC_TINY_SETTINGS = {"generation.steps": 2, "generation.resolution": 64, "judge.max_new_tokens": 24}
+SYNTHETIC_FULL_SETTINGS = {"selection.per_task": 1, "judge.max_retries": 0}
+
+
+class SetupError(RuntimeError):
+    """Models or data needed by the requested stages cannot be found; the message lists the flags that fix it."""
+
+
+@dataclasses.dataclass
+class RunContext:
+    """Everything the stages need, resolved from the task file and flags."""
+
+    config: GeditTaskConfig
+    overrides: list[dict]
+    arms: list[str]
+    out: Path
+    edits_root: Path
+    dataset: str
+    model: str
+    judge_model: str
+    prompts: PromptSet
+    device: str
+    batch_size: int
+    synthetic: str | None
+    progress: bool = True
+    bootstrap: int = 10_000
+    baseline: str | None = None
+
+    @property
+    def baseline_arm(self) -> str:
+        return self.baseline or ("bf16" if "bf16" in self.arms else self.arms[0])
+
+
+# ------------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.gedit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = p.add_argument_group("what to run")
+    run.add_argument("--task", default=DEFAULT_TASK, help=f"task name or YAML path (default {DEFAULT_TASK}; "
+                     "`python -m harness.tasks ls` lists them)")
+    run.add_argument("--precision", nargs="+", default=None, metavar="ARM",
+                     help="arms to run: bf16 and/or fp8 (default: both); with --edits, any folder names")
+    run.add_argument("--stage", choices=("generate", "judge", "score", "all"), default="all")
+    run.add_argument("--synthetic", choices=("tiny", "full"), default=None,
+                     help="random-weight models and a PIL-drawn dataset: tiny runs on a CPU in about a minute, "
+                          "full has the real shapes (GPU throughput); every score is meaningless")
+    sel = p.add_argument_group("sample selection (override the task file)")
+    sel.add_argument("--per-task", type=int, default=None, help="samples per task group and language")
+    sel.add_argument("--languages", nargs="+", choices=("en", "cn"), default=None)
+    sel.add_argument("--tasks", nargs="+", default=None, metavar="GROUP", help="task groups to keep")
+    sel.add_argument("--intersection", action="store_true", default=None, help="only Intersection_exist rows")
+    sel.add_argument("--selection-seed", type=int, default=None)
+    gen = p.add_argument_group("generation (override the task file)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--resolution", type=int, default=None, help="cap edits at R*R pixels (aspect kept)")
+    gen.add_argument("--model", default=None, help="OmniGen2 checkpoint folder or hub id")
+    jud = p.add_argument_group("judge (override the task file)")
+    jud.add_argument("--judge", default=None, help="Qwen2.5-VL-7B-Instruct folder or hub id")
+    jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
+    jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
+    jud.add_argument("--max-new-tokens", type=int, default=None)
+    jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
+    io = p.add_argument_group("data and files")
+    io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
+    io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
+    io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
+    io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    io.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the 95%% intervals")
+    io.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Dotted task fields -> flag values (None = not given)."""
+    return {
+        "selection.per_task": args.per_task, "selection.languages": args.languages,
+        "selection.task_groups": args.tasks, "selection.intersection": args.intersection,
+        "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
+        "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
+        "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
+        "dataset.id": args.dataset,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ context + setup
+def make_context(args: argparse.Namespace) -> RunContext:
+    """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked)."""
+    config = load_gedit_task(args.task)
+    changes: list[dict] = []
+    flags = overrides_from_args(args)
+    if args.synthetic:
+        auto = dict(SYNTHETIC_TINY_SETTINGS if args.synthetic == "tiny" else SYNTHETIC_FULL_SETTINGS)
+        config, auto_changes = apply_overrides(config, {k: v for k, v in auto.items() if flags.get(k) is None})
+        changes += [{**c, "source": f"--synthetic {args.synthetic} default"} for c in auto_changes]
+    config, flag_changes = apply_overrides(config, flags)
+    changes += [{**c, "source": "flag"} for c in flag_changes]
+    for c in changes:
+        log.info("override %s: %r -> %r (%s)", c["field"], c["old"], c["new"], c["source"])
+    out = Path(args.out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{args.synthetic}"
+                                                                         if args.synthetic else "")))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    edits_root, arms = _edits_and_arms(args, out)
+    prompts = resolve_prompt_set(config.judge.prompt_set, args.viescore_file)
+    ctx = RunContext(config=config, overrides=changes, arms=arms, out=out, edits_root=edits_root,
+                     dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
+                     prompts=prompts, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
+                     progress=not args.no_progress, bootstrap=args.bootstrap)
+    if args.synthetic:
+        prepare_synthetic(ctx, explicit_dataset=args.dataset is not None, explicit_model=args.model is not None,
+                          explicit_judge=args.judge is not None)
+    return ctx
+
+
+def _edits_and_arms(args: argparse.Namespace, out: Path) -> tuple[Path, list[str]]:
+    if args.edits is None:
+        return out, list(args.precision or ["bf16", "fp8"])
+    root = Path(args.edits)
+    if (root / "fullset").is_dir():  # DIR is one model's folder: the arm is its name
+        return root.parent, list(args.precision or [root.name])
+    if args.precision:
+        return root, list(args.precision)
+    found = sorted(p.name for p in root.glob("*") if (p / "fullset").is_dir()) if root.is_dir() else []
+    if not found:
+        raise SetupError(f"--edits {root} holds no <arm>/fullset/ folder; pass the folder that contains them "
+                         "(official layout <root>/<arm>/fullset/<task_type>/<lang>/<key>.png)")
+    return root, found
+
+
+def prepare_synthetic(ctx: RunContext, explicit_dataset: bool, explicit_model: bool, explicit_judge: bool) -> None:
+    """Write (or reuse) the synthetic dataset and tiny checkpoints under <out>/_synthetic; point ctx at them."""
+    from omnigen2_fp8.synthetic import write_synthetic_checkpoint
+
+    from harness.judge import write_synthetic_judge
+
+    work = ctx.out / "_synthetic"
+    if not explicit_dataset:
+        folder = work / ("dataset" if ctx.synthetic == "tiny" else "dataset-512")
+        if not (folder / "data").is_dir():
+            gdata.write_synthetic_gedit(folder, per_task=2, image_size=64 if ctx.synthetic == "tiny" else 512)
+        ctx.dataset = str(folder)
+    if ctx.synthetic == "tiny":
+        if not explicit_model:
+            folder = work / "omnigen2-tiny"
+            if not (folder / "model_index.json").is_file():
+                write_synthetic_checkpoint(folder, "tiny")
+            ctx.model = str(folder)
+        if not explicit_judge:
+            ctx.judge_model = str(write_synthetic_judge(work / "judge-tiny"))
+    else:  # "full": models are built in device memory by the stages
+        ctx.model = ctx.model if explicit_model else "synthetic:full"
+        ctx.judge_model = ctx.judge_model if explicit_judge else "synthetic:full"
+
+
+def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
+    """Fail before any heavy work when a model or the dataset named for the requested stages is not available."""
+    problems = []
+    if "generate" in stages and not ctx.model.startswith("synthetic:"):
+        problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
+    if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
+        problems += _check_model(ctx.judge_model, "judge", "--judge", "config.json")
+    if {"generate", "judge"} & set(stages):
+        problems += _check_dataset(ctx.dataset)
+    if problems:
+        raise SetupError("cannot start:\n  - " + "\n  - ".join(problems) + "\n"
+                         "Fix: --model DIR|HUB_ID (OmniGen2 checkpoint), --judge DIR|HUB_ID (Qwen2.5-VL-7B-Instruct), "
+                         "--dataset DIR|FILE|HUB_ID (GEdit-Bench copy), or --synthetic tiny to run the whole flow "
+                         "on random models and a drawn dataset (scores meaningless).")
+
+
+def _check_model(ref: str, what: str, flag: str, marker: str) -> list[str]:
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return [] if (path / marker).is_file() else [f"{what} folder {path} has no {marker} ({flag})"]
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        return [f"{what} {ref!r} is neither an existing folder nor a hub id ({flag})"]
+    return _hub_available(ref, "model", marker, what, flag)
+
+
+def _check_dataset(ref: str) -> list[str]:
+    if Path(ref).expanduser().exists():
+        return []
+    if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
+        return [f"dataset {ref!r} does not exist (--dataset)"]
+    return _hub_available(ref, "dataset", None, "dataset", "--dataset")
+
+
+def _hub_available(repo_id: str, repo_type: str, marker: str | None, what: str, flag: str) -> list[str]:
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    if marker and isinstance(try_to_load_from_cache(repo_id, marker, repo_type=repo_type), str):
+        return []
+    try:
+        (HfApi().model_info if repo_type == "model" else HfApi().dataset_info)(repo_id, timeout=15)
+    except Exception as err:  # offline, 404, gated: all mean "not available from here"
+        return [f"{what} {repo_id!r} is not a local folder, not in the hub cache, and the hub did not answer "
+                f"({type(err).__name__}) ({flag})"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------- selection
+def select(ctx: RunContext):
+    """Load the dataset, choose the samples, record the choice in <out>/selection.json. Returns (dataset, samples)."""
+    ds = gdata.load_gedit_dataset(ctx.dataset, ctx.config.dataset.revision, ctx.config.dataset.split)
+    samples = gdata.select_samples(ds, ctx.config.selection)
+    if not samples:
+        raise SetupError(f"the selection {ctx.config.selection} matches no row of {ctx.dataset}")
+    write_json_atomic(ctx.out / "selection.json", {
+        **gdata.selection_summary(samples), "dataset": ctx.dataset, "selection": dataclasses.asdict(
+            ctx.config.selection), "samples": [s.to_record() for s in samples]})
+    return ds, samples
+
+
+def samples_from_selection(out: Path) -> list[dict]:
+    """The sample records saved by `select` (for the score stage, which needs no dataset)."""
+    path = out / "selection.json"
+    if not path.is_file():
+        raise SetupError(f"{path} not found: run the generate or judge stage first (they record the selection)")
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))["samples"]
+
+
+# ------------------------------------------------------------------------------------------------------- stages
+def run_generate(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef]) -> None:
+    """Edits for every arm; one model load per arm, freed before the next; finished samples are skipped."""
+    for arm in ctx.arms:
+        todo = pending_samples(ctx.edits_root, arm, samples)
+        if not todo:
+            log.info("generate %s: all %d edits exist", arm, len(samples))
+            continue
+        log.info("generate %s: %d of %d edits to make", arm, len(todo), len(samples))
+        pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift)
+        try:
+            generate_samples(pipe, ds, todo, ctx.edits_root, arm, ctx.config.generation, progress=ctx.progress)
+        finally:
+            free_pipeline(pipe)
+
+
+def judge_identity(ctx: RunContext) -> dict:
+    return {"model": ctx.judge_model, "prompt_set": ctx.prompts.name, "prompt_sha256": ctx.prompts.sha256["set"]}
+
+
+def load_judge(ctx: RunContext) -> QwenJudge:
+    spec = ctx.config.judge
+    kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
+    if ctx.judge_model == "synthetic:full":
+        from harness.judge import build_full_synthetic_judge
+
+        return build_full_synthetic_judge(ctx.device, **kwargs)
+    judge = QwenJudge.load(ctx.judge_model, ctx.device, **kwargs)
+    judge.model_id = ctx.judge_model
+    return judge
+
+
+def run_judge(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], judge: QwenJudge | None = None) -> None:
+    """Judge every (arm, sample) not yet in judgements.jsonl for this judge and prompt set; missing edits are
+    recorded as such. Work goes in chunks of batch_size samples, each appended as soon as it is done."""
+    path = ctx.out / JUDGEMENTS
+    ident = judge_identity(ctx)
+    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in read_jsonl(path)
+            if r.get("judge", {}).get("model") == ident["model"]
+            and r.get("judge", {}).get("prompt_sha256") == ident["prompt_sha256"]}
+    todo = [(arm, s) for arm in ctx.arms for s in samples if (arm, s.task_type, s.language, s.key) not in done]
+    if not todo:
+        log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
+        return
+    judge = judge or load_judge(ctx)
+    info = judge.describe()
+    chunk = max(1, ctx.batch_size)
+    bar = tqdm(total=2 * len(todo), desc="judge", unit="call", disable=not ctx.progress)
+    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        calls, present = [], []
+        for arm, sample in part:
+            image_path = edit_path(ctx.edits_root, arm, sample)
+            if not image_path.is_file():
+                append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
+                                              failure=f"no edited image at {image_path}"))
+                bar.update(2)
+                continue
+            edited = _open(image_path)
+            calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
+                                            sample.instruction, ctx.prompts)
+            present.append((arm, sample))
+        if not present:
+            continue
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
+        seconds = time.perf_counter() - t0
+        append_jsonl(ctx.out / JUDGE_RUNS, {"arms": sorted({a for a, _ in present}), "n_samples": len(present),
+                                            "n_calls": len(calls), "seconds": seconds,
+                                            "n_attempts": sum(len(r.attempts) for r in results.values()),
+                                            "new_tokens": judge.last_new_tokens_total,
+                                            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                                            "judge": ident})
+        for arm, sample in present:
+            sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
+            ok = sc.status == "ok" and pq.status == "ok"
+            failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
+            append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
+                                          failure=failure, sc=sc.to_record(), pq=pq.to_record(),
+                                          out_of_range="out_of_range" in (sc.status, pq.status)))
+    bar.close()
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def _judgement(arm, sample, ident, info, ctx, *, status, failure="", sc=None, pq=None, out_of_range=False) -> dict:
+    return {"arm": arm, **sample.to_record(), "image": str(edit_path(ctx.edits_root, arm, sample).relative_to(ctx.edits_root)),
+            "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
+            "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
+                      "synthetic": bool(info.get("synthetic"))}}
+
+
+def current_judgements(ctx: RunContext, samples: Sequence[dict]) -> list[dict]:
+    """The latest judgement per (arm, sample) for this judge + prompt set, restricted to the selected samples."""
+    ident = judge_identity(ctx)
+    wanted = {(s["task_type"], s["language"], s["key"]) for s in samples}
+    latest = {}
+    for rec in read_jsonl(ctx.out / JUDGEMENTS):
+        j = rec.get("judge", {})
+        if (j.get("model"), j.get("prompt_sha256")) != (ident["model"], ident["prompt_sha256"]):
+            continue
+        if rec["arm"] in ctx.arms and (rec["task_type"], rec["language"], rec["key"]) in wanted:
+            latest[(rec["arm"], rec["task_type"], rec["language"], rec["key"])] = rec
+    return list(latest.values())
+
+
+def run_score(ctx: RunContext) -> dict:
+    """scores.csv, tasks.csv, fidelity.csv, summary.json, summary.md from judgements and edits; returns the summary."""
+    samples = samples_from_selection(ctx.out)
+    table = sample_table(current_judgements(ctx, samples))
+    table.to_csv(_tmp(ctx.out / "scores.csv"), index=False)
+    _commit(ctx.out / "scores.csv")
+    tasks = task_table(table) if len(table) else pd.DataFrame()
+    tasks.to_csv(_tmp(ctx.out / "tasks.csv"), index=False)
+    _commit(ctx.out / "tasks.csv")
+    headline = headline_table(table) if len(table) else pd.DataFrame()
+    base = ctx.baseline_arm
+    deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
+    fidelity, fid_rows = {}, []
+    for arm in (a for a in ctx.arms if a != base):
+        pairs = [(s, edit_path(ctx.edits_root, base, s), edit_path(ctx.edits_root, arm, s)) for s in samples]
+        ftab = fidelity_table(pairs)
+        fid_rows.append(ftab.assign(baseline=base, arm=arm))
+        if len(ftab):
+            fidelity[arm] = {"baseline": base, **summarize_fidelity(ftab)}
+    if fid_rows:
+        pd.concat(fid_rows).to_csv(_tmp(ctx.out / "fidelity.csv"), index=False)
+        _commit(ctx.out / "fidelity.csv")
+    summary = {
+        "synthetic": ctx.synthetic or False,
+        **({"warning": SYNTHETIC_WARNING} if ctx.synthetic else {}),
+        "task": ctx.config.to_dict(), "overrides": ctx.overrides, "arms": ctx.arms, "baseline": base,
+        "dataset": ctx.dataset, "model": ctx.model, "edits_root": str(ctx.edits_root),
+        "judge": judge_identity(ctx), "prompt_set": ctx.prompts.describe(),
+        "selection": {k: v for k, v in gdata.selection_summary([_as_ref(s) for s in samples]).items()},
+        "headline": _records(headline), "per_task": _records(tasks), "deltas": deltas, "fidelity": fidelity,
+        "judge_failures": _failures(tasks), "throughput": throughput(ctx),
+        "provenance": run_manifest(synthetic=ctx.synthetic or False, device=ctx.device,
+                                   extra={"prompt_set": ctx.prompts.describe(), "judge_model": ctx.judge_model,
+                                          "omnigen2_model": ctx.model}),
+        "files": {"judgements": JUDGEMENTS, "scores": "scores.csv", "tasks": "tasks.csv",
+                  "fidelity": "fidelity.csv" if fid_rows else None, "selection": "selection.json",
+                  "markdown": "summary.md"},
+    }
+    write_json_atomic(ctx.out / "summary.json", summary)
+    write_text_atomic(ctx.out / "summary.md", render_markdown(summary))
+    return summary
+
+
+def _tmp(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _commit(path: Path) -> None:
+    _tmp(path).replace(path)
+
+
+def _as_ref(s: dict) -> gdata.SampleRef:
+    return gdata.SampleRef(s["task_type"], s["language"], s["key"], s.get("instruction", ""),
+                           bool(s.get("intersection")), -1)
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+def _failures(tasks: pd.DataFrame) -> dict:
+    out: dict = {}
+    for row in _records(tasks):
+        entry = out.setdefault(row["arm"], {}).setdefault(row["language"], {"total": 0, "missing_images": 0,
+                                                                            "out_of_range": 0, "per_task": {}})
+        entry["per_task"][row["task_type"]] = row["n_judge_failures"]
+        entry["total"] += row["n_judge_failures"]
+        entry["missing_images"] += row["n_missing_image"]
+        entry["out_of_range"] += row["n_out_of_range"]
+    return out
+
+
+def throughput(ctx: RunContext) -> dict:
+    """Seconds per sample and peak VRAM: generation per arm (from generation.jsonl), judging (judge_runs.jsonl)."""
+    gen = {}
+    for arm in ctx.arms:
+        recs = generation_records(ctx.edits_root, arm)
+        if recs:
+            secs = pd.Series([r["seconds"] for r in recs])
+            vram = [r["peak_vram_gib"] for r in recs if r.get("peak_vram_gib") is not None]
+            gen[arm] = {"n_samples": len(recs), "seconds_per_sample_mean": float(secs.mean()),
+                        "seconds_per_sample_median": float(secs.median()),
+                        "seconds_per_sample_after_first": float(secs.iloc[1:].mean()) if len(secs) > 1 else None,
+                        "peak_vram_gib_max": max(vram) if vram else None,
+                        "steps": recs[0]["settings"].get("num_inference_steps"),
+                        "output_size": recs[0].get("output_size")}
+    ident = judge_identity(ctx)
+    runs = [r for r in read_jsonl(ctx.out / JUDGE_RUNS) if r.get("judge") == ident]
+    judge = None
+    if runs:
+        n = sum(r["n_samples"] for r in runs)
+        vram = [r["peak_vram_gib"] for r in runs if r.get("peak_vram_gib") is not None]
+        judge = {"n_samples": n, "seconds_per_sample": sum(r["seconds"] for r in runs) / n,
+                 "calls_per_sample": 2, "attempts_per_call": sum(r["n_attempts"] for r in runs) /
+                 max(1, sum(r["n_calls"] for r in runs)),
+                 "new_tokens_per_attempt": (sum(r.get("new_tokens") or 0 for r in runs) /
+                                            max(1, sum(r["n_attempts"] for r in runs))),
+                 "peak_vram_gib_max": max(vram) if vram else None, "batch_size": ctx.batch_size}
+    return {"generation": gen, "judge": judge}
+
+
+# ------------------------------------------------------------------------------------------------------ markdown
+def render_markdown(summary: dict) -> str:
+    """summary.md: banner, headline, per-task table (official style), deltas, fidelity, failures, provenance."""
+    lines = []
+    if summary["synthetic"]:
+        lines += [f"> **{summary['warning']}**", ""]
+    task = summary["task"]
+    lines += [f"# GEdit-Bench: {task['task']}", "",
+              f"Arms: {', '.join(summary['arms'])} (baseline {summary['baseline']}). Judge: `{summary['judge']['model']}`, "
+              f"prompt set `{summary['prompt_set']['name']}` (sha256 {summary['prompt_set']['sha256']['set'][:16]}...). "
+              f"Samples: {summary['selection']['n_samples']} (selection hash {summary['selection']['uids_sha256'][:16]}...). "
+              f"Steps {task['generation']['steps']}, seed {task['generation']['seed']}, "
+              f"resolution {task['generation']['resolution'] or 'input'}.", ""]
+    lines += ["## Headline", "", "Official rule: unweighted mean over task groups; per-sample mean beside it.", "",
+              "| arm | lang | SC | PQ | O | SC (per sample) | PQ (per sample) | O (per sample) | scored / selected | task groups | judge failures |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for h in summary["headline"]:
+        lines.append(f"| {h['arm']} | {h['language']} | " + " | ".join(_f(h[m]) for m in METRICS) + " | "
+                     + " | ".join(_f(h[f'{m}_per_sample']) for m in METRICS)
+                     + f" | {h['n_scored']} / {h['n_selected']} | {h['n_task_groups']} | {h['n_judge_failures']} |")
+    lines += ["", "## Per task group", ""]
+    arms = summary["arms"]
+    header = "| task | lang | " + " | ".join(f"{a} SC | {a} PQ | {a} O | {a} n" for a in arms) + " |"
+    lines += [header, "|" + "---|" * (2 + 4 * len(arms))]
+    by_key: dict = {}
+    for row in summary["per_task"]:
+        by_key.setdefault((row["task_type"], row["language"]), {})[row["arm"]] = row
+    for (task_type, lang), per_arm in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for a in arms:
+            r = per_arm.get(a)
+            cells += [_f(r[m]) if r else "-" for m in METRICS] + [f"{r['n_scored']}" if r else "-"]
+        lines.append(f"| {task_type} | {lang} | " + " | ".join(cells) + " |")
+    for d in summary["deltas"]:
+        lines += ["", f"## {d['arm']} minus {d['baseline']} (paired, bootstrap 95% CI, {d['n_bootstrap']} resamples, "
+                  f"seed {d['seed']})", "",
+                  "| lang | metric | scope | n pairs | delta | 95% CI | verdict |", "|---|---|---|---|---|---|---|"]
+        for lang, metrics in d["languages"].items():
+            for m in METRICS:
+                res = metrics[m]
+                for scope, r in (("overall (task mean)", res["overall_task_mean"]),
+                                 ("overall (per sample)", res["overall_per_sample"])):
+                    lines.append(f"| {lang} | {m} | {scope} | {r['n_pairs']} | {_f(r['delta'])} | {_ci(r['ci95'])} | "
+                                 f"{r['verdict']} |")
+                for r in res["per_task"]:
+                    lines.append(f"| {lang} | {m} | {r['task_type']} | {r['n_pairs']} | {_f(r['delta'])} | "
+                                 f"{_ci(r['ci95'])} | {r['verdict']} |")
+    for arm, fid in summary["fidelity"].items():
+        lines += ["", f"## Fidelity: {arm} edits against {fid['baseline']} edits (same seed)", "",
+                  "| lang | scope | n | PSNR dB (non-identical) | identical | SSIM |", "|---|---|---|---|---|---|"]
+        for lang, res in ((k, v) for k, v in fid.items() if k != "baseline"):
+            o = res["overall_per_sample"]
+            t = res["overall_task_mean"]
+            lines.append(f"| {lang} | overall (task mean) | {t['n_task_groups']} groups | {_f(t['psnr_db'])} | - | "
+                         f"{_f(t['ssim'], 4)} |")
+            lines.append(f"| {lang} | overall (per sample) | {o['n']} | {_f(o['psnr_db'])} | {o['n_identical']} | "
+                         f"{_f(o['ssim'], 4)} |")
+            for r in res["per_task"]:
+                lines.append(f"| {lang} | {r['task_type']} | {r['n']} | {_f(r['psnr_db'])} | {r['n_identical']} | "
+                             f"{_f(r['ssim'], 4)} |")
+    lines += ["", "## Judge failures (excluded, never scored)", ""]
+    for arm, langs in summary["judge_failures"].items():
+        for lang, f in langs.items():
+            per = ", ".join(f"{t}: {n}" for t, n in f["per_task"].items() if n) or "none"
+            lines.append(f"- {arm} / {lang}: {f['total']} judge failures ({per}); {f['out_of_range']} with "
+                         f"out-of-range scores; {f['missing_images']} missing images")
+    tp = summary["throughput"]
+    lines += ["", "## Throughput", ""]
+    for arm, g in tp["generation"].items():
+        lines.append(f"- generate {arm}: {_f(g['seconds_per_sample_mean'], 3)} s/sample (median "
+                     f"{_f(g['seconds_per_sample_median'], 3)}, n={g['n_samples']}), peak VRAM {_f(g['peak_vram_gib_max'])} GiB")
+    if tp["judge"]:
+        j = tp["judge"]
+        lines.append(f"- judge: {_f(j['seconds_per_sample'], 3)} s/sample (2 calls, batch {j['batch_size']}, "
+                     f"{_f(j['attempts_per_call'])} attempts/call), peak VRAM {_f(j['peak_vram_gib_max'])} GiB")
+    prov = summary["provenance"]
+    lines += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- git: {prov['git_revision']}",
+              f"- date: {prov['date_utc']}", f"- device: {prov['device'].get('device_name')} ({prov['device'].get('device')})",
+              f"- packages: " + ", ".join(f"{k} {v}" for k, v in prov["packages"].items()),
+              f"- OmniGen2: `{summary['model']}`; dataset: `{summary['dataset']}`",
+              f"- overrides: " + ("; ".join(f"{o['field']}: {o['old']!r} -> {o['new']!r} ({o['source']})"
+                                           for o in summary["overrides"]) or "none"), ""]
+    return "\n".join(lines)
+
+
+def _f(value, digits: int = 2) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "-" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+# --------------------------------------------------------------------------------------------------------- main
+def run(ctx: RunContext, stage: str = "all") -> dict | None:
+    """Run the requested stage(s); returns the summary when the score stage ran."""
+    stages = ("generate", "judge", "score") if stage == "all" else (stage,)
+    preflight(ctx, stages)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    if {"generate", "judge"} & set(stages):
+        ds, samples = select(ctx)
+        if "generate" in stages:
+            run_generate(ctx, ds, samples)
+        if "judge" in stages:
+            run_judge(ctx, ds, samples)
+    return run_score(ctx) if "score" in stages else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        ctx = make_context(args)
+        summary = run(ctx, args.stage)
+    except (SetupError, TaskError, gdata.DatasetError, PromptSetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        if summary["synthetic"]:
+            print(summary["warning"])
+        print(f"wrote {ctx.out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
