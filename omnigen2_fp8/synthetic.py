@@ -220,13 +220,16 @@ _CONFIG_TOKENS = {
 def _building_on(device: str | torch.device, dtype: torch.dtype, seed: int) -> Iterator[None]:
     """Construct modules straight on `device` in `dtype` (no CPU copy, no fp32 detour), seeded nn default init."""
     previous = torch.get_default_dtype()
-    torch.manual_seed(seed)
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            yield
-    finally:
-        torch.set_default_dtype(previous)
+    device = torch.device(device)
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):  # seed the init without touching the caller's RNG state
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                yield
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def build_qwen2_5_vl(size: str = "tiny", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -94,3 +94,26 @@ def test_tiny_vae_keeps_the_8x_downscale():
 def test_unknown_size_is_refused():
     with pytest.raises(ValueError, match="tiny"):
         synthetic.vae_config("huge")
+
+
+def test_full_size_models_have_the_released_parameter_counts():
+    # Built on the meta device: shapes only, no memory, so the full configs are checked in seconds.
+    dit = synthetic.build_transformer("full", "meta", torch.bfloat16)
+    assert sum(p.numel() for p in dit.parameters()) == 3_967_161_400 and len(dit.state_dict()) == 582
+    mllm = synthetic.build_qwen2_5_vl("full", "meta", torch.bfloat16,
+                                      tokenizer=synthetic.build_qwen_tokenizer(qwen_ids=True))
+    assert sum(p.numel() for p in mllm.parameters()) == 3_754_622_976  # Qwen2.5-VL-3B, tied embeddings
+    assert mllm.dtype == torch.bfloat16
+    vae = synthetic.build_vae("full", "meta", torch.bfloat16)
+    assert sum(p.numel() for p in vae.parameters()) == 83_819_683  # FLUX.1 VAE
+
+
+def test_building_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = synthetic.build_vae("tiny", seed=5)
+    after = torch.rand(1)
+    b = synthetic.build_vae("tiny", seed=5)
+    assert torch.equal(before, after)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
