@@ -14,7 +14,7 @@ import pandas as pd
 
 METRICS = ("SC", "PQ", "O")
 SAMPLE_COLUMNS = ("arm", "task_type", "language", "key", "status", "failure", "SC", "PQ", "O", "sc_scores",
-                  "pq_scores", "out_of_range", "image")
+                  "pq_scores", "out_of_range", "image", "judge_model", "prompt_set", "prompt_sha256")
 
 
 def sample_scores(sc_scores: list[float] | None, pq_scores: list[float] | None) -> dict[str, float] | None:
@@ -37,6 +37,8 @@ def sample_table(judgements: Iterable[dict]) -> pd.DataFrame:
             **(scores or {m: float("nan") for m in METRICS}),
             "sc_scores": sc.get("scores"), "pq_scores": pq.get("scores"),
             "out_of_range": bool(rec.get("out_of_range")), "image": rec.get("image", ""),
+            **{k: (rec.get("judge") or {}).get(k.replace("judge_", ""), "") for k in ("judge_model", "prompt_set",
+                                                                                    "prompt_sha256")},
         })
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
 
