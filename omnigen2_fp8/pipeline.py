@@ -207,7 +207,8 @@ class OmniGen2Pipeline:
                  width: int | None = None, height: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
-                 progress: bool | None = None) -> EditResult:
+                 progress: bool | None = None,
+                 on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -217,7 +218,8 @@ class OmniGen2Pipeline:
         at most at max_pixels, then resized). align_to_reference: with exactly one reference, generate and return
         at its resized size (official). time_shift: fixed scheduler shift (None: the scheduler's own setting).
         sample_posterior: False uses the posterior mean instead of a sample for reference latents.
-        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the timing).
+        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the timing);
+        on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar.
         """
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
@@ -247,7 +249,8 @@ class OmniGen2Pipeline:
             latents = self.prepare_latents(gen_w, gen_h, noise_generator)
         with timer.stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
-                                   image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress)
+                                   image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
+                                   on_step=on_step)
         with timer.stage("vae_decode"):
             decoded = self.decode(latents)
         with timer.stage("postprocess"):
@@ -283,8 +286,9 @@ class OmniGen2Pipeline:
             negative = negative_mask = None
             if need_negative:
                 negative, negative_mask = self.text_encoder.encode(negative_prompt, self.device)
-        return PromptEmbeds(hidden.to(self.dtype), mask, None if negative is None else negative.to(self.dtype),
-                            negative_mask)
+        # Masks stay on the CPU: the DiT reads their lengths, which would otherwise sync the GPU on every pass.
+        return PromptEmbeds(hidden.to(self.dtype), mask.cpu(), None if negative is None else negative.to(self.dtype),
+                            None if negative_mask is None else negative_mask.cpu())
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[PIL.Image.Image], generator: torch.Generator | None = None,

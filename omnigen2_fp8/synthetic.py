@@ -347,12 +347,14 @@ def build_synthetic_pipeline(size: str = "full", device: str | torch.device = "c
     from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
 
     _check_size(size)
-    build_device = "cpu" if pipeline_kwargs.get("offload") else device
-    transformer = build_transformer(size, build_device, dtype, seed)
-    vae = build_vae(size, build_device, dtype, seed + 1)
+    # With offload, each model is still built on the device (fast init) and parked on the CPU right away,
+    # so the device never holds more than one of them.
+    home = "cpu" if pipeline_kwargs.get("offload") else device
+    transformer = build_transformer(size, device, dtype, seed).to(home)
+    vae = build_vae(size, device, dtype, seed + 1).to(home)
     tokenizer = build_qwen_tokenizer(qwen_ids=(size == "full"))
-    mllm = build_qwen2_5_vl(size, build_device, dtype, seed + 2, tokenizer,
-                            text_hidden_size=transformer.config.text_feat_dim)
+    mllm = build_qwen2_5_vl(size, device, dtype, seed + 2, tokenizer,
+                            text_hidden_size=transformer.config.text_feat_dim).to(home)
     return OmniGen2Pipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerScheduler.from_config(
         SCHEDULER_CONFIG), mllm=mllm, tokenizer=tokenizer, device=device, dtype=dtype,
         synthetic={"size": size, "seed": seed, "what": "random-weight models built in memory"}, **pipeline_kwargs)
