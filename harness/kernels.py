@@ -83,14 +83,17 @@ NORM_ELEMENTWISE_MARK = re.compile(
     r"embedding|conv\w*|_convolution|convolution|silu_|copy_)$", re.I)
 
 
-def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False) -> str:
+def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, in_attention: bool = False) -> str:
     """Category of one kernel (CUDA) or leaf op (CPU), from its name and the CPU op that launched it.
 
     name: kernel name (CUDA) or op name (CPU). op: launching CPU op (CUDA only; None on CPU).
     in_fp8_layer: it ran inside the range of a layer that should be FP8 (its non-GEMM work is FP8 overhead).
+    in_attention: it ran inside an attention op (everything there is attention, GEMMs of the math path included).
     Returns one of CATEGORIES.
     """
     launcher = op or ""
+    if in_attention:
+        return "attention"
     if FP8_GEMM_OPS.search(name) or FP8_GEMM_OPS.search(launcher) or TRITON_SCALED_MM.search(name):
         if not (MEMCPY_MARK.search(name) and not GEMM_MARK.search(name)):
             return "gemm-fp8"
@@ -199,6 +202,7 @@ class KernelCall:
     stage: str | None       # innermost enclosing stage range, if any
     step: int | None        # index of the enclosing denoise_step range among all of them, if any
     duration_us: float
+    in_attention: bool = False  # launched inside an attention op (e.g. the bmm of SDPA's math path)
 
 
 @dataclass
@@ -242,7 +246,7 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
     stage_kernel: dict[str, list[float]] = defaultdict(list)
     step_counter = [0]
 
-    def visit(evt, stage, step, layer, in_op) -> float:
+    def visit(evt, stage, step, layer, in_op, in_attn=False) -> float:
         """Add evt's subtree to `calls`; returns its summed kernel (CUDA) or CPU (CPU) time in us.
 
         in_op: inside an attention or FP8 GEMM op, or a GEMM already counted (nested GEMM ops are its internals).
@@ -262,27 +266,28 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
             hp_gemm = bool(HP_GEMM_OPS.search(name)) and not any(
                 HP_GEMM_OPS.search(c.name) or FP8_GEMM_OPS.search(c.name) for c in _descendants(evt))
             attention = bool(ATTENTION_OPS.search(name))
+            in_attn = in_attn or attention
             if fp8_gemm or hp_gemm:
                 gemm_ops.append((name, layer, step))
             terminal = fp8_gemm or hp_gemm or attention
             if kind == "cpu" and terminal:
                 # CPU: a GEMM / attention op is one "kernel" with its inclusive time (CPU _scaled_mm runs mm inside).
                 own = float(evt.cpu_time_total)
-                calls.append(KernelCall(name, None, layer, stage, step, own))
+                calls.append(KernelCall(name, None, layer, stage, step, own, attention))
                 _record_stage(evt, stage, own)
                 return own
             in_op = terminal
             if kind == "cpu":  # other ops: self time only, children are visited below
                 own = float(evt.self_cpu_time_total)
-                calls.append(KernelCall(name, None, layer, stage, step, own))
+                calls.append(KernelCall(name, None, layer, stage, step, own, in_attn))
         elif kind == "cpu":
             own = float(evt.self_cpu_time_total)
-            calls.append(KernelCall(name, None, layer, stage, step, own))
+            calls.append(KernelCall(name, None, layer, stage, step, own, in_attn))
         if kind == "cuda":
             for k in evt.kernels:  # attached by the profiler to the innermost op / range open at launch time
-                calls.append(KernelCall(k.name, name, layer, stage, step, float(k.duration)))
+                calls.append(KernelCall(k.name, name, layer, stage, step, float(k.duration), in_attn))
                 own += float(k.duration)
-        total = own + sum(visit(c, stage, step, layer, in_op) for c in evt.cpu_children)
+        total = own + sum(visit(c, stage, step, layer, in_op, in_attn) for c in evt.cpu_children)
         _record_stage(evt, stage, total)
         return total
 
@@ -335,7 +340,8 @@ def kernel_table(capture: ProfileCapture, fp8_layers: set[str] | frozenset = fro
     steps = max(capture.steps, 1)
     groups: dict[tuple[str, str], list[KernelCall]] = defaultdict(list)
     for c in calls:
-        groups[(c.name, categorize(c.name, c.op, in_fp8_layer=c.layer in fp8_layers))].append(c)
+        groups[(c.name, categorize(c.name, c.op, in_fp8_layer=c.layer in fp8_layers,
+                                   in_attention=c.in_attention))].append(c)
     rows = []
     for (name, category), cs in groups.items():
         t = sum(c.duration_us for c in cs)
@@ -416,6 +422,7 @@ class FallbackReport:
     bf16_gemm_calls_per_step: float
     expected_fp8_linear_calls_per_step: float | None
     expected_bf16_linear_calls_per_step: float | None
+    note: str | None = None             # context for the reader, e.g. FP8 emulated on a CPU
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -515,7 +522,10 @@ def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
     stream = stream or sys.stderr
     bar = "!" * 100
     lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
-    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls, {f.total_us / 1e3:.2f} ms)" for f in report.findings]
+    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls" + (f", {f.total_us / 1e3:.2f} ms)" if f.total_us else ")")
+              for f in report.findings]
+    if report.note:
+        lines.append(f"!!! note: {report.note}")
     lines.append(bar)
     print("\n".join(lines), file=stream, flush=True)
     warnings.warn(f"FP8 fallback kernels in arm {arm!r}: " + "; ".join(f.kind for f in report.findings),

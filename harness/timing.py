@@ -63,11 +63,12 @@ class TimingStats:
 
 
 def summarize_ms(samples_ms: list[float], *, spread_warn: float = SPREAD_WARN_FRACTION,
-                 label: str | None = None) -> TimingStats:
+                 label: str | None = None, warn_min_ms: float = 0.0) -> TimingStats:
     """Median, quartiles (linear interpolation, inclusive method) and spread of `samples_ms` (milliseconds).
 
-    Warns with HighSpreadWarning when IQR / median > `spread_warn`; `label` names the measurement in the warning.
-    One sample gives IQR 0 and no warning.
+    Warns with HighSpreadWarning when IQR / median > `spread_warn` and the median is at least `warn_min_ms`
+    (sub-millisecond host stages are all timer noise); `label` names the measurement in the warning.
+    `high_spread` is set either way. One sample gives IQR 0 and no warning.
     """
     if not samples_ms:
         raise ValueError(f"no timing samples for {label or 'measurement'}: run at least one repeat (--repeats >= 1)")
@@ -80,7 +81,7 @@ def summarize_ms(samples_ms: list[float], *, spread_warn: float = SPREAD_WARN_FR
     iqr = q3 - q1
     spread = iqr / median if median > 0 else 0.0
     high = spread > spread_warn
-    if high:
+    if high and median >= warn_min_ms:
         warnings.warn(f"{label or 'timing'}: spread IQR/median = {spread:.1%} > {spread_warn:.0%} over {len(xs)} "
                       f"repeats (median {median:.3f} ms, IQR {iqr:.3f} ms); use more repeats or a quieter machine",
                       HighSpreadWarning, stacklevel=2)
@@ -193,6 +194,9 @@ class StageTimer:
         return out
 
 
+STAGE_WARN_MIN_MS = 1.0  # stages shorter than this get no spread warning (their high_spread flag is still set)
+
+
 def summarize_stage_runs(runs: list[dict[str, list[float]]]) -> dict[str, dict]:
     """Combine per-run stage durations into statistics.
 
@@ -209,8 +213,8 @@ def summarize_stage_runs(runs: list[dict[str, list[float]]]) -> dict[str, dict]:
         calls = [x for run in runs for x in run.get(name, [])]
         counts = sorted({len(run.get(name, [])) for run in runs})
         out[name] = {
-            "per_run": summarize_ms(totals, label=f"stage {name} (per run)").to_dict(),
-            "per_call": summarize_ms(calls, label=f"stage {name} (per call)").to_dict(),
+            "per_run": summarize_ms(totals, label=f"stage {name} (per run)", warn_min_ms=STAGE_WARN_MIN_MS).to_dict(),
+            "per_call": summarize_ms(calls, label=f"stage {name} (per call)", warn_min_ms=STAGE_WARN_MIN_MS).to_dict(),
             "calls_per_run": counts[0] if len(counts) == 1 else counts,
         }
     return out
