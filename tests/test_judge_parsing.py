@@ -83,3 +83,16 @@ def test_viescore_copy_with_wrong_text_is_refused(tmp_path):
         load_viescore_prompts(tmp_path / "missing.py")
     with pytest.raises(PromptSetError, match="unknown prompt set"):
         resolve_prompt_set("vieScore2")
+
+
+def test_viescore_templates_are_assembled_in_the_published_order(tmp_path, monkeypatch):
+    import harness.judge_prompts as jp
+
+    src = tmp_path / "vie_prompts.py"
+    src.write_text('context_no_delimit = "CTX"\ntwo_image_edit_rule = "RULE <instruction>"\n'
+                   'tie_rule_SC = "TIE"\nrule_PQ = "PQ"\nother = 3\n')
+    monkeypatch.setattr(jp, "VIESCORE_SC_SHA256", hashlib.sha256(b"CTX\nRULE <instruction>\nTIE").hexdigest())
+    monkeypatch.setattr(jp, "VIESCORE_PQ_SHA256", hashlib.sha256(b"CTX\nPQ").hexdigest())
+    prompts = jp.load_viescore_prompts(src)
+    assert prompts.name == "viescore" and prompts.sc_prompt("do it") == "CTX\nRULE do it\nTIE"
+    assert prompts.sha256["sc"] == jp.VIESCORE_SC_SHA256 and prompts.origin == str(src)

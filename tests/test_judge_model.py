@@ -1,0 +1,41 @@
+"""The Qwen2.5-VL judge on tiny random checkpoints: batching, retries, failures recorded without scores."""
+from __future__ import annotations
+
+import pytest
+
+from harness.data import synthetic_image
+from harness.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
+from harness.judge_prompts import PROJECT_RUBRIC
+
+
+@pytest.fixture(scope="module")
+def calls():
+    out = []
+    for i in range(3):  # SC calls carry two images, PQ calls one: mixed in one left-padded batch
+        out += judge_calls_for_sample(f"s{i}", synthetic_image(i, 56), synthetic_image(i + 7, 56), "Add a hat.",
+                                      PROJECT_RUBRIC)
+    return out
+
+
+def test_garbage_answers_are_retried_then_counted_as_failures(tmp_path, calls):
+    from omnigen2_fp8.synthetic import write_tiny_qwen2_5_vl
+
+    folder = write_tiny_qwen2_5_vl(tmp_path / "garbage-judge", seed=3)  # byte vocabulary: answers never parse
+    judge = QwenJudge.load(str(folder), device="cpu", batch_size=4, max_new_tokens=6, max_retries=2, seed=11)
+    results = judge.run_calls(calls)
+    assert [r.call_id for r in results] == [c.call_id for c in calls]
+    for r in results:
+        assert r.status == "parse_failure" and r.score is None
+        assert [a["sample_seed"] for a in r.attempts] == [None, 12, 13]
+        assert all(a["parse"]["error"] for a in r.attempts)
+    again = judge.run_calls(calls)  # greedy and seeded retries: the same answers again
+    assert [a["answer"] for r in again for a in r.attempts] == [a["answer"] for r in results for a in r.attempts]
+
+
+def test_tiny_score_judge_answers_parse(tmp_path, calls):
+    judge = QwenJudge.load(str(write_synthetic_judge(tmp_path / "judge")), device="cpu", batch_size=4,
+                           max_new_tokens=4)
+    assert judge.describe()["synthetic"]
+    results = judge.run_calls(calls)
+    assert all(r.status == "ok" and r.score == min(r.scores) for r in results)
+    assert all(0 <= s <= 10 for r in results for s in r.scores)
