@@ -163,3 +163,28 @@ def test_missing_component_is_named(checkpoint, tmp_path):
         OmniGen2Pipeline.from_pretrained(broken, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="precision"):
         OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", precision="int4")
+
+
+def test_fp8_precision_quantizes_the_dit_and_serialized_fp8_folders_load_as_is(checkpoint, pipe, image_paths,
+                                                                              tmp_path):
+    from omnigen2_fp8.fp8 import Fp8Linear, save_fp8_checkpoint
+
+    fp8 = OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", precision="fp8",
+                                           progress=False)
+    assert fp8.fp8_report is not None and len(fp8.fp8_report.quantized) > 0
+    assert any(isinstance(m, Fp8Linear) for m in fp8.transformer.modules())
+    result = _edit(fp8, [image_paths[0]])
+    assert result.settings["precision"] == "fp8" and result.synthetic
+    reference = _edit(pipe, [image_paths[0]])
+    # e4m3 weights and activations: close to the full-precision run, not equal to it.
+    err = (result.latents - reference.latents).abs().max() / reference.latents.abs().max()
+    assert 0 < err < 0.2
+
+    serialized = tmp_path / "fp8-checkpoint"
+    shutil.copytree(checkpoint, serialized)
+    shutil.rmtree(serialized / "transformer")
+    save_fp8_checkpoint(fp8.transformer, serialized / "transformer")
+    loaded = OmniGen2Pipeline.from_pretrained(serialized, dtype=torch.float32, device="cpu", precision="fp8",
+                                              progress=False)
+    assert loaded.fp8_report is None  # already FP8: loaded, not re-quantized
+    torch.testing.assert_close(_edit(loaded, [image_paths[0]]).latents, result.latents)
