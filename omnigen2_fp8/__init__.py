@@ -1,4 +1,5 @@
 """OmniGen2 image editing in BF16 and FP8: a faithful plain-PyTorch transformer, the edit pipeline, the FP8 path."""
+from .pipeline import OmniGen2Pipeline
 from .transformer import OmniGen2Transformer, TransformerConfig
 
-__all__ = ["OmniGen2Transformer", "TransformerConfig"]
+__all__ = ["OmniGen2Pipeline", "OmniGen2Transformer", "TransformerConfig"]
