@@ -55,3 +55,15 @@ def test_overrides_are_logged_and_revalidated():
     assert log == [{"field": "generation.steps", "old": 20, "new": 4}]
     with pytest.raises(TaskError):
         apply_overrides(cfg, {"selection.languages": ["xx"]})
+
+
+def test_group_task_files_are_current(tmp_path):
+    from harness.tasks import TASKS_ROOT, write_gedit_group_tasks
+
+    fresh = write_gedit_group_tasks(tmp_path)
+    assert len(fresh) == 2 * len(GEDIT_TASK_GROUPS)
+    for path in fresh:  # the committed files equal what the generator writes
+        assert (TASKS_ROOT / "gedit" / "groups" / path.name).read_text() == path.read_text()
+    cfg = load_gedit_task("gedit-cn-text_change")
+    assert cfg.selection.task_groups == ["text_change"] and cfg.selection.languages == ["cn"]
+    assert cfg.judge.model == "Qwen/Qwen2.5-VL-7B-Instruct"
