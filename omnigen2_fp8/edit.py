@@ -123,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     check_reference_count(args.image, MAX_REFERENCE_IMAGES)
     for path in args.image:  # fail on a bad image before minutes of model loading
         load_image(path)
+    if len(args.image) == 1 and (args.width or args.height):
+        print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
+              file=sys.stderr)
     pipe = load_pipeline(args)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,

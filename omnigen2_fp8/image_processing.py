@@ -80,12 +80,15 @@ def generation_size(num_references: int, reference_size: tuple[int, int] | None,
 
 
 def postprocess(decoded: torch.Tensor, size: tuple[int, int] | None = None) -> list[PIL.Image.Image]:
-    """8-bit RGB images from decoded [B, 3, H, W] values in [-1, 1]; resized (bilinear) to `size` = (w, h) if given."""
-    images = decoded.float()
+    """8-bit RGB images from decoded [B, 3, H, W] values in [-1, 1]; resized (bilinear) to `size` = (w, h) if given.
+
+    Resize and [-1, 1] -> [0, 1] run in the decoded dtype, as officially (bf16 rounding can move a byte by one).
+    """
+    images = decoded
     if size is not None and tuple(images.shape[-2:]) != (size[1], size[0]):
         images = F.interpolate(images, size=(size[1], size[0]), mode="bilinear")
     images = (images / 2 + 0.5).clamp(0, 1)
-    array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    array = (images.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)
     return [PIL.Image.fromarray(a) for a in array]
 
 

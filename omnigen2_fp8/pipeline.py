@@ -70,7 +70,8 @@ class EditResult:
     images: the edited images (PIL, 8-bit RGB, at the output size); latents: final latents [1, C, h, w];
     decoded: VAE output [1, 3, H, W] before clamping (kept only with keep_decoded=True);
     stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised);
-    stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on CPU);
+    stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on CPU); the pipeline resets
+    torch.cuda peak-memory stats at the start of every stage, so read these rather than torch.cuda's own peak;
     peak_vram_bytes / peak_vram_reserved_bytes: peak allocated / reserved CUDA memory of the call (None on CPU);
     synthetic: True when the models have random weights (then `synthetic_info` says what they are);
     settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made.
