@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel  # noqa: E402
+from omnigen2_fp8.fp8 import kernels  # noqa: E402
 from omnigen2_fp8.fp8 import primitives as P  # noqa: E402
 from omnigen2_fp8.fp8.kernels import quantize_activation_triton  # noqa: E402
 
@@ -31,7 +32,7 @@ LAYERS = {  # name: (K, N, swiglu input)
     "down": (10240, 2520, False),
     "down_swiglu": (10240, 2520, True),
 }
-GOALS = {"qkv": 1.3, "attn_out": 1.3, "gate_up": 1.5, "down": 1.5, "down_swiglu": 1.5}
+GOALS = {"qkv": 1.3, "attn_out": 1.3, "gate_up": 1.5, "down": 1.5, "down_swiglu": 1.5, "ffn": 1.5}
 TOKENS = (4400, 8500, 12600)
 
 
@@ -65,6 +66,14 @@ def check_kernel(m: int, k: int, swiglu: bool) -> dict:
             "max_code_step_diff": int(diff.max()), "frac_codes_differing": float((diff > 0).float().mean()),
             "max_scale_rel_diff": float(((s - sr).abs() / sr).max()),
             "padding_zero": bool((q[:, k:].view(torch.uint8) == 0).all())}
+    if swiglu:  # the model's path: raw gate/up GEMM sums, dequantized inside the kernel
+        rs, cs = torch.rand(m, 1, device="cuda") * 1e-2, torch.rand(2 * k, device="cuda") * 1e-2
+        q, s = quantize_activation_triton(x, kp, True, True, rs, cs)
+        qr, sr = P.quantize_activation(x, kp, True, True, rs, cs)
+        diff = (ordinal(q) - ordinal(qr)).abs()
+        out["per_token_dequant"] = {"max_code_step_diff": int(diff.max()),
+                                    "frac_codes_differing": float((diff > 0).float().mean()),
+                                    "max_scale_rel_diff": float(((s - sr).abs() / sr).max())}
     return out
 
 
@@ -122,18 +131,60 @@ def bench_layer(name: str, m: int) -> dict:
     return row
 
 
-def tune_quant_kernel(m: int) -> list[dict]:
-    """Rows per program x warps for the two quantization shapes that matter most."""
-    rows = []
-    for k, swiglu in ((2520, False), (10240, True), (10240, False)):
+SWEEP = {  # (K, swiglu with dequantization): candidate (block_k, num_warps); block_k >= padded K = single pass
+    (2520, False): [(4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 2), (1024, 4), (1024, 8), (512, 2), (512, 4),
+                    (256, 1), (256, 2)],
+    (10240, True): [(16384, 8), (16384, 16), (4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 2), (1024, 4),
+                    (512, 2), (512, 4)],
+    (10240, False): [(16384, 8), (16384, 16), (4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 4), (512, 2)],
+}
+
+
+def tune_quant_kernel(m: int) -> tuple[list[dict], dict]:
+    """Sweep launch configs of the quantization kernel at the model's row widths; returns rows and the winners."""
+    rows, best = [], {}
+    for (k, swiglu), configs in SWEEP.items():
         x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
+        extra = {}
+        if swiglu:  # the model's down input: raw gate/up sums plus their scales
+            extra = dict(row_scale=torch.rand(m, 1, device="cuda") * 1e-3,
+                         col_scale=torch.rand(2 * k, device="cuda") * 1e-3)
         kp = P.round_up(k, 16)
-        for rpp, warps in itertools.product((1, 2, 4), (4, 8, 16)):
-            ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, rows_per_program=rpp,
-                                                             num_warps=warps))
-            rows.append({"M": m, "K": k, "swiglu": swiglu, "rows_per_program": rpp, "num_warps": warps, "ms": ms,
-                         "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
-    return rows
+        for block, warps in configs:
+            ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, block_k=block, num_warps=warps,
+                                                             **extra))
+            rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
+                         "single_pass": block >= kp, "ms": ms, "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
+        winner = min((r for r in rows if r["K"] == k and r["swiglu_dequant"] == swiglu), key=lambda r: r["ms"])
+        best[(k, swiglu)] = (winner["block_k"], winner["num_warps"])
+    return rows, best
+
+
+def bench_ffn(m: int) -> dict:
+    """Whole SwiGLU feed-forward: BF16 (gate/up GEMM, silu * up, down GEMM) vs Fp8SwiGLUFeedForward."""
+    k, f = 2520, 10240
+    w13, l13 = make_layer(k, 2 * f, Fp8Config())
+    w2, l2 = make_layer(f, k, Fp8Config())
+    ffn = Fp8SwiGLUFeedForward(l13, l2)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+    def bf16():
+        gate, up = F.linear(x, w13).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, w2)
+
+    def fp8_composed():  # row-wise gate/up GEMM, then the SwiGLU-folded down projection
+        return l2.forward_swiglu(l13(x))
+
+    row = {"M": m, "K": k, "F": f, "bf16_ms": bench_ms(bf16), "fp8_ms": bench_ms(lambda: ffn(x)),
+           "fp8_rowwise_composed_ms": bench_ms(fp8_composed)}
+    with torch.no_grad():
+        ref = bf16().float()
+        row["rel_err_vs_bf16"] = float((ffn(x).float() - ref).norm() / ref.norm())
+    row["speedup_fp8"] = row["bf16_ms"] / row["fp8_ms"]
+    row["speedup_fp8_rowwise_composed"] = row["bf16_ms"] / row["fp8_rowwise_composed_ms"]
+    row["goal"] = GOALS["ffn"]
+    row["meets_goal"] = row["speedup_fp8"] >= GOALS["ffn"]
+    return row
 
 
 def main() -> None:
@@ -141,6 +192,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="result JSON path")
     parser.add_argument("--tokens", type=int, nargs="*", default=list(TOKENS))
     parser.add_argument("--no-tune", action="store_true", help="skip the quantization-kernel launch sweep")
+    parser.add_argument("--launch-out", default=None, help="write the sweep winners here (for the transformer bench)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU with FP8 tensor cores (compute capability >= 8.9)")
@@ -153,6 +205,18 @@ def main() -> None:
         result["checks"][name] = {"kernel_vs_torch": check_kernel(4400, k, swiglu), "layer": check_layer(k, n, swiglu)}
         print(f"check {name}: {result['checks'][name]}")
     write_json_atomic(args.out, result)
+    if not args.no_tune:
+        result["quant_kernel_sweep"], best = tune_quant_kernel(8500)
+        for r in result["quant_kernel_sweep"]:
+            print(f"sweep K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} warps={r['num_warps']}: "
+                  f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
+        kernels.LAUNCH_OVERRIDES.update(best)
+        result["quant_launch_used"] = {f"{k}{'-swiglu' if sw else ''}": list(v) for (k, sw), v in best.items()}
+        print("quantization launch used:", result["quant_launch_used"])
+        if args.launch_out:
+            write_json_atomic(args.launch_out, [[k, sw, *v] for (k, sw), v in best.items()])
+    else:
+        result["quant_launch_used"] = "built-in heuristic (kernels.default_launch)"
     print(f"{'layer':<12} {'M':>6} {'bf16 ms':>8} {'fp8 ms':>8} {'x':>5} {'gemm x':>6} {'quant ms':>8} {'GB/s':>6} "
           f"{'tensorwise x':>12} {'torch-quant x':>13}")
     for name in LAYERS:
@@ -165,11 +229,13 @@ def main() -> None:
                   f"{row['quant_kernel_gb_per_s']:>6.0f} {row['speedup_fp8_per_tensor']:>12.2f} "
                   f"{row['speedup_fp8_torch_quant']:>13.2f}")
             write_json_atomic(args.out, result)
-    if not args.no_tune:
-        result["quant_kernel_sweep"] = tune_quant_kernel(max(args.tokens))
-        for r in result["quant_kernel_sweep"]:
-            print(f"sweep K={r['K']} swiglu={r['swiglu']} rows={r['rows_per_program']} warps={r['num_warps']}: "
-                  f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
+    result["layers"]["ffn"] = []
+    for m in args.tokens:
+        row = bench_ffn(m)
+        result["layers"]["ffn"].append(row)
+        print(f"ffn M={m}: bf16 {row['bf16_ms']:.3f} ms, fp8 {row['fp8_ms']:.3f} ms ({row['speedup_fp8']:.2f}x), "
+              f"fp8 row-wise composed {row['fp8_rowwise_composed_ms']:.3f} ms, rel err {row['rel_err_vs_bf16']:.4f}")
+        write_json_atomic(args.out, result)
     result["summary"] = {name: {str(r["M"]): round(r["speedup_fp8"], 3) for r in rows}
                          for name, rows in result["layers"].items()}
     result["all_goals_met"] = all(r["meets_goal"] for rows in result["layers"].values() for r in rows)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig  # noqa: E402
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
@@ -262,11 +262,18 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="kernel-time roll-up of one forward per mode")
     parser.add_argument("--load-peak", action="store_true", help="save both checkpoints and measure load peaks")
     parser.add_argument("--tmp", default=None, help="folder for the temporary checkpoints (local disk)")
+    parser.add_argument("--launch-json", default=None, help="quantization-kernel launch table from bench_fp8_layers")
     args = parser.parse_args()
+    if args.launch_json:
+        import json
+
+        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w) for k, sw, b, w in json.load(open(args.launch_json))})
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),
-              "goals": GOALS, "config": Fp8Config().to_dict()}
+              "goals": GOALS, "config": Fp8Config().to_dict(),
+              "quant_launch": {f"{k}-{sw}": list(v) for (k, sw), v in kernels.LAUNCH_OVERRIDES.items()}
+              or "built-in heuristic"}
     try:
         run(args, result)
     except Exception as err:  # keep what was measured, and say what failed

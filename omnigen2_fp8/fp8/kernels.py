@@ -61,46 +61,87 @@ if HAS_TRITON:
         return (code | sign).to(tl.uint8)
 
     @triton.jit
-    def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, given_scale_ptr, M, K, KP, stride_xm, stride_qm,
-                              BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SWIGLU: tl.constexpr,
-                              MODE: tl.constexpr):
-        cols = tl.arange(0, BLOCK_K)
-        for r in tl.static_range(ROWS):
-            row = tl.program_id(0) * ROWS + r
-            row_ok = row < M
-            # Rows past M get empty masks (a scalar-and-vector mask trips the CPU interpreter).
-            in_k = cols < tl.where(row_ok, K, 0)
-            ptr = x_ptr + row.to(tl.int64) * stride_xm + cols
-            x = tl.load(ptr, mask=in_k, other=0.0).to(tl.float32)
-            if SWIGLU:
-                up = tl.load(ptr + K, mask=in_k, other=0.0).to(tl.float32)
-                x = x / (1.0 + tl.exp(-x)) * up
-            if MODE == 1:
-                tl.store(scale_ptr + row, tl.max(tl.abs(x), axis=0), mask=row_ok)
+    def _load_row_chunk(row_ptr, cols, K, SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, row_scale, col_scale_ptr):
+        """float32 values of one row at `cols` (0 past K); with SWIGLU, silu(gate) * up of [gate | up].
+        DEQUANT: the row holds raw FP8 GEMM sums; multiply by row_scale * col_scale[col] first."""
+        in_k = cols < K
+        x = tl.load(row_ptr + cols, mask=in_k, other=0.0).to(tl.float32)
+        if DEQUANT:
+            x = x * row_scale * tl.load(col_scale_ptr + cols, mask=in_k, other=0.0)
+        if SWIGLU:
+            up = tl.load(row_ptr + K + cols, mask=in_k, other=0.0).to(tl.float32)
+            if DEQUANT:
+                up = up * row_scale * tl.load(col_scale_ptr + K + cols, mask=in_k, other=0.0)
+            x = x / (1.0 + tl.exp(-x)) * up
+        return x
+
+    @triton.jit
+    def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, given_scale_ptr, row_scale_ptr, col_scale_ptr, K, KP,
+                              stride_xm, stride_qm, stride_rs, BLOCK_K: tl.constexpr, SINGLE_PASS: tl.constexpr,
+                              SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, MODE: tl.constexpr,
+                              X_ALIGN: tl.constexpr):
+        """One program per row. SINGLE_PASS: the whole padded row in registers (BLOCK_K >= KP), read once.
+        Otherwise chunks of BLOCK_K: a first pass for the absmax, a second (from L2) to quantize and store."""
+        row = tl.program_id(0).to(tl.int64)
+        # Row starts are 16-byte aligned when the stride allows it; telling Triton lets it vectorize the loads.
+        x_row = x_ptr + row * tl.multiple_of(stride_xm, X_ALIGN)
+        q_row = q_ptr + row * stride_qm
+        row_scale = tl.load(row_scale_ptr + row * stride_rs) if DEQUANT else 1.0
+        if SINGLE_PASS:
+            cols = tl.arange(0, BLOCK_K)
+            x = _load_row_chunk(x_row, cols, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+            amax = tl.max(tl.abs(x), axis=0)
+        else:
+            amax = 0.0
+            for k0 in range(0, K, BLOCK_K):
+                x = _load_row_chunk(x_row, k0 + tl.arange(0, BLOCK_K), K, SWIGLU, DEQUANT, row_scale,
+                                    col_scale_ptr)
+                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
+        if MODE == 1:
+            tl.store(scale_ptr + row, amax)
+        else:
+            if MODE == 2:
+                scale = tl.load(given_scale_ptr)
             else:
-                if MODE == 2:
-                    scale = tl.load(given_scale_ptr)
-                else:
-                    scale = tl.maximum(tl.max(tl.abs(x), axis=0), _AMAX_FLOOR) / _E4M3_MAX
-                    tl.store(scale_ptr + row, scale, mask=row_ok)
+                scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
+                tl.store(scale_ptr + row, scale)
+            if SINGLE_PASS:
                 code = _e4m3_code(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX))
-                tl.store(q_ptr + row.to(tl.int64) * stride_qm + cols, code, mask=cols < tl.where(row_ok, KP, 0))
+                tl.store(q_row + cols, code, mask=cols < KP)
+            else:
+                for k0 in range(0, KP, BLOCK_K):
+                    cols = k0 + tl.arange(0, BLOCK_K)
+                    x = _load_row_chunk(x_row, cols, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+                    code = _e4m3_code(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX))
+                    tl.store(q_row + cols, code, mask=cols < KP)
 
 
-def _launch_config(block_k: int, m: int) -> tuple[int, int]:
-    """(rows per program, warps): about 8-16 fp32 values per thread, several rows per program when rows are short."""
-    warps = 4 if block_k <= 1024 else 8 if block_k <= 4096 else 16
-    rows = 4 if block_k <= 1024 else 2 if block_k <= 4096 else 1
-    return min(rows, max(m, 1)), warps
+# Launch choice (block_k, num_warps) per row width; block_k >= the padded width means a single pass.
+# Benchmarks may override entries: {(K, swiglu): (block_k, num_warps)}.
+LAUNCH_OVERRIDES: dict[tuple[int, bool], tuple[int, int]] = {}
+
+
+def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int]:
+    """(block_k, num_warps) for rows of K values (2K read with SwiGLU)."""
+    if (k, apply_swiglu) in LAUNCH_OVERRIDES:
+        return LAUNCH_OVERRIDES[(k, apply_swiglu)]
+    block = triton.next_power_of_2(k_padded)
+    if block <= 4096:
+        return block, 4 if block <= 2048 else 8
+    return block, 16
 
 
 def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool = True,
-                               apply_swiglu: bool = False, rows_per_program: int | None = None,
+                               apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
+                               col_scale: torch.Tensor | None = None, block_k: int | None = None,
                                num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton activation quantization; same contract as `primitives.quantize_activation`.
 
     x: [M, K] (or [M, 2K] with apply_swiglu), unit stride in the last dim, bf16/fp16/fp32, on CUDA (or on
     the CPU when TRITON_INTERPRET=1). Returns (e4m3 [M, k_padded], float32 [M, 1] per token or [1, 1]).
+    row_scale [M, 1] or [1, 1] and col_scale [width] (float32, both or neither): x holds raw FP8 GEMM sums
+    and is dequantized in the kernel (x * row_scale * col_scale) before anything else.
+    block_k / num_warps override the launch heuristic (block_k < padded width selects the two-pass kernel).
     """
     if not HAS_TRITON:
         raise RuntimeError("the fused FP8 kernel needs triton (pip install triton); or use "
@@ -117,40 +158,53 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
         raise ValueError(f"a SwiGLU input is [M, 2K] = [gate | up]; got an odd width {width}")
     if k_padded < k:
         raise ValueError(f"k_padded {k_padded} is smaller than K {k}")
+    dequant = row_scale is not None
+    if dequant != (col_scale is not None):
+        raise ValueError("row_scale and col_scale come together (dequantization of raw GEMM sums)")
+    if dequant and (col_scale.numel() < width or row_scale.shape[0] not in (1, m)):
+        raise ValueError(f"scales do not fit x {tuple(x.shape)}: row_scale {tuple(row_scale.shape)}, "
+                         f"col_scale {tuple(col_scale.shape)}")
     q = torch.empty((m, k_padded), dtype=FP8_DTYPE, device=x.device)
-    block_k = triton.next_power_of_2(k_padded)
-    rows, warps = _launch_config(block_k, m)
-    rows, warps = rows_per_program or rows, num_warps or warps
-    grid = (triton.cdiv(m, rows),)
+    default_block, default_warps = default_launch(k, k_padded, apply_swiglu)
+    block, warps = block_k or default_block, num_warps or default_warps
+    single = block >= k_padded
+    vec = 16 // x.element_size()
+    aligned = x.stride(0) % vec == 0 and x.data_ptr() % 16 == 0 and (not apply_swiglu or k % vec == 0)
+    rs = row_scale if dequant else x  # placeholders are never read when DEQUANT is off
+    cs = col_scale if dequant else x
+    rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
+    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant,
+                  X_ALIGN=vec if aligned else 1, num_warps=warps)
+    grid = (m,)
     q_bits = q.view(torch.uint8)
+    if m == 0:
+        return q, torch.empty((0, 1) if per_token else (1, 1), dtype=torch.float32, device=x.device)
     if per_token:
         scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-        _quantize_rows_kernel[grid](x, q_bits, scale, scale, m, k, k_padded, x.stride(0), q.stride(0),
-                                    BLOCK_K=block_k, ROWS=rows, SWIGLU=apply_swiglu, MODE=_MODE_PER_TOKEN,
-                                    num_warps=warps)
+        _quantize_rows_kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                                    MODE=_MODE_PER_TOKEN, **common)
         return q, scale
     # Per-tensor: a first pass for the row absmax values, then one scale for every row.
     row_amax = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    _quantize_rows_kernel[grid](x, q_bits, row_amax, row_amax, m, k, k_padded, x.stride(0), q.stride(0),
-                                BLOCK_K=block_k, ROWS=rows, SWIGLU=apply_swiglu, MODE=_MODE_ROW_AMAX,
-                                num_warps=warps)
+    _quantize_rows_kernel[grid](x, q_bits, row_amax, row_amax, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                                MODE=_MODE_ROW_AMAX, **common)
     scale = (row_amax.amax().clamp_min(AMAX_FLOOR) / E4M3_MAX).reshape(1, 1)
-    _quantize_rows_kernel[grid](x, q_bits, scale, scale, m, k, k_padded, x.stride(0), q.stride(0),
-                                BLOCK_K=block_k, ROWS=rows, SWIGLU=apply_swiglu, MODE=_MODE_GIVEN_SCALE,
-                                num_warps=warps)
+    _quantize_rows_kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                                MODE=_MODE_GIVEN_SCALE, **common)
     return q, scale
 
 
 # torch.compile sees the kernel as one opaque op with a shape function: no graph break, and with dynamic
 # shapes no recompilation per token count.
 @torch.library.custom_op("omnigen2_fp8::quantize_activation", mutates_args=())
-def quantize_activation_op(x: torch.Tensor, k_padded: int, per_token: bool,
-                           apply_swiglu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return quantize_activation_triton(x, k_padded, per_token, apply_swiglu)
+def quantize_activation_op(x: torch.Tensor, k_padded: int, per_token: bool, apply_swiglu: bool,
+                           row_scale: torch.Tensor | None = None,
+                           col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_activation_triton(x, k_padded, per_token, apply_swiglu, row_scale, col_scale)
 
 
 @quantize_activation_op.register_fake
-def _(x, k_padded, per_token, apply_swiglu):
+def _(x, k_padded, per_token, apply_swiglu, row_scale=None, col_scale=None):
     m = x.shape[0]
     return (x.new_empty((m, k_padded), dtype=FP8_DTYPE),
             x.new_empty((m, 1) if per_token else (1, 1), dtype=torch.float32))

@@ -65,14 +65,19 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def quantize_activation(x: torch.Tensor, k_padded: int, per_token: bool = True,
-                        apply_swiglu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_activation(x: torch.Tensor, k_padded: int, per_token: bool = True, apply_swiglu: bool = False,
+                        row_scale: torch.Tensor | None = None,
+                        col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference (pure torch) dynamic activation quantization; the fused Triton kernel must match it.
 
     x: [M, K] (or [M, 2K] = [gate | up] with apply_swiglu, which first computes silu(gate) * up in float32).
+    row_scale [M, 1] / [1, 1] and col_scale [>= width] (float32): x holds raw FP8 GEMM sums, dequantized first.
     Returns (e4m3 [M, k_padded] with zero columns K..k_padded, float32 scales [M, 1] per token or [1, 1]).
     """
-    xf = swiglu(x) if apply_swiglu else x.float()
+    xf = x.float()
+    if row_scale is not None:
+        xf = xf * row_scale.float() * col_scale.float()[: x.shape[1]]
+    xf = swiglu(xf) if apply_swiglu else xf
     amax = xf.abs().amax(dim=1, keepdim=True) if per_token else xf.abs().amax().reshape(1, 1)
     scale = scale_from_amax(amax)
     q = cast_to_e4m3(xf / scale)
