@@ -148,13 +148,16 @@ def build_qwen_tokenizer(words: Sequence[str] = (), qwen_ids: bool = False):
 
 def build_qwen_image_processor(size: str = "full"):
     """The Qwen2-VL image processor (PIL backend, no torchvision needed) with the released settings."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as processor
+    except ImportError:  # transformers releases without the separate PIL backend: there it is the default class
+        from transformers import Qwen2VLImageProcessor as processor
 
     _check_size(size)
     settings = dict(QWEN_IMAGE_PROCESSOR)
     if size == "tiny":
         settings["max_pixels"] = QWEN_TINY_IMAGE_MAX_PIXELS
-    return Qwen2VLImageProcessorPil(**settings)
+    return processor(**settings)
 
 
 def write_qwen_processor(folder: str | os.PathLike, tokenizer, image_processor) -> Path:
