@@ -27,9 +27,11 @@ import torch
 from tqdm.auto import tqdm
 
 from harness import data as gdata
+from harness import distributed
 from harness.fidelity import fidelity_table, summarize_fidelity
-from harness.generate import (edit_path, free_pipeline, generate_samples, generation_records, load_arm_pipeline,
-                              pending_samples)
+from harness.generate import (SettingsMismatchError, arm_settings, check_or_record_settings, edit_path,
+                              free_pipeline, generate_samples, generation_records, load_arm_pipeline, pending_samples,
+                              read_arm_settings)
 from harness.judge import QwenJudge, judge_calls_for_sample
 from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
 from harness.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
@@ -270,6 +272,7 @@ def samples_from_selection(out: Path) -> list[dict]:
 def run_generate(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef]) -> None:
     """Edits for every arm; one model load per arm, freed before the next; finished samples are skipped."""
     for arm in ctx.arms:
+        check_or_record_settings(ctx.edits_root, arm, arm_settings(ctx.model, arm, ctx.config.generation))
         todo = pending_samples(ctx.edits_root, arm, samples)
         if not todo:
             log.info("generate %s: all %d edits exist", arm, len(samples))
@@ -311,45 +314,52 @@ def run_judge(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], judge: Qw
         log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
         return
     judge = judge or load_judge(ctx)
-    info = judge.describe()
     chunk = max(1, ctx.batch_size)
     bar = tqdm(total=2 * len(todo), desc="judge", unit="call", disable=not ctx.progress)
-    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        calls, present = [], []
-        for arm, sample in part:
-            image_path = edit_path(ctx.edits_root, arm, sample)
-            if not image_path.is_file():
-                append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
-                                              failure=f"no edited image at {image_path}"))
-                bar.update(2)
-                continue
-            edited = _open(image_path)
-            calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
-                                            sample.instruction, ctx.prompts)
-            present.append((arm, sample))
-        if not present:
-            continue
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
-        seconds = time.perf_counter() - t0
-        append_jsonl(ctx.out / JUDGE_RUNS, {"arms": sorted({a for a, _ in present}), "n_samples": len(present),
-                                            "n_calls": len(calls), "seconds": seconds,
-                                            "n_attempts": sum(len(r.attempts) for r in results.values()),
-                                            "new_tokens": judge.last_new_tokens_total,
-                                            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                                            "judge": ident})
-        for arm, sample in present:
-            sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
-            ok = sc.status == "ok" and pq.status == "ok"
-            failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
-            append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
-                                          failure=failure, sc=sc.to_record(), pq=pq.to_record(),
-                                          out_of_range="out_of_range" in (sc.status, pq.status)))
+        judge_batch(ctx, ds, todo[start:start + chunk], judge, bar)
     bar.close()
+
+
+def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]], judge: QwenJudge, bar) -> None:
+    """Judge one batch of (arm, sample) pairs (one judge.run_calls); append a judgement per pair and a timing line.
+    Under torchrun the lines go to this rank's files (`distributed.rank_file`), merged by rank 0 afterwards."""
+    path, runs_path = distributed.rank_file(ctx.out / JUDGEMENTS), distributed.rank_file(ctx.out / JUDGE_RUNS)
+    ident = judge_identity(ctx)
+    info = judge.describe()
+    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
+    calls, present = [], []
+    for arm, sample in part:
+        image_path = edit_path(ctx.edits_root, arm, sample)
+        if not image_path.is_file():
+            append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
+                                          failure=f"no edited image at {image_path}"))
+            bar.update(2)
+            continue
+        edited = _open(image_path)
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
+                                        sample.instruction, ctx.prompts)
+        present.append((arm, sample))
+    if not present:
+        return
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
+    seconds = time.perf_counter() - t0
+    append_jsonl(runs_path, {"arms": sorted({a for a, _ in present}), "n_samples": len(present),
+                             "n_calls": len(calls), "seconds": seconds,
+                             "n_attempts": sum(len(r.attempts) for r in results.values()),
+                             "new_tokens": judge.last_new_tokens_total,
+                             "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                             "judge": ident})
+    for arm, sample in present:
+        sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
+        ok = sc.status == "ok" and pq.status == "ok"
+        failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
+        append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
+                                      failure=failure, sc=sc.to_record(), pq=pq.to_record(),
+                                      out_of_range="out_of_range" in (sc.status, pq.status)))
 
 
 def _open(path: Path):
@@ -397,7 +407,8 @@ def run_score(ctx: RunContext) -> dict:
         ftab = fidelity_table(pairs)
         fid_rows.append(ftab.assign(baseline=base, arm=arm))
         if len(ftab):
-            fidelity[arm] = {"baseline": base, **summarize_fidelity(ftab)}
+            fidelity[arm] = {"baseline": base, "same_settings_but_precision": _same_settings(ctx, base, arm),
+                             **summarize_fidelity(ftab)}
     if fid_rows:
         pd.concat(fid_rows).to_csv(_tmp(ctx.out / "fidelity.csv"), index=False)
         _commit(ctx.out / "fidelity.csv")
@@ -420,6 +431,14 @@ def run_score(ctx: RunContext) -> dict:
     write_json_atomic(ctx.out / "summary.json", summary)
     write_text_atomic(ctx.out / "summary.md", render_markdown(summary))
     return summary
+
+
+def _same_settings(ctx: RunContext, base: str, arm: str) -> bool | None:
+    """True when both arms' edits were made with the same settings apart from precision (None: unknown)."""
+    a, b = read_arm_settings(ctx.edits_root, base), read_arm_settings(ctx.edits_root, arm)
+    if a is None or b is None:
+        return None
+    return {k: v for k, v in a.items() if k != "precision"} == {k: v for k, v in b.items() if k != "precision"}
 
 
 def _tmp(path: Path) -> Path:
@@ -530,9 +549,11 @@ def render_markdown(summary: dict) -> str:
                     lines.append(f"| {lang} | {m} | {r['task_type']} | {r['n_pairs']} | {_f(r['delta'])} | "
                                  f"{_ci(r['ci95'])} | {r['verdict']} |")
     for arm, fid in summary["fidelity"].items():
-        lines += ["", f"## Fidelity: {arm} edits against {fid['baseline']} edits (same seed)", "",
+        same = {True: "same seed and settings", False: "WARNING: settings differ beyond precision",
+                None: "settings not recorded"}[fid["same_settings_but_precision"]]
+        lines += ["", f"## Fidelity: {arm} edits against {fid['baseline']} edits ({same})", "",
                   "| lang | scope | n | PSNR dB (non-identical) | identical | SSIM |", "|---|---|---|---|---|---|"]
-        for lang, res in ((k, v) for k, v in fid.items() if k != "baseline"):
+        for lang, res in ((k, v) for k, v in fid.items() if k not in ("baseline", "same_settings_but_precision")):
             o = res["overall_per_sample"]
             t = res["overall_task_mean"]
             lines.append(f"| {lang} | overall (task mean) | {t['n_task_groups']} groups | {_f(t['psnr_db'])} | - | "
@@ -581,6 +602,7 @@ def run(ctx: RunContext, stage: str = "all") -> dict | None:
     stages = ("generate", "judge", "score") if stage == "all" else (stage,)
     preflight(ctx, stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    distributed.merge_rank_records(ctx)  # records an interrupted torchrun run left in per-rank files (usually none)
     if {"generate", "judge"} & set(stages):
         ds, samples = select(ctx)
         if "generate" in stages:
@@ -594,9 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        ctx = make_context(args)
-        summary = run(ctx, args.stage)
-    except (SetupError, TaskError, gdata.DatasetError, PromptSetError) as err:
+        if distributed.launched_with_several_ranks():  # torchrun: this process runs one shard
+            ctx, summary = distributed.run_sharded(args, args.stage)
+        else:
+            ctx = make_context(args)
+            summary = run(ctx, args.stage)
+    except (SetupError, TaskError, gdata.DatasetError, PromptSetError, distributed.DistributedSetupError, SettingsMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:

@@ -19,10 +19,16 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data import SampleRef, load_source_image
+from harness.distributed import rank_file
 from harness.records import append_jsonl, read_jsonl
 from harness.tasks import GenerationSpec
 
 GENERATION_LOG = "generation.jsonl"
+SETTINGS_FILE = "generation_settings.json"
+
+
+class SettingsMismatchError(ValueError):
+    """Existing edits were made with other settings; resuming would mix them."""
 
 
 def edit_path(root: str | Path, arm: str, sample: SampleRef | dict) -> Path:
@@ -34,6 +40,38 @@ def edit_path(root: str | Path, arm: str, sample: SampleRef | dict) -> Path:
 def pending_samples(root: str | Path, arm: str, samples: Sequence[SampleRef]) -> list[SampleRef]:
     """The samples whose edited image does not exist yet (a PNG that exists is complete: it was renamed into place)."""
     return [s for s in samples if not edit_path(root, arm, s).is_file()]
+
+
+def arm_settings(model: str, arm: str, gen: GenerationSpec) -> dict:
+    """What decides an arm's images: resume reuses an edit only when these are unchanged."""
+    return {"model": model, "precision": arm, "seed": gen.seed, "steps": gen.steps, "resolution": gen.resolution,
+            "text_guidance_scale": gen.text_guidance_scale, "image_guidance_scale": gen.image_guidance_scale,
+            "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
+
+
+def check_or_record_settings(root: str | Path, arm: str, settings: dict) -> None:
+    """Record an arm's settings in `<root>/<arm>/generation_settings.json`, or refuse if it holds other ones."""
+    import json
+
+    from harness.records import write_json_atomic
+
+    path = Path(root) / arm / SETTINGS_FILE
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise SettingsMismatchError(f"{path.parent} holds edits made with other settings ({changes}); resuming "
+                                        "would mix them. Use another --out/--edits folder, or delete that one.")
+        return
+    write_json_atomic(path, settings)
+
+
+def read_arm_settings(root: str | Path, arm: str) -> dict | None:
+    import json
+
+    path = Path(root) / arm / SETTINGS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def generation_records(root: str | Path, arm: str) -> list[dict]:
@@ -110,7 +148,7 @@ def generate_samples(pipe, dataset, samples: Sequence[SampleRef], root: str | Pa
         tmp = target.with_name(f".{target.name}.tmp")
         result.save(tmp)
         os.replace(tmp, target)
-        append_jsonl(Path(root) / arm / GENERATION_LOG, {
+        append_jsonl(rank_file(Path(root) / arm / GENERATION_LOG), {
             **sample.to_record(), "arm": arm, "image": str(target.relative_to(root)), "seed": gen.seed,
             "seconds": seconds, "peak_vram_gib": (torch.cuda.max_memory_allocated() / 2**30) if cuda else None,
             "stage_seconds": result.stage_seconds, "output_size": list(result.images[0].size),

@@ -184,7 +184,10 @@ class QwenJudge:
 
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         try:
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype).to(device).eval()
+            # device_map places weights straight on the GPU (no CPU copy of 16 GB first)
+            placement = {"device_map": device} if str(device).startswith("cuda") else {}
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype, **placement)
+            model = model.to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             image_processor = AutoImageProcessor.from_pretrained(model_path)
         except OSError as err:

@@ -103,3 +103,13 @@ def test_missing_models_explain_the_flags(tmp_path, capsys):
     assert code == 2
     for flag in ("--model", "--judge", "--dataset", "--synthetic tiny"):
         assert flag in err
+
+
+def test_resume_refuses_edits_made_with_other_settings(run_dir, capsys):
+    out, _ = run_dir
+    before = _mtimes(out)
+    code = main([*BASE, "--out", str(out), "--languages", "en", "--stage", "generate", "--steps", "3"])
+    assert code == 2 and "steps: 2 -> 3" in capsys.readouterr().err
+    assert _mtimes(out) == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fidelity"]["fp8"]["same_settings_but_precision"] is True
