@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import gc
+import shlex
 import sys
 import time
 import traceback
@@ -174,6 +175,7 @@ class ProfileOptions:
     fp8_kernel: str = "auto"
     progress: bool = True
     seed: int = 0
+    argv: list[str] | None = None  # the CLI arguments, recorded as the invocation
 
     def validate(self) -> None:
         if (self.model is None) == (self.synthetic is None):
@@ -534,7 +536,9 @@ def run_profile(options: ProfileOptions) -> dict:
     arms = [Arm(name) for name in options.precisions]
     park = len(arms) > 1 and not options.offload
     record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "omnigen2-profile", "complete": False}
-    record["manifest"] = run_manifest(synthetic=options.synthetic or False, device=str(device))
+    invocation = None if options.argv is None else "python -m harness.profile " + shlex.join(options.argv)
+    record["manifest"] = run_manifest(synthetic=options.synthetic or False, device=str(device),
+                                      extra={"invocation": invocation})
     record["scenario"] = {**scenario.to_dict(), "source": source, "overrides": overrides,
                           "branches_per_step": scenario.branches_per_step(),
                           "transformer_passes": sum(scenario.branches_per_step())}
@@ -708,7 +712,7 @@ def render_markdown(rec: dict) -> str:
         lines += [f"> **{SYNTHETIC_WARNING}** (synthetic: {m['synthetic_weights']})", ""]
     lines += [f"- device: {dev.get('device_name')} ({dev.get('device')}), driver {dev.get('driver')}, "
               f"torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}",
-              f"- git {m.get('git_revision')}, {m.get('date_utc')}; command: `{m.get('command')}`",
+              f"- git {m.get('git_revision')}, {m.get('date_utc')}; command: `{m.get('invocation') or m.get('command')}`",
               f"- scenario: {sc['height']}x{sc['width']} output, references {sc['references']}, {sc['steps']} steps, "
               f"guidance text {sc['text_guidance_scale']} / image {sc['image_guidance_scale']}, "
               f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
@@ -881,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> ProfileOptions:
+def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptions:
     precisions = list(args.precision)
     if args.fp8_no_pad and "fp8-nopad" not in precisions:
         precisions.append("fp8-nopad")
@@ -891,13 +895,14 @@ def options_from_args(args: argparse.Namespace) -> ProfileOptions:
                           synthetic=args.synthetic, device=args.device, steps=args.steps, warmup=args.warmup,
                           repeats=args.repeats, profile_steps=args.profile_steps, compile=args.compile,
                           offload=args.offload, trace=args.trace, fp8_kernel=args.fp8_kernel,
-                          progress=not args.no_progress, seed=args.seed)
+                          progress=not args.no_progress, seed=args.seed, argv=list(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
-        options = options_from_args(args)
+        options = options_from_args(args, argv)
         record = run_profile(options)
     except ProfileError as err:
         print(f"error: {err}", file=sys.stderr)

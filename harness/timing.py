@@ -212,9 +212,13 @@ def summarize_stage_runs(runs: list[dict[str, list[float]]]) -> dict[str, dict]:
         totals = [sum(run.get(name, [])) for run in runs]
         calls = [x for run in runs for x in run.get(name, [])]
         counts = sorted({len(run.get(name, [])) for run in runs})
+        per_run = summarize_ms(totals, label=f"stage {name} (per run)", warn_min_ms=STAGE_WARN_MIN_MS)
+        # one entry per run: per call is the same distribution, warned about once
+        per_call = per_run if len(calls) == len(totals) else summarize_ms(
+            calls, label=f"stage {name} (per call)", warn_min_ms=STAGE_WARN_MIN_MS)
         out[name] = {
-            "per_run": summarize_ms(totals, label=f"stage {name} (per run)", warn_min_ms=STAGE_WARN_MIN_MS).to_dict(),
-            "per_call": summarize_ms(calls, label=f"stage {name} (per call)", warn_min_ms=STAGE_WARN_MIN_MS).to_dict(),
+            "per_run": per_run.to_dict(),
+            "per_call": per_call.to_dict(),
             "calls_per_run": counts[0] if len(counts) == 1 else counts,
         }
     return out

@@ -1,0 +1,214 @@
+"""harness.profile end to end on a tiny synthetic model (CPU op names), plus scenarios, arms and CLI errors."""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import profile as P
+from harness.records import SYNTHETIC_WARNING
+
+TINY_SCENARIO = """\
+task: tiny-edit
+include: {template}
+metadata:
+  description: "32x32 edit of one 32x32 reference, 2 steps (CI)"
+height: 32
+width: 32
+references: [[32, 32]]
+steps: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One CLI run: bf16, fp8 and the deliberately unpadded arm, on the tiny synthetic models, on the CPU."""
+    root = tmp_path_factory.mktemp("profile")
+    scenario = root / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    out = root / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = P.main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+                       "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2", "--profile-steps", "2",
+                       "--out", str(out), "--no-progress"])
+    return code, out, json.loads((out / "profile.json").read_text())
+
+
+def test_cli_writes_every_output(tiny_run):
+    code, out, rec = tiny_run
+    assert code == 0 and rec["complete"]
+    names = {p.name for p in out.iterdir()}
+    assert {"profile.json", "profile.md", "kernels_bf16.csv", "kernels_fp8.csv", "kernels_fp8-nopad.csv"} <= names
+    assert list(rec["arms"]) == ["bf16", "fp8", "fp8-nopad"]
+    assert rec["schema_version"] == P.SCHEMA_VERSION and rec["kind"] == "omnigen2-profile"
+
+
+def test_provenance_and_synthetic_flag(tiny_run):
+    _, out, rec = tiny_run
+    m = rec["manifest"]
+    assert m["synthetic_weights"] == "tiny" and m["warning"] == SYNTHETIC_WARNING
+    assert m["invocation"].startswith("python -m harness.profile --precision bf16 fp8 --fp8-no-pad")
+    assert m["device"]["device"] == "cpu" and m["device"]["torch"] == torch.__version__
+    assert SYNTHETIC_WARNING in (out / "profile.md").read_text()
+    assert rec["settings"]["synthetic"] == "tiny" and rec["settings"]["precisions"] == ["bf16", "fp8", "fp8-nopad"]
+
+
+def test_latency_has_end_to_end_stages_and_per_step(tiny_run):
+    _, _, rec = tiny_run
+    for arm in rec["arms"].values():
+        lat = arm["latency"]
+        assert lat["end_to_end"]["n"] == 2 and lat["end_to_end"]["median_ms"] > 0
+        stages = lat["stages"]
+        assert {"text_encode", "vae_encode", "denoise", "denoise_step", "vae_decode"} <= set(stages)
+        assert stages["denoise_step"]["calls_per_run"] == 2  # one range per denoising step
+        assert stages["denoise_step"]["per_call"]["n"] == 4
+        # the steps are inside the denoise stage
+        assert stages["denoise"]["per_run"]["median_ms"] >= stages["denoise_step"]["per_run"]["min_ms"]
+        assert lat["end_to_end"]["median_ms"] >= stages["denoise"]["per_run"]["min_ms"]
+    r = rec["ratios"]["fp8"]
+    assert r["vs"] == "bf16" and r["end_to_end_speedup"] == pytest.approx(1 / r["end_to_end_ratio"])
+
+
+def test_memory_says_not_measured_on_cpu_and_fp8_transformer_is_smaller(tiny_run):
+    _, _, rec = tiny_run
+    for arm in rec["arms"].values():
+        assert arm["memory"]["run"]["peak_allocated_gib"] is None and "not measured" in arm["memory"]["run"]["method"]
+    # the FP8 arm holds e4m3 weights only (no BF16 copy): its transformer is smaller than the BF16 one
+    assert rec["ratios"]["fp8"]["transformer_gib_ratio"] < 0.8
+
+
+def test_kernel_tables_and_categories(tiny_run):
+    _, out, rec = tiny_run
+    for name, arm in rec["arms"].items():
+        k = arm["kernels"]
+        assert k["profiled_steps"] == 2 and k["time_unit"] == "self CPU time"
+        assert list(k["categories"]) == list(P.K.CATEGORIES)
+        assert sum(c["share"] for c in k["categories"].values()) == pytest.approx(1.0)
+        with open(out / k["csv"]) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == k["num_kernels"] and rows[0]["name"] == k["top"][0]["name"]
+        assert {"denoise_step", "text_encode", "vae_decode"} <= set(k["stages"])
+    bf16 = {r["name"]: r for r in rec["arms"]["bf16"]["kernels"]["top"]}
+    assert bf16["aten::mm"]["category"] == "gemm-bf16"
+    # the FP8 arms spend time on quantisation, the BF16 arm does not
+    assert rec["arms"]["bf16"]["kernels"]["categories"]["quant"]["total_us"] == 0
+    assert rec["arms"]["fp8"]["kernels"]["categories"]["quant"]["total_us"] > 0
+
+
+def test_fallback_verdicts(tiny_run):
+    _, out, rec = tiny_run
+    assert not rec["arms"]["bf16"]["fallback"]["checked"]
+    nopad = rec["arms"]["fp8-nopad"]
+    assert nopad["fallback"]["fallback_detected"]
+    assert "bf16-gemm-in-fp8-layer" in {f["kind"] for f in nopad["fallback"]["findings"]}
+    q = nopad["quantization"]
+    # tiny hidden size 120 (like 2520) is not a multiple of 16: every quantized layer falls back
+    assert q["config"]["pad_multiple"] == 1 and q["fallback_layers"] and q["resolved_kernels"] == {
+        "torch-reference": len(q["fallback_layers"]) + len(q["aligned_layers"])}
+    # on the CPU, Fp8Config(kernel='auto') emulates FP8: the verdict says so instead of passing silently
+    fp8 = rec["arms"]["fp8"]["fallback"]
+    assert fp8["fallback_detected"] and "emulated" in fp8["note"]
+    assert rec["fallback_detected"] == {"fp8": True, "fp8-nopad": True}
+    md = (out / "profile.md").read_text()
+    for heading in ("## Latency", "## Wall time vs summed kernel time", "## Memory", "## Kernel categories",
+                    "## FP8 fallback check", "## Top kernels: fp8-nopad"):
+        assert heading in md
+    assert "FALLBACK DETECTED" in md
+
+
+# ------------------------------------------------------------------------------------------------- scenarios
+def test_shipped_scenarios_load_with_their_guidance_branches():
+    edit, _, src = P.load_scenario("edit-1024-1ref")
+    assert (edit.height, edit.width, edit.steps, edit.references) == (1024, 1024, 28, [[1024, 1024]])
+    assert set(edit.branches_per_step()) == {3} and src.endswith("edit-1024-1ref.yaml")
+    assert P.load_scenario("edit-1024-2ref")[0].references == [[1024, 1024], [1024, 1024]]
+    gedit = P.load_scenario("gedit-512")[0]
+    assert (gedit.height, gedit.steps, gedit.image_guidance_scale, gedit.time_shift) == (512, 20, 1.5, 3.0)
+    t2i = P.load_scenario("t2i-1024")[0]
+    assert t2i.references == [] and set(t2i.branches_per_step()) == {2}
+
+
+def test_steps_override_is_logged():
+    scenario, changes, _ = P.load_scenario("gedit-512", steps=4)
+    assert scenario.steps == 4 and changes == [{"field": "steps", "old": 20, "new": 4}]
+
+
+def test_unknown_scenario_suggests_the_close_name():
+    with pytest.raises(P.ProfileError, match="Did you mean gedit-512"):
+        P.load_scenario("gedit-521")
+
+
+def test_bad_scenario_values_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: bad\nheight: 100\nwidth: 64\nsteps: 2\n")
+    with pytest.raises(P.ProfileError, match="height 100 must be a multiple of 16"):
+        P.load_scenario(bad)
+    bad.write_text("task: bad\nheight: 64\nwidth: 64\nsteps: 2\nreferences: [[64]]\n")
+    with pytest.raises(P.ProfileError, match=r"references\[0\]"):
+        P.load_scenario(bad)
+
+
+def test_reference_images_are_seeded_and_sized():
+    scenario = P.load_scenario("edit-1024-2ref")[0]
+    a, b = P.reference_images(scenario), P.reference_images(scenario)
+    assert [im.size for im in a] == [(1024, 1024), (1024, 1024)]
+    assert a[0].tobytes() == b[0].tobytes()
+
+
+# ------------------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model="x", synthetic="tiny"), "exactly one of --model"),
+    (dict(), "exactly one of --model"),
+    (dict(synthetic="tiny", precisions=["bf16", "int4"]), "unknown precision"),
+    (dict(synthetic="tiny", precisions=["fp8", "fp8"]), "lists an arm twice"),
+    (dict(synthetic="tiny", repeats=0), "--repeats >= 1"),
+    (dict(synthetic="tiny", fp8_kernel="fast"), "--fp8-kernel 'fast'"),
+])
+def test_bad_options_are_explained(kwargs, match, tmp_path):
+    opts = dict(scenario="gedit-512", precisions=["bf16", "fp8"], out=tmp_path, device="cpu")
+    opts.update(kwargs)
+    with pytest.raises(P.ProfileError, match=match):
+        P.ProfileOptions(**opts).validate()
+
+
+def test_cli_error_exit_code(capsys, tmp_path):
+    assert P.main(["--scenario", "nope-512", "--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path),
+                   "--no-progress"]) == 2
+    assert "unknown task 'nope-512'" in capsys.readouterr().err
+
+
+def test_unpadded_quantization_keeps_shapes_and_routes_unaligned_layers_to_the_fallback():
+    from omnigen2_fp8.fp8.config import Fp8Config
+    from omnigen2_fp8.fp8.linear import Fp8Linear
+    from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
+
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(torch.bfloat16)
+    info = P.quantize_unpadded(model, Fp8Config())
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
+    assert layers and all((m.in_padded, m.out_padded) == (m.in_features, m.out_features) for m in layers.values())
+    assert set(info["fallback_layers"]) | set(info["aligned_layers"]) == set(layers)
+    assert all(layers[n].kernel.value == "torch-reference" for n in info["fallback_layers"])
+    assert info["layers"]["layers.0.norm1.linear"] == "bf16"
+
+
+@pytest.mark.gpu
+def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = P.main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+                       "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert code == 0
+    assert not rec["arms"]["fp8"]["fallback"]["fallback_detected"], rec["arms"]["fp8"]["fallback"]["findings"]
+    assert rec["arms"]["fp8"]["kernels"]["categories"]["gemm-fp8"]["calls"] > 0
+    assert rec["arms"]["fp8-nopad"]["fallback"]["fallback_detected"]
+    for arm in rec["arms"].values():
+        mem = arm["memory"]
+        assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
