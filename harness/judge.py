@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import tempfile
@@ -362,7 +363,9 @@ def build_full_synthetic_judge(device: str = "cuda", dtype: torch.dtype = torch.
 
             processor = AutoProcessor.from_pretrained(tmp)
             tokenizer = processor.tokenizer
-        except ImportError:
+        except Exception as err:  # noqa: BLE001  any failure here only means the fallback path is used, and it is recorded
+            logging.getLogger(__name__).warning("synthetic judge: AutoProcessor unavailable (%s: %s); using the "
+                                                "fallback preprocessing", type(err).__name__, err)
             processor = None
     return QwenJudge(model, tokenizer, image_processor, processor, model_id="synthetic-full-qwen2.5-vl-7b",
                      device=device, synthetic={"size": "full", "seed": seed}, **kwargs)
