@@ -49,9 +49,10 @@ from harness.records import write_text_atomic
 from harness.timing import STAGE_RANGE_PREFIX
 
 LAYER_RANGE_PREFIX = "layer::"
-# Linear-layer methods that callers use instead of __call__ (Fp8Linear.forward_swiglu, called by the folded
-# SwiGLU feed-forward); layer_ranges wraps them too.
-EXTRA_ENTRY_POINTS = ("forward_swiglu",)
+# Layer methods that callers use instead of __call__ (Fp8Linear's, called by the folded SwiGLU feed-forward);
+# layer_ranges wraps them too. True = the call carries one GEMM (counted), False = part of one (not counted).
+EXTRA_ENTRY_POINTS = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True, "quantize_input": False,
+                      "finish": False}
 STEP_STAGE = "denoise_step"
 CATEGORIES = ("gemm-fp8", "gemm-bf16", "attention", "quant", "memcpy", "norm-elementwise", "other")
 
@@ -116,11 +117,13 @@ def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, 
 @contextlib.contextmanager
 def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] | None = None,
                  prefix: str = "") -> Iterator[dict[str, int]]:
-    """Open a `record_function("layer::<prefix><fqn>")` range around every forward of the selected modules.
+    """Open a `record_function("layer::<prefix><fqn>")` range around all work of the selected modules.
 
     Default selection: modules with a 2-D `weight` whose class name ends in "Linear" (nn.Linear, Fp8Linear).
-    Yields a dict fqn -> number of forward calls seen while the context was open (methods named in
-    EXTRA_ENTRY_POINTS count and get ranges too). The hooks are removed on exit.
+    A range opens at the outermost entry into a layer: its forward, or one of the methods in EXTRA_ENTRY_POINTS
+    that callers use instead of __call__ (Fp8Linear's quantize_input / matmul / ...; the folded SwiGLU
+    feed-forward calls those directly). Yields a dict fqn -> number of GEMM-carrying calls (forward and the
+    entry points marked True) seen while the context was open. Everything is removed on exit.
     Do not combine with torch.compile (the hooks would break the graph); `detect_fallbacks` then falls back on
     counting GEMM calls per step.
     """
@@ -130,27 +133,15 @@ def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] |
     for fqn, module in model.named_modules():
         if not fqn or not predicate(fqn, module):
             continue
-        name = f"{LAYER_RANGE_PREFIX}{prefix}{fqn}"
-        stack: list = []
-
-        def pre(mod, args, _name=name, _fqn=prefix + fqn, _stack=stack):
-            calls[_fqn] += 1
-            rf = torch.profiler.record_function(_name)
-            rf.__enter__()
-            _stack.append(rf)
-
-        def post(mod, args, out, _stack=stack):
-            if _stack:
-                _stack.pop().__exit__(None, None, None)
-
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
-        for method_name in EXTRA_ENTRY_POINTS:
+        scope = _LayerScope(f"{LAYER_RANGE_PREFIX}{prefix}{fqn}", prefix + fqn, calls)
+        handles.append(module.register_forward_pre_hook(lambda mod, args, _s=scope: _s.enter(counts=True)))
+        handles.append(module.register_forward_hook(lambda mod, args, out, _s=scope: _s.exit(), always_call=True))
+        for method_name, counts in EXTRA_ENTRY_POINTS.items():
             method = getattr(module, method_name, None)
             if callable(method):
-                # Entry points called directly (not through __call__) get no hooks: shadow the bound method with an
-                # instance attribute that opens the same range, and delete it on exit.
-                module.__dict__[method_name] = _ranged(method, name, prefix + fqn, calls)
+                # Shadow the bound method with an instance attribute (deleted on exit), so direct callers and the
+                # layer's own forward both go through the scope.
+                module.__dict__[method_name] = scope.wrap(method, counts)
                 patched.append((module, method_name))
     try:
         yield calls
@@ -161,12 +152,36 @@ def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] |
             module.__dict__.pop(method_name, None)
 
 
-def _ranged(method: Callable, range_name: str, fqn: str, calls: dict[str, int]) -> Callable:
-    def wrapper(*args, **kwargs):
-        calls[fqn] += 1
-        with torch.profiler.record_function(range_name):
-            return method(*args, **kwargs)
-    return wrapper
+class _LayerScope:
+    """One layer's profiler range: opened at depth 0 -> 1, closed at 1 -> 0; GEMM-carrying entries counted."""
+
+    def __init__(self, range_name: str, fqn: str, calls: dict[str, int]):
+        self.range_name, self.fqn, self.calls = range_name, fqn, calls
+        self.depth = 0
+        self.range = None
+
+    def enter(self, counts: bool) -> None:
+        if self.depth == 0:
+            if counts:
+                self.calls[self.fqn] += 1
+            self.range = torch.profiler.record_function(self.range_name)
+            self.range.__enter__()
+        self.depth += 1
+
+    def exit(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.range is not None:
+            self.range.__exit__(None, None, None)
+            self.range = None
+
+    def wrap(self, method: Callable, counts: bool) -> Callable:
+        def wrapper(*args, **kwargs):
+            self.enter(counts)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.exit()
+        return wrapper
 
 
 def is_linear_layer(fqn: str, module: nn.Module) -> bool:

@@ -19,7 +19,17 @@ from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
     # cuBLASLt / CUTLASS FP8 GEMMs (launched by aten::_scaled_mm, or recognisable by the e4m3 type in the name)
     ("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128_warpgroupsize1x1x1_execute_segment_k_off",
      "aten::_scaled_mm", "gemm-fp8"),
-    ("nvjet_qqtst_128x256_128x6_2x1_v_bz_coopA_TNT", "aten::_scaled_mm", "gemm-fp8"),
+    # names seen on the lent H100 (results/fp8_transformer_h100.json)
+    ("nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "aten::_scaled_mm", "gemm-fp8"),
+    ("nvjet_sm90_qqtst_320x64_128x4_1x2_h_bz_coopB_algo2_TNN", None, "gemm-fp8"),
+    ("nvjet_sm90_tst_128x8_64x12_4x1_v_bz_bias_TNT", "aten::addmm", "gemm-bf16"),
+    ("nvjet_sm90_tst_128x8_64x12_4x1_v_bz_bias_TNT", None, "gemm-bf16"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1_cga1x1x1_kernel0_0",
+     "aten::_cudnn_attention_forward", "attention"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float, false>(int)",
+     "aten::native_layer_norm", "norm-elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::tanh_kernel_cuda(at::TensorIteratorBase&)>",
+     "aten::tanh", "norm-elementwise"),
     ("void cutlass::device_kernel<cutlass3x_sm90_tensorop_gemm_e4m3_e4m3_f32_bf16>", None, "gemm-fp8"),
     ("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "gemm-fp8"),  # vLLM's Triton fallback
     # BF16 GEMMs
@@ -193,3 +203,24 @@ def test_triton_scaled_mm_kernel_names_are_flagged():
     assert kinds["triton-scaled-mm"].names == ["scaled_mm_kernel"] and kinds["triton-scaled-mm"].total_us == 950.0
     assert kinds["fp8-layer-without-fp8-gemm"].names == ["layers.0.attn.to_qkv"]
     assert "non-tensor-core-scaled-gemm" not in kinds  # the xmma kernel is a tensor-core GEMM
+
+
+def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
+    # The folded SwiGLU's fast path calls quantize_input / matmul_unscaled / matmul / finish directly, not forward.
+    torch.manual_seed(0)
+    parent = torch.nn.Module()
+    parent.up = Fp8Linear.from_linear(torch.nn.Linear(32, 64).bfloat16(), Fp8Config(kernel="torch-reference"))
+    parent.up._resolved = Kernel.CUBLAS_TORCH_QUANT  # the GEMM op the GPU runs (see _fp8_model)
+    x = torch.randn(8, 32).bfloat16()
+    with K.capture("cpu") as prof, K.layer_ranges(parent) as calls:
+        timer = StageTimer("cpu")
+        with timer("denoise_step"):
+            xq, scale = parent.up.quantize_input(x)            # part of a GEMM call: ranged, not counted
+            raw = parent.up.matmul_unscaled(xq)                # one GEMM: counted
+            parent.up.finish(parent.up.matmul(xq, scale, torch.bfloat16), x.shape[:-1])  # one more GEMM
+            parent.up(x)                                       # forward (its inner quantize/matmul: not again)
+    assert raw.shape == (8, 64) and calls == {"up": 3}
+    capture = K.parse_profile(prof, "cpu")
+    assert [(op, layer) for op, layer, _ in capture.gemm_ops] == [("aten::_scaled_mm", "up")] * 3
+    report = K.detect_fallbacks(capture, {"up": "fp8"}, layer_calls=calls)
+    assert not report.fallback_detected and report.fp8_gemm_calls_per_step == 3

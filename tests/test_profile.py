@@ -207,7 +207,10 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert code == 0
     assert not rec["arms"]["fp8"]["fallback"]["fallback_detected"], rec["arms"]["fp8"]["fallback"]["findings"]
+    fb = rec["arms"]["fp8"]["fallback"]
     assert rec["arms"]["fp8"]["kernels"]["categories"]["gemm-fp8"]["calls"] > 0
+    assert fb["fp8_gemm_calls_per_step"] == fb["expected_fp8_linear_calls_per_step"] > 0
+    assert fb["bf16_gemm_calls_per_step"] == fb["expected_bf16_linear_calls_per_step"]
     assert rec["arms"]["fp8-nopad"]["fallback"]["fallback_detected"]
     for arm in rec["arms"].values():
         mem = arm["memory"]
