@@ -352,7 +352,7 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]]
                              "n_attempts": sum(len(r.attempts) for r in results.values()),
                              "new_tokens": judge.last_new_tokens_total,
                              "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                             "judge": ident})
+                             "judge": ident, "settings": info})
     for arm, sample in present:
         sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
         ok = sc.status == "ok" and pq.status == "ok"
@@ -417,7 +417,7 @@ def run_score(ctx: RunContext) -> dict:
         **({"warning": SYNTHETIC_WARNING} if ctx.synthetic else {}),
         "task": ctx.config.to_dict(), "overrides": ctx.overrides, "arms": ctx.arms, "baseline": base,
         "dataset": ctx.dataset, "model": ctx.model, "edits_root": str(ctx.edits_root),
-        "judge": judge_identity(ctx), "prompt_set": ctx.prompts.describe(),
+        "judge": judge_identity(ctx), "judge_settings": _last_judge_settings(ctx), "prompt_set": ctx.prompts.describe(),
         "selection": {k: v for k, v in gdata.selection_summary([_as_ref(s) for s in samples]).items()},
         "headline": _records(headline), "per_task": _records(tasks), "deltas": deltas, "fidelity": fidelity,
         "judge_failures": _failures(tasks), "throughput": throughput(ctx),
@@ -431,6 +431,12 @@ def run_score(ctx: RunContext) -> dict:
     write_json_atomic(ctx.out / "summary.json", summary)
     write_text_atomic(ctx.out / "summary.md", render_markdown(summary))
     return summary
+
+
+def _last_judge_settings(ctx: RunContext) -> dict | None:
+    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge + prompt set."""
+    runs = [r for r in read_jsonl(ctx.out / JUDGE_RUNS) if r.get("judge") == judge_identity(ctx)]
+    return runs[-1].get("settings") if runs else None
 
 
 def _same_settings(ctx: RunContext, base: str, arm: str) -> bool | None:
