@@ -1,0 +1,235 @@
+"""Sharded GEdit runs on a CPU: two gloo ranks under torchrun against one process, a killed rank and its resume.
+
+The reference is a single-process run; the sharded runs reuse its synthetic models and dataset (--model, --judge,
+--dataset), so every judgement names the same judge and any difference would come from the sharding. Both sides run
+one CPU thread per process (torchrun's default), so the arithmetic is the same.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import distributed as hd
+from harness.data import SampleRef
+from harness.gedit import main
+from harness.records import append_jsonl, read_jsonl
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--synthetic", "tiny", "--no-progress", "--bootstrap", "200", "--per-task", "2", "--languages", "en",
+        "--tasks", "color_alter", "text_change", "--batch-size", "2", "--device", "cpu"]
+RESULT_FILES = ("judgements.jsonl", "scores.csv", "tasks.csv", "fidelity.csv")
+SUMMARY_NUMBERS = ("headline", "per_task", "deltas", "fidelity", "judge_failures", "selection", "arms")
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A single-process run (one thread, like each torchrun rank)."""
+    out = tmp_path_factory.mktemp("single")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*ARGS, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _assets(reference: Path) -> list[str]:
+    work = reference / "_synthetic"
+    return ["--dataset", str(work / "dataset"), "--model", str(work / "omnigen2-tiny"),
+            "--judge", str(work / "judge-tiny")]
+
+
+def torchrun(out: Path, reference: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop(hd.FAULT_ENV, None)
+    if fault:
+        env[hd.FAULT_ENV] = fault
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "harness.gedit", *ARGS, *_assets(reference), "--out", str(out)]
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _images(root: Path) -> dict[Path, bytes]:
+    return {p.relative_to(root): p.read_bytes() for p in root.glob("*/fullset/*/*/*.png")}
+
+
+def _mtimes(root: Path) -> dict[Path, int]:
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in root.glob("*/fullset/*/*/*.png")}
+
+
+def _summary_numbers(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    return {k: summary[k] for k in SUMMARY_NUMBERS}
+
+
+def _sorted_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return sorted(csv.DictReader(f), key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def _selection(out: Path) -> list[dict]:
+    return json.loads((out / "selection.json").read_text())["samples"]
+
+
+def _ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _assert_same_results(run: Path, reference: Path, ordered: bool) -> None:
+    """Scores, per-task tables, fidelity and images equal those of the single-process run."""
+    assert _images(run) == _images(reference)
+    assert _summary_numbers(run) == _summary_numbers(reference)
+    for name in RESULT_FILES:
+        if ordered:
+            assert (run / name).read_text() == (reference / name).read_text(), name
+        elif name.endswith(".csv"):
+            assert _sorted_csv(run / name) == _sorted_csv(reference / name), name
+        else:
+            assert sorted((run / name).read_text().splitlines()) == sorted((reference / name).read_text().splitlines())
+    for arm in ("bf16", "fp8"):  # one generation record per sample, in selection order
+        gen = [(g["task_type"], g["language"], g["key"]) for g in read_jsonl(run / arm / "generation.jsonl")]
+        assert gen == [(s["task_type"], s["language"], s["key"]) for s in _selection(run)]
+    assert not list(run.rglob(hd.RANK_DIR)), "per-rank files were left behind"
+
+
+# ------------------------------------------------------------------------------------------- two gloo processes
+def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path):
+    _ok(torchrun(tmp_path, reference))
+    _assert_same_results(tmp_path, reference, ordered=True)
+    report = json.loads((tmp_path / hd.DIST_REPORT).read_text())
+    assert report["world_size"] == 2 and report["backend"] == "gloo" and report["synthetic"] == "tiny"
+    # 4 samples: 2 edits per arm on each rank; 8 pairs in 4 batches of 2: 2 batches (4 pairs) per rank.
+    assert [(r["rank"], r["generate_shard_samples"], r["judged_pairs"]) for r in report["ranks"]] == [(0, 2, 4),
+                                                                                                      (1, 2, 4)]
+    assert report["merged_records"][str(tmp_path / "judgements.jsonl")] == 8
+
+
+def test_killed_rank_loses_only_unfinished_samples_and_reruns_resume(reference, tmp_path):
+    samples = _selection(reference)
+    bf16 = tmp_path / "bf16" / "fullset"
+    # Rank 1 (samples 1 and 3) dies after its first bf16 edit; torchrun stops rank 0 too.
+    crashed = torchrun(tmp_path, reference, fault="1:generate:1")
+    assert crashed.returncode != 0 and "rank 1 exits now" in crashed.stderr
+    assert (bf16 / samples[1]["task_type"] / "en" / f"{samples[1]['key']}.png").is_file()
+    assert not (bf16 / samples[3]["task_type"] / "en" / f"{samples[3]['key']}.png").exists()
+    assert not (tmp_path / "summary.json").exists()
+    assert len(list(read_jsonl(tmp_path / "bf16" / hd.RANK_DIR / "generation.rank001.jsonl"))) == 1
+    first = _mtimes(tmp_path)
+
+    # The rerun makes the missing edits, then rank 1 dies after its first judge batch.
+    crashed = torchrun(tmp_path, reference, fault="1:judge:1")
+    assert crashed.returncode != 0 and "rank 1 exits now" in crashed.stderr
+    second = _mtimes(tmp_path)
+    assert len(second) == 2 * len(samples) and all(second[p] == t for p, t in first.items())
+    assert len(list(read_jsonl(tmp_path / hd.RANK_DIR / "judgements.rank001.jsonl"))) == 2
+    interrupted = tmp_path.parent / f"{tmp_path.name}-copy"
+    shutil.copytree(tmp_path, interrupted)
+
+    # A sharded rerun judges what is left and merges everything: the single-process results.
+    _ok(torchrun(tmp_path, reference))
+    assert _mtimes(tmp_path) == second
+    _assert_same_results(tmp_path, reference, ordered=False)
+    judged = [(r["arm"], r["key"]) for r in read_jsonl(tmp_path / "judgements.jsonl")]
+    assert len(judged) == len(set(judged)) == 2 * len(samples)
+
+    # A single-process rerun of the same interrupted state folds the per-rank records in as well.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*ARGS, *_assets(reference), "--out", str(interrupted)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same_results(interrupted, reference, ordered=False)
+
+
+# ------------------------------------------------------------------------------------------------------- pieces
+def _refs(n: int) -> list[SampleRef]:
+    return [SampleRef("color_alter", "en", f"k{i}", "make it red", False, i) for i in range(n)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_judge_batches_are_the_single_process_batches_dealt_round_robin(world_size):
+    arms, samples = ["bf16", "fp8"], _refs(7)
+    batches = hd.judge_batches(arms, samples, batch_size=3)
+    pairs = [(a, s) for a in arms for s in samples]
+    assert [p for b in batches for p in b] == pairs and all(len(b) == 3 for b in batches[:-1])
+    dealt = [hd.shard_batches(batches, r, world_size) for r in range(world_size)]
+    owners = sorted(b for shard in dealt for b, _ in shard)
+    assert owners == list(range(len(batches)))  # every batch once
+    assert all(batch == batches[b] for shard in dealt for b, batch in shard)
+    with pytest.raises(ValueError, match="outside"):
+        hd.shard_batches(batches, world_size, world_size)
+
+
+class _Ctx:  # the fields merge_rank_records reads
+    def __init__(self, out: Path, arms, batch_size):
+        self.out, self.edits_root, self.arms, self.batch_size = out, out, arms, batch_size
+
+
+def test_merge_restores_single_process_order_skips_duplicates_and_torn_lines(tmp_path):
+    keys = [f"k{i}" for i in range(4)]
+    (tmp_path / "selection.json").write_text(json.dumps(
+        {"samples": [{"task_type": "t", "language": "en", "key": k} for k in keys]}))
+    ctx = _Ctx(tmp_path, ["bf16", "fp8"], batch_size=2)
+    rec = lambda arm, k: {"arm": arm, "task_type": "t", "language": "en", "key": k, "status": "ok", "note": "é"}
+    shared = tmp_path / "judgements.jsonl"
+    append_jsonl(shared, rec("bf16", "k0"))
+    # batches: 0 = bf16 k0,k1; 1 = bf16 k2,k3; 2 = fp8 k0,k1; 3 = fp8 k2,k3 (rank 0: 0, 2; rank 1: 1, 3)
+    for r in (rec("bf16", "k1"), rec("bf16", "k0"), rec("fp8", "k0"), rec("fp8", "k1")):  # bf16 k0 written twice
+        append_jsonl(hd.rank_path(shared, 0), r)
+    for r in (rec("bf16", "k3"), rec("bf16", "k2"), rec("fp8", "k2")):
+        append_jsonl(hd.rank_path(shared, 1), r)
+    with open(hd.rank_path(shared, 1), "a") as f:
+        f.write('{"arm": "fp8", "ta')  # rank 1 died mid-append
+    gen = tmp_path / "fp8" / "generation.jsonl"
+    for rank, k in ((1, "k3"), (0, "k2"), (1, "k1"), (0, "k0")):
+        append_jsonl(hd.rank_path(gen, rank), {"task_type": "t", "language": "en", "key": k, "seconds": 1.0})
+
+    added = hd.merge_rank_records(ctx)
+
+    assert added == {str(shared): 6, str(gen): 4}
+    order = [(r["arm"], r["key"]) for r in read_jsonl(shared)]
+    assert order == [("bf16", "k0"), ("bf16", "k1"), ("bf16", "k3"), ("bf16", "k2"), ("fp8", "k0"), ("fp8", "k1"),
+                     ("fp8", "k2")]  # batch order; writing order inside a batch
+    assert shared.read_text().count("é") == 7  # written as append_jsonl writes it (UTF-8, not escaped)
+    assert [r["key"] for r in read_jsonl(gen)] == keys
+    assert not list(tmp_path.rglob(hd.RANK_DIR))
+    assert hd.merge_rank_records(ctx) == {}  # nothing left to merge
+
+
+def test_rank_files_only_inside_a_process_group(tmp_path):
+    path = tmp_path / "fp8" / "generation.jsonl"
+    assert hd.rank_file(path) == path  # a single process writes the shared file, as before
+    assert hd.rank_path(path, 12) == tmp_path / "fp8" / "_ranks" / "generation.rank012.jsonl"
+
+
+def test_setup_errors_name_the_fix(monkeypatch):
+    with pytest.raises(hd.DistributedSetupError, match="--device cuda"):
+        hd.rank_device("cuda:1", 0)
+    assert hd.rank_device("cpu", 3) == ("cpu", "gloo")
+    if not torch.cuda.is_available():
+        with pytest.raises(hd.DistributedSetupError, match="--device cpu"):
+            hd.rank_device("cuda", 0)
+    monkeypatch.setenv(hd.FAULT_ENV, "1:judging:2")
+    with pytest.raises(hd.DistributedSetupError, match="RANK:STAGE:N"):
+        hd.fault_after(1, "judge")
+    monkeypatch.setenv(hd.FAULT_ENV, "1:judge:2")
+    assert hd.fault_after(1, "judge") == 2 and hd.fault_after(0, "judge") is None
+    assert hd.fault_after(1, "generate") is None
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(hd.DistributedSetupError, match="torchrun"):
+        hd.launched_with_several_ranks()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(hd.DistributedSetupError, match="MASTER_ADDR"):
+        hd.init_from_env("cpu")
