@@ -132,17 +132,17 @@ def bench_layer(name: str, m: int) -> dict:
 
 
 SWEEP = {  # (K, swiglu with dequantization): candidate (block_k, num_warps); block_k >= padded K = single pass
-    (2520, False): [(4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 2), (1024, 4), (1024, 8), (512, 2), (512, 4),
-                    (256, 1), (256, 2)],
-    (10240, True): [(16384, 8), (16384, 16), (4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 2), (1024, 4),
-                    (512, 2), (512, 4)],
-    (10240, False): [(16384, 8), (16384, 16), (4096, 4), (4096, 8), (2048, 4), (2048, 8), (1024, 4), (512, 2)],
+    (2520, False): [(4096, 4), (4096, 8), (1024, 4), (512, 2), (512, 4), (256, 1)],
+    (10240, True): [(16384, 16), (4096, 8), (2048, 4), (2048, 8), (1024, 4), (512, 4)],
+    (10240, False): [(16384, 8), (4096, 8), (2048, 8), (1024, 4)],
 }
 
 
-def tune_quant_kernel(m: int) -> tuple[list[dict], dict]:
-    """Sweep launch configs of the quantization kernel at the model's row widths; returns rows and the winners."""
-    rows, best = [], {}
+def tune_quant_kernel(m: int) -> tuple[list[dict], dict, bool]:
+    """Sweep launch configs (and the e4m3 conversion: integer encoder vs hardware cvt) of the quantization kernel
+    at the model's row widths; returns the rows, the fastest (block_k, num_warps) per width, and whether the
+    hardware conversion won everywhere."""
+    rows, best, hw_wins = [], {}, True
     for (k, swiglu), configs in SWEEP.items():
         x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
         extra = {}
@@ -150,14 +150,21 @@ def tune_quant_kernel(m: int) -> tuple[list[dict], dict]:
             extra = dict(row_scale=torch.rand(m, 1, device="cuda") * 1e-3,
                          col_scale=torch.rand(2 * k, device="cuda") * 1e-3)
         kp = P.round_up(k, 16)
-        for block, warps in configs:
+        shape_rows = []
+        for (block, warps), hw in itertools.product(configs, (False, True)):
             ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, block_k=block, num_warps=warps,
-                                                             **extra))
-            rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
-                         "single_pass": block >= kp, "ms": ms, "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
-        winner = min((r for r in rows if r["K"] == k and r["swiglu_dequant"] == swiglu), key=lambda r: r["ms"])
-        best[(k, swiglu)] = (winner["block_k"], winner["num_warps"])
-    return rows, best
+                                                             hw_cast=hw, **extra))
+            shape_rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
+                               "hw_cast": hw, "single_pass": block >= kp, "ms": ms,
+                               "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
+        rows += shape_rows
+        best_int = min((r for r in shape_rows if not r["hw_cast"]), key=lambda r: r["ms"])
+        best_hw = min((r for r in shape_rows if r["hw_cast"]), key=lambda r: r["ms"])
+        hw_wins &= best_hw["ms"] < best_int["ms"]
+        best[(k, swiglu)] = (best_hw, best_int)
+    choice = {key: ((hw if hw_wins else it)["block_k"], (hw if hw_wins else it)["num_warps"])
+              for key, (hw, it) in best.items()}
+    return rows, choice, hw_wins
 
 
 def bench_ffn(m: int) -> dict:
@@ -206,15 +213,18 @@ def main() -> None:
         print(f"check {name}: {result['checks'][name]}")
     write_json_atomic(args.out, result)
     if not args.no_tune:
-        result["quant_kernel_sweep"], best = tune_quant_kernel(8500)
+        result["quant_kernel_sweep"], best, hw_cast = tune_quant_kernel(8500)
         for r in result["quant_kernel_sweep"]:
-            print(f"sweep K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} warps={r['num_warps']}: "
-                  f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
+            print(f"sweep K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} warps={r['num_warps']} "
+                  f"hw_cast={r['hw_cast']}: {r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
         kernels.LAUNCH_OVERRIDES.update(best)
-        result["quant_launch_used"] = {f"{k}{'-swiglu' if sw else ''}": list(v) for (k, sw), v in best.items()}
+        kernels.HW_CAST_ON_CUDA = hw_cast
+        result["quant_launch_used"] = {"hw_cast": hw_cast, **{f"{k}{'-swiglu' if sw else ''}": list(v)
+                                                              for (k, sw), v in best.items()}}
         print("quantization launch used:", result["quant_launch_used"])
         if args.launch_out:
-            write_json_atomic(args.launch_out, [[k, sw, *v] for (k, sw), v in best.items()])
+            write_json_atomic(args.launch_out, {"hw_cast": hw_cast,
+                                                "launch": [[k, sw, *v] for (k, sw), v in best.items()]})
     else:
         result["quant_launch_used"] = "built-in heuristic (kernels.default_launch)"
     print(f"{'layer':<12} {'M':>6} {'bf16 ms':>8} {'fp8 ms':>8} {'x':>5} {'gemm x':>6} {'quant ms':>8} {'GB/s':>6} "

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig  # noqa: E402
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
@@ -129,6 +129,13 @@ def kernel_profile(model, inputs) -> dict:
             "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
 
 
+def set_kernel(model: torch.nn.Module, kernel: Kernel) -> None:
+    for m in model.modules():
+        if isinstance(m, Fp8Linear):
+            m.kernel = kernel
+            m.refresh_kernel()
+
+
 def uncompile(model: OmniGen2Transformer) -> None:
     for block in model.blocks():
         block._compiled_call_impl = None
@@ -216,8 +223,21 @@ def run(args, result: dict) -> None:
             result["profile_fp8_compiled"] = kernel_profile(model, inputs)
         uncompile(model)
         save()
+        if args.inductor_quant:  # the alternative: quantization as torch ops, fused by inductor with its neighbours
+            set_kernel(model, Kernel.CUBLAS_INDUCTOR_QUANT)
+            model.compile_blocks()
+            timing["fp8_compiled_inductor_quant"] = time_forward(model, inputs, device, args.warmup, args.repeats)
+            print("fp8 compiled, inductor quantization", timing["fp8_compiled_inductor_quant"]["median_ms"])
+            if args.profile:
+                result["profile_fp8_compiled_inductor_quant"] = kernel_profile(model, inputs)
+            uncompile(model)
+            set_kernel(model, Kernel.AUTO)
+            save()
 
     ratios = result.setdefault("ratios", {})
+    if "fp8_compiled_inductor_quant" in timing:
+        ratios["fp8_inductor_quant_vs_bf16_compiled"] = (timing["bf16_compiled"]["median_ms"]
+                                                        / timing["fp8_compiled_inductor_quant"]["median_ms"])
     ratios["fp8_vs_bf16_eager"] = timing["bf16_eager"]["median_ms"] / timing["fp8_eager"]["median_ms"]
     if "fp8_compiled" in timing:
         ratios["fp8_vs_bf16_compiled"] = timing["bf16_compiled"]["median_ms"] / timing["fp8_compiled"]["median_ms"]
@@ -260,6 +280,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--profile", action="store_true", help="kernel-time roll-up of one forward per mode")
+    parser.add_argument("--inductor-quant", action="store_true", help="also time FP8 compiled with the "
+                        "quantization left to inductor (Kernel.CUBLAS_INDUCTOR_QUANT)")
     parser.add_argument("--load-peak", action="store_true", help="save both checkpoints and measure load peaks")
     parser.add_argument("--tmp", default=None, help="folder for the temporary checkpoints (local disk)")
     parser.add_argument("--launch-json", default=None, help="quantization-kernel launch table from bench_fp8_layers")
@@ -267,13 +289,15 @@ def main() -> None:
     if args.launch_json:
         import json
 
-        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w) for k, sw, b, w in json.load(open(args.launch_json))})
+        launch = json.load(open(args.launch_json))
+        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w) for k, sw, b, w in launch["launch"]})
+        kernels.HW_CAST_ON_CUDA = bool(launch["hw_cast"])
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),
               "goals": GOALS, "config": Fp8Config().to_dict(),
-              "quant_launch": {f"{k}-{sw}": list(v) for (k, sw), v in kernels.LAUNCH_OVERRIDES.items()}
-              or "built-in heuristic"}
+              "quant_launch": {"hw_cast": kernels.HW_CAST_ON_CUDA,
+                               **{f"{k}-{sw}": list(v) for (k, sw), v in kernels.LAUNCH_OVERRIDES.items()}}}
     try:
         run(args, result)
     except Exception as err:  # keep what was measured, and say what failed

@@ -41,12 +41,15 @@ class Kernel(str, enum.Enum):
     CUBLAS_PADDED: fused Triton activation quantization + torch._scaled_mm (cuBLASLt) on K/N padded to 16.
     CUBLAS_TORCH_QUANT: the same GEMM with the activation quantization as plain torch ops (the slow trap; kept
         only so benchmarks can show what the fused kernel buys).
+    CUBLAS_INDUCTOR_QUANT: eager like CUBLAS_PADDED; under torch.compile the quantization is left as torch ops
+        for inductor to fuse with the RMSNorm / modulation / SwiGLU around it.
     TORCH_REFERENCE: FP8 emulation: the same e4m3 values, dequantized and multiplied exactly (float64 on CPU).
     """
 
     AUTO = "auto"
     CUBLAS_PADDED = "cublas-padded"
     CUBLAS_TORCH_QUANT = "cublas-torch-quant"
+    CUBLAS_INDUCTOR_QUANT = "cublas-inductor-quant"
     TORCH_REFERENCE = "torch-reference"
 
 

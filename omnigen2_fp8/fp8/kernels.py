@@ -61,6 +61,13 @@ if HAS_TRITON:
         return (code | sign).to(tl.uint8)
 
     @triton.jit
+    def _encode(v, HW_CAST: tl.constexpr):
+        """e4m3 bits of clamped v: the hardware conversion (GPU only), or the integer encoder (same bits)."""
+        if HW_CAST:
+            return v.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+        return _e4m3_code(v)
+
+    @triton.jit
     def _load_row_chunk(row_ptr, cols, K, SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, row_scale, col_scale_ptr):
         """float32 values of one row at `cols` (0 past K); with SWIGLU, silu(gate) * up of [gate | up].
         DEQUANT: the row holds raw FP8 GEMM sums; multiply by row_scale * col_scale[col] first."""
@@ -79,7 +86,7 @@ if HAS_TRITON:
     def _quantize_rows_kernel(x_ptr, q_ptr, scale_ptr, given_scale_ptr, row_scale_ptr, col_scale_ptr, K, KP,
                               stride_xm, stride_qm, stride_rs, BLOCK_K: tl.constexpr, SINGLE_PASS: tl.constexpr,
                               SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, MODE: tl.constexpr,
-                              X_ALIGN: tl.constexpr):
+                              X_ALIGN: tl.constexpr, HW_CAST: tl.constexpr):
         """One program per row. SINGLE_PASS: the whole padded row in registers (BLOCK_K >= KP), read once.
         Otherwise chunks of BLOCK_K: a first pass for the absmax, a second (from L2) to quantize and store."""
         row = tl.program_id(0).to(tl.int64)
@@ -106,19 +113,21 @@ if HAS_TRITON:
                 scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
                 tl.store(scale_ptr + row, scale)
             if SINGLE_PASS:
-                code = _e4m3_code(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX))
+                code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                 tl.store(q_row + cols, code, mask=cols < KP)
             else:
                 for k0 in range(0, KP, BLOCK_K):
                     cols = k0 + tl.arange(0, BLOCK_K)
                     x = _load_row_chunk(x_row, cols, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
-                    code = _e4m3_code(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX))
+                    code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                     tl.store(q_row + cols, code, mask=cols < KP)
 
 
 # Launch choice (block_k, num_warps) per row width; block_k >= the padded width means a single pass.
 # Benchmarks may override entries: {(K, swiglu): (block_k, num_warps)}.
 LAUNCH_OVERRIDES: dict[tuple[int, bool], tuple[int, int]] = {}
+# The hardware e4m3 conversion on CUDA (False: the integer encoder everywhere, as in the CPU interpreter).
+HW_CAST_ON_CUDA = False
 
 
 def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int]:
@@ -134,7 +143,8 @@ def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int]
 def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool = True,
                                apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
                                col_scale: torch.Tensor | None = None, block_k: int | None = None,
-                               num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                               num_warps: int | None = None,
+                               hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton activation quantization; same contract as `primitives.quantize_activation`.
 
     x: [M, K] (or [M, 2K] with apply_swiglu), unit stride in the last dim, bf16/fp16/fp32, on CUDA (or on
@@ -173,7 +183,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     rs = row_scale if dequant else x  # placeholders are never read when DEQUANT is off
     cs = col_scale if dequant else x
     rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
-    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant,
+    hw_cast = (HW_CAST_ON_CUDA and x.is_cuda) if hw_cast is None else hw_cast
+    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
                   X_ALIGN=vec if aligned else 1, num_warps=warps)
     grid = (m,)
     q_bits = q.view(torch.uint8)

@@ -143,10 +143,11 @@ class Fp8Linear(nn.Module):
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         per_token = self.activation_granularity == ActivationGranularity.PER_TOKEN
-        if (self._resolved or self.refresh_kernel()) == Kernel.CUBLAS_PADDED:
+        kernel = self._resolved or self.refresh_kernel()
+        compiling = torch.compiler.is_compiling()
+        if kernel == Kernel.CUBLAS_PADDED or (kernel == Kernel.CUBLAS_INDUCTOR_QUANT and not compiling):
             # The custom op is what torch.compile sees; eager calls skip its dispatch overhead.
-            quant = (torch.ops.omnigen2_fp8.quantize_activation if torch.compiler.is_compiling()
-                     else quantize_activation_triton)
+            quant = torch.ops.omnigen2_fp8.quantize_activation if compiling else quantize_activation_triton
             return quant(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
         return quantize_activation(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
 
@@ -201,7 +202,8 @@ class Fp8SwiGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.linear_13, self.linear_2
-        if (gate_up._resolved or gate_up.refresh_kernel()) != Kernel.CUBLAS_PADDED or gate_up.bias is not None:
+        kernel = gate_up._resolved or gate_up.refresh_kernel()
+        if kernel not in (Kernel.CUBLAS_PADDED, Kernel.CUBLAS_INDUCTOR_QUANT) or gate_up.bias is not None:
             return down.forward_swiglu(gate_up(x))
         # gate/up runs as the faster tensor-wise GEMM with unit scales; its per-token and per-channel scales are
         # applied inside the down projection's quantization kernel, which reads the raw sums once anyway.
