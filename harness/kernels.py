@@ -548,7 +548,7 @@ def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
 
 
 def export_trace(prof: torch.profiler.profile, path: str | Path) -> Path:
-    """Write a Chrome trace (open in chrome://tracing or ui.perfetto.dev)."""
+    """Write a Chrome trace (open in ui.perfetto.dev or chrome://tracing); a `.gz` suffix compresses it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(path))

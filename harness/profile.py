@@ -66,7 +66,7 @@ RUN_METHOD = ("first warm-up call of the arm with only its own transformer on th
 ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
 TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
                  "events around each pipeline stage (perf_counter on CPU), read after a synchronise; a denoise step "
-                 "runs from its first transformer pass to the end of its scheduler update; median and IQR over "
+                 "runs from the end of the previous one (or the start of the denoise stage) to the end of its scheduler update; median and IQR over "
                  "repeats, warning when IQR/median > 10%")
 
 
@@ -390,30 +390,27 @@ def restore_all(arms: list[Arm], device: torch.device, enabled: bool) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- the calls
-class _StepMarkingScheduler:
-    """Delegates to a scheduler and marks denoising steps on a StageTimer: a step runs from the previous
-    `step()` return (or the start of the denoise stage) to its own `step()` return, so it covers all CFG passes."""
+class _StepMarks:
+    """Marks denoising steps on a StageTimer through the pipeline's public hooks: the first step opens when the
+    denoise stage starts, and each `on_step(i, n, latents)` closes step i and opens step i + 1."""
 
-    def __init__(self, scheduler, timer: T.StageTimer):
-        self._scheduler, self._timer, self._open = scheduler, timer, None
-
-    def __getattr__(self, name):
-        return getattr(self._scheduler, name)
+    def __init__(self, timer: T.StageTimer):
+        self.timer, self.open = timer, None
 
     def begin(self) -> None:
         self.end()
-        self._open = self._timer("denoise_step")
-        self._open.__enter__()
+        self.open = self.timer("denoise_step")
+        self.open.__enter__()
 
     def end(self) -> None:
-        if self._open is not None:
-            self._open.__exit__(None, None, None)
-            self._open = None
+        if self.open is not None:
+            self.open.__exit__(None, None, None)
+            self.open = None
 
-    def step(self, *args, **kwargs):
-        out = self._scheduler.step(*args, **kwargs)
+    def on_step(self, i: int, n: int, latents) -> None:
         self.end()
-        return out
+        if i + 1 < n:
+            self.begin()
 
 
 def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: T.StageTimer | None):
@@ -421,35 +418,27 @@ def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, 
 
     Returns the pipeline's EditResult.
     """
-    pipe = arm.pipe
     kwargs = dict(negative_prompt=scenario.negative_prompt, num_inference_steps=steps,
                   text_guidance_scale=scenario.text_guidance_scale, image_guidance_scale=scenario.image_guidance_scale,
                   cfg_range=tuple(scenario.cfg_range), seed=scenario.seed, width=scenario.width,
                   height=scenario.height, time_shift=scenario.time_shift, progress=False)
     if timer is None:
-        return pipe(scenario.instruction, images, **kwargs)
-    original = pipe.scheduler
-    marker = _StepMarkingScheduler(original, timer)
+        return arm.pipe(scenario.instruction, images, **kwargs)
+    marks = _StepMarks(timer)
 
     @contextlib.contextmanager
     def hook(name: str):
         with timer(name):
-            if name == "denoise":
-                # Each scheduler.step() closes a step; the next step opens when the transformer is next called.
-                handle = pipe.transformer.register_forward_pre_hook(lambda *_: None if marker._open else marker.begin())
-                try:
-                    yield
-                finally:
-                    handle.remove()
-                    marker.end()
-            else:
+            if name != "denoise":
                 yield
+                return
+            marks.begin()
+            try:
+                yield
+            finally:
+                marks.end()
 
-    pipe.scheduler = marker
-    try:
-        return pipe(scenario.instruction, images, stage_hook=hook, **kwargs)
-    finally:
-        pipe.scheduler = original
+    return arm.pipe(scenario.instruction, images, stage_hook=hook, on_step=marks.on_step, **kwargs)
 
 
 def timed_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device):
@@ -469,7 +458,10 @@ def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, de
     result = call_pipeline(arm, scenario, images, steps, None)
     if device.type != "cuda":
         return {"method": T.MEMORY_METHOD_CPU, "peak_allocated_gib": None, "peak_reserved_gib": None}
+    expected = sum(module_bytes(m) for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / T.GIB
     return {"method": RUN_METHOD, "resident_before_gib": before,
+            # what was allocated beyond this arm's own models when the call began (~0: nothing of another arm)
+            "resident_unexplained_gib": before - expected,
             "peak_allocated_gib": result.peak_vram_bytes / T.GIB,
             "peak_reserved_gib": result.peak_vram_reserved_bytes / T.GIB,
             "stage_peak_allocated_gib": {k: v / T.GIB for k, v in result.stage_peak_vram_bytes.items()}}
@@ -492,7 +484,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     K.write_kernel_csv(out / csv_name, rows)
     trace = None
     if options.trace:
-        trace = K.export_trace(prof, out / f"trace_{arm.name}.json").name
+        trace = K.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
     report = K.detect_fallbacks(capture, arm.precisions, layer_calls=dict(layer_calls) if ranges else None,
                                 expect_fp8=arm.name != "bf16")
     report.note = fallback_note(arm, options, device)

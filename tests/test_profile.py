@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -35,7 +36,7 @@ def tiny_run(tmp_path_factory):
         warnings.simplefilter("ignore")
         code = P.main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
                        "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2", "--profile-steps", "2",
-                       "--out", str(out), "--no-progress"])
+                       "--out", str(out), "--no-progress", "--trace"])
     return code, out, json.loads((out / "profile.json").read_text())
 
 
@@ -44,6 +45,8 @@ def test_cli_writes_every_output(tiny_run):
     assert code == 0 and rec["complete"]
     names = {p.name for p in out.iterdir()}
     assert {"profile.json", "profile.md", "kernels_bf16.csv", "kernels_fp8.csv", "kernels_fp8-nopad.csv"} <= names
+    with gzip.open(out / rec["arms"]["fp8"]["kernels"]["trace"]) as f:  # --trace: a Chrome trace per arm
+        assert any(e.get("name") == "stage::denoise_step" for e in json.load(f)["traceEvents"])
     assert list(rec["arms"]) == ["bf16", "fp8", "fp8-nopad"]
     assert rec["schema_version"] == P.SCHEMA_VERSION and rec["kind"] == "omnigen2-profile"
 
@@ -75,6 +78,7 @@ def test_latency_has_end_to_end_stages_and_per_step(tiny_run):
 
 
 def test_memory_says_not_measured_on_cpu_and_fp8_transformer_is_smaller(tiny_run):
+    # (on CUDA: load and run peaks per arm, and resident_unexplained_gib ~ 0 shows no other arm was resident)
     _, _, rec = tiny_run
     for arm in rec["arms"].values():
         assert arm["memory"]["run"]["peak_allocated_gib"] is None and "not measured" in arm["memory"]["run"]["method"]
@@ -215,3 +219,4 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
     for arm in rec["arms"].values():
         mem = arm["memory"]
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
+        assert abs(mem["run"]["resident_unexplained_gib"]) < 0.01  # nothing of another arm on the GPU
