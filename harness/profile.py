@@ -859,8 +859,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--synthetic", choices=("tiny", "full"), help="random-weight models built in memory")
     what.add_argument("--fp8-no-pad", action="store_true",
                       help="add the deliberately unpadded FP8 arm 'fp8-nopad' (its fallback GEMMs must be flagged)")
-    what.add_argument("--fp8-kernel", default="auto",
-                      help="Fp8Config kernel of the FP8 arms: auto, cublas-padded, cublas-torch-quant, torch-reference")
+    from omnigen2_fp8.fp8.config import Kernel
+
+    what.add_argument("--fp8-kernel", default="auto", choices=[k.value for k in Kernel],
+                      help="Fp8Config kernel of the FP8 arms (default auto: cublas-padded on a GPU)")
     how = p.add_argument_group("how")
     how.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     how.add_argument("--steps", type=int, default=None, help="override the scenario's denoising steps")

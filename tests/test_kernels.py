@@ -224,3 +224,16 @@ def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
     assert [(op, layer) for op, layer, _ in capture.gemm_ops] == [("aten::_scaled_mm", "up")] * 3
     report = K.detect_fallbacks(capture, {"up": "fp8"}, layer_calls=calls)
     assert not report.fallback_detected and report.fp8_gemm_calls_per_step == 3
+
+
+def test_split_k_helper_of_a_cublas_fp8_gemm_is_not_a_fallback():
+    calls = [K.KernelCall("nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "aten::_scaled_mm", "a",
+                          "denoise_step", 0, 30.0),
+             K.KernelCall("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "aten::_scaled_mm", "a",
+                          "denoise_step", 0, 2.0),
+             K.KernelCall("void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>", "aten::_scaled_mm", "a",
+                          "denoise_step", 0, 40.0)]
+    capture = K.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "a", 0)], 1)
+    report = K.detect_fallbacks(capture, {"a": "fp8"}, layer_calls={"a": 1})
+    assert [(f.kind, f.names) for f in report.findings] == [
+        ("non-tensor-core-scaled-gemm", ["void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>"])]
