@@ -540,6 +540,7 @@ def run_profile(options: ProfileOptions) -> dict:
                         "order": ORDER_NOTE, "timing": TIMING_METHOD,
                         "isolation": "reset + empty cache between phases; other arms' transformers parked on the "
                                      "CPU during loads and memory runs" if park else "single arm or --offload"}
+    _print_plan(record, options)
     total = len(arms) * (max(options.warmup, 1) + options.repeats + (1 if options.profile_steps else 0))
     bar = tqdm(total=total, desc="profile", disable=not options.progress, unit="call")
     caught: list[warnings.WarningMessage] = []
@@ -554,6 +555,19 @@ def run_profile(options: ProfileOptions) -> dict:
         if issubclass(w.category, (T.HighSpreadWarning,)):
             print(f"warning: {w.message}", file=sys.stderr)
     return record
+
+
+def _print_plan(record: dict, options: ProfileOptions) -> None:
+    """Parameters first: what will run, where, with which weights (and what the flags changed)."""
+    sc, st = record["scenario"], record["settings"]
+    weights = f"synthetic {options.synthetic} (random weights)" if options.synthetic else f"model {options.model}"
+    print(f"profile {sc['task']}: {sc['height']}x{sc['width']}, refs {sc['references']}, {sc['steps']} steps, "
+          f"{sc['transformer_passes']} transformer passes; arms {' '.join(st['precisions'])}; {weights}; "
+          f"device {st['device']}; warm-up {st['warmup']}, repeats {st['repeats']}, profiled steps "
+          f"{st['profile_steps']}; compile {st['compile']}, offload {st['offload']}; out {st['out']}",
+          file=sys.stderr, flush=True)
+    for change in sc["overrides"]:
+        print(f"  override {change['field']}: {change['old']} -> {change['new']}", file=sys.stderr, flush=True)
 
 
 def _phases(arms, options, scenario, images, device, dtype, out, park, bar, record) -> None:
