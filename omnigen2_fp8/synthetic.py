@@ -306,14 +306,16 @@ def write_tiny_qwen2_5_vl(folder: str | os.PathLike, vocab: Sequence[str] = (), 
     return folder
 
 
-def write_synthetic_checkpoint(folder: str | os.PathLike, size: str = "tiny", seed: int = 0) -> Path:
+def write_synthetic_checkpoint(folder: str | os.PathLike, size: str = "tiny", seed: int = 0,
+                               device: str | torch.device = "cpu") -> Path:
     """Write a complete random-weight OmniGen2 checkpoint in the official layout.
 
     Layout: model_index.json, transformer/ (config.json + diffusion_pytorch_model*.safetensors), vae/ (diffusers
     AutoencoderKL), mllm/ (transformers Qwen2_5_VLForConditionalGeneration), processor/ (tokenizer + Qwen2-VL
     image processor + chat template), scheduler/scheduler_config.json, and SYNTHETIC.json saying it is synthetic.
     size: "tiny" (about a second on a CPU, a few MB) or "full" (the released shapes: about 31 GB in float32;
-    weights are written in bfloat16 for "full" to halve that).
+    weights are written in bfloat16 for "full" to halve that). device: where the random weights are made (a GPU
+    makes the full-size init take seconds instead of minutes); the files are the same format either way.
     """
     from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: F401  (fail early if the DiT is missing)
 
@@ -321,13 +323,13 @@ def write_synthetic_checkpoint(folder: str | os.PathLike, size: str = "tiny", se
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
-    transformer = build_transformer(size, "cpu", dtype, seed)
+    transformer = build_transformer(size, device, dtype, seed)
     transformer.save_pretrained(folder / "transformer")
     text_dim = transformer.config.text_feat_dim
     del transformer
-    build_vae(size, "cpu", dtype, seed + 1).save_pretrained(folder / "vae")
+    build_vae(size, device, dtype, seed + 1).save_pretrained(folder / "vae")
     tokenizer = build_qwen_tokenizer(qwen_ids=(size == "full"))
-    mllm = build_qwen2_5_vl(size, "cpu", dtype, seed + 2, tokenizer, text_hidden_size=text_dim)
+    mllm = build_qwen2_5_vl(size, device, dtype, seed + 2, tokenizer, text_hidden_size=text_dim)
     mllm.save_pretrained(folder / "mllm")
     del mllm
     write_qwen_processor(folder / "processor", tokenizer, build_qwen_image_processor(size))
