@@ -388,3 +388,24 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """python -m omnigen2_fp8.synthetic OUT [--size tiny|full] [--seed N] [--device cuda]: write a checkpoint."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m omnigen2_fp8.synthetic",
+                                     description="Write a random-weight OmniGen2 checkpoint in the official layout "
+                                                 "(marked synthetic).")
+    parser.add_argument("out", type=Path, help="folder to write")
+    parser.add_argument("--size", choices=SIZES, default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where to make the weights (cuda is much faster for full)")
+    args = parser.parse_args(argv)
+    folder = write_synthetic_checkpoint(args.out, size=args.size, seed=args.seed, device=args.device)
+    print(f"wrote a synthetic ({args.size}) OmniGen2 checkpoint to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -117,3 +117,10 @@ def test_building_is_seeded_and_leaves_the_global_rng_alone():
     b = synthetic.build_vae("tiny", seed=5)
     assert torch.equal(before, after)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_command_line_writes_a_marked_checkpoint(tmp_path):
+    assert synthetic.main([str(tmp_path / "ckpt"), "--size", "tiny", "--seed", "2"]) == 0
+    marker = synthetic.read_synthetic_marker(tmp_path / "ckpt")
+    assert marker["size"] == "tiny" and marker["seed"] == 2
+    assert (tmp_path / "ckpt" / "transformer" / "config.json").is_file()
