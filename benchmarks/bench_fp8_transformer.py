@@ -290,8 +290,7 @@ def main() -> None:
         import json
 
         launch = json.load(open(args.launch_json))
-        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w) for k, sw, b, w in launch["launch"]})
-        kernels.HW_CAST_ON_CUDA = bool(launch["hw_cast"])
+        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in launch["launch"]})
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),
