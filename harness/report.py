@@ -42,6 +42,7 @@ TOP_KERNELS = 12
 KERNEL_NAME_WIDTH = 64
 GRID_ROWS_PER_FIGURE = 6
 TIMESTAMP_PREFIX = "Generated "
+OVERALL = "overall (task mean)"
 
 
 class ReportError(ValueError):
@@ -133,11 +134,11 @@ def fmt_ci(ci: Sequence[float] | None, digits: int = 2) -> str:
     return "-" if not ci else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
-def fmt_stat(stat: dict | None, digits: int = 1) -> str:
+def fmt_stat(stat: dict | None, digits: int = 1, *, flag_spread: bool = True) -> str:
     """TimingStats dict -> "median [IQR]", with "!" when the run flagged a high spread."""
     if not stat:
         return "-"
-    flag = " !" if stat.get("high_spread") else ""
+    flag = " !" if flag_spread and stat.get("high_spread") else ""
     return f"{stat['median_ms']:.{digits}f} [{stat['iqr_ms']:.{digits}f}]{flag}"
 
 
@@ -287,12 +288,13 @@ def _profile_headline(run: ProfileRun) -> list[str]:
         e2e_a, e2e_b = _dig(a, "latency", "end_to_end"), _dig(b, "latency", "end_to_end")
         n = (e2e_a or {}).get("n")
         parts = [f"- **{_escape(sc.get('task', '?'))}** ({where}): **{name}** end to end "
-                 f"**{fmt(r.get('end_to_end_speedup'), 2, 'x')}** the speed of {base} (median {fmt_stat(e2e_a, 0)} ms "
-                 f"vs {fmt_stat(e2e_b, 0)} ms, [IQR] over {n if n is not None else '?'} repeats); one denoise step "
+                 f"**{fmt(r.get('end_to_end_speedup'), 2, 'x')}** the speed of {base} (median [IQR] "
+                 f"{fmt_stat(e2e_a, 0, flag_spread=False)} ms vs {fmt_stat(e2e_b, 0, flag_spread=False)} ms over "
+                 f"{n if n is not None else '?'} repeats); one denoise step "
                  f"{fmt(r.get('denoise_step_speedup'), 2, 'x')}"]
         mem_a, mem_b = _dig(a, "memory", "run", "peak_allocated_gib"), _dig(b, "memory", "run", "peak_allocated_gib")
         if mem_a is not None or mem_b is not None:
-            parts.append(f"; peak VRAM of a run {fmt(mem_a)} GiB vs {fmt(mem_b)} GiB "
+            parts.append(f"; peak VRAM of a run {fmt(mem_a, 3)} GiB vs {fmt(mem_b, 3)} GiB "
                          f"({name}/{base} = {fmt(r.get('peak_allocated_run_ratio'))})")
         else:
             parts.append("; VRAM not measured on this device")
@@ -319,9 +321,11 @@ def _gedit_headline(run: GeditRun) -> list[str]:
                              + (" **distinguishable from zero**" if excludes_zero(o.get("ci95")) else ""))
             o = _dig(metrics, "O", "overall_task_mean") or {}
             verdict = o.get("verdict", "")
+            heads = {h["arm"]: h for h in s.get("headline", []) if h["language"] == lang}
+            absolute = ", ".join(f"{a} {fmt(heads[a].get('O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
             lines.append(f"- **{_escape(run.label)}**, {lang}: {d['arm']} - {d['baseline']} over "
                          f"{o.get('n_pairs', '?')} paired samples (unweighted task mean, 95% bootstrap CI): "
-                         + "; ".join(parts) + f". Q_O: {verdict}.")
+                         + "; ".join(parts) + f". Q_O: {verdict}" + (f" (Q_O {absolute})." if absolute else "."))
             fid = _dig(s, "fidelity", d["arm"], lang, "overall_per_sample")
             if fid:
                 lines.append(f"  Fidelity of the {d['arm']} edits to the {d['baseline']} edits (same seed): PSNR "
@@ -365,7 +369,7 @@ def _latency_table(report: Report, run: ProfileRun, names: list[str], tag: str) 
                "Milliseconds per call: median [IQR] over the timed repeats (`!` = IQR above 10% of the median). "
                f"Ratio columns: time of the arm / time of {base} (below 1 = faster), as profile.json records them.",
                "")
-    rows, series = [], {n: [] for n in names}
+    rows, groups, series = [], [], {n: [] for n in names}
     for stage in ("end_to_end", *STAGES):
         stats = {}
         for n in names:
@@ -377,16 +381,14 @@ def _latency_table(report: Report, run: ProfileRun, names: list[str], tag: str) 
         ratio_cells = [fmt(_dig(p, "ratios", n, STAGE_RATIO_KEYS[stage]), 3) if stage in STAGE_RATIO_KEYS else "-"
                        for n in names[1:]]
         rows.append([STAGE_LABELS[stage], *(fmt_stat(stats[n]) for n in names), *ratio_cells])
-        if stage != "end_to_end":
+        if stage != "end_to_end":  # the chart shows the stages; end to end is their sum and would dwarf them
+            groups.append(STAGE_LABELS[stage])
             for n in names:
                 s = stats[n]
                 series[n].append(plots.Interval(s["median_ms"], s["q1_ms"], s["q3_ms"]) if s else None)
     header = ["stage", *(f"{n} ms" for n in names), *(f"{n}/{base}" for n in names[1:])]
     report.add(*table(header, rows))
-    if rows:
-        groups = [STAGE_LABELS[s] for s in STAGES if any(
-            _dig(arms[n], "latency", "stages", s) for n in names)]
-        series = {n: v[: len(groups)] for n, v in series.items()}
+    if groups:
         path = plots.grouped_bars(report.figure_path(f"{tag}_latency.png"), groups, series,
                                   title=f"Latency per stage: {p.get('scenario', {}).get('task')}",
                                   value_label="ms per call (median; whiskers: interquartile range)",
@@ -405,12 +407,12 @@ def _memory_table(report: Report, run: ProfileRun, names: list[str], tag: str) -
     for n in names:
         mem = arms[n].get("memory") or {}
         ratio = _dig(p, "ratios", n, "peak_allocated_run_ratio") if n != base else None
-        rows.append([n, *(fmt(_dig(mem, *f)) for f in fields), fmt(ratio, 3) if n != base else "-"])
+        rows.append([n, *(fmt(_dig(mem, *f), 3) for f in fields), fmt(ratio, 3) if n != base else "-"])
     report.add(*table(["arm", "transformer weights", "load peak alloc", "load peak reserved", "run peak alloc",
                        "run peak reserved", f"run peak / {base}"], rows))
     shared = p.get("shared_load") or {}
-    report.add(f"Shared components (loaded once for all arms): MLLM {fmt(shared.get('mllm_gib'))} GiB, VAE "
-               f"{fmt(shared.get('vae_gib'))} GiB. Load phases: {_dig(p, 'method', 'load_memory')}. Run phase: "
+    report.add(f"Shared components (loaded once for all arms): MLLM {fmt(shared.get('mllm_gib'), 3)} GiB, VAE "
+               f"{fmt(shared.get('vae_gib'), 3)} GiB. Load phases: {_dig(p, 'method', 'load_memory')}. Run phase: "
                f"{_dig(p, 'method', 'run_memory')}.", "")
     measured = [n for n in names if _dig(arms[n], "memory", "run", "peak_allocated_gib") is not None]
     if measured:
@@ -419,7 +421,7 @@ def _memory_table(report: Report, run: ProfileRun, names: list[str], tag: str) -
                       for f in fields[1:]] for n in measured}
         path = plots.grouped_bars(report.figure_path(f"{tag}_vram.png"), phases, series,
                                   title=f"Peak VRAM per arm: {p.get('scenario', {}).get('task')}",
-                                  value_label="GiB", value_labels=True, fmt=".2f")
+                                  value_label="GiB", value_labels=True, fmt=".3f")
         report.image(path, "peak VRAM per arm")
     else:
         report.add("No VRAM chart: peak memory counters exist only on CUDA devices (this run: "
@@ -561,9 +563,13 @@ def _gedit_task_tables(report: Report, run: GeditRun, lang: str, tag: str) -> No
     header = ["task", "n scored (" + "/".join(arms) + ")",
               *(f"{METRIC_LABELS[m]} {a}" for m in METRICS for a in arms)]
     report.add(*table(header, rows))
+    for h in s.get("headline", []):  # the official headline as a last group
+        if h["language"] == lang:
+            by[(h["arm"], OVERALL)] = h
+    groups = [*tasks, OVERALL]
     panels = {METRIC_LABELS[m]: {a: [plots.Interval(by[(a, t)][m]) if (a, t) in by and by[(a, t)].get(m)
-                                     is not None else None for t in tasks] for a in arms} for m in METRICS}
-    path = plots.metric_panels(report.figure_path(f"{tag}_{lang}_scores.png"), tasks, panels,
+                                     is not None else None for t in groups] for a in arms} for m in METRICS}
+    path = plots.metric_panels(report.figure_path(f"{tag}_{lang}_scores.png"), groups, panels,
                                title=f"GEdit-Bench scores per task group ({lang}): {run.label}", value_label="0-10",
                                ylim=(0, 10), note="bars: task-group means; summary.json holds no per-arm "
                                                   "intervals, so the whiskers are on the paired deltas below")
@@ -627,7 +633,10 @@ def _fidelity_tables(report: Report, run: GeditRun) -> None:
                "No judge involved: each edit against the baseline arm's edit of the same sample. PSNR is averaged "
                "over non-identical pairs.", "")
     for arm, fid in fidelity.items():
-        for lang, res in sorted((k, v) for k, v in fid.items() if k != "baseline"):
+        if fid.get("same_settings_but_precision") is False:
+            report.add(f"> [!NOTE]", f"> The {arm} and {fid.get('baseline')} edits were not made with the same "
+                       "settings apart from the precision, so PSNR / SSIM measure more than the precision change.", "")
+        for lang, res in sorted((k, v) for k, v in fid.items() if isinstance(v, dict) and "per_task" in v):
             rows = [[r["task_type"], r.get("n"), fmt(r.get("psnr_db")), r.get("n_identical"), fmt(r.get("ssim"), 4)]
                     for r in res.get("per_task", [])]
             t, o = res.get("overall_task_mean", {}), res.get("overall_per_sample", {})

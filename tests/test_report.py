@@ -1,0 +1,299 @@
+"""harness.report on real tiny runs: the report is written, its figures open, its tables equal the run files.
+
+One session fixture runs `python -m harness.gedit --synthetic tiny` (one task group, two samples per language, both
+languages) and `python -m harness.profile --synthetic tiny` (a 64x64 one-reference scenario, one step) in this
+process, exactly as a user would, and every test reads those folders.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harness import plots, report
+from harness.records import REPO_ROOT, SYNTHETIC_WARNING
+
+SCENARIO = f"""task: tiny-64
+include: {REPO_ROOT / "tasks" / "profile" / "_template.yaml"}
+metadata:
+  description: "64x64 edit with one 64x64 reference (CPU test scenario)"
+height: 64
+width: 64
+references: [[64, 64]]
+steps: 2
+"""
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    from harness import gedit, profile
+
+    root = tmp_path_factory.mktemp("runs")
+    rc = gedit.main(["--synthetic", "tiny", "--out", str(root / "gedit"), "--tasks", "color_alter",
+                     "--per-task", "2", "--languages", "en", "cn", "--bootstrap", "200", "--no-progress"])
+    assert rc == 0
+    scenario = root / "tiny-64.yaml"
+    scenario.write_text(SCENARIO, encoding="utf-8")
+    rc = profile.main(["--synthetic", "tiny", "--scenario", str(scenario), "--precision", "bf16", "fp8",
+                       "--out", str(root / "profile"), "--steps", "1", "--repeats", "1", "--profile-steps", "1",
+                       "--no-progress"])
+    assert rc == 0
+    return {"gedit": root / "gedit", "profile": root / "profile"}
+
+
+@pytest.fixture(scope="session")
+def built(runs, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("report") / "report.md"
+    assert report.main([str(runs["profile"]), str(runs["gedit"]), "-o", str(out)]) == 0
+    return out, out.read_text(encoding="utf-8")
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def md_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first markdown table after the first line starting with `heading`, as dicts keyed by the header."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    first = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("|"))
+    rows = []
+    for line in lines[first:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])])
+    header, body = rows[0], rows[2:]
+    return [dict(zip(header, r)) for r in body]
+
+
+def row(rows: list[dict[str, str]], **match) -> dict[str, str]:
+    found = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    assert len(found) == 1, f"{match} matches {len(found)} rows of {rows}"
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------- report content
+def test_synthetic_banner_on_top(built):
+    _, text = built
+    head = text.split("## Headline")[0]
+    assert "[!WARNING]" in head and SYNTHETIC_WARNING in head
+    assert "synthetic tiny" in head
+
+
+def test_figures_exist_open_and_are_all_linked(built):
+    out, text = built
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links, "the report links no figure"
+    for link in links:
+        assert not Path(link).is_absolute() and link.startswith("report_files/"), link
+        path = out.parent / link
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.format == "PNG" and min(im.size) > 50
+            assert "Software" not in im.info  # no version stamp: same data, same bytes
+    on_disk = {p.name for p in (out.parent / "report_files").iterdir()}
+    assert on_disk == {Path(link).name for link in links}
+    names = " ".join(sorted(on_disk))
+    for expected in ("p1_latency", "p1_kernel_categories", "g1_en_scores", "g1_cn_scores", "g1_en_fp8_deltas",
+                     "g1_en_grid1", "g1_cn_grid1"):
+        assert expected in names
+    assert "p1_vram" not in names  # CPU run: no memory counters, so no VRAM chart
+
+
+def test_gedit_tables_equal_summary(built, runs):
+    _, text = built
+    summary = _json(runs["gedit"] / "summary.json")
+    headline = md_table(text, "### Headline scores")
+    for h in summary["headline"]:
+        r = row(headline, arm=h["arm"], lang=h["language"])
+        for m in ("SC", "PQ", "O"):
+            assert r[f"Q_{m}"] == f"{h[m]:.2f}"
+            assert r[f"Q_{m}/sample"] == f"{h[m + '_per_sample']:.2f}"
+        assert r["scored"] == f"{h['n_scored']}/{h['n_selected']}"
+    for lang in ("en", "cn"):
+        per_task = md_table(text, f"### Per task group ({lang})")
+        for t in (x for x in summary["per_task"] if x["language"] == lang):
+            r = row(per_task, task=t["task_type"])
+            for m in ("SC", "PQ", "O"):
+                assert r[f"Q_{m} {t['arm']}"] == f"{t[m]:.2f}"
+        (delta,) = summary["deltas"]
+        table = md_table(text, f"#### fp8 - bf16, paired per sample ({lang})")
+        for m in ("SC", "PQ", "O"):
+            res = delta["languages"][lang][m]
+            checks = [(r["task_type"], r) for r in res["per_task"]] + [
+                ("**overall (task mean)**", res["overall_task_mean"]),
+                ("**overall (per sample)**", res["overall_per_sample"])]
+            for task, rec in checks:
+                lo, hi = rec["ci95"]
+                expected = f"{rec['delta']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                assert row(table, task=task)[f"ΔQ_{m} [95% CI]"].strip("*") == expected
+        fid = summary["fidelity"]["fp8"][lang]
+        table = md_table(text, f"fp8 vs bf16 ({lang})")
+        for t in fid["per_task"]:
+            r = row(table, task=t["task_type"])
+            assert (r["PSNR dB"], r["SSIM"], r["n"]) == (f"{t['psnr_db']:.2f}", f"{t['ssim']:.4f}", str(t["n"]))
+    failures = md_table(text, "### Judge failures")
+    for arm, langs in summary["judge_failures"].items():
+        for lang, f in langs.items():
+            assert row(failures, arm=arm, lang=lang)["judge failures"] == str(f["total"])
+
+
+def test_profile_tables_equal_profile_json(built, runs):
+    _, text = built
+    prof = _json(runs["profile"] / "profile.json")
+    arms = prof["arms"]
+    latency = md_table(text, "### Latency per stage")
+    for label, path in (("end to end", ("end_to_end",)), ("denoise (total)", ("stages", "denoise", "per_run")),
+                        ("one denoise step", ("stages", "denoise_step", "per_call")),
+                        ("VAE decode", ("stages", "vae_decode", "per_run"))):
+        r = row(latency, stage=label)
+        for name, arm in arms.items():
+            stat = arm["latency"]
+            for key in path:
+                stat = stat[key]
+            flag = " !" if stat["high_spread"] else ""
+            assert r[f"{name} ms"] == f"{stat['median_ms']:.1f} [{stat['iqr_ms']:.1f}]{flag}"
+    assert row(latency, stage="end to end")["fp8/bf16"] == f"{prof['ratios']['fp8']['end_to_end_ratio']:.3f}"
+    memory = md_table(text, "### Memory (GiB)")
+    for name, arm in arms.items():
+        assert row(memory, arm=name)["transformer weights"] == f"{arm['memory']['load']['transformer_gib']:.3f}"
+    categories = md_table(text, "### Kernel breakdown")
+    for name, arm in arms.items():
+        for cat, d in arm["kernels"]["categories"].items():
+            assert row(categories, category=cat)[name] == f"{d['us_per_step'] / 1e3:.3f} ({d['share'] * 100:.1f}%)"
+    for name, arm in arms.items():
+        top = md_table(text, f"#### Top kernels: {name}")
+        assert len(top) == min(report.TOP_KERNELS, len(arm["kernels"]["top"]))
+        for i, (r, k) in enumerate(zip(top, arm["kernels"]["top"]), 1):
+            assert r["#"] == str(i) and r["kernel"] == f"`{k['name']}`" and r["category"] == k["category"]
+            assert r["ms/step"] == f"{k['us_per_step'] / 1e3:.3f}" and r["share %"] == f"{k['share'] * 100:.1f}"
+    # The FP8 arm's fallback verdict is reported exactly as profile.json has it (on a CPU FP8 is emulated).
+    detected = arms["fp8"]["fallback"]["fallback_detected"]
+    assert ("**FP8 fallback kernels in arm `fp8`.**" in text) == detected
+    if arms["fp8"]["fallback"].get("note"):
+        assert arms["fp8"]["fallback"]["note"] in text
+
+
+def test_provenance_names_revisions_devices_and_prompt_hash(built, runs):
+    _, text = built
+    prov = text.split("## Provenance")[1]
+    summary, prof = _json(runs["gedit"] / "summary.json"), _json(runs["profile"] / "profile.json")
+    for m in (summary["provenance"], prof["manifest"]):
+        assert m["command"] in prov and m["git_revision"] in prov and m["device"]["torch"] in prov
+    assert summary["prompt_set"]["sha256"]["set"] in prov
+    assert summary["selection"]["uids_sha256"] in prov
+    assert prov.count("weights: **synthetic tiny**") == 2
+
+
+def test_image_grid_rows_and_instructions(built, runs):
+    _, text = built
+    samples = _json(runs["gedit"] / "selection.json")["samples"]
+    for lang in ("en", "cn"):
+        grid = md_table(text, f"### Sample edits ({lang})")
+        expected = [s for s in samples if s["language"] == lang]
+        assert sorted(r["instruction"] for r in grid) == sorted(s["instruction"] for s in expected)
+    assert "Source column" not in text  # the recorded synthetic dataset was found
+
+
+def test_same_inputs_same_report_apart_from_timestamp(runs, tmp_path):
+    out = tmp_path / "r" / "report.md"
+    args = [runs["gedit"], runs["profile"]]
+    report.build_report(args, out, timestamp="2000-01-01T00:00:00+00:00")
+    first = out.read_text(encoding="utf-8")
+    figures = {p.name: p.read_bytes() for p in (out.parent / "report_files").iterdir()}
+    report.build_report(args, out)
+    second = out.read_text(encoding="utf-8")
+    differing = [(a, b) for a, b in zip(first.splitlines(), second.splitlines()) if a != b]
+    assert len(first.splitlines()) == len(second.splitlines())
+    assert len(differing) == 1 and all(x.startswith(report.TIMESTAMP_PREFIX) for x in differing[0])
+    assert figures == {p.name: p.read_bytes() for p in (out.parent / "report_files").iterdir()}
+
+
+# ------------------------------------------------------------------------------------------------ inputs, errors
+def test_kind_is_read_from_files_not_folder_names(runs, tmp_path):
+    looks_like_profile = tmp_path / "profile-run"
+    looks_like_profile.mkdir()
+    for name in ("summary.json", "scores.csv", "selection.json"):
+        shutil.copy(runs["gedit"] / name, looks_like_profile / name)
+    looks_like_gedit = tmp_path / "gedit-summary"
+    shutil.copytree(runs["profile"], looks_like_gedit)
+    assert isinstance(report.load_run(looks_like_profile), report.GeditRun)
+    assert isinstance(report.load_run(looks_like_gedit), report.ProfileRun)
+    only_profile = tmp_path / "only-profile.md"
+    report.build_report([looks_like_gedit], only_profile)
+    text = only_profile.read_text(encoding="utf-8")
+    assert "## Latency and memory" in text and "## Quality" not in text
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: None, "neither summary.json"),
+    (lambda d: [(d / n).write_text("{}") for n in ("summary.json", "profile.json")], "both summary.json"),
+    (lambda d: (d / "profile.json").write_text("{not json"), "not valid JSON"),
+])
+def test_bad_folders_get_clear_errors(tmp_path, capsys, make, message):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(report.ReportError, match=message):
+        report.load_run(folder)
+    assert report.main([str(folder), "-o", str(tmp_path / "r.md")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_folder_and_bad_output_name(runs, tmp_path):
+    with pytest.raises(report.ReportError, match="is not a folder"):
+        report.load_run(tmp_path / "nope")
+    with pytest.raises(report.ReportError, match=r"\.md"):
+        report.build_report([runs["profile"]], tmp_path / "report.html")
+
+
+def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["gedit"], moved, ignore=shutil.ignore_patterns("omnigen2-tiny", "judge-tiny"))
+    summary = _json(moved / "summary.json")
+    old_root = Path(summary["edits_root"])
+    summary["edits_root"] = "/nonexistent/old-place"
+    summary["dataset"] = str(Path("/nonexistent/old-place") / Path(summary["dataset"]).relative_to(old_root))
+    (moved / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    run, original = report.load_run(moved), report.load_run(runs["gedit"])
+    sample = run.samples[0]
+    image = report.SourceImages(run, None).get(sample)
+    assert image is not None
+    assert np.array_equal(np.asarray(image), np.asarray(report.SourceImages(original, None).get(sample)))
+    out = tmp_path / "missing" / "report.md"
+    report.build_report([moved], out, dataset=str(tmp_path / "no-such-dataset"))
+    assert "Source column: source images unavailable" in out.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------- plots unit
+def test_grid_selection_takes_one_per_task_group_first():
+    samples = [{"task_type": t, "language": lang, "key": k, "instruction": "x"}
+               for t in ("b", "a") for k in ("k2", "k1") for lang in ("en", "cn")]
+    chosen = report.grid_selection(samples, "en", 3)
+    assert [(s["task_type"], s["key"]) for s in chosen] == [("a", "k1"), ("b", "k1"), ("a", "k2")]
+    assert report.grid_selection(samples, "en", 0) == []
+
+
+def test_captions_the_font_cannot_draw_are_replaced():
+    assert plots.can_render("Make the car red.")
+    assert not plots.can_render("把背景换成红色的墙。")
+    row = plots.GridRow("#1 color_alter (cn)", [], caption="把背景换成红色的墙。")
+    assert row.text() == f"#1 color_alter (cn): {row.caption_fallback}"
+
+
+def test_figures_are_byte_identical_for_the_same_data(tmp_path):
+    series = {"bf16": [plots.Interval(3.0, 2.5, 3.5), None], "fp8": [plots.Interval(2.0), plots.Interval(1.0)]}
+    a = plots.grouped_bars(tmp_path / "a.png", ["x", "y"], series, title="t", value_label="ms", value_labels=True)
+    b = plots.grouped_bars(tmp_path / "b.png", ["x", "y"], series, title="t", value_label="ms", value_labels=True)
+    assert a.read_bytes() == b.read_bytes()
+    c = plots.stacked_bars(tmp_path / "c.png", ["bf16"], {"bf16": {"attention": 1.0, "gemm-bf16": 2.0}},
+                           title="t", value_label="ms")
+    with Image.open(c) as im:
+        assert im.size[0] > 100 and "Software" not in im.info
