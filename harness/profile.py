@@ -912,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = options_from_args(args, argv)
         record = run_profile(options)
-    except ProfileError as err:
+    except (ProfileError, FileNotFoundError) as err:  # bad options / scenario, or a checkpoint that is not there
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {options.out / 'profile.json'}, {options.out / 'profile.md'} and kernels_<arm>.csv")

@@ -220,3 +220,9 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
         mem = arm["memory"]
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
         assert abs(mem["run"]["resident_unexplained_gib"]) < 0.01  # nothing of another arm on the GPU
+
+
+def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
+    code = P.main(["--scenario", "gedit-512", "--model", str(tmp_path / "no-such-folder"), "--device", "cpu",
+                   "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2 and "error:" in capsys.readouterr().err
