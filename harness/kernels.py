@@ -230,6 +230,16 @@ class ProfileCapture:
     stage_kernel_us: dict[str, list[float]]                # stage -> summed kernel (self) time per range entry
     gemm_ops: list[tuple[str, str | None, int | None]]     # (op name, layer fqn, step) of every GEMM CPU op
     steps: int                                             # number of denoise_step ranges seen
+    # CUDA: device time of every kernel / memcpy the profiler saw, attributed to a CPU op or not (us); None on CPU.
+    # calls cover device_total_us unless the profiler failed to link some kernels to the op that launched them.
+    device_total_us: float | None = None
+
+    @property
+    def coverage(self) -> float | None:
+        """Fraction of the device time seen that is attributed to an op (CUDA); None on CPU."""
+        if not self.device_total_us:
+            return None
+        return sum(c.duration_us for c in self.calls) / self.device_total_us
 
     @property
     def time_unit(self) -> str:
@@ -313,8 +323,14 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
 
     for root in sorted(roots, key=lambda e: e.time_range.start):
         visit(root, None, None, None, False)
+    device_total = None
+    if kind == "cuda":  # device-side copies of our ranges (gpu_user_annotation) are not kernels
+        device_total = sum(e.time_range.elapsed_us() for e in prof.events()
+                           if e.device_type != torch.autograd.DeviceType.CPU
+                           and not e.name.startswith((STAGE_RANGE_PREFIX, LAYER_RANGE_PREFIX)))
     return ProfileCapture(device_kind=kind, calls=calls, stage_wall_us=dict(stage_wall),
-                          stage_kernel_us=dict(stage_kernel), gemm_ops=gemm_ops, steps=step_counter[0])
+                          stage_kernel_us=dict(stage_kernel), gemm_ops=gemm_ops, steps=step_counter[0],
+                          device_total_us=device_total)
 
 
 def _descendants(evt) -> Iterator:

@@ -495,6 +495,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
         "categories": K.category_rollup(rows, capture.steps),
         "stages": K.stage_kernel_summary(capture), "csv": csv_name, "trace": trace,
         "layer_ranges": ranges, "fallback": report.to_dict(),
+        "kernel_coverage": capture.coverage,  # CUDA: share of all device time attributed to a launching op
     }
 
 
@@ -820,7 +821,8 @@ def _kernel_sections(rec: dict, names: list[str]) -> list[str]:
     lines.append("")
     for n in prof:
         k = arms[n]["kernels"]
-        lines += [f"## Top kernels: {n} ({k['profiled_steps']} profiled steps, {k['num_kernels']} distinct; "
+        cov = f"; {k['kernel_coverage']:.1%} of device time attributed" if k.get("kernel_coverage") else ""
+        lines += [f"## Top kernels: {n} ({k['profiled_steps']} profiled steps, {k['num_kernels']} distinct{cov}; "
                   f"full table in `{k['csv']}`)", "", "| # | kernel | category | calls/step | ms/step | share |",
                   "|---|---|---|---|---|---|"]
         for i, r in enumerate(k["top"][:15], 1):
