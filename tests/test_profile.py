@@ -226,3 +226,19 @@ def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
     code = P.main(["--scenario", "gedit-512", "--model", str(tmp_path / "no-such-folder"), "--device", "cpu",
                    "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys):
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    # the cuBLASLt FP8 kernel cannot run on a CPU: the fp8 arm fails at load, with the fp8 package's message
+    code = P.main(["--precision", "bf16", "fp8", "--fp8-kernel", "cublas-padded", "--scenario", str(scenario),
+                   "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1", "--profile-steps", "0",
+                   "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert code == 1 and not rec["complete"]
+    assert rec["arms"]["bf16"]["ok"] and rec["arms"]["bf16"]["latency"]["end_to_end"]["n"] == 1
+    assert not rec["arms"]["fp8"]["ok"] and "Fp8UnsupportedDeviceError" in rec["arms"]["fp8"]["error"]
+    assert rec["ratios"]["fp8"]["end_to_end_ratio"] is None
+    assert "**Arm fp8 failed:**" in (tmp_path / "out" / "profile.md").read_text()
+    assert "error in arm fp8" in capsys.readouterr().err
