@@ -99,7 +99,8 @@ def check_layer(k: int, n: int, swiglu: bool) -> dict:
 def bench_layer(name: str, m: int) -> dict:
     k, n, swiglu = LAYERS[name]
     w, fp8 = make_layer(k, n, Fp8Config())
-    _, fp8_tensorwise = make_layer(k, n, Fp8Config(weight_granularity="per_tensor", activation_granularity="per_tensor"))
+    _, fp8_tensorwise = make_layer(k, n, Fp8Config(weight_granularity="per_tensor",
+                                                   activation_granularity="per_tensor"))
     _, fp8_trap = make_layer(k, n, Fp8Config(kernel=Kernel.CUBLAS_TORCH_QUANT))
     x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
     if swiglu:
@@ -110,7 +111,8 @@ def bench_layer(name: str, m: int) -> dict:
                "fp8_torch_quant": lambda: fp8_trap.forward_swiglu(x)}
     else:
         bf16 = lambda: F.linear(x, w)  # noqa: E731
-        run = {"fp8": lambda: fp8(x), "fp8_per_tensor": lambda: fp8_tensorwise(x), "fp8_torch_quant": lambda: fp8_trap(x)}
+        run = {"fp8": lambda: fp8(x), "fp8_per_tensor": lambda: fp8_tensorwise(x),
+               "fp8_torch_quant": lambda: fp8_trap(x)}
     kp = fp8.in_padded
     xq, xs = quantize_activation_triton(x, kp, True, swiglu)
     wt, ws = fp8.weight.t(), fp8.weight_scale.view(1, -1)

@@ -20,7 +20,8 @@ pytest.importorskip("triton")
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    path = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fp8_interpreter_checks.py")], env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

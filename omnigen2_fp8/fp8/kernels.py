@@ -1,16 +1,19 @@
 """Fused dynamic activation quantization for FP8 GEMMs: one Triton kernel, and the op torch.compile sees.
 
-The kernel reads each BF16 row once and writes the zero-padded e4m3 row plus its float32 scale:
+The kernel reads each BF16 row from memory once and writes the zero-padded e4m3 row plus its float32 scale:
     x [M, K] (or [M, 2K] = [gate | up], then silu(gate) * up is taken first, in float32)
     -> q [M, Kp] e4m3 (columns K..Kp are 0), scale [M, 1] float32, with x ~= q * scale.
-Written as plain torch ops the same work takes several kernels and a few extra passes over memory, which made
-FP8 layers slower than BF16 (see REFERENCE.md section 3); here it is one pass at memory bandwidth.
+Rows up to the block size stay in registers; longer rows are read in chunks twice, the second time from L2.
+Optionally x holds raw FP8 GEMM sums and is dequantized first (x * row_scale[m] * col_scale[k]): that lets the
+gate/up GEMM run with unit scales (cuBLASLt's faster tensor-wise path) and its scales be applied here, for free.
+Written as plain torch ops the same work takes several kernels and extra passes over memory, which made FP8
+layers slower than BF16 (see REFERENCE.md section 3).
 
-The e4m3 encoding is done with integer arithmetic (round to nearest even, saturating at 448) instead of the
-hardware conversion, for two reasons: the bit pattern is then identical to torch's `.to(float8_e4m3fn)`, and
-Triton's CPU interpreter (TRITON_INTERPRET=1, used by the tests) converts subnormals and rounding carries
-wrongly, so the kernel the tests run on the CPU is exactly the kernel the GPU runs. The extra integer ops are
-free in a memory-bound kernel.
+The kernel carries its own e4m3 encoder in integer arithmetic (round to nearest even, saturating at 448; bit-
+identical to torch's `.to(float8_e4m3fn)` after the clamp), because Triton's CPU interpreter (TRITON_INTERPRET=1,
+used by the tests) converts subnormals and rounding carries wrongly. On CUDA the hardware conversion gives the same
+bits and is 10-40 % faster, so it is used there (HW_CAST_ON_CUDA); everything else in the kernel is the same code
+on both, and the GPU benchmark checks the hardware path against torch.
 
 The reference implementation of the same function is `primitives.quantize_activation`.
 """
@@ -123,12 +126,10 @@ if HAS_TRITON:
                     tl.store(q_row + cols, code, mask=cols < KP)
 
 
-# Launch choice (block_k, num_warps) per row width; block_k >= the padded width means a single pass.
-# Benchmarks may override entries: {(K, swiglu): (block_k, num_warps)}.
+# Launch choice (block_k, num_warps, pipeline stages) per row width; block_k >= the padded width = a single pass.
+# Benchmarks may override entries: {(K, swiglu): (block_k, num_warps, stages)}.
 LAUNCH_OVERRIDES: dict[tuple[int, bool], tuple[int, int, int]] = {}
-# The hardware e4m3 conversion on CUDA: same bits as the integer encoder (both round to nearest even after the
-# clamp) and 10-40 % faster on an H100. The CPU interpreter always uses the integer encoder (its own conversion
-# is wrong), so CI checks the encoder and the GPU benchmark checks the hardware path against torch.
+# The hardware e4m3 conversion on CUDA (see the module docstring); the CPU interpreter uses the integer encoder.
 HW_CAST_ON_CUDA = True
 
 
@@ -192,8 +193,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
     hw_cast = (HW_CAST_ON_CUDA and x.is_cuda) if hw_cast is None else hw_cast
     stages = stages or default_stages
-    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast, STAGES=stages,
-                  X_ALIGN=vec if aligned else 1, num_warps=warps)
+    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
+                  STAGES=stages, X_ALIGN=vec if aligned else 1, num_warps=warps)
     grid = (m,)
     q_bits = q.view(torch.uint8)
     if m == 0:
