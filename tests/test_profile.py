@@ -219,7 +219,8 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
     for arm in rec["arms"].values():
         mem = arm["memory"]
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
-        assert abs(mem["run"]["resident_unexplained_gib"]) < 0.01  # nothing of another arm on the GPU
+        # only this arm's models (plus library workspaces) were resident when its memory run began
+        assert abs(mem["run"]["resident_unexplained_gib"]) < 0.25
 
 
 def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
