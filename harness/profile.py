@@ -361,9 +361,10 @@ def _summarise_kernels(arm: Arm) -> dict | None:
     return out
 
 
-def module_bytes(module: nn.Module) -> int:
-    """Bytes of a module's parameters and buffers (what it holds in memory, in its current dtypes)."""
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+def module_bytes(module: nn.Module, device_type: str | None = None) -> int:
+    """Bytes of a module's parameters and buffers (in their current dtypes); only those on `device_type` if given."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]
+               if device_type is None or t.device.type == device_type)
 
 
 @contextlib.contextmanager
@@ -458,7 +459,7 @@ def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, de
     result = call_pipeline(arm, scenario, images, steps, None)
     if device.type != "cuda":
         return {"method": T.MEMORY_METHOD_CPU, "peak_allocated_gib": None, "peak_reserved_gib": None}
-    expected = sum(module_bytes(m) for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / T.GIB
+    expected = sum(module_bytes(m, "cuda") for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / T.GIB
     return {"method": RUN_METHOD, "resident_before_gib": before,
             # what was allocated beyond this arm's own models when the call began (~0: nothing of another arm)
             "resident_unexplained_gib": before - expected,
