@@ -40,7 +40,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -102,7 +102,10 @@ def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, 
         return "gemm-fp8"
     if ATTENTION_OPS.search(name) or ATTENTION_MARK.search(name) or (op and ATTENTION_OPS.search(launcher)):
         return "attention"
-    if HP_GEMM_OPS.search(name) or (GEMM_MARK.search(name) and not re.search(r"elementwise|reduce_kernel", name)):
+    # torch's own reduction / elementwise kernels are not GEMMs (cuBLAS's splitKreduce_kernel is part of one)
+    not_gemm = re.search(r"elementwise|(?<![A-Za-z])reduce_kernel", name)
+    if HP_GEMM_OPS.search(name) or (GEMM_MARK.search(name) and not not_gemm) or (
+            HP_GEMM_OPS.search(launcher) and not not_gemm and not MEMCPY_MARK.search(name)):
         return "gemm-bf16"
     if in_fp8_layer or QUANT_MARK.search(name):
         return "quant"
@@ -571,10 +574,3 @@ def export_trace(prof: torch.profiler.profile, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(path))
     return path
-
-
-def iter_categories(rows: Iterable[KernelRow]) -> dict[str, list[KernelRow]]:
-    out: dict[str, list[KernelRow]] = defaultdict(list)
-    for r in rows:
-        out[r.category].append(r)
-    return out

@@ -36,6 +36,9 @@ from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1", "aten::mm", "gemm-bf16"),
     ("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT", "aten::addmm", "gemm-bf16"),
     ("ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_stages_64x3_tn", "aten::mm", "gemm-bf16"),
+    ("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "aten::mm", "gemm-bf16"),
+    ("void gemv2T_kernel_val<int, int, __nv_bfloat16, float, 128, 16, 4, 4>", "aten::addmm", "gemm-bf16"),
+    ("cutlass_80_simt_sgemm_128x128_8x4_nn_align1", "aten::mm", "gemm-bf16"),  # fp32 fallback GEMM
     # attention
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>",
      "aten::_flash_attention_forward", "attention"),
