@@ -237,9 +237,8 @@ def _crash(rank: int, what: str) -> None:
     os._exit(FAULT_EXIT_CODE)
 
 
-def generate_shard(ctx, ds, samples: Sequence, me: Rank) -> int:
-    """Edit this rank's share of the selection (every arm); returns the share's size."""
-    from harness import gedit
+def generate_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
+    """Edit this rank's share of the selection (every arm) with `gedit.run_generate`; returns the share's size."""
     from harness.data import shard_samples
     from harness.generate import pending_samples
 
@@ -254,12 +253,10 @@ def generate_shard(ctx, ds, samples: Sequence, me: Rank) -> int:
     return len(shard)
 
 
-def judge_shard(ctx, ds, samples: Sequence, me: Rank) -> int:
-    """Judge this rank's batches (pairs already judged, here or in another rank's file, are left out); returns
-    how many pairs it judged."""
+def judge_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
+    """Judge this rank's batches with `gedit.judge_batch` (pairs already judged, here or in another rank's file,
+    are left out); returns how many pairs it judged."""
     from tqdm.auto import tqdm
-
-    from harness import gedit
 
     ident = gedit.judge_identity(ctx)
     shared = ctx.out / gedit.JUDGEMENTS
@@ -294,11 +291,15 @@ def _label_logs(me: Rank) -> None:
             f"%(levelname)s [rank {me.rank}/{me.world_size}] %(name)s: %(message)s"))
 
 
-def run_sharded(args, stage: str = "all"):
+def run_sharded(args, stage: str = "all", gedit=None):
     """`harness.gedit.run` for one rank of a torchrun launch. Returns (ctx, summary): the summary on rank 0 when the
-    score stage ran, None elsewhere."""
-    from harness import gedit
+    score stage ran, None elsewhere.
 
+    gedit: the harness.gedit module that parsed `args` (under `python -m` it is __main__, and a second import would
+    raise exception classes its caller does not catch); default: import it.
+    """
+    if gedit is None:
+        from harness import gedit
     me = init_from_env(args.device)
     try:
         _label_logs(me)
@@ -323,12 +324,12 @@ def run_sharded(args, stage: str = "all"):
         mine = {"rank": me.rank, "local_rank": me.local_rank, "host": socket.gethostname(), "device": me.device}
         if "generate" in stages:
             start = time.perf_counter()
-            mine["generate_shard_samples"] = generate_shard(ctx, ds, samples, me)
+            mine["generate_shard_samples"] = generate_shard(gedit, ctx, ds, samples, me)
             mine["generate_seconds"] = time.perf_counter() - start
             barrier()  # every edit exists before any rank judges it
         if "judge" in stages:
             start = time.perf_counter()
-            mine["judged_pairs"] = judge_shard(ctx, ds, samples, me)
+            mine["judged_pairs"] = judge_shard(gedit, ctx, ds, samples, me)
             mine["judge_seconds"] = time.perf_counter() - start
         everyone = [None] * me.world_size
         dist.all_gather_object(everyone, mine)  # also the barrier before rank 0 merges

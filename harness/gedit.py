@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if distributed.launched_with_several_ranks():  # torchrun: this process runs one shard
-            ctx, summary = distributed.run_sharded(args, args.stage)
+            ctx, summary = distributed.run_sharded(args, args.stage, sys.modules[__name__])
         else:
             ctx = make_context(args)
             summary = run(ctx, args.stage)
