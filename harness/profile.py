@@ -553,9 +553,12 @@ def run_profile(options: ProfileOptions) -> dict:
         finally:
             bar.close()
             _finish(record, arms, scenario, options, caught, out)
-    for w in caught:  # replay what was recorded so the console still shows it
-        if issubclass(w.category, (T.HighSpreadWarning,)):
-            print(f"warning: {w.message}", file=sys.stderr)
+    seen = set()
+    for w in caught:  # replay what was recorded so the console still shows it (once per message)
+        text = f"{w.category.__name__}: {w.message}"
+        if text not in seen and not issubclass(w.category, K.FallbackKernelWarning):  # its banner is printed
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
     return record
 
 
@@ -695,7 +698,9 @@ def _dig(d: Any, path: tuple) -> float | None:
 def _finish(record, arms, scenario, options, caught, out: Path) -> None:
     record["arms"] = {a.name: arm_record(a) for a in arms}
     record["ratios"] = ratios(record["arms"])
-    record["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught]
+    # the measurement's own warnings (library deprecation notices are only shown on the console)
+    record["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught
+                          if issubclass(w.category, (T.HighSpreadWarning, K.FallbackKernelWarning))]
     fallbacks = {n: a["fallback"]["fallback_detected"] for n, a in record["arms"].items()
                  if a.get("fallback") and a["fallback"]["checked"]}
     record["fallback_detected"] = fallbacks
