@@ -49,7 +49,8 @@ def _samples(out: Path) -> list[SampleRef]:
 
 def _busy(out: Path, n: int) -> dict:
     """Per rank: summed per-edit seconds of its shard (the shard rule of harness.distributed)."""
-    secs = {(g["task_type"], g["language"], g["key"]): g["seconds"] for g in read_jsonl(out / "bf16" / "generation.jsonl")}
+    secs = {(g["task_type"], g["language"], g["key"]): g["seconds"]
+            for g in read_jsonl(out / "bf16" / "generation.jsonl")}
     samples = _samples(out)
     per_rank = [sum(secs[(s.task_type, s.language, s.key)] for s in shard_samples(samples, r, n)) for r in range(n)]
     return {"per_rank_seconds": per_rank, "slowest_rank_seconds": max(per_rank), "n_edits": len(secs)}

@@ -238,8 +238,8 @@ def test_setup_errors_name_the_fix(monkeypatch):
 
 def test_setup_errors_under_torchrun_are_messages_not_tracebacks(tmp_path):
     """`python -m harness.gedit` runs as __main__: the ranks must raise the exceptions its CLI catches."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "harness.gedit",
-           "--device", "cpu", "--model", str(tmp_path / "no-model"), "--judge", str(tmp_path / "no-judge"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "harness.gedit", "--device", "cpu", "--model", str(tmp_path / "no-model"), "--judge", str(tmp_path / "no-judge"),
            "--dataset", str(tmp_path / "no-data"), "--out", str(tmp_path / "out")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
