@@ -26,12 +26,11 @@ SCORE_MIN, SCORE_MAX = 0.0, 10.0
 RETRY_TEMPERATURE = 0.7
 RETRY_TOP_P = 0.9
 
-# Qwen2.5-VL-7B-Instruct text model and vision tower as released (for a full-size random judge only).
+# Qwen2.5-VL-7B-Instruct where it differs from the 3B (for a full-size random judge only); mrope sections
+# [16, 24, 24] and rope theta 1e6 are the same in both.
 QWEN2_5_VL_7B_TEXT = dict(
     vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-    num_key_value_heads=4, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6,
-    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]}, rope_theta=1000000.0, use_sliding_window=False,
-    sliding_window=32768, max_window_layers=28, attention_dropout=0.0,
+    num_key_value_heads=4, max_window_layers=28,
 )
 QWEN2_5_VL_7B_VISION_OUT = 3584
 # What a tiny random judge may emit as single tokens, so that a few of its (meaningless) answers parse.
@@ -332,6 +331,18 @@ def write_synthetic_judge(folder: str | Path, size: str = "tiny", seed: int = 0)
     return folder
 
 
+def qwen2_5_vl_7b_config(tokenizer):
+    """`Qwen2_5_VLConfig` with the shapes of Qwen2.5-VL-7B-Instruct (8.29e9 parameters), token ids from `tokenizer`."""
+    from omnigen2_fp8 import synthetic as syn
+
+    config = syn.qwen2_5_vl_config("full", tokenizer)
+    for key, value in QWEN2_5_VL_7B_TEXT.items():
+        setattr(config.text_config, key, value)
+    config.vision_config.out_hidden_size = QWEN2_5_VL_7B_VISION_OUT
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
+    return config
+
+
 def build_full_synthetic_judge(device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0, **kwargs) -> QwenJudge:
     """A random-weight judge with the shapes of Qwen2.5-VL-7B-Instruct, built in device memory (speed and memory
     are those of the real judge; its answers are noise)."""
@@ -340,19 +351,17 @@ def build_full_synthetic_judge(device: str = "cuda", dtype: torch.dtype = torch.
     from omnigen2_fp8 import synthetic as syn
 
     tokenizer = syn.build_qwen_tokenizer(qwen_ids=True)
-    config = syn.qwen2_5_vl_config("full", tokenizer)
-    for key, value in QWEN2_5_VL_7B_TEXT.items():
-        setattr(config.text_config, key, value)
-    config.vision_config.out_hidden_size = QWEN2_5_VL_7B_VISION_OUT
-    config.tie_word_embeddings = False
+    config = qwen2_5_vl_7b_config(tokenizer)
     previous = torch.get_default_dtype()
-    torch.manual_seed(seed)
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    cuda_devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    with torch.random.fork_rng(devices=cuda_devices):  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config.repetition_penalty = 1.05  # as in the released generation_config.json
     image_processor = syn.build_qwen_image_processor("full")
     processor = None

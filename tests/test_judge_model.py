@@ -39,3 +39,18 @@ def test_tiny_score_judge_answers_parse(tmp_path, calls):
     results = judge.run_calls(calls)
     assert all(r.status == "ok" and r.score == min(r.scores) for r in results)
     assert all(0 <= s <= 10 for r in results for s in r.scores)
+
+
+def test_full_synthetic_judge_has_the_7b_shapes():
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from harness.judge import qwen2_5_vl_7b_config
+    from omnigen2_fp8.synthetic import build_qwen_tokenizer
+
+    config = qwen2_5_vl_7b_config(build_qwen_tokenizer(qwen_ids=True))
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params - 8.292e9) < 0.005e9  # Qwen2.5-VL-7B-Instruct: 8.29e9 parameters
+    assert model.lm_head.weight.shape == (152064, 3584)
