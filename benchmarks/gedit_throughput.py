@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                      "judge_max_new_tokens": summary["task"]["judge"]["max_new_tokens"]},
         "generation": per_arm,
         "judge": judge,
+        "judge_settings": summary.get("judge_settings"),
         "estimate_606_samples_en": {
             "generation_hours_all_arms": FULL_SET_EN * warm_gen / 3600,
             "judge_hours_all_arms_upper_bound": (FULL_SET_EN * len(per_arm) * judge["seconds_per_sample"] / 3600
