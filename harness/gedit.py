@@ -379,13 +379,19 @@ def current_judgements(ctx: RunContext, samples: Sequence[dict]) -> list[dict]:
     """The latest judgement per (arm, sample) for this judge + prompt set, restricted to the selected samples."""
     ident = judge_identity(ctx)
     wanted = {(s["task_type"], s["language"], s["key"]) for s in samples}
-    latest = {}
+    latest, others = {}, set()
     for rec in read_jsonl(ctx.out / JUDGEMENTS):
         j = rec.get("judge", {})
         if (j.get("model"), j.get("prompt_sha256")) != (ident["model"], ident["prompt_sha256"]):
+            others.add((j.get("model"), j.get("prompt_set")))
             continue
         if rec["arm"] in ctx.arms and (rec["task_type"], rec["language"], rec["key"]) in wanted:
             latest[(rec["arm"], rec["task_type"], rec["language"], rec["key"])] = rec
+    if not latest and others:
+        found = "; ".join(f"--judge {m} --prompt-set {p}" for m, p in sorted(others, key=str))
+        log.warning("%s holds no judgement by judge %s with prompt set %s, only by: %s. Pass those flags (and the "
+                    "same --synthetic / --task) to score them.", ctx.out / JUDGEMENTS, ident["model"],
+                    ident["prompt_set"], found)
     return list(latest.values())
 
 
