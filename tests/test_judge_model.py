@@ -54,3 +54,15 @@ def test_full_synthetic_judge_has_the_7b_shapes():
     n_params = sum(p.numel() for p in model.parameters())
     assert abs(n_params - 8.292e9) < 0.005e9  # Qwen2.5-VL-7B-Instruct: 8.29e9 parameters
     assert model.lm_head.weight.shape == (152064, 3584)
+
+
+@pytest.mark.gpu
+def test_tiny_judge_on_cuda_uses_the_official_preprocessing(tmp_path, calls):
+    import torch
+
+    judge = QwenJudge.load(str(write_synthetic_judge(tmp_path / "judge")), device="cuda", batch_size=4,
+                           max_new_tokens=4)
+    assert judge.model.dtype == torch.bfloat16
+    assert judge.describe()["vision_preprocessing"].startswith("qwen_vl_utils.process_vision_info")
+    results = judge.run_calls(calls)
+    assert len(results) == len(calls) and all(r.attempts[0]["answer"] for r in results)
