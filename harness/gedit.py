@@ -10,6 +10,18 @@ Settings come from the task file; flags override them and every override is logg
 Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
 fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
 per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
+
+Files in --out (edits go to --edits, default --out):
+    <arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout); <arm>/generation.jsonl: one line per edit
+    <arm>/generation_settings.json               what made the edits (resume refuses other settings)
+    selection.json      the selected samples (+ counts, uids_sha256)
+    judgements.jsonl    one line per (arm, sample): status ok | judge_failure | missing_image, sc/pq call records
+                        with every raw answer, judge {model, prompt_set, prompt_sha256, ...}
+    judge_runs.jsonl    one line per judge batch: seconds, calls, attempts, new tokens, peak VRAM, judge settings
+    scores.csv          sample level: arm, task_type, language, key, status, failure, SC, PQ, O, ...
+    tasks.csv           per (arm, language, task_type): n_selected, n_scored, failures, SC, PQ, O
+    fidelity.csv        per (arm vs baseline, sample): psnr_db, ssim, identical
+    summary.json / .md  headline, per task, paired deltas with 95% CIs, fidelity, failures, throughput, provenance
 """
 from __future__ import annotations
 
