@@ -132,7 +132,7 @@ def grouped_bars(path: str | Path, groups: Sequence[str], series: Mapping[str, S
     """
     with matplotlib.rc_context(STYLE):
         colors = arm_colors(list(series))
-        size = (7.5, max(2.2, 0.17 * len(groups) * max(len(series), 1) + 0.25 * len(groups) + 1.0)) if horizontal \
+        size = (7.5, max(2.2, 0.11 * len(groups) * max(len(series), 1) + 0.22 * len(groups) + 1.0)) if horizontal \
             else (max(5.0, 0.55 * len(groups) * max(len(series), 1) + 1.5), 3.6)
         fig = _new_figure(*size, layout="constrained")
         ax = fig.add_subplot()
@@ -172,36 +172,6 @@ def metric_panels(path: str | Path, groups: Sequence[str],
                 ax.set_ylim(*ylim)
             ax.axhline(0, color="black", linewidth=0.6)
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        fig.suptitle(title)
-        if note:
-            fig.supxlabel(note, fontsize=7, color="#444444")
-        return save_png(fig, path)
-
-
-def delta_forest(path: str | Path, labels: Sequence[str], panels: Mapping[str, Sequence[Interval | None]], *,
-                 title: str, value_label: str, note: str | None = None) -> Path:
-    """Point estimates with interval whiskers around a zero line, one column per metric (paired deltas).
-
-    panels: metric -> one Interval (or None) per label. A whisker that crosses zero means "not distinguishable".
-    """
-    with matplotlib.rc_context(STYLE):
-        fig = _new_figure(2.6 * len(panels) + 1.6, 0.28 * len(labels) + 1.4, layout="constrained")
-        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-        ys = list(range(len(labels)))
-        for ax, (metric, values) in zip(axes, panels.items()):
-            ax.axvline(0, color="#888888", linewidth=0.8, linestyle="--")
-            for y, item in zip(ys, values):
-                if item is None or item.value is None:
-                    continue
-                color = "black"
-                if item.low is not None and item.high is not None:
-                    color = "#C44E52" if (item.low > 0 or item.high < 0) else "black"
-                    ax.plot([item.low, item.high], [y, y], color=color, linewidth=1.2)
-                ax.plot([item.value], [y], marker="o", markersize=3.5, color=color)
-            ax.set_title(metric)
-            ax.set_xlabel(value_label)
-        axes[0].set_yticks(ys, labels=list(labels))
-        axes[0].invert_yaxis()
         fig.suptitle(title)
         if note:
             fig.supxlabel(note, fontsize=7, color="#444444")

@@ -292,6 +292,9 @@ def _profile_headline(run: ProfileRun) -> list[str]:
                  f"{fmt_stat(e2e_a, 0, flag_spread=False)} ms vs {fmt_stat(e2e_b, 0, flag_spread=False)} ms over "
                  f"{n if n is not None else '?'} repeats); one denoise step "
                  f"{fmt(r.get('denoise_step_speedup'), 2, 'x')}"]
+        if any((x or {}).get("high_spread") for x in (e2e_a, e2e_b)):
+            parts.append(" (**high spread**: the interquartile range of the repeats exceeds 10% of the median, so this ratio is "
+                         "not reliable)")
         mem_a, mem_b = _dig(a, "memory", "run", "peak_allocated_gib"), _dig(b, "memory", "run", "peak_allocated_gib")
         if mem_a is not None or mem_b is not None:
             parts.append(f"; peak VRAM of a run {fmt(mem_a, 3)} GiB vs {fmt(mem_b, 3)} GiB "
@@ -359,6 +362,10 @@ def _profile_section(report: Report, run: ProfileRun, tag: str) -> None:
     _latency_table(report, run, names, tag)
     _memory_table(report, run, names, tag)
     _kernel_sections(report, run, names, tag)
+    warnings = p.get("warnings") or []
+    if warnings:  # folded: on a busy or CPU machine there are many spread warnings
+        report.add(f"<details><summary>{len(warnings)} warnings recorded by the run</summary>", "",
+                   *(f"- {cell(w)}" for w in warnings), "", "</details>", "")
 
 
 def _latency_table(report: Report, run: ProfileRun, names: list[str], tag: str) -> None:
@@ -784,8 +791,10 @@ def _image_grid(report: Report, run: GeditRun, lang: str, tag: str, *, dataset: 
         rows.append(plots.GridRow(title=f"#{i} {s['task_type']} ({lang})", images=images,
                                   caption=s.get("instruction", "")))
     for part, start in enumerate(range(0, len(rows), GRID_ROWS_PER_FIGURE), 1):
+        # A figure may be looked at alone: say on it that the edits come from random weights.
+        columns = ["source", *(f"{a} (random weights)" if run.synthetic else a for a in arms)]
         path = plots.image_grid(report.figure_path(f"{tag}_{lang}_grid{part}.png"),
-                                rows[start:start + GRID_ROWS_PER_FIGURE], ["source", *arms])
+                                rows[start:start + GRID_ROWS_PER_FIGURE], columns)
         report.image(path, f"sample edits ({lang}) part {part}")
     if sources.problem:
         report.add(f"Source column: {sources.problem}.", "")
@@ -810,7 +819,7 @@ def _provenance(report: Report, runs: Sequence[GeditRun | ProfileRun]) -> None:
             extra = [f"OmniGen2 model: `{s.get('model')}`",
                      f"dataset: `{s.get('dataset')}` (task dataset `{_dig(s, 'task', 'dataset', 'id')}`, revision "
                      f"`{_dig(s, 'task', 'dataset', 'revision')}`)",
-                     f"judge: `{_dig(s, 'judge', 'model')}`",
+                     f"judge: `{_dig(s, 'judge', 'model')}`" + _judge_settings(s.get("judge_settings")),
                      f"prompt set: `{_dig(s, 'prompt_set', 'name')}` from `{_dig(s, 'prompt_set', 'origin')}`, sha256 "
                      f"`{_dig(s, 'prompt_set', 'sha256', 'set')}` (SC `{_dig(s, 'prompt_set', 'sha256', 'sc')}`, PQ "
                      f"`{_dig(s, 'prompt_set', 'sha256', 'pq')}`)",
@@ -838,6 +847,14 @@ def _provenance(report: Report, runs: Sequence[GeditRun | ProfileRun]) -> None:
                    f"Python {dev.get('python')}",
                    f"- packages: {packages}",
                    *(f"- {line}" for line in extra), "")
+
+
+def _judge_settings(js: dict | None) -> str:
+    if not js:
+        return ""
+    keys = ("dtype", "device", "decoding", "max_new_tokens", "max_retries", "repetition_penalty", "batch_size",
+            "vision_preprocessing")
+    return " (" + ", ".join(f"{k} {js[k]}" for k in keys if k in js) + ")"
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
