@@ -297,3 +297,47 @@ def test_figures_are_byte_identical_for_the_same_data(tmp_path):
                            title="t", value_label="ms")
     with Image.open(c) as im:
         assert im.size[0] > 100 and "Software" not in im.info
+
+
+def test_gpu_style_profile_with_memory_and_a_failed_arm(runs, tmp_path):
+    """A CUDA run records peak memory (here written into a copy of the CPU run's file) and may lose an arm."""
+    folder = tmp_path / "gpu-like"
+    shutil.copytree(runs["profile"], folder)
+    prof = _json(folder / "profile.json")
+    for i, arm in enumerate(prof["arms"].values()):
+        arm["memory"]["load"].update(peak_allocated_gib=10.0 + i, peak_reserved_gib=11.0 + i)
+        arm["memory"]["run"].update(peak_allocated_gib=20.0 - i, peak_reserved_gib=21.5 - i)
+    prof["ratios"]["fp8"]["peak_allocated_run_ratio"] = 19.0 / 20.0
+    prof["arms"]["fp8-nopad"] = {"name": "fp8-nopad", "ok": False, "error": "RuntimeError: out of memory",
+                                 "quantization": None, "memory": {"load": None, "run": None}, "latency": None,
+                                 "kernels": None, "fallback": None}
+    (folder / "profile.json").write_text(json.dumps(prof), encoding="utf-8")
+    out = tmp_path / "r" / "report.md"
+    report.build_report([folder], out)
+    text = out.read_text(encoding="utf-8")
+    memory = md_table(text, "### Memory (GiB)")
+    assert row(memory, arm="bf16")["run peak alloc"] == "20.000"
+    assert row(memory, arm="fp8")["load peak reserved"] == "12.000"
+    assert row(memory, arm="fp8")["run peak / bf16"] == "0.950"
+    assert row(memory, arm="fp8-nopad")["run peak alloc"] == "-"
+    assert "Arm **fp8-nopad** failed: `RuntimeError: out of memory`" in text
+    assert (out.parent / "report_files" / "p1_vram.png").is_file()
+    assert "peak VRAM of a run 19.000 GiB vs 20.000 GiB (fp8/bf16 = 0.95)" in text
+
+
+def test_failed_judge_samples_are_listed(runs, tmp_path):
+    folder = tmp_path / "failures"
+    shutil.copytree(runs["gedit"], folder, ignore=shutil.ignore_patterns("_synthetic"))
+    scores = (folder / "scores.csv").read_text(encoding="utf-8").splitlines()
+    header = scores[0].split(",")
+    cells = scores[1].split(",")
+    cells[header.index("status")], cells[header.index("failure")] = "judge_failure", "sc: parse_failure"
+    scores[1] = ",".join(cells)
+    (folder / "scores.csv").write_text("\n".join(scores) + "\n", encoding="utf-8")
+    out = tmp_path / "r" / "report.md"
+    report.build_report([folder], out, grid_samples=0)
+    failed = md_table(out.read_text(encoding="utf-8"), "Failed samples (1;")
+    key = cells[header.index("key")]
+    assert failed == [{"arm": cells[0], "lang": cells[header.index("language")],
+                       "task": cells[header.index("task_type")], "key": report.code(key, 12),
+                       "status": "judge_failure", "why": "sc: parse_failure"}]
