@@ -205,6 +205,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     dataset: where the gedit runs' source images are read from (default: the dataset each summary.json names).
     grid_samples: rows of the image grid per gedit run and language (0 = no grid).
     timestamp: the "Generated" time (default: now, UTC).
+    PNGs left in the figure folder by an earlier build and not written by this one are removed.
     """
     if not run_dirs:
         raise ReportError("no run folders given; pass one or more --out folders of harness.gedit / harness.profile")
@@ -463,6 +464,7 @@ def _kernel_sections(report: Report, run: ProfileRun, names: list[str], tag: str
                               title=f"Kernel time per denoising step by category: {p.get('scenario', {}).get('task')}",
                               value_label=f"ms per step ({unit})")
     report.image(path, "kernel categories per arm")
+    _busy_table(report, run, prof)
     _fallback_section(report, run, prof)
     for n in prof:
         k = arms[n]["kernels"]
@@ -474,6 +476,20 @@ def _kernel_sections(report: Report, run: ProfileRun, names: list[str], tag: str
                  fmt(_pct(r["share"]), 1)] for i, r in enumerate(k.get("top", [])[:TOP_KERNELS], 1)]
         report.add(*table(["#", "kernel", "category", "calls/step", "ms/step", "share %"], rows,
                           align=["r", "l", "l", "r", "r", "r"]))
+
+
+def _busy_table(report: Report, run: ProfileRun, names: list[str]) -> None:
+    """Summed kernel time / wall time per stage of the profiled call: below 1, the device idles in the stage."""
+    arms = run.profile["arms"]
+    rows = []
+    for stage in STAGES:
+        values = [_dig(arms[n], "kernels", "stages", stage, "kernel_over_wall") for n in names]
+        if any(v is not None for v in values):
+            rows.append([STAGE_LABELS[stage], *(fmt(v) for v in values)])
+    if rows:
+        report.add("Kernel time / wall time per stage in the profiled call (below 1: the device idles inside the "
+                   "stage, waiting for launches or host work):", "")
+        report.add(*table(["stage", *names], rows))
 
 
 def _per_step(k: dict) -> float | None:

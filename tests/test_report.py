@@ -174,6 +174,10 @@ def test_profile_tables_equal_profile_json(built, runs):
         for i, (r, k) in enumerate(zip(top, arm["kernels"]["top"]), 1):
             assert r["#"] == str(i) and r["kernel"] == f"`{k['name']}`" and r["category"] == k["category"]
             assert r["ms/step"] == f"{k['us_per_step'] / 1e3:.3f}" and r["share %"] == f"{k['share'] * 100:.1f}"
+    busy = md_table(text, "Kernel time / wall time per stage")
+    for name, arm in arms.items():
+        ratio = arm["kernels"]["stages"]["denoise_step"]["kernel_over_wall"]
+        assert row(busy, stage="one denoise step")[name] == f"{ratio:.2f}"
     # The FP8 arm's fallback verdict is reported exactly as profile.json has it (on a CPU FP8 is emulated).
     detected = arms["fp8"]["fallback"]["fallback_detected"]
     assert ("**FP8 fallback kernels in arm `fp8`.**" in text) == detected
