@@ -291,11 +291,11 @@ def _profile_headline(run: ProfileRun) -> list[str]:
         parts = [f"- **{_escape(sc.get('task', '?'))}** ({where}): **{name}** end to end "
                  f"**{fmt(r.get('end_to_end_speedup'), 2, 'x')}** the speed of {base} (median [IQR] "
                  f"{fmt_stat(e2e_a, 0, flag_spread=False)} ms vs {fmt_stat(e2e_b, 0, flag_spread=False)} ms over "
-                 f"{n if n is not None else '?'} repeats); one denoise step "
-                 f"{fmt(r.get('denoise_step_speedup'), 2, 'x')}"]
+                 f"{n if n is not None else '?'} repeats)"]
         if any((x or {}).get("high_spread") for x in (e2e_a, e2e_b)):
-            parts.append(" (**high spread**: the interquartile range of the repeats exceeds 10% of the median, so this ratio is "
-                         "not reliable)")
+            parts.append(" (**high spread**: the interquartile range of the repeats exceeds 10% of the median, "
+                         "so this ratio is not reliable)")
+        parts.append(f"; one denoise step {fmt(r.get('denoise_step_speedup'), 2, 'x')}")
         mem_a, mem_b = _dig(a, "memory", "run", "peak_allocated_gib"), _dig(b, "memory", "run", "peak_allocated_gib")
         if mem_a is not None or mem_b is not None:
             parts.append(f"; peak VRAM of a run {fmt(mem_a, 3)} GiB vs {fmt(mem_b, 3)} GiB "
@@ -326,10 +326,10 @@ def _gedit_headline(run: GeditRun) -> list[str]:
             o = _dig(metrics, "O", "overall_task_mean") or {}
             verdict = o.get("verdict", "")
             heads = {h["arm"]: h for h in s.get("headline", []) if h["language"] == lang}
-            absolute = ", ".join(f"{a} {fmt(heads[a].get('O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
+            absolute = " vs ".join(f"{a} {fmt(heads[a].get('O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
             lines.append(f"- **{_escape(run.label)}**, {lang}: {d['arm']} - {d['baseline']} over "
                          f"{o.get('n_pairs', '?')} paired samples (unweighted task mean, 95% bootstrap CI): "
-                         + "; ".join(parts) + f". Q_O: {verdict}" + (f" (Q_O {absolute})." if absolute else "."))
+                         + "; ".join(parts) + f". Q_O {absolute or ''}: {verdict}.")
             fid = _dig(s, "fidelity", d["arm"], lang, "overall_per_sample")
             if fid:
                 lines.append(f"  Fidelity of the {d['arm']} edits to the {d['baseline']} edits (same seed): PSNR "
@@ -468,10 +468,10 @@ def _kernel_sections(report: Report, run: ProfileRun, names: list[str], tag: str
     _fallback_section(report, run, prof)
     for n in prof:
         k = arms[n]["kernels"]
+        csv = k.get("csv") or f"kernels_{n}.csv"
         report.add(f"#### Top kernels: {n}", "",
                    f"{k.get('num_kernels')} distinct names; the first {min(TOP_KERNELS, len(k.get('top', [])))} by "
-                   f"time. Full table: [`kernels_{n}.csv`]({_rel(run.path / k.get('csv', f'kernels_{n}.csv'), report.out)}).",
-                   "")
+                   f"time. Full table: [`{csv}`]({_rel(run.path / csv, report.out)}).", "")
         rows = [[i, code(r["name"]), r["category"], fmt(r["calls_per_step"], 1), fmt(_us_to_ms(r["us_per_step"]), 3),
                  fmt(_pct(r["share"]), 1)] for i, r in enumerate(k.get("top", [])[:TOP_KERNELS], 1)]
         report.add(*table(["#", "kernel", "category", "calls/step", "ms/step", "share %"], rows,
@@ -544,10 +544,10 @@ def _gedit_section(report: Report, run: GeditRun, tag: str, *, dataset: str | No
     arms = s.get("arms", [])
     report.add(f"## Quality: {run.label}", "",
                f"Arms {', '.join(f'`{a}`' for a in arms)} (baseline `{s.get('baseline')}`); "
-               f"{_dig(s, 'selection', 'n_samples')} samples per arm; {gen.get('steps')} steps, seed {gen.get('seed')}, "
-               f"resolution {gen.get('resolution') or 'of the input'}, guidance text {gen.get('text_guidance_scale')} / "
-               f"image {gen.get('image_guidance_scale')}, time shift {gen.get('time_shift')}. Judge `{judge.get('model')}` "
-               f"with prompt set `{prompts.get('name')}`. Scores 0-10; headline = unweighted mean over task groups "
+               f"{_dig(s, 'selection', 'n_samples')} samples per arm; {gen.get('steps')} steps, seed "
+               f"{gen.get('seed')}, resolution {gen.get('resolution') or 'of the input'}, guidance text "
+               f"{gen.get('text_guidance_scale')} / image {gen.get('image_guidance_scale')}, time shift "
+               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`. Scores 0-10; headline = unweighted mean over task groups "
                "(the official rule), per-sample mean beside it.", "")
     _gedit_headline_table(report, run)
     languages = sorted({r["language"] for r in s.get("per_task", [])})
