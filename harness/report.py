@@ -547,8 +547,9 @@ def _gedit_section(report: Report, run: GeditRun, tag: str, *, dataset: str | No
                f"{_dig(s, 'selection', 'n_samples')} samples per arm; {gen.get('steps')} steps, seed "
                f"{gen.get('seed')}, resolution {gen.get('resolution') or 'of the input'}, guidance text "
                f"{gen.get('text_guidance_scale')} / image {gen.get('image_guidance_scale')}, time shift "
-               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`. Scores 0-10; headline = unweighted mean over task groups "
-               "(the official rule), per-sample mean beside it.", "")
+               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`. "
+               "Scores 0-10; headline = unweighted mean over task groups (the official rule), per-sample mean "
+               "beside it.", "")
     _gedit_headline_table(report, run)
     languages = sorted({r["language"] for r in s.get("per_task", [])})
     for lang in languages:
