@@ -591,12 +591,11 @@ def _gedit_task_tables(report: Report, run: GeditRun, lang: str, tag: str) -> No
         if h["language"] == lang:
             by[(h["arm"], OVERALL)] = h
     groups = [*tasks, OVERALL]
-    panels = {METRIC_LABELS[m]: {a: [plots.Interval(by[(a, t)][m]) if (a, t) in by and by[(a, t)].get(m)
-                                     is not None else None for t in groups] for a in arms} for m in METRICS}
+    panels = {METRIC_LABELS[m]: {a: [_score_interval(by.get((a, t)), m) for t in groups] for a in arms}
+              for m in METRICS}
     path = plots.metric_panels(report.figure_path(f"{tag}_{lang}_scores.png"), groups, panels,
                                title=f"GEdit-Bench scores per task group ({lang}): {run.label}", value_label="0-10",
-                               ylim=(0, 10), note="bars: task-group means; summary.json holds no per-arm "
-                                                  "intervals, so the whiskers are on the paired deltas below")
+                               ylim=(0, 10), note=_score_note(per_task))
     report.image(path, f"scores per task group ({lang})")
     for d in s.get("deltas", []):
         metrics = _dig(d, "languages", lang)
@@ -629,6 +628,20 @@ def _gedit_task_tables(report: Report, run: GeditRun, lang: str, tag: str) -> No
                                   value_label="score difference (points); whiskers: 95% bootstrap CI",
                                   horizontal=True, value_labels=False, zero_line=True)
         report.image(path, f"paired deltas {d['arm']} - {d['baseline']} ({lang})")
+
+
+def _score_note(per_task: list[dict]) -> str:
+    if any(f"{m}_ci95" in r for r in per_task for m in METRICS):
+        return "bars: task-group means; whiskers: the 95% intervals recorded in summary.json"
+    return "bars: task-group means; summary.json holds no per-arm intervals, so the whiskers are on the paired deltas"
+
+
+def _score_interval(rec: dict | None, metric: str) -> plots.Interval | None:
+    """A task-group mean as a bar; whiskers only where the run file holds an interval for it (`<metric>_ci95`)."""
+    if not rec or rec.get(metric) is None:
+        return None
+    ci = rec.get(f"{metric}_ci95")
+    return plots.Interval(rec[metric], *(ci if ci and len(ci) == 2 else (None, None)))
 
 
 def _delta_cell(rec: dict | None) -> str:

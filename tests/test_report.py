@@ -345,3 +345,17 @@ def test_failed_judge_samples_are_listed(runs, tmp_path):
     assert failed == [{"arm": cells[0], "lang": cells[header.index("language")],
                        "task": cells[header.index("task_type")], "key": report.code(key, 12),
                        "status": "judge_failure", "why": "sc: parse_failure"}]
+
+
+def test_per_arm_intervals_are_drawn_when_the_run_file_has_them(runs, tmp_path):
+    folder = tmp_path / "with-ci"
+    shutil.copytree(runs["gedit"], folder, ignore=shutil.ignore_patterns("_synthetic"))
+    summary = _json(folder / "summary.json")
+    for r in summary["per_task"]:
+        r["O_ci95"] = [r["O"] - 1.0, r["O"] + 0.5]
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    plain, with_ci = tmp_path / "a" / "report.md", tmp_path / "b" / "report.md"
+    report.build_report([runs["gedit"]], plain, grid_samples=0)
+    report.build_report([folder], with_ci, grid_samples=0)
+    figure = Path("report_files") / "g1_en_scores.png"
+    assert (plain.parent / figure).read_bytes() != (with_ci.parent / figure).read_bytes()
