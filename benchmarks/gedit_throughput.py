@@ -29,11 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--synthetic", choices=("tiny", "full"), default="full", help="tiny: a CPU dry run of this script")
+    parser.add_argument("--from-run", action="store_true",
+                        help="do not run anything: summarise the finished run already in --out")
     args = parser.parse_args(argv)
 
     from harness.gedit import main as gedit_main
     from harness.records import write_json_atomic
 
+    if args.from_run:
+        return summarize(Path(args.out), Path(args.json), args.batch_size, write_json_atomic)
     cli = ["--synthetic", args.synthetic, "--task", args.task, "--per-task", "1", "--tasks", *args.tasks, "--out", args.out,
            "--batch-size", str(args.batch_size), "--no-progress", "--bootstrap", "200"]
     if args.steps:
@@ -41,12 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     code = gedit_main(cli)
     if code:
         return code
-    summary = json.loads((Path(args.out) / "summary.json").read_text())
+    return summarize(Path(args.out), Path(args.json), args.batch_size, write_json_atomic)
+
+
+def summarize(out: Path, json_path: Path, batch_size: int, write_json_atomic) -> int:
+    """Throughput JSON from a finished `harness.gedit` run folder (its summary.json and generation.jsonl)."""
+    summary = json.loads((out / "summary.json").read_text())
     tp = summary["throughput"]
     gen, judge = tp["generation"], tp["judge"]
     steps = summary["task"]["generation"]["steps"]
-    records = {arm: [json.loads(line) for line in (Path(args.out) / arm / "generation.jsonl").read_text().splitlines()]
-               for arm in gen}
+    edits = Path(summary.get("edits_root") or out)
+    edits = edits if (edits / next(iter(gen), "")).is_dir() else out  # the run may have been moved since
+    records = {arm: [json.loads(line) for line in (edits / arm / "generation.jsonl").read_text().splitlines()
+                     if line.strip()] for arm in gen}
     per_arm = {}
     for arm, g in gen.items():
         warm = records[arm][1:] or records[arm]  # the first edit pays one-time compilation and allocator warm-up
@@ -59,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "what": "GEdit-Bench throughput with random-weight models of the real shapes (--synthetic full)",
         "synthetic": summary["synthetic"], "warning": summary.get("warning"),
-        "settings": {"task": args.task, "steps": steps, "resolution": summary["task"]["generation"]["resolution"],
-                     "samples_per_arm": summary["selection"]["n_samples"], "task_groups": args.tasks,
-                     "judge_batch_size": args.batch_size,
+        "settings": {"task": summary["task"]["task"], "steps": steps,
+                     "resolution": summary["task"]["generation"]["resolution"],
+                     "samples_per_arm": summary["selection"]["n_samples"],
+                     "task_groups": summary["task"]["selection"]["task_groups"],
+                     "judge_batch_size": (summary.get("judge_settings") or {}).get("batch_size", batch_size),
                      "judge_max_new_tokens": summary["task"]["judge"]["max_new_tokens"]},
         "generation": per_arm,
         "judge": judge,
@@ -75,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "provenance": summary["provenance"],
     }
-    write_json_atomic(args.json, result)
+    write_json_atomic(json_path, result)
     print(json.dumps({k: result[k] for k in ("generation", "judge", "estimate_606_samples_en")}, indent=1))
     return 0
 
