@@ -150,7 +150,8 @@ def generate_samples(pipe, dataset, samples: Sequence[SampleRef], root: str | Pa
         os.replace(tmp, target)
         append_jsonl(rank_file(Path(root) / arm / GENERATION_LOG), {
             **sample.to_record(), "arm": arm, "image": str(target.relative_to(root)), "seed": gen.seed,
-            "seconds": seconds, "peak_vram_gib": (torch.cuda.max_memory_allocated() / 2**30) if cuda else None,
+            # The pipeline resets the peak counters per stage; its result holds the peak over the whole call.
+            "seconds": seconds, "peak_vram_gib": result.peak_vram_gib,
             "stage_seconds": result.stage_seconds, "output_size": list(result.images[0].size),
             "synthetic": result.synthetic, "settings": result.settings,
             "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
