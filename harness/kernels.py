@@ -31,6 +31,7 @@ Fallback detector (`detect_fallbacks`, FP8 arms): each finding names kernels or 
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
@@ -95,9 +96,9 @@ def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, 
     launcher = op or ""
     if in_attention:
         return "attention"
+    # everything an FP8 GEMM op launches (cuBLASLt's kernel and its workspace memsets) is that GEMM's cost
     if FP8_GEMM_OPS.search(name) or FP8_GEMM_OPS.search(launcher) or TRITON_SCALED_MM.search(name):
-        if not (MEMCPY_MARK.search(name) and not GEMM_MARK.search(name)):
-            return "gemm-fp8"
+        return "gemm-fp8"
     if GEMM_MARK.search(name) and FP8_MARK.search(name):
         return "gemm-fp8"
     if ATTENTION_OPS.search(name) or ATTENTION_MARK.search(name) or (op and ATTENTION_OPS.search(launcher)):
@@ -264,14 +265,23 @@ def capture(device: str | torch.device, *, record_shapes: bool = False) -> Itera
 
 
 def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> ProfileCapture:
-    """Walk the profiler's event tree once and flatten it into KernelCalls with stage / step / layer context."""
+    """Flatten the profiler's events into KernelCalls with stage / step / layer context.
+
+    Pass 1 walks the CPU event tree: the profiler attaches each kernel to the op that launched it. Pass 2 takes
+    the device kernels it could not link to an op (Triton kernels launched from Python, e.g. the fused FP8
+    quantization) and places each one by the CPU time of its launch call (cuLaunchKernel...) inside our
+    stage / layer ranges.
+    """
     kind = torch.device(device).type
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
-    roots = [e for e in events if e.cpu_parent is None]
+    with warnings.catch_warnings():  # torch notes that events of earlier profiler cycles are dropped; we use one
+        warnings.filterwarnings("ignore", message=".*Profiler clears events")
+        all_events = list(prof.events())
+    cpu_events = [e for e in all_events if e.device_type == torch.autograd.DeviceType.CPU]
+    roots = [e for e in cpu_events if e.cpu_parent is None]
     calls: list[KernelCall] = []
     gemm_ops: list[tuple[str, str | None, int | None]] = []
-    stage_wall: dict[str, list[float]] = defaultdict(list)
-    stage_kernel: dict[str, list[float]] = defaultdict(list)
+    stage_records: list[dict] = []   # one per stage range entry: stage, start/end (us), wall, kernel
+    layer_spans: list[tuple[float, float, str]] = []
     step_counter = [0]
 
     def visit(evt, stage, step, layer, in_op, in_attn=False) -> float:
@@ -281,13 +291,18 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
         """
         name = evt.name
         own = 0.0
+        record = None
         if name.startswith(STAGE_RANGE_PREFIX):
             stage = name[len(STAGE_RANGE_PREFIX):]
             if stage == STEP_STAGE:
                 step = step_counter[0]
                 step_counter[0] += 1
+            record = {"stage": stage, "step": step, "start": evt.time_range.start, "end": evt.time_range.end,
+                      "wall": float(evt.cpu_time_total), "kernel": 0.0}
+            stage_records.append(record)
         elif name.startswith(LAYER_RANGE_PREFIX):
             layer = name[len(LAYER_RANGE_PREFIX):]
+            layer_spans.append((evt.time_range.start, evt.time_range.end, layer))
         elif not in_op:
             fp8_gemm = bool(FP8_GEMM_OPS.search(name))
             # Composite ops (linear -> addmm, matmul -> mm) are counted once, at the innermost GEMM op.
@@ -302,7 +317,6 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
                 # CPU: a GEMM / attention op is one "kernel" with its inclusive time (CPU _scaled_mm runs mm inside).
                 own = float(evt.cpu_time_total)
                 calls.append(KernelCall(name, None, layer, stage, step, own, attention))
-                _record_stage(evt, stage, own)
                 return own
             in_op = terminal
             if kind == "cpu":  # other ops: self time only, children are visited below
@@ -316,24 +330,63 @@ def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> P
                 calls.append(KernelCall(k.name, name, layer, stage, step, float(k.duration), in_attn))
                 own += float(k.duration)
         total = own + sum(visit(c, stage, step, layer, in_op, in_attn) for c in evt.cpu_children)
-        _record_stage(evt, stage, total)
+        if record is not None:
+            record["kernel"] = total
         return total
-
-    def _record_stage(evt, stage, total):
-        if evt.name.startswith(STAGE_RANGE_PREFIX):
-            stage_wall[stage].append(float(evt.cpu_time_total))
-            stage_kernel[stage].append(total)
 
     for root in sorted(roots, key=lambda e: e.time_range.start):
         visit(root, None, None, None, False)
     device_total = None
-    if kind == "cuda":  # device-side copies of our ranges (gpu_user_annotation) are not kernels
-        device_total = sum(e.time_range.elapsed_us() for e in prof.events()
-                           if e.device_type != torch.autograd.DeviceType.CPU
-                           and not e.name.startswith((STAGE_RANGE_PREFIX, LAYER_RANGE_PREFIX)))
+    if kind == "cuda":
+        device_events = [e for e in all_events if e.device_type != torch.autograd.DeviceType.CPU
+                         and not e.name.startswith((STAGE_RANGE_PREFIX, LAYER_RANGE_PREFIX))]
+        device_total = sum(e.time_range.elapsed_us() for e in device_events)
+        _place_unlinked_kernels(device_events, cpu_events, stage_records, layer_spans, calls)
+    stage_wall: dict[str, list[float]] = defaultdict(list)
+    stage_kernel: dict[str, list[float]] = defaultdict(list)
+    for rec in stage_records:
+        stage_wall[rec["stage"]].append(rec["wall"])
+        stage_kernel[rec["stage"]].append(rec["kernel"])
     return ProfileCapture(device_kind=kind, calls=calls, stage_wall_us=dict(stage_wall),
                           stage_kernel_us=dict(stage_kernel), gemm_ops=gemm_ops, steps=step_counter[0],
                           device_total_us=device_total)
+
+
+LAUNCH_CALL = re.compile(r"^cu(da)?[A-Za-z]*Launch")  # cudaLaunchKernel, cuLaunchKernelEx, cudaGraphLaunch
+
+
+def _place_unlinked_kernels(device_events: list, cpu_events: list, stage_records: list[dict],
+                            layer_spans: list[tuple[float, float, str]], calls: list[KernelCall]) -> None:
+    """Add the kernels the profiler attached to no op, placed by the CPU time of their launch call.
+
+    A kernel is attached when its linked correlation id is the id of a CPU op; the others are looked up by their
+    own correlation id among the launch calls (cuLaunchKernel, cudaLaunchKernel...). Without a launch call, the
+    kernel's start time on the GPU places it in a stage (not a layer: the GPU may run behind the CPU).
+    """
+    op_ids = {e.id for e in cpu_events if e.linked_correlation_id == 0 and not e.is_async and e.id}
+    unlinked = [d for d in device_events if d.linked_correlation_id not in op_ids]
+    if not unlinked:
+        return
+    launches = {e.id: e for e in cpu_events if LAUNCH_CALL.search(e.name)}
+    stages = sorted(stage_records, key=lambda r: r["start"])
+    layers = sorted(layer_spans)
+    layer_starts = [span[0] for span in layers]
+    for d in unlinked:
+        launch = launches.get(d.id)
+        t = launch.time_range.start if launch is not None else d.time_range.start
+        duration = float(d.time_range.elapsed_us())
+        containing = [r for r in stages if r["start"] <= t <= r["end"]]
+        for r in containing:  # nested stages (denoise > denoise_step) all contain the kernel's time
+            r["kernel"] += duration
+        inner = max(containing, key=lambda r: r["start"]) if containing else None
+        step = next((r["step"] for r in containing if r["stage"] == STEP_STAGE), None)
+        layer = None
+        if launch is not None:
+            i = bisect.bisect_right(layer_starts, t) - 1
+            if i >= 0 and layers[i][1] >= t:  # linear layers do not nest: the last one started is the only candidate
+                layer = layers[i][2]
+        calls.append(KernelCall(d.name, LAYER_RANGE_PREFIX + layer if layer else None, layer,
+                                inner["stage"] if inner else None, step, duration))
 
 
 def _descendants(evt) -> Iterator:

@@ -32,6 +32,7 @@ from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
      "aten::tanh", "norm-elementwise"),
     ("void cutlass::device_kernel<cutlass3x_sm90_tensorop_gemm_e4m3_e4m3_f32_bf16>", None, "gemm-fp8"),
     ("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "gemm-fp8"),  # vLLM's Triton fallback
+    ("Memset (Device)", "aten::_scaled_mm", "gemm-fp8"),  # cuBLASLt workspace clearing, part of the GEMM
     # BF16 GEMMs
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1", "aten::mm", "gemm-bf16"),
     ("nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNT", "aten::addmm", "gemm-bf16"),
@@ -240,3 +241,31 @@ def test_split_k_helper_of_a_cublas_fp8_gemm_is_not_a_fallback():
     report = K.detect_fallbacks(capture, {"a": "fp8"}, layer_calls={"a": 1})
     assert [(f.kind, f.names) for f in report.findings] == [
         ("non-tensor-core-scaled-gemm", ["void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>"])]
+
+
+def test_kernels_the_profiler_left_unlinked_are_placed_by_their_launch_call():
+    # Triton kernels launched from Python are linked to no op by the profiler; their launch call (CPU clock)
+    # still falls inside our stage and layer ranges.
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    def ev(id_, name, start, end, device=DeviceType.CPU, linked=0):
+        return FunctionEvent(id_, name, thread=1, start_us=start, end_us=end, device_type=device,
+                             linked_correlation_id=linked)
+
+    op = ev(10, "aten::_scaled_mm", 150, 200)
+    launch = ev(501, "cuLaunchKernelEx", 120, 125, linked=0)
+    cpu_events = [op, launch]
+    device_events = [ev(500, "nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", 210, 260,
+                        DeviceType.CUDA, linked=10),                       # linked to its op: pass 1 has it
+                     ev(501, "_quantize_rows_kernel", 130, 140, DeviceType.CUDA),   # launched inside the layer
+                     ev(777, "_quantize_rows_kernel", 600, 610, DeviceType.CUDA)]   # no launch call recorded
+    stages = [{"stage": "denoise_step", "step": 0, "start": 0, "end": 1000, "wall": 1000.0, "kernel": 50.0},
+              {"stage": "vae_decode", "step": None, "start": 1000, "end": 2000, "wall": 1000.0, "kernel": 0.0}]
+    calls: list[K.KernelCall] = []
+    K._place_unlinked_kernels(device_events, cpu_events, stages, [(100, 300, "layers.0.attn.to_qkv")], calls)
+    assert [(c.name, c.layer, c.stage, c.step, c.duration_us) for c in calls] == [
+        ("_quantize_rows_kernel", "layers.0.attn.to_qkv", "denoise_step", 0, 10.0),
+        ("_quantize_rows_kernel", None, "denoise_step", 0, 10.0)]
+    assert stages[0]["kernel"] == 70.0 and stages[1]["kernel"] == 0.0
+    assert K.categorize(calls[0].name, calls[0].op, in_fp8_layer=True) == "quant"
