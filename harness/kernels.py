@@ -363,8 +363,7 @@ def _place_unlinked_kernels(device_events: list, cpu_events: list, stage_records
     own correlation id among the launch calls (cuLaunchKernel, cudaLaunchKernel...). Without a launch call, the
     kernel's start time on the GPU places it in a stage (not a layer: the GPU may run behind the CPU).
     """
-    op_ids = {e.id for e in cpu_events if e.linked_correlation_id == 0 and not e.is_async and e.id}
-    unlinked = [d for d in device_events if d.linked_correlation_id not in op_ids]
+    unlinked = _unattached(device_events, cpu_events)
     if not unlinked:
         return
     launches = {e.id: e for e in cpu_events if LAUNCH_CALL.search(e.name)}
@@ -387,6 +386,29 @@ def _place_unlinked_kernels(device_events: list, cpu_events: list, stage_records
                 layer = layers[i][2]
         calls.append(KernelCall(d.name, LAYER_RANGE_PREFIX + layer if layer else None, layer,
                                 inner["stage"] if inner else None, step, duration))
+
+
+def _unattached(device_events: list, cpu_events: list) -> list:
+    """The device events pass 1 did not see (attached to no CPU op's `kernels`).
+
+    torch >= 2.12 keeps each event's linked correlation id (attached = linked to a CPU op's id); older releases do
+    not, so the attached (name, duration) pairs are matched off against the device events instead.
+    """
+    if device_events and hasattr(device_events[0], "linked_correlation_id"):
+        op_ids = {e.id for e in cpu_events if e.linked_correlation_id == 0 and not e.is_async and e.id}
+        return [d for d in device_events if d.linked_correlation_id not in op_ids]
+    attached: dict[tuple[str, float], int] = defaultdict(int)
+    for e in cpu_events:
+        for k in e.kernels:
+            attached[(k.name, round(float(k.duration), 3))] += 1
+    out = []
+    for d in device_events:
+        key = (d.name, round(float(d.time_range.elapsed_us()), 3))
+        if attached[key] > 0:
+            attached[key] -= 1
+        else:
+            out.append(d)
+    return out
 
 
 def _descendants(evt) -> Iterator:

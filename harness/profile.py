@@ -529,7 +529,8 @@ def run_profile(options: ProfileOptions) -> dict:
     images = reference_images(scenario)
     arms = [Arm(name) for name in options.precisions]
     park = len(arms) > 1 and not options.offload
-    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "omnigen2-profile", "complete": False}
+    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "omnigen2-profile", "complete": False,
+                              "error": None}
     invocation = None if options.argv is None else "python -m harness.profile " + shlex.join(options.argv)
     record["manifest"] = run_manifest(synthetic=options.synthetic or False, device=str(device),
                                       extra={"invocation": invocation})
@@ -550,6 +551,9 @@ def run_profile(options: ProfileOptions) -> dict:
         warnings.simplefilter("always")
         try:
             _phases(arms, options, scenario, images, device, dtype, out, park, bar, record)
+        except Exception as err:  # outside any arm (e.g. loading the shared models): the record says so
+            record["error"] = f"{type(err).__name__}: {err}"
+            raise
         finally:
             bar.close()
             _finish(record, arms, scenario, options, caught, out)
@@ -626,7 +630,7 @@ def _guard(arm: Arm, fn: Callable[[], Any]) -> None:
     """Run one phase of an arm; an exception becomes the arm's error (the run goes on with the other arms)."""
     try:
         fn()
-    except (RuntimeError, ValueError, NotImplementedError, TypeError) as err:
+    except Exception as err:  # any failure of one arm is recorded in its row; Ctrl-C still stops the run
         if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
         arm.error = f"{type(err).__name__}: {err}"
@@ -733,6 +737,8 @@ def render_markdown(rec: dict) -> str:
               f"- warm-up {st['warmup']}, repeats {st['repeats']} ({rec['method']['order']}), profiled steps "
               f"{st['profile_steps']}, compile {st['compile']}, offload {st['offload']}, FP8 kernel {st['fp8_kernel']}",
               f"- complete: {rec['complete']}", ""]
+    if rec.get("error"):
+        lines += [f"**The run stopped early:** `{rec['error']}`", ""]
     arms = rec["arms"]
     names = list(arms)
     for n, a in arms.items():

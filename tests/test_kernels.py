@@ -269,3 +269,20 @@ def test_kernels_the_profiler_left_unlinked_are_placed_by_their_launch_call():
         ("_quantize_rows_kernel", None, "denoise_step", 0, 10.0)]
     assert stages[0]["kernel"] == 70.0 and stages[1]["kernel"] == 0.0
     assert K.categorize(calls[0].name, calls[0].op, in_fp8_layer=True) == "quant"
+
+
+def test_unattached_kernels_are_found_without_linked_ids_too():
+    # torch < 2.12 FunctionEvents carry no linked correlation id (seen on the lent H100's torch 2.11): the kernels
+    # attached to ops are matched off by (name, duration) instead. Stand-ins with only the older attributes:
+    from types import SimpleNamespace
+
+    from torch.autograd.profiler_util import Interval, Kernel
+
+    def dev(id_, name, start, end):
+        return SimpleNamespace(id=id_, name=name, time_range=Interval(start, end))
+
+    op = SimpleNamespace(id=10, name="aten::_scaled_mm", kernels=[Kernel("nvjet_sm90_qqtst_x", 0, 50.0)],
+                         is_async=False)
+    devices = [dev(500, "nvjet_sm90_qqtst_x", 210, 260), dev(501, "_quantize_rows_kernel", 130, 140),
+               dev(502, "nvjet_sm90_qqtst_x", 300, 340)]  # same name, other duration: not the attached one
+    assert [d.id for d in K._unattached(devices, [op])] == [501, 502]
