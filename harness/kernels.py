@@ -581,7 +581,8 @@ def detect_fallbacks(capture: ProfileCapture, precisions: dict[str, str], *,
                 bad[layer] += 1
         if capture.device_kind == "cuda":
             for c in calls:
-                if c.layer in fp8_layers and categorize(c.name, c.op) == "gemm-bf16" and not HP_GEMM_OPS.search(c.op or ""):
+                if (c.layer in fp8_layers and categorize(c.name, c.op) == "gemm-bf16"
+                        and not HP_GEMM_OPS.search(c.op or "")):
                     bad[c.layer] += 1
         if bad:
             gemm_us = sum(c.duration_us for c in calls
@@ -633,8 +634,8 @@ def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
     stream = stream or sys.stderr
     bar = "!" * 100
     lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
-    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls" + (f", {f.total_us / 1e3:.2f} ms)" if f.total_us else ")")
-              for f in report.findings]
+    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls"
+              + (f", {f.total_us / 1e3:.2f} ms)" if f.total_us else ")") for f in report.findings]
     if report.note:
         lines.append(f"!!! note: {report.note}")
     lines.append(bar)

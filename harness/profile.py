@@ -66,7 +66,8 @@ RUN_METHOD = ("first warm-up call of the arm with only its own transformer on th
 ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
 TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
                  "events around each pipeline stage (perf_counter on CPU), read after a synchronise; a denoise step "
-                 "runs from the end of the previous one (or the start of the denoise stage) to the end of its scheduler update; median and IQR over "
+                 "runs from the end of the previous one (or the start of the denoise stage) to the end of its "
+                 "scheduler update; median and IQR over "
                  "repeats, warning when IQR/median > 10%")
 
 
@@ -729,7 +730,8 @@ def render_markdown(rec: dict) -> str:
         lines += [f"> **{SYNTHETIC_WARNING}** (synthetic: {m['synthetic_weights']})", ""]
     lines += [f"- device: {dev.get('device_name')} ({dev.get('device')}), driver {dev.get('driver')}, "
               f"torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}",
-              f"- git {m.get('git_revision')}, {m.get('date_utc')}; command: `{m.get('invocation') or m.get('command')}`",
+              f"- git {m.get('git_revision')}, {m.get('date_utc')}; "
+              f"command: `{m.get('invocation') or m.get('command')}`",
               f"- scenario: {sc['height']}x{sc['width']} output, references {sc['references']}, {sc['steps']} steps, "
               f"guidance text {sc['text_guidance_scale']} / image {sc['image_guidance_scale']}, "
               f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
@@ -763,7 +765,8 @@ def render_markdown(rec: dict) -> str:
     lines += ["", "Stage = wall time of the stage per call (CUDA events); denoise step = one step with all its CFG "
               "passes. High spread (IQR/median > 10%) is marked with `!`.", ""]
     lines += ["## Wall time vs summed kernel time per stage (profiled call)", "",
-              "| arm | stage | wall ms/call (timed) | kernel ms/call (profiled) | kernel / wall |", "|---|---|---|---|---|"]
+              "| arm | stage | wall ms/call (timed) | kernel ms/call (profiled) | kernel / wall |",
+              "|---|---|---|---|---|"]
     for n in names:
         a = arms[n]
         if not (a["latency"] and a["kernels"]):

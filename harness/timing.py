@@ -176,7 +176,8 @@ class StageTimer:
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        rf = torch.profiler.record_function(STAGE_RANGE_PREFIX + name) if self.profiler_ranges else contextlib.nullcontext()
+        rf = (torch.profiler.record_function(STAGE_RANGE_PREFIX + name) if self.profiler_ranges
+              else contextlib.nullcontext())
         with rf:
             start = _Mark(self.cuda)
             try:
