@@ -171,6 +171,7 @@ class ProfileOptions:
     repeats: int = 3
     profile_steps: int = 2
     compile: bool = False
+    cuda_graphs: bool = False
     offload: bool = False
     trace: bool = False
     fp8_kernel: str = "auto"
@@ -328,7 +329,7 @@ def build_arm(arm: Arm, options: ProfileOptions, shared: Shared, device: torch.d
             transformer, shared.vae, FlowMatchEulerScheduler.from_config(shared.scheduler_config), shared.mllm,
             shared.tokenizer, device=device, dtype=dtype, precision="bf16" if arm.name == "bf16" else "fp8",
             offload=options.offload, compile=options.compile, synthetic=shared.synthetic_info, progress=False,
-            fp8_config=fp8_config)
+            fp8_config=fp8_config, cuda_graphs=options.cuda_graphs)
         T.synchronize(device)
     arm.load = {**peak.to_dict(), "seconds": time.perf_counter() - t0,
                 "transformer_gib": module_bytes(arm.pipe.transformer) / T.GIB}
@@ -473,7 +474,8 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
                  device: torch.device, out: Path) -> dict:
     """Profile one call with `profile_steps` denoising steps; returns the kernel section of the arm's record."""
     steps = options.profile_steps
-    ranges = not options.compile  # hooks inside compiled blocks would break the graphs
+    # Hooks inside compiled blocks would break the graphs; replayed CUDA graphs run no Python ranges at all.
+    ranges = not (options.compile or options.cuda_graphs)
     transformer = arm.pipe.transformer
     with K.capture(device) as prof:
         with K.layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
@@ -574,7 +576,7 @@ def _print_plan(record: dict, options: ProfileOptions) -> None:
     print(f"profile {sc['task']}: {sc['height']}x{sc['width']}, refs {sc['references']}, {sc['steps']} steps, "
           f"{sc['transformer_passes']} transformer passes; arms {' '.join(st['precisions'])}; {weights}; "
           f"device {st['device']}; warm-up {st['warmup']}, repeats {st['repeats']}, profiled steps "
-          f"{st['profile_steps']}; compile {st['compile']}, offload {st['offload']}; out {st['out']}",
+          f"{st['profile_steps']}; compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, offload {st['offload']}; out {st['out']}",
           file=sys.stderr, flush=True)
     for change in sc["overrides"]:
         print(f"  override {change['field']}: {change['old']} -> {change['new']}", file=sys.stderr, flush=True)
@@ -644,6 +646,7 @@ def settings_record(options: ProfileOptions, scenario: ScenarioConfig) -> dict:
     return {"precisions": list(options.precisions), "model": options.model, "synthetic": options.synthetic or False,
             "device": options.device, "dtype": "bfloat16", "steps": scenario.steps, "warmup": options.warmup,
             "repeats": options.repeats, "profile_steps": options.profile_steps, "compile": options.compile,
+            "cuda_graphs": options.cuda_graphs,
             "offload": options.offload, "trace": options.trace, "fp8_kernel": options.fp8_kernel,
             "seed": options.seed, "out": str(options.out)}
 
@@ -737,7 +740,7 @@ def render_markdown(rec: dict) -> str:
               f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
               + (f"; overrides {sc['overrides']}" if sc["overrides"] else ""),
               f"- warm-up {st['warmup']}, repeats {st['repeats']} ({rec['method']['order']}), profiled steps "
-              f"{st['profile_steps']}, compile {st['compile']}, offload {st['offload']}, FP8 kernel {st['fp8_kernel']}",
+              f"{st['profile_steps']}, compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, offload {st['offload']}, FP8 kernel {st['fp8_kernel']}",
               f"- complete: {rec['complete']}", ""]
     if rec.get("error"):
         lines += [f"**The run stopped early:** `{rec['error']}`", ""]
@@ -901,6 +904,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
     how.add_argument("--profile-steps", type=int, default=2, help="denoising steps in the profiled call (0: none)")
     how.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    how.add_argument("--cuda-graphs", action="store_true",
+                     help="replay transformer passes as CUDA graphs (removes launch overhead; CUDA only)")
     how.add_argument("--offload", action="store_true", help="keep models on the CPU, move each to the GPU per stage")
     how.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
     outp = p.add_argument_group("output")
@@ -919,6 +924,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptio
     return ProfileOptions(scenario=args.scenario, precisions=precisions, out=out, model=args.model,
                           synthetic=args.synthetic, device=args.device, steps=args.steps, warmup=args.warmup,
                           repeats=args.repeats, profile_steps=args.profile_steps, compile=args.compile,
+                          cuda_graphs=args.cuda_graphs,
                           offload=args.offload, trace=args.trace, fp8_kernel=args.fp8_kernel,
                           progress=not args.no_progress, seed=args.seed, argv=list(argv))
 

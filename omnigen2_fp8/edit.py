@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--offload", action="store_true", help="keep models on the CPU, each on the device only "
                                                               "while its stage runs")
     model.add_argument("--compile", action="store_true", help="torch.compile the transformer")
+    model.add_argument("--cuda-graphs", action="store_true",
+                       help="replay transformer passes as CUDA graphs (CUDA only; removes launch overhead)")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=28, help="Euler steps (official demo: 50)")
@@ -74,7 +76,7 @@ def load_pipeline(args: argparse.Namespace):
 
     dtype = DTYPES[args.dtype]
     options = dict(precision=args.precision, offload=args.offload, compile=args.compile,
-                   progress=not args.no_progress)
+                   cuda_graphs=args.cuda_graphs, progress=not args.no_progress)
     if args.synthetic:
         pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
         if args.time_shift is not None:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import guidance as cfg
+from .cuda_graphs import CudaGraphForward
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
 from .loading import CheckpointNotFoundError, download_from_hub, read_json
@@ -131,13 +132,16 @@ class OmniGen2Pipeline:
     precision: "bf16" or "fp8" (the DiT's linear layers quantized by `omnigen2_fp8.fp8.quantize_fp8`);
     offload: keep models on the CPU and move each to `device` only for its stage;
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
+    cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
+    overhead that dominates small images; one capture per new input shape; not with offload);
     synthetic: dict describing random weights, or None for a trained checkpoint.
     """
 
     def __init__(self, transformer: OmniGen2Transformer, vae, scheduler: FlowMatchEulerScheduler, mllm=None,
                  tokenizer=None, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  precision: str = "bf16", offload: bool = False, compile: bool = False,
-                 synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None):
+                 synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
+                 cuda_graphs: bool = False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
         self.device = torch.device(device) if device is not None else _default_device()
@@ -160,6 +164,12 @@ class OmniGen2Pipeline:
                 module.to(home).eval().requires_grad_(False)
         self.compiled = compile
         self._transformer_fn = _compile(transformer) if compile else transformer
+        if cuda_graphs and offload:
+            raise ValueError("cuda_graphs=True cannot be combined with offload=True: graphs hold the weights' GPU "
+                             "addresses, and offloading moves them; choose one")
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        if self.cuda_graphs:
+            self._transformer_fn = CudaGraphForward(self._transformer_fn)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.size_multiple = self.vae_scale_factor * transformer.config.patch_size
         self._transformer_calls = 0
@@ -169,7 +179,7 @@ class OmniGen2Pipeline:
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                         device: str | torch.device | None = None, precision: str = "bf16", offload: bool = False,
                         compile: bool = False, time_shift: float | None = None, fp8_config=None,
-                        progress: bool = True) -> "OmniGen2Pipeline":
+                        progress: bool = True, cuda_graphs: bool = False) -> "OmniGen2Pipeline":
         """Load an OmniGen2 checkpoint folder (official layout) or hub id.
 
         mllm/ -> transformers Qwen2_5_VLForConditionalGeneration; processor/ -> AutoProcessor (its tokenizer;
@@ -194,7 +204,7 @@ class OmniGen2Pipeline:
                                                         time_shift=time_shift)
         return cls(transformer, vae, scheduler, mllm, tokenizer, device=device, dtype=dtype, precision=precision,
                    offload=offload, compile=compile, synthetic=read_synthetic_marker(root), progress=progress,
-                   fp8_config=fp8_config, processor=processor)
+                   fp8_config=fp8_config, processor=processor, cuda_graphs=cuda_graphs)
 
     @property
     def synthetic(self) -> bool:
@@ -267,7 +277,7 @@ class OmniGen2Pipeline:
             "time_shift": time_shift if time_shift is not None else self.scheduler.time_shift,
             "dynamic_time_shift": self.scheduler.dynamic_time_shift, "sample_posterior": sample_posterior,
             "precision": self.precision, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-            "offload": self.offload, "compile": self.compiled,
+            "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
         }
         return EditResult(images=pil_out, latents=latents, stage_seconds=timer.seconds,
                           stage_peak_vram_bytes=timer.peak_bytes, peak_vram_bytes=timer.peak_allocated(),

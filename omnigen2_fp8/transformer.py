@@ -200,8 +200,10 @@ class OmniGen2Transformer(nn.Module):
         if ref_tokens:
             ref_lens = [t.shape[0] for t in ref_tokens]
             ref_rotary = [rotary[i] for i in ref_owner]
+            # Slices, not list indexing: no host-to-device copy, so the forward stays CUDA-graph capturable.
+            ref_temb = torch.cat([temb_act[i: i + 1] for i in ref_owner])
             ref_tokens = self._refine(self.ref_image_refiner, ref_tokens, ref_lens, ref_rotary, ref_segments,
-                                      temb_act[ref_owner])
+                                      ref_temb)
 
         # 5. Joint blocks over [text | ref_1 .. ref_n | noisy], left-packed and right-padded per sample.
         joint, next_ref = [], 0
