@@ -11,6 +11,7 @@ eager warm-up call (whose result is returned) and one capture; least-recently-us
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from typing import Sequence
@@ -40,9 +41,11 @@ class CudaGraphForward:
     weights must stay where they are while graphs exist (no CPU offload), because graphs hold their addresses.
     """
 
-    def __init__(self, model: torch.nn.Module, max_graphs: int = 6):
+    def __init__(self, model: torch.nn.Module, max_graphs: int = 6, sdpa_backends=None):
         self.model = model
         self.max_graphs = max_graphs
+        # Optional attention backends (torch.nn.attention.SDPBackend list) for the warm-up and the capture.
+        self.sdpa_backends = sdpa_backends
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self.captures = 0
         self.replays = 0
@@ -68,12 +71,12 @@ class CudaGraphForward:
         # Warm up on a side stream (lazy initialisation, caches such as the RoPE tables), as capture requires.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side), self._attention_backends():
             result = self.model(static[0], static[1], static[2], mask, ref_latents=static_refs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with self._attention_backends(), torch.cuda.graph(graph):
                 output = self.model(static[0], static[1], static[2], mask, ref_latents=static_refs)
         except RuntimeError as err:  # an op that cannot be captured: keep going eagerly, and say so once
             self.disabled_reason = f"{type(err).__name__}: {err}"
@@ -84,6 +87,13 @@ class CudaGraphForward:
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
         return result
+
+    def _attention_backends(self):
+        if self.sdpa_backends is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import sdpa_kernel
+
+        return sdpa_kernel(self.sdpa_backends)
 
     def reset(self) -> None:
         """Drop every graph (and its memory pool), e.g. after moving or replacing the model's weights."""
