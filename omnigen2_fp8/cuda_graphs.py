@@ -50,10 +50,15 @@ class CudaGraphForward:
         self.captures = 0
         self.replays = 0
         self.disabled_reason: str | None = None
+        self._weights: tuple = ()
 
     def __call__(self, latents, timestep, text, mask, ref_latents=None):
         if self.disabled_reason or not isinstance(latents, torch.Tensor) or not latents.is_cuda:
             return self.model(latents, timestep, text, mask, ref_latents=ref_latents)
+        weights = _weight_addresses(self.model)
+        if weights != self._weights:  # weights moved (offload, .to(), reload): captured addresses are stale
+            self._graphs.clear()
+            self._weights = weights
         mask = mask.cpu()  # lengths are read on the host; a CPU mask keeps that out of the graph
         refs = [list(r) if r is not None else [] for r in ref_latents] if ref_latents is not None else None
         flat = [latents, timestep, text, *(r for sample in refs or [] for r in sample)]
@@ -98,6 +103,11 @@ class CudaGraphForward:
     def reset(self) -> None:
         """Drop every graph (and its memory pool), e.g. after moving or replacing the model's weights."""
         self._graphs.clear()
+
+
+def _weight_addresses(model: torch.nn.Module) -> tuple:
+    """Where every parameter and buffer lives now; a graph replayed after they moved would read freed memory."""
+    return tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
 
 
 def _signature(flat: Sequence[torch.Tensor], mask: torch.Tensor, refs) -> tuple:

@@ -53,3 +53,17 @@ def test_replays_match_eager_on_cuda():
         torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
                                    rtol=1e-5, atol=1e-5)
     assert wrapped.captures == 4 and len(wrapped._graphs) == 3
+
+
+@pytest.mark.gpu
+def test_graphs_are_dropped_when_the_weights_move():
+    torch.manual_seed(0)
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).cuda().eval()
+    wrapped = CudaGraphForward(model)
+    args = tiny_inputs("cuda")
+    with torch.no_grad():
+        wrapped(*args[:4], ref_latents=args[4])
+        model.cpu().cuda()  # new GPU storage for every weight, as when a harness parks a model on the CPU
+        torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
+                                   rtol=1e-5, atol=1e-5)
+    assert wrapped.captures == 2
