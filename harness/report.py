@@ -280,8 +280,10 @@ def _profile_headline(run: ProfileRun) -> list[str]:
     base = names[0]
     sc = p.get("scenario", {})
     dev = _dig(p, "manifest", "device", "device_name") or "?"
+    modes = [m for m, on in (("compiled", _dig(p, "settings", "compile")),
+                             ("CUDA graphs", _dig(p, "settings", "cuda_graphs"))) if on]
     where = (f"{sc.get('height')}x{sc.get('width')}, {len(sc.get('references') or [])} reference(s), "
-             f"{sc.get('steps')} steps, {dev}")
+             f"{sc.get('steps')} steps, {', '.join(modes) or 'eager'}, {dev}")
     lines = []
     for name in names[1:]:
         r = _dig(p, "ratios", name) or {}
@@ -355,6 +357,7 @@ def _profile_section(report: Report, run: ProfileRun, tag: str) -> None:
                f"Scenario `{sc.get('task')}`: {sc.get('height')}x{sc.get('width')} output, references "
                f"{sc.get('references')}, {sc.get('steps')} steps, {sc.get('transformer_passes')} transformer passes "
                f"per call; warm-up {st.get('warmup')}, repeats {st.get('repeats')}, compile {st.get('compile')}, "
+               f"CUDA graphs {st.get('cuda_graphs', False)}, "
                f"offload {st.get('offload')}, FP8 kernel `{st.get('fp8_kernel')}`. "
                f"{_dig(p, 'method', 'order') or ''}.", "")
     for name in names:
