@@ -39,6 +39,9 @@ def build_steps(args: argparse.Namespace) -> list[list[str]]:
     if args.device:
         gedit += ["--device", args.device]
         profile += ["--device", args.device]
+    if args.cuda_graphs:
+        gedit.append("--cuda-graphs")
+        profile.append("--cuda-graphs")
     return [gedit, profile, [sys.executable, "-m", "harness.report", str(gedit_dir), str(profile_dir),
                              "-o", str(report)]]
 
@@ -58,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", help="GEdit-Bench folder or hub id (with --real)")
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay transformer passes as CUDA graphs (GPU; FP8 at 512x512 needs it to be faster)")
     args = parser.parse_args(argv)
     if not args.real and (args.model or args.judge or args.dataset):
         parser.error("--model/--judge/--dataset name real checkpoints: add --real")

@@ -84,6 +84,7 @@ class RunContext:
     progress: bool = True
     bootstrap: int = 10_000
     baseline: str | None = None
+    cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
 
     @property
     def baseline_arm(self) -> str:
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
     io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    io.add_argument("--cuda-graphs", action="store_true",
+                    help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
+                         "is launch-bound at 512x512 without it)")
     io.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the 95%% intervals")
     io.add_argument("--no-progress", action="store_true")
     return p
@@ -164,7 +168,7 @@ def make_context(args: argparse.Namespace) -> RunContext:
     ctx = RunContext(config=config, overrides=changes, arms=arms, out=out, edits_root=edits_root,
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
                      prompts=prompts, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
-                     progress=not args.no_progress, bootstrap=args.bootstrap)
+                     progress=not args.no_progress, bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs)
     if args.synthetic:
         prepare_synthetic(ctx, explicit_dataset=args.dataset is not None, explicit_model=args.model is not None,
                           explicit_judge=args.judge is not None)
@@ -290,7 +294,8 @@ def run_generate(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef]) -> Non
             log.info("generate %s: all %d edits exist", arm, len(samples))
             continue
         log.info("generate %s: %d of %d edits to make", arm, len(todo), len(samples))
-        pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift)
+        pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift,
+                                 cuda_graphs=ctx.cuda_graphs)
         try:
             generate_samples(pipe, ds, todo, ctx.edits_root, arm, ctx.config.generation, progress=ctx.progress)
         finally:

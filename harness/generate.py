@@ -83,7 +83,7 @@ def generation_records(root: str | Path, arm: str) -> list[dict]:
 
 
 def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None = None,
-                      time_shift: float | None = None, dtype: torch.dtype | None = None):
+                      time_shift: float | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = False):
     """One OmniGen2Pipeline for precision `arm` ("bf16" or "fp8").
 
     synthetic "full": random full-size models built in device memory (nothing read from `model`); otherwise the
@@ -97,12 +97,13 @@ def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None =
         from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
         from omnigen2_fp8.synthetic import SCHEDULER_CONFIG, build_synthetic_pipeline
 
-        pipe = build_synthetic_pipeline("full", device=device, dtype=dtype, precision=arm, progress=False)
+        pipe = build_synthetic_pipeline("full", device=device, dtype=dtype, precision=arm, progress=False,
+                                        cuda_graphs=cuda_graphs)
         if time_shift is not None:
             pipe.scheduler = FlowMatchEulerScheduler.from_config(SCHEDULER_CONFIG, time_shift=time_shift)
         return pipe
     return OmniGen2Pipeline.from_pretrained(model, dtype=dtype, device=device, precision=arm, time_shift=time_shift,
-                                            progress=False)
+                                            progress=False, cuda_graphs=cuda_graphs)
 
 
 def free_pipeline(pipe) -> None:
