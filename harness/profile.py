@@ -262,7 +262,6 @@ def quantize_unpadded(transformer: nn.Module, config) -> dict:
     """
     from omnigen2_fp8.fp8.config import Kernel
     from omnigen2_fp8.fp8.linear import Fp8Linear
-    from omnigen2_fp8.fp8.primitives import quantize_weight
     from omnigen2_fp8.fp8.quantize import Fp8Report, fold_swiglu, swap_linears
 
     fallback, aligned = [], []
@@ -270,17 +269,8 @@ def quantize_unpadded(transformer: nn.Module, config) -> dict:
     def build(name: str, linear: nn.Linear) -> Fp8Linear:
         ok = linear.in_features % 16 == 0 and linear.out_features % 16 == 0
         (aligned if ok else fallback).append(name)
-        layer = Fp8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                          weight_granularity=config.weight_granularity,
-                          activation_granularity=config.activation_granularity, pad_multiple=1,
-                          kernel=config.kernel if ok else Kernel.TORCH_REFERENCE, device="meta")
-        q, scale = quantize_weight(linear.weight, config.weight_granularity.value == "per_channel", 1)
-        layer.weight = nn.Parameter(q, requires_grad=False)
-        layer.weight_scale = scale
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        layer.refresh_kernel()
-        return layer
+        return Fp8Linear.from_linear(linear, config, pad_multiple=1,
+                                     kernel=config.kernel if ok else Kernel.TORCH_REFERENCE)
 
     if config.fuse_projections and hasattr(transformer, "fuse_projections"):
         transformer.fuse_projections()

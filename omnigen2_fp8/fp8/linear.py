@@ -76,16 +76,20 @@ class Fp8Linear(nn.Module):
         self._resolved: Kernel | None = None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: Fp8Config) -> "Fp8Linear":
-        """Quantize an nn.Linear's weight (padding once, here); the caller drops the BF16 layer afterwards."""
+    def from_linear(cls, linear: nn.Linear, config: Fp8Config, *, pad_multiple: int | None = None,
+                    kernel: Kernel | None = None) -> "Fp8Linear":
+        """Quantize an nn.Linear's weight (padding once, here); the caller drops the BF16 layer afterwards.
+
+        `pad_multiple` / `kernel` override the config's (benchmarks build deliberately unpadded layers with them).
+        """
         if linear.weight.is_meta:
             raise ValueError("cannot quantize a linear whose weight is on the meta device; load the weights first")
+        pad = config.pad_multiple if pad_multiple is None else pad_multiple
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     weight_granularity=config.weight_granularity,
-                    activation_granularity=config.activation_granularity, pad_multiple=config.pad_multiple,
-                    kernel=config.kernel, device="meta")
-        q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL,
-                                   config.pad_multiple)
+                    activation_granularity=config.activation_granularity, pad_multiple=pad,
+                    kernel=config.kernel if kernel is None else kernel, device="meta")
+        q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL, pad)
         layer.weight = nn.Parameter(q, requires_grad=False)
         layer.weight_scale = scale
         if linear.bias is not None:
