@@ -25,20 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
-from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig  # noqa: E402
+from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
+from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
-
-
-def build_model(preset: str, device: str) -> OmniGen2Transformer:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = OmniGen2Transformer(TransformerConfig.from_name(preset))
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval().requires_grad_(False)
 
 
 def make_inputs(model: OmniGen2Transformer, latent_side: int, ref_side: int, text_len: int, device: str):
@@ -54,41 +44,6 @@ def make_inputs(model: OmniGen2Transformer, latent_side: int, ref_side: int, tex
 
 def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
-    """Median of CUDA-event (or perf_counter on CPU) times of whole forwards, after warm-up."""
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model(*inputs)
-        sync(device)
-        first_s = time.perf_counter() - t0
-        for _ in range(warmup - 1):
-            model(*inputs)
-        sync(device)
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(*inputs)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t = time.perf_counter()
-                model(*inputs)
-                times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    med = times[len(times) // 2]
-    q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
-    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
-            "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}
 
 
 KERNEL_CATEGORIES = (  # first match wins; lower-case substrings of kernel names
@@ -163,7 +118,7 @@ def load_peak(folder: Path, device: str, then_quantize: bool = False) -> dict:
 def run(args, result: dict) -> None:
     device = args.device
     save = lambda: write_json_atomic(args.out, result)  # noqa: E731
-    model = build_model(args.preset, device)
+    model = build_model(device, torch.bfloat16, args.preset)
     inputs = make_inputs(model, args.latent_side, args.latent_side, args.text_tokens, device)
     tokens = 2 * (args.latent_side // 2) ** 2 + args.text_tokens
     result["shape"] = {"latent": [16, args.latent_side, args.latent_side], "ref_latent": [16, args.latent_side,

@@ -24,13 +24,13 @@ SHAPES = {  # name: (output side in pixels, reference side in pixels, text token
 }
 
 
-def build_model(device: str, dtype: torch.dtype) -> OmniGen2Transformer:
-    """Full-size model with random weights made directly on the device (no CPU init, no checkpoint)."""
+def build_model(device: str, dtype: torch.dtype, preset: str = "omnigen2") -> OmniGen2Transformer:
+    """A model with random weights made directly on the device (no CPU init, no checkpoint)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = OmniGen2Transformer(TransformerConfig.from_name("omnigen2"))
+            model = OmniGen2Transformer(TransformerConfig.from_name(preset))
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
@@ -49,24 +49,39 @@ def make_inputs(side: int, ref_side: int, text_len: int, device: str, dtype: tor
     return (latents, t, text, mask, refs), tokens
 
 
-def time_forward(model, inputs, warmup: int, repeats: int) -> dict:
-    """Median and spread of CUDA-event times for whole forwards, after warm-up."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(*inputs)
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
+    """Median and spread of whole-forward times (CUDA events, perf_counter on a CPU); the first of the `warmup`
+    untimed calls is reported as `first_call_s` (compilation, autotuning, lazy initialisation)."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(*inputs)
+        sync(device)
+        first_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
+            model(*inputs)
+        sync(device)
         times = []
         for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(*inputs)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+            if str(device).startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(*inputs)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                model(*inputs)
+                times.append((time.perf_counter() - t) * 1e3)
     times.sort()
     q1, med, q3 = times[len(times) // 4], times[len(times) // 2], times[(3 * len(times)) // 4]
     return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
-            "iqr_over_median": (q3 - q1) / med}
+            "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}
 
 
 def top_kernels(model, inputs, n: int = 15) -> list[dict]:
@@ -107,19 +122,10 @@ def main() -> None:
     modes = ["eager"] + ([] if args.no_compile else ["compiled"])
     for mode in modes:
         if mode == "compiled":
-            start = time.perf_counter()
             model.compile_blocks()
         for name, (side, ref_side, text_len) in SHAPES.items():
             inputs, tokens = make_inputs(side, ref_side, text_len, device, dtype)
-            if mode == "compiled":
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    model(*inputs)
-                torch.cuda.synchronize()
-                compile_s = time.perf_counter() - t0
-            stats = time_forward(model, inputs, args.warmup, args.repeats)
-            if mode == "compiled":
-                stats["first_call_s"] = compile_s
+            stats = time_forward(model, inputs, device, args.warmup, args.repeats)
             entry = results["shapes"].setdefault(name, {"tokens": tokens, "side": side, "ref_side": ref_side,
                                                         "text_tokens": text_len})
             entry[mode] = stats
