@@ -14,6 +14,8 @@ from omnigen2_fp8.fp8 import (Fp8Config, Fp8ConfigError, Fp8Linear, Fp8Quantizat
                               quantize_fp8)
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
+from golden_cases import find_case
+
 TARGET = re.compile(r"(layers|noise_refiner|ref_image_refiner|context_refiner)\.\d+\."
                     r"(attn\.(to_q|to_k|to_v|to_qkv|to_out\.0)|feed_forward\.(linear_1|linear_2|linear_3|linear_13))")
 
@@ -61,7 +63,7 @@ def test_include_exclude_patterns_fnmatch_and_regex():
 
 
 def test_golden_model_quantized_stays_close(golden_dir):
-    case = golden_dir / "transformer_batch"
+    case = find_case("transformer_batch", golden_dir)
     model = OmniGen2Transformer.from_pretrained(case / "transformer")
     io = load_file(str(case / "io.safetensors"))
     latents = [io["latent.0"], io["latent.1"]]

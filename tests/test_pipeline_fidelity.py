@@ -1,12 +1,11 @@
 """The pipeline's own denoise loop and decode against the official code (golden denoise cases, float32 CPU).
 
-Cases are discovered: every golden folder whose case.json describes a denoising run (num_inference_steps) and
-whose io.safetensors holds the expected `decoded` image is checked, so new cases of the same kind are picked up.
+Cases are discovered (tests/golden_cases.py): every golden folder whose case.json describes a denoising run without
+step caching is checked, so new cases of the same kind are picked up.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,18 +18,7 @@ from omnigen2_fp8.pipeline import OmniGen2Pipeline, PromptEmbeds
 from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
 from omnigen2_fp8.transformer import OmniGen2Transformer
 
-# Same location rule as conftest.golden_dir (needed at collection time for the parametrisation).
-GOLDEN_ROOT = Path(os.environ.get("OMNIGEN2_GOLDEN_DIR",
-                                  Path(__file__).resolve().parents[2] / "shared" / "golden" / "omnigen2"))
-
-
-def _denoise_cases(root: Path) -> list[Path]:
-    cases = []
-    for case_file in sorted(root.glob("**/case.json")):
-        case = json.loads(case_file.read_text())
-        if "num_inference_steps" in case and (case_file.parent / "io.safetensors").is_file():
-            cases.append(case_file.parent)
-    return cases
+from golden_cases import denoise_cases
 
 
 def _refs(io: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -43,10 +31,10 @@ def _mask(io: dict[str, torch.Tensor], name: str, embeds: torch.Tensor) -> torch
 
 
 def test_golden_denoise_cases_exist(golden_dir):
-    assert _denoise_cases(golden_dir), f"no denoise cases under {golden_dir}"
+    assert denoise_cases(golden_dir), f"no denoise cases under {golden_dir}"
 
 
-@pytest.mark.parametrize("case_dir", _denoise_cases(GOLDEN_ROOT), ids=lambda p: p.name)
+@pytest.mark.parametrize("case_dir", denoise_cases(), ids=lambda p: p.name)
 def test_denoise_and_decode_match_the_official_pipeline(case_dir: Path):
     case = json.loads((case_dir / "case.json").read_text())
     if case.get("dtype", "float32") != "float32":

@@ -1,7 +1,6 @@
 """The flow-matching Euler scheduler against the official time grids (every case in scheduler_timesteps.json)."""
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -9,13 +8,11 @@ import torch
 
 from omnigen2_fp8.scheduler import FlowMatchEulerScheduler, dynamic_shift, shift_times
 
-
-def _golden_grids(golden_dir):
-    return json.loads((golden_dir / "scheduler_timesteps.json").read_text())
+from golden_cases import scheduler_grids
 
 
 def test_dynamic_shift_grids_match_the_official_scheduler(golden_dir):
-    grids = _golden_grids(golden_dir)
+    grids = scheduler_grids(golden_dir)
     assert grids, "no golden scheduler cases"
     for name, expected in grids.items():
         match = re.fullmatch(r"steps(\d+)_tokens(\d+)", name)

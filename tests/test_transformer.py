@@ -13,9 +13,7 @@ from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
 from omnigen2_fp8.loading import CheckpointMismatchError, CheckpointNotFoundError
 from omnigen2_fp8.transformer import ConfigError
 
-
-def golden_cases(golden_root: Path) -> list[Path]:
-    return sorted(p for p in golden_root.glob("transformer_*") if (p / "io.safetensors").is_file())
+from golden_cases import find_case, transformer_cases
 
 
 def load_case(case: Path):
@@ -35,12 +33,11 @@ def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_golden_cases_exist(golden_dir):
-    assert len(golden_cases(golden_dir)) >= 2
+    assert len(transformer_cases(golden_dir)) >= 2
 
 
-@pytest.mark.parametrize("case_name", ["transformer_batch", "transformer_t2i"])
-def test_golden_parity(golden_dir, case_name):
-    case = golden_dir / case_name
+@pytest.mark.parametrize("case", transformer_cases(), ids=lambda p: p.name)
+def test_golden_parity(case):
     model = OmniGen2Transformer.from_pretrained(case / "transformer", dtype=torch.float32)
     latents, t, text, mask, refs, expected = load_case(case)
     with torch.no_grad():
@@ -52,7 +49,7 @@ def test_golden_parity(golden_dir, case_name):
 
 def test_every_golden_case(golden_dir):
     """Any further case of the same format placed beside the shipped ones is checked too."""
-    for case in golden_cases(golden_dir):
+    for case in transformer_cases(golden_dir):
         model = OmniGen2Transformer.from_pretrained(case, dtype=torch.float32)  # top-level folder works too
         latents, t, text, mask, refs, expected = load_case(case)
         with torch.no_grad():
@@ -165,7 +162,7 @@ def test_save_load_round_trip(tiny_model, tmp_path, shard_size):
 
 
 def test_bf16_forward_stays_close(golden_dir):
-    case = golden_dir / "transformer_batch"
+    case = find_case("transformer_batch", golden_dir)
     model = OmniGen2Transformer.from_pretrained(case / "transformer", dtype=torch.bfloat16)
     latents, t, text, mask, refs, expected = load_case(case)
     with torch.no_grad():
@@ -188,7 +185,7 @@ def test_missing_folder_names_what_was_looked_for(tmp_path, monkeypatch):
 
 def copy_golden_transformer(golden_dir: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "transformer"
-    shutil.copytree(golden_dir / "transformer_batch" / "transformer", dst)
+    shutil.copytree(find_case("transformer_batch", golden_dir) / "transformer", dst)
     for f in dst.iterdir():
         f.chmod(0o644)
     return dst
