@@ -59,7 +59,7 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(run_one(*args.one)), flush=True)
         return
-    from harness.records import run_manifest, write_json_atomic
+    from harness.core.records import run_manifest, write_json_atomic
 
     rows = []
     for precision, mode, attention in CONFIGS:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel  # noqa: E402
 from omnigen2_fp8.fp8 import kernels  # noqa: E402
 from omnigen2_fp8.fp8 import primitives as P  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
 from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
 from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig  # noqa: E402
 
 SHAPES = {  # name: (output side in pixels, reference side in pixels, text tokens)

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from harness.gedit import main as gedit_main
-    from harness.records import write_json_atomic
+    from harness.core.records import write_json_atomic
 
     if args.from_run:
         return summarize(Path(args.out), Path(args.json), args.batch_size, write_json_atomic)

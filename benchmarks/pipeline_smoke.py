@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8 import synthetic  # noqa: E402
 
 # name: (side in pixels, references, steps, pipeline settings)

@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from harness.records import read_jsonl, run_manifest, write_json_atomic, write_text_atomic
+from harness.core.records import read_jsonl, run_manifest, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("harness.distributed")
 

@@ -46,7 +46,7 @@ from harness.generate import (SettingsMismatchError, arm_settings, check_or_reco
                               read_arm_settings)
 from harness.judge import QwenJudge, judge_calls_for_sample
 from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
-from harness.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
+from harness.core.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
                              write_text_atomic)
 from harness.scoring import METRICS, headline_table, sample_table, task_table
 from harness.stats import paired_deltas

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from harness.data import SampleRef, load_source_image
 from harness.distributed import rank_file
-from harness.records import append_jsonl, read_jsonl
+from harness.core.records import append_jsonl, read_jsonl
 from harness.tasks import GenerationSpec
 
 GENERATION_LOG = "generation.jsonl"
@@ -53,7 +53,7 @@ def check_or_record_settings(root: str | Path, arm: str, settings: dict) -> None
     """Record an arm's settings in `<root>/<arm>/generation_settings.json`, or refuse if it holds other ones."""
     import json
 
-    from harness.records import write_json_atomic
+    from harness.core.records import write_json_atomic
 
     path = Path(root) / arm / SETTINGS_FILE
     if path.is_file():

@@ -2,7 +2,7 @@
 
 What is counted
 - CUDA runs: device kernels (and memcpy / memset) launched while a `stage::denoise_step` range was open
-  (harness.timing.StageTimer opens these ranges), with their self time on the GPU. Each kernel is attributed to the
+  (harness.core.timing.StageTimer opens these ranges), with their self time on the GPU. Each kernel is attributed to the
   CPU op that launched it (aten::_scaled_mm, aten::addmm, ...) and to the enclosing layer range (`layer::<fqn>`,
   opened by `layer_ranges` around every linear layer of the transformer).
 - CPU runs (CI): there are no kernels, so the rows are the leaf CPU ops (aten::_scaled_mm, aten::mm, ...) with
@@ -46,8 +46,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from harness.records import write_text_atomic
-from harness.timing import STAGE_RANGE_PREFIX
+from harness.core.records import write_text_atomic
+from harness.core.timing import STAGE_RANGE_PREFIX
 
 LAYER_RANGE_PREFIX = "layer::"
 # Layer methods that callers use instead of __call__ (Fp8Linear's, called by the folded SwiGLU feed-forward);

@@ -16,7 +16,7 @@ Method (profile.md and profile.json repeat it):
    can hold nothing of another arm. Then the remaining warm-up calls.
 3. Timing. All transformers back on the GPU; `--repeats` rounds, each running every arm once in the same order
    (ABAB...), so drift of clocks or temperature hits every arm alike. End to end: perf_counter between two
-   synchronisations. Stages: CUDA events per stage and per denoising step (harness.timing.StageTimer).
+   synchronisations. Stages: CUDA events per stage and per denoising step (harness.core.timing.StageTimer).
 4. Profile (after timing, so the profiler never perturbs the timings): one call per arm with `--profile-steps`
    denoising steps under torch.profiler, with a `layer::<name>` range around every linear of the transformer
    (not under --compile); the kernel tables cover the denoising steps; per-stage kernel sums cover every stage.
@@ -49,8 +49,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import kernels as K
-from harness import timing as T
-from harness.records import REPO_ROOT, SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
+from harness.core import timing as T
+from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
 from harness.tasks import TaskError, apply_overrides, build_dataclass, load_task
 
 SCHEMA_VERSION = 1

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from harness import plots
-from harness.records import SYNTHETIC_WARNING, write_text_atomic
+from harness.core import plots
+from harness.core.records import SYNTHETIC_WARNING, write_text_atomic
 
 METRICS = ("SC", "PQ", "O")
 METRIC_LABELS = {"SC": "Q_SC", "PQ": "Q_PQ", "O": "Q_O"}

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from harness.records import REPO_ROOT
+from harness.core.records import REPO_ROOT
 
 TASKS_ROOT = REPO_ROOT / "tasks"
 

@@ -20,7 +20,7 @@ import torch
 from harness import distributed as hd
 from harness.data import SampleRef
 from harness.gedit import main
-from harness.records import append_jsonl, read_jsonl
+from harness.core.records import append_jsonl, read_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--synthetic", "tiny", "--no-progress", "--bootstrap", "200", "--per-task", "2", "--languages", "en",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness import kernels as K
-from harness.timing import StageTimer
+from harness.core.timing import StageTimer
 from omnigen2_fp8.fp8.config import Fp8Config, Kernel
 from omnigen2_fp8.fp8.linear import Fp8Linear
 from omnigen2_fp8.fp8.quantize import quantize_fp8

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from harness import profile as P
-from harness.records import SYNTHETIC_WARNING
+from harness.core.records import SYNTHETIC_WARNING
 
 TINY_SCENARIO = """\
 task: tiny-edit

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import plots, report
-from harness.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness import report
+from harness.core import plots
+from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
 
 SCENARIO = f"""task: tiny-64
 include: {REPO_ROOT / "tasks" / "profile" / "_template.yaml"}

@@ -1,4 +1,4 @@
-"""harness.timing: statistics, warm-up exclusion, stage timers, peak-memory phases."""
+"""harness.core.timing: statistics, warm-up exclusion, stage timers, peak-memory phases."""
 from __future__ import annotations
 
 import time
@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from harness import timing
-from harness.timing import HighSpreadWarning, StageTimer, summarize_ms, summarize_stage_runs
+from harness.core import timing
+from harness.core.timing import HighSpreadWarning, StageTimer, summarize_ms, summarize_stage_runs
 
 
 def test_summary_statistics_match_hand_computed_quartiles():

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("SYNTHETIC: tiny model with random weights; the ranking on a real checkpoint can differ.")
     print(format_rows(rows))
     if args.json:
-        from harness.records import run_manifest, write_json_atomic
+        from harness.core.records import run_manifest, write_json_atomic
 
         write_json_atomic(args.json, {"manifest": run_manifest(synthetic="tiny" if synthetic else False,
                                                                device=args.device),
