@@ -50,7 +50,8 @@ from harness.core.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, r
                              write_text_atomic)
 from harness.scoring import METRICS, headline_table, sample_table, task_table
 from harness.stats import paired_deltas
-from harness.tasks import GeditTaskConfig, TaskError, apply_overrides, load_gedit_task
+from harness.core.tasks import TaskError, apply_overrides
+from harness.tasks import GeditTaskConfig, load_gedit_task
 
 log = logging.getLogger("harness.gedit")
 

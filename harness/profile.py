@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from harness import kernels as K
 from harness.core import timing as T
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
-from harness.tasks import TaskError, apply_overrides, build_dataclass, load_task
+from harness.core.tasks import TaskError, apply_overrides, build_dataclass, load_task
 
 SCHEMA_VERSION = 1
 ARM_NAMES = ("bf16", "fp8", "fp8-nopad")
