@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from harness.data import SampleRef, shard_samples  # noqa: E402
+from harness.gedit.data import SampleRef, shard_samples  # noqa: E402
 from harness.core.records import read_jsonl, run_manifest, write_json_atomic  # noqa: E402
 
 GROUPS = ["background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",

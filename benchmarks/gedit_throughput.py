@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not run anything: summarise the finished run already in --out")
     args = parser.parse_args(argv)
 
-    from harness.gedit import main as gedit_main
+    from harness.gedit.__main__ import main as gedit_main
     from harness.core.records import write_json_atomic
 
     if args.from_run:

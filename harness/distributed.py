@@ -239,8 +239,8 @@ def _crash(rank: int, what: str) -> None:
 
 def generate_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
     """Edit this rank's share of the selection (every arm) with `gedit.run_generate`; returns the share's size."""
-    from harness.data import shard_samples
-    from harness.generate import pending_samples
+    from harness.gedit.data import shard_samples
+    from harness.gedit.generate import pending_samples
 
     shard = shard_samples(samples, me.rank, me.world_size)
     stop = fault_after(me.rank, "generate")
@@ -299,7 +299,7 @@ def run_sharded(args, stage: str = "all", gedit=None):
     raise exception classes its caller does not catch); default: import it.
     """
     if gedit is None:
-        from harness import gedit
+        from harness.gedit import __main__ as gedit
     me = init_from_env(args.device)
     try:
         _label_logs(me)

@@ -776,7 +776,7 @@ class SourceImages:
         return self._ds[row]["input_image"].convert("RGB")
 
     def _load(self) -> None:
-        from harness.data import DatasetError, load_gedit_dataset
+        from harness.gedit.data import DatasetError, load_gedit_dataset
 
         self._rows = {}
         where = self.location()

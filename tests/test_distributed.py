@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from harness import distributed as hd
-from harness.data import SampleRef
-from harness.gedit import main
+from harness.gedit.data import SampleRef
+from harness.gedit.__main__ import main
 from harness.core.records import append_jsonl, read_jsonl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.gedit import main
+from harness.gedit.__main__ import main
 from harness.core.records import SYNTHETIC_WARNING, read_jsonl
 
 GROUPS = ["color_alter", "ps_human", "subject-remove", "text_change"]  # 4 of the 11, to keep the test short

@@ -33,7 +33,8 @@ steps: 2
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from harness import gedit, profile
+    from harness import profile
+    from harness.gedit import __main__ as gedit
 
     root = tmp_path_factory.mktemp("runs")
     rc = gedit.main(["--synthetic", "tiny", "--out", str(root / "gedit"), "--tasks", "color_alter",

@@ -38,18 +38,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from harness import data as gdata
+from harness.gedit import data as gdata
 from harness import distributed
-from harness.fidelity import fidelity_table, summarize_fidelity
-from harness.generate import (SettingsMismatchError, arm_settings, check_or_record_settings, edit_path,
+from harness.gedit.fidelity import fidelity_table, summarize_fidelity
+from harness.gedit.generate import (SettingsMismatchError, arm_settings, check_or_record_settings, edit_path,
                               free_pipeline, generate_samples, generation_records, load_arm_pipeline, pending_samples,
                               read_arm_settings)
-from harness.judge import QwenJudge, judge_calls_for_sample
-from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
+from harness.gedit.judge import QwenJudge, judge_calls_for_sample
+from harness.gedit.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
 from harness.core.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
                              write_text_atomic)
-from harness.scoring import METRICS, headline_table, sample_table, task_table
-from harness.stats import paired_deltas
+from harness.gedit.scoring import METRICS, headline_table, sample_table, task_table
+from harness.gedit.stats import paired_deltas
 from harness.core.tasks import TaskError, apply_overrides
 from harness.tasks import GeditTaskConfig, load_gedit_task
 
@@ -195,7 +195,7 @@ def prepare_synthetic(ctx: RunContext, explicit_dataset: bool, explicit_model: b
     """Write (or reuse) the synthetic dataset and tiny checkpoints under <out>/_synthetic; point ctx at them."""
     from omnigen2_fp8.synthetic import write_synthetic_checkpoint
 
-    from harness.judge import write_synthetic_judge
+    from harness.gedit.judge import write_synthetic_judge
 
     work = ctx.out / "_synthetic"
     if not explicit_dataset:
@@ -311,7 +311,7 @@ def load_judge(ctx: RunContext) -> QwenJudge:
     spec = ctx.config.judge
     kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
     if ctx.judge_model == "synthetic:full":
-        from harness.judge import build_full_synthetic_judge
+        from harness.gedit.judge import build_full_synthetic_judge
 
         return build_full_synthetic_judge(ctx.device, **kwargs)
     judge = QwenJudge.load(ctx.judge_model, ctx.device, **kwargs)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from harness.data import SampleRef, load_source_image
+from harness.gedit.data import SampleRef, load_source_image
 from harness.distributed import rank_file
 from harness.core.records import append_jsonl, read_jsonl
 from harness.tasks import GenerationSpec
