@@ -6,7 +6,7 @@ import pytest
 
 from harness.gedit.data import (DatasetError, load_gedit_dataset, load_source_image, make_synthetic_gedit, select_samples,
                           selection_summary, write_synthetic_gedit)
-from harness.tasks import GEDIT_TASK_GROUPS, SelectionSpec
+from harness.gedit.config import GEDIT_TASK_GROUPS, SelectionSpec
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from harness.core.tasks import TaskError, apply_overrides, discover_tasks, find_task, load_task_file
-from harness.tasks import GEDIT_TASK_GROUPS, GeditTaskConfig, load_gedit_task
+from harness.gedit.config import GEDIT_TASK_GROUPS, GeditTaskConfig, load_gedit_task
 
 
 def test_shipped_gedit_tasks_validate():
@@ -59,7 +59,7 @@ def test_overrides_are_logged_and_revalidated():
 
 def test_group_task_files_are_current(tmp_path):
     from harness.core.tasks import TASKS_ROOT
-    from harness.tasks import write_gedit_group_tasks
+    from harness.gedit.config import write_gedit_group_tasks
 
     fresh = write_gedit_group_tasks(tmp_path)
     assert len(fresh) == 2 * len(GEDIT_TASK_GROUPS)

@@ -87,6 +87,16 @@ class Shard:
         """This rank's share of `items`: every world_size-th item starting at `rank` (all of them for one rank)."""
         return list(items[self.rank::self.world_size])
 
+    def main_first(self, make: Callable[[], T]) -> T:
+        """`make()` on the main rank first, then on the others: for work that writes shared files (synthetic models,
+        data) which the other ranks then reuse instead of writing them concurrently."""
+        if self.is_main:
+            value = make()
+            self.barrier()
+            return value
+        self.barrier()
+        return make()
+
     def barrier(self) -> None:
         """Wait for every rank (nothing to wait for in a single process)."""
         if self._in_group():

@@ -160,6 +160,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TaskError(f"{where} must be a mapping, found {type(value).__name__}: {value!r}")
+        _, value_tp = typing.get_args(tp) or (Any, Any)
+        return {k: _coerce(value_tp, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, where)
     if tp is Any:

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from harness.tasks import GEDIT_LANGUAGES, GEDIT_TASK_GROUPS, SelectionSpec
+from harness.gedit.config import GEDIT_LANGUAGES, GEDIT_TASK_GROUPS, SelectionSpec
 
 # English sample counts of the real benchmark (the Chinese half has the same keys).
 GEDIT_EN_COUNTS = {"background_change": 40, "color_alter": 40, "material_alter": 40, "motion_change": 40,
