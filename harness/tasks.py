@@ -15,6 +15,9 @@ import sys
 from harness.core.tasks import TASKS_ROOT, TaskError, discover_tasks, load_task, load_task_file
 from harness.gedit.config import load_gedit_task, write_gedit_group_tasks
 
+# kind -> loader that validates one task of that kind by name or path (the profiler's scenarios can join here)
+VALIDATORS = {"gedit": load_gedit_task}
+
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "validate":
             names = args.names or list(discover_tasks("gedit"))
             for name in names:
-                cfg = load_gedit_task(name)
+                cfg = VALIDATORS["gedit"](name)
                 print(f"ok  {cfg.task}")
         elif args.command == "generate-gedit-groups":
             print(f"wrote {len(write_gedit_group_tasks())} task files")
