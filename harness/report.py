@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -98,9 +99,14 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
     if has_summary and has_profile:
         raise ReportError(f"{path} holds both summary.json and profile.json; give each run its own --out folder")
     if has_profile:
-        return ProfileRun(path, _read_json(path / "profile.json"))
+        profile = _read_json(path / "profile.json")
+        _require_weights_flag(path / "profile.json", (profile.get("manifest") or {}).get("synthetic_weights"),
+                              "python -m harness.profile")
+        return ProfileRun(path, profile)
     if has_summary:
         summary = _read_json(path / "summary.json")
+        _require_weights_flag(path / "summary.json", summary.get("synthetic"),
+                              f"python -m harness.gedit --stage score --out {path}")
         files = summary.get("files") or {}
         scores_path = path / (files.get("scores") or "scores.csv")
         scores = pd.read_csv(scores_path, keep_default_na=False, na_values=[""]) if scores_path.is_file() else None
@@ -109,6 +115,13 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
         return GeditRun(path, summary, scores, samples)
     raise ReportError(f"{path} holds neither summary.json (a `python -m harness.gedit` run; its score stage writes "
                       "it) nor profile.json (a `python -m harness.profile` run); point at the run's --out folder")
+
+
+def _require_weights_flag(path: Path, flag: Any, fix: str) -> None:
+    """A result that does not record whether its weights were synthetic must not be reported as real."""
+    if not isinstance(flag, (bool, str)):
+        raise ReportError(f"{path} does not record whether its weights were synthetic (written by another tool, or "
+                          f"damaged); rerun `{fix}` to rewrite it")
 
 
 def _read_json(path: Path) -> dict:
@@ -908,6 +921,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.grid_samples < 0:
         print("error: --grid-samples must be >= 0", file=sys.stderr)
+        return 2
+    if Path(args.out).is_dir():
+        print(f"error: -o {args.out} is a folder; give the markdown file to write, e.g. -o {Path(args.out) / 'report.md'}",
+              file=sys.stderr)
+        return 2
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=Path(args.out).parent, prefix=".write-probe."):
+            pass
+    except OSError as err:
+        print(f"error: cannot write {args.out} ({err.strerror or err}); pass -o in a writable folder", file=sys.stderr)
         return 2
     try:
         out = build_report(args.runs, args.out, dataset=args.dataset, grid_samples=args.grid_samples)
