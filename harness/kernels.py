@@ -35,6 +35,7 @@ import bisect
 import contextlib
 import csv
 import io
+import os
 import re
 import sys
 import warnings
@@ -258,10 +259,36 @@ def profiler_activities(device: str | torch.device) -> list:
 
 
 @contextlib.contextmanager
-def capture(device: str | torch.device, *, record_shapes: bool = False) -> Iterator[torch.profiler.profile]:
-    """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device)."""
-    with torch.profiler.profile(activities=profiler_activities(device), record_shapes=record_shapes) as prof:
+def capture(device: str | torch.device, *, record_shapes: bool = False,
+            log: str | Path | None = None) -> Iterator[torch.profiler.profile]:
+    """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device).
+
+    log: a file that receives this process's stderr while the profiler starts and stops (its C++ layer prints
+    "USDT: ... profiler_start" and driver probes there, past Python's logging); None leaves stderr alone.
+    """
+    with stderr_to(log) if log else contextlib.nullcontext():
+        prof = torch.profiler.profile(activities=profiler_activities(device), record_shapes=record_shapes)
+        prof.__enter__()
+    try:
         yield prof
+    finally:
+        with stderr_to(log) if log else contextlib.nullcontext():
+            prof.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def stderr_to(path: str | Path) -> Iterator[None]:
+    """Send file descriptor 2 (stderr of Python and of C++ libraries alike) to the end of `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> ProfileCapture:
@@ -532,6 +559,7 @@ class FallbackReport:
     expected_fp8_linear_calls_per_step: float | None
     expected_bf16_linear_calls_per_step: float | None
     note: str | None = None             # context for the reader, e.g. FP8 emulated on a CPU
+    emulated: bool = False              # FP8 emulated by design on this device: the check does not apply here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -628,10 +656,14 @@ def _short(name: str, width: int = 90) -> str:
 
 
 def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
-    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean."""
+    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean, one
+    quiet line when FP8 is emulated on this device by design (a CPU: there is no FP8 kernel to fall back from)."""
+    stream = stream or sys.stderr
+    if report.emulated:
+        print(f"{arm}: FP8 fallback check not applicable on this device (FP8 emulated)", file=stream, flush=True)
+        return
     if not report.fallback_detected:
         return
-    stream = stream or sys.stderr
     bar = "!" * 100
     lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
     lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls"

@@ -467,7 +467,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     # Hooks inside compiled blocks would break the graphs; replayed CUDA graphs run no Python ranges at all.
     ranges = not (options.compile or options.cuda_graphs)
     transformer = arm.pipe.transformer
-    with K.capture(device) as prof:
+    with K.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
         with K.layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
             call_pipeline(arm, scenario, images, steps, T.StageTimer(device))
             T.synchronize(device)
@@ -482,6 +482,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     report = K.detect_fallbacks(capture, arm.precisions, layer_calls=dict(layer_calls) if ranges else None,
                                 expect_fp8=arm.name != "bf16")
     report.note = fallback_note(arm, options, device)
+    report.emulated = report.checked and fp8_emulated(arm, options, device)
     return {
         "time_unit": capture.time_unit, "profiled_steps": capture.steps, "device_kind": capture.device_kind,
         "total_us_in_steps": sum(r.total_us for r in rows),
@@ -500,12 +501,21 @@ def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> st
         return (f"deliberately unpadded arm: {len(q.get('fallback_layers', []))} layers with K or N not a multiple "
                 f"of 16 run the fallback GEMM (torch-reference: dequantise + high-precision matmul); "
                 f"{len(q.get('aligned_layers', []))} aligned layers keep kernel {options.fp8_kernel}")
-    kernels = q.get("resolved_kernels") or {}
-    if device.type != "cuda" and set(kernels) == {"torch-reference"} and options.fp8_kernel == "auto":
+    if fp8_emulated(arm, options, device):
         return ("FP8 is emulated on this device: Fp8Config(kernel='auto') resolves to torch-reference on a CPU, "
                 "so no FP8 GEMM can run; these findings are expected here, and would be a fallback on a GPU")
     return None
 
+
+def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
+    """True when FP8 is emulated by design: kernel 'auto' on a device without FP8 GEMMs resolves to torch-reference
+    (the deliberately unpadded arm is a fallback on purpose, not emulation)."""
+    kernels = (arm.quantization or {}).get("resolved_kernels") or {}
+    return (arm.name != "fp8-nopad" and device.type != "cuda" and set(kernels) == {"torch-reference"}
+            and options.fp8_kernel == "auto")
+
+
+PROFILER_LOG = "profiler.log"  # what the profiler's C++ layer prints while it starts and stops
 
 # ----------------------------------------------------------------------------------------------------- runner
 def run_profile(options: ProfileOptions) -> dict:
@@ -551,11 +561,17 @@ def run_profile(options: ProfileOptions) -> dict:
             bar.close()
             _finish(record, arms, scenario, options, caught, out)
     seen = set()
+    spread = [w for w in caught if issubclass(w.category, T.HighSpreadWarning)]
     for w in caught:  # replay what was recorded so the console still shows it (once per message)
         text = f"{w.category.__name__}: {w.message}"
-        if text not in seen and not issubclass(w.category, K.FallbackKernelWarning):  # its banner is printed
+        # fallbacks have their own line or banner; spread warnings get one note (profile.json keeps each)
+        if text not in seen and not issubclass(w.category, (K.FallbackKernelWarning, T.HighSpreadWarning)):
             seen.add(text)
             print(f"warning: {text}", file=sys.stderr)
+    if spread:
+        print(f"note: {len(spread)} timings spread more than {T.SPREAD_WARN_FRACTION:.0%} (IQR/median), marked ! in "
+              f"profile.md and listed under 'warnings' in profile.json; use more --repeats or a quieter machine",
+              file=sys.stderr)
     return record
 
 
@@ -817,7 +833,8 @@ def _kernel_sections(rec: dict, names: list[str]) -> list[str]:
         if not fb["checked"]:
             lines.append(f"- {n}: not an FP8 arm (BF16 GEMMs per step: {fb['bf16_gemm_calls_per_step']:g})")
             continue
-        verdict = "**FALLBACK DETECTED**" if fb["fallback_detected"] else "clean: no fallback kernels"
+        verdict = ("not applicable on this device (FP8 emulated)" if fb.get("emulated") else
+                   "**FALLBACK DETECTED**" if fb["fallback_detected"] else "clean: no fallback kernels")
         lines.append(f"- {n}: {verdict} ({fb['method']}); FP8 GEMMs per step {fb['fp8_gemm_calls_per_step']:g} "
                      f"(expected {_n(fb['expected_fp8_linear_calls_per_step'])}), high-precision GEMMs per step "
                      f"{fb['bf16_gemm_calls_per_step']:g} (expected {_n(fb['expected_bf16_linear_calls_per_step'])})")

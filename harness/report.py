@@ -320,7 +320,8 @@ def _profile_headline(run: ProfileRun) -> list[str]:
         parts.append(f"; transformer weights {name}/{base} = {fmt(r.get('transformer_gib_ratio'))}")
         fb = a.get("fallback") or {}
         if fb.get("checked"):
-            parts.append("; **FP8 FALLBACK KERNELS DETECTED** (see below)" if fb.get("fallback_detected")
+            parts.append("; FP8 fallback check not applicable on this device (FP8 emulated)" if fb.get("emulated")
+                         else "; **FP8 FALLBACK KERNELS DETECTED** (see below)" if fb.get("fallback_detected")
                          else "; no fallback kernels")
         lines.append("".join(parts) + ".")
     if len(names) == 1:
@@ -533,6 +534,9 @@ def _fallback_section(report: Report, run: ProfileRun, names: list[str]) -> None
                   f"{fmt(fb.get('expected_fp8_linear_calls_per_step'), 1)}), high-precision GEMMs per step "
                   f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)} (expected "
                   f"{fmt(fb.get('expected_bf16_linear_calls_per_step'), 1)}); method: {fb.get('method')}")
+        if fb.get("emulated"):
+            report.add(f"- {n}: not applicable on this device (FP8 emulated). {counts}. {fb.get('note') or ''}")
+            continue
         if not fb.get("fallback_detected"):
             report.add(f"- {n}: clean, no fallback kernels. {counts}.")
             continue
