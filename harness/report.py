@@ -927,8 +927,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --grid-samples must be >= 0", file=sys.stderr)
         return 2
     if Path(args.out).is_dir():
-        print(f"error: -o {args.out} is a folder; give the markdown file to write, e.g. -o {Path(args.out) / 'report.md'}",
-              file=sys.stderr)
+        print(f"error: -o {args.out} is a folder; give the markdown file to write, e.g. "
+              f"-o {Path(args.out) / 'report.md'}", file=sys.stderr)
         return 2
     try:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,8 @@ def repair_torn_tail(path: str | os.PathLike, chunk_bytes: int = 1 << 16) -> int
         f.flush()
         os.fsync(f.fileno())
     log.warning("%s: cut off a torn last line (%d bytes, from an interrupted write: %r...) before appending "
-                "(the interrupted record is dropped; a resumed run redoes it)", path, size - keep, fragment[:60].decode("utf-8", "replace"))
+                "(the interrupted record is dropped; a resumed run redoes it)", path, size - keep,
+                fragment[:60].decode("utf-8", "replace"))
     return size - keep
 
 

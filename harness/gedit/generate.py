@@ -28,7 +28,8 @@ log = logging.getLogger("harness.gedit")
 def arm_settings(model: str, arm: str, gen: GenerationSpec, model_weights: str | None = None) -> dict:
     """What decides an arm's images: resume reuses an edit only when these are unchanged (`model_weights`: which
     weights `model` holds, so a moved folder still matches)."""
-    return {"model": model, "model_weights": model_weights, "precision": arm, "seed": gen.seed, "steps": gen.steps, "resolution": gen.resolution,
+    return {"model": model, "model_weights": model_weights, "precision": arm, "seed": gen.seed, "steps": gen.steps,
+            "resolution": gen.resolution,
             "text_guidance_scale": gen.text_guidance_scale, "image_guidance_scale": gen.image_guidance_scale,
             "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
 
