@@ -233,7 +233,7 @@ def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtyp
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from omnigen2_fp8.loading import read_json, resolve_component_folder
-    from omnigen2_fp8.synthetic import read_synthetic_marker
+    from omnigen2_fp8.loading import read_synthetic_marker
     from omnigen2_fp8.text_encoder import load_tokenizer
     from omnigen2_fp8.transformer import OmniGen2Transformer
 

@@ -32,9 +32,8 @@ from . import guidance as cfg
 from .cuda_graphs import CudaGraphForward
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
-from .loading import CheckpointNotFoundError, download_from_hub, read_json
+from .loading import CheckpointNotFoundError, download_from_hub, read_json, read_synthetic_marker
 from .scheduler import FlowMatchEulerScheduler
-from .synthetic import read_synthetic_marker
 from .text_encoder import TextEncoder
 from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
 

@@ -19,7 +19,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-SYNTHETIC_MARKER = "SYNTHETIC.json"
+from .loading import SYNTHETIC_MARKER, mark_synthetic, read_synthetic_marker  # noqa: F401  (importable here too)
+
 SIZES = ("tiny", "full")
 
 # Qwen2 special tokens (real ids in Qwen2.5-VL: <|endoftext|> 151643 ... <|video_pad|> 151656).
@@ -363,23 +364,6 @@ def build_synthetic_pipeline(size: str = "full", device: str | torch.device = "c
     return OmniGen2Pipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerScheduler.from_config(
         SCHEDULER_CONFIG), mllm=mllm, tokenizer=tokenizer, device=device, dtype=dtype,
         synthetic={"size": size, "seed": seed, "what": "random-weight models built in memory"}, **pipeline_kwargs)
-
-
-def mark_synthetic(folder: str | os.PathLike, **info) -> Path:
-    """Write the SYNTHETIC.json marker: this folder holds random weights, not a trained model."""
-    path = Path(folder) / SYNTHETIC_MARKER
-    _write_json(path, {"synthetic": True, "note": "random weights, not a trained model: "
-                       "no quality measured on it means anything", **info})
-    return path
-
-
-def read_synthetic_marker(folder: str | os.PathLike) -> dict | None:
-    """The SYNTHETIC.json content of `folder` (or of its parent, for a component folder), None when absent."""
-    folder = Path(folder)
-    for candidate in (folder / SYNTHETIC_MARKER, folder.parent / SYNTHETIC_MARKER):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
 
 
 def _write_json(path: Path, data: dict) -> None:
