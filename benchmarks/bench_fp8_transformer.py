@@ -5,7 +5,7 @@ reference [16, 128, 128] -> 4096 tokens, 100 text tokens (joint sequence 8292). 
 weights made on the GPU (latency and memory do not depend on weight values; quality numbers would be meaningless).
 Every ratio is measured in this one process: BF16 eager, BF16 compiled (regional: each block), then the same model
 quantized in place with quantize_fp8(model, Fp8Config()), FP8 eager, FP8 compiled. Then both models are saved to
-local disk and reloaded with OmniGen2Transformer.from_pretrained to measure the load-time peak.
+local disk and reloaded with checkpoints.load_transformer to measure the load-time peak.
 
     python benchmarks/bench_fp8_transformer.py --out results/fp8_transformer_h100.json
 """
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
 from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
+from omnigen2_fp8.checkpoints import load_transformer, save_transformer  # noqa: E402
 from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
@@ -98,14 +99,14 @@ def uncompile(model: OmniGen2Transformer) -> None:
 
 
 def load_peak(folder: Path, device: str, then_quantize: bool = False) -> dict:
-    """Peak allocated memory while OmniGen2Transformer.from_pretrained loads `folder` (and optionally quantizes)."""
+    """Peak allocated memory while checkpoints.load_transformer loads `folder` (and optionally quantizes)."""
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    model = OmniGen2Transformer.from_pretrained(folder, dtype=torch.bfloat16, device=device)
+    model = load_transformer(folder, dtype=torch.bfloat16, device=device)
     if then_quantize:
         quantize_fp8(model, Fp8Config())
     torch.cuda.synchronize()
@@ -144,7 +145,7 @@ def run(args, result: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fp8bench-", dir=args.tmp))
     if args.load_peak:
         t0 = time.perf_counter()
-        model.save_pretrained(tmp / "bf16")
+        save_transformer(model, tmp / "bf16")
         result.setdefault("checkpoints", {})["bf16_save_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -235,7 +235,7 @@ def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtyp
     from omnigen2_fp8.loading import read_json, resolve_component_folder
     from omnigen2_fp8.loading import read_synthetic_marker
     from omnigen2_fp8.text_encoder import load_tokenizer
-    from omnigen2_fp8.transformer import OmniGen2Transformer
+    from omnigen2_fp8.checkpoints import load_transformer
 
     model = options.model
     vae_dir = resolve_component_folder(model, "vae")
@@ -246,7 +246,7 @@ def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtyp
                   scheduler_config=read_json(resolve_component_folder(model, "scheduler", "scheduler_config.json")
                                              / "scheduler_config.json"),
                   synthetic_info=read_synthetic_marker(vae_dir.parent),
-                  build_transformer=lambda dev: OmniGen2Transformer.from_pretrained(model, dtype=dtype, device=dev))
+                  build_transformer=lambda dev: load_transformer(model, dtype=dtype, device=dev))
 
 
 def fp8_config_for(options: ProfileOptions):

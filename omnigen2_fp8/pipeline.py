@@ -32,7 +32,7 @@ from . import guidance as cfg
 from .cuda_graphs import CudaGraphForward
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
-from .loading import CheckpointNotFoundError, download_from_hub, read_json, read_synthetic_marker
+from .checkpoints import Components, checkpoint_root, load_components, load_transformer
 from .scheduler import FlowMatchEulerScheduler
 from .text_encoder import TextEncoder
 from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
@@ -40,15 +40,6 @@ from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
 STAGES = ("text_encode", "vae_encode", "prepare_latents", "denoise", "vae_decode")
 PRECISIONS = ("bf16", "fp8")
 DEFAULT_SIZE = 1024
-
-# Component folder -> a file that must be in it (the official OmniGen2 layout).
-COMPONENTS = {
-    "transformer": "config.json",
-    "vae": "config.json",
-    "mllm": "config.json",
-    "processor": "tokenizer_config.json",
-    "scheduler": "scheduler_config.json",
-}
 
 StageHook = Callable[[str], ContextManager]
 
@@ -126,7 +117,8 @@ class EditResult:
 class OmniGen2Pipeline:
     """OmniGen2 image editing with real components: Qwen2.5-VL (transformers), FLUX VAE (diffusers), our DiT.
 
-    Build with `from_pretrained(folder_or_hub_id, ...)`, or from models (`synthetic.build_synthetic_pipeline`).
+    Build with `from_pretrained(folder_or_hub_id, ...)`, `from_components(components, transformer, ...)`, or from
+    models (`synthetic.build_synthetic_pipeline`).
     device: where computation runs; dtype: the dtype of every model (the scheduler steps in float32);
     precision: "bf16" or "fp8" (the DiT's linear layers quantized by `omnigen2_fp8.fp8.quantize_fp8`);
     offload: keep models on the CPU and move each to `device` only for its stage;
@@ -181,29 +173,32 @@ class OmniGen2Pipeline:
                         progress: bool = True, cuda_graphs: bool = False) -> "OmniGen2Pipeline":
         """Load an OmniGen2 checkpoint folder (official layout) or hub id.
 
-        mllm/ -> transformers Qwen2_5_VLForConditionalGeneration; processor/ -> AutoProcessor (its tokenizer;
-        AutoTokenizer where the processor's video part cannot load without torchvision); vae/ -> diffusers
-        AutoencoderKL; transformer/ -> OmniGen2Transformer (serialized FP8 folders load as FP8); scheduler/ ->
-        FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic one). A SYNTHETIC.json at
-        the root marks random weights; every result then says synthetic=True.
+        The components come from `checkpoints.load_components` (Qwen2.5-VL, FLUX VAE, tokenizer / processor,
+        scheduler config, SYNTHETIC marker), the DiT from `checkpoints.load_transformer` (serialized FP8 folders
+        load as FP8); scheduler/ -> FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic
+        one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
-        from diffusers import AutoencoderKL
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
-        root = _checkpoint_root(path_or_hub_id)
+        root = checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
-        transformer = OmniGen2Transformer.from_pretrained(root / "transformer", dtype=dtype, device=load_device)
-        vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype)
-        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(root / "mllm", dtype=dtype)
-        processor, tokenizer = _load_processor(root / "processor")
-        scheduler = FlowMatchEulerScheduler.from_config(read_json(root / "scheduler" / "scheduler_config.json"),
-                                                        time_shift=time_shift)
-        return cls(transformer, vae, scheduler, mllm, tokenizer, device=device, dtype=dtype, precision=precision,
-                   offload=offload, compile=compile, synthetic=read_synthetic_marker(root), progress=progress,
-                   fp8_config=fp8_config, processor=processor, cuda_graphs=cuda_graphs)
+        transformer = load_transformer(root / "transformer", dtype=dtype, device=load_device)
+        components = load_components(root, dtype=dtype)
+        return cls.from_components(components, transformer, device=device, dtype=dtype, precision=precision,
+                                   offload=offload, compile=compile, time_shift=time_shift, progress=progress,
+                                   fp8_config=fp8_config, cuda_graphs=cuda_graphs)
+
+    @classmethod
+    def from_components(cls, components: Components, transformer: OmniGen2Transformer, *,
+                        time_shift: float | None = None, **pipeline_kwargs) -> "OmniGen2Pipeline":
+        """A pipeline of `transformer` and shared `components` (several pipelines may share one `Components`).
+
+        time_shift fixes the scheduler's shift instead of the dynamic one; `pipeline_kwargs` go to __init__.
+        """
+        scheduler = FlowMatchEulerScheduler.from_config(components.scheduler_config, time_shift=time_shift)
+        return cls(transformer, components.vae, scheduler, components.mllm, components.tokenizer,
+                   synthetic=components.synthetic_info, processor=components.processor, **pipeline_kwargs)
 
     @property
     def synthetic(self) -> bool:
@@ -444,35 +439,6 @@ def _as_list(images) -> list:
     if isinstance(images, (str, os.PathLike, PIL.Image.Image)):
         return [images]
     return list(images)
-
-
-def _checkpoint_root(path_or_hub_id: str | os.PathLike) -> Path:
-    """The checkpoint's top folder, every component present; a hub id is downloaded first."""
-    path = Path(path_or_hub_id).expanduser()
-    if not path.exists():
-        path = download_from_hub(str(path_or_hub_id), None, [path])
-    if not path.is_dir():
-        raise CheckpointNotFoundError(f"{path} is not a folder; pass the OmniGen2 checkpoint folder (with "
-                                      f"{', '.join(c + '/' for c in COMPONENTS)}) or a hub id")
-    missing = [f"{name}/ (needs {marker})" for name, marker in COMPONENTS.items() if not (path / name / marker).is_file()]
-    if missing:
-        raise CheckpointNotFoundError(f"checkpoint folder {path} is missing component(s): {', '.join(missing)}. "
-                                      "Download the complete checkpoint, or write one with "
-                                      "omnigen2_fp8.synthetic.write_synthetic_checkpoint")
-    return path
-
-
-def _load_processor(folder: Path):
-    """(processor or None, tokenizer): AutoProcessor where it loads, else the tokenizer alone (all we use)."""
-    from transformers import AutoProcessor
-
-    from .text_encoder import load_tokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(folder)
-    except ImportError:  # the Qwen2.5-VL processor's video part needs torchvision; the edit pipeline needs text only
-        return None, load_tokenizer(folder)
-    return processor, processor.tokenizer
 
 
 def _is_fp8(model: torch.nn.Module) -> bool:

@@ -2,7 +2,7 @@
 
     from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint
     report = quantize_fp8(transformer, Fp8Config())   # in place; print(report) lists every linear
-    save_fp8_checkpoint(transformer, "out/transformer")  # OmniGen2Transformer.from_pretrained loads it as FP8
+    save_fp8_checkpoint(transformer, "out/transformer")  # checkpoints.load_transformer loads it as FP8
 """
 from .checkpoint import load_fp8_transformer, save_fp8_checkpoint
 from .config import ActivationGranularity, Fp8Config, Fp8ConfigError, Kernel, WeightGranularity

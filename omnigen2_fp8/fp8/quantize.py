@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from .config import Fp8Config
+from .config import Fp8Config, covers
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
 
@@ -91,6 +91,7 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
         raise TypeError(f"config must be an Fp8Config, got {type(config).__name__}")
     if any(isinstance(m, Fp8Linear) for m in model.modules()):
         raise Fp8QuantizationError("this model already holds FP8 layers; quantize a freshly loaded BF16 model")
+    config = config.for_model(model)
     report = Fp8Report(config)
     _check_device_first(model, config)
     report.fused_projections = _fuse(model, config, report)
@@ -110,7 +111,7 @@ def _check_device_first(model: nn.Module, config: Fp8Config) -> None:
         resolve_kernel(config.kernel, device)
     if any(p.is_meta for p in model.parameters()):
         raise Fp8QuantizationError("the model has weights on the meta device; load its weights before quantize_fp8 "
-                                   "(or load a serialized FP8 checkpoint with OmniGen2Transformer.from_pretrained)")
+                                   "(or load a serialized FP8 checkpoint with omnigen2_fp8.checkpoints.load_transformer)")
 
 
 def _fuse(model: nn.Module, config: Fp8Config, report: Fp8Report) -> bool:
@@ -130,12 +131,13 @@ def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
 
     Names are collected first and modules fetched one at a time, so no list keeps replaced BF16 layers alive.
     """
+    config = config.for_model(model)
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     high_precision = tuple(getattr(model, "high_precision_modules", ()))
     for name in names:
         linear = model.get_submodule(name)
         quantize, reason = config.decide(name)
-        if quantize and _under(name, high_precision):
+        if quantize and any(covers(name, p) for p in high_precision):
             reason += " (listed in the model's high_precision_modules; quantized because the config asks)"
         fp8 = build(name, linear) if quantize else None
         if fp8 is not None:
@@ -149,13 +151,13 @@ def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
 
 
 def fold_swiglu(model: nn.Module) -> list[str]:
-    """Replace OmniGen2 SwiGLU feed-forwards whose linear_13 and linear_2 are both Fp8Linear by
-    Fp8SwiGLUFeedForward (same math, one kernel less per block)."""
-    from ..transformer import FeedForward
-
+    """Replace SwiGLU feed-forwards whose linear_13 and linear_2 are both Fp8Linear by Fp8SwiGLUFeedForward (same
+    math, one kernel less per block). A feed-forward declares itself with `is_swiglu = True`: it computes
+    linear_2(silu(gate) * up) with [gate | up] = linear_13(x) once fused."""
     folded = []
     names = [name for name, m in model.named_modules()
-             if isinstance(m, FeedForward) and isinstance(m.linear_13, Fp8Linear) and isinstance(m.linear_2, Fp8Linear)]
+             if getattr(m, "is_swiglu", False) and isinstance(getattr(m, "linear_13", None), Fp8Linear)
+             and isinstance(getattr(m, "linear_2", None), Fp8Linear)]
     for name in names:
         ff = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
@@ -163,8 +165,3 @@ def fold_swiglu(model: nn.Module) -> list[str]:
                 Fp8SwiGLUFeedForward(ff.linear_13, ff.linear_2))
         folded.append(name)
     return folded
-
-
-def _under(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") or name.endswith("." + p) or f".{p}." in f".{name}."
-               for p in prefixes)

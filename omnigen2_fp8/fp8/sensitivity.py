@@ -107,6 +107,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from ..checkpoints import load_transformer
     from ..transformer import OmniGen2Transformer, TransformerConfig
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(args.device, dtype).eval()
     else:
         def build():
-            return OmniGen2Transformer.from_pretrained(args.model, dtype=dtype, device=args.device).eval()
+            return load_transformer(args.model, dtype=dtype, device=args.device).eval()
 
     probe = build()
     inputs = synthetic_inputs(probe, args.latent_side, args.text_tokens, args.device, dtype, args.seed)
