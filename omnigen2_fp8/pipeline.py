@@ -16,6 +16,7 @@ or `torch.profiler.record_function`) without any measurement code living here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -29,16 +30,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import guidance as cfg
+from .checkpoints import Components, checkpoint_root, load_components, load_transformer
 from .cuda_graphs import CudaGraphForward
+from .fp8 import quantize_fp8
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
-from .checkpoints import Components, checkpoint_root, load_components, load_transformer
+from .precision import Recipe, parse_recipe
 from .scheduler import FlowMatchEulerScheduler
 from .text_encoder import TextEncoder
 from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
 
 STAGES = ("text_encode", "vae_encode", "prepare_latents", "denoise", "vae_decode")
-PRECISIONS = ("bf16", "fp8")
 DEFAULT_SIZE = 1024
 
 StageHook = Callable[[str], ContextManager]
@@ -120,7 +122,9 @@ class OmniGen2Pipeline:
     Build with `from_pretrained(folder_or_hub_id, ...)`, `from_components(components, transformer, ...)`, or from
     models (`synthetic.build_synthetic_pipeline`).
     device: where computation runs; dtype: the dtype of every model (the scheduler steps in float32);
-    precision: "bf16" or "fp8" (the DiT's linear layers quantized by `omnigen2_fp8.fp8.quantize_fp8`);
+    precision: a recipe name or `precision.Recipe` ("bf16", "fp8", "fp8-nopad", ...: the DiT's linear layers
+    quantized by `omnigen2_fp8.fp8.quantize_fp8` with the recipe's Fp8Config); fp8_config replaces that config,
+    fp8_kernel overrides its kernel;
     offload: keep models on the CPU and move each to `device` only for its stage;
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
     cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
@@ -130,23 +134,30 @@ class OmniGen2Pipeline:
 
     def __init__(self, transformer: OmniGen2Transformer, vae, scheduler: FlowMatchEulerScheduler, mllm=None,
                  tokenizer=None, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 precision: str = "bf16", offload: bool = False, compile: bool = False,
+                 precision: str | Recipe = "bf16", offload: bool = False, compile: bool = False,
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
-                 cuda_graphs: bool = False):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+                 cuda_graphs: bool = False, fp8_kernel: str | None = None):
+        self.recipe = parse_recipe(precision)
+        if self.recipe.step_cache is not None:
+            raise NotImplementedError(f"recipe {self.recipe.name!r}: step caching ({self.recipe.step_cache.method}) "
+                                      "runs in omnigen2_fp8.caching, which this build does not have; use "
+                                      f"{self.recipe.base!r}")
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype or next(transformer.parameters()).dtype
         self.offload = offload
-        self.precision = precision
+        self.precision = self.recipe.name
         self.synthetic_info = synthetic
         self.progress = progress
         self.stage_hook: StageHook | None = None
         self.transformer, self.vae, self.scheduler, self.mllm = transformer, vae, scheduler, mllm
         self.tokenizer, self.processor = tokenizer, processor
         self.text_encoder = TextEncoder(mllm, tokenizer) if mllm is not None and tokenizer is not None else None
-        if precision == "fp8" and not _is_fp8(transformer):
-            self.fp8_report = _quantize_fp8(transformer, fp8_config)
+        self.fp8_config = None
+        if self.recipe.quantized:
+            config = fp8_config if fp8_config is not None else self.recipe.fp8_config()
+            self.fp8_config = config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
+        if self.fp8_config is not None and not _is_fp8(transformer):
+            self.fp8_report = quantize_fp8(transformer, self.fp8_config)
         else:
             self.fp8_report = None
         home = torch.device("cpu") if offload else self.device
@@ -168,9 +179,10 @@ class OmniGen2Pipeline:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-                        device: str | torch.device | None = None, precision: str = "bf16", offload: bool = False,
-                        compile: bool = False, time_shift: float | None = None, fp8_config=None,
-                        progress: bool = True, cuda_graphs: bool = False) -> "OmniGen2Pipeline":
+                        device: str | torch.device | None = None, precision: str | Recipe = "bf16",
+                        offload: bool = False, compile: bool = False, time_shift: float | None = None,
+                        fp8_config=None, progress: bool = True, cuda_graphs: bool = False,
+                        fp8_kernel: str | None = None) -> "OmniGen2Pipeline":
         """Load an OmniGen2 checkpoint folder (official layout) or hub id.
 
         The components come from `checkpoints.load_components` (Qwen2.5-VL, FLUX VAE, tokenizer / processor,
@@ -178,8 +190,7 @@ class OmniGen2Pipeline:
         load as FP8); scheduler/ -> FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic
         one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+        precision = parse_recipe(precision)  # a wrong name fails before minutes of loading
         root = checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
@@ -187,7 +198,7 @@ class OmniGen2Pipeline:
         components = load_components(root, dtype=dtype)
         return cls.from_components(components, transformer, device=device, dtype=dtype, precision=precision,
                                    offload=offload, compile=compile, time_shift=time_shift, progress=progress,
-                                   fp8_config=fp8_config, cuda_graphs=cuda_graphs)
+                                   fp8_config=fp8_config, cuda_graphs=cuda_graphs, fp8_kernel=fp8_kernel)
 
     @classmethod
     def from_components(cls, components: Components, transformer: OmniGen2Transformer, *,
@@ -272,6 +283,7 @@ class OmniGen2Pipeline:
             "dynamic_time_shift": self.scheduler.dynamic_time_shift, "sample_posterior": sample_posterior,
             "precision": self.precision, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
+            "recipe": {**self.recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
         }
         return EditResult(images=pil_out, latents=latents, stage_seconds=timer.seconds,
                           stage_peak_vram_bytes=timer.peak_bytes, peak_vram_bytes=timer.peak_allocated(),
@@ -443,15 +455,6 @@ def _as_list(images) -> list:
 
 def _is_fp8(model: torch.nn.Module) -> bool:
     return any(getattr(m, "is_fp8", False) for m in model.modules())
-
-
-def _quantize_fp8(transformer: torch.nn.Module, fp8_config=None):
-    try:
-        from .fp8 import Fp8Config, quantize_fp8
-    except ImportError as err:
-        raise NotImplementedError(f"precision='fp8' needs omnigen2_fp8.fp8.quantize_fp8, which is not available "
-                                  f"here ({err}); use precision='bf16'") from err
-    return quantize_fp8(transformer, fp8_config if fp8_config is not None else Fp8Config())
 
 
 def _compile(transformer: torch.nn.Module):

@@ -57,10 +57,11 @@ def save_fp8_checkpoint(model: nn.Module, folder: str | os.PathLike, max_shard_s
 def build_fp8_skeleton(model_factory: Callable[[], nn.Module], quantization: Fp8Config) -> nn.Module:
     """`model_factory()` built on the meta device, with the FP8 layers `quantization` implies, and no weights."""
     def build(name: str, linear: nn.Linear) -> Fp8Linear:
+        pad_multiple, kernel = quantization.layer_layout(linear.in_features, linear.out_features, name)
         return Fp8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          weight_granularity=quantization.weight_granularity,
                          activation_granularity=quantization.activation_granularity,
-                         pad_multiple=quantization.pad_multiple, kernel=quantization.kernel, device="meta")
+                         pad_multiple=pad_multiple, kernel=kernel, device="meta")
 
     with torch.device("meta"):
         model = model_factory()

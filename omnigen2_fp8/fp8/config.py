@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1
 QUANT_METHOD = "omnigen2_fp8"
+# FP8 tensor cores (torch._scaled_mm) need K and N divisible by 16.
+TENSOR_CORE_MULTIPLE = 16
+# What to do with a layer whose K or N is not a multiple of 16 (see Fp8Config.misaligned).
+MISALIGNED_POLICIES = ("pad", "reference", "error")
 
 
 class Fp8ConfigError(ValueError):
@@ -88,6 +92,9 @@ class Fp8Config:
     matches an include pattern and no exclude pattern. exclude None (the default) means the modules the model
     declares in `high_precision_modules`; `for_model(model)` resolves it (quantize_fp8 does).
     pad_multiple: K and N are zero-padded to this multiple once, at quantization (FP8 tensor cores need 16).
+    misaligned: a layer with K or N not a multiple of 16 is "pad"ded (the default, above); or kept unpadded and
+    run by the torch-reference kernel ("reference": the deliberately unpadded arm, which shows what padding buys);
+    or refused ("error"). Without "pad", no layer is padded.
     fuse_projections: call model.fuse_projections() first, so q/k/v and gate/up each run as one GEMM sharing
     one activation quantization.
     fuse_swiglu: fold silu(gate) * up into the down projection's activation quantization (one kernel).
@@ -99,6 +106,7 @@ class Fp8Config:
     exclude: tuple[str, ...] | None = None
     pad_multiple: int = 16
     kernel: Kernel = Kernel.AUTO
+    misaligned: str = "pad"
     fuse_projections: bool = True
     fuse_swiglu: bool = True
     format_version: int = FORMAT_VERSION
@@ -121,6 +129,9 @@ class Fp8Config:
         if not isinstance(self.pad_multiple, int) or self.pad_multiple <= 0 or self.pad_multiple % 16:
             raise Fp8ConfigError(f"Fp8Config.pad_multiple must be a positive multiple of 16 (FP8 tensor cores need "
                                  f"K and N divisible by 16); got {self.pad_multiple!r}")
+        if self.misaligned not in MISALIGNED_POLICIES:
+            raise Fp8ConfigError(f"Fp8Config.misaligned = {self.misaligned!r} is not valid; choose one of "
+                                 f"{list(MISALIGNED_POLICIES)}")
         if self.format_version != FORMAT_VERSION:
             raise Fp8ConfigError(f"FP8 format version {self.format_version} is not supported by this code (it reads "
                                  f"version {FORMAT_VERSION}); re-quantize the model with this version")
@@ -135,6 +146,18 @@ class Fp8Config:
         return dataclasses.replace(self, exclude=tuple(MODULE_PATTERN_PREFIX + name for name in declared))
 
     # ------------------------------------------------------------------------------------------------ policy
+    def layer_layout(self, in_features: int, out_features: int, name: str = "") -> tuple[int, Kernel]:
+        """(pad multiple, kernel) of one FP8 layer with K = in_features, N = out_features, by `misaligned`."""
+        if self.misaligned == "pad":
+            return self.pad_multiple, self.kernel
+        if in_features % TENSOR_CORE_MULTIPLE == 0 and out_features % TENSOR_CORE_MULTIPLE == 0:
+            return 1, self.kernel
+        if self.misaligned == "reference":
+            return 1, Kernel.TORCH_REFERENCE
+        raise Fp8ConfigError(f"linear {name or '?'} has K x N = {in_features} x {out_features}, not multiples of "
+                             f"{TENSOR_CORE_MULTIPLE}, and Fp8Config.misaligned is 'error'; use misaligned='pad' "
+                             "(pad once at load) or exclude the layer")
+
     def decide(self, name: str) -> tuple[bool, str]:
         """(quantize?, reason) for the linear called `name` (its fully qualified module name)."""
         if self.exclude is None:

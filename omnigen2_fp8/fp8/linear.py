@@ -80,15 +80,17 @@ class Fp8Linear(nn.Module):
                     kernel: Kernel | None = None) -> "Fp8Linear":
         """Quantize an nn.Linear's weight (padding once, here); the caller drops the BF16 layer afterwards.
 
-        `pad_multiple` / `kernel` override the config's (benchmarks build deliberately unpadded layers with them).
+        Padding and kernel follow `config.layer_layout` (its `misaligned` policy); `pad_multiple` / `kernel`
+        override them (benchmarks build deliberately unpadded layers with them).
         """
         if linear.weight.is_meta:
             raise ValueError("cannot quantize a linear whose weight is on the meta device; load the weights first")
-        pad = config.pad_multiple if pad_multiple is None else pad_multiple
+        layout_pad, layout_kernel = config.layer_layout(linear.in_features, linear.out_features)
+        pad = layout_pad if pad_multiple is None else pad_multiple
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     weight_granularity=config.weight_granularity,
                     activation_granularity=config.activation_granularity, pad_multiple=pad,
-                    kernel=config.kernel if kernel is None else kernel, device="meta")
+                    kernel=layout_kernel if kernel is None else kernel, device="meta")
         q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL, pad)
         layer.weight = nn.Parameter(q, requires_grad=False)
         layer.weight_scale = scale

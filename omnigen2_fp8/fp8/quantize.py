@@ -95,6 +95,9 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
     report = Fp8Report(config)
     _check_device_first(model, config)
     report.fused_projections = _fuse(model, config, report)
+    for name, m in model.named_modules():  # refuse misaligned layers (misaligned="error") before swapping any
+        if isinstance(m, nn.Linear) and config.decide(name)[0]:
+            config.layer_layout(m.in_features, m.out_features, name)
     swap_linears(model, config, report, lambda name, linear: Fp8Linear.from_linear(linear, config))
     if config.fuse_swiglu:
         report.swiglu_folded = fold_swiglu(model)
