@@ -22,6 +22,7 @@ from harness.data import SampleRef, load_source_image
 from harness.distributed import rank_file
 from harness.core.records import append_jsonl, read_jsonl
 from harness.tasks import GenerationSpec
+from omnigen2_fp8.measure import StageClock
 
 GENERATION_LOG = "generation.jsonl"
 SETTINGS_FILE = "generation_settings.json"
@@ -143,7 +144,7 @@ def generate_samples(pipe, dataset, samples: Sequence[SampleRef], root: str | Pa
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        result = pipe(sample.instruction, [source], **kwargs)
+        result = pipe(sample.instruction, [source], **kwargs, clock=StageClock(pipe.device))
         seconds = time.perf_counter() - start
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")

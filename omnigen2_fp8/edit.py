@@ -19,6 +19,7 @@ import torch
 
 from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
+from .measure import StageClock
 from .precision import RecipeError, parse_recipe, recipe_help
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
                   cfg_range=tuple(args.cfg_range), seed=args.seed, width=args.width, height=args.height,
-                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean)
+                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean,
+                  clock=StageClock(pipe.device))
     result.save(args.output)
     print(format_report(result))
     print(f"wrote {args.output}")

@@ -8,10 +8,11 @@
     (then postprocessing to 8-bit RGB at the output size)
 
 Each stage is a public method, so a caller with precomputed inputs (e.g. golden vectors) runs the same code as
-`__call__`. Every call returns an `EditResult` holding the images, the wall time of each stage (synchronised on
-CUDA), the peak VRAM of each stage and of the call, the settings used, and whether the models are synthetic
-(random weights). A caller may wrap each stage in its own context manager (`stage_hook(name)`, e.g. CUDA events
-or `torch.profiler.record_function`) without any measurement code living here.
+`__call__`. Every call returns an `EditResult` holding the images, the settings used, and whether the models are
+synthetic (random weights); with `clock=measure.StageClock(device)` also the wall time and peak VRAM of each stage
+and of the call. Without a clock the pipeline neither synchronises nor touches the CUDA memory counters. A caller
+may wrap each stage in its own context manager (`stage_hook(name)`, e.g. CUDA events or
+`torch.profiler.record_function`) without any measurement code living here.
 """
 from __future__ import annotations
 
@@ -19,10 +20,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import PIL.Image
 import PIL.PngImagePlugin
@@ -43,6 +43,9 @@ from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
 STAGES = ("text_encode", "vae_encode", "prepare_latents", "denoise", "vae_decode")
 DEFAULT_SIZE = 1024
 
+if TYPE_CHECKING:  # the clock is passed in by callers that measure; the pipeline only calls it
+    from .measure import StageClock
+
 StageHook = Callable[[str], ContextManager]
 
 
@@ -62,18 +65,19 @@ class EditResult:
 
     images: the edited images (PIL, 8-bit RGB, at the output size); latents: final latents [1, C, h, w];
     decoded: VAE output [1, 3, H, W] before clamping (kept only with keep_decoded=True);
-    stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised);
-    stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on CPU); the pipeline resets
-    torch.cuda peak-memory stats at the start of every stage, so read these rather than torch.cuda's own peak;
-    peak_vram_bytes / peak_vram_reserved_bytes: peak allocated / reserved CUDA memory of the call (None on CPU);
+    stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised), None unless
+    the call was given a `clock`; stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on
+    CPU, None without a clock); the clock resets torch.cuda peak-memory stats at the start of every stage, so read
+    these rather than torch.cuda's own peak; peak_vram_bytes / peak_vram_reserved_bytes: peak allocated /
+    reserved CUDA memory of the call (None on CPU or without a clock);
     synthetic: True when the models have random weights (then `synthetic_info` says what they are);
     settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made.
     """
 
     images: list[PIL.Image.Image]
     latents: torch.Tensor
-    stage_seconds: dict[str, float]
-    stage_peak_vram_bytes: dict[str, int]
+    stage_seconds: dict[str, float] | None
+    stage_peak_vram_bytes: dict[str, int] | None
     peak_vram_bytes: int | None
     peak_vram_reserved_bytes: int | None
     synthetic: bool
@@ -87,8 +91,8 @@ class EditResult:
         return self.images[0]
 
     @property
-    def total_seconds(self) -> float:
-        return sum(self.stage_seconds.values())
+    def total_seconds(self) -> float | None:
+        return None if self.stage_seconds is None else sum(self.stage_seconds.values())
 
     @property
     def peak_vram_gib(self) -> float | None:
@@ -223,8 +227,8 @@ class OmniGen2Pipeline:
                  width: int | None = None, height: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
-                 progress: bool | None = None,
-                 on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> EditResult:
+                 progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                 clock: StageClock | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -234,8 +238,9 @@ class OmniGen2Pipeline:
         at most at max_pixels, then resized). align_to_reference: with exactly one reference, generate and return
         at its resized size (official). time_shift: fixed scheduler shift (None: the scheduler's own setting).
         sample_posterior: False uses the posterior mean instead of a sample for reference latents.
-        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the timing);
-        on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar.
+        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the clock's timing);
+        on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar;
+        clock: a `measure.StageClock` that times every stage (and records its peak VRAM) into the result.
         """
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
@@ -244,14 +249,19 @@ class OmniGen2Pipeline:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         pil_images = [load_image(image) for image in images]  # fail on a bad path before any model runs
         hook = stage_hook or self.stage_hook
-        timer = _StageTimer(self.device, hook)
+
+        @contextlib.contextmanager
+        def stage(name: str) -> Iterator[None]:
+            with clock.stage(name) if clock is not None else contextlib.nullcontext():
+                with hook(name) if hook is not None else contextlib.nullcontext():
+                    yield
         self._transformer_calls = 0
         noise_generator = torch.Generator("cpu").manual_seed(seed)
         posterior_generator = torch.Generator("cpu").manual_seed(seed + 1)
 
-        with timer.stage("text_encode"):
+        with stage("text_encode"):
             embeds = self.encode_prompt(prompt, negative_prompt, need_negative=text_guidance_scale > 1.0)
-        with timer.stage("vae_encode"):
+        with stage("vae_encode"):
             ref_latents = self.encode_images(pil_images, posterior_generator, sample_posterior, max_pixels, max_side)
         ref_size = None
         if ref_latents:
@@ -261,15 +271,15 @@ class OmniGen2Pipeline:
             out_w, out_h = ref_size
         gen_w, gen_h = generation_size(len(ref_latents) if align_to_reference else 0, ref_size, out_w, out_h,
                                        max_pixels, self.size_multiple)
-        with timer.stage("prepare_latents"):
+        with stage("prepare_latents"):
             latents = self.prepare_latents(gen_w, gen_h, noise_generator)
-        with timer.stage("denoise"):
+        with stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
                                    image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
                                    on_step=on_step)
-        with timer.stage("vae_decode"):
+        with stage("vae_decode"):
             decoded = self.decode(latents)
-        with timer.stage("postprocess"):
+        with stage("postprocess"):
             pil_out = postprocess(decoded, (out_w, out_h))
 
         settings = {
@@ -285,9 +295,11 @@ class OmniGen2Pipeline:
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
             "recipe": {**self.recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
         }
-        return EditResult(images=pil_out, latents=latents, stage_seconds=timer.seconds,
-                          stage_peak_vram_bytes=timer.peak_bytes, peak_vram_bytes=timer.peak_allocated(),
-                          peak_vram_reserved_bytes=timer.peak_reserved(), synthetic=self.synthetic,
+        timed = clock is not None
+        return EditResult(images=pil_out, latents=latents, stage_seconds=dict(clock.seconds) if timed else None,
+                          stage_peak_vram_bytes=dict(clock.peak_bytes) if timed else None,
+                          peak_vram_bytes=clock.peak_allocated() if timed else None,
+                          peak_vram_reserved_bytes=clock.peak_reserved() if timed else None, synthetic=self.synthetic,
                           synthetic_info=self.synthetic_info, settings=settings,
                           transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None)
 
@@ -405,39 +417,6 @@ class OmniGen2Pipeline:
             module.to("cpu")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-
-
-class _StageTimer:
-    """Wall time and peak CUDA memory per stage; synchronises CUDA around each stage so times are real."""
-
-    def __init__(self, device: torch.device, hook: StageHook | None):
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.hook = hook
-        self.seconds: dict[str, float] = {}
-        self.peak_bytes: dict[str, int] = {}
-        self.reserved_bytes: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        with self.hook(name) if self.hook is not None else contextlib.nullcontext():
-            yield
-            if self.cuda:
-                torch.cuda.synchronize(self.device)
-        self.seconds[name] = time.perf_counter() - start
-        if self.cuda:
-            self.peak_bytes[name] = torch.cuda.max_memory_allocated(self.device)
-            self.reserved_bytes[name] = torch.cuda.max_memory_reserved(self.device)
-
-    def peak_allocated(self) -> int | None:
-        return max(self.peak_bytes.values()) if self.cuda and self.peak_bytes else None
-
-    def peak_reserved(self) -> int | None:
-        return max(self.reserved_bytes.values()) if self.cuda and self.reserved_bytes else None
 
 
 # ---------------------------------------------------------------------------------------------- helpers

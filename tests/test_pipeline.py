@@ -12,6 +12,7 @@ import torch
 from omnigen2_fp8 import loading, synthetic
 from omnigen2_fp8.image_processing import ImageInputError
 from omnigen2_fp8.loading import CheckpointNotFoundError
+from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.pipeline import STAGES, OmniGen2Pipeline
 from omnigen2_fp8.text_encoder import SYSTEM_PROMPT, chat_text
 
@@ -54,7 +55,8 @@ def test_checkpoint_has_the_official_layout_and_says_it_is_synthetic(checkpoint)
 
 
 def test_edit_runs_every_stage_and_carries_the_synthetic_flag(pipe, image_paths, tmp_path):
-    result = _edit(pipe, [image_paths[0]])
+    assert _edit(pipe, [image_paths[0]]).stage_seconds is None  # nothing measured unless a clock is passed
+    result = _edit(pipe, [image_paths[0]], clock=StageClock("cpu"))
     assert result.synthetic and result.synthetic_info["size"] == "tiny"
     assert list(result.stage_seconds) == [*STAGES, "postprocess"]
     assert all(s >= 0 for s in result.stage_seconds.values())
