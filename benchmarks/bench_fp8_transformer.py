@@ -24,7 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint  # noqa: E402
+from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan  # noqa: E402
+from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig  # noqa: E402
 from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer  # noqa: E402
 from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402
@@ -85,11 +87,9 @@ def kernel_profile(model, inputs) -> dict:
             "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
 
 
-def set_kernel(model: torch.nn.Module, kernel: Kernel) -> None:
-    for m in model.modules():
-        if isinstance(m, Fp8Linear):
-            m.kernel = kernel
-            m.refresh_kernel()
+def set_kernel(model: torch.nn.Module, kernel: Kernel, device: str, launch: LaunchConfig = DEFAULT_LAUNCH) -> None:
+    """Run every FP8 layer of `model` with `kernel`'s plan and `launch` settings (the library's public seam)."""
+    use_plan(model, select_kernel_plan(kernel, device, launch))
 
 
 def uncompile(model: OmniGen2Transformer) -> None:
@@ -150,6 +150,7 @@ def run(args, result: dict) -> None:
 
     t0 = time.perf_counter()
     report = quantize_fp8(model, Fp8Config())
+    set_kernel(model, Kernel.AUTO, device, args.launch)
     sync(device)
     result["quantize_s"] = time.perf_counter() - t0
     result["quantize_report"] = {"num_quantized": len(report.quantized), "num_kept": len(report.kept),
@@ -180,14 +181,14 @@ def run(args, result: dict) -> None:
         uncompile(model)
         save()
         if args.inductor_quant:  # the alternative: quantization as torch ops, fused by inductor with its neighbours
-            set_kernel(model, Kernel.CUBLAS_INDUCTOR_QUANT)
+            set_kernel(model, Kernel.CUBLAS_INDUCTOR_QUANT, device, args.launch)
             model.compile_blocks()
             timing["fp8_compiled_inductor_quant"] = time_forward(model, inputs, device, args.warmup, args.repeats)
             print("fp8 compiled, inductor quantization", timing["fp8_compiled_inductor_quant"]["median_ms"])
             if args.profile:
                 result["profile_fp8_compiled_inductor_quant"] = kernel_profile(model, inputs)
             uncompile(model)
-            set_kernel(model, Kernel.AUTO)
+            set_kernel(model, Kernel.AUTO, device, args.launch)
             save()
 
     ratios = result.setdefault("ratios", {})
@@ -242,17 +243,18 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="folder for the temporary checkpoints (local disk)")
     parser.add_argument("--launch-json", default=None, help="quantization-kernel launch table from bench_fp8_layers")
     args = parser.parse_args()
+    args.launch = DEFAULT_LAUNCH
     if args.launch_json:
         import json
 
-        launch = json.load(open(args.launch_json))
-        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in launch["launch"]})
+        table = json.load(open(args.launch_json))
+        args.launch = LaunchConfig.from_table({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in table["launch"]})
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),
               "goals": GOALS, "config": Fp8Config().to_dict(),
-              "quant_launch": {"hw_cast": kernels.HW_CAST_ON_CUDA,
-                               **{f"{k}-{sw}": list(v) for (k, sw), v in kernels.LAUNCH_OVERRIDES.items()}}}
+              "quant_launch": {"hw_cast": args.launch.hw_cast_on_cuda,
+                               **{f"{k}-{sw}": list(v) for (k, sw), v in args.launch.overrides}}}
     try:
         run(args, result)
     except Exception as err:  # keep what was measured, and say what failed

@@ -13,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from .config import Fp8Config, covers
+from .dispatch import resolve_kernel
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
 
@@ -22,7 +23,8 @@ class Fp8QuantizationError(RuntimeError):
 
 @dataclass
 class LayerDecision:
-    """What happened to one candidate linear. Shapes: in = K, out = N; padded = what the FP8 GEMM runs on."""
+    """What happened to one candidate linear. Shapes: in = K, out = N; padded = what the FP8 GEMM runs on;
+    kernel: the concrete kernel an FP8 layer resolved to at quantization (None for a kept layer)."""
 
     name: str
     in_features: int
@@ -31,6 +33,7 @@ class LayerDecision:
     out_padded: int
     action: str  # "fp8" or "bf16"
     reason: str
+    kernel: str | None = None
 
 
 @dataclass
@@ -51,10 +54,19 @@ class Fp8Report:
     def kept(self) -> list[LayerDecision]:
         return [d for d in self.layers if d.action != "fp8"]
 
+    @property
+    def counts_by_kernel(self) -> dict[str, int]:
+        """Concrete kernel -> number of FP8 layers running it."""
+        counts: dict[str, int] = {}
+        for d in self.quantized:
+            counts[str(d.kernel)] = counts.get(str(d.kernel), 0) + 1
+        return counts
+
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "fused_projections": self.fused_projections,
                 "swiglu_folded": self.swiglu_folded, "notes": self.notes,
                 "num_quantized": len(self.quantized), "num_kept": len(self.kept),
+                "counts_by_kernel": self.counts_by_kernel,
                 "layers": [asdict(d) for d in self.layers]}
 
     def to_json(self) -> str:
@@ -74,7 +86,7 @@ class Fp8Report:
     def __str__(self) -> str:
         head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
                 f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
-                "down projections")
+                f"down projections; kernels: {self.counts_by_kernel}")
         return "\n".join([head, *self.notes, self.table()])
 
 
@@ -107,8 +119,6 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
 
 def _check_device_first(model: nn.Module, config: Fp8Config) -> None:
     """Fail before touching any layer when the model's GPU cannot run the requested FP8 kernel."""
-    from .linear import resolve_kernel
-
     devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
     for device in devices:
         resolve_kernel(config.kernel, device)
@@ -149,7 +159,9 @@ def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
         if report is not None:
             k, n = linear.in_features, linear.out_features
             kp, np_ = (fp8.in_padded, fp8.out_padded) if fp8 is not None else (k, n)
-            report.layers.append(LayerDecision(name, k, n, kp, np_, "fp8" if fp8 is not None else "bf16", reason))
+            kernel = None if fp8 is None else (fp8.resolved_kernel or fp8.kernel).value
+            report.layers.append(LayerDecision(name, k, n, kp, np_, "fp8" if fp8 is not None else "bf16", reason,
+                                               kernel))
         del linear, fp8
 
 
