@@ -25,6 +25,10 @@ class Fp8Linear(nn.Module):
     """
 
     is_fp8 = True
+    # Methods callers use instead of __call__ (the folded SwiGLU feed-forward calls them directly), for
+    # `omnigen2_fp8.profiling.layer_ranges`: True = the call carries one GEMM (counted), False = part of one.
+    profiler_entry_points = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True,
+                             "quantize_input": False, "finish": False}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL,
