@@ -6,24 +6,20 @@ silu(gate) * up followed by the GEMM. Tokens M = 4.4k, 8.5k, 12.6k.
 FP8 times include the activation quantization (fused Triton kernel) and the output slice; the GEMM runs on K, N
 zero-padded to 16. Timing: triton.testing.do_bench (CUDA events, L2 flushed before every call, median).
 
-    python benchmarks/bench_fp8_layers.py --out results/fp8_layers_h100.json
+    python -m benchmarks.bench_fp8_layers --out results/fp8_layers_h100.json
 """
 from __future__ import annotations
 
 import argparse
-import itertools
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel  # noqa: E402
-from omnigen2_fp8.fp8.dispatch import with_launch  # noqa: E402
-from omnigen2_fp8.fp8 import primitives as P  # noqa: E402
-from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig, quantize_activation_triton  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel
+from omnigen2_fp8.fp8.dispatch import with_launch
+from omnigen2_fp8.fp8 import primitives as P
+from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig, quantize_activation_triton
 
 LAYERS = {  # name: (K, N, swiglu input)
     "qkv": (2520, 4200, False),

@@ -7,14 +7,13 @@ Every ratio is measured in this one process: BF16 eager, BF16 compiled (regional
 quantized in place with quantize_fp8(model, Fp8Config()), FP8 eager, FP8 compiled. Then both models are saved to
 local disk and reloaded with checkpoints.load_transformer to measure the load-time peak.
 
-    python benchmarks/bench_fp8_transformer.py --out results/fp8_transformer_h100.json
+    python -m benchmarks.bench_fp8_transformer --out results/fp8_transformer_h100.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -22,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint  # noqa: E402
-from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan  # noqa: E402
-from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig  # noqa: E402
-from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
-from omnigen2_fp8.checkpoints import load_transformer, save_transformer  # noqa: E402
-from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
+from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
+from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
+from benchmarks._common import build_model, sync, time_forward
+from omnigen2_fp8.checkpoints import load_transformer, save_transformer
+from omnigen2_fp8.transformer import OmniGen2Transformer
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
 
@@ -98,7 +96,7 @@ def uncompile(model: OmniGen2Transformer) -> None:
     torch._dynamo.reset()
 
 
-def load_peak(folder: Path, device: str, then_quantize: bool = False) -> dict:
+def load_peak(folder: Path, device: str, then_quantize: bool = False) -> tuple[dict, OmniGen2Transformer]:
     """Peak allocated memory while checkpoints.load_transformer loads `folder` (and optionally quantizes)."""
     gc.collect()
     torch.cuda.synchronize()

@@ -8,8 +8,8 @@ seconds, shards recomputed with harness.data.shard_samples), which leaves out st
 that the edits and the judgements of every N equal those of 1 GPU. Scores of random models are meaningless; times
 are real.
 
-    python benchmarks/distributed_speedup.py --gpus 1 2 --json results/distributed_speedup_h200x2.json
-    python benchmarks/distributed_speedup.py --synthetic tiny --device cpu --gpus 1 2 --json /tmp/d.json  # dry run
+    python -m benchmarks.distributed_speedup --gpus 1 2 --json results/distributed_speedup_h200x2.json
+    python -m benchmarks.distributed_speedup --synthetic tiny --device cpu --gpus 1 2 --json /tmp/d.json  # dry run
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from harness.data import SampleRef, shard_samples  # noqa: E402
-from harness.core.records import read_jsonl, run_manifest, write_json_atomic  # noqa: E402
+from benchmarks._common import REPO_ROOT
+from harness.data import SampleRef, shard_samples
+from harness.core.records import read_jsonl, run_manifest, write_json_atomic
 
 GROUPS = ["background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
           "subject-add", "text_change"]

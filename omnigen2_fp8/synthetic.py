@@ -22,7 +22,6 @@ import torch
 from .checkpoints import Components, save_transformer
 from .loading import SYNTHETIC_MARKER, mark_synthetic, read_synthetic_marker  # noqa: F401  (importable here too)
 from .pipeline import OmniGen2Pipeline
-from .scheduler import FlowMatchEulerScheduler
 from .transformer import OmniGen2Transformer, TransformerConfig
 
 SIZES = ("tiny", "full")

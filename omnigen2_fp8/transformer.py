@@ -234,7 +234,6 @@ class OmniGen2Transformer(nn.Module):
 
     # ------------------------------------------------------------------------------------- input checking
     def _check_latents(self, latents) -> list[torch.Tensor]:
-        c = self.config
         if isinstance(latents, torch.Tensor):
             if latents.dim() != 4:
                 raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got shape "

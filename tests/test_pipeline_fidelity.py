@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from omnigen2_fp8.checkpoints import load_transformer
 from omnigen2_fp8.pipeline import OmniGen2Pipeline, PromptEmbeds
 from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
-from omnigen2_fp8.transformer import OmniGen2Transformer
 
 from golden_cases import denoise_cases
 

@@ -70,7 +70,7 @@ DEFAULT_INCLUDE = (
 HIGH_PRECISION_REASONS = {
     "norm1.linear": "AdaLN modulation: its output scales every normalised activation and gates the residual "
                      "through tanh, so its error reaches the whole block; it runs on one temb row per sample, "
-                     "so FP8 would save no time (see python -m omnigen2_fp8.fp8.sensitivity)",
+                     "so FP8 would save no time (see python -m benchmarks.fp8_sensitivity)",
     "x_embedder": "patch embedding: K = 64, a memory-bound GEMM with no FP8 gain; first layer of the image path",
     "ref_image_patch_embedder": "reference patch embedding: K = 64, memory-bound, no FP8 gain",
     "time_caption_embed": "timestep MLP and caption embedder: one row per sample / ~100 text tokens, negligible "

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from .config import ActivationGranularity, Fp8Config, Kernel, WeightGranularity
-from .dispatch import (Fp8UnsupportedDeviceError, KernelPlan, check_fp8_device,  # noqa: F401  (importable here)
-                       select_kernel_plan)
+from .dispatch import KernelPlan, select_kernel_plan
 from .primitives import FP8_DTYPE, quantize_weight, round_up
 
 class Fp8Linear(nn.Module):
