@@ -5,9 +5,9 @@ Folder layout (a transformer folder like the official one):
     diffusion_pytorch_model*.safetensors: e4m3 `<layer>.weight` [Np, Kp] and float32 `<layer>.weight_scale` [Np]
         for quantized layers (under the fused names attn.to_qkv / feed_forward.linear_13 when the config fuses),
         every other tensor in its stored dtype (BF16).
-Loading builds the model (from a factory the caller passes) on the meta device, applies the same fusion and swap as quantize_fp8 (no weights),
-and assigns the checkpoint tensors: the BF16 weights of quantized layers never exist, so the load-time peak is
-the FP8 model's size.
+Loading builds the model (from a factory the caller passes) on the meta device, applies the same fusion and swap
+as quantize_fp8 (no weights), and assigns the checkpoint tensors: the BF16 weights of quantized layers never
+exist, so the load-time peak is the FP8 model's size.
 """
 from __future__ import annotations
 

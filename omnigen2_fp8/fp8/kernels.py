@@ -12,8 +12,8 @@ layers slower than BF16 (see REFERENCE.md section 3).
 The kernel carries its own e4m3 encoder in integer arithmetic (round to nearest even, saturating at 448; bit-
 identical to torch's `.to(float8_e4m3fn)` after the clamp), because Triton's CPU interpreter (TRITON_INTERPRET=1,
 used by the tests) converts subnormals and rounding carries wrongly. On CUDA the hardware conversion gives the same
-bits and is 10-40 % faster, so it is used there (LaunchConfig.hw_cast_on_cuda); everything else in the kernel is the same code
-on both, and the GPU benchmark checks the hardware path against torch.
+bits and is 10-40 % faster, so it is used there (LaunchConfig.hw_cast_on_cuda); everything else in the kernel is
+the same code on both, and the GPU benchmark checks the hardware path against torch.
 
 The reference implementation of the same function is `primitives.quantize_activation`.
 """

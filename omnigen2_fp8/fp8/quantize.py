@@ -124,7 +124,7 @@ def _check_device_first(model: nn.Module, config: Fp8Config) -> None:
         resolve_kernel(config.kernel, device)
     if any(p.is_meta for p in model.parameters()):
         raise Fp8QuantizationError("the model has weights on the meta device; load its weights before quantize_fp8 "
-                                   "(or load a serialized FP8 checkpoint with omnigen2_fp8.checkpoints.load_transformer)")
+                                   "(or load a serialized FP8 checkpoint with checkpoints.load_transformer)")
 
 
 def _fuse(model: nn.Module, config: Fp8Config, report: Fp8Report) -> bool:
