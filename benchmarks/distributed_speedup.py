@@ -8,8 +8,8 @@ seconds, shards recomputed with harness.core.distributed.Shard.take), which leav
 that the edits and the judgements of every N equal those of 1 GPU. Scores of random models are meaningless; times
 are real.
 
-    python benchmarks/distributed_speedup.py --gpus 1 2 --json results/distributed_speedup_h200x2.json
-    python benchmarks/distributed_speedup.py --synthetic tiny --device cpu --gpus 1 2 --json /tmp/d.json  # dry run
+    python -m benchmarks.distributed_speedup --gpus 1 2 --json results/distributed_speedup_h200x2.json
+    python -m benchmarks.distributed_speedup --synthetic tiny --device cpu --gpus 1 2 --json /tmp/d.json  # dry run
 """
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-from harness.core.distributed import Shard  # noqa: E402
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from harness.gedit.run_folder import JUDGEMENTS, RunFolder, sample_key  # noqa: E402
+from benchmarks._common import REPO_ROOT
+from harness.core.distributed import Shard
+from harness.core.records import run_manifest, write_json_atomic
+from harness.gedit.run_folder import JUDGEMENTS, RunFolder, sample_key
 
 GROUPS = ["background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
           "subject-add", "text_change"]

@@ -52,6 +52,7 @@ from harness import kernels as K
 from harness.core import timing as T
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
 from harness.core.tasks import TaskError, apply_overrides, build_dataclass, load_task
+from omnigen2_fp8.measure import StageClock
 
 SCHEMA_VERSION = 1
 ARM_NAMES = ("bf16", "fp8", "fp8-nopad")
@@ -233,9 +234,9 @@ def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtyp
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from omnigen2_fp8.loading import read_json, resolve_component_folder
-    from omnigen2_fp8.synthetic import read_synthetic_marker
+    from omnigen2_fp8.loading import read_synthetic_marker
     from omnigen2_fp8.text_encoder import load_tokenizer
-    from omnigen2_fp8.transformer import OmniGen2Transformer
+    from omnigen2_fp8.checkpoints import load_transformer
 
     model = options.model
     vae_dir = resolve_component_folder(model, "vae")
@@ -246,7 +247,7 @@ def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtyp
                   scheduler_config=read_json(resolve_component_folder(model, "scheduler", "scheduler_config.json")
                                              / "scheduler_config.json"),
                   synthetic_info=read_synthetic_marker(vae_dir.parent),
-                  build_transformer=lambda dev: OmniGen2Transformer.from_pretrained(model, dtype=dtype, device=dev))
+                  build_transformer=lambda dev: load_transformer(model, dtype=dtype, device=dev))
 
 
 def fp8_config_for(options: ProfileOptions):
@@ -406,7 +407,8 @@ class _StepMarks:
             self.begin()
 
 
-def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: T.StageTimer | None):
+def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: T.StageTimer | None,
+                  clock: StageClock | None = None):
     """One pipeline call of the scenario; with a timer, every stage and every denoising step is marked.
 
     Returns the pipeline's EditResult.
@@ -414,7 +416,7 @@ def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, 
     kwargs = dict(negative_prompt=scenario.negative_prompt, num_inference_steps=steps,
                   text_guidance_scale=scenario.text_guidance_scale, image_guidance_scale=scenario.image_guidance_scale,
                   cfg_range=tuple(scenario.cfg_range), seed=scenario.seed, width=scenario.width,
-                  height=scenario.height, time_shift=scenario.time_shift, progress=False)
+                  height=scenario.height, time_shift=scenario.time_shift, progress=False, clock=clock)
     if timer is None:
         return arm.pipe(scenario.instruction, images, **kwargs)
     marks = _StepMarks(timer)
@@ -448,7 +450,7 @@ def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, de
     """The arm's run-phase memory: one untimed call from a clean allocator (see RUN_METHOD)."""
     T.release_memory(device)
     before = torch.cuda.memory_allocated(device) / T.GIB if device.type == "cuda" else None
-    result = call_pipeline(arm, scenario, images, steps, None)
+    result = call_pipeline(arm, scenario, images, steps, None, clock=StageClock(device))
     if device.type != "cuda":
         return {"method": T.MEMORY_METHOD_CPU, "peak_allocated_gib": None, "peak_reserved_gib": None}
     expected = sum(module_bytes(m, "cuda") for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / T.GIB

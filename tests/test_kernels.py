@@ -10,6 +10,7 @@ import torch
 from harness import kernels as K
 from harness.core.timing import StageTimer
 from omnigen2_fp8.fp8.config import Fp8Config, Kernel
+from omnigen2_fp8.fp8.dispatch import plan_for
 from omnigen2_fp8.fp8.linear import Fp8Linear
 from omnigen2_fp8.fp8.quantize import quantize_fp8
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
@@ -114,7 +115,7 @@ def _fp8_model(config, kernel_on_cpu: Kernel) -> tuple[OmniGen2Transformer, dict
         if isinstance(m, Fp8Linear):
             # Fp8Linear resolves every non-reference kernel to an error on the CPU, although torch._scaled_mm has a
             # CPU implementation; pin the resolved kernel so these layers run the same op sequence as on a GPU.
-            m._resolved = kernel_on_cpu
+            m.use_plan(plan_for(kernel_on_cpu))
     return model, {d.name: d.action for d in report.layers}
 
 
@@ -214,7 +215,7 @@ def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
     torch.manual_seed(0)
     parent = torch.nn.Module()
     parent.up = Fp8Linear.from_linear(torch.nn.Linear(32, 64).bfloat16(), Fp8Config(kernel="torch-reference"))
-    parent.up._resolved = Kernel.CUBLAS_TORCH_QUANT  # the GEMM op the GPU runs (see _fp8_model)
+    parent.up.use_plan(plan_for(Kernel.CUBLAS_TORCH_QUANT))  # the GEMM op the GPU runs (see _fp8_model)
     x = torch.randn(8, 32).bfloat16()
     with K.capture("cpu") as prof, K.layer_ranges(parent) as calls:
         timer = StageTimer("cpu")
