@@ -33,7 +33,8 @@ steps: 2
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from harness import gedit, profile
+    from harness import gedit
+    from harness.profile.__main__ import main as profile_main
 
     root = tmp_path_factory.mktemp("runs")
     rc = gedit.main(["--synthetic", "tiny", "--out", str(root / "gedit"), "--tasks", "color_alter",
@@ -41,7 +42,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert rc == 0
     scenario = root / "tiny-64.yaml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    rc = profile.main(["--synthetic", "tiny", "--scenario", str(scenario), "--precision", "bf16", "fp8",
+    rc = profile_main(["--synthetic", "tiny", "--scenario", str(scenario), "--precision", "bf16", "fp8",
                        "--out", str(root / "profile"), "--steps", "1", "--repeats", "1", "--profile-steps", "1",
                        "--no-progress"])
     assert rc == 0
