@@ -15,7 +15,8 @@ from harness.core.vocab import KERNEL_CATEGORIES
 from harness.profile.__main__ import main
 from harness.profile.arms import quantize_unpadded
 from harness.profile.options import ProfileOptions
-from harness.profile.record import SCHEMA_VERSION
+from harness.profile.record import SCHEMA_VERSION, ProfileRecord, RecordError, compute_ratios
+from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ProfileError, load_scenario, reference_images
 
 TINY_SCENARIO = """\
@@ -128,6 +129,33 @@ def test_fallback_verdicts(tiny_run):
                     "## FP8 fallback check", "## Top kernels: fp8-nopad"):
         assert heading in md
     assert "FALLBACK DETECTED" in md
+
+
+def test_record_reads_back_what_it_wrote(tiny_run):
+    _, out, rec = tiny_run
+    record = ProfileRecord.from_json(out / "profile.json")
+    assert record.to_dict() == rec
+    assert compute_ratios(record.arms) == rec["ratios"]
+    assert record.arms["fp8"].stage_ms("denoise_step") == rec["arms"]["fp8"]["latency"]["stages"]["denoise_step"][
+        "per_call"]["median_ms"]
+    # profile.md is made from the record alone
+    assert profile_markdown(record) == (out / "profile.md").read_text()
+
+
+def test_record_names_a_wrong_version_and_a_missing_field(tiny_run, tmp_path):
+    _, _, rec = tiny_run
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({**rec, "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(RecordError, match=f"schema_version {SCHEMA_VERSION + 1}; this harness reads version"):
+        ProfileRecord.from_json(path)
+    arms = json.loads(json.dumps(rec["arms"]))
+    del arms["fp8"]["memory"]
+    path.write_text(json.dumps({**rec, "arms": arms}))
+    with pytest.raises(RecordError, match=r"arms\.fp8: field 'memory' is missing"):
+        ProfileRecord.from_json(path)
+    path.write_text("{not json")
+    with pytest.raises(RecordError, match="not valid JSON"):
+        ProfileRecord.from_json(path)
 
 
 # ------------------------------------------------------------------------------------------------- scenarios
@@ -246,5 +274,5 @@ def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys
     assert rec["arms"]["bf16"]["ok"] and rec["arms"]["bf16"]["latency"]["end_to_end"]["n"] == 1
     assert not rec["arms"]["fp8"]["ok"] and "Fp8UnsupportedDeviceError" in rec["arms"]["fp8"]["error"]
     assert rec["ratios"]["fp8"]["end_to_end_ratio"] is None
-    assert "**Arm fp8 failed:**" in (tmp_path / "out" / "profile.md").read_text()
+    assert "Arm **fp8** failed:" in (tmp_path / "out" / "profile.md").read_text()
     assert "error in arm fp8" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 
 from harness.core.records import REPO_ROOT
 from harness.profile.options import ARM_NAMES, ProfileOptions
+from harness.profile.render import summary_line
 from harness.profile.runner import run_profile
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
@@ -80,20 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {options.out / 'profile.json'}, {options.out / 'profile.md'} and kernels_<arm>.csv")
     print(summary_line(record))
-    return 0 if record["complete"] else 1
-
-
-def summary_line(record: dict) -> str:
-    parts = []
-    for name, arm in record["arms"].items():
-        if arm["latency"]:
-            parts.append(f"{name}: {arm['latency']['end_to_end']['median_ms']:.1f} ms")
-        else:
-            parts.append(f"{name}: failed")
-    for name, r in record["ratios"].items():
-        if r.get("end_to_end_speedup"):
-            parts.append(f"{name} speed-up vs {r['vs']}: {r['end_to_end_speedup']:.2f}x")
-    return "; ".join(parts)
+    return 0 if record.complete else 1
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ class FallbackReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FallbackReport":
+        """The report back from its to_dict() form (as profile.json holds it)."""
+        return cls(**{**data, "findings": [FallbackFinding(**f) for f in data["findings"]]})
+
 
 def detect_fallbacks(capture: ProfileCapture, precisions: dict[str, str], *,
                      layer_calls: dict[str, int] | None = None, expect_fp8: bool = True) -> FallbackReport:

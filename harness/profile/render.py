@@ -1,159 +1,265 @@
-"""profile.md from a profile record."""
+"""A profile record as markdown: the sections profile.md and the report both show, in the same words.
+
+`sections(record)` returns the tables (latency, wall vs kernel time, memory, kernel categories, the FP8 fallback
+check, top kernels per arm, warnings), each with its chart; `profile_markdown(record)` is profile.md: a header with
+provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
+own headings and draws their charts. Numbers are read from the record only; units are converted (us -> ms).
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+from harness.core import plots
+from harness.core.markdown import Chart, Section, cell, code, fmt, fmt_stat, render_sections, table, truncate
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
-from harness.core.vocab import KERNEL_CATEGORIES
+from harness.core.vocab import END_TO_END, KERNEL_CATEGORIES, REPORTED_STAGES, STEP_STAGE, stage_label
+from harness.profile.record import ArmRecord, ProfileRecord
 
-STAGE_LABELS = {"text_encode": "MLLM encode", "vae_encode": "VAE encode", "prepare_latents": "prepare latents",
-                "denoise": "denoise (total)", "denoise_step": "denoise step", "vae_decode": "VAE decode",
-                "postprocess": "postprocess"}
+TOP_KERNELS = 15          # rows of each arm's top-kernel table (profile.json keeps 25, the CSV all)
+KERNEL_NAME_WIDTH = 64    # characters of a kernel name shown in a table
+FINDING_WIDTH = 300       # characters of a fallback finding's message
+# Stage -> the key of the record's ratios (time of the arm / time of the first arm).
+STAGE_RATIO_KEYS = {END_TO_END: "end_to_end_ratio", "denoise": "denoise_ratio", STEP_STAGE: "denoise_step_ratio",
+                    "text_encode": "text_encode_ratio", "vae_decode": "vae_decode_ratio"}
+MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("load", "peak_reserved_gib"),
+                 ("run", "peak_allocated_gib"), ("run", "peak_reserved_gib"))
 
 
-def render_markdown(rec: dict) -> str:
-    """profile.md: the tables a reader needs, from the profile.json record alone."""
-    m, sc, st = rec["manifest"], rec["scenario"], rec["settings"]
-    dev = m["device"]
-    lines = [f"# Profile: {sc['task']} ({', '.join(st['precisions'])})", ""]
-    if m.get("synthetic_weights"):
-        lines += [f"> **{SYNTHETIC_WARNING}** (synthetic: {m['synthetic_weights']})", ""]
+def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
+    """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
+    out = [latency_section(record), wall_vs_kernel_section(record), memory_section(record)]
+    out += kernel_sections(record, link)
+    if record.warnings:  # folded: on a busy or CPU machine there are many spread warnings
+        out.append(Section("Warnings", [f"<details><summary>{len(record.warnings)} warnings recorded by the run"
+                                        "</summary>", "", *(f"- {cell(w)}" for w in record.warnings), "",
+                                        "</details>", ""]))
+    return out
+
+
+def profile_markdown(record: ProfileRecord) -> str:
+    """profile.md: provenance header, then every section at level 2, from the record alone."""
+    m, st = record.manifest, record.settings
+    dev = m.get("device", {})
+    lines = [f"# Profile: {record.task} ({', '.join(st['precisions'])})", ""]
+    if record.synthetic:
+        lines += [f"> **{SYNTHETIC_WARNING}** (synthetic: {record.synthetic})", ""]
     lines += [f"- device: {dev.get('device_name')} ({dev.get('device')}), driver {dev.get('driver')}, "
               f"torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}",
               f"- git {m.get('git_revision')}, {m.get('date_utc')}; "
               f"command: `{m.get('invocation') or m.get('command')}`",
-              f"- scenario: {sc['height']}x{sc['width']} output, references {sc['references']}, {sc['steps']} steps, "
-              f"guidance text {sc['text_guidance_scale']} / image {sc['image_guidance_scale']}, "
-              f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
-              + (f"; overrides {sc['overrides']}" if sc["overrides"] else ""),
-              f"- warm-up {st['warmup']}, repeats {st['repeats']} ({rec['method']['order']}), profiled steps "
-              f"{st['profile_steps']}, compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, offload {st['offload']}, FP8 kernel {st['fp8_kernel']}",
-              f"- complete: {rec['complete']}", ""]
-    if rec.get("error"):
-        lines += [f"**The run stopped early:** `{rec['error']}`", ""]
-    arms = rec["arms"]
-    names = list(arms)
-    for n, a in arms.items():
-        if a["error"]:
-            lines += [f"**Arm {n} failed:** `{a['error']}`", ""]
-    lines += ["## Latency (ms, median [IQR] over repeats)", ""]
-    stages = ["text_encode", "vae_encode", "denoise", "denoise_step", "vae_decode"]
-    lines += ["| arm | end to end | " + " | ".join(STAGE_LABELS[s] for s in stages) + " | speed-up vs "
-              + names[0] + " |", "|---" * (len(stages) + 3) + "|"]
-    for n in names:
-        lat = arms[n]["latency"]
-        if not lat:
-            lines.append(f"| {n} | failed |" + " |" * (len(stages) + 1))
-            continue
-        cells = [_stat(lat["end_to_end"])]
-        for s in stages:
-            d = lat["stages"].get(s)
-            cells.append(_stat(d["per_call" if s == "denoise_step" else "per_run"]) if d else "-")
-        sp = rec["ratios"].get(n, {}).get("end_to_end_speedup")
-        cells.append(f"{sp:.2f}x" if sp else ("1.00x" if n == names[0] else "-"))
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    lines += ["", "Stage = wall time of the stage per call (CUDA events); denoise step = one step with all its CFG "
-              "passes. High spread (IQR/median > 10%) is marked with `!`.", ""]
-    lines += ["## Wall time vs summed kernel time per stage (profiled call)", "",
-              "| arm | stage | wall ms/call (timed) | kernel ms/call (profiled) | kernel / wall |",
-              "|---|---|---|---|---|"]
-    for n in names:
-        a = arms[n]
-        if not (a["latency"] and a["kernels"]):
-            continue
-        for s in stages:
-            kern = a["kernels"]["stages"].get(s)
-            lat = a["latency"]["stages"].get(s)
-            if not kern or not lat:
-                continue
-            wall = lat["per_call"]["median_ms"]
-            k_ms = kern["kernel_us"] / max(kern["entries"], 1) / 1e3
-            if s == "denoise":  # the profiled call ran fewer steps: scale its kernel time per step
-                steps_prof = max(a["kernels"]["profiled_steps"], 1)
-                k_ms = k_ms / steps_prof * st["steps"]
-            lines.append(f"| {n} | {STAGE_LABELS[s]} | {wall:.2f} | {k_ms:.2f} | {k_ms / wall:.2f} |" if wall else "")
-    lines += ["", "kernel / wall well below 1 means the GPU idles inside the stage (launch-bound or host work). "
-              "On CPU runs, kernel time is the summed self CPU time of the ops.", ""]
-    lines += ["## Memory (GiB)", "", "| arm | transformer | load peak alloc | load peak reserved | run peak alloc | "
-              "run peak reserved |", "|---|---|---|---|---|---|"]
-    for n in names:
-        load, run = arms[n]["memory"]["load"] or {}, arms[n]["memory"]["run"] or {}
-        lines.append(f"| {n} | {_g(load.get('transformer_gib'))} | {_g(load.get('peak_allocated_gib'))} | "
-                     f"{_g(load.get('peak_reserved_gib'))} | {_g(run.get('peak_allocated_gib'))} | "
-                     f"{_g(run.get('peak_reserved_gib'))} |")
-    shared = rec.get("shared_load") or {}
-    lines += ["", f"Shared (loaded once): MLLM {_g(shared.get('mllm_gib'))}, VAE {_g(shared.get('vae_gib'))}, "
-              f"load peak {_g(shared.get('peak_allocated_gib'))}. Load: {rec['method']['load_memory']}. "
-              f"Run: {rec['method']['run_memory']}.", ""]
-    lines += _kernel_sections(rec, names)
-    if rec["warnings"]:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in rec["warnings"]] + [""]
-    return "\n".join(lines) + "\n"
+              *setup_lines(record), f"- complete: {record.complete}", ""]
+    lines += failure_lines(record)
+    return "\n".join(lines + render_sections(sections(record), level=2)).rstrip("\n") + "\n"
 
 
-def _kernel_sections(rec: dict, names: list[str]) -> list[str]:
-    arms = rec["arms"]
-    prof = [n for n in names if arms[n]["kernels"]]
-    if not prof:
-        return ["## Kernels", "", "not profiled (--profile-steps 0 or failed arms)", ""]
-    unit = arms[prof[0]]["kernels"]["time_unit"]
-    lines = [f"## Kernel categories (denoising steps; {unit}, ms per step and share)", "",
-             "| category | " + " | ".join(prof) + " |", "|---" * (len(prof) + 1) + "|"]
-    for c in KERNEL_CATEGORIES:
-        cells = []
-        for n in prof:
-            d = arms[n]["kernels"]["categories"][c]
-            cells.append(f"{d['us_per_step'] / 1e3:.3f} ({d['share']:.1%})")
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
-    totals = [f"{arms[n]['kernels']['total_us_in_steps'] / max(arms[n]['kernels']['profiled_steps'], 1) / 1e3:.3f}"
-              for n in prof]
-    lines += ["| **total** | " + " | ".join(totals) + " |", ""]
-    lines += ["## FP8 fallback check", ""]
-    for n in prof:
-        fb = arms[n]["fallback"]
-        if not fb["checked"]:
-            lines.append(f"- {n}: not an FP8 arm (BF16 GEMMs per step: {fb['bf16_gemm_calls_per_step']:g})")
-            continue
-        verdict = "**FALLBACK DETECTED**" if fb["fallback_detected"] else "clean: no fallback kernels"
-        lines.append(f"- {n}: {verdict} ({fb['method']}); FP8 GEMMs per step {fb['fp8_gemm_calls_per_step']:g} "
-                     f"(expected {_n(fb['expected_fp8_linear_calls_per_step'])}), high-precision GEMMs per step "
-                     f"{fb['bf16_gemm_calls_per_step']:g} (expected {_n(fb['expected_bf16_linear_calls_per_step'])})")
-        for f in fb["findings"]:
-            ms = f", {f['total_us'] / 1e3:.2f} ms" if f["total_us"] else ""
-            lines.append(f"  - `{f['kind']}`: {f['message']} ({f['calls']} calls{ms})")
-        if fb.get("note"):
-            lines.append(f"  - note: {fb['note']}")
-    lines.append("")
-    for n in prof:
-        k = arms[n]["kernels"]
-        cov = f"; {k['kernel_coverage']:.1%} of device time attributed" if k.get("kernel_coverage") else ""
-        lines += [f"## Top kernels: {n} ({k['profiled_steps']} profiled steps, {k['num_kernels']} distinct{cov}; "
-                  f"full table in `{k['csv']}`)", "", "| # | kernel | category | calls/step | ms/step | share |",
-                  "|---|---|---|---|---|---|"]
-        for i, r in enumerate(k["top"][:15], 1):
-            name = r["name"].replace("|", "\\|")
-            name = name if len(name) <= 100 else name[:97] + "..."
-            lines.append(f"| {i} | `{name}` | {r['category']} | {r['calls_per_step']:g} | "
-                         f"{r['us_per_step'] / 1e3:.3f} | {r['share']:.1%} |")
-        lines.append("")
+def setup_lines(record: ProfileRecord) -> list[str]:
+    """What ran: the scenario (size, references, steps, guidance, source) and the measurement settings."""
+    sc, st = record.scenario, record.settings
+    return [f"- scenario `{record.task}`: {sc['height']}x{sc['width']} output, references {sc['references']}, "
+            f"{sc['steps']} steps, guidance text {sc['text_guidance_scale']} / image {sc['image_guidance_scale']}, "
+            f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
+            + (f"; overrides {sc['overrides']}" if sc.get("overrides") else ""),
+            f"- warm-up {st['warmup']}, repeats {st['repeats']} ({record.method.get('order')}), profiled steps "
+            f"{st['profile_steps']}, compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, "
+            f"offload {st['offload']}, FP8 kernel `{st['fp8_kernel']}`"]
+
+
+def failure_lines(record: ProfileRecord) -> list[str]:
+    """What failed: the run (outside any arm) and each failed arm, as caution blocks."""
+    lines = []
+    if record.error:
+        lines += ["> [!CAUTION]", f"> The run stopped early: `{cell(record.error)}`", ""]
+    for name, arm in record.arms.items():
+        if arm.error:
+            lines += ["> [!CAUTION]", f"> Arm **{name}** failed: `{cell(arm.error)}`", ""]
     return lines
 
 
-def _stat(s: dict) -> str:
-    flag = " !" if s["high_spread"] else ""
-    return f"{s['median_ms']:.2f} [{s['iqr_ms']:.2f}]{flag}"
+def summary_line(record: ProfileRecord) -> str:
+    """One console line: end-to-end median per arm and the speed-ups against the first arm."""
+    parts = [f"{name}: {arm.stage_ms(END_TO_END):.1f} ms" if arm.latency else f"{name}: failed"
+             for name, arm in record.arms.items()]
+    for name, r in record.ratios.items():
+        if r.get("end_to_end_speedup"):
+            parts.append(f"{name} speed-up vs {r['vs']}: {r['end_to_end_speedup']:.2f}x")
+    return "; ".join(parts)
 
 
-def _g(x) -> str:
-    return "-" if x is None else f"{x:.2f}"
+# ------------------------------------------------------------------------------------------------------ latency
+def latency_section(record: ProfileRecord) -> Section:
+    names, arms = record.arm_names, record.arms
+    base = names[0]
+    lines = ["Milliseconds per call: median [IQR] over the timed repeats (`!` = IQR above 10% of the median); a stage "
+             "is its wall time per call (CUDA events), one denoise step includes all its CFG passes. Ratio columns: "
+             f"time of the arm / time of {base} (below 1 = faster).", ""]
+    rows, groups, series = [], [], {n: [] for n in names}
+    for stage in (END_TO_END, *REPORTED_STAGES):
+        stats = {n: arms[n].stage_stats(stage) for n in names}
+        if not any(stats.values()):
+            continue
+        ratio_cells = [fmt(record.ratio(n, STAGE_RATIO_KEYS[stage]), 3) if stage in STAGE_RATIO_KEYS else "-"
+                       for n in names[1:]]
+        rows.append([stage_label(stage), *(fmt_stat(stats[n], 2) for n in names), *ratio_cells])
+        if stage != END_TO_END:  # the chart shows the stages; end to end is their sum and would dwarf them
+            groups.append(stage_label(stage))
+            for n in names:
+                s = stats[n]
+                series[n].append(plots.Interval(s["median_ms"], s["q1_ms"], s["q3_ms"]) if s else None)
+    lines += table(["stage", *(f"{n} ms" for n in names), *(f"{n}/{base}" for n in names[1:])], rows)
+    speedups = [f"{n} {fmt(record.ratio(n, 'end_to_end_speedup'), 2, 'x')}" for n in names[1:]]
+    if speedups:
+        lines += [f"End-to-end speed-up vs {base}: " + ", ".join(speedups) + ".", ""]
+    chart = None
+    if groups:
+        chart = Chart("latency", "latency per stage", lambda path: plots.grouped_bars(
+            path, groups, series, title=f"Latency per stage: {record.task}",
+            value_label="ms per call (median; whiskers: interquartile range)", horizontal=True, value_labels=True,
+            fmt=".1f"))
+    return Section("Latency per stage", lines, chart)
 
 
-def _n(x) -> str:
-    return "?" if x is None else f"{x:g}"
+def wall_vs_kernel_section(record: ProfileRecord) -> Section:
+    """Timed wall time vs the profiled call's summed kernel time per stage, and kernel / wall of the profiled call."""
+    names, arms = record.arm_names, record.arms
+    rows = []
+    for n in names:
+        a = arms[n]
+        if not (a.latency and a.kernels):
+            continue
+        for stage in REPORTED_STAGES:
+            kern, wall = a.stage_kernel(stage), (a.stage_stats(stage) or {}).get("median_ms")
+            if not kern or not wall:
+                continue
+            k_ms = kern["kernel_us"] / max(kern["entries"], 1) / 1e3
+            if stage == "denoise":  # the profiled call ran fewer steps: scale its kernel time per step
+                k_ms = k_ms / max(a.kernels["profiled_steps"], 1) * record.settings["steps"]
+            rows.append([n, stage_label(stage), fmt(wall), fmt(k_ms), fmt(k_ms / wall)])
+    if not rows:
+        return Section("Wall time vs summed kernel time per stage", ["Not profiled.", ""])
+    lines = table(["arm", "stage", "wall ms/call (timed)", "kernel ms/call (profiled)", "kernel / wall"], rows,
+                  align=["l", "l", "r", "r", "r"])
+    lines += ["Kernel / wall well below 1 means the device idles inside the stage (launch-bound or host work). On "
+              "CPU runs, kernel time is the summed self CPU time of the ops.", ""]
+    profiled = record.profiled_arms()
+    busy = []
+    for stage in REPORTED_STAGES:
+        values = [(arms[n].stage_kernel(stage) or {}).get("kernel_over_wall") for n in profiled]
+        if any(v is not None for v in values):
+            busy.append([stage_label(stage), *(fmt(v) for v in values)])
+    if busy:
+        lines += ["Kernel time / wall time per stage in the profiled call (below 1: the device idles inside the "
+                  "stage, waiting for launches or host work):", "", *table(["stage", *profiled], busy)]
+    return Section("Wall time vs summed kernel time per stage", lines)
 
 
-def _rel(p: str) -> str:
+# ------------------------------------------------------------------------------------------------------- memory
+def memory_section(record: ProfileRecord) -> Section:
+    names, arms = record.arm_names, record.arms
+    base = names[0]
+    rows = [[n, *(fmt(arms[n].memory_gib(*f), 3) for f in MEMORY_FIELDS),
+             fmt(record.ratio(n, "peak_allocated_run_ratio"), 3) if n != base else "-"] for n in names]
+    lines = table(["arm", "transformer weights", "load peak alloc", "load peak reserved", "run peak alloc",
+                   "run peak reserved", f"run peak / {base}"], rows)
+    shared = record.shared_load or {}
+    lines += [f"Shared components (loaded once for all arms): MLLM {fmt(shared.get('mllm_gib'), 3)} GiB, VAE "
+              f"{fmt(shared.get('vae_gib'), 3)} GiB, load peak {fmt(shared.get('peak_allocated_gib'), 3)} GiB. Load "
+              f"phases: {record.method.get('load_memory')}. Run phase: {record.method.get('run_memory')}.", ""]
+    measured = [n for n in names if arms[n].memory_gib("run", "peak_allocated_gib") is not None]
+    if not measured:
+        device = record.manifest.get("device", {}).get("device") or "?"
+        return Section("Memory (GiB)", lines + ["Peak VRAM not measured: peak memory counters exist only on CUDA "
+                                                f"devices (this run: {device}).", ""])
+    phases = ["load peak alloc", "load peak reserved", "run peak alloc", "run peak reserved"]
+    series = {n: [_interval(arms[n].memory_gib(*f)) for f in MEMORY_FIELDS[1:]] for n in measured}
+    chart = Chart("vram", "peak VRAM per arm", lambda path: plots.grouped_bars(
+        path, phases, series, title=f"Peak VRAM per arm: {record.task}", value_label="GiB", value_labels=True,
+        fmt=".3f"))
+    return Section("Memory (GiB)", lines, chart)
+
+
+def _interval(value: float | None) -> plots.Interval | None:
+    return None if value is None else plots.Interval(value)
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+def kernel_sections(record: ProfileRecord, link: Callable[[str], str] = str) -> list[Section]:
+    """Kernel categories (with chart), the FP8 fallback check, and one top-kernel table per profiled arm."""
+    profiled = record.profiled_arms()
+    if not profiled:
+        return [Section("Kernel categories", ["Not profiled (`--profile-steps 0`, or every arm failed).", ""])]
+    return [category_section(record, profiled), fallback_section(record, profiled),
+            *(top_kernel_section(n, record.arms[n], link) for n in profiled)]
+
+
+def category_section(record: ProfileRecord, profiled: list[str]) -> Section:
+    arms = record.arms
+    first = arms[profiled[0]].kernels
+    unit = first.get("time_unit", "kernel time")
+    lines = [f"Profiled denoising steps ({first.get('profiled_steps')} per arm), {unit}, in ms per step (share of "
+             "the arm's total in brackets).", ""]
+    rows = [[c, *(f"{fmt(_ms(arms[n].category(c).get('us_per_step')), 3)} "
+                  f"({fmt(_pct(arms[n].category(c).get('share')), 1)}%)" for n in profiled)]
+            for c in KERNEL_CATEGORIES]
+    rows.append(["**total**", *(fmt(_ms(arms[n].kernel_us_per_step()), 3) for n in profiled)])
+    lines += table(["category", *profiled], rows)
+    stacks = {n: {c: _ms(arms[n].category(c).get("us_per_step")) or 0.0 for c in KERNEL_CATEGORIES}
+              for n in profiled}
+    chart = Chart("kernel_categories", "kernel categories per arm", lambda path: plots.stacked_bars(
+        path, profiled, stacks, title=f"Kernel time per denoising step by category: {record.task}",
+        value_label=f"ms per step ({unit})"))
+    return Section("Kernel categories", lines, chart)
+
+
+def fallback_section(record: ProfileRecord, profiled: list[str]) -> Section:
+    lines = []
+    for n in profiled:
+        fb = record.arms[n].fallback or {}
+        if not fb.get("checked"):
+            lines.append(f"- {n}: not an FP8 arm, not checked (high-precision GEMMs per step "
+                         f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)}).")
+            continue
+        counts = (f"FP8 GEMMs per step {fmt(fb.get('fp8_gemm_calls_per_step'), 1)} (expected "
+                  f"{fmt(fb.get('expected_fp8_linear_calls_per_step'), 1)}), high-precision GEMMs per step "
+                  f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)} (expected "
+                  f"{fmt(fb.get('expected_bf16_linear_calls_per_step'), 1)}); method: {fb.get('method')}")
+        if not fb.get("fallback_detected"):
+            lines.append(f"- {n}: clean, no fallback kernels. {counts}.")
+            continue
+        lines += ["", "> [!CAUTION]", f"> **FP8 FALLBACK DETECTED in arm `{n}`.** {counts}."]
+        for f in fb.get("findings", []):
+            ms = f", {fmt(_ms(f.get('total_us')), 2)} ms" if f.get("total_us") else ""
+            lines.append(f"> - `{f['kind']}`: {truncate(f['message'], FINDING_WIDTH)} ({f.get('calls')} calls{ms})")
+        if fb.get("note"):
+            lines += [">", f"> Note: {fb['note']}"]
+        lines.append("")
+    return Section("FP8 fallback check", lines if lines and not lines[-1] else lines + [""])
+
+
+def top_kernel_section(name: str, arm: ArmRecord, link: Callable[[str], str] = str) -> Section:
+    k = arm.kernels
+    top = k.get("top", [])[:TOP_KERNELS]
+    csv = k.get("csv") or f"kernels_{name}.csv"
+    coverage = f"; {k['kernel_coverage']:.1%} of device time attributed" if k.get("kernel_coverage") else ""
+    lines = [f"{k.get('num_kernels')} distinct names over {k.get('profiled_steps')} profiled steps{coverage}; the "
+             f"first {len(top)} by time. Full table: [`{csv}`]({link(csv)}).", ""]
+    rows = [[i, code(r["name"], KERNEL_NAME_WIDTH), r["category"], fmt(r["calls_per_step"], 1),
+             fmt(_ms(r["us_per_step"]), 3), fmt(_pct(r["share"]), 1)] for i, r in enumerate(top, 1)]
+    lines += table(["#", "kernel", "category", "calls/step", "ms/step", "share %"], rows,
+                   align=["r", "l", "l", "r", "r", "r"])
+    return Section(f"Top kernels: {name}", lines)
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1e3
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else share * 100
+
+
+def _rel(path: str) -> str:
     try:
-        return str(Path(p).resolve().relative_to(REPO_ROOT))
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:
-        return p
+        return path

@@ -25,8 +25,8 @@ from harness.core.records import run_manifest, write_json_atomic, write_text_ato
 from harness.profile import fallbacks, kernels
 from harness.profile.arms import Arm, build_arm, load_shared, module_bytes, only_on_device, restore_all
 from harness.profile.options import ProfileOptions
-from harness.profile.record import SCHEMA_VERSION, ratios
-from harness.profile.render import render_markdown
+from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
+from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
 
 LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + reset_peak_memory_stats before it, "
@@ -167,12 +167,11 @@ def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> st
     return None
 
 
-
 # ----------------------------------------------------------------------------------------------------- runner
-def run_profile(options: ProfileOptions) -> dict:
+def run_profile(options: ProfileOptions) -> ProfileRecord:
     """Run every phase and write profile.json / kernels_<arm>.csv / profile.md into options.out.
 
-    Returns the profile.json content. An arm that fails keeps its error in the record; the others go on.
+    Returns the record profile.json holds. An arm that fails keeps its error in the record; the others go on.
     """
     options.validate()
     scenario, overrides, source = load_scenario(options.scenario, options.steps)
@@ -183,8 +182,7 @@ def run_profile(options: ProfileOptions) -> dict:
     images = reference_images(scenario)
     arms = [Arm(name) for name in options.precisions]
     park = len(arms) > 1 and not options.offload
-    record: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": "omnigen2-profile", "complete": False,
-                              "error": None}
+    record: dict[str, Any] = {"complete": False, "error": None}  # the ProfileRecord's fields, as they are found
     invocation = None if options.argv is None else "python -m harness.profile " + shlex.join(options.argv)
     record["manifest"] = run_manifest(synthetic=options.synthetic or False, device=str(device),
                                       extra={"invocation": invocation})
@@ -200,7 +198,6 @@ def run_profile(options: ProfileOptions) -> dict:
     _print_plan(record, options)
     total = len(arms) * (max(options.warmup, 1) + options.repeats + (1 if options.profile_steps else 0))
     bar = tqdm(total=total, desc="profile", disable=not options.progress, unit="call")
-    caught: list[warnings.WarningMessage] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -210,14 +207,14 @@ def run_profile(options: ProfileOptions) -> dict:
             raise
         finally:
             bar.close()
-            _finish(record, arms, scenario, options, caught, out)
+            result = _finish(record, arms, caught, out)
     seen = set()
     for w in caught:  # replay what was recorded so the console still shows it (once per message)
         text = f"{w.category.__name__}: {w.message}"
         if text not in seen and not issubclass(w.category, fallbacks.FallbackKernelWarning):  # its banner is printed
             seen.add(text)
             print(f"warning: {text}", file=sys.stderr)
-    return record
+    return result
 
 
 def _print_plan(record: dict, options: ProfileOptions) -> None:
@@ -305,37 +302,31 @@ def settings_record(options: ProfileOptions, scenario: ScenarioConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- results
-def arm_record(arm: Arm) -> dict:
-    """The arm's section of profile.json."""
-    rec: dict[str, Any] = {"name": arm.name, "ok": arm.ok, "error": arm.error,
-                           "quantization": arm.quantization, "memory": {"load": arm.load, "run": arm.run_memory}}
+def arm_record(arm: Arm) -> ArmRecord:
+    """The arm's section of profile.json: its measurements summarised (latency statistics over the repeats)."""
+    latency = None
     if arm.e2e_ms:
-        rec["latency"] = {"end_to_end": timing.summarize_ms(arm.e2e_ms, label=f"{arm.name} end to end").to_dict(),
-                          "stages": timing.summarize_stage_runs(arm.stage_runs)}
-    else:
-        rec["latency"] = None
-    rec["kernels"] = arm.profile
-    rec["fallback"] = arm.profile["fallback"] if arm.profile else None
-    if arm.error and getattr(arm, "traceback", None):
-        rec["traceback"] = arm.traceback
-    return rec
+        latency = {"end_to_end": timing.summarize_ms(arm.e2e_ms, label=f"{arm.name} end to end").to_dict(),
+                   "stages": timing.summarize_stage_runs(arm.stage_runs)}
+    return ArmRecord(name=arm.name, ok=arm.ok, error=arm.error, quantization=arm.quantization,
+                     memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
+                     fallback=arm.profile["fallback"] if arm.profile else None,
+                     traceback=arm.traceback if arm.error else None)
 
 
-def _finish(record, arms, scenario, options, caught, out: Path) -> None:
-    record["arms"] = {a.name: arm_record(a) for a in arms}
-    record["ratios"] = ratios(record["arms"])
-    # the measurement's own warnings (library deprecation notices are only shown on the console)
-    record["warnings"] = [f"{w.category.__name__}: {w.message}" for w in caught
-                          if issubclass(w.category, (timing.HighSpreadWarning, fallbacks.FallbackKernelWarning))]
-    detected = {n: a["fallback"]["fallback_detected"] for n, a in record["arms"].items()
-                if a.get("fallback") and a["fallback"]["checked"]}
-    record["fallback_detected"] = detected
-    write_json_atomic(out / "profile.json", record)
-    write_text_atomic(out / "profile.md", render_markdown(record))
-    for name, a in record["arms"].items():
-        if a.get("fallback"):
-            fallbacks.warn_fallbacks(name, _fallback_from_dict(a["fallback"]))
-
-
-def _fallback_from_dict(d: dict) -> fallbacks.FallbackReport:
-    return fallbacks.FallbackReport(**{**d, "findings": [fallbacks.FallbackFinding(**f) for f in d["findings"]]})
+def _finish(record: dict, arms: list[Arm], caught: list[warnings.WarningMessage], out: Path) -> ProfileRecord:
+    """Build the record, write profile.json and profile.md, and print a banner for every fallback found."""
+    arm_records = {a.name: arm_record(a) for a in arms}
+    result = ProfileRecord(
+        **record, arms=arm_records, ratios=compute_ratios(arm_records),
+        # the measurement's own warnings (library deprecation notices are only shown on the console)
+        warnings=[f"{w.category.__name__}: {w.message}" for w in caught
+                  if issubclass(w.category, (timing.HighSpreadWarning, fallbacks.FallbackKernelWarning))],
+        fallback_detected={n: a.fallback["fallback_detected"] for n, a in arm_records.items()
+                           if a.fallback and a.fallback["checked"]})
+    write_json_atomic(out / "profile.json", result.to_dict())
+    write_text_atomic(out / "profile.md", profile_markdown(result))
+    for name, arm in result.arms.items():
+        if arm.fallback:
+            fallbacks.warn_fallbacks(name, fallbacks.FallbackReport.from_dict(arm.fallback))
+    return result
