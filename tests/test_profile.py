@@ -5,7 +5,6 @@ import csv
 import gzip
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -258,8 +257,13 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
     code = main(["--scenario", "gedit-512", "--model", str(tmp_path / "no-such-folder"), "--device", "cpu",
-                   "--out", str(tmp_path / "out"), "--no-progress"])
-    assert code == 2 and "error:" in capsys.readouterr().err
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    # one line naming the folder that is not there and what to pass instead
+    assert code == 2 and f"error: no checkpoint at {tmp_path / 'no-such-folder'}" in err
+    assert "Pass an existing local folder or a hub id" in err
+    # the run's record says why it stopped
+    assert "CheckpointNotFoundError" in ProfileRecord.from_json(tmp_path / "out" / "profile.json").error
 
 
 def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys):

@@ -102,7 +102,7 @@ class Arm:
 
     name: str
     pipe: Any = None
-    precisions: dict[str, str] = field(default_factory=dict)   # linear fqn -> "fp8" | "bf16" (the policy)
+    layer_policy: dict[str, str] = field(default_factory=dict)   # linear fqn -> "fp8" | "bf16" (what it should run)
     quantization: dict | None = None
     load: dict | None = None
     run_memory: dict | None = None
@@ -143,9 +143,9 @@ def build_arm(arm: Arm, options: ProfileOptions, shared: Shared, device: torch.d
     elif arm.quantization is not None:
         arm.quantization["config"] = fp8_config.to_dict()
         arm.quantization["config"]["pad_multiple"] = 1  # what was actually used (Fp8Config itself refuses 1)
-    arm.precisions = (dict(arm.quantization["layers"]) if arm.quantization else {})
+    arm.layer_policy = (dict(arm.quantization["layers"]) if arm.quantization else {})
     for fqn, p in layer_precisions(arm.pipe.transformer).items():
-        arm.precisions.setdefault(fqn, p)
+        arm.layer_policy.setdefault(fqn, p)
     arm.quantization = _summarise_kernels(arm)
 
 

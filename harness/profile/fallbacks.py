@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from harness.core.markdown import truncate
 from harness.profile.kernels import KernelCall, ProfileCapture, step_calls
@@ -37,7 +38,7 @@ class FallbackFinding:
 @dataclass
 class FallbackReport:
     checked: bool                       # False for arms that are not expected to run FP8 GEMMs
-    method: str                         # "per-layer ranges" or "GEMM call counts"
+    method: Literal["per-layer ranges", "kernel names and GEMM call counts"]
     fallback_detected: bool
     findings: list[FallbackFinding]
     fp8_gemm_calls_per_step: float

@@ -21,7 +21,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -150,7 +150,7 @@ class KernelCall:
 class ProfileCapture:
     """Flattened profiler output of one profiled run."""
 
-    device_kind: str                                       # "cuda" or "cpu"
+    device_kind: Literal["cuda", "cpu"]
     calls: list[KernelCall]
     stage_wall_us: dict[str, list[float]]                  # stage -> CPU-side range durations (us)
     stage_kernel_us: dict[str, list[float]]                # stage -> summed kernel (self) time per range entry
@@ -180,9 +180,9 @@ def profiler_activities(device: str | torch.device) -> list:
 
 
 @contextlib.contextmanager
-def capture(device: str | torch.device, *, record_shapes: bool = False) -> Iterator[torch.profiler.profile]:
+def capture(device: str | torch.device) -> Iterator[torch.profiler.profile]:
     """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device)."""
-    with torch.profiler.profile(activities=profiler_activities(device), record_shapes=record_shapes) as prof:
+    with torch.profiler.profile(activities=profiler_activities(device), record_shapes=False) as prof:
         yield prof
 
 

@@ -132,14 +132,14 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
             call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
             timing.synchronize(device)
     capture = kernels.parse_profile(prof, device)
-    fp8_layers = {f for f, p in arm.precisions.items() if p == "fp8"}
+    fp8_layers = {f for f, p in arm.layer_policy.items() if p == "fp8"}
     rows = kernels.kernel_table(capture, fp8_layers)
     csv_name = f"kernels_{arm.name}.csv"
     kernels.write_kernel_csv(out / csv_name, rows)
     trace = None
     if options.trace:
         trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
-    report = fallbacks.detect_fallbacks(capture, arm.precisions, layer_calls=dict(layer_calls) if ranges else None,
+    report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
                                 expect_fp8=arm.name != "bf16")
     report.note = fallback_note(arm, options, device)
     return {
