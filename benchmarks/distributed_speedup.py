@@ -4,7 +4,7 @@ For each GPU count it launches `torchrun --standalone --nproc-per-node N -m harn
 generation of the bf16 arm into a fresh folder, then (optionally) judging the 1-GPU run's edits into another fresh
 folder, and times each command from launch to exit (process start, model builds and the work: what a user waits
 for). From the per-sample records it also gives the generation busy time (the slowest rank's summed per-edit
-seconds, shards recomputed with harness.data.shard_samples), which leaves out start-up and model builds. It checks
+seconds, shards recomputed with harness.core.distributed.Shard.take), which leaves out start-up and model builds. It checks
 that the edits and the judgements of every N equal those of 1 GPU. Scores of random models are meaningless; times
 are real.
 
@@ -24,8 +24,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-from harness.data import SampleRef, shard_samples  # noqa: E402
-from harness.core.records import read_jsonl, run_manifest, write_json_atomic  # noqa: E402
+from harness.core.distributed import Shard  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.gedit.run_folder import JUDGEMENTS, RunFolder, sample_key  # noqa: E402
 
 GROUPS = ["background_change", "color_alter", "material_alter", "motion_change", "ps_human", "style_change",
           "subject-add", "text_change"]
@@ -42,22 +43,19 @@ def _launch(n: int, cli: list[str], log: Path) -> dict:
             "log_tail": log.read_text(errors="replace")[-1500:] if proc.returncode else None}
 
 
-def _samples(out: Path) -> list[SampleRef]:
-    recs = json.loads((out / "selection.json").read_text())["samples"]
-    return [SampleRef(r["task_type"], r["language"], r["key"], "", False, -1) for r in recs]
-
-
 def _busy(out: Path, n: int) -> dict:
-    """Per rank: summed per-edit seconds of its shard (the shard rule of harness.distributed)."""
-    secs = {(g["task_type"], g["language"], g["key"]): g["seconds"]
-            for g in read_jsonl(out / "bf16" / "generation.jsonl")}
-    samples = _samples(out)
-    per_rank = [sum(secs[(s.task_type, s.language, s.key)] for s in shard_samples(samples, r, n)) for r in range(n)]
+    """Per rank: summed per-edit seconds of its shard (the shard rule of the GEdit runner, `Shard.take`)."""
+    folder = RunFolder(out, out)
+    secs = {sample_key(g): g["seconds"] for g in folder.generation_records("bf16")}
+    samples = folder.selection_samples()
+    per_rank = [sum(secs[sample_key(s)] for s in Shard(rank=r, world_size=n).take(samples)) for r in range(n)]
     return {"per_rank_seconds": per_rank, "slowest_rank_seconds": max(per_rank), "n_edits": len(secs)}
 
 
 def _images(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in out.glob("bf16/fullset/*/*/*.png")}
+    folder = RunFolder(out, out)
+    edits = (folder.edit_path("bf16", s) for s in folder.selection_samples())
+    return {str(p.relative_to(out)): p.read_bytes() for p in edits if p.is_file()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--max-new-tokens", str(args.judge_max_new_tokens), "--batch-size", str(args.judge_batch_size)]
             run = _launch(n, cli, work / f"judge-{n}.log")
             if run["returncode"] == 0:
-                lines = (out / "judgements.jsonl").read_text()
+                lines = (out / JUDGEMENTS).read_text()
                 run["n_judged"] = len(lines.splitlines())
                 run["samples_per_second"] = run["n_judged"] / run["wall_seconds"]
-                run["identical_to_baseline"] = lines == (work / f"judge-{base}" / "judgements.jsonl").read_text()
+                run["identical_to_baseline"] = lines == (work / f"judge-{base}" / JUDGEMENTS).read_text()
             result["judge"][str(n)] = run
             write_json_atomic(args.json, _with_speedups(result, base))
     result["total_seconds"] = time.perf_counter() - t0

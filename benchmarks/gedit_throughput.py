@@ -33,11 +33,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="do not run anything: summarise the finished run already in --out")
     args = parser.parse_args(argv)
 
-    from harness.gedit import main as gedit_main
-    from harness.core.records import write_json_atomic
+    from harness.gedit.__main__ import main as gedit_main
 
     if args.from_run:
-        return summarize(Path(args.out), Path(args.json), args.batch_size, write_json_atomic)
+        return summarize(Path(args.out), Path(args.json), args.batch_size)
     cli = ["--synthetic", args.synthetic, "--task", args.task, "--per-task", "1", "--tasks", *args.tasks, "--out", args.out,
            "--batch-size", str(args.batch_size), "--no-progress", "--bootstrap", "200"]
     if args.steps:
@@ -45,19 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     code = gedit_main(cli)
     if code:
         return code
-    return summarize(Path(args.out), Path(args.json), args.batch_size, write_json_atomic)
+    return summarize(Path(args.out), Path(args.json), args.batch_size)
 
 
-def summarize(out: Path, json_path: Path, batch_size: int, write_json_atomic) -> int:
+def summarize(out: Path, json_path: Path, batch_size: int) -> int:
     """Throughput JSON from a finished `harness.gedit` run folder (its summary.json and generation.jsonl)."""
-    summary = json.loads((out / "summary.json").read_text())
+    from harness.core.records import read_jsonl, write_json_atomic
+    from harness.gedit.run_folder import SUMMARY_JSON, RunFolder
+
+    # Read as plain JSON, not as a GeditSummary: summaries written before schema_version existed still work here.
+    summary = json.loads((out / SUMMARY_JSON).read_text())
     tp = summary["throughput"]
     gen, judge = tp["generation"], tp["judge"]
     steps = summary["task"]["generation"]["steps"]
-    edits = Path(summary.get("edits_root") or out)
-    edits = edits if (edits / next(iter(gen), "")).is_dir() else out  # the run may have been moved since
-    records = {arm: [json.loads(line) for line in (edits / arm / "generation.jsonl").read_text().splitlines()
-                     if line.strip()] for arm in gen}
+    folder = RunFolder.reopen(out, summary.get("edits_root"), next(iter(gen), None))  # the run may have moved
+    records = {arm: list(read_jsonl(folder.generation_log(arm))) for arm in gen}
     per_arm = {}
     for arm, g in gen.items():
         warm = records[arm][1:] or records[arm]  # the first edit pays one-time compilation and allocator warm-up

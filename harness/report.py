@@ -33,6 +33,7 @@ from harness import report_gedit, report_grid
 from harness.core.markdown import Document, escape_emphasis, fmt, fmt_stat, render_sections
 from harness.core.records import SYNTHETIC_WARNING
 from harness.core.vocab import END_TO_END
+from harness.gedit.run_folder import SCORES, SELECTION, SUMMARY_JSON
 from harness.profile import render as profile_render
 from harness.profile.record import ProfileRecord, RecordError
 from harness.report_gedit import GeditRun
@@ -69,7 +70,7 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
     if not path.is_dir():
         raise ReportError(f"{path} is not a folder; pass the --out folder of a `python -m harness.gedit` or "
                           "`python -m harness.profile` run")
-    has_summary, has_profile = (path / "summary.json").is_file(), (path / "profile.json").is_file()
+    has_summary, has_profile = (path / SUMMARY_JSON).is_file(), (path / "profile.json").is_file()
     if has_summary and has_profile:
         raise ReportError(f"{path} holds both summary.json and profile.json; give each run its own --out folder")
     if has_profile:
@@ -78,11 +79,11 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
         except RecordError as err:
             raise ReportError(str(err)) from None
     if has_summary:
-        summary = _read_json(path / "summary.json")
+        summary = _read_json(path / SUMMARY_JSON)
         files = summary.get("files") or {}
-        scores_path = path / (files.get("scores") or "scores.csv")
+        scores_path = path / (files.get("scores") or SCORES)
         scores = pd.read_csv(scores_path, keep_default_na=False, na_values=[""]) if scores_path.is_file() else None
-        selection = path / (files.get("selection") or "selection.json")
+        selection = path / (files.get("selection") or SELECTION)
         samples = _read_json(selection).get("samples", []) if selection.is_file() else []
         return GeditRun(path, summary, scores, samples)
     raise ReportError(f"{path} holds neither summary.json (a `python -m harness.gedit` run; its score stage writes "

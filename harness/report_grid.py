@@ -1,7 +1,7 @@
 """The report's image grids: source image and each arm's edit of chosen GEdit samples, side by side.
 
 The edits are read from the run folder; the source images only exist in the dataset, so this module (alone in the
-report) reads the GEdit-Bench copy the run recorded (or --dataset) through harness.data.
+report) reads the GEdit-Bench copy the run recorded (or --dataset) through harness.gedit.data.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from PIL import Image
 
 from harness.core import plots
 from harness.core.markdown import Document, cell, code, fmt, table
-from harness.data import DatasetError, load_gedit_dataset
+from harness.gedit.data import DatasetError, load_gedit_dataset
+from harness.gedit.run_folder import edit_path
 from harness.report_gedit import GeditRun
 
 GRID_ROWS_PER_FIGURE = 6
@@ -81,10 +82,10 @@ class SourceImages:
 
 
 def _edit_image(run: GeditRun, arm: str, sample: dict) -> Image.Image | None:
-    rel = Path(arm) / "fullset" / sample["task_type"] / sample["language"] / f"{sample['key']}.png"
     for root in (run.path, Path(run.summary.get("edits_root") or run.path)):
-        if (root / rel).is_file():
-            with Image.open(root / rel) as im:
+        path = edit_path(root, arm, sample)
+        if path.is_file():
+            with Image.open(path) as im:
                 return im.convert("RGB")
     return None
 

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import distributed as hd
-from harness.data import SampleRef
-from harness.gedit import main
-from harness.core.records import append_jsonl, read_jsonl
+from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, rank_device
+from harness.core.records import RANK_DIR, RecordSink, append_jsonl, rank_path, read_jsonl
+from harness.gedit.__main__ import main
+from harness.gedit.data import SampleRef
+from harness.gedit.run_folder import DIST_REPORT, RunFolder
+from harness.gedit.runner import FAULT_ENV, fault_after, judge_batches, merge_rank_records, open_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--synthetic", "tiny", "--no-progress", "--bootstrap", "200", "--per-task", "2", "--languages", "en",
@@ -51,9 +53,9 @@ def _assets(reference: Path) -> list[str]:
 
 def torchrun(out: Path, reference: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    env.pop(hd.FAULT_ENV, None)
+    env.pop(FAULT_ENV, None)
     if fault:
-        env[hd.FAULT_ENV] = fault
+        env[FAULT_ENV] = fault
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "harness.gedit", *ARGS, *_assets(reference), "--out", str(out)]
     return subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -100,14 +102,14 @@ def _assert_same_results(run: Path, reference: Path, ordered: bool) -> None:
         gen = [(g["task_type"], g["language"], g["key"]) for g in read_jsonl(run / arm / "generation.jsonl")]
         chosen = [(s["task_type"], s["language"], s["key"]) for s in _selection(run)]
         assert gen == chosen if ordered else sorted(gen) == sorted(chosen)
-    assert not list(run.rglob(hd.RANK_DIR)), "per-rank files were left behind"
+    assert not list(run.rglob(RANK_DIR)), "per-rank files were left behind"
 
 
 # ------------------------------------------------------------------------------------------- two gloo processes
 def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path):
     _ok(torchrun(tmp_path, reference))
     _assert_same_results(tmp_path, reference, ordered=True)
-    report = json.loads((tmp_path / hd.DIST_REPORT).read_text())
+    report = json.loads((tmp_path / DIST_REPORT).read_text())
     assert report["world_size"] == 2 and report["backend"] == "gloo" and report["synthetic"] == "tiny"
     # 4 samples: 2 edits per arm on each rank; 8 pairs in 4 batches of 2: 2 batches (4 pairs) per rank.
     assert [(r["rank"], r["generate_shard_samples"], r["judged_pairs"]) for r in report["ranks"]] == [(0, 2, 4),
@@ -124,7 +126,7 @@ def test_killed_rank_loses_only_unfinished_samples_and_reruns_resume(reference, 
     assert (bf16 / samples[1]["task_type"] / "en" / f"{samples[1]['key']}.png").is_file()
     assert not (bf16 / samples[3]["task_type"] / "en" / f"{samples[3]['key']}.png").exists()
     assert not (tmp_path / "summary.json").exists()
-    assert len(list(read_jsonl(tmp_path / "bf16" / hd.RANK_DIR / "generation.rank001.jsonl"))) == 1
+    assert len(list(read_jsonl(tmp_path / "bf16" / RANK_DIR / "generation.rank001.jsonl"))) == 1
     first = _mtimes(tmp_path)
 
     # The rerun makes the missing edits, then rank 1 dies after its first judge batch.
@@ -132,7 +134,7 @@ def test_killed_rank_loses_only_unfinished_samples_and_reruns_resume(reference, 
     assert crashed.returncode != 0 and "rank 1 exits now" in crashed.stderr
     second = _mtimes(tmp_path)
     assert len(second) == 2 * len(samples) and all(second[p] == t for p, t in first.items())
-    assert len(list(read_jsonl(tmp_path / hd.RANK_DIR / "judgements.rank001.jsonl"))) == 2
+    assert len(list(read_jsonl(tmp_path / RANK_DIR / "judgements.rank001.jsonl"))) == 2
     interrupted = tmp_path.parent / f"{tmp_path.name}-copy"
     shutil.copytree(tmp_path, interrupted)
 
@@ -161,42 +163,37 @@ def _refs(n: int) -> list[SampleRef]:
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
 def test_judge_batches_are_the_single_process_batches_dealt_round_robin(world_size):
     arms, samples = ["bf16", "fp8"], _refs(7)
-    batches = hd.judge_batches(arms, samples, batch_size=3)
+    batches = judge_batches(arms, samples, batch_size=3)
     pairs = [(a, s) for a in arms for s in samples]
     assert [p for b in batches for p in b] == pairs and all(len(b) == 3 for b in batches[:-1])
-    dealt = [hd.shard_batches(batches, r, world_size) for r in range(world_size)]
+    dealt = [Shard(rank=r, world_size=world_size).take(list(enumerate(batches))) for r in range(world_size)]
     owners = sorted(b for shard in dealt for b, _ in shard)
     assert owners == list(range(len(batches)))  # every batch once
-    assert all(batch == batches[b] for shard in dealt for b, batch in shard)
+    assert all(batch == batches[b] and b % world_size == r for r, shard in enumerate(dealt) for b, batch in shard)
     with pytest.raises(ValueError, match="outside"):
-        hd.shard_batches(batches, world_size, world_size)
-
-
-class _Ctx:  # the fields merge_rank_records reads
-    def __init__(self, out: Path, arms, batch_size):
-        self.out, self.edits_root, self.arms, self.batch_size = out, out, arms, batch_size
+        Shard(rank=world_size, world_size=world_size)
 
 
 def test_merge_restores_single_process_order_skips_duplicates_and_torn_lines(tmp_path):
     keys = [f"k{i}" for i in range(4)]
     (tmp_path / "selection.json").write_text(json.dumps(
         {"samples": [{"task_type": "t", "language": "en", "key": k} for k in keys]}))
-    ctx = _Ctx(tmp_path, ["bf16", "fp8"], batch_size=2)
+    folder, arms = RunFolder(tmp_path, tmp_path), ["bf16", "fp8"]
     rec = lambda arm, k: {"arm": arm, "task_type": "t", "language": "en", "key": k, "status": "ok", "note": "é"}
     shared = tmp_path / "judgements.jsonl"
     append_jsonl(shared, rec("bf16", "k0"))
     # batches: 0 = bf16 k0,k1; 1 = bf16 k2,k3; 2 = fp8 k0,k1; 3 = fp8 k2,k3 (rank 0: 0, 2; rank 1: 1, 3)
     for r in (rec("bf16", "k1"), rec("bf16", "k0"), rec("fp8", "k0"), rec("fp8", "k1")):  # bf16 k0 written twice
-        append_jsonl(hd.rank_path(shared, 0), r)
+        append_jsonl(rank_path(shared, 0), r)
     for r in (rec("bf16", "k3"), rec("bf16", "k2"), rec("fp8", "k2")):
-        append_jsonl(hd.rank_path(shared, 1), r)
-    with open(hd.rank_path(shared, 1), "a") as f:
+        append_jsonl(rank_path(shared, 1), r)
+    with open(rank_path(shared, 1), "a") as f:
         f.write('{"arm": "fp8", "ta')  # rank 1 died mid-append
     gen = tmp_path / "fp8" / "generation.jsonl"
     for rank, k in ((1, "k3"), (0, "k2"), (1, "k1"), (0, "k0")):
-        append_jsonl(hd.rank_path(gen, rank), {"task_type": "t", "language": "en", "key": k, "seconds": 1.0})
+        append_jsonl(rank_path(gen, rank), {"task_type": "t", "language": "en", "key": k, "seconds": 1.0})
 
-    added = hd.merge_rank_records(ctx)
+    added = merge_rank_records(folder, arms, batch_size=2)
 
     assert added == {str(shared): 6, str(gen): 4}
     order = [(r["arm"], r["key"]) for r in read_jsonl(shared)]
@@ -204,36 +201,36 @@ def test_merge_restores_single_process_order_skips_duplicates_and_torn_lines(tmp
                      ("fp8", "k2")]  # batch order; writing order inside a batch
     assert shared.read_text().count("é") == 7  # written as append_jsonl writes it (UTF-8, not escaped)
     assert [r["key"] for r in read_jsonl(gen)] == keys
-    assert not list(tmp_path.rglob(hd.RANK_DIR))
-    assert hd.merge_rank_records(ctx) == {}  # nothing left to merge
+    assert not list(tmp_path.rglob(RANK_DIR))
+    assert merge_rank_records(folder, arms, batch_size=2) == {}  # nothing left to merge
 
 
 def test_rank_files_only_inside_a_process_group(tmp_path):
     path = tmp_path / "fp8" / "generation.jsonl"
-    assert hd.rank_file(path) == path  # a single process writes the shared file, as before
-    assert hd.rank_path(path, 12) == tmp_path / "fp8" / "_ranks" / "generation.rank012.jsonl"
+    assert RecordSink(path, open_shard("cpu")).path == path  # a single process writes the shared file, as before
+    assert rank_path(path, 12) == tmp_path / "fp8" / "_ranks" / "generation.rank012.jsonl"
 
 
 def test_setup_errors_name_the_fix(monkeypatch):
-    with pytest.raises(hd.DistributedSetupError, match="--device cuda"):
-        hd.rank_device("cuda:1", 0)
-    assert hd.rank_device("cpu", 3) == ("cpu", "gloo")
+    with pytest.raises(DistributedSetupError, match="--device cuda"):
+        rank_device("cuda:1", 0)
+    assert rank_device("cpu", 3) == ("cpu", "gloo")
     if not torch.cuda.is_available():
-        with pytest.raises(hd.DistributedSetupError, match="--device cpu"):
-            hd.rank_device("cuda", 0)
-    monkeypatch.setenv(hd.FAULT_ENV, "1:judging:2")
-    with pytest.raises(hd.DistributedSetupError, match="RANK:STAGE:N"):
-        hd.fault_after(1, "judge")
-    monkeypatch.setenv(hd.FAULT_ENV, "1:judge:2")
-    assert hd.fault_after(1, "judge") == 2 and hd.fault_after(0, "judge") is None
-    assert hd.fault_after(1, "generate") is None
+        with pytest.raises(DistributedSetupError, match="--device cpu"):
+            rank_device("cuda", 0)
+    monkeypatch.setenv(FAULT_ENV, "1:judging:2")
+    with pytest.raises(DistributedSetupError, match="RANK:STAGE:N"):
+        fault_after(1, "judge")
+    monkeypatch.setenv(FAULT_ENV, "1:judge:2")
+    assert fault_after(1, "judge") == 2 and fault_after(0, "judge") is None
+    assert fault_after(1, "generate") is None
     monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(hd.DistributedSetupError, match="torchrun"):
-        hd.launched_with_several_ranks()
+    with pytest.raises(DistributedSetupError, match="torchrun"):
+        launched_with_several_ranks()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    with pytest.raises(hd.DistributedSetupError, match="MASTER_ADDR"):
-        hd.init_from_env("cpu")
+    with pytest.raises(DistributedSetupError, match="MASTER_ADDR.*-m harness.gedit"):
+        open_shard("cpu")
 
 
 def test_setup_errors_under_torchrun_are_messages_not_tracebacks(tmp_path):

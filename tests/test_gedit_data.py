@@ -4,9 +4,9 @@ from __future__ import annotations
 import datasets
 import pytest
 
-from harness.data import (DatasetError, load_gedit_dataset, load_source_image, make_synthetic_gedit, select_samples,
+from harness.gedit.data import (DatasetError, load_gedit_dataset, load_source_image, make_synthetic_gedit, select_samples,
                           selection_summary, write_synthetic_gedit)
-from harness.tasks import GEDIT_TASK_GROUPS, SelectionSpec
+from harness.gedit.config import GEDIT_TASK_GROUPS, SelectionSpec
 
 
 @pytest.fixture(scope="module")

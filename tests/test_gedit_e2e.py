@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from harness.gedit import main
+from harness.gedit.__main__ import main
+from harness.gedit.record import SCHEMA_VERSION, GeditSummary, RecordError
+from harness.gedit.render import summary_markdown
 from harness.core.records import SYNTHETIC_WARNING, read_jsonl
 
 GROUPS = ["color_alter", "ps_human", "subject-remove", "text_change"]  # 4 of the 11, to keep the test short
@@ -115,3 +117,20 @@ def test_resume_refuses_edits_made_with_other_settings(run_dir, capsys):
     assert _mtimes(out) == before
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fidelity"]["fp8"]["same_settings_but_precision"] is True
+
+
+def test_summary_json_is_a_typed_record_that_renders_summary_md(run_dir, tmp_path):
+    out, _ = run_dir
+    summary = GeditSummary.from_json(out / "summary.json")
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["schema_version"] == SCHEMA_VERSION and summary.to_json() == on_disk
+    assert summary_markdown(summary) == (out / "summary.md").read_text()
+    assert summary.task.generation.steps == 2 and summary.judge.prompt_set == "project-rubric-v1"
+    assert summary.throughput.generation["bf16"].n_samples == 2 * TASK_GROUPS
+    broken = tmp_path / "summary.json"
+    broken.write_text(json.dumps({k: v for k, v in on_disk.items() if k != "headline"}))
+    with pytest.raises(RecordError, match="missing required key 'headline'"):
+        GeditSummary.from_json(broken)
+    broken.write_text(json.dumps({**on_disk, "schema_version": 0}))
+    with pytest.raises(RecordError, match="schema_version 0.*--stage score"):
+        GeditSummary.from_json(broken)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.data import synthetic_image
-from harness.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
-from harness.judge_prompts import PROJECT_RUBRIC
+from harness.gedit.data import synthetic_image
+from harness.gedit.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
+from harness.gedit.judge_prompts import PROJECT_RUBRIC
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_full_synthetic_judge_has_the_7b_shapes():
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from harness.judge import qwen2_5_vl_7b_config
+    from harness.gedit.judge import qwen2_5_vl_7b_config
     from omnigen2_fp8.synthetic import build_qwen_tokenizer
 
     config = qwen2_5_vl_7b_config(build_qwen_tokenizer(qwen_ids=True))

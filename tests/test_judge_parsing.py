@@ -5,8 +5,8 @@ import hashlib
 
 import pytest
 
-from harness.judge import finish_call, parse_judge_answer
-from harness.judge_prompts import (INSTRUCTION_PLACEHOLDER, PROJECT_RUBRIC, PromptSetError, load_viescore_prompts,
+from harness.gedit.judge import finish_call, parse_judge_answer
+from harness.gedit.judge_prompts import (INSTRUCTION_PLACEHOLDER, PROJECT_RUBRIC, PromptSetError, load_viescore_prompts,
                                    resolve_prompt_set)
 
 
@@ -86,7 +86,7 @@ def test_viescore_copy_with_wrong_text_is_refused(tmp_path):
 
 
 def test_viescore_templates_are_assembled_in_the_published_order(tmp_path, monkeypatch):
-    import harness.judge_prompts as jp
+    import harness.gedit.judge_prompts as jp
 
     src = tmp_path / "vie_prompts.py"
     src.write_text('context_no_delimit = "CTX"\ntwo_image_edit_rule = "RULE <instruction>"\n'

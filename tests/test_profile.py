@@ -16,7 +16,8 @@ from harness.profile.arms import quantize_unpadded
 from harness.profile.options import ProfileOptions
 from harness.profile.record import SCHEMA_VERSION, ProfileRecord, RecordError, compute_ratios
 from harness.profile.render import profile_markdown
-from harness.profile.scenarios import ProfileError, load_scenario, reference_images
+from harness.core.tasks import TaskError
+from harness.profile.scenarios import ProfileError, load_scenario, load_scenario_task, reference_images
 
 TINY_SCENARIO = """\
 task: tiny-edit
@@ -187,6 +188,14 @@ def test_bad_scenario_values_are_named(tmp_path):
     bad.write_text("task: bad\nheight: 64\nwidth: 64\nsteps: 2\nreferences: [[64]]\n")
     with pytest.raises(ProfileError, match=r"references\[0\]"):
         load_scenario(bad)
+
+
+def test_scenarios_validate_as_tasks(tmp_path):
+    assert load_scenario_task("gedit-512").height == 512
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: bad\nheight: 100\nwidth: 64\nsteps: 2\n")
+    with pytest.raises(TaskError, match="height 100 must be a multiple of 16"):
+        load_scenario_task(bad)
 
 
 def test_reference_images_are_seeded_and_sized():

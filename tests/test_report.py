@@ -35,7 +35,7 @@ steps: 2
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from harness import gedit
+    from harness.gedit import __main__ as gedit
     from harness.profile.__main__ import main as profile_main
 
     root = tmp_path_factory.mktemp("runs")

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from harness.scoring import headline_table, sample_scores, sample_table, task_table
+from harness.gedit.scoring import headline_table, sample_scores, sample_table, task_table
 
 
 def _rec(arm, task, key, sc, pq, status="ok", lang="en"):

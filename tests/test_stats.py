@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.stats import bootstrap_mean_ci, bootstrap_task_mean_ci, paired_deltas, verdict
+from harness.gedit.stats import bootstrap_mean_ci, bootstrap_task_mean_ci, paired_deltas, verdict
 
 
 def _frame(deltas_by_task, seed=0):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.tasks import (GEDIT_TASK_GROUPS, GeditTaskConfig, TaskError, apply_overrides, discover_tasks, find_task,
-                           load_gedit_task, load_task_file)
+from harness.core.tasks import TaskError, apply_overrides, discover_tasks, find_task, load_task_file
+from harness.gedit.config import GEDIT_TASK_GROUPS, GeditTaskConfig, load_gedit_task
 
 
 def test_shipped_gedit_tasks_validate():
@@ -58,7 +58,8 @@ def test_overrides_are_logged_and_revalidated():
 
 
 def test_group_task_files_are_current(tmp_path):
-    from harness.tasks import TASKS_ROOT, write_gedit_group_tasks
+    from harness.core.tasks import TASKS_ROOT
+    from harness.gedit.config import write_gedit_group_tasks
 
     fresh = write_gedit_group_tasks(tmp_path)
     assert len(fresh) == 2 * len(GEDIT_TASK_GROUPS)

@@ -1,11 +1,14 @@
 """Run provenance and crash-safe result files.
 
 Every result this harness writes carries a manifest (command, git revision, device, versions, date, whether the
-weights were synthetic), and every file is written to a temporary name and renamed, so an interrupted run never
-leaves a half-written result behind.
+weights were synthetic), and every file is written to a temporary name and renamed (`atomic_output`, the one
+atomic writer: JSON, text, CSV, PNG and parquet all go through it), so an interrupted run never leaves a
+half-written result behind. Per-sample records are JSONL lines appended through a `RecordSink`, which writes the
+shared file in a single process and its per-rank twin (`rank_path`) inside a process group of several ranks.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -14,25 +17,37 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+RANK_DIR = "_ranks"
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for any writer (PIL, pandas, datasets, open()); when the block ends
+    without an error the file is fsync'd and renamed onto `path`, otherwise it is removed.
+
+    The temporary name (`.<name>.<random>.tmp`) is unique, so concurrent writers of one path never share it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:  # writers such as PIL close without fsync: the rename must follow the data
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -52,6 +67,37 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+class RankInfo(Protocol):
+    """What a sink needs to know about its process (`harness.core.distributed.Shard` is one)."""
+
+    rank: int
+    world_size: int
+
+
+def rank_path(path: str | os.PathLike, rank: int) -> Path:
+    """`<dir>/<stem><suffix>` -> `<dir>/_ranks/<stem>.rank<NNN><suffix>`: where rank `rank` appends the records of
+    the shared file `path` (`harness.core.distributed.merge_rank_files` folds them back)."""
+    path = Path(path)
+    return path.parent / RANK_DIR / f"{path.stem}.rank{rank:03d}{path.suffix}"
+
+
+class RecordSink:
+    """Appends JSON records for the shared file `path`: to `path` itself in a single process, to its per-rank twin
+    (`rank_path`) when `shard` has several ranks, so ranks never append to one file concurrently."""
+
+    def __init__(self, path: str | os.PathLike, shard: RankInfo | None = None):
+        self.shared = Path(path)
+        several = shard is not None and shard.world_size > 1
+        self.path = rank_path(self.shared, shard.rank) if several else self.shared
+
+    def append(self, record: dict) -> None:
+        """Append one record as a JSON line, flushed to disk (see `append_jsonl`)."""
+        append_jsonl(self.path, record)
+
+    def __repr__(self) -> str:
+        return f"RecordSink({str(self.path)!r})"
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from harness.tasks import TaskError, apply_overrides, build_dataclass, load_task
+from harness.core.tasks import TaskError, apply_overrides, build_dataclass, load_task
 from omnigen2_fp8 import guidance
 
 
@@ -80,6 +80,14 @@ def load_scenario(name_or_path: str | Path, steps: int | None = None) -> tuple[S
     except TaskError as err:
         raise ProfileError(str(err)) from None
     return scenario, changes, raw.get("_source", str(name_or_path))
+
+
+def load_scenario_task(name_or_path: str | Path) -> ScenarioConfig:
+    """A scenario validated by name or path, errors as TaskError: the "profile" validator of `harness.tasks`."""
+    try:
+        return ScenarioConfig.from_dict(load_task(name_or_path, "profile"))
+    except ProfileError as err:
+        raise TaskError(str(err)) from None
 
 
 def reference_images(scenario: ScenarioConfig) -> list[PIL.Image.Image]:

@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from harness.tasks import GEDIT_LANGUAGES, GEDIT_TASK_GROUPS, SelectionSpec
+from harness.core.records import atomic_output
+from harness.gedit.config import GEDIT_LANGUAGES, GEDIT_TASK_GROUPS, SelectionSpec
 
 # English sample counts of the real benchmark (the Chinese half has the same keys).
 GEDIT_EN_COUNTS = {"background_change": 40, "color_alter": 40, "material_alter": 40, "motion_change": 40,
@@ -285,11 +286,8 @@ def write_synthetic_gedit(folder: str | os.PathLike, per_task: int = 2, language
     folder = Path(folder)
     ds = make_synthetic_gedit(per_task, languages, image_size, seed)
     if layout == "parquet":
-        target = folder / "data" / "train-00000-of-00001.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        ds.to_parquet(str(tmp))
-        os.replace(tmp, target)
+        with atomic_output(folder / "data" / "train-00000-of-00001.parquet") as tmp:
+            ds.to_parquet(str(tmp))
         (folder / "SYNTHETIC.txt").write_text(SYNTHETIC_DATASET_NOTE + "\n", encoding="utf-8")
     elif layout == "save_to_disk":
         datasets.DatasetDict({"train": ds}).save_to_disk(str(folder))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.scoring import METRICS
+from harness.gedit.scoring import METRICS
 
 N_BOOTSTRAP = 10_000
 CONFIDENCE = 0.95

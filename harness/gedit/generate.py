@@ -1,45 +1,25 @@
 """Edited images for selected GEdit samples, one precision ("arm") at a time, resumable.
 
-Layout (the official one): `<root>/<arm>/fullset/<task_type>/<lang>/<key>.png`, with one JSONL line per finished
-sample in `<root>/<arm>/generation.jsonl` (seed, seconds, peak VRAM, settings). A PNG is written to a temporary name
-and renamed, so an existing PNG is always complete and is never made again. "Which samples" (`pending_samples`,
-`harness.data.select_samples` / `shard_samples`) is kept apart from "make these" (`generate_samples`), so a
-multi-process run can hand each rank its shard; per-sample records merge by concatenation.
+Where edits and their records go is the run folder's business (`harness.gedit.run_folder`): one PNG per sample in
+the official layout and one JSONL line per finished sample (seed, seconds, peak VRAM, settings), appended through a
+`RecordSink` (a per-rank file under torchrun). A PNG is written to a temporary name and renamed, so an existing PNG
+is always complete and is never made again. "Which samples" (`RunFolder.pending`, the runner's shard) is kept apart
+from "make these" (`generate_samples`).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import gc
-import os
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.data import SampleRef, load_source_image
-from harness.distributed import rank_file
-from harness.core.records import append_jsonl, read_jsonl
-from harness.tasks import GenerationSpec
-
-GENERATION_LOG = "generation.jsonl"
-SETTINGS_FILE = "generation_settings.json"
-
-
-class SettingsMismatchError(ValueError):
-    """Existing edits were made with other settings; resuming would mix them."""
-
-
-def edit_path(root: str | Path, arm: str, sample: SampleRef | dict) -> Path:
-    """`<root>/<arm>/fullset/<task_type>/<lang>/<key>.png` for a SampleRef or a record with those fields."""
-    get = sample.get if isinstance(sample, dict) else lambda k: getattr(sample, k)
-    return Path(root) / arm / "fullset" / get("task_type") / get("language") / f"{get('key')}.png"
-
-
-def pending_samples(root: str | Path, arm: str, samples: Sequence[SampleRef]) -> list[SampleRef]:
-    """The samples whose edited image does not exist yet (a PNG that exists is complete: it was renamed into place)."""
-    return [s for s in samples if not edit_path(root, arm, s).is_file()]
+from harness.core.records import RecordSink, atomic_output
+from harness.gedit.config import GenerationSpec
+from harness.gedit.data import SampleRef, load_source_image
+from harness.gedit.run_folder import RunFolder
 
 
 def arm_settings(model: str, arm: str, gen: GenerationSpec) -> dict:
@@ -47,39 +27,6 @@ def arm_settings(model: str, arm: str, gen: GenerationSpec) -> dict:
     return {"model": model, "precision": arm, "seed": gen.seed, "steps": gen.steps, "resolution": gen.resolution,
             "text_guidance_scale": gen.text_guidance_scale, "image_guidance_scale": gen.image_guidance_scale,
             "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
-
-
-def check_or_record_settings(root: str | Path, arm: str, settings: dict) -> None:
-    """Record an arm's settings in `<root>/<arm>/generation_settings.json`, or refuse if it holds other ones."""
-    import json
-
-    from harness.core.records import write_json_atomic
-
-    path = Path(root) / arm / SETTINGS_FILE
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise SettingsMismatchError(f"{path.parent} holds edits made with other settings ({changes}); resuming "
-                                        "would mix them. Use another --out/--edits folder, or delete that one.")
-        return
-    write_json_atomic(path, settings)
-
-
-def read_arm_settings(root: str | Path, arm: str) -> dict | None:
-    import json
-
-    path = Path(root) / arm / SETTINGS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def generation_records(root: str | Path, arm: str) -> list[dict]:
-    """The per-sample generation records of an arm (later lines win for a repeated sample)."""
-    latest = {}
-    for rec in read_jsonl(Path(root) / arm / GENERATION_LOG):
-        latest[(rec["task_type"], rec["language"], rec["key"])] = rec
-    return list(latest.values())
 
 
 def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None = None,
@@ -130,27 +77,25 @@ def edit_call_kwargs(gen: GenerationSpec) -> dict:
     return kwargs
 
 
-def generate_samples(pipe, dataset, samples: Sequence[SampleRef], root: str | Path, arm: str, gen: GenerationSpec,
-                     progress: bool = True) -> int:
-    """Edit every sample that has no image yet; returns how many were made. Every sample uses seed `gen.seed`
-    (the same for every arm, so the edits are paired)."""
-    todo = pending_samples(root, arm, samples)
+def generate_samples(pipe, dataset, samples: Sequence[SampleRef], folder: RunFolder, arm: str, gen: GenerationSpec,
+                     records: RecordSink, progress: bool = True) -> int:
+    """Edit every sample that has no image yet in `folder`; append one record per edit to `records`; returns how
+    many were made. Every sample uses seed `gen.seed` (the same for every arm, so the edits are paired)."""
+    todo = folder.pending(arm, samples)
     kwargs = edit_call_kwargs(gen)
     cuda = torch.cuda.is_available() and str(getattr(pipe, "device", "")).startswith("cuda")
     for sample in tqdm(todo, desc=f"generate {arm}", unit="edit", disable=not progress):
-        target = edit_path(root, arm, sample)
+        target = folder.edit_path(arm, sample)
         source = load_source_image(dataset, sample)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = pipe(sample.instruction, [source], **kwargs)
         seconds = time.perf_counter() - start
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        result.save(tmp)
-        os.replace(tmp, target)
-        append_jsonl(rank_file(Path(root) / arm / GENERATION_LOG), {
-            **sample.to_record(), "arm": arm, "image": str(target.relative_to(root)), "seed": gen.seed,
+        with atomic_output(target) as tmp:
+            result.save(tmp)
+        records.append({
+            **sample.to_record(), "arm": arm, "image": str(target.relative_to(folder.edits_root)), "seed": gen.seed,
             # The pipeline resets the peak counters per stage; its result holds the peak over the whole call.
             "seconds": seconds, "peak_vram_gib": result.peak_vram_gib,
             "stage_seconds": result.stage_seconds, "output_size": list(result.images[0].size),

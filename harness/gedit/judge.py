@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from harness.judge_prompts import PromptSet
+from harness.gedit.judge_prompts import PromptSet
 
 SCORE_MIN, SCORE_MAX = 0.0, 10.0
 RETRY_TEMPERATURE = 0.7

@@ -1,0 +1,127 @@
+"""python -m harness.gedit: GEdit-Bench edits per precision, a local Qwen2.5-VL judge, scores, deltas, fidelity.
+
+Examples:
+    python -m harness.gedit --precision bf16 fp8 --task gedit-en-10pct             # real models from hub/folders
+    python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
+    python -m harness.gedit --stage judge --edits DIR --precision mymodel           # judge edits made elsewhere
+    python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
+
+Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
+Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
+fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
+per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
+
+Files in --out (edits go to --edits, default --out):
+    <arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout); <arm>/generation.jsonl: one line per edit
+    <arm>/generation_settings.json               what made the edits (resume refuses other settings)
+    selection.json      the selected samples (+ counts, uids_sha256)
+    judgements.jsonl    one line per (arm, sample): status ok | judge_failure | missing_image, sc/pq call records
+                        with every raw answer, judge {model, prompt_set, prompt_sha256, ...}
+    judge_runs.jsonl    one line per judge batch: seconds, calls, attempts, new tokens, peak VRAM, judge settings
+    scores.csv          sample level: arm, task_type, language, key, status, failure, SC, PQ, O, ...
+    tasks.csv           per (arm, language, task_type): n_selected, n_scored, failures, SC, PQ, O
+    fidelity.csv        per (arm vs baseline, sample): psnr_db, ssim, identical
+    summary.json / .md  headline, per task, paired deltas with 95% CIs, fidelity, failures, throughput, provenance
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from harness.core.distributed import DistributedSetupError
+from harness.core.tasks import TaskError
+from harness.gedit.config import DEFAULT_TASK
+from harness.gedit.context import SetupError, make_context
+from harness.gedit.data import DatasetError
+from harness.gedit.judge_prompts import PromptSetError
+from harness.gedit.record import GeditSummary
+from harness.gedit.run_folder import SUMMARY_MD, RunFolderError
+from harness.gedit.runner import open_shard, run
+
+# ------------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.gedit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = p.add_argument_group("what to run")
+    run.add_argument("--task", default=DEFAULT_TASK, help=f"task name or YAML path (default {DEFAULT_TASK}; "
+                     "`python -m harness.tasks ls` lists them)")
+    run.add_argument("--precision", nargs="+", default=None, metavar="ARM",
+                     help="arms to run: bf16 and/or fp8 (default: both); with --edits, any folder names")
+    run.add_argument("--stage", choices=("generate", "judge", "score", "all"), default="all")
+    run.add_argument("--synthetic", choices=("tiny", "full"), default=None,
+                     help="random-weight models and a PIL-drawn dataset: tiny runs on a CPU in about a minute, "
+                          "full has the real shapes (GPU throughput); every score is meaningless")
+    sel = p.add_argument_group("sample selection (override the task file)")
+    sel.add_argument("--per-task", type=int, default=None, help="samples per task group and language")
+    sel.add_argument("--languages", nargs="+", choices=("en", "cn"), default=None)
+    sel.add_argument("--tasks", nargs="+", default=None, metavar="GROUP", help="task groups to keep")
+    sel.add_argument("--intersection", action="store_true", default=None, help="only Intersection_exist rows")
+    sel.add_argument("--selection-seed", type=int, default=None)
+    gen = p.add_argument_group("generation (override the task file)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--resolution", type=int, default=None, help="cap edits at R*R pixels (aspect kept)")
+    gen.add_argument("--model", default=None, help="OmniGen2 checkpoint folder or hub id")
+    jud = p.add_argument_group("judge (override the task file)")
+    jud.add_argument("--judge", default=None, help="Qwen2.5-VL-7B-Instruct folder or hub id")
+    jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
+    jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
+    jud.add_argument("--max-new-tokens", type=int, default=None)
+    jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
+    io = p.add_argument_group("data and files")
+    io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
+    io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
+    io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
+    io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    io.add_argument("--cuda-graphs", action="store_true",
+                    help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
+                         "is launch-bound at 512x512 without it)")
+    io.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the 95%% intervals")
+    io.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Dotted task fields -> flag values (None = not given)."""
+    return {
+        "selection.per_task": args.per_task, "selection.languages": args.languages,
+        "selection.task_groups": args.tasks, "selection.intersection": args.intersection,
+        "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
+        "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
+        "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
+        "dataset.id": args.dataset,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        shard = open_shard(args.device)  # one process, or this rank of a torchrun launch
+        try:
+            # The main rank writes the shared files (synthetic models, data) before the others read them.
+            ctx = shard.main_first(lambda: make_context(
+                task=args.task, flags=overrides_from_args(args), synthetic=args.synthetic, out=args.out,
+                edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
+                batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
+                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs))
+            summary = run(ctx, args.stage, shard)
+        finally:
+            shard.close()
+    except (SetupError, TaskError, DatasetError, PromptSetError, DistributedSetupError, RunFolderError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        _announce(summary, ctx.out / SUMMARY_MD)
+    return 0
+
+
+def _announce(summary: GeditSummary, markdown) -> None:
+    if summary.synthetic:
+        print(summary.warning)
+    print(f"wrote {markdown}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""summary.json as a typed record: `GeditSummary` is what the score stage writes and what readers get back.
+
+`to_json()` gives the dict written to summary.json (keys in the order shown); `GeditSummary.from_json(path)` checks
+`schema_version` and validates every field, naming the one that is missing or has the wrong type. Tables whose
+columns belong to the scoring code (headline, per-task rows, paired deltas, fidelity) stay lists of row dicts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from harness.core.tasks import TaskError, build_dataclass
+from harness.gedit.config import GeditTaskConfig
+
+SCHEMA_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A summary.json that cannot be read as this code's GeditSummary; the message says which field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeIdentity:
+    """What makes judgements comparable: the judge model and the exact prompts (by hash)."""
+
+    model: str
+    prompt_set: str
+    prompt_sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationThroughput:
+    """Per arm, from generation.jsonl: seconds per edit (whole pipeline call) and peak VRAM in GiB."""
+
+    n_samples: int
+    seconds_per_sample_mean: float
+    seconds_per_sample_median: float
+    seconds_per_sample_after_first: float | None
+    peak_vram_gib_max: float | None
+    steps: int | None
+    output_size: list[int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeThroughput:
+    """From judge_runs.jsonl: seconds per judged sample (2 calls), attempts, decoded tokens, peak VRAM in GiB."""
+
+    n_samples: int
+    seconds_per_sample: float
+    calls_per_sample: int
+    attempts_per_call: float
+    new_tokens_per_attempt: float
+    peak_vram_gib_max: float | None
+    batch_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    generation: dict[str, GenerationThroughput]
+    judge: JudgeThroughput | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryFiles:
+    """The run's files beside summary.json (names relative to the run folder; fidelity None with one arm)."""
+
+    judgements: str
+    scores: str
+    tasks: str
+    fidelity: str | None
+    selection: str
+    markdown: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GeditSummary:
+    """One scored GEdit run: what was run, the scores, deltas, fidelity, failures, throughput and provenance."""
+
+    schema_version: int = SCHEMA_VERSION
+    synthetic: str | bool  # "tiny" / "full" for random-weight models, False for real ones
+    warning: str | None = None  # the synthetic-weights warning (absent from the JSON for real weights)
+    task: GeditTaskConfig
+    overrides: list[dict]
+    arms: list[str]
+    baseline: str
+    dataset: str
+    model: str
+    edits_root: str
+    judge: JudgeIdentity
+    judge_settings: dict | None
+    prompt_set: dict
+    selection: dict
+    headline: list[dict]
+    per_task: list[dict]
+    deltas: list[dict]
+    fidelity: dict
+    judge_failures: dict
+    throughput: Throughput
+    provenance: dict
+    files: SummaryFiles
+
+    def to_json(self) -> dict:
+        """The summary.json mapping (JSON types only)."""
+        data = dataclasses.asdict(self)
+        if data["warning"] is None:
+            del data["warning"]
+        return data
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "GeditSummary":
+        """Read and validate a summary.json written by this code (same schema_version)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise RecordError(f"{path} cannot be read as JSON ({err}); rerun the score stage "
+                              f"(python -m harness.gedit --stage score --out {path.parent})") from err
+        found = data.get("schema_version") if isinstance(data, dict) else None
+        if found != SCHEMA_VERSION:
+            raise RecordError(f"{path} has schema_version {found!r}, this code reads {SCHEMA_VERSION}; rewrite it "
+                              f"with python -m harness.gedit --stage score --out {path.parent}")
+        try:
+            return build_dataclass(cls, data, str(path))
+        except TaskError as err:
+            raise RecordError(str(err)) from err

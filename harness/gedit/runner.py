@@ -1,0 +1,283 @@
+"""The GEdit flow, one code path for one process or many: select -> generate -> judge -> merge -> score.
+
+A single process is a `Shard` of a world of one. Under `torchrun --nproc-per-node N -m harness.gedit ...` each of
+the N processes loads its own models on cuda:LOCAL_RANK (NCCL; gloo with --device cpu) and takes its share:
+
+- generation: round-robin over the selection (`shard.take(samples)`: rank r edits samples r, r+N, ...);
+- judging: the (arm, sample) pairs in single-process order cut into batches of --batch-size (`judge_batches`),
+  batch b going to rank b mod N. Batches are never re-formed: pairs already judged are left out of their batch, so
+  every rank runs exactly the batches a single process would (same composition, same numerics), and every sample
+  keeps its seed, which never depends on rank or world size.
+
+Records go through `RecordSink`s (a rank appends to its own per-rank file); edited images go straight to the shared
+layout (atomic renames). After the work, the main rank folds the per-rank files into the shared ones in
+single-process order (`merge_rank_records`) and scores, so the outputs are those of a single-process run. A rank
+that dies takes the whole group down (torchrun stops the others), and only unfinished samples are lost: the next
+run (sharded or not, any world size) merges the leftovers first and does only the rest.
+
+Fault injection for tests: GEDIT_DIST_FAULT="RANK:STAGE:N" makes rank RANK exit abruptly (os._exit, like a crash)
+after N edits of the first arm (STAGE "generate") or N judge batches (STAGE "judge").
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, merge_rank_files
+from harness.core.records import RecordSink, run_manifest, write_json_atomic
+from harness.gedit import data as gdata
+from harness.gedit.context import SYNTHETIC_FULL, RunContext, SetupError, preflight
+from harness.gedit.generate import arm_settings, free_pipeline, generate_samples, load_arm_pipeline
+from harness.gedit.judge import QwenJudge, build_full_synthetic_judge, judge_calls_for_sample
+from harness.gedit.record import GeditSummary
+from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
+from harness.gedit.summary import run_score
+
+log = logging.getLogger("harness.gedit")
+
+STAGES = ("generate", "judge", "score")
+FAULT_ENV = "GEDIT_DIST_FAULT"
+TIMEOUT_ENV = "GEDIT_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 3600  # longest wait at a barrier (the slowest rank's extra work), not the run's length
+FAULT_EXIT_CODE = 3
+
+Pair = tuple[str, gdata.SampleRef]  # (arm, sample): one judgement
+
+
+# --------------------------------------------------------------------------------------------------------- flow
+def open_shard(requested_device: str | None) -> Shard:
+    """This process's shard: a torchrun rank (joins the process group) or the whole work in one process."""
+    if not launched_with_several_ranks():
+        return Shard.single(requested_device)
+    shard = Shard.from_env(requested_device, timeout_s=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)),
+                           launch_hint="torchrun --nproc-per-node N -m harness.gedit ...")
+    shard.label_logs()
+    return shard
+
+
+def stages_of(stage: str) -> tuple[str, ...]:
+    """--stage value -> the stages it runs, in order."""
+    return STAGES if stage == "all" else (stage,)
+
+
+def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> GeditSummary | None:
+    """Run the requested stage(s) on this shard; returns the summary on the main rank when the score stage ran."""
+    shard = shard or Shard.single(ctx.device)
+    stages = stages_of(stage)
+    preflight(ctx, stages)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    if shard.is_main:  # an interrupted run's records, before anyone decides what is done
+        leftovers = merge_rank_records(ctx.folder, ctx.arms, ctx.batch_size)
+        if any(leftovers.values()):
+            log.info("merged records left by an interrupted run: %s", leftovers)
+    shard.barrier()
+    mine = {"rank": shard.rank, "local_rank": shard.local_rank, "host": socket.gethostname(), "device": shard.device}
+    if {"generate", "judge"} & set(stages):
+        ds, samples = select(ctx, record=shard.is_main)
+        if "generate" in stages:
+            start = time.perf_counter()
+            mine["generate_shard_samples"] = generate_shard(ctx, ds, samples, shard)
+            mine["generate_seconds"] = time.perf_counter() - start
+            shard.barrier()  # every edit exists before any rank judges it
+        if "judge" in stages:
+            start = time.perf_counter()
+            mine["judged_pairs"] = judge_shard(ctx, ds, samples, shard)
+            mine["judge_seconds"] = time.perf_counter() - start
+    everyone = shard.gather(mine)  # also the barrier before the main rank merges
+    if not shard.is_main:
+        return None
+    merged = merge_rank_records(ctx.folder, ctx.arms, ctx.batch_size)
+    if shard.world_size > 1 and {"generate", "judge"} & set(stages):
+        write_json_atomic(ctx.folder.file(DIST_REPORT), {
+            "synthetic": ctx.synthetic or False, "world_size": shard.world_size, "backend": shard.backend,
+            "stages": list(stages), "ranks": everyone, "merged_records": merged,
+            "provenance": run_manifest(synthetic=ctx.synthetic or False, device=shard.device)})
+    return run_score(ctx) if "score" in stages else None
+
+
+def select(ctx: RunContext, record: bool = True) -> tuple[object, list[gdata.SampleRef]]:
+    """Load the dataset and choose the samples; `record`: write the choice to selection.json. Returns (dataset,
+    samples)."""
+    ds = gdata.load_gedit_dataset(ctx.dataset, ctx.config.dataset.revision, ctx.config.dataset.split)
+    samples = gdata.select_samples(ds, ctx.config.selection)
+    if not samples:
+        raise SetupError(f"the selection {ctx.config.selection} matches no row of {ctx.dataset}")
+    if record:
+        ctx.folder.write_selection(gdata.selection_summary(samples), ctx.dataset,
+                                   dataclasses.asdict(ctx.config.selection), [s.to_record() for s in samples])
+    return ds, samples
+
+
+# --------------------------------------------------------------------------------------------------- generation
+def generate_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard) -> int:
+    """Edit this shard's samples for every arm; returns how many samples the shard holds."""
+    mine = shard.take(samples)
+    stop = fault_after(shard.rank, "generate")
+    if stop is not None:
+        arm = ctx.arms[0]
+        part = ctx.folder.pending(arm, mine)[:stop]
+        generate_arms(ctx, ds, part, shard, arms=[arm])
+        _crash(shard.rank, f"{len(part)} {arm} edits")
+    generate_arms(ctx, ds, mine, shard)
+    return len(mine)
+
+
+def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard,
+                  arms: Sequence[str] | None = None) -> None:
+    """Edits for every arm; one model load per arm, freed before the next; finished samples are skipped."""
+    folder = ctx.folder
+    for arm in arms or ctx.arms:
+        folder.check_or_record_settings(arm, arm_settings(ctx.model, arm, ctx.config.generation))
+        todo = folder.pending(arm, samples)
+        if not todo:
+            log.info("generate %s: all %d edits exist", arm, len(samples))
+            continue
+        log.info("generate %s: %d of %d edits to make", arm, len(todo), len(samples))
+        pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift,
+                                 cuda_graphs=ctx.cuda_graphs)
+        try:
+            generate_samples(pipe, ds, todo, folder, arm, ctx.config.generation,
+                             RecordSink(folder.generation_log(arm), shard), progress=ctx.progress)
+        finally:
+            free_pipeline(pipe)
+
+
+# ------------------------------------------------------------------------------------------------------ judging
+def judge_batches(arms: Sequence[str], samples: Sequence, batch_size: int) -> list[list[Pair]]:
+    """The (arm, sample) pairs in single-process order (arm by arm, selection order), cut into batches."""
+    pairs = [(arm, s) for arm in arms for s in samples]
+    width = max(1, batch_size)
+    return [pairs[i:i + width] for i in range(0, len(pairs), width)]
+
+
+def judge_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard) -> int:
+    """Judge this shard's batches; pairs already judged (in the shared file or any rank's file) are left out of
+    their batch. Returns how many pairs it judged."""
+    done = ctx.folder.judged_pairs(ctx.judge_identity)
+    mine = shard.take(judge_batches(ctx.arms, samples, ctx.batch_size))
+    todo = [[(arm, s) for arm, s in batch if (arm, *sample_key(s)) not in done] for batch in mine]
+    todo = [batch for batch in todo if batch]
+    if not todo:
+        log.info("judge: all judgements of this process's %d batches exist", len(mine))
+        return 0
+    n_pairs = sum(len(batch) for batch in todo)
+    stop = fault_after(shard.rank, "judge")
+    judge = load_judge(ctx)
+    sinks = (RecordSink(ctx.folder.file(JUDGEMENTS), shard), RecordSink(ctx.folder.file(JUDGE_RUNS), shard))
+    desc = "judge" if shard.world_size == 1 else f"judge rank {shard.rank}"
+    bar = tqdm(total=2 * n_pairs, desc=desc, unit="call", disable=not ctx.progress)
+    for i, batch in enumerate(todo):
+        if stop is not None and i == stop:
+            _crash(shard.rank, f"{i} judge batches")
+        judge_batch(ctx, ds, batch, judge, bar, *sinks)
+    bar.close()
+    return n_pairs
+
+
+def load_judge(ctx: RunContext) -> QwenJudge:
+    spec = ctx.config.judge
+    kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
+    if ctx.judge_model == SYNTHETIC_FULL:
+        return build_full_synthetic_judge(ctx.device, **kwargs)
+    judge = QwenJudge.load(ctx.judge_model, ctx.device, **kwargs)
+    judge.model_id = ctx.judge_model
+    return judge
+
+
+def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar, judgements: RecordSink,
+                runs: RecordSink) -> None:
+    """Judge one batch of (arm, sample) pairs (one judge.run_calls); append a judgement per pair and a timing line."""
+    ident, info = ctx.judge_identity, judge.describe()
+    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
+    calls, present = [], []
+    for arm, sample in part:
+        image_path = ctx.folder.edit_path(arm, sample)
+        if not image_path.is_file():
+            judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="missing_image",
+                                         failure=f"no edited image at {image_path}"))
+            bar.update(2)
+            continue
+        edited = Image.open(image_path).convert("RGB")
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
+                                        sample.instruction, ctx.prompts)
+        present.append((arm, sample))
+    if not present:
+        return
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
+    seconds = time.perf_counter() - t0
+    runs.append({"arms": sorted({a for a, _ in present}), "n_samples": len(present), "n_calls": len(calls),
+                 "seconds": seconds, "n_attempts": sum(len(r.attempts) for r in results.values()),
+                 "new_tokens": judge.last_new_tokens_total,
+                 "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                 "judge": ident, "settings": info})
+    for arm, sample in present:
+        sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
+        ok = sc.status == "ok" and pq.status == "ok"
+        failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
+        judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="ok" if ok else "judge_failure",
+                                     failure=failure, sc=sc.to_record(), pq=pq.to_record(),
+                                     out_of_range="out_of_range" in (sc.status, pq.status)))
+
+
+def _judgement(folder: RunFolder, arm, sample, ident, info, *, status, failure="", sc=None, pq=None,
+               out_of_range=False) -> dict:
+    return {"arm": arm, **sample.to_record(), "image": str(folder.edit_path(arm, sample).relative_to(folder.edits_root)),
+            "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
+            "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
+                      "synthetic": bool(info.get("synthetic"))}}
+
+
+# ------------------------------------------------------------------------------------------------------ merging
+def merge_rank_records(folder: RunFolder, arms: Sequence[str], batch_size: int) -> dict[str, int]:
+    """Fold every per-rank record file of the run into its shared file; returns {shared file: records added}.
+
+    New records go after the existing ones, in single-process order: judgements by judge batch (the single-process
+    batch of each (arm, sample), writing order kept inside a batch), generation records by selection order, other
+    files rank by rank. Records outside the current selection keep their order, after the rest.
+    """
+    order = folder.selection_order()
+    width = max(1, batch_size)
+    batch_of = {(arm, *k): (a * len(order) + i) // width for a, arm in enumerate(arms) for k, i in order.items()}
+    last = float("inf")
+
+    def order_key(shared):
+        if shared.name == JUDGEMENTS:
+            return lambda r: batch_of.get((r.get("arm"), *sample_key(r)), last)
+        if shared.name == GENERATION_LOG:
+            return lambda r: order.get(sample_key(r), last)
+        return lambda r: 0
+
+    added: dict[str, int] = {}
+    for parent in folder.rank_folders():
+        added.update(merge_rank_files(parent, order_key))
+    return added
+
+
+# ---------------------------------------------------------------------------------------------- fault injection
+def fault_after(rank: int, stage: str) -> int | None:
+    """N from GEDIT_DIST_FAULT="RANK:STAGE:N" when it names this rank and stage, else None."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[1] not in ("generate", "judge") or not parts[0].isdigit() or not parts[2].isdigit():
+        raise DistributedSetupError(f"{FAULT_ENV}={spec!r}: expected RANK:STAGE:N with STAGE generate or judge, "
+                                    "e.g. 1:generate:2 (or unset it)")
+    return int(parts[2]) if (int(parts[0]), parts[1]) == (rank, stage) else None
+
+
+def _crash(rank: int, what: str) -> None:
+    log.error("%s=%s: rank %d exits now, after %s", FAULT_ENV, os.environ[FAULT_ENV], rank, what)
+    logging.shutdown()
+    os._exit(FAULT_EXIT_CODE)

@@ -1,0 +1,128 @@
+"""The score stage: judgements and edits -> scores.csv, tasks.csv, fidelity.csv, summary.json (a `GeditSummary`)
+and summary.md. Reads only the run folder (selection.json, judgements, generation records), never the dataset.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from harness.core.records import SYNTHETIC_WARNING, atomic_output, run_manifest, write_json_atomic, write_text_atomic
+from harness.gedit import data as gdata
+from harness.gedit.context import RunContext
+from harness.gedit.fidelity import fidelity_table, summarize_fidelity
+from harness.gedit.record import (GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput, SummaryFiles,
+                                  Throughput)
+from harness.gedit.render import summary_markdown
+from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, SUMMARY_JSON, SUMMARY_MD, TASKS,
+                                      RunFolder)
+from harness.gedit.scoring import headline_table, sample_table, task_table
+from harness.gedit.stats import paired_deltas
+
+
+def run_score(ctx: RunContext) -> GeditSummary:
+    """Write every scored file of the run and return the summary."""
+    folder = ctx.folder
+    samples = folder.selection_samples()
+    table = sample_table(folder.current_judgements(ctx.judge_identity, ctx.arms, samples))
+    _write_csv(table, folder.file(SCORES))
+    tasks = task_table(table) if len(table) else pd.DataFrame()
+    _write_csv(tasks, folder.file(TASKS))
+    headline = headline_table(table) if len(table) else pd.DataFrame()
+    base = ctx.baseline_arm
+    deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
+    fidelity, fid_rows = {}, []
+    for arm in (a for a in ctx.arms if a != base):
+        pairs = [(s, folder.edit_path(base, s), folder.edit_path(arm, s)) for s in samples]
+        ftab = fidelity_table(pairs)
+        fid_rows.append(ftab.assign(baseline=base, arm=arm))
+        if len(ftab):
+            fidelity[arm] = {"baseline": base, "same_settings_but_precision": same_settings(folder, base, arm),
+                             **summarize_fidelity(ftab)}
+    if fid_rows:
+        _write_csv(pd.concat(fid_rows), folder.file(FIDELITY))
+    summary = GeditSummary(
+        synthetic=ctx.synthetic or False, warning=SYNTHETIC_WARNING if ctx.synthetic else None,
+        task=ctx.config, overrides=ctx.overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
+        edits_root=str(ctx.edits_root), judge=JudgeIdentity(**ctx.judge_identity),
+        judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(),
+        selection=gdata.selection_summary([_as_ref(s) for s in samples]),
+        headline=_records(headline), per_task=_records(tasks), deltas=deltas, fidelity=fidelity,
+        judge_failures=_failures(tasks), throughput=throughput(ctx),
+        provenance=run_manifest(synthetic=ctx.synthetic or False, device=ctx.device,
+                                extra={"prompt_set": ctx.prompts.describe(), "judge_model": ctx.judge_model,
+                                       "omnigen2_model": ctx.model}),
+        files=SummaryFiles(judgements=JUDGEMENTS, scores=SCORES, tasks=TASKS, fidelity=FIDELITY if fid_rows else None,
+                           selection=SELECTION, markdown=SUMMARY_MD))
+    write_json_atomic(folder.file(SUMMARY_JSON), summary.to_json())
+    write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(summary))
+    return summary
+
+
+def throughput(ctx: RunContext) -> Throughput:
+    """Seconds per sample and peak VRAM: generation per arm (from generation.jsonl), judging (judge_runs.jsonl)."""
+    gen = {}
+    for arm in ctx.arms:
+        recs = ctx.folder.generation_records(arm)
+        if recs:
+            secs = pd.Series([r["seconds"] for r in recs])
+            vram = [r["peak_vram_gib"] for r in recs if r.get("peak_vram_gib") is not None]
+            gen[arm] = GenerationThroughput(
+                n_samples=len(recs), seconds_per_sample_mean=float(secs.mean()),
+                seconds_per_sample_median=float(secs.median()),
+                seconds_per_sample_after_first=float(secs.iloc[1:].mean()) if len(secs) > 1 else None,
+                peak_vram_gib_max=max(vram) if vram else None, steps=recs[0]["settings"].get("num_inference_steps"),
+                output_size=recs[0].get("output_size"))
+    runs = ctx.folder.judge_runs(ctx.judge_identity)
+    judge = None
+    if runs:
+        n = sum(r["n_samples"] for r in runs)
+        vram = [r["peak_vram_gib"] for r in runs if r.get("peak_vram_gib") is not None]
+        judge = JudgeThroughput(
+            n_samples=n, seconds_per_sample=sum(r["seconds"] for r in runs) / n, calls_per_sample=2,
+            attempts_per_call=sum(r["n_attempts"] for r in runs) / max(1, sum(r["n_calls"] for r in runs)),
+            new_tokens_per_attempt=(sum(r.get("new_tokens") or 0 for r in runs) /
+                                    max(1, sum(r["n_attempts"] for r in runs))),
+            peak_vram_gib_max=max(vram) if vram else None, batch_size=ctx.batch_size)
+    return Throughput(generation=gen, judge=judge)
+
+
+def last_judge_settings(ctx: RunContext) -> dict | None:
+    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge + prompt set."""
+    runs = ctx.folder.judge_runs(ctx.judge_identity)
+    return runs[-1].get("settings") if runs else None
+
+
+def same_settings(folder: RunFolder, base: str, arm: str) -> bool | None:
+    """True when both arms' edits were made with the same settings apart from precision (None: unknown)."""
+    a, b = folder.arm_settings(base), folder.arm_settings(arm)
+    if a is None or b is None:
+        return None
+    return {k: v for k, v in a.items() if k != "precision"} == {k: v for k, v in b.items() if k != "precision"}
+
+
+def _write_csv(frame: pd.DataFrame, path) -> None:
+    with atomic_output(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _as_ref(s: dict) -> gdata.SampleRef:
+    return gdata.SampleRef(s["task_type"], s["language"], s["key"], s.get("instruction", ""),
+                           bool(s.get("intersection")), -1)
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+def _failures(tasks: pd.DataFrame) -> dict:
+    out: dict = {}
+    for row in _records(tasks):
+        entry = out.setdefault(row["arm"], {}).setdefault(row["language"], {"total": 0, "missing_images": 0,
+                                                                            "out_of_range": 0, "per_task": {}})
+        entry["per_task"][row["task_type"]] = row["n_judge_failures"]
+        entry["total"] += row["n_judge_failures"]
+        entry["missing_images"] += row["n_missing_image"]
+        entry["out_of_range"] += row["n_out_of_range"]
+    return out
