@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import kernels as K
+from harness.profile import kernels as K
 from harness.core.timing import StageTimer
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, plan_for, quantize_fp8, use_plan
 from omnigen2_fp8.profiling import LAYER_RANGE_PREFIX, layer_ranges
