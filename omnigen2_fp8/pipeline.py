@@ -113,7 +113,9 @@ class EditResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         info = PIL.PngImagePlugin.PngInfo()
-        info.add_text("omnigen2_fp8", json.dumps({"synthetic": self.synthetic, "settings": self.settings}))
+        # The device stays out of the file: the same edit made on cuda:0 or cuda:1 is the same PNG, byte for byte.
+        settings = {k: v for k, v in self.settings.items() if k != "device"}
+        info.add_text("omnigen2_fp8", json.dumps({"synthetic": self.synthetic, "settings": settings}))
         if self.synthetic:
             info.add_text("synthetic", "random-weight models: this image says nothing about OmniGen2 quality")
         self.images[index].save(path, format="PNG", pnginfo=info)
