@@ -1,7 +1,7 @@
 """Eager vs CUDA-graph transformer passes at the GEdit shape (512x512, one 512x512 reference), BF16 and FP8.
 
 Each configuration runs in its own subprocess (with faulthandler), so a crash in one is reported, not fatal.
-    python benchmarks/bench_cuda_graphs.py --out results/cuda_graphs_h100.json
+    python -m benchmarks.bench_cuda_graphs --out results/cuda_graphs_h100.json
 """
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import REPO_ROOT
+
 
 CONFIGS = [(p, mode, attn) for p in ("bf16", "fp8") for mode, attn in
            (("eager", "default"), ("graphs", "default"), ("graphs", "flash"))]
@@ -21,7 +22,8 @@ def run_one(precision: str, mode: str, attention: str, repeats: int = 30) -> dic
     import torch
     from torch.nn.attention import SDPBackend
 
-    from benchmarks.bench_transformer import build_model, make_inputs
+    from benchmarks._common import build_model
+    from benchmarks.bench_transformer import make_inputs
     from omnigen2_fp8.cuda_graphs import CudaGraphForward
     from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8
 
@@ -63,7 +65,8 @@ def main() -> None:
 
     rows = []
     for precision, mode, attention in CONFIGS:
-        proc = subprocess.run([sys.executable, "-X", "faulthandler", __file__, "--one", precision, mode, attention],
+        proc = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "benchmarks.bench_cuda_graphs", "--one",
+                               precision, mode, attention], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=300)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         row = json.loads(line[0][7:]) if line else {"precision": precision, "mode": mode, "attention": attention,

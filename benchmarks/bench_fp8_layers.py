@@ -6,24 +6,20 @@ silu(gate) * up followed by the GEMM. Tokens M = 4.4k, 8.5k, 12.6k.
 FP8 times include the activation quantization (fused Triton kernel) and the output slice; the GEMM runs on K, N
 zero-padded to 16. Timing: triton.testing.do_bench (CUDA events, L2 flushed before every call, median).
 
-    python benchmarks/bench_fp8_layers.py --out results/fp8_layers_h100.json
+    python -m benchmarks.bench_fp8_layers --out results/fp8_layers_h100.json
 """
 from __future__ import annotations
 
 import argparse
-import itertools
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel  # noqa: E402
-from omnigen2_fp8.fp8 import kernels  # noqa: E402
-from omnigen2_fp8.fp8 import primitives as P  # noqa: E402
-from omnigen2_fp8.fp8.kernels import quantize_activation_triton  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8SwiGLUFeedForward, Kernel
+from omnigen2_fp8.fp8.dispatch import with_launch
+from omnigen2_fp8.fp8 import primitives as P
+from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig, quantize_activation_triton
 
 LAYERS = {  # name: (K, N, swiglu input)
     "qkv": (2520, 4200, False),
@@ -48,10 +44,13 @@ def bench_graph_ms(fn) -> float:
     return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
 
 
-def make_layer(k: int, n: int, config: Fp8Config) -> tuple[torch.Tensor, Fp8Linear]:
+def make_layer(k: int, n: int, config: Fp8Config,
+               launch: LaunchConfig = DEFAULT_LAUNCH) -> tuple[torch.Tensor, Fp8Linear]:
     linear = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     torch.nn.init.normal_(linear.weight, std=0.02)
-    return linear.weight.detach().clone(), Fp8Linear.from_linear(linear, config)
+    layer = Fp8Linear.from_linear(linear, config)
+    layer.use_plan(with_launch(layer.kernel_plan(), launch))
+    return linear.weight.detach().clone(), layer
 
 
 def ordinal(codes: torch.Tensor) -> torch.Tensor:
@@ -96,12 +95,12 @@ def check_layer(k: int, n: int, swiglu: bool) -> dict:
     return {"rel_err_vs_emulation": rel(y, y_emu), "rel_err_vs_bf16": rel(y, y_bf16)}
 
 
-def bench_layer(name: str, m: int) -> dict:
+def bench_layer(name: str, m: int, launch: LaunchConfig = DEFAULT_LAUNCH) -> dict:
     k, n, swiglu = LAYERS[name]
-    w, fp8 = make_layer(k, n, Fp8Config())
+    w, fp8 = make_layer(k, n, Fp8Config(), launch)
     _, fp8_tensorwise = make_layer(k, n, Fp8Config(weight_granularity="per_tensor",
-                                                   activation_granularity="per_tensor"))
-    _, fp8_trap = make_layer(k, n, Fp8Config(kernel=Kernel.CUBLAS_TORCH_QUANT))
+                                                   activation_granularity="per_tensor"), launch)
+    _, fp8_trap = make_layer(k, n, Fp8Config(kernel=Kernel.CUBLAS_TORCH_QUANT), launch)
     x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
     if swiglu:
         def bf16():
@@ -116,9 +115,9 @@ def bench_layer(name: str, m: int) -> dict:
         if name == "gate_up":  # as Fp8SwiGLUFeedForward runs it: tensor-wise GEMM, scales applied by the consumer
             run["fp8_model_path"] = lambda: fp8.matmul_unscaled(fp8.quantize_input(x)[0])
     kp = fp8.in_padded
-    xq, xs = quantize_activation_triton(x, kp, True, swiglu)
+    xq, xs = quantize_activation_triton(x, kp, True, swiglu, launch=launch)
     wt, ws = fp8.weight.t(), fp8.weight_scale.view(1, -1)
-    xq_t, xs_t = quantize_activation_triton(x, kp, False, swiglu)
+    xq_t, xs_t = quantize_activation_triton(x, kp, False, swiglu, launch=launch)
     one = torch.ones((), device="cuda")
     row = {"M": m, "K": k, "N": n, "K_padded": kp, "N_padded": fp8.out_padded, "bf16_ms": bench_ms(bf16)}
     for variant, fn in run.items():
@@ -131,7 +130,7 @@ def bench_layer(name: str, m: int) -> dict:
     row["bf16_cudagraph_ms"] = bench_graph_ms(bf16)
     row["fp8_cudagraph_ms"] = bench_graph_ms(run["fp8"])
     row["speedup_fp8_cudagraph"] = row["bf16_cudagraph_ms"] / row["fp8_cudagraph_ms"]
-    row["quant_kernel_ms"] = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu))
+    row["quant_kernel_ms"] = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, launch=launch))
     moved = x.numel() * 2 + m * kp + m * 4
     row["quant_kernel_gb_per_s"] = moved / row["quant_kernel_ms"] / 1e6
     flops = 2 * m * k * n
@@ -184,11 +183,11 @@ def tune_quant_kernel(m: int) -> tuple[list[dict], dict]:
     return rows, best
 
 
-def bench_ffn(m: int) -> dict:
+def bench_ffn(m: int, launch: LaunchConfig = DEFAULT_LAUNCH) -> dict:
     """Whole SwiGLU feed-forward: BF16 (gate/up GEMM, silu * up, down GEMM) vs Fp8SwiGLUFeedForward."""
     k, f = 2520, 10240
-    w13, l13 = make_layer(k, 2 * f, Fp8Config())
-    w2, l2 = make_layer(f, k, Fp8Config())
+    w13, l13 = make_layer(k, 2 * f, Fp8Config(), launch)
+    w2, l2 = make_layer(f, k, Fp8Config(), launch)
     ffn = Fp8SwiGLUFeedForward(l13, l2)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 
@@ -233,26 +232,27 @@ def main() -> None:
         result["checks"][name] = {"kernel_vs_torch": check_kernel(4400, k, swiglu), "layer": check_layer(k, n, swiglu)}
         print(f"check {name}: {result['checks'][name]}")
     write_json_atomic(args.out, result)
+    launch = DEFAULT_LAUNCH
     if not args.no_tune:
         result["quant_kernel_sweep"], best = tune_quant_kernel(8500)
         for r in result["quant_kernel_sweep"]:
             print(f"sweep K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} warps={r['num_warps']} "
                   f"stages={r['stages']} hw_cast={r['hw_cast']}: {r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
         if args.use_sweep:
-            kernels.LAUNCH_OVERRIDES.update(best)
+            launch = LaunchConfig.from_table(best)
         result["quant_sweep_winners"] = {f"{k}{'-swiglu' if sw else ''}": list(v) for (k, sw), v in best.items()}
         print("sweep winners (block, warps, stages):", result["quant_sweep_winners"])
         if args.launch_out:
             write_json_atomic(args.launch_out, {"launch": [[k, sw, *v] for (k, sw), v in best.items()]})
     result["quant_launch_used"] = ("sweep winners" if args.use_sweep and not args.no_tune else
                                    "built-in heuristic (kernels.default_launch), hardware e4m3 cast: "
-                                   f"{kernels.HW_CAST_ON_CUDA}")
+                                   f"{launch.hw_cast_on_cuda}")
     print(f"{'layer':<12} {'M':>6} {'bf16 ms':>8} {'fp8 ms':>8} {'x':>5} {'gemm x':>6} {'quant ms':>8} {'GB/s':>6} "
           f"{'tensorwise x':>12} {'torch-quant x':>13} {'graph x':>7}")
     for name in LAYERS:
         result["layers"][name] = []
         for m in args.tokens:
-            row = bench_layer(name, m)
+            row = bench_layer(name, m, launch)
             result["layers"][name].append(row)
             print(f"{name:<12} {m:>6} {row['bf16_ms']:>8.3f} {row['fp8_ms']:>8.3f} {row['speedup_fp8']:>5.2f} "
                   f"{row['speedup_gemm_only_rowwise']:>6.2f} {row['quant_kernel_ms']:>8.3f} "
@@ -261,7 +261,7 @@ def main() -> None:
             write_json_atomic(args.out, result)
     result["layers"]["ffn"] = []
     for m in args.tokens:
-        row = bench_ffn(m)
+        row = bench_ffn(m, launch)
         result["layers"]["ffn"].append(row)
         print(f"ffn M={m}: bf16 {row['bf16_ms']:.3f} ms, fp8 {row['fp8_ms']:.3f} ms ({row['speedup_fp8']:.2f}x), "
               f"fp8 row-wise composed {row['fp8_rowwise_composed_ms']:.3f} ms, rel err {row['rel_err_vs_bf16']:.4f}, "

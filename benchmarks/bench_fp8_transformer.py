@@ -5,16 +5,15 @@ reference [16, 128, 128] -> 4096 tokens, 100 text tokens (joint sequence 8292). 
 weights made on the GPU (latency and memory do not depend on weight values; quality numbers would be meaningless).
 Every ratio is measured in this one process: BF16 eager, BF16 compiled (regional: each block), then the same model
 quantized in place with quantize_fp8(model, Fp8Config()), FP8 eager, FP8 compiled. Then both models are saved to
-local disk and reloaded with OmniGen2Transformer.from_pretrained to measure the load-time peak.
+local disk and reloaded with checkpoints.load_transformer to measure the load-time peak.
 
-    python benchmarks/bench_fp8_transformer.py --out results/fp8_transformer_h100.json
+    python -m benchmarks.bench_fp8_transformer --out results/fp8_transformer_h100.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -22,11 +21,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, quantize_fp8, save_fp8_checkpoint  # noqa: E402
-from benchmarks.bench_transformer import build_model, sync, time_forward  # noqa: E402
-from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
+from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
+from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
+from benchmarks._common import build_model, sync, time_forward
+from omnigen2_fp8.checkpoints import load_transformer, save_transformer
+from omnigen2_fp8.transformer import OmniGen2Transformer
 
 GOALS = {"fp8_vs_bf16_same_mode": 1.25, "fp8_compiled_vs_bf16_eager": 1.8, "fp8_weight_fraction": 0.55}
 
@@ -84,11 +85,9 @@ def kernel_profile(model, inputs) -> dict:
             "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
 
 
-def set_kernel(model: torch.nn.Module, kernel: Kernel) -> None:
-    for m in model.modules():
-        if isinstance(m, Fp8Linear):
-            m.kernel = kernel
-            m.refresh_kernel()
+def set_kernel(model: torch.nn.Module, kernel: Kernel, device: str, launch: LaunchConfig = DEFAULT_LAUNCH) -> None:
+    """Run every FP8 layer of `model` with `kernel`'s plan and `launch` settings (the library's public seam)."""
+    use_plan(model, select_kernel_plan(kernel, device, launch))
 
 
 def uncompile(model: OmniGen2Transformer) -> None:
@@ -97,15 +96,15 @@ def uncompile(model: OmniGen2Transformer) -> None:
     torch._dynamo.reset()
 
 
-def load_peak(folder: Path, device: str, then_quantize: bool = False) -> dict:
-    """Peak allocated memory while OmniGen2Transformer.from_pretrained loads `folder` (and optionally quantizes)."""
+def load_peak(folder: Path, device: str, then_quantize: bool = False) -> tuple[dict, OmniGen2Transformer]:
+    """Peak allocated memory while checkpoints.load_transformer loads `folder` (and optionally quantizes)."""
     gc.collect()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    model = OmniGen2Transformer.from_pretrained(folder, dtype=torch.bfloat16, device=device)
+    model = load_transformer(folder, dtype=torch.bfloat16, device=device)
     if then_quantize:
         quantize_fp8(model, Fp8Config())
     torch.cuda.synchronize()
@@ -144,11 +143,12 @@ def run(args, result: dict) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fp8bench-", dir=args.tmp))
     if args.load_peak:
         t0 = time.perf_counter()
-        model.save_pretrained(tmp / "bf16")
+        save_transformer(model, tmp / "bf16")
         result.setdefault("checkpoints", {})["bf16_save_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     report = quantize_fp8(model, Fp8Config())
+    set_kernel(model, Kernel.AUTO, device, args.launch)
     sync(device)
     result["quantize_s"] = time.perf_counter() - t0
     result["quantize_report"] = {"num_quantized": len(report.quantized), "num_kept": len(report.kept),
@@ -179,14 +179,14 @@ def run(args, result: dict) -> None:
         uncompile(model)
         save()
         if args.inductor_quant:  # the alternative: quantization as torch ops, fused by inductor with its neighbours
-            set_kernel(model, Kernel.CUBLAS_INDUCTOR_QUANT)
+            set_kernel(model, Kernel.CUBLAS_INDUCTOR_QUANT, device, args.launch)
             model.compile_blocks()
             timing["fp8_compiled_inductor_quant"] = time_forward(model, inputs, device, args.warmup, args.repeats)
             print("fp8 compiled, inductor quantization", timing["fp8_compiled_inductor_quant"]["median_ms"])
             if args.profile:
                 result["profile_fp8_compiled_inductor_quant"] = kernel_profile(model, inputs)
             uncompile(model)
-            set_kernel(model, Kernel.AUTO)
+            set_kernel(model, Kernel.AUTO, device, args.launch)
             save()
 
     ratios = result.setdefault("ratios", {})
@@ -241,17 +241,18 @@ def main() -> None:
     parser.add_argument("--tmp", default=None, help="folder for the temporary checkpoints (local disk)")
     parser.add_argument("--launch-json", default=None, help="quantization-kernel launch table from bench_fp8_layers")
     args = parser.parse_args()
+    args.launch = DEFAULT_LAUNCH
     if args.launch_json:
         import json
 
-        launch = json.load(open(args.launch_json))
-        kernels.LAUNCH_OVERRIDES.update({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in launch["launch"]})
+        table = json.load(open(args.launch_json))
+        args.launch = LaunchConfig.from_table({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in table["launch"]})
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),
               "goals": GOALS, "config": Fp8Config().to_dict(),
-              "quant_launch": {"hw_cast": kernels.HW_CAST_ON_CUDA,
-                               **{f"{k}-{sw}": list(v) for (k, sw), v in kernels.LAUNCH_OVERRIDES.items()}}}
+              "quant_launch": {"hw_cast": args.launch.hw_cast_on_cuda,
+                               **{f"{k}-{sw}": list(v) for (k, sw), v in args.launch.overrides}}}
     try:
         run(args, result)
     except Exception as err:  # keep what was measured, and say what failed

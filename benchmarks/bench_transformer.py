@@ -3,37 +3,23 @@
 Shapes: the 1024x1024 edit with one 1024x1024 reference (4096 noisy + 4096 reference + text tokens, ~8.4k) and the
 512x512 edit with one 512x512 reference. Latency does not depend on weight values, so random weights measure it.
 
-    python benchmarks/bench_transformer.py --out results/bench_transformer_h100.json
+    python -m benchmarks.bench_transformer --out results/bench_transformer_h100.json
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from benchmarks._common import build_model, time_forward
 
 SHAPES = {  # name: (output side in pixels, reference side in pixels, text tokens)
     "edit-1024-1ref": (1024, 1024, 200),
     "edit-512-1ref": (512, 512, 200),
 }
-
-
-def build_model(device: str, dtype: torch.dtype, preset: str = "omnigen2") -> OmniGen2Transformer:
-    """A model with random weights made directly on the device (no CPU init, no checkpoint)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = OmniGen2Transformer(TransformerConfig.from_name(preset))
-    finally:
-        torch.set_default_dtype(previous)
-    return model.eval().requires_grad_(False)
 
 
 def make_inputs(side: int, ref_side: int, text_len: int, device: str, dtype: torch.dtype):
@@ -47,41 +33,6 @@ def make_inputs(side: int, ref_side: int, text_len: int, device: str, dtype: tor
     t = torch.full((1,), 0.5, device=device)
     tokens = (lat // 2) ** 2 + (ref // 2) ** 2 + text_len
     return (latents, t, text, mask, refs), tokens
-
-
-def sync(device: str) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
-    """Median and spread of whole-forward times (CUDA events, perf_counter on a CPU); the first of the `warmup`
-    untimed calls is reported as `first_call_s` (compilation, autotuning, lazy initialisation)."""
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        model(*inputs)
-        sync(device)
-        first_s = time.perf_counter() - t0
-        for _ in range(warmup - 1):
-            model(*inputs)
-        sync(device)
-        times = []
-        for _ in range(repeats):
-            if str(device).startswith("cuda"):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(*inputs)
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t = time.perf_counter()
-                model(*inputs)
-                times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    q1, med, q3 = times[len(times) // 4], times[len(times) // 2], times[(3 * len(times)) // 4]
-    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
-            "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}
 
 
 def top_kernels(model, inputs, n: int = 15) -> list[dict]:

@@ -7,7 +7,7 @@ models; the judge is the exception in one respect: a random judge rarely stops e
 max_new_tokens (512) per call, an upper bound for a real judge (whose answers are typically far shorter); the JSON
 gives the decoded tokens per call so the estimate can be rescaled.
 
-    python benchmarks/gedit_throughput.py --out /tmp/gedit-tp --json results/gedit_throughput.json
+    python -m benchmarks.gedit_throughput --out /tmp/gedit-tp --json results/gedit_throughput.json
 """
 from __future__ import annotations
 

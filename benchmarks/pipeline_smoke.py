@@ -4,8 +4,8 @@ Random weights at the released configs (OmniGen2 DiT, Qwen2.5-VL-3B, FLUX.1 VAE)
 Latency and memory are real; the images mean nothing (the JSON says synthetic). Each scenario is run once to warm
 up (kernels, allocator, autotuning) and then measured once; this is a smoke test, not the latency study.
 
-    python benchmarks/pipeline_smoke.py --out results/pipeline_smoke_h100.json
-    python benchmarks/pipeline_smoke.py --scenarios issue8 --out results/pipeline_stages_h100.json
+    python -m benchmarks.pipeline_smoke --out results/pipeline_smoke_h100.json
+    python -m benchmarks.pipeline_smoke --scenarios issue8 --out results/pipeline_stages_h100.json
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
-from omnigen2_fp8 import synthetic  # noqa: E402
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8 import synthetic
+from omnigen2_fp8.measure import StageClock
 
 # name: (side in pixels, references, steps, pipeline settings)
 GEDIT = dict(text_guidance_scale=5.0, image_guidance_scale=1.5, time_shift=3.0)
@@ -56,8 +56,9 @@ def build(device: str, dtype: torch.dtype, precision: str, compile: bool):
 def run_scenario(pipe, side: int, refs: int, steps: int, settings: dict) -> dict:
     images = reference_images(side, refs)
     call = dict(num_inference_steps=steps, width=side, height=side, seed=0, **settings)
-    warm = pipe("Make the sky green and add a small red boat.", images, **{**call, "num_inference_steps": 2})
-    result = pipe("Make the sky green and add a small red boat.", images, **call)
+    warm = pipe("Make the sky green and add a small red boat.", images, **{**call, "num_inference_steps": 2},
+                clock=StageClock(pipe.device))
+    result = pipe("Make the sky green and add a small red boat.", images, **call, clock=StageClock(pipe.device))
     record = result.to_record()
     denoise = result.stage_seconds["denoise"]
     record.update(warmup_stage_seconds=warm.stage_seconds, denoise_seconds_per_step=denoise / steps,

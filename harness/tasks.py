@@ -14,9 +14,10 @@ import sys
 
 from harness.core.tasks import TASKS_ROOT, TaskError, discover_tasks, load_task, load_task_file
 from harness.gedit.config import load_gedit_task, write_gedit_group_tasks
+from harness.profile.scenarios import load_scenario_task
 
-# kind -> loader that validates one task of that kind by name or path (the profiler's scenarios can join here)
-VALIDATORS = {"gedit": load_gedit_task}
+# kind -> loader that validates one task of that kind by name or path
+VALIDATORS = {"gedit": load_gedit_task, "profile": load_scenario_task}
 
 
 # --------------------------------------------------------------------------------------------------------- CLI
@@ -25,8 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_ls = sub.add_parser("ls", help="list task names")
     p_ls.add_argument("kind", nargs="?", default=None, help="gedit, profile, ... (all when omitted)")
-    p_val = sub.add_parser("validate", help="load and validate GEdit tasks (all when no name is given)")
+    p_val = sub.add_parser("validate", help="load and validate tasks of every kind (all when no name is given)")
     p_val.add_argument("names", nargs="*")
+    p_val.add_argument("--kind", choices=sorted(VALIDATORS), default=None, help="only this kind")
     p_show = sub.add_parser("show", help="print a task's effective config after includes")
     p_show.add_argument("name")
     p_show.add_argument("--kind", default=None)
@@ -38,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
                 desc = (load_task_file(path).get("metadata") or {}).get("description", "")
                 print(f"{name:28s} {path.relative_to(TASKS_ROOT)}  {' '.join(str(desc).split())[:90]}")
         elif args.command == "validate":
-            names = args.names or list(discover_tasks("gedit"))
-            for name in names:
-                cfg = VALIDATORS["gedit"](name)
-                print(f"ok  {cfg.task}")
+            for kind, validate in VALIDATORS.items():
+                if args.kind not in (None, kind):
+                    continue
+                for name in args.names or list(discover_tasks(kind)):
+                    if args.names and name not in discover_tasks(kind) and not name.endswith((".yaml", ".yml")):
+                        continue
+                    validate(name)
+                    print(f"ok  {kind:8s} {name}")
         elif args.command == "generate-gedit-groups":
             print(f"wrote {len(write_gedit_group_tasks())} task files")
         else:

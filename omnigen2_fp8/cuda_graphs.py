@@ -100,10 +100,6 @@ class CudaGraphForward:
 
         return sdpa_kernel(self.sdpa_backends)
 
-    def reset(self) -> None:
-        """Drop every graph (and its memory pool), e.g. after moving or replacing the model's weights."""
-        self._graphs.clear()
-
 
 def _weight_addresses(model: torch.nn.Module) -> tuple:
     """Where every parameter and buffer lives now; a graph replayed after they moved would read freed memory."""

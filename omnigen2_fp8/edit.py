@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
+from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
+from .measure import StageClock
+from .precision import RecipeError, parse_recipe, recipe_help
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "fp32": torch.float32}
@@ -44,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", default="OmniGen2/OmniGen2", help="checkpoint folder or hub id")
     source.add_argument("--synthetic", choices=("tiny", "full"),
                         help="random-weight models built in memory instead of --model")
-    model.add_argument("--precision", choices=("bf16", "fp8"), default="bf16",
-                       help="bf16, or fp8 (the DiT's linear layers in FP8)")
+    model.add_argument("--precision", type=_recipe, default="bf16", metavar="RECIPE",
+                       help=recipe_help() + "; default bf16 (fp8: the DiT's linear layers in FP8)")
+    model.add_argument("--fp8-kernel", choices=[k.value for k in Kernel],
+                       help="FP8 GEMM kernel of an fp8 recipe (default: the recipe's, auto)")
     model.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="dtype of all models")
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     model.add_argument("--offload", action="store_true", help="keep models on the CPU, each on the device only "
@@ -70,13 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe(text: str):
+    try:
+        return parse_recipe(text)
+    except RecipeError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def load_pipeline(args: argparse.Namespace):
     """The pipeline the flags ask for (synthetic in memory, or from --model)."""
     from .pipeline import OmniGen2Pipeline
     from .synthetic import build_synthetic_pipeline
 
     dtype = DTYPES[args.dtype]
-    options = dict(precision=args.precision, offload=args.offload, compile=args.compile,
+    options = dict(precision=args.precision, fp8_kernel=args.fp8_kernel, offload=args.offload, compile=args.compile,
                    cuda_graphs=args.cuda_graphs, progress=not args.no_progress)
     if args.synthetic:
         pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
@@ -157,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
                   cfg_range=tuple(args.cfg_range), seed=args.seed, width=args.width, height=args.height,
-                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean)
+                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean,
+                  clock=StageClock(pipe.device))
     result.save(args.output)
     print(format_report(result))
     print(f"wrote {args.output}")

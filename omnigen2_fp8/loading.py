@@ -1,4 +1,5 @@
-"""Finding and reading checkpoint folders: local folders, top-level checkpoints, HF hub ids; safetensors shards.
+"""Finding and reading checkpoint folders: local folders, top-level checkpoints, HF hub ids; safetensors shards;
+the SYNTHETIC.json marker of random-weight folders.
 
 Errors say what was looked for and where, so a wrong path or an offline machine is a one-line fix.
 """
@@ -23,6 +24,7 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's tensors do not fit the model built from its config."""
 
 
+SYNTHETIC_MARKER = "SYNTHETIC.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -191,6 +193,28 @@ def check_state_dict(expected: dict[str, torch.Size], found: dict[str, torch.Ten
     if problems:
         raise CheckpointMismatchError(f"the weights in {where} do not match its config.json: " + "; ".join(problems)
                                       + ". Check that config.json and the safetensors files come from the same model.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The SYNTHETIC.json marker: a fact about a checkpoint folder, read by every loader
+
+
+def mark_synthetic(folder: str | os.PathLike, **info) -> Path:
+    """Write the SYNTHETIC.json marker: this folder holds random weights, not a trained model."""
+    path = Path(folder) / SYNTHETIC_MARKER
+    data = {"synthetic": True, "note": "random weights, not a trained model: no quality measured on it means anything",
+            **info}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def read_synthetic_marker(folder: str | os.PathLike) -> dict | None:
+    """The SYNTHETIC.json content of `folder` (or of its parent, for a component folder), None when absent."""
+    folder = Path(folder)
+    for candidate in (folder / SYNTHETIC_MARKER, folder.parent / SYNTHETIC_MARKER):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
 
 
 def _preview(names: list[str], n: int = 6) -> str:

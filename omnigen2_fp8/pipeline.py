@@ -8,20 +8,21 @@
     (then postprocessing to 8-bit RGB at the output size)
 
 Each stage is a public method, so a caller with precomputed inputs (e.g. golden vectors) runs the same code as
-`__call__`. Every call returns an `EditResult` holding the images, the wall time of each stage (synchronised on
-CUDA), the peak VRAM of each stage and of the call, the settings used, and whether the models are synthetic
-(random weights). A caller may wrap each stage in its own context manager (`stage_hook(name)`, e.g. CUDA events
-or `torch.profiler.record_function`) without any measurement code living here.
+`__call__`. Every call returns an `EditResult` holding the images, the settings used, and whether the models are
+synthetic (random weights); with `clock=measure.StageClock(device)` also the wall time and peak VRAM of each stage
+and of the call. Without a clock the pipeline neither synchronises nor touches the CUDA memory counters. A caller
+may wrap each stage in its own context manager (`stage_hook(name)`, e.g. CUDA events or
+`torch.profiler.record_function`) without any measurement code living here.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import PIL.Image
 import PIL.PngImagePlugin
@@ -29,27 +30,21 @@ import torch
 from tqdm.auto import tqdm
 
 from . import guidance as cfg
+from .checkpoints import Components, checkpoint_root, load_components, load_transformer
 from .cuda_graphs import CudaGraphForward
+from .fp8 import quantize_fp8
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
-from .loading import CheckpointNotFoundError, download_from_hub, read_json
+from .precision import Recipe, parse_recipe
 from .scheduler import FlowMatchEulerScheduler
-from .synthetic import read_synthetic_marker
 from .text_encoder import TextEncoder
 from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
 
 STAGES = ("text_encode", "vae_encode", "prepare_latents", "denoise", "vae_decode")
-PRECISIONS = ("bf16", "fp8")
 DEFAULT_SIZE = 1024
 
-# Component folder -> a file that must be in it (the official OmniGen2 layout).
-COMPONENTS = {
-    "transformer": "config.json",
-    "vae": "config.json",
-    "mllm": "config.json",
-    "processor": "tokenizer_config.json",
-    "scheduler": "scheduler_config.json",
-}
+if TYPE_CHECKING:  # the clock is passed in by callers that measure; the pipeline only calls it
+    from .measure import StageClock
 
 StageHook = Callable[[str], ContextManager]
 
@@ -70,18 +65,19 @@ class EditResult:
 
     images: the edited images (PIL, 8-bit RGB, at the output size); latents: final latents [1, C, h, w];
     decoded: VAE output [1, 3, H, W] before clamping (kept only with keep_decoded=True);
-    stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised);
-    stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on CPU); the pipeline resets
-    torch.cuda peak-memory stats at the start of every stage, so read these rather than torch.cuda's own peak;
-    peak_vram_bytes / peak_vram_reserved_bytes: peak allocated / reserved CUDA memory of the call (None on CPU);
+    stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised), None unless
+    the call was given a `clock`; stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on
+    CPU, None without a clock); the clock resets torch.cuda peak-memory stats at the start of every stage, so read
+    these rather than torch.cuda's own peak; peak_vram_bytes / peak_vram_reserved_bytes: peak allocated /
+    reserved CUDA memory of the call (None on CPU or without a clock);
     synthetic: True when the models have random weights (then `synthetic_info` says what they are);
     settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made.
     """
 
     images: list[PIL.Image.Image]
     latents: torch.Tensor
-    stage_seconds: dict[str, float]
-    stage_peak_vram_bytes: dict[str, int]
+    stage_seconds: dict[str, float] | None
+    stage_peak_vram_bytes: dict[str, int] | None
     peak_vram_bytes: int | None
     peak_vram_reserved_bytes: int | None
     synthetic: bool
@@ -95,8 +91,8 @@ class EditResult:
         return self.images[0]
 
     @property
-    def total_seconds(self) -> float:
-        return sum(self.stage_seconds.values())
+    def total_seconds(self) -> float | None:
+        return None if self.stage_seconds is None else sum(self.stage_seconds.values())
 
     @property
     def peak_vram_gib(self) -> float | None:
@@ -117,7 +113,9 @@ class EditResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         info = PIL.PngImagePlugin.PngInfo()
-        info.add_text("omnigen2_fp8", json.dumps({"synthetic": self.synthetic, "settings": self.settings}))
+        # The device stays out of the file: the same edit made on cuda:0 or cuda:1 is the same PNG, byte for byte.
+        settings = {k: v for k, v in self.settings.items() if k != "device"}
+        info.add_text("omnigen2_fp8", json.dumps({"synthetic": self.synthetic, "settings": settings}))
         if self.synthetic:
             info.add_text("synthetic", "random-weight models: this image says nothing about OmniGen2 quality")
         self.images[index].save(path, format="PNG", pnginfo=info)
@@ -127,9 +125,12 @@ class EditResult:
 class OmniGen2Pipeline:
     """OmniGen2 image editing with real components: Qwen2.5-VL (transformers), FLUX VAE (diffusers), our DiT.
 
-    Build with `from_pretrained(folder_or_hub_id, ...)`, or from models (`synthetic.build_synthetic_pipeline`).
+    Build with `from_pretrained(folder_or_hub_id, ...)`, `from_components(components, transformer, ...)`, or from
+    models (`synthetic.build_synthetic_pipeline`).
     device: where computation runs; dtype: the dtype of every model (the scheduler steps in float32);
-    precision: "bf16" or "fp8" (the DiT's linear layers quantized by `omnigen2_fp8.fp8.quantize_fp8`);
+    precision: a recipe name or `precision.Recipe` ("bf16", "fp8", "fp8-nopad", ...: the DiT's linear layers
+    quantized by `omnigen2_fp8.fp8.quantize_fp8` with the recipe's Fp8Config); fp8_config replaces that config,
+    fp8_kernel overrides its kernel;
     offload: keep models on the CPU and move each to `device` only for its stage;
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
     cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
@@ -139,23 +140,30 @@ class OmniGen2Pipeline:
 
     def __init__(self, transformer: OmniGen2Transformer, vae, scheduler: FlowMatchEulerScheduler, mllm=None,
                  tokenizer=None, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 precision: str = "bf16", offload: bool = False, compile: bool = False,
+                 precision: str | Recipe = "bf16", offload: bool = False, compile: bool = False,
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
-                 cuda_graphs: bool = False):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+                 cuda_graphs: bool = False, fp8_kernel: str | None = None):
+        self.recipe = parse_recipe(precision)
+        if self.recipe.step_cache is not None:
+            raise NotImplementedError(f"recipe {self.recipe.name!r}: step caching ({self.recipe.step_cache.method}) "
+                                      "runs in omnigen2_fp8.caching, which this build does not have; use "
+                                      f"{self.recipe.base!r}")
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype or next(transformer.parameters()).dtype
         self.offload = offload
-        self.precision = precision
+        self.precision = self.recipe.name
         self.synthetic_info = synthetic
         self.progress = progress
         self.stage_hook: StageHook | None = None
         self.transformer, self.vae, self.scheduler, self.mllm = transformer, vae, scheduler, mllm
         self.tokenizer, self.processor = tokenizer, processor
         self.text_encoder = TextEncoder(mllm, tokenizer) if mllm is not None and tokenizer is not None else None
-        if precision == "fp8" and not _is_fp8(transformer):
-            self.fp8_report = _quantize_fp8(transformer, fp8_config)
+        self.fp8_config = None
+        if self.recipe.quantized:
+            config = fp8_config if fp8_config is not None else self.recipe.fp8_config()
+            self.fp8_config = config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
+        if self.fp8_config is not None and not _is_fp8(transformer):
+            self.fp8_report = quantize_fp8(transformer, self.fp8_config)
         else:
             self.fp8_report = None
         home = torch.device("cpu") if offload else self.device
@@ -177,34 +185,37 @@ class OmniGen2Pipeline:
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
-                        device: str | torch.device | None = None, precision: str = "bf16", offload: bool = False,
-                        compile: bool = False, time_shift: float | None = None, fp8_config=None,
-                        progress: bool = True, cuda_graphs: bool = False) -> "OmniGen2Pipeline":
+                        device: str | torch.device | None = None, precision: str | Recipe = "bf16",
+                        offload: bool = False, compile: bool = False, time_shift: float | None = None,
+                        fp8_config=None, progress: bool = True, cuda_graphs: bool = False,
+                        fp8_kernel: str | None = None) -> "OmniGen2Pipeline":
         """Load an OmniGen2 checkpoint folder (official layout) or hub id.
 
-        mllm/ -> transformers Qwen2_5_VLForConditionalGeneration; processor/ -> AutoProcessor (its tokenizer;
-        AutoTokenizer where the processor's video part cannot load without torchvision); vae/ -> diffusers
-        AutoencoderKL; transformer/ -> OmniGen2Transformer (serialized FP8 folders load as FP8); scheduler/ ->
-        FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic one). A SYNTHETIC.json at
-        the root marks random weights; every result then says synthetic=True.
+        The components come from `checkpoints.load_components` (Qwen2.5-VL, FLUX VAE, tokenizer / processor,
+        scheduler config, SYNTHETIC marker), the DiT from `checkpoints.load_transformer` (serialized FP8 folders
+        load as FP8); scheduler/ -> FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic
+        one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
-        from diffusers import AutoencoderKL
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
-        root = _checkpoint_root(path_or_hub_id)
+        precision = parse_recipe(precision)  # a wrong name fails before minutes of loading
+        root = checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
-        transformer = OmniGen2Transformer.from_pretrained(root / "transformer", dtype=dtype, device=load_device)
-        vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype)
-        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(root / "mllm", dtype=dtype)
-        processor, tokenizer = _load_processor(root / "processor")
-        scheduler = FlowMatchEulerScheduler.from_config(read_json(root / "scheduler" / "scheduler_config.json"),
-                                                        time_shift=time_shift)
-        return cls(transformer, vae, scheduler, mllm, tokenizer, device=device, dtype=dtype, precision=precision,
-                   offload=offload, compile=compile, synthetic=read_synthetic_marker(root), progress=progress,
-                   fp8_config=fp8_config, processor=processor, cuda_graphs=cuda_graphs)
+        transformer = load_transformer(root / "transformer", dtype=dtype, device=load_device)
+        components = load_components(root, dtype=dtype)
+        return cls.from_components(components, transformer, device=device, dtype=dtype, precision=precision,
+                                   offload=offload, compile=compile, time_shift=time_shift, progress=progress,
+                                   fp8_config=fp8_config, cuda_graphs=cuda_graphs, fp8_kernel=fp8_kernel)
+
+    @classmethod
+    def from_components(cls, components: Components, transformer: OmniGen2Transformer, *,
+                        time_shift: float | None = None, **pipeline_kwargs) -> "OmniGen2Pipeline":
+        """A pipeline of `transformer` and shared `components` (several pipelines may share one `Components`).
+
+        time_shift fixes the scheduler's shift instead of the dynamic one; `pipeline_kwargs` go to __init__.
+        """
+        scheduler = FlowMatchEulerScheduler.from_config(components.scheduler_config, time_shift=time_shift)
+        return cls(transformer, components.vae, scheduler, components.mllm, components.tokenizer,
+                   synthetic=components.synthetic_info, processor=components.processor, **pipeline_kwargs)
 
     @property
     def synthetic(self) -> bool:
@@ -218,8 +229,8 @@ class OmniGen2Pipeline:
                  width: int | None = None, height: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
-                 progress: bool | None = None,
-                 on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> EditResult:
+                 progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                 clock: StageClock | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -229,8 +240,9 @@ class OmniGen2Pipeline:
         at most at max_pixels, then resized). align_to_reference: with exactly one reference, generate and return
         at its resized size (official). time_shift: fixed scheduler shift (None: the scheduler's own setting).
         sample_posterior: False uses the posterior mean instead of a sample for reference latents.
-        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the timing);
-        on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar.
+        stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the clock's timing);
+        on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar;
+        clock: a `measure.StageClock` that times every stage (and records its peak VRAM) into the result.
         """
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
@@ -239,14 +251,19 @@ class OmniGen2Pipeline:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         pil_images = [load_image(image) for image in images]  # fail on a bad path before any model runs
         hook = stage_hook or self.stage_hook
-        timer = _StageTimer(self.device, hook)
+
+        @contextlib.contextmanager
+        def stage(name: str) -> Iterator[None]:
+            with clock.stage(name) if clock is not None else contextlib.nullcontext():
+                with hook(name) if hook is not None else contextlib.nullcontext():
+                    yield
         self._transformer_calls = 0
         noise_generator = torch.Generator("cpu").manual_seed(seed)
         posterior_generator = torch.Generator("cpu").manual_seed(seed + 1)
 
-        with timer.stage("text_encode"):
+        with stage("text_encode"):
             embeds = self.encode_prompt(prompt, negative_prompt, need_negative=text_guidance_scale > 1.0)
-        with timer.stage("vae_encode"):
+        with stage("vae_encode"):
             ref_latents = self.encode_images(pil_images, posterior_generator, sample_posterior, max_pixels, max_side)
         ref_size = None
         if ref_latents:
@@ -256,15 +273,15 @@ class OmniGen2Pipeline:
             out_w, out_h = ref_size
         gen_w, gen_h = generation_size(len(ref_latents) if align_to_reference else 0, ref_size, out_w, out_h,
                                        max_pixels, self.size_multiple)
-        with timer.stage("prepare_latents"):
+        with stage("prepare_latents"):
             latents = self.prepare_latents(gen_w, gen_h, noise_generator)
-        with timer.stage("denoise"):
+        with stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
                                    image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
                                    on_step=on_step)
-        with timer.stage("vae_decode"):
+        with stage("vae_decode"):
             decoded = self.decode(latents)
-        with timer.stage("postprocess"):
+        with stage("postprocess"):
             pil_out = postprocess(decoded, (out_w, out_h))
 
         settings = {
@@ -278,10 +295,13 @@ class OmniGen2Pipeline:
             "dynamic_time_shift": self.scheduler.dynamic_time_shift, "sample_posterior": sample_posterior,
             "precision": self.precision, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
+            "recipe": {**self.recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
         }
-        return EditResult(images=pil_out, latents=latents, stage_seconds=timer.seconds,
-                          stage_peak_vram_bytes=timer.peak_bytes, peak_vram_bytes=timer.peak_allocated(),
-                          peak_vram_reserved_bytes=timer.peak_reserved(), synthetic=self.synthetic,
+        timed = clock is not None
+        return EditResult(images=pil_out, latents=latents, stage_seconds=dict(clock.seconds) if timed else None,
+                          stage_peak_vram_bytes=dict(clock.peak_bytes) if timed else None,
+                          peak_vram_bytes=clock.peak_allocated() if timed else None,
+                          peak_vram_reserved_bytes=clock.peak_reserved() if timed else None, synthetic=self.synthetic,
                           synthetic_info=self.synthetic_info, settings=settings,
                           transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None)
 
@@ -401,39 +421,6 @@ class OmniGen2Pipeline:
                 torch.cuda.empty_cache()
 
 
-class _StageTimer:
-    """Wall time and peak CUDA memory per stage; synchronises CUDA around each stage so times are real."""
-
-    def __init__(self, device: torch.device, hook: StageHook | None):
-        self.cuda = device.type == "cuda"
-        self.device = device
-        self.hook = hook
-        self.seconds: dict[str, float] = {}
-        self.peak_bytes: dict[str, int] = {}
-        self.reserved_bytes: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        start = time.perf_counter()
-        with self.hook(name) if self.hook is not None else contextlib.nullcontext():
-            yield
-            if self.cuda:
-                torch.cuda.synchronize(self.device)
-        self.seconds[name] = time.perf_counter() - start
-        if self.cuda:
-            self.peak_bytes[name] = torch.cuda.max_memory_allocated(self.device)
-            self.reserved_bytes[name] = torch.cuda.max_memory_reserved(self.device)
-
-    def peak_allocated(self) -> int | None:
-        return max(self.peak_bytes.values()) if self.cuda and self.peak_bytes else None
-
-    def peak_reserved(self) -> int | None:
-        return max(self.reserved_bytes.values()) if self.cuda and self.reserved_bytes else None
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -447,46 +434,8 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def _checkpoint_root(path_or_hub_id: str | os.PathLike) -> Path:
-    """The checkpoint's top folder, every component present; a hub id is downloaded first."""
-    path = Path(path_or_hub_id).expanduser()
-    if not path.exists():
-        path = download_from_hub(str(path_or_hub_id), None, [path])
-    if not path.is_dir():
-        raise CheckpointNotFoundError(f"{path} is not a folder; pass the OmniGen2 checkpoint folder (with "
-                                      f"{', '.join(c + '/' for c in COMPONENTS)}) or a hub id")
-    missing = [f"{name}/ (needs {marker})" for name, marker in COMPONENTS.items() if not (path / name / marker).is_file()]
-    if missing:
-        raise CheckpointNotFoundError(f"checkpoint folder {path} is missing component(s): {', '.join(missing)}. "
-                                      "Download the complete checkpoint, or write one with "
-                                      "omnigen2_fp8.synthetic.write_synthetic_checkpoint")
-    return path
-
-
-def _load_processor(folder: Path):
-    """(processor or None, tokenizer): AutoProcessor where it loads, else the tokenizer alone (all we use)."""
-    from transformers import AutoProcessor
-
-    from .text_encoder import load_tokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(folder)
-    except ImportError:  # the Qwen2.5-VL processor's video part needs torchvision; the edit pipeline needs text only
-        return None, load_tokenizer(folder)
-    return processor, processor.tokenizer
-
-
 def _is_fp8(model: torch.nn.Module) -> bool:
     return any(getattr(m, "is_fp8", False) for m in model.modules())
-
-
-def _quantize_fp8(transformer: torch.nn.Module, fp8_config=None):
-    try:
-        from .fp8 import Fp8Config, quantize_fp8
-    except ImportError as err:
-        raise NotImplementedError(f"precision='fp8' needs omnigen2_fp8.fp8.quantize_fp8, which is not available "
-                                  f"here ({err}); use precision='bf16'") from err
-    return quantize_fp8(transformer, fp8_config if fp8_config is not None else Fp8Config())
 
 
 def _compile(transformer: torch.nn.Module):

@@ -19,7 +19,11 @@ from typing import Iterator, Sequence
 
 import torch
 
-SYNTHETIC_MARKER = "SYNTHETIC.json"
+from .checkpoints import Components, save_transformer
+from .loading import SYNTHETIC_MARKER, mark_synthetic, read_synthetic_marker  # noqa: F401  (importable here too)
+from .pipeline import OmniGen2Pipeline
+from .transformer import OmniGen2Transformer, TransformerConfig
+
 SIZES = ("tiny", "full")
 
 # Qwen2 special tokens (real ids in Qwen2.5-VL: <|endoftext|> 151643 ... <|video_pad|> 151656).
@@ -264,8 +268,6 @@ def build_vae(size: str = "tiny", device: str | torch.device = "cpu", dtype: tor
 
 def transformer_config(size: str):
     """The OmniGen2 DiT config as shipped ("full") or the project's tiny preset."""
-    from omnigen2_fp8.transformer import TransformerConfig
-
     _check_size(size)
     return TransformerConfig.from_name("omnigen2" if size == "full" else "tiny")
 
@@ -273,8 +275,6 @@ def transformer_config(size: str):
 def build_transformer(size: str = "tiny", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                       seed: int = 0):
     """A random-weight OmniGen2 DiT built directly on `device` (nn default init)."""
-    from omnigen2_fp8.transformer import OmniGen2Transformer
-
     config = transformer_config(size)
     with _building_on(device, dtype, seed):
         model = OmniGen2Transformer(config)
@@ -317,14 +317,12 @@ def write_synthetic_checkpoint(folder: str | os.PathLike, size: str = "tiny", se
     weights are written in bfloat16 for "full" to halve that). device: where the random weights are made (a GPU
     makes the full-size init take seconds instead of minutes); the files are the same format either way.
     """
-    from omnigen2_fp8.transformer import OmniGen2Transformer  # noqa: F401  (fail early if the DiT is missing)
-
     _check_size(size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dtype = torch.float32 if size == "tiny" else torch.bfloat16
     transformer = build_transformer(size, device, dtype, seed)
-    transformer.save_pretrained(folder / "transformer")
+    save_transformer(transformer, folder / "transformer")
     text_dim = transformer.config.text_feat_dim
     del transformer
     build_vae(size, device, dtype, seed + 1).save_pretrained(folder / "vae")
@@ -340,6 +338,24 @@ def write_synthetic_checkpoint(folder: str | os.PathLike, size: str = "tiny", se
     return folder
 
 
+def build_components(size: str = "full", device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16,
+                     seed: int = 0, home: str | torch.device | None = None) -> Components:
+    """Random-weight VAE, Qwen2.5-VL and tokenizer as `checkpoints.Components` (nothing on disk), marked synthetic.
+
+    Each model is built on `device` (fast init on a GPU) and then moved to `home` (default: `device`), so with
+    home="cpu" the device never holds more than one of them. Seeds: VAE seed + 1, MLLM seed + 2 (the DiT, built
+    by `build_transformer`, takes `seed`).
+    """
+    _check_size(size)
+    home = device if home is None else home
+    tokenizer = build_qwen_tokenizer(qwen_ids=(size == "full"))
+    vae = build_vae(size, device, dtype, seed + 1).to(home)
+    mllm = build_qwen2_5_vl(size, device, dtype, seed + 2, tokenizer,
+                            text_hidden_size=transformer_config(size).text_feat_dim).to(home)
+    return Components(vae=vae, mllm=mllm, tokenizer=tokenizer, scheduler_config=dict(SCHEDULER_CONFIG),
+                      synthetic_info={"size": size, "seed": seed, "what": "random-weight models built in memory"})
+
+
 def build_synthetic_pipeline(size: str = "full", device: str | torch.device = "cuda",
                              dtype: torch.dtype = torch.bfloat16, seed: int = 0, **pipeline_kwargs):
     """An `OmniGen2Pipeline` of random-weight models built directly in `device` memory (nothing on disk).
@@ -348,38 +364,13 @@ def build_synthetic_pipeline(size: str = "full", device: str | torch.device = "c
     seconds on a GPU. The pipeline's results say synthetic=True. `pipeline_kwargs` go to `OmniGen2Pipeline`
     (e.g. precision="fp8", offload=True, compile=True).
     """
-    from omnigen2_fp8.pipeline import OmniGen2Pipeline
-    from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
-
     _check_size(size)
     # With offload, each model is still built on the device (fast init) and parked on the CPU right away,
     # so the device never holds more than one of them.
     home = "cpu" if pipeline_kwargs.get("offload") else device
     transformer = build_transformer(size, device, dtype, seed).to(home)
-    vae = build_vae(size, device, dtype, seed + 1).to(home)
-    tokenizer = build_qwen_tokenizer(qwen_ids=(size == "full"))
-    mllm = build_qwen2_5_vl(size, device, dtype, seed + 2, tokenizer,
-                            text_hidden_size=transformer.config.text_feat_dim).to(home)
-    return OmniGen2Pipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerScheduler.from_config(
-        SCHEDULER_CONFIG), mllm=mllm, tokenizer=tokenizer, device=device, dtype=dtype,
-        synthetic={"size": size, "seed": seed, "what": "random-weight models built in memory"}, **pipeline_kwargs)
-
-
-def mark_synthetic(folder: str | os.PathLike, **info) -> Path:
-    """Write the SYNTHETIC.json marker: this folder holds random weights, not a trained model."""
-    path = Path(folder) / SYNTHETIC_MARKER
-    _write_json(path, {"synthetic": True, "note": "random weights, not a trained model: "
-                       "no quality measured on it means anything", **info})
-    return path
-
-
-def read_synthetic_marker(folder: str | os.PathLike) -> dict | None:
-    """The SYNTHETIC.json content of `folder` (or of its parent, for a component folder), None when absent."""
-    folder = Path(folder)
-    for candidate in (folder / SYNTHETIC_MARKER, folder.parent / SYNTHETIC_MARKER):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
+    components = build_components(size, device, dtype, seed, home=home)
+    return OmniGen2Pipeline.from_components(components, transformer, device=device, dtype=dtype, **pipeline_kwargs)
 
 
 def _write_json(path: Path, data: dict) -> None:

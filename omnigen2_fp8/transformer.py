@@ -7,21 +7,17 @@ scheduler, guidance, VAE or text encoder lives here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from .attention import grouped_attention, key_padding_mask
-from .loading import (check_state_dict, load_tensors, read_json, resolve_component_folder, safetensors_files,
-                      save_tensors_sharded)
+from .packing import pad_rotary as _pad_rotary, patchify, stack_padded as _stack_padded, unpatchify
 from .rope import RotaryTables, SampleLayout, apply_rotary
 
 MAX_REFERENCE_IMAGES = 5
@@ -238,7 +234,6 @@ class OmniGen2Transformer(nn.Module):
 
     # ------------------------------------------------------------------------------------- input checking
     def _check_latents(self, latents) -> list[torch.Tensor]:
-        c = self.config
         if isinstance(latents, torch.Tensor):
             if latents.dim() != 4:
                 raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got shape "
@@ -318,87 +313,6 @@ class OmniGen2Transformer(nn.Module):
 
     def blocks(self) -> list["TransformerBlock"]:
         return [*self.context_refiner, *self.noise_refiner, *self.ref_image_refiner, *self.layers]
-
-    # ------------------------------------------------------------------------------------- checkpoints
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device = "cpu", subfolder: str = "transformer") -> "OmniGen2Transformer":
-        """Load a `transformer/` folder (config.json + safetensors, sharded or not), the checkpoint folder above it,
-        or a hub id. Built on the meta device, then the checkpoint tensors are assigned: no random init is ever
-        materialised. `dtype` None keeps the stored dtype. Folders written by `save_fp8_checkpoint` load as FP8.
-        """
-        folder = resolve_component_folder(path_or_hub_id, subfolder)
-        raw = read_json(folder / "config.json")
-        quantization_config = raw.pop("quantization_config", None)
-        config = TransformerConfig.from_dict(raw, source=folder / "config.json")
-        if quantization_config is not None:
-            from .fp8.checkpoint import load_fp8_transformer
-
-            return load_fp8_transformer(folder, config, quantization_config, dtype=dtype, device=device)
-        with torch.device("meta"):
-            model = cls(config)
-        tensors = load_tensors(safetensors_files(folder), device=device, dtype=dtype)
-        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, tensors, folder)
-        model.load_state_dict(tensors, strict=True, assign=True)
-        return model.eval().requires_grad_(False)
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict under the official names: fused projections are split back into their parts."""
-        tensors = {}
-        for name, t in self.state_dict().items():
-            tensors.update(_split_fused(name, t, self.config))
-        return tensors
-
-    def save_pretrained(self, folder: str | os.PathLike, max_shard_size: int | str = "10GB") -> Path:
-        """Write config.json + safetensors under the official names, readable by `from_pretrained` and the
-        official code. Quantized models are saved with `save_fp8_checkpoint` instead."""
-        if any(getattr(m, "is_fp8", False) for m in self.modules()):
-            raise TypeError("this model holds FP8 layers; save it with omnigen2_fp8.save_fp8_checkpoint(model, folder)")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        save_tensors_sharded(self.official_state_dict(), folder, max_shard_size=max_shard_size)
-        return folder
-
-
-def _split_fused(name: str, tensor: torch.Tensor, config: TransformerConfig) -> dict[str, torch.Tensor]:
-    if name.endswith("attn.to_qkv.weight"):
-        prefix = name[: -len("to_qkv.weight")]
-        q, k, v = tensor.split([config.hidden_size, config.kv_dim, config.kv_dim], dim=0)
-        return {f"{prefix}to_q.weight": q, f"{prefix}to_k.weight": k, f"{prefix}to_v.weight": v}
-    if name.endswith("feed_forward.linear_13.weight"):
-        prefix = name[: -len("linear_13.weight")]
-        gate, up = tensor.chunk(2, dim=0)
-        return {f"{prefix}linear_1.weight": gate, f"{prefix}linear_3.weight": up}
-    return {name: tensor}
-
-
-def _stack_padded(sequences: list[torch.Tensor]) -> torch.Tensor:
-    """[L_i, D] sequences -> right-padded [N, max L_i, D] (no copy for a single sequence)."""
-    return sequences[0].unsqueeze(0) if len(sequences) == 1 else pad_sequence(sequences, batch_first=True)
-
-
-def _pad_rotary(rotary: list[tuple[torch.Tensor, torch.Tensor]],
-                segments: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack each sequence's slice of its sample's cos/sin into right-padded [N, L, head_dim/2] tables."""
-    if len(rotary) == 1:
-        (cos, sin), (start, end) = rotary[0], segments[0]
-        return cos[start:end].unsqueeze(0), sin[start:end].unsqueeze(0)
-    cos = pad_sequence([c[s:e] for (c, _), (s, e) in zip(rotary, segments)], batch_first=True)
-    sin = pad_sequence([s_[s:e] for (_, s_), (s, e) in zip(rotary, segments)], batch_first=True)
-    return cos, sin
-
-
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """[C, H, W] -> [(H/p)*(W/p), p*p*C], i.e. c (h p1) (w p2) -> (h w) (p1 p2 c)."""
-    c, h, w = x.shape
-    return x.view(c, h // p, p, w // p, p).permute(1, 3, 2, 4, 0).reshape((h // p) * (w // p), p * p * c)
-
-
-def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], p: int, channels: int) -> torch.Tensor:
-    """[(h*w), p*p*C] -> [C, h*p, w*p], the inverse of `patchify`."""
-    h, w = grid
-    return tokens.view(h, w, p, p, channels).permute(4, 0, 2, 1, 3).reshape(channels, h * p, w * p)
 
 
 # --------------------------------------------------------------------------------------------------- parts
@@ -525,6 +439,8 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Module):
     """SwiGLU: linear_2(silu(linear_1(x)) * linear_3(x)); linear_1 is the gate, linear_3 the up projection."""
+
+    is_swiglu = True  # the FP8 package folds the SwiGLU of modules that declare this (see fp8.quantize.fold_swiglu)
 
     def __init__(self, dim: int, inner_dim: int):
         super().__init__()

@@ -12,7 +12,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import torch  # noqa: E402
 
-from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, kernels, plan_for  # noqa: E402
 from omnigen2_fp8.fp8 import primitives as P  # noqa: E402
 
 
@@ -53,18 +53,16 @@ def main() -> None:
     out["cases"] = cases
     # the exhaustive encoder check: every e4m3 rounding boundary region, against torch's cast
     v = torch.cat([torch.linspace(-460, 460, 20001), torch.linspace(-0.03, 0.03, 20001), torch.tensor([0.0, -0.0])])
-    scale = torch.ones(1, 1)
     q, _ = kernels.quantize_activation_triton(v.reshape(1, -1), v.numel(), False, False)  # one row, per tensor
     ref = P.cast_to_e4m3(v / (v.abs().max() / P.E4M3_MAX)).reshape(1, -1)
     out["encoder_bit_identical"] = bool(torch.equal(q.view(torch.uint8), ref.view(torch.uint8)))
-    del scale
 
     # Fp8Linear's GPU path (fused kernel + torch._scaled_mm, which has a CPU implementation) vs exact emulation
     lin = torch.nn.Linear(120, 200, bias=True).to(torch.bfloat16)
     layer = Fp8Linear.from_linear(lin, Fp8Config())
     xin = torch.randn(3, 5, 120, dtype=torch.bfloat16)
     emulated = layer(xin).float()
-    layer._resolved = Kernel.CUBLAS_PADDED  # the CUDA kernel choice, forced on the CPU
+    layer.use_plan(plan_for(Kernel.CUBLAS_PADDED))  # the CUDA kernel choice, forced on the CPU
     fused = layer(xin).float()
     out["linear_rel_diff_fused_vs_emulated"] = float((fused - emulated).norm() / emulated.norm())
     compiled = torch.compile(layer, fullgraph=True, dynamic=True)  # fullgraph: any graph break raises

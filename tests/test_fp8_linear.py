@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Fp8UnsupportedDeviceError, Kernel
-from omnigen2_fp8.fp8.linear import check_fp8_device
+from omnigen2_fp8.fp8.dispatch import check_fp8_device, plan_for
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,6 +93,34 @@ def test_gpu_fp8_linear_matches_emulation():
     layer = Fp8Linear.from_linear(linear, Fp8Config())
     x = torch.randn(300, 2520, device="cuda", dtype=torch.bfloat16)
     y = layer(x)
-    layer._resolved = Kernel.TORCH_REFERENCE
+    layer.use_plan(plan_for(Kernel.TORCH_REFERENCE))
     assert rel_err(y, layer(x)) < 5e-3
     assert rel_err(y, linear(x)) < 0.06
+
+
+def test_plans_are_chosen_in_one_place_and_forced_through_a_public_seam():
+    from omnigen2_fp8.fp8 import LaunchConfig, quantize_fp8, select_kernel_plan, use_plan
+    from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
+
+    cpu = torch.device("cpu")
+    assert select_kernel_plan("auto", cpu) == plan_for(Kernel.TORCH_REFERENCE)
+    assert (plan_for("cublas-padded").quantize_impl, plan_for("cublas-padded").gemm_impl) == ("fused", "scaled-mm")
+    assert plan_for("cublas-padded").unscaled_gate_up and not plan_for("cublas-torch-quant").unscaled_gate_up
+    with pytest.raises(ValueError, match="not a concrete kernel"):
+        plan_for("auto")
+    with pytest.raises(Fp8UnsupportedDeviceError):
+        select_kernel_plan("cublas-padded", cpu)
+    launch = LaunchConfig.from_table({(120, False): (64, 2, 1)})
+    assert launch.choose(120, 128, False) == (64, 2, 1) and launch.choose(64, 64, False) != (64, 2, 1)
+
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny"))
+    report = quantize_fp8(model, Fp8Config())
+    assert report.counts_by_kernel == {"torch-reference": len(report.quantized)}  # auto on a CPU
+    assert all(d.kernel is None for d in report.kept) and report.to_dict()["counts_by_kernel"]
+    forced = plan_for(Kernel.CUBLAS_TORCH_QUANT)
+    assert use_plan(model, forced) == len(report.quantized)
+    layer = model.layers[0].attn.to_qkv
+    model.to("cpu")  # a device move keeps a forced plan
+    assert layer.kernel_plan() is forced and layer.resolved_kernel == Kernel.CUBLAS_TORCH_QUANT
+    use_plan(model, None)
+    assert layer.resolved_kernel == Kernel.TORCH_REFERENCE

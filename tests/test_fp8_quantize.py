@@ -12,6 +12,7 @@ from torch import nn
 
 from omnigen2_fp8.fp8 import (Fp8Config, Fp8ConfigError, Fp8Linear, Fp8QuantizationError, Fp8SwiGLUFeedForward,
                               quantize_fp8)
+from omnigen2_fp8.checkpoints import load_transformer
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 from golden_cases import find_case
@@ -64,7 +65,7 @@ def test_include_exclude_patterns_fnmatch_and_regex():
 
 def test_golden_model_quantized_stays_close(golden_dir):
     case = find_case("transformer_batch", golden_dir)
-    model = OmniGen2Transformer.from_pretrained(case / "transformer")
+    model = load_transformer(case / "transformer")
     io = load_file(str(case / "io.safetensors"))
     latents = [io["latent.0"], io["latent.1"]]
     refs = [[io["ref.0.0"], io["ref.0.1"]], [io["ref.1.0"]]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 
-from omnigen2_fp8.fp8.sensitivity import GROUPS, main
+from benchmarks.fp8_sensitivity import GROUPS, main
 
 
 def test_sensitivity_cli_reports_every_group(tmp_path, capsys):

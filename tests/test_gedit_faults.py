@@ -203,7 +203,7 @@ def test_damaged_judge_folders_are_named_before_any_edit(assets, tmp_path, capsy
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--precision", "bf16", "fp9"], "unknown precision(s) ['fp9']"),
+    (["--precision", "bf16", "fp9"], "--precision fp9: unknown precision 'fp9' (did you mean 'fp8'?)"),
     (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     (["--bootstrap", "0"], "--bootstrap 0: must be >= 1"),
     (["--max-new-tokens", "0"], "judge.max_new_tokens must be >= 1"),

@@ -1,4 +1,5 @@
-"""harness.kernels: categories, profiler parsing, and the FP8 fallback detector on real profiler output."""
+"""harness.profile's taxonomy, kernels and fallbacks: categories, profiler parsing, and the FP8 fallback detector
+on real profiler output."""
 from __future__ import annotations
 
 import csv
@@ -7,9 +8,11 @@ import warnings
 import pytest
 import torch
 
-from harness import kernels as K
 from harness.core.timing import StageTimer
+from harness.core.vocab import KERNEL_CATEGORIES
+from harness.profile import fallbacks, kernels, taxonomy
 from omnigen2_fp8.fp8.config import Fp8Config, Kernel
+from omnigen2_fp8.fp8.dispatch import plan_for
 from omnigen2_fp8.fp8.linear import Fp8Linear
 from omnigen2_fp8.fp8.quantize import quantize_fp8
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
@@ -70,13 +73,13 @@ from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
     ("aten::native_layer_norm", None, "norm-elementwise"),
 ])
 def test_categories(name, op, expected):
-    assert K.categorize(name, op) == expected
+    assert taxonomy.categorize(name, op) == expected
 
 
 def test_non_gemm_work_inside_an_fp8_layer_counts_as_quantization_overhead():
-    assert K.categorize("aten::abs", None, in_fp8_layer=True) == "quant"
-    assert K.categorize("aten::abs", None) == "norm-elementwise"
-    assert K.categorize("aten::_scaled_mm", None, in_fp8_layer=True) == "gemm-fp8"
+    assert taxonomy.categorize("aten::abs", None, in_fp8_layer=True) == "quant"
+    assert taxonomy.categorize("aten::abs", None) == "norm-elementwise"
+    assert taxonomy.categorize("aten::_scaled_mm", None, in_fp8_layer=True) == "gemm-fp8"
 
 
 # ----------------------------------------------------------------------------------------- real tiny-model runs
@@ -99,12 +102,12 @@ def _profile(model, inputs, steps=2):
     """Run `steps` transformer forwards as denoise steps under the profiler, with layer ranges."""
     _, latents, text, mask, refs = inputs
     timer = StageTimer("cpu")
-    with torch.no_grad(), K.capture("cpu") as prof, K.layer_ranges(model) as layer_calls:
+    with torch.no_grad(), kernels.capture("cpu") as prof, kernels.layer_ranges(model) as layer_calls:
         with timer("denoise"):
             for _ in range(steps):
                 with timer("denoise_step"):
                     model(latents, torch.tensor([0.5]), text, mask, ref_latents=refs)
-    return K.parse_profile(prof, "cpu"), dict(layer_calls)
+    return kernels.parse_profile(prof, "cpu"), dict(layer_calls)
 
 
 def _fp8_model(config, kernel_on_cpu: Kernel) -> tuple[OmniGen2Transformer, dict[str, str]]:
@@ -114,7 +117,7 @@ def _fp8_model(config, kernel_on_cpu: Kernel) -> tuple[OmniGen2Transformer, dict
         if isinstance(m, Fp8Linear):
             # Fp8Linear resolves every non-reference kernel to an error on the CPU, although torch._scaled_mm has a
             # CPU implementation; pin the resolved kernel so these layers run the same op sequence as on a GPU.
-            m._resolved = kernel_on_cpu
+            m.use_plan(plan_for(kernel_on_cpu))
     return model, {d.name: d.action for d in report.layers}
 
 
@@ -122,7 +125,7 @@ def test_bf16_run_tables_and_stage_sums(tiny_inputs, tmp_path):
     model = _tiny_model(tiny_inputs[0])
     capture, layer_calls = _profile(model, tiny_inputs)
     assert capture.steps == 2 and capture.device_kind == "cpu"
-    rows = K.kernel_table(capture)
+    rows = kernels.kernel_table(capture)
     by_name = {r.name: r for r in rows}
     # every linear call is exactly one GEMM op (linear -> addmm / matmul -> mm counted once)
     linears_per_step = sum(layer_calls.values()) / 2
@@ -130,16 +133,17 @@ def test_bf16_run_tables_and_stage_sums(tiny_inputs, tmp_path):
     assert gemm_calls == linears_per_step
     assert by_name["aten::scaled_dot_product_attention"].category == "attention"
     assert sum(r.share for r in rows) == pytest.approx(1.0)
-    roll = K.category_rollup(rows, capture.steps)
-    assert list(roll) == list(K.CATEGORIES) and roll["gemm-fp8"]["calls"] == 0
+    roll = kernels.category_rollup(rows, capture.steps)
+    assert list(roll) == list(KERNEL_CATEGORIES) and roll["gemm-fp8"]["calls"] == 0
     assert roll["gemm-bf16"]["share"] > 0
-    stages = K.stage_kernel_summary(capture)
+    stages = kernels.stage_kernel_summary(capture)
     assert stages["denoise_step"]["entries"] == 2 and stages["denoise"]["entries"] == 1
     assert stages["denoise"]["kernel_us"] == pytest.approx(stages["denoise_step"]["kernel_us"], rel=1e-6)
-    report = K.detect_fallbacks(capture, K.layer_precisions(model), layer_calls=layer_calls, expect_fp8=False)
+    report = fallbacks.detect_fallbacks(capture, kernels.layer_precisions(model), layer_calls=layer_calls,
+                                        expect_fp8=False)
     assert not report.checked and not report.fallback_detected
     assert report.bf16_gemm_calls_per_step == linears_per_step
-    K.write_kernel_csv(tmp_path / "k.csv", rows)
+    kernels.write_kernel_csv(tmp_path / "k.csv", rows)
     with open(tmp_path / "k.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and table[0]["name"] == rows[0].name and "category" in table[0]
@@ -152,13 +156,13 @@ def test_fp8_run_on_the_scaled_gemm_is_clean(tiny_inputs):
     assert any(name.endswith("feed_forward.linear_2") for name in layer_calls)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
-        K.warn_fallbacks("fp8", report)
+        report = fallbacks.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+        fallbacks.warn_fallbacks("fp8", report)
     assert report.checked and not report.fallback_detected, report.findings
     fp8_layers = sum(1 for p in precisions.values() if p == "fp8")
     assert report.fp8_gemm_calls_per_step == report.expected_fp8_linear_calls_per_step == fp8_layers
     assert report.bf16_gemm_calls_per_step == report.expected_bf16_linear_calls_per_step
-    rows = K.kernel_table(capture, {f for f, p in precisions.items() if p == "fp8"})
+    rows = kernels.kernel_table(capture, {f for f, p in precisions.items() if p == "fp8"})
     assert {r.name: r.category for r in rows}["aten::_scaled_mm"] == "gemm-fp8"
 
 
@@ -167,7 +171,7 @@ def test_fallback_gemms_in_fp8_layers_are_detected_and_named(tiny_inputs, capsys
     # (what an FP8 layer runs when no FP8 tensor-core kernel takes its shapes).
     model, precisions = _fp8_model(tiny_inputs[0], Kernel.TORCH_REFERENCE)
     capture, layer_calls = _profile(model, tiny_inputs)
-    report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+    report = fallbacks.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
     kinds = {f.kind for f in report.findings}
     assert report.fallback_detected
     assert {"bf16-gemm-in-fp8-layer", "fp8-layer-without-fp8-gemm", "excess-bf16-gemms"} <= kinds
@@ -175,8 +179,8 @@ def test_fallback_gemms_in_fp8_layers_are_detected_and_named(tiny_inputs, capsys
     assert "layers.0.attn.to_qkv" in named and "layers.1.feed_forward.linear_2" in named
     assert not any(n.endswith("norm1.linear") for n in named)  # kept in BF16 by the policy: not a fallback
     assert report.fp8_gemm_calls_per_step == 0
-    with pytest.warns(K.FallbackKernelWarning, match="bf16-gemm-in-fp8-layer"):
-        K.warn_fallbacks("fp8-nopad", report)
+    with pytest.warns(fallbacks.FallbackKernelWarning, match="bf16-gemm-in-fp8-layer"):
+        fallbacks.warn_fallbacks("fp8-nopad", report)
     assert "FP8 FALLBACK DETECTED in arm 'fp8-nopad'" in capsys.readouterr().err
 
 
@@ -185,23 +189,23 @@ def test_layer_policy_mismatch_is_caught_by_counts_without_ranges(tiny_inputs):
     # per-step GEMM counts still expose it.
     model = _tiny_model(tiny_inputs[0])
     capture, layer_calls = _profile(model, tiny_inputs)
-    precisions = K.layer_precisions(model)
+    precisions = kernels.layer_precisions(model)
     precisions["layers.0.attn.to_out.0"] = "fp8"
-    report = K.detect_fallbacks(capture, precisions, layer_calls=None)
+    report = fallbacks.detect_fallbacks(capture, precisions, layer_calls=None)
     assert report.method == "kernel names and GEMM call counts"
-    report = K.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
+    report = fallbacks.detect_fallbacks(capture, precisions, layer_calls=layer_calls)
     kinds = {f.kind: f for f in report.findings}
     assert kinds["bf16-gemm-in-fp8-layer"].names == ["layers.0.attn.to_out.0"]
     assert kinds["excess-bf16-gemms"].calls == 2  # one extra BF16 GEMM per step, two steps
 
 
 def test_triton_scaled_mm_kernel_names_are_flagged():
-    calls = [K.KernelCall("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "layers.0.attn.to_qkv",
+    calls = [kernels.KernelCall("scaled_mm_kernel", "layer::layers.0.attn.to_qkv", "layers.0.attn.to_qkv",
                           "denoise_step", 0, 950.0),
-             K.KernelCall("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128", "aten::_scaled_mm",
+             kernels.KernelCall("sm90_xmma_gemm_e4m3bf16_e4m3f32_f32_tn_n_tilesize128x128x128", "aten::_scaled_mm",
                           "layers.0.attn.to_out.0", "denoise_step", 0, 20.0)]
-    capture = K.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "layers.0.attn.to_out.0", 0)], 1)
-    report = K.detect_fallbacks(capture, {"layers.0.attn.to_qkv": "fp8", "layers.0.attn.to_out.0": "fp8"},
+    capture = kernels.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "layers.0.attn.to_out.0", 0)], 1)
+    report = fallbacks.detect_fallbacks(capture, {"layers.0.attn.to_qkv": "fp8", "layers.0.attn.to_out.0": "fp8"},
                                 layer_calls={"layers.0.attn.to_qkv": 1, "layers.0.attn.to_out.0": 1})
     kinds = {f.kind: f for f in report.findings}
     assert kinds["triton-scaled-mm"].names == ["scaled_mm_kernel"] and kinds["triton-scaled-mm"].total_us == 950.0
@@ -214,9 +218,9 @@ def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
     torch.manual_seed(0)
     parent = torch.nn.Module()
     parent.up = Fp8Linear.from_linear(torch.nn.Linear(32, 64).bfloat16(), Fp8Config(kernel="torch-reference"))
-    parent.up._resolved = Kernel.CUBLAS_TORCH_QUANT  # the GEMM op the GPU runs (see _fp8_model)
+    parent.up.use_plan(plan_for(Kernel.CUBLAS_TORCH_QUANT))  # the GEMM op the GPU runs (see _fp8_model)
     x = torch.randn(8, 32).bfloat16()
-    with K.capture("cpu") as prof, K.layer_ranges(parent) as calls:
+    with kernels.capture("cpu") as prof, kernels.layer_ranges(parent) as calls:
         timer = StageTimer("cpu")
         with timer("denoise_step"):
             xq, scale = parent.up.quantize_input(x)            # part of a GEMM call: ranged, not counted
@@ -224,21 +228,21 @@ def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
             parent.up.finish(parent.up.matmul(xq, scale, torch.bfloat16), x.shape[:-1])  # one more GEMM
             parent.up(x)                                       # forward (its inner quantize/matmul: not again)
     assert raw.shape == (8, 64) and calls == {"up": 3}
-    capture = K.parse_profile(prof, "cpu")
+    capture = kernels.parse_profile(prof, "cpu")
     assert [(op, layer) for op, layer, _ in capture.gemm_ops] == [("aten::_scaled_mm", "up")] * 3
-    report = K.detect_fallbacks(capture, {"up": "fp8"}, layer_calls=calls)
+    report = fallbacks.detect_fallbacks(capture, {"up": "fp8"}, layer_calls=calls)
     assert not report.fallback_detected and report.fp8_gemm_calls_per_step == 3
 
 
 def test_split_k_helper_of_a_cublas_fp8_gemm_is_not_a_fallback():
-    calls = [K.KernelCall("nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "aten::_scaled_mm", "a",
+    calls = [kernels.KernelCall("nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT", "aten::_scaled_mm", "a",
                           "denoise_step", 0, 30.0),
-             K.KernelCall("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "aten::_scaled_mm", "a",
+             kernels.KernelCall("void splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>", "aten::_scaled_mm", "a",
                           "denoise_step", 0, 2.0),
-             K.KernelCall("void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>", "aten::_scaled_mm", "a",
+             kernels.KernelCall("void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>", "aten::_scaled_mm", "a",
                           "denoise_step", 0, 40.0)]
-    capture = K.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "a", 0)], 1)
-    report = K.detect_fallbacks(capture, {"a": "fp8"}, layer_calls={"a": 1})
+    capture = kernels.ProfileCapture("cuda", calls, {}, {}, [("aten::_scaled_mm", "a", 0)], 1)
+    report = fallbacks.detect_fallbacks(capture, {"a": "fp8"}, layer_calls={"a": 1})
     assert [(f.kind, f.names) for f in report.findings] == [
         ("non-tensor-core-scaled-gemm", ["void gemmSN_TN_kernel<float, 128, 16, 2, 4, 4, 4, true>"])]
 
@@ -262,13 +266,13 @@ def test_kernels_the_profiler_left_unlinked_are_placed_by_their_launch_call():
                      ev(777, "_quantize_rows_kernel", 600, 610, DeviceType.CUDA)]   # no launch call recorded
     stages = [{"stage": "denoise_step", "step": 0, "start": 0, "end": 1000, "wall": 1000.0, "kernel": 50.0},
               {"stage": "vae_decode", "step": None, "start": 1000, "end": 2000, "wall": 1000.0, "kernel": 0.0}]
-    calls: list[K.KernelCall] = []
-    K._place_unlinked_kernels(device_events, cpu_events, stages, [(100, 300, "layers.0.attn.to_qkv")], calls)
+    calls: list[kernels.KernelCall] = []
+    kernels._place_unlinked_kernels(device_events, cpu_events, stages, [(100, 300, "layers.0.attn.to_qkv")], calls)
     assert [(c.name, c.layer, c.stage, c.step, c.duration_us) for c in calls] == [
         ("_quantize_rows_kernel", "layers.0.attn.to_qkv", "denoise_step", 0, 10.0),
         ("_quantize_rows_kernel", None, "denoise_step", 0, 10.0)]
     assert stages[0]["kernel"] == 70.0 and stages[1]["kernel"] == 0.0
-    assert K.categorize(calls[0].name, calls[0].op, in_fp8_layer=True) == "quant"
+    assert taxonomy.categorize(calls[0].name, calls[0].op, in_fp8_layer=True) == "quant"
 
 
 def test_unattached_kernels_are_found_without_linked_ids_too():
@@ -285,4 +289,4 @@ def test_unattached_kernels_are_found_without_linked_ids_too():
                          is_async=False)
     devices = [dev(500, "nvjet_sm90_qqtst_x", 210, 260), dev(501, "_quantize_rows_kernel", 130, 140),
                dev(502, "nvjet_sm90_qqtst_x", 300, 340)]  # same name, other duration: not the attached one
-    assert [d.id for d in K._unattached(devices, [op])] == [501, 502]
+    assert [d.id for d in kernels._unattached(devices, [op])] == [501, 502]

@@ -9,9 +9,10 @@ import PIL.Image
 import pytest
 import torch
 
-from omnigen2_fp8 import synthetic
+from omnigen2_fp8 import loading, synthetic
 from omnigen2_fp8.image_processing import ImageInputError
 from omnigen2_fp8.loading import CheckpointNotFoundError
+from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.pipeline import STAGES, OmniGen2Pipeline
 from omnigen2_fp8.text_encoder import SYSTEM_PROMPT, chat_text
 
@@ -50,11 +51,12 @@ def test_checkpoint_has_the_official_layout_and_says_it_is_synthetic(checkpoint)
         assert (checkpoint / name).is_file(), name
     assert json.loads((checkpoint / "transformer" / "config.json").read_text())["_class_name"] == \
         "OmniGen2Transformer2DModel"
-    assert json.loads((checkpoint / synthetic.SYNTHETIC_MARKER).read_text())["synthetic"] is True
+    assert json.loads((checkpoint / loading.SYNTHETIC_MARKER).read_text())["synthetic"] is True
 
 
 def test_edit_runs_every_stage_and_carries_the_synthetic_flag(pipe, image_paths, tmp_path):
-    result = _edit(pipe, [image_paths[0]])
+    assert _edit(pipe, [image_paths[0]]).stage_seconds is None  # nothing measured unless a clock is passed
+    result = _edit(pipe, [image_paths[0]], clock=StageClock("cpu"))
     assert result.synthetic and result.synthetic_info["size"] == "tiny"
     assert list(result.stage_seconds) == [*STAGES, "postprocess"]
     assert all(s >= 0 for s in result.stage_seconds.values())

@@ -14,9 +14,9 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
+from omnigen2_fp8.checkpoints import load_transformer
 from omnigen2_fp8.pipeline import OmniGen2Pipeline, PromptEmbeds
 from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
-from omnigen2_fp8.transformer import OmniGen2Transformer
 
 from golden_cases import denoise_cases
 
@@ -40,7 +40,7 @@ def test_denoise_and_decode_match_the_official_pipeline(case_dir: Path):
     if case.get("dtype", "float32") != "float32":
         pytest.fail(f"{case_dir.name}: only float32 golden cases are compared at 1e-4 (got {case['dtype']})")
     io = load_file(case_dir / "io.safetensors")
-    transformer = OmniGen2Transformer.from_pretrained(case_dir / case.get("transformer", "transformer"),
+    transformer = load_transformer(case_dir / case.get("transformer", "transformer"),
                                                       dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(case_dir / case.get("vae", "vae"), torch_dtype=torch.float32)
     scheduler = FlowMatchEulerScheduler(dynamic_time_shift=case.get("dynamic_time_shift", True),

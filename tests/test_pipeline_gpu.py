@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from omnigen2_fp8 import synthetic
+from omnigen2_fp8.measure import StageClock
 
 pytestmark = pytest.mark.gpu
 
@@ -23,7 +24,7 @@ def _edit(pipe, reference, **kwargs):
 
 def test_cuda_run_reports_stage_vram_and_reproduces_with_a_seed(reference):
     pipe = synthetic.build_synthetic_pipeline("tiny", device="cuda", dtype=torch.bfloat16, progress=False)
-    first, again = _edit(pipe, reference), _edit(pipe, reference)
+    first, again = _edit(pipe, reference, clock=StageClock("cuda")), _edit(pipe, reference)
     assert first.latents.device.type == "cuda" and first.synthetic
     assert first.peak_vram_bytes > 0 and set(first.stage_peak_vram_bytes) == set(first.stage_seconds)
     assert first.peak_vram_bytes == max(first.stage_peak_vram_bytes.values())

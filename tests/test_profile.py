@@ -5,13 +5,19 @@ import csv
 import gzip
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-from harness import profile as P
-from harness.core.records import SYNTHETIC_WARNING
+from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.core.vocab import KERNEL_CATEGORIES
+from harness.profile.__main__ import main
+from harness.profile.arms import quantize_unpadded
+from harness.profile.options import ProfileOptions
+from harness.profile.record import SCHEMA_VERSION, ProfileRecord, RecordError, compute_ratios
+from harness.profile.render import profile_markdown
+from harness.core.tasks import TaskError
+from harness.profile.scenarios import ProfileError, load_scenario, load_scenario_task, reference_images
 
 TINY_SCENARIO = """\
 task: tiny-edit
@@ -30,11 +36,11 @@ def tiny_run(tmp_path_factory):
     """One CLI run: bf16, fp8 and the deliberately unpadded arm, on the tiny synthetic models, on the CPU."""
     root = tmp_path_factory.mktemp("profile")
     scenario = root / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
     out = root / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = P.main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+        code = main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
                        "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2", "--profile-steps", "2",
                        "--out", str(out), "--no-progress", "--trace"])
     return code, out, json.loads((out / "profile.json").read_text())
@@ -48,7 +54,7 @@ def test_cli_writes_every_output(tiny_run):
     with gzip.open(out / rec["arms"]["fp8"]["kernels"]["trace"]) as f:  # --trace: a Chrome trace per arm
         assert any(e.get("name") == "stage::denoise_step" for e in json.load(f)["traceEvents"])
     assert list(rec["arms"]) == ["bf16", "fp8", "fp8-nopad"]
-    assert rec["schema_version"] == P.SCHEMA_VERSION and rec["kind"] == "omnigen2-profile"
+    assert rec["schema_version"] == SCHEMA_VERSION and rec["kind"] == "omnigen2-profile"
 
 
 def test_provenance_and_synthetic_flag(tiny_run):
@@ -91,7 +97,7 @@ def test_kernel_tables_and_categories(tiny_run):
     for name, arm in rec["arms"].items():
         k = arm["kernels"]
         assert k["profiled_steps"] == 2 and k["time_unit"] == "self CPU time"
-        assert list(k["categories"]) == list(P.K.CATEGORIES)
+        assert list(k["categories"]) == list(KERNEL_CATEGORIES)
         assert sum(c["share"] for c in k["categories"].values()) == pytest.approx(1.0)
         with open(out / k["csv"]) as f:
             rows = list(csv.DictReader(f))
@@ -125,41 +131,76 @@ def test_fallback_verdicts(tiny_run):
     assert "FALLBACK DETECTED" in md
 
 
+def test_record_reads_back_what_it_wrote(tiny_run):
+    _, out, rec = tiny_run
+    record = ProfileRecord.from_json(out / "profile.json")
+    assert record.to_dict() == rec
+    assert compute_ratios(record.arms) == rec["ratios"]
+    assert record.arms["fp8"].stage_ms("denoise_step") == rec["arms"]["fp8"]["latency"]["stages"]["denoise_step"][
+        "per_call"]["median_ms"]
+    # profile.md is made from the record alone
+    assert profile_markdown(record) == (out / "profile.md").read_text()
+
+
+def test_record_names_a_wrong_version_and_a_missing_field(tiny_run, tmp_path):
+    _, _, rec = tiny_run
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({**rec, "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(RecordError, match=f"schema_version {SCHEMA_VERSION + 1}; this harness reads version"):
+        ProfileRecord.from_json(path)
+    arms = json.loads(json.dumps(rec["arms"]))
+    del arms["fp8"]["memory"]
+    path.write_text(json.dumps({**rec, "arms": arms}))
+    with pytest.raises(RecordError, match=r"arms\.fp8: field 'memory' is missing"):
+        ProfileRecord.from_json(path)
+    path.write_text("{not json")
+    with pytest.raises(RecordError, match="not valid JSON"):
+        ProfileRecord.from_json(path)
+
+
 # ------------------------------------------------------------------------------------------------- scenarios
 def test_shipped_scenarios_load_with_their_guidance_branches():
-    edit, _, src = P.load_scenario("edit-1024-1ref")
+    edit, _, src = load_scenario("edit-1024-1ref")
     assert (edit.height, edit.width, edit.steps, edit.references) == (1024, 1024, 28, [[1024, 1024]])
     assert set(edit.branches_per_step()) == {3} and src.endswith("edit-1024-1ref.yaml")
-    assert P.load_scenario("edit-1024-2ref")[0].references == [[1024, 1024], [1024, 1024]]
-    gedit = P.load_scenario("gedit-512")[0]
+    assert load_scenario("edit-1024-2ref")[0].references == [[1024, 1024], [1024, 1024]]
+    gedit = load_scenario("gedit-512")[0]
     assert (gedit.height, gedit.steps, gedit.image_guidance_scale, gedit.time_shift) == (512, 20, 1.5, 3.0)
-    t2i = P.load_scenario("t2i-1024")[0]
+    t2i = load_scenario("t2i-1024")[0]
     assert t2i.references == [] and set(t2i.branches_per_step()) == {2}
 
 
 def test_steps_override_is_logged():
-    scenario, changes, _ = P.load_scenario("gedit-512", steps=4)
+    scenario, changes, _ = load_scenario("gedit-512", steps=4)
     assert scenario.steps == 4 and changes == [{"field": "steps", "old": 20, "new": 4}]
 
 
 def test_unknown_scenario_suggests_the_close_name():
-    with pytest.raises(P.ProfileError, match="Did you mean gedit-512"):
-        P.load_scenario("gedit-521")
+    with pytest.raises(ProfileError, match="Did you mean gedit-512"):
+        load_scenario("gedit-521")
 
 
 def test_bad_scenario_values_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: bad\nheight: 100\nwidth: 64\nsteps: 2\n")
-    with pytest.raises(P.ProfileError, match="height 100 must be a multiple of 16"):
-        P.load_scenario(bad)
+    with pytest.raises(ProfileError, match="height 100 must be a multiple of 16"):
+        load_scenario(bad)
     bad.write_text("task: bad\nheight: 64\nwidth: 64\nsteps: 2\nreferences: [[64]]\n")
-    with pytest.raises(P.ProfileError, match=r"references\[0\]"):
-        P.load_scenario(bad)
+    with pytest.raises(ProfileError, match=r"references\[0\]"):
+        load_scenario(bad)
+
+
+def test_scenarios_validate_as_tasks(tmp_path):
+    assert load_scenario_task("gedit-512").height == 512
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: bad\nheight: 100\nwidth: 64\nsteps: 2\n")
+    with pytest.raises(TaskError, match="height 100 must be a multiple of 16"):
+        load_scenario_task(bad)
 
 
 def test_reference_images_are_seeded_and_sized():
-    scenario = P.load_scenario("edit-1024-2ref")[0]
-    a, b = P.reference_images(scenario), P.reference_images(scenario)
+    scenario = load_scenario("edit-1024-2ref")[0]
+    a, b = reference_images(scenario), reference_images(scenario)
     assert [im.size for im in a] == [(1024, 1024), (1024, 1024)]
     assert a[0].tobytes() == b[0].tobytes()
 
@@ -176,12 +217,12 @@ def test_reference_images_are_seeded_and_sized():
 def test_bad_options_are_explained(kwargs, match, tmp_path):
     opts = dict(scenario="gedit-512", precisions=["bf16", "fp8"], out=tmp_path, device="cpu")
     opts.update(kwargs)
-    with pytest.raises(P.ProfileError, match=match):
-        P.ProfileOptions(**opts).validate()
+    with pytest.raises(ProfileError, match=match):
+        ProfileOptions(**opts).validate()
 
 
 def test_cli_error_exit_code(capsys, tmp_path):
-    assert P.main(["--scenario", "nope-512", "--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path),
+    assert main(["--scenario", "nope-512", "--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path),
                    "--no-progress"]) == 2
     assert "unknown task 'nope-512'" in capsys.readouterr().err
 
@@ -192,7 +233,7 @@ def test_unpadded_quantization_keeps_shapes_and_routes_unaligned_layers_to_the_f
     from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
     model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(torch.bfloat16)
-    info = P.quantize_unpadded(model, Fp8Config())
+    info = quantize_unpadded(model, Fp8Config())
     layers = {n: m for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
     assert layers and all((m.in_padded, m.out_padded) == (m.in_features, m.out_features) for m in layers.values())
     assert set(info["fallback_layers"]) | set(info["aligned_layers"]) == set(layers)
@@ -203,10 +244,10 @@ def test_unpadded_quantization_keeps_shapes_and_routes_unaligned_layers_to_the_f
 @pytest.mark.gpu
 def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
     scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = P.main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+        code = main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
                        "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress"])
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert code == 0
@@ -224,16 +265,21 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
 
 
 def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
-    code = P.main(["--scenario", "gedit-512", "--model", str(tmp_path / "no-such-folder"), "--device", "cpu",
-                   "--out", str(tmp_path / "out"), "--no-progress"])
-    assert code == 2 and "error:" in capsys.readouterr().err
+    code = main(["--scenario", "gedit-512", "--model", str(tmp_path / "no-such-folder"), "--device", "cpu",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    # one line naming the folder that is not there and what to pass instead
+    assert code == 2 and f"error: no checkpoint at {tmp_path / 'no-such-folder'}" in err
+    assert "Pass an existing local folder or a hub id" in err
+    # the run's record says why it stopped
+    assert "CheckpointNotFoundError" in ProfileRecord.from_json(tmp_path / "out" / "profile.json").error
 
 
 def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys):
     scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=P.REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
     # the cuBLASLt FP8 kernel cannot run on a CPU: the fp8 arm fails at load, with the fp8 package's message
-    code = P.main(["--precision", "bf16", "fp8", "--fp8-kernel", "cublas-padded", "--scenario", str(scenario),
+    code = main(["--precision", "bf16", "fp8", "--fp8-kernel", "cublas-padded", "--scenario", str(scenario),
                    "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1", "--profile-steps", "0",
                    "--out", str(tmp_path / "out"), "--no-progress"])
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
@@ -241,5 +287,5 @@ def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys
     assert rec["arms"]["bf16"]["ok"] and rec["arms"]["bf16"]["latency"]["end_to_end"]["n"] == 1
     assert not rec["arms"]["fp8"]["ok"] and "Fp8UnsupportedDeviceError" in rec["arms"]["fp8"]["error"]
     assert rec["ratios"]["fp8"]["end_to_end_ratio"] is None
-    assert "**Arm fp8 failed:**" in (tmp_path / "out" / "profile.md").read_text()
+    assert "Arm **fp8** failed:" in (tmp_path / "out" / "profile.md").read_text()
     assert "error in arm fp8" in capsys.readouterr().err

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import report
+from harness import report, report_grid
 from harness.core import plots
+from harness.core.markdown import code
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.profile import render
 
 SCENARIO = f"""task: tiny-64
 include: {REPO_ROOT / "tasks" / "profile" / "_template.yaml"}
@@ -33,8 +35,8 @@ steps: 2
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from harness import profile
     from harness.gedit import __main__ as gedit
+    from harness.profile.__main__ import main as profile_main
 
     root = tmp_path_factory.mktemp("runs")
     rc = gedit.main(["--synthetic", "tiny", "--out", str(root / "gedit"), "--tasks", "color_alter",
@@ -42,7 +44,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     assert rc == 0
     scenario = root / "tiny-64.yaml"
     scenario.write_text(SCENARIO, encoding="utf-8")
-    rc = profile.main(["--synthetic", "tiny", "--scenario", str(scenario), "--precision", "bf16", "fp8",
+    rc = profile_main(["--synthetic", "tiny", "--scenario", str(scenario), "--precision", "bf16", "fp8",
                        "--out", str(root / "profile"), "--steps", "1", "--repeats", "1", "--profile-steps", "1",
                        "--no-progress"])
     assert rc == 0
@@ -161,18 +163,18 @@ def test_profile_tables_equal_profile_json(built, runs):
             for key in path:
                 stat = stat[key]
             flag = " !" if stat["high_spread"] else ""
-            assert r[f"{name} ms"] == f"{stat['median_ms']:.1f} [{stat['iqr_ms']:.1f}]{flag}"
+            assert r[f"{name} ms"] == f"{stat['median_ms']:.2f} [{stat['iqr_ms']:.2f}]{flag}"
     assert row(latency, stage="end to end")["fp8/bf16"] == f"{prof['ratios']['fp8']['end_to_end_ratio']:.3f}"
     memory = md_table(text, "### Memory (GiB)")
     for name, arm in arms.items():
         assert row(memory, arm=name)["transformer weights"] == f"{arm['memory']['load']['transformer_gib']:.3f}"
-    categories = md_table(text, "### Kernel breakdown")
+    categories = md_table(text, "### Kernel categories")
     for name, arm in arms.items():
         for cat, d in arm["kernels"]["categories"].items():
             assert row(categories, category=cat)[name] == f"{d['us_per_step'] / 1e3:.3f} ({d['share'] * 100:.1f}%)"
     for name, arm in arms.items():
-        top = md_table(text, f"#### Top kernels: {name}")
-        assert len(top) == min(report.TOP_KERNELS, len(arm["kernels"]["top"]))
+        top = md_table(text, f"### Top kernels: {name}")
+        assert len(top) == min(render.TOP_KERNELS, len(arm["kernels"]["top"]))
         for i, (r, k) in enumerate(zip(top, arm["kernels"]["top"]), 1):
             assert r["#"] == str(i) and r["kernel"] == f"`{k['name']}`" and r["category"] == k["category"]
             assert r["ms/step"] == f"{k['us_per_step'] / 1e3:.3f}" and r["share %"] == f"{k['share'] * 100:.1f}"
@@ -183,7 +185,7 @@ def test_profile_tables_equal_profile_json(built, runs):
     # The FP8 arm's fallback verdict is reported exactly as profile.json has it (on a CPU FP8 is emulated: the
     # check does not apply there, and the report says so instead of raising the alarm).
     fb = arms["fp8"]["fallback"]
-    assert ("**FP8 fallback kernels in arm `fp8`.**" in text) == (fb["fallback_detected"] and not fb.get("emulated"))
+    assert ("**FP8 FALLBACK DETECTED in arm `fp8`.**" in text) == (fb["fallback_detected"] and not fb.get("emulated"))
     assert ("- fp8: not applicable on this device (FP8 emulated)" in text) == bool(fb.get("emulated"))
     if arms["fp8"]["fallback"].get("note"):
         assert arms["fp8"]["fallback"]["note"] in text
@@ -272,9 +274,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
     (moved / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     run, original = report.load_run(moved), report.load_run(runs["gedit"])
     sample = run.samples[0]
-    image = report.SourceImages(run, None).get(sample)
+    image = report_grid.SourceImages(run, None).get(sample)
     assert image is not None
-    assert np.array_equal(np.asarray(image), np.asarray(report.SourceImages(original, None).get(sample)))
+    assert np.array_equal(np.asarray(image), np.asarray(report_grid.SourceImages(original, None).get(sample)))
     out = tmp_path / "missing" / "report.md"
     report.build_report([moved], out, dataset=str(tmp_path / "no-such-dataset"))
     assert "Source column: source images unavailable" in out.read_text(encoding="utf-8")
@@ -284,9 +286,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
 def test_grid_selection_takes_one_per_task_group_first():
     samples = [{"task_type": t, "language": lang, "key": k, "instruction": "x"}
                for t in ("b", "a") for k in ("k2", "k1") for lang in ("en", "cn")]
-    chosen = report.grid_selection(samples, "en", 3)
+    chosen = report_grid.grid_selection(samples, "en", 3)
     assert [(s["task_type"], s["key"]) for s in chosen] == [("a", "k1"), ("b", "k1"), ("a", "k2")]
-    assert report.grid_selection(samples, "en", 0) == []
+    assert report_grid.grid_selection(samples, "en", 0) == []
 
 
 def test_captions_the_font_cannot_draw_are_replaced():
@@ -347,7 +349,7 @@ def test_failed_judge_samples_are_listed(runs, tmp_path):
     failed = md_table(out.read_text(encoding="utf-8"), "Failed samples (1;")
     key = cells[header.index("key")]
     assert failed == [{"arm": cells[0], "lang": cells[header.index("language")],
-                       "task": cells[header.index("task_type")], "key": report.code(key, 12),
+                       "task": cells[header.index("task_type")], "key": code(key, 12),
                        "status": "judge_failure", "why": "sc: parse_failure"}]
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnigen2_fp8 import synthetic
+from omnigen2_fp8 import loading, synthetic
 
 
 def test_tokenizer_encodes_any_text_and_keeps_special_tokens_whole():
@@ -41,8 +41,8 @@ def test_tiny_qwen_folder_loads_with_transformers_and_sees_images(tmp_path):
     from transformers import AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     folder = synthetic.write_tiny_qwen2_5_vl(tmp_path / "judge", vocab=["score"], seed=3)
-    assert json.loads((folder / synthetic.SYNTHETIC_MARKER).read_text())["synthetic"] is True
-    assert synthetic.read_synthetic_marker(folder)["seed"] == 3
+    assert json.loads((folder / loading.SYNTHETIC_MARKER).read_text())["synthetic"] is True
+    assert loading.read_synthetic_marker(folder)["seed"] == 3
     tok = AutoTokenizer.from_pretrained(folder)
     image_processor = AutoImageProcessor.from_pretrained(folder)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
@@ -121,6 +121,6 @@ def test_building_is_seeded_and_leaves_the_global_rng_alone():
 
 def test_command_line_writes_a_marked_checkpoint(tmp_path):
     assert synthetic.main([str(tmp_path / "ckpt"), "--size", "tiny", "--seed", "2"]) == 0
-    marker = synthetic.read_synthetic_marker(tmp_path / "ckpt")
+    marker = loading.read_synthetic_marker(tmp_path / "ckpt")
     assert marker["size"] == "tiny" and marker["seed"] == 2
     assert (tmp_path / "ckpt" / "transformer" / "config.json").is_file()

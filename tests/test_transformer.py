@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
+from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.loading import CheckpointMismatchError, CheckpointNotFoundError
 from omnigen2_fp8.transformer import ConfigError
 
@@ -38,7 +39,7 @@ def test_golden_cases_exist(golden_dir):
 
 @pytest.mark.parametrize("case", transformer_cases(), ids=lambda p: p.name)
 def test_golden_parity(case):
-    model = OmniGen2Transformer.from_pretrained(case / "transformer", dtype=torch.float32)
+    model = load_transformer(case / "transformer", dtype=torch.float32)
     latents, t, text, mask, refs, expected = load_case(case)
     with torch.no_grad():
         out = model(latents, t, text, mask, refs)
@@ -50,7 +51,7 @@ def test_golden_parity(case):
 def test_every_golden_case(golden_dir):
     """Any further case of the same format placed beside the shipped ones is checked too."""
     for case in transformer_cases(golden_dir):
-        model = OmniGen2Transformer.from_pretrained(case, dtype=torch.float32)  # top-level folder works too
+        model = load_transformer(case, dtype=torch.float32)  # top-level folder works too
         latents, t, text, mask, refs, expected = load_case(case)
         with torch.no_grad():
             out = model(latents, t, text, mask, refs)
@@ -140,30 +141,30 @@ def test_fused_projections_compute_the_same(tiny_model, tmp_path):
         b = fused(latents, t, text, mask, refs)
     for x, y in zip(a, b):
         assert relative_error(x, y) < 1e-5
-    fused.save_pretrained(tmp_path / "transformer")  # saved back under the official names
+    save_transformer(fused, tmp_path / "transformer")  # saved back under the official names
     assert set(load_file(str(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"))) == \
         set(tiny_model.state_dict())
 
 
 @pytest.mark.parametrize("shard_size", ["10GB", "200KB"])
 def test_save_load_round_trip(tiny_model, tmp_path, shard_size):
-    folder = tiny_model.save_pretrained(tmp_path / "ckpt" / "transformer", max_shard_size=shard_size)
+    folder = save_transformer(tiny_model, tmp_path / "ckpt" / "transformer", max_shard_size=shard_size)
     if shard_size == "200KB":
         assert (folder / "diffusion_pytorch_model.safetensors.index.json").is_file()
         assert len(list(folder.glob("diffusion_pytorch_model-*.safetensors"))) > 1
     config = json.loads((folder / "config.json").read_text())
     assert config["_class_name"] == "OmniGen2Transformer2DModel" and config["hidden_size"] == 120
-    loaded = OmniGen2Transformer.from_pretrained(tmp_path / "ckpt", dtype=torch.float32)
+    loaded = load_transformer(tmp_path / "ckpt", dtype=torch.float32)
     for name, tensor in tiny_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    bf16 = OmniGen2Transformer.from_pretrained(folder, dtype=torch.bfloat16)
+    bf16 = load_transformer(folder, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
     assert all(p.device.type == "cpu" for p in bf16.parameters())
 
 
 def test_bf16_forward_stays_close(golden_dir):
     case = find_case("transformer_batch", golden_dir)
-    model = OmniGen2Transformer.from_pretrained(case / "transformer", dtype=torch.bfloat16)
+    model = load_transformer(case / "transformer", dtype=torch.bfloat16)
     latents, t, text, mask, refs, expected = load_case(case)
     with torch.no_grad():
         out = model([x.bfloat16() for x in latents], t, text.bfloat16(), mask,
@@ -175,12 +176,12 @@ def test_bf16_forward_stays_close(golden_dir):
 def test_missing_folder_names_what_was_looked_for(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointNotFoundError, match="no local folder"):
-        OmniGen2Transformer.from_pretrained("nobody-here/no-such-model")
+        load_transformer("nobody-here/no-such-model")
     with pytest.raises(CheckpointNotFoundError, match="not a hub id"):
-        OmniGen2Transformer.from_pretrained(str(tmp_path / "nope" / "deeper"))
+        load_transformer(str(tmp_path / "nope" / "deeper"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointNotFoundError, match="config.json"):
-        OmniGen2Transformer.from_pretrained(tmp_path / "empty")
+        load_transformer(tmp_path / "empty")
 
 
 def copy_golden_transformer(golden_dir: Path, tmp_path: Path) -> Path:
@@ -203,7 +204,7 @@ def test_config_errors(golden_dir, tmp_path, edit, match):
     edit(config)
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=match):
-        OmniGen2Transformer.from_pretrained(folder)
+        load_transformer(folder)
 
 
 def test_tensor_mismatch_errors(golden_dir, tmp_path):
@@ -215,7 +216,7 @@ def test_tensor_mismatch_errors(golden_dir, tmp_path):
     tensors["x_embedder.weight"] = torch.zeros(120, 32)
     save_file(tensors, str(weights))
     with pytest.raises(CheckpointMismatchError) as err:
-        OmniGen2Transformer.from_pretrained(folder)
+        load_transformer(folder)
     message = str(err.value)
     assert "missing tensor(s): layers.1.attn.to_k.weight" in message
     assert "unexpected tensor(s): layers.0.extra.weight" in message
@@ -223,10 +224,10 @@ def test_tensor_mismatch_errors(golden_dir, tmp_path):
 
 
 def test_missing_shard_error(tiny_model, tmp_path):
-    folder = tiny_model.save_pretrained(tmp_path / "transformer", max_shard_size="200KB")
+    folder = save_transformer(tiny_model, tmp_path / "transformer", max_shard_size="200KB")
     next(folder.glob("diffusion_pytorch_model-00002-*.safetensors")).unlink()
     with pytest.raises(CheckpointNotFoundError, match="shards that are missing"):
-        OmniGen2Transformer.from_pretrained(folder)
+        load_transformer(folder)
 
 
 def test_input_errors(tiny_model):

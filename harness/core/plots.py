@@ -17,6 +17,8 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harness.core.vocab import CATEGORY_COLORS
+
 DPI = 100
 # Only what the figures depend on is pinned, so a user's matplotlibrc cannot change the output.
 STYLE = {
@@ -41,10 +43,6 @@ PNG_METADATA = {"Software": None}
 # Arm colours: the usual arms get fixed colours, any other arm the next free one in order of appearance.
 ARM_COLORS = {"bf16": "#4C72B0", "fp8": "#DD8452"}
 EXTRA_COLORS = ("#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
-CATEGORY_COLORS = {
-    "gemm-fp8": "#DD8452", "gemm-bf16": "#4C72B0", "attention": "#55A868", "quant": "#C44E52",
-    "memcpy": "#937860", "norm-elementwise": "#8172B3", "other": "#BBBBBB",
-}
 MISSING_GREY = (0.92, 0.92, 0.92)
 
 

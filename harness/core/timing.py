@@ -9,8 +9,8 @@ Rules this module enforces (the usual ways GPU timings go wrong):
   the relative spread (IQR / median) is above 10 %.
 - Stage timers record a CUDA event pair per stage entry (no synchronisation inside the pipeline, so timing does
   not serialise CPU and GPU) and wrap each stage in a `record_function("stage::<name>")` range, so a profiled run
-  can add up the kernel time of each stage (see harness/kernels.py). Wall time / kernel time per stage shows where
-  a step is launch-bound.
+  can add up the kernel time of each stage (see harness/profile/kernels.py). Wall time / kernel time per stage
+  shows where a step is launch-bound.
 - Peak memory per phase: `gc.collect()`, `torch.cuda.synchronize()`, `torch.cuda.empty_cache()` and
   `torch.cuda.reset_peak_memory_stats()` before the phase, `max_memory_allocated` / `max_memory_reserved` after it.
   The method string is stored with every measurement.
@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import torch
 
 SPREAD_WARN_FRACTION = 0.10  # IQR / median above this gets a warning
-STAGE_RANGE_PREFIX = "stage::"  # record_function names of pipeline stages; kernels.py looks them up by this prefix
+STAGE_RANGE_PREFIX = "stage::"  # record_function names of stages; harness/profile/kernels.py finds them by it
 GIB = 2**30
 
 MEMORY_METHOD_CUDA = ("torch.cuda: gc.collect + synchronize + empty_cache + reset_peak_memory_stats before the "

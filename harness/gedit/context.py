@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from omnigen2_fp8.loading import check_safetensors_file
+from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task, unique
@@ -158,10 +159,12 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
         if value < 1:
             raise SetupError(f"{name} {value}: must be >= 1")
     if "generate" in stages:
-        unknown = [a for a in ctx.arms if a not in known_precisions()]
-        if unknown:
-            raise SetupError(f"unknown precision(s) {unknown}: the generate stage makes {list(known_precisions())}; "
-                             "to judge edits made elsewhere under other names, pass --stage judge --edits DIR")
+        for arm in ctx.arms:
+            try:
+                parse_recipe(arm)
+            except RecipeError as err:
+                raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
+                                 "--stage judge --edits DIR") from None
     for flag, folder in (("--out", ctx.out), *((("--edits", ctx.edits_root),) if "generate" in stages else ())):
         problem = _unwritable(folder)
         if problem:
@@ -178,14 +181,6 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
                          "Fix: --model DIR|HUB_ID (OmniGen2 checkpoint), --judge DIR|HUB_ID (Qwen2.5-VL-7B-Instruct), "
                          "--dataset DIR|FILE|HUB_ID (GEdit-Bench copy), or --synthetic tiny to run the whole flow "
                          "on random models and a drawn dataset (scores meaningless).")
-
-
-def known_precisions() -> tuple[str, ...]:
-    """The arms the generate stage can make."""
-    # Imported here: the pipeline module pulls in the model code, needed only for its vocabulary.
-    from omnigen2_fp8.pipeline import PRECISIONS
-
-    return tuple(PRECISIONS)
 
 
 def weights_revision(ref: str) -> str | None:

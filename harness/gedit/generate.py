@@ -21,6 +21,7 @@ from harness.core.records import RecordSink, atomic_output
 from harness.gedit.config import GenerationSpec
 from harness.gedit.data import SampleRef, SourceImageError, load_source_image
 from harness.gedit.run_folder import RunFolder
+from omnigen2_fp8.measure import StageClock
 
 log = logging.getLogger("harness.gedit")
 
@@ -102,7 +103,7 @@ def generate_samples(pipe, dataset, samples: Sequence[SampleRef], folder: RunFol
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        result = pipe(sample.instruction, [source], **kwargs)
+        result = pipe(sample.instruction, [source], **kwargs, clock=StageClock(pipe.device))
         seconds = time.perf_counter() - start
         with atomic_output(target) as tmp:
             result.save(tmp)

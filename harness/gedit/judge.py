@@ -274,7 +274,7 @@ class QwenJudge:
 def _synthetic_marker(model_path: str) -> dict | None:
     if not Path(model_path).is_dir():
         return None
-    from omnigen2_fp8.synthetic import read_synthetic_marker
+    from omnigen2_fp8.loading import read_synthetic_marker
 
     return read_synthetic_marker(model_path)
 

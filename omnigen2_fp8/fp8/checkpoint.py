@@ -5,15 +5,16 @@ Folder layout (a transformer folder like the official one):
     diffusion_pytorch_model*.safetensors: e4m3 `<layer>.weight` [Np, Kp] and float32 `<layer>.weight_scale` [Np]
         for quantized layers (under the fused names attn.to_qkv / feed_forward.linear_13 when the config fuses),
         every other tensor in its stored dtype (BF16).
-Loading builds the model on the meta device, applies the same fusion and swap as quantize_fp8 (no weights),
-and assigns the checkpoint tensors: the BF16 weights of quantized layers never exist, so the load-time peak is
-the FP8 model's size.
+Loading builds the model (from a factory the caller passes) on the meta device, applies the same fusion and swap
+as quantize_fp8 (no weights), and assigns the checkpoint tensors: the BF16 weights of quantized layers never
+exist, so the load-time peak is the FP8 model's size.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -35,7 +36,7 @@ def save_fp8_checkpoint(model: nn.Module, folder: str | os.PathLike, max_shard_s
     config = getattr(model, "fp8_config", None)
     if config is None or not any(isinstance(m, Fp8Linear) for m in model.modules()):
         raise ValueError("this model holds no FP8 layers; call quantize_fp8(model) first (BF16 models are saved "
-                         "with model.save_pretrained)")
+                         "with omnigen2_fp8.checkpoints.save_transformer)")
     if not hasattr(model, "config") or not hasattr(model.config, "to_dict"):
         raise TypeError(f"{type(model).__name__} has no .config.to_dict(); save_fp8_checkpoint writes "
                         "OmniGen2Transformer models")
@@ -53,18 +54,17 @@ def save_fp8_checkpoint(model: nn.Module, folder: str | os.PathLike, max_shard_s
     return folder
 
 
-def build_fp8_skeleton(config, quantization: Fp8Config) -> nn.Module:
-    """An OmniGen2Transformer on the meta device with the FP8 layers `quantization` implies, and no weights."""
-    from ..transformer import OmniGen2Transformer
-
+def build_fp8_skeleton(model_factory: Callable[[], nn.Module], quantization: Fp8Config) -> nn.Module:
+    """`model_factory()` built on the meta device, with the FP8 layers `quantization` implies, and no weights."""
     def build(name: str, linear: nn.Linear) -> Fp8Linear:
+        pad_multiple, kernel = quantization.layer_layout(linear.in_features, linear.out_features, name)
         return Fp8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          weight_granularity=quantization.weight_granularity,
                          activation_granularity=quantization.activation_granularity,
-                         pad_multiple=quantization.pad_multiple, kernel=quantization.kernel, device="meta")
+                         pad_multiple=pad_multiple, kernel=kernel, device="meta")
 
     with torch.device("meta"):
-        model = OmniGen2Transformer(config)
+        model = model_factory()
         if quantization.fuse_projections:
             model.fuse_projections()
         swap_linears(model, quantization, None, build)
@@ -73,9 +73,11 @@ def build_fp8_skeleton(config, quantization: Fp8Config) -> nn.Module:
     return model
 
 
-def load_fp8_transformer(folder: Path, config, quantization_config: dict, dtype: torch.dtype | None = None,
-                         device: str | torch.device = "cpu") -> nn.Module:
+def load_fp8_transformer(folder: Path, model_factory: Callable[[], nn.Module], quantization_config: dict,
+                         dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """Load a folder written by save_fp8_checkpoint straight into FP8 layers on `device`.
+
+    `model_factory()` builds the unquantized model (it is called on the meta device: no weights are made).
 
     `dtype` applies to the high-precision tensors only (e4m3 weights and float32 scales keep theirs).
     Raises Fp8ConfigError for an unreadable quantization_config and CheckpointMismatchError when the tensors do
@@ -83,7 +85,7 @@ def load_fp8_transformer(folder: Path, config, quantization_config: dict, dtype:
     """
     folder = Path(folder)
     quantization = Fp8Config.from_dict(quantization_config)
-    model = build_fp8_skeleton(config, quantization)
+    model = build_fp8_skeleton(model_factory, quantization)
     expected = model.state_dict()
     tensors = _read_tensors(safetensors_files(folder), expected, dtype, torch.device(device))
     check_state_dict({k: v.shape for k, v in expected.items()}, tensors, folder)

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 FORMAT_VERSION = 1
 QUANT_METHOD = "omnigen2_fp8"
+# FP8 tensor cores (torch._scaled_mm) need K and N divisible by 16.
+TENSOR_CORE_MULTIPLE = 16
+# What to do with a layer whose K or N is not a multiple of 16 (see Fp8Config.misaligned).
+MISALIGNED_POLICIES = ("pad", "reference", "error")
 
 
 class Fp8ConfigError(ValueError):
@@ -61,28 +65,36 @@ DEFAULT_INCLUDE = (
     rf"re:{_BLOCKS}\.feed_forward\.(linear_1|linear_3|linear_13)",
     rf"re:{_BLOCKS}\.feed_forward\.linear_2",
 )
-# Why each high-precision module stays BF16 (the report repeats these per layer).
-DEFAULT_EXCLUDE_REASONS = {
-    "*norm1.linear": "AdaLN modulation: its output scales every normalised activation and gates the residual "
+# Why each module a model declares in `high_precision_modules` stays BF16, keyed by those names (the report
+# repeats these per layer). The default exclude list is derived from the model's declaration (`for_model`).
+HIGH_PRECISION_REASONS = {
+    "norm1.linear": "AdaLN modulation: its output scales every normalised activation and gates the residual "
                      "through tanh, so its error reaches the whole block; it runs on one temb row per sample, "
-                     "so FP8 would save no time (see python -m omnigen2_fp8.fp8.sensitivity)",
+                     "so FP8 would save no time (see python -m benchmarks.fp8_sensitivity)",
     "x_embedder": "patch embedding: K = 64, a memory-bound GEMM with no FP8 gain; first layer of the image path",
     "ref_image_patch_embedder": "reference patch embedding: K = 64, memory-bound, no FP8 gain",
-    "time_caption_embed.*": "timestep MLP and caption embedder: one row per sample / ~100 text tokens, negligible "
+    "time_caption_embed": "timestep MLP and caption embedder: one row per sample / ~100 text tokens, negligible "
                             "FLOPs; conditioning that every block depends on",
-    "norm_out.*": "output head: its error goes straight into the predicted velocity; tiny (64 outputs, or one "
-                  "temb row)",
+    "norm_out": "output head: its error goes straight into the predicted velocity; tiny (64 outputs, or one "
+                "temb row)",
+    "image_index_embedding": "reference-index embedding: a learned table, not a linear",
 }
-DEFAULT_EXCLUDE = tuple(DEFAULT_EXCLUDE_REASONS)
+# An exclude pattern "module:<name>" covers the module called <name> at any depth and everything inside it.
+MODULE_PATTERN_PREFIX = "module:"
 
 
 @dataclass(frozen=True)
 class Fp8Config:
     """FP8 (e4m3) quantization policy for OmniGen2 linears.
 
-    include / exclude: module-name patterns (fnmatch, or a regex prefixed with "re:" that must match the whole
-    name); a linear is quantized when it matches an include pattern and no exclude pattern.
+    include / exclude: module-name patterns (fnmatch, a regex prefixed with "re:" that must match the whole name,
+    or "module:<name>" for a named module at any depth and everything inside it); a linear is quantized when it
+    matches an include pattern and no exclude pattern. exclude None (the default) means the modules the model
+    declares in `high_precision_modules`; `for_model(model)` resolves it (quantize_fp8 does).
     pad_multiple: K and N are zero-padded to this multiple once, at quantization (FP8 tensor cores need 16).
+    misaligned: a layer with K or N not a multiple of 16 is "pad"ded (the default, above); or kept unpadded and
+    run by the torch-reference kernel ("reference": the deliberately unpadded arm, which shows what padding buys);
+    or refused ("error"). Without "pad", no layer is padded.
     fuse_projections: call model.fuse_projections() first, so q/k/v and gate/up each run as one GEMM sharing
     one activation quantization.
     fuse_swiglu: fold silu(gate) * up into the down projection's activation quantization (one kernel).
@@ -91,9 +103,10 @@ class Fp8Config:
     weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
     activation_granularity: ActivationGranularity = ActivationGranularity.PER_TOKEN
     include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    exclude: tuple[str, ...] | None = None
     pad_multiple: int = 16
     kernel: Kernel = Kernel.AUTO
+    misaligned: str = "pad"
     fuse_projections: bool = True
     fuse_swiglu: bool = True
     format_version: int = FORMAT_VERSION
@@ -107,6 +120,8 @@ class Fp8Config:
         set_(self, "kernel", _enum(Kernel, self.kernel, "kernel"))
         for name in ("include", "exclude"):
             value = getattr(self, name)
+            if value is None and name == "exclude":
+                continue
             if isinstance(value, str):
                 raise Fp8ConfigError(f"Fp8Config.{name} must be a list of patterns, got the string {value!r}; "
                                      f"write {name}=[{value!r}]")
@@ -114,18 +129,44 @@ class Fp8Config:
         if not isinstance(self.pad_multiple, int) or self.pad_multiple <= 0 or self.pad_multiple % 16:
             raise Fp8ConfigError(f"Fp8Config.pad_multiple must be a positive multiple of 16 (FP8 tensor cores need "
                                  f"K and N divisible by 16); got {self.pad_multiple!r}")
+        if self.misaligned not in MISALIGNED_POLICIES:
+            raise Fp8ConfigError(f"Fp8Config.misaligned = {self.misaligned!r} is not valid; choose one of "
+                                 f"{list(MISALIGNED_POLICIES)}")
         if self.format_version != FORMAT_VERSION:
             raise Fp8ConfigError(f"FP8 format version {self.format_version} is not supported by this code (it reads "
                                  f"version {FORMAT_VERSION}); re-quantize the model with this version")
-        set_(self, "_compiled", (tuple(_compile(p) for p in self.include), tuple(_compile(p) for p in self.exclude)))
+        set_(self, "_compiled", (tuple(_compile(p) for p in self.include),
+                                 tuple(_compile(p) for p in self.exclude or ())))
+
+    def for_model(self, model) -> "Fp8Config":
+        """This config with `exclude` None resolved to the model's `high_precision_modules` ("module:<name>")."""
+        if self.exclude is not None:
+            return self
+        declared = tuple(getattr(model, "high_precision_modules", ()))
+        return dataclasses.replace(self, exclude=tuple(MODULE_PATTERN_PREFIX + name for name in declared))
 
     # ------------------------------------------------------------------------------------------------ policy
+    def layer_layout(self, in_features: int, out_features: int, name: str = "") -> tuple[int, Kernel]:
+        """(pad multiple, kernel) of one FP8 layer with K = in_features, N = out_features, by `misaligned`."""
+        if self.misaligned == "pad":
+            return self.pad_multiple, self.kernel
+        if in_features % TENSOR_CORE_MULTIPLE == 0 and out_features % TENSOR_CORE_MULTIPLE == 0:
+            return 1, self.kernel
+        if self.misaligned == "reference":
+            return 1, Kernel.TORCH_REFERENCE
+        raise Fp8ConfigError(f"linear {name or '?'} has K x N = {in_features} x {out_features}, not multiples of "
+                             f"{TENSOR_CORE_MULTIPLE}, and Fp8Config.misaligned is 'error'; use misaligned='pad' "
+                             "(pad once at load) or exclude the layer")
+
     def decide(self, name: str) -> tuple[bool, str]:
         """(quantize?, reason) for the linear called `name` (its fully qualified module name)."""
+        if self.exclude is None:
+            raise Fp8ConfigError("this Fp8Config's exclude list is the model's high_precision_modules; resolve it "
+                                 "with config.for_model(model) before deciding layers")
         includes, excludes = self._compiled
         for pattern, match in zip(self.exclude, excludes):
             if match(name):
-                return False, f"excluded by {pattern!r}: " + DEFAULT_EXCLUDE_REASONS.get(pattern, "user exclude")
+                return False, f"excluded by {pattern!r}: " + _exclude_reason(pattern)
         for pattern, match in zip(self.include, includes):
             if match(name):
                 return True, f"included by {_short(pattern)!r}"
@@ -170,9 +211,24 @@ def _enum(kind: type[enum.Enum], value, what: str):
                              f"{[v.value for v in kind]}") from None
 
 
+def _exclude_reason(pattern: str) -> str:
+    if pattern.startswith(MODULE_PATTERN_PREFIX):
+        return HIGH_PRECISION_REASONS.get(pattern[len(MODULE_PATTERN_PREFIX):], "declared high precision")
+    return "user exclude"
+
+
+def covers(name: str, module: str) -> bool:
+    """True when the fully qualified `name` is the module `module` (at any depth) or lies inside it."""
+    return f".{module}." in f".{name}."
+
+
 def _compile(pattern: str):
     if not isinstance(pattern, str) or not pattern:
-        raise Fp8ConfigError(f"pattern {pattern!r} must be a non-empty string (fnmatch, or 're:' + regex)")
+        raise Fp8ConfigError(f"pattern {pattern!r} must be a non-empty string (fnmatch, 're:' + regex, or "
+                             "'module:' + name)")
+    if pattern.startswith(MODULE_PATTERN_PREFIX):
+        module = pattern[len(MODULE_PATTERN_PREFIX):]
+        return lambda name: covers(name, module)
     if pattern.startswith("re:"):
         try:
             regex = re.compile(pattern[3:])

@@ -12,14 +12,15 @@ layers slower than BF16 (see REFERENCE.md section 3).
 The kernel carries its own e4m3 encoder in integer arithmetic (round to nearest even, saturating at 448; bit-
 identical to torch's `.to(float8_e4m3fn)` after the clamp), because Triton's CPU interpreter (TRITON_INTERPRET=1,
 used by the tests) converts subnormals and rounding carries wrongly. On CUDA the hardware conversion gives the same
-bits and is 10-40 % faster, so it is used there (HW_CAST_ON_CUDA); everything else in the kernel is the same code
-on both, and the GPU benchmark checks the hardware path against torch.
+bits and is 10-40 % faster, so it is used there (LaunchConfig.hw_cast_on_cuda); everything else in the kernel is
+the same code on both, and the GPU benchmark checks the hardware path against torch.
 
 The reference implementation of the same function is `primitives.quantize_activation`.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -44,6 +45,8 @@ def interpreter_enabled() -> bool:
 if HAS_TRITON:
     _AMAX_FLOOR = tl.constexpr(AMAX_FLOOR)
     _E4M3_MAX = tl.constexpr(E4M3_MAX)
+    _MODE_ROW_AMAX_C = tl.constexpr(_MODE_ROW_AMAX)
+    _MODE_GIVEN_SCALE_C = tl.constexpr(_MODE_GIVEN_SCALE)
 
     @triton.jit
     def _e4m3_code(v):
@@ -107,10 +110,10 @@ if HAS_TRITON:
                 x = _load_row_chunk(x_row, k0 + tl.arange(0, BLOCK_K), K, SWIGLU, DEQUANT, row_scale,
                                     col_scale_ptr)
                 amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
-        if MODE == 1:
+        if MODE == _MODE_ROW_AMAX_C:
             tl.store(scale_ptr + row, amax)
         else:
-            if MODE == 2:
+            if MODE == _MODE_GIVEN_SCALE_C:
                 scale = tl.load(given_scale_ptr)
             else:
                 scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
@@ -126,17 +129,33 @@ if HAS_TRITON:
                     tl.store(q_row + cols, code, mask=cols < KP)
 
 
-# Launch choice (block_k, num_warps, pipeline stages) per row width; block_k >= the padded width = a single pass.
-# Benchmarks may override entries: {(K, swiglu): (block_k, num_warps, stages)}.
-LAUNCH_OVERRIDES: dict[tuple[int, bool], tuple[int, int, int]] = {}
-# The hardware e4m3 conversion on CUDA (see the module docstring); the CPU interpreter uses the integer encoder.
-HW_CAST_ON_CUDA = True
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How the fused kernel is launched; the default is the measured heuristic (`default_launch`).
+
+    overrides: ((K, swiglu), (block_k, num_warps, stages)) pairs, e.g. a benchmark's sweep winners;
+    block_k >= the padded width = a single pass. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
+    module docstring); the CPU interpreter always uses the integer encoder.
+    """
+
+    overrides: tuple[tuple[tuple[int, bool], tuple[int, int, int]], ...] = ()
+    hw_cast_on_cuda: bool = True
+
+    @classmethod
+    def from_table(cls, table: dict[tuple[int, bool], tuple[int, int, int]], hw_cast_on_cuda: bool = True):
+        """From {(K, swiglu): (block_k, num_warps, stages)}."""
+        return cls(tuple((tuple(key), tuple(value)) for key, value in sorted(table.items())), hw_cast_on_cuda)
+
+    def choose(self, k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int, int]:
+        """(block_k, num_warps, pipeline stages) for rows of K values (2K read with SwiGLU)."""
+        return dict(self.overrides).get((k, apply_swiglu)) or default_launch(k, k_padded, apply_swiglu)
+
+
+DEFAULT_LAUNCH = LaunchConfig()
 
 
 def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int, int]:
-    """(block_k, num_warps, pipeline stages) for rows of K values (2K read with SwiGLU)."""
-    if (k, apply_swiglu) in LAUNCH_OVERRIDES:
-        return LAUNCH_OVERRIDES[(k, apply_swiglu)]
+    """The measured heuristic: (block_k, num_warps, pipeline stages) for rows of K values (2K read with SwiGLU)."""
     # Measured on an H100 at M = 8.5k (results/fp8_layers_h100.json, "quant_kernel_sweep").
     block = triton.next_power_of_2(k_padded)
     if apply_swiglu:
@@ -152,14 +171,15 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
                                apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
                                col_scale: torch.Tensor | None = None, block_k: int | None = None,
                                num_warps: int | None = None, hw_cast: bool | None = None,
-                               stages: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                               stages: int | None = None,
+                               launch: LaunchConfig = DEFAULT_LAUNCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton activation quantization; same contract as `primitives.quantize_activation`.
 
     x: [M, K] (or [M, 2K] with apply_swiglu), unit stride in the last dim, bf16/fp16/fp32, on CUDA (or on
     the CPU when TRITON_INTERPRET=1). Returns (e4m3 [M, k_padded], float32 [M, 1] per token or [1, 1]).
     row_scale [M, 1] or [1, 1] and col_scale [width] (float32, both or neither): x holds raw FP8 GEMM sums
     and is dequantized in the kernel (x * row_scale * col_scale) before anything else.
-    block_k / num_warps override the launch heuristic (block_k < padded width selects the two-pass kernel).
+    block_k / num_warps / stages / hw_cast override `launch` (block_k < padded width selects the two-pass kernel).
     """
     if not HAS_TRITON:
         raise RuntimeError("the fused FP8 kernel needs triton (pip install triton); or use "
@@ -183,7 +203,7 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
         raise ValueError(f"scales do not fit x {tuple(x.shape)}: row_scale {tuple(row_scale.shape)}, "
                          f"col_scale {tuple(col_scale.shape)}")
     q = torch.empty((m, k_padded), dtype=FP8_DTYPE, device=x.device)
-    default_block, default_warps, default_stages = default_launch(k, k_padded, apply_swiglu)
+    default_block, default_warps, default_stages = launch.choose(k, k_padded, apply_swiglu)
     block, warps = block_k or default_block, num_warps or default_warps
     single = block >= k_padded
     vec = 16 // x.element_size()
@@ -191,7 +211,7 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     rs = row_scale if dequant else x  # placeholders are never read when DEQUANT is off
     cs = col_scale if dequant else x
     rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
-    hw_cast = (HW_CAST_ON_CUDA and x.is_cuda) if hw_cast is None else hw_cast
+    hw_cast = (launch.hw_cast_on_cuda and x.is_cuda) if hw_cast is None else hw_cast
     stages = stages or default_stages
     common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
                   STAGES=stages, X_ALIGN=vec if aligned else 1, num_warps=warps)
@@ -215,16 +235,19 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
 
 
 # torch.compile sees the kernel as one opaque op with a shape function: no graph break, and with dynamic
-# shapes no recompilation per token count.
+# shapes no recompilation per token count. Launch settings travel as plain ints (an op takes no dataclass).
 @torch.library.custom_op("omnigen2_fp8::quantize_activation", mutates_args=())
 def quantize_activation_op(x: torch.Tensor, k_padded: int, per_token: bool, apply_swiglu: bool,
-                           row_scale: torch.Tensor | None = None,
-                           col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    return quantize_activation_triton(x, k_padded, per_token, apply_swiglu, row_scale, col_scale)
+                           row_scale: torch.Tensor | None = None, col_scale: torch.Tensor | None = None,
+                           block_k: int | None = None, num_warps: int | None = None, stages: int | None = None,
+                           hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return quantize_activation_triton(x, k_padded, per_token, apply_swiglu, row_scale, col_scale, block_k=block_k,
+                                      num_warps=num_warps, hw_cast=hw_cast, stages=stages)
 
 
 @quantize_activation_op.register_fake
-def _(x, k_padded, per_token, apply_swiglu, row_scale=None, col_scale=None):
+def _(x, k_padded, per_token, apply_swiglu, row_scale=None, col_scale=None, block_k=None, num_warps=None,
+      stages=None, hw_cast=None):
     m = x.shape[0]
     return (x.new_empty((m, k_padded), dtype=FP8_DTYPE),
             x.new_empty((m, 1) if per_token else (1, 1), dtype=torch.float32))

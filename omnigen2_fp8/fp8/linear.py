@@ -12,41 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import quantize_activation_triton  # also registers torch.ops.omnigen2_fp8.quantize_activation
 from .config import ActivationGranularity, Fp8Config, Kernel, WeightGranularity
-from .primitives import FP8_DTYPE, emulated_scaled_mm, quantize_activation, quantize_weight, round_up
-
-MIN_FP8_CAPABILITY = (8, 9)
-
-
-class Fp8UnsupportedDeviceError(RuntimeError):
-    """FP8 GEMMs were asked for on a device without FP8 tensor cores."""
-
-
-def check_fp8_device(device: torch.device) -> None:
-    """Raise Fp8UnsupportedDeviceError unless `device` is a CUDA GPU with compute capability >= 8.9."""
-    if device.type != "cuda":
-        raise Fp8UnsupportedDeviceError(
-            f"the FP8 GEMM kernel runs on CUDA GPUs; this layer is on {device}. Use "
-            "Fp8Config(kernel='torch-reference') (or kernel='auto') to emulate FP8 on this device")
-    capability = torch.cuda.get_device_capability(device)
-    if capability < MIN_FP8_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        raise Fp8UnsupportedDeviceError(
-            f"{name} has compute capability {capability[0]}.{capability[1]}; FP8 tensor cores need 8.9 or newer "
-            "(Ada, Hopper, Blackwell). Run in BF16, or emulate FP8 with Fp8Config(kernel='torch-reference') "
-            "(same numerics, no speed-up)")
-
-
-def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
-    """The concrete kernel for `device`: AUTO becomes CUBLAS_PADDED on CUDA and TORCH_REFERENCE elsewhere."""
-    if kernel == Kernel.TORCH_REFERENCE:
-        return kernel
-    if kernel == Kernel.AUTO and device.type != "cuda":
-        return Kernel.TORCH_REFERENCE
-    check_fp8_device(device)
-    return Kernel.CUBLAS_PADDED if kernel == Kernel.AUTO else kernel
-
+from .dispatch import KernelPlan, select_kernel_plan
+from .primitives import FP8_DTYPE, quantize_weight, round_up
 
 class Fp8Linear(nn.Module):
     """y = x @ W.T (+ bias) with W stored as e4m3 [Np, Kp] and float32 scales [Np]; x is quantized on the fly.
@@ -56,6 +24,10 @@ class Fp8Linear(nn.Module):
     """
 
     is_fp8 = True
+    # Methods callers use instead of __call__ (the folded SwiGLU feed-forward calls them directly), for
+    # `omnigen2_fp8.profiling.layer_ranges`: True = the call carries one GEMM (counted), False = part of one.
+    profiler_entry_points = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True,
+                             "quantize_input": False, "finish": False}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL,
@@ -73,22 +45,25 @@ class Fp8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(self.out_padded, dtype=torch.float32, device=device))
         self.bias = (nn.Parameter(torch.zeros(out_features, dtype=bias_dtype, device=device), requires_grad=False)
                      if bias else None)
-        self._resolved: Kernel | None = None
+        self._plan: KernelPlan | None = None  # resolved from `kernel` for the weight's device, or forced
+        self._plan_forced = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: Fp8Config, *, pad_multiple: int | None = None,
                     kernel: Kernel | None = None) -> "Fp8Linear":
         """Quantize an nn.Linear's weight (padding once, here); the caller drops the BF16 layer afterwards.
 
-        `pad_multiple` / `kernel` override the config's (benchmarks build deliberately unpadded layers with them).
+        Padding and kernel follow `config.layer_layout` (its `misaligned` policy); `pad_multiple` / `kernel`
+        override them (benchmarks build deliberately unpadded layers with them).
         """
         if linear.weight.is_meta:
             raise ValueError("cannot quantize a linear whose weight is on the meta device; load the weights first")
-        pad = config.pad_multiple if pad_multiple is None else pad_multiple
+        layout_pad, layout_kernel = config.layer_layout(linear.in_features, linear.out_features)
+        pad = layout_pad if pad_multiple is None else pad_multiple
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     weight_granularity=config.weight_granularity,
                     activation_granularity=config.activation_granularity, pad_multiple=pad,
-                    kernel=config.kernel if kernel is None else kernel, device="meta")
+                    kernel=layout_kernel if kernel is None else kernel, device="meta")
         q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL, pad)
         layer.weight = nn.Parameter(q, requires_grad=False)
         layer.weight_scale = scale
@@ -99,10 +74,30 @@ class Fp8Linear(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ kernel
     def refresh_kernel(self) -> Kernel | None:
-        """Resolve (and check) the kernel for the device the weight lives on; raises on a GPU without FP8."""
-        device = self.weight.device
-        self._resolved = None if device.type == "meta" else resolve_kernel(self.kernel, device)
-        return self._resolved
+        """Resolve (and check) the plan for the device the weight lives on; raises on a GPU without FP8.
+        Returns the concrete kernel (None on the meta device). A plan forced by `use_plan` is kept."""
+        if not self._plan_forced:
+            device = self.weight.device
+            self._plan = None if device.type == "meta" else select_kernel_plan(self.kernel, device)
+        return self.resolved_kernel
+
+    def use_plan(self, plan: KernelPlan | None) -> None:
+        """Force `plan` (e.g. `dispatch.plan_for(Kernel.CUBLAS_PADDED)` or a benchmark's launch settings) on this
+        layer, whatever its device; None returns to the plan `kernel` resolves to."""
+        self._plan, self._plan_forced = plan, plan is not None
+        if plan is None:
+            self.refresh_kernel()
+
+    def kernel_plan(self) -> KernelPlan:
+        """The plan this layer runs (resolved on first use)."""
+        if self._plan is None:
+            self.refresh_kernel()
+        return self._plan
+
+    @property
+    def resolved_kernel(self) -> Kernel | None:
+        """The concrete kernel of the current plan, None before one is resolved."""
+        return None if self._plan is None else self._plan.kernel
 
     def _apply(self, fn, recurse=True):
         # model.to(torch.bfloat16) must not touch the e4m3 weight or the float32 scales (a bf16 scale loses
@@ -130,16 +125,11 @@ class Fp8Linear(nn.Module):
         expected = 2 * self.in_features if apply_swiglu else self.in_features
         if x.shape[-1] != expected:
             raise ValueError(f"Fp8Linear expects inputs [..., {expected}]; got {tuple(x.shape)}")
-        kernel = self._resolved or self.refresh_kernel()
+        plan = self.kernel_plan()
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         xq, x_scale = self.quantize_input(x2, apply_swiglu)
-        if kernel == Kernel.TORCH_REFERENCE:
-            compute = torch.float64 if x.device.type == "cpu" else torch.float32
-            y = emulated_scaled_mm(xq, x_scale, self.weight, self.weight_scale, x.dtype, compute)
-        else:
-            y = self.matmul(xq, x_scale, x.dtype)
-        return self.finish(y, lead)
+        return self.finish(plan.gemm(self, xq, x_scale, x.dtype), lead)
 
     def quantize_input(self, x2: torch.Tensor, apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
                        col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,13 +137,7 @@ class Fp8Linear(nn.Module):
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         per_token = self.activation_granularity == ActivationGranularity.PER_TOKEN
-        kernel = self._resolved or self.refresh_kernel()
-        compiling = torch.compiler.is_compiling()
-        if kernel == Kernel.CUBLAS_PADDED or (kernel == Kernel.CUBLAS_INDUCTOR_QUANT and not compiling):
-            # The custom op is what torch.compile sees; eager calls skip its dispatch overhead.
-            quant = torch.ops.omnigen2_fp8.quantize_activation if compiling else quantize_activation_triton
-            return quant(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
-        return quantize_activation(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
+        return self.kernel_plan().quantize(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
 
     def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """Scaled FP8 GEMM on the padded shapes: [M, Kp] x [Np, Kp]^T -> [M, Np] in out_dtype."""
@@ -189,8 +173,8 @@ class Fp8Linear(nn.Module):
                if (self.out_padded, self.in_padded) != (self.out_features, self.in_features) else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}{pad}, bias={self.bias is not None}, "
                 f"weight=e4m3/{self.weight_granularity.value}, activations=e4m3/{self.activation_granularity.value}, "
-                f"kernel={self.kernel.value}" + (f"->{self._resolved.value}" if self._resolved and
-                                                  self._resolved != self.kernel else ""))
+                f"kernel={self.kernel.value}" + (f"->{self.resolved_kernel.value}" if self.resolved_kernel and
+                                                  self.resolved_kernel != self.kernel else ""))
 
 
 class Fp8SwiGLUFeedForward(nn.Module):
@@ -206,8 +190,7 @@ class Fp8SwiGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.linear_13, self.linear_2
-        kernel = gate_up._resolved or gate_up.refresh_kernel()
-        if kernel not in (Kernel.CUBLAS_PADDED, Kernel.CUBLAS_INDUCTOR_QUANT) or gate_up.bias is not None:
+        if not gate_up.kernel_plan().unscaled_gate_up or gate_up.bias is not None:
             return down.forward_swiglu(gate_up(x))
         # gate/up runs as the faster tensor-wise GEMM with unit scales; its per-token and per-channel scales are
         # applied inside the down projection's quantization kernel, which reads the raw sums once anyway.

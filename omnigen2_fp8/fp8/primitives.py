@@ -87,11 +87,6 @@ def quantize_activation(x: torch.Tensor, k_padded: int, per_token: bool = True, 
     return q.contiguous(), scale
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """e4m3 values times their (broadcast) scales, in `dtype`."""
-    return (q.to(dtype) * scale.to(dtype)).to(dtype)
-
-
 def emulated_scaled_mm(xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor,
                        out_dtype: torch.dtype, compute_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """What torch._scaled_mm computes, emulated: (xq @ wq.T) * x_scale * w_scale, cast to out_dtype.

@@ -12,7 +12,8 @@ from typing import Callable
 
 from torch import nn
 
-from .config import Fp8Config
+from .config import Fp8Config, covers
+from .dispatch import resolve_kernel
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
 
@@ -22,7 +23,8 @@ class Fp8QuantizationError(RuntimeError):
 
 @dataclass
 class LayerDecision:
-    """What happened to one candidate linear. Shapes: in = K, out = N; padded = what the FP8 GEMM runs on."""
+    """What happened to one candidate linear. Shapes: in = K, out = N; padded = what the FP8 GEMM runs on;
+    kernel: the concrete kernel an FP8 layer resolved to at quantization (None for a kept layer)."""
 
     name: str
     in_features: int
@@ -31,6 +33,7 @@ class LayerDecision:
     out_padded: int
     action: str  # "fp8" or "bf16"
     reason: str
+    kernel: str | None = None
 
 
 @dataclass
@@ -51,10 +54,19 @@ class Fp8Report:
     def kept(self) -> list[LayerDecision]:
         return [d for d in self.layers if d.action != "fp8"]
 
+    @property
+    def counts_by_kernel(self) -> dict[str, int]:
+        """Concrete kernel -> number of FP8 layers running it."""
+        counts: dict[str, int] = {}
+        for d in self.quantized:
+            counts[str(d.kernel)] = counts.get(str(d.kernel), 0) + 1
+        return counts
+
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "fused_projections": self.fused_projections,
                 "swiglu_folded": self.swiglu_folded, "notes": self.notes,
                 "num_quantized": len(self.quantized), "num_kept": len(self.kept),
+                "counts_by_kernel": self.counts_by_kernel,
                 "layers": [asdict(d) for d in self.layers]}
 
     def to_json(self) -> str:
@@ -74,7 +86,7 @@ class Fp8Report:
     def __str__(self) -> str:
         head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
                 f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
-                "down projections")
+                f"down projections; kernels: {self.counts_by_kernel}")
         return "\n".join([head, *self.notes, self.table()])
 
 
@@ -91,9 +103,13 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
         raise TypeError(f"config must be an Fp8Config, got {type(config).__name__}")
     if any(isinstance(m, Fp8Linear) for m in model.modules()):
         raise Fp8QuantizationError("this model already holds FP8 layers; quantize a freshly loaded BF16 model")
+    config = config.for_model(model)
     report = Fp8Report(config)
     _check_device_first(model, config)
     report.fused_projections = _fuse(model, config, report)
+    for name, m in model.named_modules():  # refuse misaligned layers (misaligned="error") before swapping any
+        if isinstance(m, nn.Linear) and config.decide(name)[0]:
+            config.layer_layout(m.in_features, m.out_features, name)
     swap_linears(model, config, report, lambda name, linear: Fp8Linear.from_linear(linear, config))
     if config.fuse_swiglu:
         report.swiglu_folded = fold_swiglu(model)
@@ -103,14 +119,12 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
 
 def _check_device_first(model: nn.Module, config: Fp8Config) -> None:
     """Fail before touching any layer when the model's GPU cannot run the requested FP8 kernel."""
-    from .linear import resolve_kernel
-
     devices = {p.device for p in model.parameters() if p.device.type == "cuda"}
     for device in devices:
         resolve_kernel(config.kernel, device)
     if any(p.is_meta for p in model.parameters()):
         raise Fp8QuantizationError("the model has weights on the meta device; load its weights before quantize_fp8 "
-                                   "(or load a serialized FP8 checkpoint with OmniGen2Transformer.from_pretrained)")
+                                   "(or load a serialized FP8 checkpoint with checkpoints.load_transformer)")
 
 
 def _fuse(model: nn.Module, config: Fp8Config, report: Fp8Report) -> bool:
@@ -130,12 +144,13 @@ def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
 
     Names are collected first and modules fetched one at a time, so no list keeps replaced BF16 layers alive.
     """
+    config = config.for_model(model)
     names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     high_precision = tuple(getattr(model, "high_precision_modules", ()))
     for name in names:
         linear = model.get_submodule(name)
         quantize, reason = config.decide(name)
-        if quantize and _under(name, high_precision):
+        if quantize and any(covers(name, p) for p in high_precision):
             reason += " (listed in the model's high_precision_modules; quantized because the config asks)"
         fp8 = build(name, linear) if quantize else None
         if fp8 is not None:
@@ -144,18 +159,20 @@ def swap_linears(model: nn.Module, config: Fp8Config, report: Fp8Report | None,
         if report is not None:
             k, n = linear.in_features, linear.out_features
             kp, np_ = (fp8.in_padded, fp8.out_padded) if fp8 is not None else (k, n)
-            report.layers.append(LayerDecision(name, k, n, kp, np_, "fp8" if fp8 is not None else "bf16", reason))
+            kernel = None if fp8 is None else (fp8.resolved_kernel or fp8.kernel).value
+            report.layers.append(LayerDecision(name, k, n, kp, np_, "fp8" if fp8 is not None else "bf16", reason,
+                                               kernel))
         del linear, fp8
 
 
 def fold_swiglu(model: nn.Module) -> list[str]:
-    """Replace OmniGen2 SwiGLU feed-forwards whose linear_13 and linear_2 are both Fp8Linear by
-    Fp8SwiGLUFeedForward (same math, one kernel less per block)."""
-    from ..transformer import FeedForward
-
+    """Replace SwiGLU feed-forwards whose linear_13 and linear_2 are both Fp8Linear by Fp8SwiGLUFeedForward (same
+    math, one kernel less per block). A feed-forward declares itself with `is_swiglu = True`: it computes
+    linear_2(silu(gate) * up) with [gate | up] = linear_13(x) once fused."""
     folded = []
     names = [name for name, m in model.named_modules()
-             if isinstance(m, FeedForward) and isinstance(m.linear_13, Fp8Linear) and isinstance(m.linear_2, Fp8Linear)]
+             if getattr(m, "is_swiglu", False) and isinstance(getattr(m, "linear_13", None), Fp8Linear)
+             and isinstance(getattr(m, "linear_2", None), Fp8Linear)]
     for name in names:
         ff = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
@@ -163,8 +180,3 @@ def fold_swiglu(model: nn.Module) -> list[str]:
                 Fp8SwiGLUFeedForward(ff.linear_13, ff.linear_2))
         folded.append(name)
     return folded
-
-
-def _under(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") or name.endswith("." + p) or f".{p}." in f".{name}."
-               for p in prefixes)

@@ -2,8 +2,8 @@
 error against the unquantized model, so the default policy's choices (e.g. norm1.linear in BF16) can be checked
 on any checkpoint.
 
-    python -m omnigen2_fp8.fp8.sensitivity                       # tiny random model (synthetic: says so)
-    python -m omnigen2_fp8.fp8.sensitivity --model PATH --device cuda --dtype bfloat16 --json out.json
+    python -m benchmarks.fp8_sensitivity                       # tiny random model (synthetic: says so)
+    python -m benchmarks.fp8_sensitivity --model PATH --device cuda --dtype bfloat16 --json out.json
 
 Each group is quantized with FP8 emulation (kernel='torch-reference': the exact numerics of the GPU path, on any
 device), without fusing, so every group is measured on its own. The error is ||y - y_ref|| / ||y_ref|| of the
@@ -12,14 +12,16 @@ predicted velocity, for seeded random inputs of the given size.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .config import DEFAULT_INCLUDE, Fp8Config, Kernel
-from .quantize import quantize_fp8
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.checkpoints import load_transformer
+from omnigen2_fp8.fp8.config import DEFAULT_INCLUDE, Fp8Config, Kernel
+from omnigen2_fp8.fp8.quantize import quantize_fp8
+from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 _B = r"(layers|noise_refiner|ref_image_refiner|context_refiner)\.\d+"
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -107,8 +109,6 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from ..transformer import OmniGen2Transformer, TransformerConfig
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="'tiny' (random weights) or a transformer folder / hub id")
     parser.add_argument("--device", default="cpu")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             return OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(args.device, dtype).eval()
     else:
         def build():
-            return OmniGen2Transformer.from_pretrained(args.model, dtype=dtype, device=args.device).eval()
+            return load_transformer(args.model, dtype=dtype, device=args.device).eval()
 
     probe = build()
     inputs = synthetic_inputs(probe, args.latent_side, args.text_tokens, args.device, dtype, args.seed)
@@ -138,8 +138,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("SYNTHETIC: tiny model with random weights; the ranking on a real checkpoint can differ.")
     print(format_rows(rows))
     if args.json:
-        from harness.core.records import run_manifest, write_json_atomic
-
         write_json_atomic(args.json, {"manifest": run_manifest(synthetic="tiny" if synthetic else False,
                                                                device=args.device),
                                       "settings": vars(args), "rows": rows})

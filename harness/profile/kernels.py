@@ -1,4 +1,4 @@
-"""Kernel profiles: torch.profiler capture, top-kernel table, category roll-up, FP8 fallback detector.
+"""Kernel profiles: torch.profiler capture, per-layer ranges, the flattened calls, top-kernel table, category roll-up.
 
 What is counted
 - CUDA runs: device kernels (and memcpy / memset) launched while a `stage::denoise_step` range was open
@@ -8,26 +8,7 @@ What is counted
 - CPU runs (CI): there are no kernels, so the rows are the leaf CPU ops (aten::_scaled_mm, aten::mm, ...) with
   their self CPU time. Everything else works the same way.
 
-Categories (`categorize`, first matching rule wins; names are matched case-insensitively)
-- gemm-fp8: launched by aten::_scaled_mm / _scaled_grouped_mm, or a GEMM-like kernel name carrying an FP8 type
-  marker (e4m3, e5m2, fp8, float8, f8f8, cuBLASLt `nvjet_*qq*`), or a Triton scaled-mm kernel.
-- gemm-bf16: any other GEMM: launched by aten::mm / addmm / bmm / baddbmm / matmul / linear, or a kernel name that
-  looks like a GEMM (gemm, gemv, xmma, nvjet, cutlass, wgmma, s16816, tensorop, splitK). On CPU this is "every
-  non-FP8 matmul" (CPU op names carry no dtype).
-- attention: flash / fmha / efficient / cudnn SDPA kernels, aten::*scaled_dot_product*, *flash_attention*.
-- quant: activation quantisation and FP8 casts: kernel names with quant, fp8, float8, e4m3, amax; the Triton
-  kernels of omnigen2_fp8/fp8/kernels.py; and every non-GEMM kernel launched inside an FP8 layer's range (the
-  layer's quantise / pad / slice overhead).
-- memcpy: Memcpy / Memset, copy and concatenation kernels (aten::copy_, cat, contiguous).
-- norm-elementwise: normalisation, reductions, softmax, activations, elementwise and Triton pointwise kernels.
-- other: the rest.
-
-Fallback detector (`detect_fallbacks`, FP8 arms): each finding names kernels or layers.
-- triton-scaled-mm: a Triton scaled-mm kernel (the vLLM-style fallback for shapes cuBLASLt refuses).
-- non-tensor-core-scaled-gemm: an FP8 GEMM kernel whose name has no tensor-core marker.
-- bf16-gemm-in-fp8-layer: a high-precision GEMM launched inside a layer that should run in FP8.
-- fp8-layer-without-fp8-gemm: an FP8 layer call that reached no cuBLASLt/CUTLASS scaled GEMM (aten::_scaled_mm).
-- excess-bf16-gemms: more high-precision GEMM calls per denoising step than the layers kept in BF16 explain.
+Categories: harness/profile/taxonomy.py. Fallback detector: harness/profile/fallbacks.py.
 """
 from __future__ import annotations
 
@@ -40,82 +21,24 @@ import re
 import sys
 import warnings
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
 
 from harness.core.records import write_text_atomic
 from harness.core.timing import STAGE_RANGE_PREFIX
+from harness.core.vocab import KERNEL_CATEGORIES as CATEGORIES
+from harness.core.vocab import STEP_STAGE
+from harness.profile.taxonomy import ATTENTION_OPS, FP8_GEMM_OPS, HP_GEMM_OPS, categorize
 
 LAYER_RANGE_PREFIX = "layer::"
 # Layer methods that callers use instead of __call__ (Fp8Linear's, called by the folded SwiGLU feed-forward);
 # layer_ranges wraps them too. True = the call carries one GEMM (counted), False = part of one (not counted).
 EXTRA_ENTRY_POINTS = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True, "quantize_input": False,
                       "finish": False}
-STEP_STAGE = "denoise_step"
-CATEGORIES = ("gemm-fp8", "gemm-bf16", "attention", "quant", "memcpy", "norm-elementwise", "other")
-
-# Launching CPU ops: these decide the GEMM category regardless of the kernel's (library-specific) name.
-FP8_GEMM_OPS = re.compile(r"^aten::_scaled_(grouped_)?mm$")
-HP_GEMM_OPS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|addbmm|matmul|linear|addmv|mv|dot|_addmm_activation|"
-                         r"mkldnn_linear|_mkldnn_linear|_int_mm)$")
-ATTENTION_OPS = re.compile(r"scaled_dot_product|flash_attention|efficient_attention|cudnn_attention|_fused_sdp|"
-                           r"flex_attention", re.I)
-# Kernel names (CUDA) and op names (CPU). Patterns are searched, case-insensitive.
-FP8_MARK = re.compile(r"e4m3|e5m2|fp8|float8|f8f8|nvjet_(?:sm\d+_)?q|_qq", re.I)
-GEMM_MARK = re.compile(r"gemm|gemv|xmma|nvjet|cutlass|wgmma|s16816|s1688|tensorop|splitk|_mm_|matmul|"
-                       r"^triton_tem_|scaled_mm", re.I)
-TENSOR_CORE_MARK = re.compile(r"xmma|nvjet|tensorop|wgmma|gmma|hmma|qmma|mma|cutlass|sm\d\d_|s16816|tilesize",
-                              re.I)
-TRITON_SCALED_MM = re.compile(r"scaled_mm_kernel|triton.*scaled_mm|_w8a8|fp8.*matmul.*kernel|fp8_gemm_kernel|"
-                              r"_fp8_mm_kernel|triton_.*fp8.*mm", re.I)
-ATTENTION_MARK = re.compile(r"flash|fmha|attention|_attn|sdpa|mha_|fort_native_sdpa", re.I)
-QUANT_MARK = re.compile(r"quant|fp8|float8|e4m3|e5m2|amax|absmax", re.I)
-MEMCPY_MARK = re.compile(r"memcpy|memset|copy|catarray|^aten::cat$|^aten::(contiguous|clone|_to_copy|to|stack)$", re.I)
-NORM_ELEMENTWISE_MARK = re.compile(
-    r"elementwise|reduce|norm|softmax|^triton_(poi|per|red)_|silu|gelu|tanh|sigmoid|rsqrt|exp|pow|mean|sum|"
-    r"^aten::(add|sub|mul|div|neg|cos|sin|where|fill_|zero_|zeros|ones|empty|abs|clamp|maximum|minimum|"
-    r"index|index_select|gather|scatter|masked_fill|view_as_complex|view_as_real|polar|arange|full|"
-    r"linspace|_softmax|rms_norm|_fused_rms_norm|layer_norm|native_layer_norm|group_norm|native_group_norm|"
-    r"upsample|pad|constant_pad_nd|slice|narrow|chunk|split|unbind|select|expand|reshape|view|permute|"
-    r"transpose|flatten|squeeze|unsqueeze|t|as_strided|type_as|lt|gt|eq|ne|ge|le|bitwise_\w+|any|all|"
-    r"round|floor|ceil|reciprocal|sqrt|log|erf|cumsum|argmax|topk|repeat|repeat_interleave|roll|flip|"
-    r"embedding|conv\w*|_convolution|convolution|silu_|copy_)$", re.I)
-
-
-def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, in_attention: bool = False) -> str:
-    """Category of one kernel (CUDA) or leaf op (CPU), from its name and the CPU op that launched it.
-
-    name: kernel name (CUDA) or op name (CPU). op: launching CPU op (CUDA only; None on CPU).
-    in_fp8_layer: it ran inside the range of a layer that should be FP8 (its non-GEMM work is FP8 overhead).
-    in_attention: it ran inside an attention op (everything there is attention, GEMMs of the math path included).
-    Returns one of CATEGORIES.
-    """
-    launcher = op or ""
-    if in_attention:
-        return "attention"
-    # everything an FP8 GEMM op launches (cuBLASLt's kernel and its workspace memsets) is that GEMM's cost
-    if FP8_GEMM_OPS.search(name) or FP8_GEMM_OPS.search(launcher) or TRITON_SCALED_MM.search(name):
-        return "gemm-fp8"
-    if GEMM_MARK.search(name) and FP8_MARK.search(name):
-        return "gemm-fp8"
-    if ATTENTION_OPS.search(name) or ATTENTION_MARK.search(name) or (op and ATTENTION_OPS.search(launcher)):
-        return "attention"
-    # torch's own reduction / elementwise kernels are not GEMMs (cuBLAS's splitKreduce_kernel is part of one)
-    not_gemm = re.search(r"elementwise|(?<![A-Za-z])reduce_kernel", name)
-    if HP_GEMM_OPS.search(name) or (GEMM_MARK.search(name) and not not_gemm) or (
-            HP_GEMM_OPS.search(launcher) and not not_gemm and not MEMCPY_MARK.search(name)):
-        return "gemm-bf16"
-    if in_fp8_layer or QUANT_MARK.search(name):
-        return "quant"
-    if MEMCPY_MARK.search(name):
-        return "memcpy"
-    if NORM_ELEMENTWISE_MARK.search(name):
-        return "norm-elementwise"
-    return "other"
 
 
 # -------------------------------------------------------------------------------------------- per-layer ranges
@@ -229,7 +152,7 @@ class KernelCall:
 class ProfileCapture:
     """Flattened profiler output of one profiled run."""
 
-    device_kind: str                                       # "cuda" or "cpu"
+    device_kind: Literal["cuda", "cpu"]
     calls: list[KernelCall]
     stage_wall_us: dict[str, list[float]]                  # stage -> CPU-side range durations (us)
     stage_kernel_us: dict[str, list[float]]                # stage -> summed kernel (self) time per range entry
@@ -259,15 +182,14 @@ def profiler_activities(device: str | torch.device) -> list:
 
 
 @contextlib.contextmanager
-def capture(device: str | torch.device, *, record_shapes: bool = False,
-            log: str | Path | None = None) -> Iterator[torch.profiler.profile]:
+def capture(device: str | torch.device, log: str | Path | None = None) -> Iterator[torch.profiler.profile]:
     """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device).
 
     log: a file that receives this process's stderr while the profiler starts and stops (its C++ layer prints
     "USDT: ... profiler_start" and driver probes there, past Python's logging); None leaves stderr alone.
     """
     with stderr_to(log) if log else contextlib.nullcontext():
-        prof = torch.profiler.profile(activities=profiler_activities(device), record_shapes=record_shapes)
+        prof = torch.profiler.profile(activities=profiler_activities(device), record_shapes=False)
         prof.__enter__()
     try:
         yield prof
@@ -533,147 +455,6 @@ def write_kernel_csv(path: str | Path, rows: list[KernelRow]) -> None:
         writer.writerow(d)
     write_text_atomic(path, buf.getvalue())
 
-
-# ------------------------------------------------------------------------------------------- fallback detector
-class FallbackKernelWarning(UserWarning):
-    """An FP8 run executed slow fallback kernels or high-precision GEMMs where FP8 GEMMs were expected."""
-
-
-@dataclass
-class FallbackFinding:
-    kind: str          # one of the kinds listed in the module docstring
-    message: str       # human-readable, names the kernels / layers
-    names: list[str] = field(default_factory=list)   # kernel names or layer fqns (first 20)
-    calls: int = 0
-    total_us: float = 0.0
-
-
-@dataclass
-class FallbackReport:
-    checked: bool                       # False for arms that are not expected to run FP8 GEMMs
-    method: str                         # "per-layer ranges" or "GEMM call counts"
-    fallback_detected: bool
-    findings: list[FallbackFinding]
-    fp8_gemm_calls_per_step: float
-    bf16_gemm_calls_per_step: float
-    expected_fp8_linear_calls_per_step: float | None
-    expected_bf16_linear_calls_per_step: float | None
-    note: str | None = None             # context for the reader, e.g. FP8 emulated on a CPU
-    emulated: bool = False              # FP8 emulated by design on this device: the check does not apply here
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def detect_fallbacks(capture: ProfileCapture, precisions: dict[str, str], *,
-                     layer_calls: dict[str, int] | None = None, expect_fp8: bool = True) -> FallbackReport:
-    """Check the denoising steps of a profiled FP8 run for fallback kernels (see module docstring for the kinds).
-
-    precisions: fqn -> "fp8" | "bf16", what each linear layer SHOULD run (the layer policy; `layer_precisions`
-    gives what the model holds). layer_calls: fqn -> forward calls during the profiled run (from `layer_ranges`);
-    None when layers had no ranges (torch.compile), in which case only kernel names and GEMM counts are checked.
-    """
-    steps = max(capture.steps, 1)
-    calls = step_calls(capture)
-    step_ops = [(op, layer) for op, layer, step in capture.gemm_ops if step is not None or not capture.steps]
-    fp8_ops = [x for x in step_ops if FP8_GEMM_OPS.search(x[0])]
-    hp_ops = [x for x in step_ops if not FP8_GEMM_OPS.search(x[0])]
-    exp_fp8 = exp_bf16 = None
-    if layer_calls is not None:
-        exp_fp8 = sum(n for fqn, n in layer_calls.items() if precisions.get(fqn) == "fp8") / steps
-        exp_bf16 = sum(n for fqn, n in layer_calls.items() if precisions.get(fqn) != "fp8") / steps
-    report = FallbackReport(checked=expect_fp8, method="per-layer ranges" if layer_calls is not None else
-                            "kernel names and GEMM call counts", fallback_detected=False, findings=[],
-                            fp8_gemm_calls_per_step=len(fp8_ops) / steps, bf16_gemm_calls_per_step=len(hp_ops) / steps,
-                            expected_fp8_linear_calls_per_step=exp_fp8, expected_bf16_linear_calls_per_step=exp_bf16)
-    if not expect_fp8:
-        return report
-    findings = report.findings
-
-    triton = [c for c in calls if TRITON_SCALED_MM.search(c.name)]
-    if triton:
-        findings.append(_finding("triton-scaled-mm", "Triton scaled-mm kernels ran (slow fallback GEMM)", triton))
-    if capture.device_kind == "cuda":
-        fp8_kernels = [c for c in calls if categorize(c.name, c.op) == "gemm-fp8" and GEMM_MARK.search(c.name)]
-        # helper kernels of a library GEMM (split-K reductions) carry no tensor-core marker and are not GEMMs
-        slow = [c for c in fp8_kernels if not TENSOR_CORE_MARK.search(c.name) and c not in triton
-                and not re.search(r"reduce|splitk", c.name, re.I)]
-        if slow:
-            findings.append(_finding("non-tensor-core-scaled-gemm",
-                                     "FP8 GEMM kernels without a tensor-core marker in their name", slow))
-    fp8_layers = {f for f, p in precisions.items() if p == "fp8"}
-    if layer_calls is not None:
-        bad = defaultdict(int)
-        for op, layer in hp_ops:
-            if layer in fp8_layers:
-                bad[layer] += 1
-        if capture.device_kind == "cuda":
-            for c in calls:
-                if (c.layer in fp8_layers and categorize(c.name, c.op) == "gemm-bf16"
-                        and not HP_GEMM_OPS.search(c.op or "")):
-                    bad[c.layer] += 1
-        if bad:
-            gemm_us = sum(c.duration_us for c in calls
-                          if c.layer in bad and categorize(c.name, c.op) == "gemm-bf16")
-            findings.append(FallbackFinding(
-                "bf16-gemm-in-fp8-layer",
-                f"high-precision GEMMs ran inside {len(bad)} layers that should be FP8: {_names(bad)}",
-                names=sorted(bad)[:20], calls=sum(bad.values()), total_us=gemm_us))
-        with_fp8 = {layer for op, layer in fp8_ops}
-        missing = {f: n for f, n in layer_calls.items() if f in fp8_layers and n and f not in with_fp8}
-        if missing:
-            findings.append(FallbackFinding(
-                "fp8-layer-without-fp8-gemm",
-                f"{len(missing)} layers that should be FP8 never reached aten::_scaled_mm (cuBLASLt/CUTLASS): "
-                f"{_names(missing)}", names=sorted(missing)[:20], calls=sum(missing.values())))
-    if exp_bf16 is not None and len(hp_ops) / steps > exp_bf16 + 1e-9:
-        extra = len(hp_ops) / steps - exp_bf16
-        findings.append(FallbackFinding(
-            "excess-bf16-gemms",
-            f"{extra:g} more high-precision GEMM calls per step than the {exp_bf16:g} linear calls kept in BF16",
-            names=sorted({op for op, _ in hp_ops}), calls=int(round(extra * steps))))
-    report.fallback_detected = bool(findings)
-    return report
-
-
-def _finding(kind: str, what: str, calls: list[KernelCall]) -> FallbackFinding:
-    by_name: dict[str, float] = defaultdict(float)
-    for c in calls:
-        by_name[c.name] += c.duration_us
-    names = sorted(by_name, key=by_name.get, reverse=True)
-    return FallbackFinding(kind, f"{what}: {', '.join(_short(n) for n in names[:5])}", names=names[:20],
-                           calls=len(calls), total_us=sum(by_name.values()))
-
-
-def _names(counts: dict[str, int], limit: int = 6) -> str:
-    keys = sorted(counts)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def _short(name: str, width: int = 90) -> str:
-    return name if len(name) <= width else name[: width - 3] + "..."
-
-
-def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
-    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean, one
-    quiet line when FP8 is emulated on this device by design (a CPU: there is no FP8 kernel to fall back from)."""
-    stream = stream or sys.stderr
-    if report.emulated:
-        print(f"{arm}: FP8 fallback check not applicable on this device (FP8 emulated)", file=stream, flush=True)
-        return
-    if not report.fallback_detected:
-        return
-    bar = "!" * 100
-    lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
-    lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls"
-              + (f", {f.total_us / 1e3:.2f} ms)" if f.total_us else ")") for f in report.findings]
-    if report.note:
-        lines.append(f"!!! note: {report.note}")
-    lines.append(bar)
-    print("\n".join(lines), file=stream, flush=True)
-    warnings.warn(f"FP8 fallback kernels in arm {arm!r}: " + "; ".join(f.kind for f in report.findings),
-                  FallbackKernelWarning, stacklevel=2)
 
 
 def export_trace(prof: torch.profiler.profile, path: str | Path) -> Path:

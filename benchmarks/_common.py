@@ -1,0 +1,58 @@
+"""Builders and timers every benchmark shares (run benchmarks from the repository root: python -m benchmarks.NAME)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_model(device: str, dtype: torch.dtype, preset: str = "omnigen2") -> OmniGen2Transformer:
+    """A model with random weights made directly on the device (no CPU init, no checkpoint)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = OmniGen2Transformer(TransformerConfig.from_name(preset))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval().requires_grad_(False)
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
+    """Median and spread of whole-forward times (CUDA events, perf_counter on a CPU); the first of the `warmup`
+    untimed calls is reported as `first_call_s` (compilation, autotuning, lazy initialisation)."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model(*inputs)
+        sync(device)
+        first_s = time.perf_counter() - t0
+        for _ in range(warmup - 1):
+            model(*inputs)
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            if str(device).startswith("cuda"):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                model(*inputs)
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                model(*inputs)
+                times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    q1, med, q3 = times[len(times) // 4], times[len(times) // 2], times[(3 * len(times)) // 4]
+    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
+            "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}

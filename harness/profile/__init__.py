@@ -1,0 +1,28 @@
+"""python -m harness.profile: latency, VRAM and kernel breakdowns of OmniGen2 edits, BF16 vs FP8, side by side.
+
+    python -m harness.profile --precision bf16 fp8 --scenario edit-1024-1ref --synthetic full --out results/profile/x
+    python -m harness.profile --precision bf16 fp8 --scenario gedit-512 --model OmniGen2/OmniGen2 --repeats 5
+    python -m harness.profile --precision bf16 fp8 --fp8-no-pad --scenario gedit-512 --synthetic full --steps 4
+
+Method (profile.md and profile.json repeat it):
+1. Load. The MLLM, the VAE and the tokenizer are loaded once and shared by every arm. Each arm gets its own
+   transformer: BF16 as loaded; FP8 loaded in BF16 and quantized in place by the pipeline (so the FP8 arm never
+   keeps a BF16 copy, but its load peak is BF16-sized); `fp8-nopad` quantized without padding (see below).
+   Each load is a memory phase of its own (gc + empty_cache + reset_peak_memory_stats before it), and after
+   loading, the transformer is parked on the CPU so the next arm's load starts from the shared components only.
+2. Memory run. For each arm in turn, only its transformer is on the GPU (the others are parked on the CPU), the
+   allocator is emptied and the peak counters reset, and the first warm-up call is the memory measurement: its
+   peak allocated / reserved (the pipeline resets the counters per stage; the call's peak is the max over stages)
+   can hold nothing of another arm. Then the remaining warm-up calls.
+3. Timing. All transformers back on the GPU; `--repeats` rounds, each running every arm once in the same order
+   (ABAB...), so drift of clocks or temperature hits every arm alike. End to end: perf_counter between two
+   synchronisations. Stages: CUDA events per stage and per denoising step (harness.core.timing.StageTimer).
+4. Profile (after timing, so the profiler never perturbs the timings): one call per arm with `--profile-steps`
+   denoising steps under torch.profiler, with a `layer::<name>` range around every linear of the transformer
+   (not under --compile); the kernel tables cover the denoising steps; per-stage kernel sums cover every stage.
+
+`fp8-nopad` (`--fp8-no-pad`) is the deliberately unpadded arm: e4m3 weights with K and N as they are (2520, 840
+and 10240 x 2520 are not all multiples of 16). cuBLASLt's FP8 GEMM refuses such shapes, so, as in vLLM, the
+layers whose shapes it would refuse run a fallback GEMM (here the torch-reference path: dequantize and a high
+precision matmul); the fallback detector must flag them. Layers whose shapes are aligned keep the fast kernel.
+"""

@@ -1,0 +1,88 @@
+"""python -m harness.profile: the command line (the method: harness/profile/__init__.py)."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.core.records import REPO_ROOT
+from harness.profile.options import ARM_NAMES, ProfileOptions
+from harness.profile.render import summary_line
+from harness.profile.runner import run_profile
+from harness.profile.scenarios import ProfileError
+from omnigen2_fp8.fp8.config import Kernel
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.profile", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Latency, VRAM and kernel breakdowns of OmniGen2 edits for one or more precisions, in one "
+                    "process, arms alternating.",
+        epilog="examples:\n"
+               "  python -m harness.profile --precision bf16 fp8 --scenario edit-1024-1ref --synthetic full\n"
+               "  python -m harness.profile --precision bf16 fp8 --fp8-no-pad --scenario gedit-512 --synthetic full "
+               "--steps 4\n"
+               "  python -m harness.profile --precision bf16 fp8 --scenario t2i-1024 --model OmniGen2/OmniGen2\n"
+               "  python -m harness.tasks ls profile     # the scenarios")
+    what = p.add_argument_group("what to run")
+    what.add_argument("--precision", nargs="+", default=["bf16", "fp8"], choices=ARM_NAMES,
+                      help="arms, in order; ratios are against the first (default: bf16 fp8)")
+    what.add_argument("--scenario", default="edit-1024-1ref", help="scenario name (tasks/profile/) or YAML path")
+    src = what.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint folder or hub id (real weights)")
+    src.add_argument("--synthetic", choices=("tiny", "full"), help="random-weight models built in memory")
+    what.add_argument("--fp8-no-pad", action="store_true",
+                      help="add the deliberately unpadded FP8 arm 'fp8-nopad' (its fallback GEMMs must be flagged)")
+    what.add_argument("--fp8-kernel", default="auto", choices=[k.value for k in Kernel],
+                      help="Fp8Config kernel of the FP8 arms (default auto: cublas-padded on a GPU)")
+    how = p.add_argument_group("how")
+    how.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    how.add_argument("--steps", type=int, default=None, help="override the scenario's denoising steps")
+    how.add_argument("--warmup", type=int, default=1, help="untimed calls per arm (the first measures run memory)")
+    how.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
+    how.add_argument("--profile-steps", type=int, default=2, help="denoising steps in the profiled call (0: none)")
+    how.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    how.add_argument("--cuda-graphs", action="store_true",
+                     help="replay transformer passes as CUDA graphs (removes launch overhead; CUDA only)")
+    how.add_argument("--offload", action="store_true", help="keep models on the CPU, move each to the GPU per stage")
+    how.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
+    outp = p.add_argument_group("output")
+    outp.add_argument("--out", type=Path, default=None, help="output folder (default results/profile/<scenario>-<utc>)")
+    outp.add_argument("--trace", action="store_true", help="also write a Chrome trace per arm (large)")
+    outp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptions:
+    precisions = list(args.precision)
+    if args.fp8_no_pad and "fp8-nopad" not in precisions:
+        precisions.append("fp8-nopad")
+    out = args.out or REPO_ROOT / "results" / "profile" / (
+        f"{Path(args.scenario).stem}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}")
+    return ProfileOptions(scenario=args.scenario, precisions=precisions, out=out, model=args.model,
+                          synthetic=args.synthetic, device=args.device, steps=args.steps, warmup=args.warmup,
+                          repeats=args.repeats, profile_steps=args.profile_steps, compile=args.compile,
+                          cuda_graphs=args.cuda_graphs,
+                          offload=args.offload, trace=args.trace, fp8_kernel=args.fp8_kernel,
+                          progress=not args.no_progress, seed=args.seed, argv=list(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args, argv)
+        record = run_profile(options)
+    except (ProfileError, FileNotFoundError) as err:  # bad options / scenario, or a checkpoint that is not there
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {options.out / 'profile.json'}, {options.out / 'profile.md'} and kernels_<arm>.csv")
+    print(summary_line(record))
+    return 0 if record.complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

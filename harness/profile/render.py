@@ -1,0 +1,268 @@
+"""A profile record as markdown: the sections profile.md and the report both show, in the same words.
+
+`sections(record)` returns the tables (latency, wall vs kernel time, memory, kernel categories, the FP8 fallback
+check, top kernels per arm, warnings), each with its chart; `profile_markdown(record)` is profile.md: a header with
+provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
+own headings and draws their charts. Numbers are read from the record only; units are converted (us -> ms).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from harness.core import plots
+from harness.core.markdown import Chart, Section, cell, code, fmt, fmt_stat, render_sections, table, truncate
+from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.core.vocab import END_TO_END, KERNEL_CATEGORIES, REPORTED_STAGES, STEP_STAGE, stage_label
+from harness.profile.record import ArmRecord, ProfileRecord
+
+TOP_KERNELS = 15          # rows of each arm's top-kernel table (profile.json keeps 25, the CSV all)
+KERNEL_NAME_WIDTH = 64    # characters of a kernel name shown in a table
+FINDING_WIDTH = 300       # characters of a fallback finding's message
+# Stage -> the key of the record's ratios (time of the arm / time of the first arm).
+STAGE_RATIO_KEYS = {END_TO_END: "end_to_end_ratio", "denoise": "denoise_ratio", STEP_STAGE: "denoise_step_ratio",
+                    "text_encode": "text_encode_ratio", "vae_decode": "vae_decode_ratio"}
+MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("load", "peak_reserved_gib"),
+                 ("run", "peak_allocated_gib"), ("run", "peak_reserved_gib"))
+
+
+def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
+    """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
+    out = [latency_section(record), wall_vs_kernel_section(record), memory_section(record)]
+    out += kernel_sections(record, link)
+    if record.warnings:  # folded: on a busy or CPU machine there are many spread warnings
+        out.append(Section("Warnings", [f"<details><summary>{len(record.warnings)} warnings recorded by the run"
+                                        "</summary>", "", *(f"- {cell(w)}" for w in record.warnings), "",
+                                        "</details>", ""]))
+    return out
+
+
+def profile_markdown(record: ProfileRecord) -> str:
+    """profile.md: provenance header, then every section at level 2, from the record alone."""
+    m, st = record.manifest, record.settings
+    dev = m.get("device", {})
+    lines = [f"# Profile: {record.task} ({', '.join(st['precisions'])})", ""]
+    if record.synthetic:
+        lines += [f"> **{SYNTHETIC_WARNING}** (synthetic: {record.synthetic})", ""]
+    lines += [f"- device: {dev.get('device_name')} ({dev.get('device')}), driver {dev.get('driver')}, "
+              f"torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}",
+              f"- git {m.get('git_revision')}, {m.get('date_utc')}; "
+              f"command: `{m.get('invocation') or m.get('command')}`",
+              *setup_lines(record), f"- complete: {record.complete}", ""]
+    lines += failure_lines(record)
+    return "\n".join(lines + render_sections(sections(record), level=2)).rstrip("\n") + "\n"
+
+
+def setup_lines(record: ProfileRecord) -> list[str]:
+    """What ran: the scenario (size, references, steps, guidance, source) and the measurement settings."""
+    sc, st = record.scenario, record.settings
+    return [f"- scenario `{record.task}`: {sc['height']}x{sc['width']} output, references {sc['references']}, "
+            f"{sc['steps']} steps, guidance text {sc['text_guidance_scale']} / image {sc['image_guidance_scale']}, "
+            f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
+            + (f"; overrides {sc['overrides']}" if sc.get("overrides") else ""),
+            f"- warm-up {st['warmup']}, repeats {st['repeats']} ({record.method.get('order')}), profiled steps "
+            f"{st['profile_steps']}, compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, "
+            f"offload {st['offload']}, FP8 kernel `{st['fp8_kernel']}`"]
+
+
+def failure_lines(record: ProfileRecord) -> list[str]:
+    """What failed: the run (outside any arm) and each failed arm, as caution blocks."""
+    lines = []
+    if record.error:
+        lines += ["> [!CAUTION]", f"> The run stopped early: `{cell(record.error)}`", ""]
+    for name, arm in record.arms.items():
+        if arm.error:
+            lines += ["> [!CAUTION]", f"> Arm **{name}** failed: `{cell(arm.error)}`", ""]
+    return lines
+
+
+def summary_line(record: ProfileRecord) -> str:
+    """One console line: end-to-end median per arm and the speed-ups against the first arm."""
+    parts = [f"{name}: {arm.stage_ms(END_TO_END):.1f} ms" if arm.latency else f"{name}: failed"
+             for name, arm in record.arms.items()]
+    for name, r in record.ratios.items():
+        if r.get("end_to_end_speedup"):
+            parts.append(f"{name} speed-up vs {r['vs']}: {r['end_to_end_speedup']:.2f}x")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------ latency
+def latency_section(record: ProfileRecord) -> Section:
+    names, arms = record.arm_names, record.arms
+    base = names[0]
+    lines = ["Milliseconds per call: median [IQR] over the timed repeats (`!` = IQR above 10% of the median); a stage "
+             "is its wall time per call (CUDA events), one denoise step includes all its CFG passes. Ratio columns: "
+             f"time of the arm / time of {base} (below 1 = faster).", ""]
+    rows, groups, series = [], [], {n: [] for n in names}
+    for stage in (END_TO_END, *REPORTED_STAGES):
+        stats = {n: arms[n].stage_stats(stage) for n in names}
+        if not any(stats.values()):
+            continue
+        ratio_cells = [fmt(record.ratio(n, STAGE_RATIO_KEYS[stage]), 3) if stage in STAGE_RATIO_KEYS else "-"
+                       for n in names[1:]]
+        rows.append([stage_label(stage), *(fmt_stat(stats[n], 2) for n in names), *ratio_cells])
+        if stage != END_TO_END:  # the chart shows the stages; end to end is their sum and would dwarf them
+            groups.append(stage_label(stage))
+            for n in names:
+                s = stats[n]
+                series[n].append(plots.Interval(s["median_ms"], s["q1_ms"], s["q3_ms"]) if s else None)
+    lines += table(["stage", *(f"{n} ms" for n in names), *(f"{n}/{base}" for n in names[1:])], rows)
+    speedups = [f"{n} {fmt(record.ratio(n, 'end_to_end_speedup'), 2, 'x')}" for n in names[1:]]
+    if speedups:
+        lines += [f"End-to-end speed-up vs {base}: " + ", ".join(speedups) + ".", ""]
+    chart = None
+    if groups:
+        chart = Chart("latency", "latency per stage", lambda path: plots.grouped_bars(
+            path, groups, series, title=f"Latency per stage: {record.task}",
+            value_label="ms per call (median; whiskers: interquartile range)", horizontal=True, value_labels=True,
+            fmt=".1f"))
+    return Section("Latency per stage", lines, chart)
+
+
+def wall_vs_kernel_section(record: ProfileRecord) -> Section:
+    """Timed wall time vs the profiled call's summed kernel time per stage, and kernel / wall of the profiled call."""
+    names, arms = record.arm_names, record.arms
+    rows = []
+    for n in names:
+        a = arms[n]
+        if not (a.latency and a.kernels):
+            continue
+        for stage in REPORTED_STAGES:
+            kern, wall = a.stage_kernel(stage), (a.stage_stats(stage) or {}).get("median_ms")
+            if not kern or not wall:
+                continue
+            k_ms = kern["kernel_us"] / max(kern["entries"], 1) / 1e3
+            if stage == "denoise":  # the profiled call ran fewer steps: scale its kernel time per step
+                k_ms = k_ms / max(a.kernels["profiled_steps"], 1) * record.settings["steps"]
+            rows.append([n, stage_label(stage), fmt(wall), fmt(k_ms), fmt(k_ms / wall)])
+    if not rows:
+        return Section("Wall time vs summed kernel time per stage", ["Not profiled.", ""])
+    lines = table(["arm", "stage", "wall ms/call (timed)", "kernel ms/call (profiled)", "kernel / wall"], rows,
+                  align=["l", "l", "r", "r", "r"])
+    lines += ["Kernel / wall well below 1 means the device idles inside the stage (launch-bound or host work). On "
+              "CPU runs, kernel time is the summed self CPU time of the ops.", ""]
+    profiled = record.profiled_arms()
+    busy = []
+    for stage in REPORTED_STAGES:
+        values = [(arms[n].stage_kernel(stage) or {}).get("kernel_over_wall") for n in profiled]
+        if any(v is not None for v in values):
+            busy.append([stage_label(stage), *(fmt(v) for v in values)])
+    if busy:
+        lines += ["Kernel time / wall time per stage in the profiled call (below 1: the device idles inside the "
+                  "stage, waiting for launches or host work):", "", *table(["stage", *profiled], busy)]
+    return Section("Wall time vs summed kernel time per stage", lines)
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+def memory_section(record: ProfileRecord) -> Section:
+    names, arms = record.arm_names, record.arms
+    base = names[0]
+    rows = [[n, *(fmt(arms[n].memory_gib(*f), 3) for f in MEMORY_FIELDS),
+             fmt(record.ratio(n, "peak_allocated_run_ratio"), 3) if n != base else "-"] for n in names]
+    lines = table(["arm", "transformer weights", "load peak alloc", "load peak reserved", "run peak alloc",
+                   "run peak reserved", f"run peak / {base}"], rows)
+    shared = record.shared_load or {}
+    lines += [f"Shared components (loaded once for all arms): MLLM {fmt(shared.get('mllm_gib'), 3)} GiB, VAE "
+              f"{fmt(shared.get('vae_gib'), 3)} GiB, load peak {fmt(shared.get('peak_allocated_gib'), 3)} GiB. Load "
+              f"phases: {record.method.get('load_memory')}. Run phase: {record.method.get('run_memory')}.", ""]
+    measured = [n for n in names if arms[n].memory_gib("run", "peak_allocated_gib") is not None]
+    if not measured:
+        device = record.manifest.get("device", {}).get("device") or "?"
+        return Section("Memory (GiB)", lines + ["Peak VRAM not measured: peak memory counters exist only on CUDA "
+                                                f"devices (this run: {device}).", ""])
+    phases = ["load peak alloc", "load peak reserved", "run peak alloc", "run peak reserved"]
+    series = {n: [_interval(arms[n].memory_gib(*f)) for f in MEMORY_FIELDS[1:]] for n in measured}
+    chart = Chart("vram", "peak VRAM per arm", lambda path: plots.grouped_bars(
+        path, phases, series, title=f"Peak VRAM per arm: {record.task}", value_label="GiB", value_labels=True,
+        fmt=".3f"))
+    return Section("Memory (GiB)", lines, chart)
+
+
+def _interval(value: float | None) -> plots.Interval | None:
+    return None if value is None else plots.Interval(value)
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+def kernel_sections(record: ProfileRecord, link: Callable[[str], str] = str) -> list[Section]:
+    """Kernel categories (with chart), the FP8 fallback check, and one top-kernel table per profiled arm."""
+    profiled = record.profiled_arms()
+    if not profiled:
+        return [Section("Kernel categories", ["Not profiled (`--profile-steps 0`, or every arm failed).", ""])]
+    return [category_section(record, profiled), fallback_section(record, profiled),
+            *(top_kernel_section(n, record.arms[n], link) for n in profiled)]
+
+
+def category_section(record: ProfileRecord, profiled: list[str]) -> Section:
+    arms = record.arms
+    first = arms[profiled[0]].kernels
+    unit = first.get("time_unit", "kernel time")
+    lines = [f"Profiled denoising steps ({first.get('profiled_steps')} per arm), {unit}, in ms per step (share of "
+             "the arm's total in brackets).", ""]
+    rows = [[c, *(f"{fmt(_ms(arms[n].category(c).get('us_per_step')), 3)} "
+                  f"({fmt(_pct(arms[n].category(c).get('share')), 1)}%)" for n in profiled)]
+            for c in KERNEL_CATEGORIES]
+    rows.append(["**total**", *(fmt(_ms(arms[n].kernel_us_per_step()), 3) for n in profiled)])
+    lines += table(["category", *profiled], rows)
+    stacks = {n: {c: _ms(arms[n].category(c).get("us_per_step")) or 0.0 for c in KERNEL_CATEGORIES}
+              for n in profiled}
+    chart = Chart("kernel_categories", "kernel categories per arm", lambda path: plots.stacked_bars(
+        path, profiled, stacks, title=f"Kernel time per denoising step by category: {record.task}",
+        value_label=f"ms per step ({unit})"))
+    return Section("Kernel categories", lines, chart)
+
+
+def fallback_section(record: ProfileRecord, profiled: list[str]) -> Section:
+    lines = []
+    for n in profiled:
+        fb = record.arms[n].fallback or {}
+        if not fb.get("checked"):
+            lines.append(f"- {n}: not an FP8 arm, not checked (high-precision GEMMs per step "
+                         f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)}).")
+            continue
+        counts = (f"FP8 GEMMs per step {fmt(fb.get('fp8_gemm_calls_per_step'), 1)} (expected "
+                  f"{fmt(fb.get('expected_fp8_linear_calls_per_step'), 1)}), high-precision GEMMs per step "
+                  f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)} (expected "
+                  f"{fmt(fb.get('expected_bf16_linear_calls_per_step'), 1)}); method: {fb.get('method')}")
+        if fb.get("emulated"):  # a CPU: no FP8 kernel exists to fall back from; the findings stay in the record
+            lines.append(f"- {n}: not applicable on this device (FP8 emulated). {counts}.")
+            continue
+        if not fb.get("fallback_detected"):
+            lines.append(f"- {n}: clean, no fallback kernels. {counts}.")
+            continue
+        lines += ["", "> [!CAUTION]", f"> **FP8 FALLBACK DETECTED in arm `{n}`.** {counts}."]
+        for f in fb.get("findings", []):
+            ms = f", {fmt(_ms(f.get('total_us')), 2)} ms" if f.get("total_us") else ""
+            lines.append(f"> - `{f['kind']}`: {truncate(f['message'], FINDING_WIDTH)} ({f.get('calls')} calls{ms})")
+        if fb.get("note"):
+            lines += [">", f"> Note: {fb['note']}"]
+        lines.append("")
+    return Section("FP8 fallback check", lines if lines and not lines[-1] else lines + [""])
+
+
+def top_kernel_section(name: str, arm: ArmRecord, link: Callable[[str], str] = str) -> Section:
+    k = arm.kernels
+    top = k.get("top", [])[:TOP_KERNELS]
+    csv = k.get("csv") or f"kernels_{name}.csv"
+    coverage = f"; {k['kernel_coverage']:.1%} of device time attributed" if k.get("kernel_coverage") else ""
+    lines = [f"{k.get('num_kernels')} distinct names over {k.get('profiled_steps')} profiled steps{coverage}; the "
+             f"first {len(top)} by time. Full table: [`{csv}`]({link(csv)}).", ""]
+    rows = [[i, code(r["name"], KERNEL_NAME_WIDTH), r["category"], fmt(r["calls_per_step"], 1),
+             fmt(_ms(r["us_per_step"]), 3), fmt(_pct(r["share"]), 1)] for i, r in enumerate(top, 1)]
+    lines += table(["#", "kernel", "category", "calls/step", "ms/step", "share %"], rows,
+                   align=["r", "l", "l", "r", "r", "r"])
+    return Section(f"Top kernels: {name}", lines)
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1e3
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else share * 100
+
+
+def _rel(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return path

@@ -1,0 +1,349 @@
+"""The profiling run: timed, memory and profiled pipeline calls, the phases in order, and the error guard.
+
+Phases (harness/profile/__init__.py says why in this order): load the shared components and every arm; one
+memory run + warm-up per arm with only its transformer on the GPU; `--repeats` timed rounds over all arms (ABAB...);
+one profiled call per arm. An arm that fails keeps its error in the record; the others go on.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.core import timing
+from harness.core.records import run_manifest, write_json_atomic, write_text_atomic
+from harness.profile import fallbacks, kernels
+from harness.profile.arms import Arm, build_arm, load_shared, module_bytes, only_on_device, restore_all
+from harness.profile.options import ProfileOptions
+from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
+from harness.profile.render import profile_markdown
+from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
+from omnigen2_fp8.measure import StageClock
+
+LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + reset_peak_memory_stats before it, "
+               "max_memory_allocated / max_memory_reserved after it; other arms' transformers are parked on the CPU")
+RUN_METHOD = ("first warm-up call of the arm with only its own transformer on the GPU (other arms' transformers "
+              "parked on the CPU), after gc + empty_cache + reset_peak_memory_stats; the pipeline resets the peak "
+              "counters at each stage and the call's peak is the max over its stages")
+PROFILER_LOG = "profiler.log"  # what the profiler's C++ layer prints while it starts and stops
+ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
+TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
+                 "events around each pipeline stage (perf_counter on CPU), read after a synchronise; a denoise step "
+                 "runs from the end of the previous one (or the start of the denoise stage) to the end of its "
+                 "scheduler update; median and IQR over "
+                 "repeats, warning when IQR/median > 10%")
+
+
+# -------------------------------------------------------------------------------------------------- the calls
+class _StepMarks:
+    """Marks denoising steps on a StageTimer through the pipeline's public hooks: the first step opens when the
+    denoise stage starts, and each `on_step(i, n, latents)` closes step i and opens step i + 1."""
+
+    def __init__(self, timer: timing.StageTimer):
+        self.timer, self.open = timer, None
+
+    def begin(self) -> None:
+        self.end()
+        self.open = self.timer("denoise_step")
+        self.open.__enter__()
+
+    def end(self) -> None:
+        if self.open is not None:
+            self.open.__exit__(None, None, None)
+            self.open = None
+
+    def on_step(self, i: int, n: int, latents) -> None:
+        self.end()
+        if i + 1 < n:
+            self.begin()
+
+
+def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: timing.StageTimer | None,
+                  clock: StageClock | None = None):
+    """One pipeline call of the scenario; with a timer, every stage and every denoising step is marked.
+
+    Returns the pipeline's EditResult.
+    """
+    kwargs = dict(negative_prompt=scenario.negative_prompt, num_inference_steps=steps,
+                  text_guidance_scale=scenario.text_guidance_scale, image_guidance_scale=scenario.image_guidance_scale,
+                  cfg_range=tuple(scenario.cfg_range), seed=scenario.seed, width=scenario.width,
+                  height=scenario.height, time_shift=scenario.time_shift, progress=False, clock=clock)
+    if timer is None:
+        return arm.pipe(scenario.instruction, images, **kwargs)
+    marks = _StepMarks(timer)
+
+    @contextlib.contextmanager
+    def hook(name: str):
+        with timer(name):
+            if name != "denoise":
+                yield
+                return
+            marks.begin()
+            try:
+                yield
+            finally:
+                marks.end()
+
+    return arm.pipe(scenario.instruction, images, stage_hook=hook, on_step=marks.on_step, **kwargs)
+
+
+def timed_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device):
+    """(end-to-end ms, stage durations) of one call: synchronise, perf_counter, call, synchronise."""
+    timer = timing.StageTimer(device)
+    timing.synchronize(device)
+    t0 = time.perf_counter()
+    result = call_pipeline(arm, scenario, images, steps, timer)
+    timing.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3, timer.collect(), result
+
+
+def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device) -> dict:
+    """The arm's run-phase memory: one untimed call from a clean allocator (see RUN_METHOD)."""
+    timing.release_memory(device)
+    before = torch.cuda.memory_allocated(device) / timing.GIB if device.type == "cuda" else None
+    result = call_pipeline(arm, scenario, images, steps, None, clock=StageClock(device))
+    if device.type != "cuda":
+        return {"method": timing.MEMORY_METHOD_CPU, "peak_allocated_gib": None, "peak_reserved_gib": None}
+    expected = sum(module_bytes(m, "cuda") for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / timing.GIB
+    return {"method": RUN_METHOD, "resident_before_gib": before,
+            # what was allocated beyond this arm's own models when the call began (~0: nothing of another arm)
+            "resident_unexplained_gib": before - expected,
+            "peak_allocated_gib": result.peak_vram_bytes / timing.GIB,
+            "peak_reserved_gib": result.peak_vram_reserved_bytes / timing.GIB,
+            "stage_peak_allocated_gib": {k: v / timing.GIB for k, v in result.stage_peak_vram_bytes.items()}}
+
+
+def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: ProfileOptions,
+                 device: torch.device, out: Path) -> dict:
+    """Profile one call with `profile_steps` denoising steps; returns the kernel section of the arm's record."""
+    steps = options.profile_steps
+    # Hooks inside compiled blocks would break the graphs; replayed CUDA graphs run no Python ranges at all.
+    ranges = not (options.compile or options.cuda_graphs)
+    transformer = arm.pipe.transformer
+    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
+        with kernels.layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
+            call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
+            timing.synchronize(device)
+    capture = kernels.parse_profile(prof, device)
+    fp8_layers = {f for f, p in arm.layer_policy.items() if p == "fp8"}
+    rows = kernels.kernel_table(capture, fp8_layers)
+    csv_name = f"kernels_{arm.name}.csv"
+    kernels.write_kernel_csv(out / csv_name, rows)
+    trace = None
+    if options.trace:
+        trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
+    report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
+                                expect_fp8=arm.name != "bf16")
+    report.note = fallback_note(arm, options, device)
+    report.emulated = report.checked and fp8_emulated(arm, options, device)
+    return {
+        "time_unit": capture.time_unit, "profiled_steps": capture.steps, "device_kind": capture.device_kind,
+        "total_us_in_steps": sum(r.total_us for r in rows),
+        "top": [dataclasses.asdict(r) for r in rows[:25]], "num_kernels": len(rows),
+        "categories": kernels.category_rollup(rows, capture.steps),
+        "stages": kernels.stage_kernel_summary(capture), "csv": csv_name, "trace": trace,
+        "layer_ranges": ranges, "fallback": report.to_dict(),
+        "kernel_coverage": capture.coverage,  # CUDA: share of all device time attributed to a launching op
+    }
+
+
+def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
+    """True when FP8 is emulated by design: kernel 'auto' on a device without FP8 GEMMs resolves to torch-reference
+    (the deliberately unpadded arm is a fallback on purpose, not emulation)."""
+    resolved = (arm.quantization or {}).get("resolved_kernels") or {}
+    return (arm.name != "fp8-nopad" and device.type != "cuda" and set(resolved) == {"torch-reference"}
+            and options.fp8_kernel == "auto")
+
+
+def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> str | None:
+    """Context for the fallback verdict: FP8 emulated on a CPU, or the deliberately unpadded arm."""
+    q = arm.quantization or {}
+    if arm.name == "fp8-nopad":
+        return (f"deliberately unpadded arm: {len(q.get('fallback_layers', []))} layers with K or N not a multiple "
+                f"of 16 run the fallback GEMM (torch-reference: dequantise + high-precision matmul); "
+                f"{len(q.get('aligned_layers', []))} aligned layers keep kernel {options.fp8_kernel}")
+    if fp8_emulated(arm, options, device):
+        return ("FP8 is emulated on this device: Fp8Config(kernel='auto') resolves to torch-reference on a CPU, "
+                "so no FP8 GEMM can run; these findings are expected here, and would be a fallback on a GPU")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------- runner
+def run_profile(options: ProfileOptions) -> ProfileRecord:
+    """Run every phase and write profile.json / kernels_<arm>.csv / profile.md into options.out.
+
+    Returns the record profile.json holds. An arm that fails keeps its error in the record; the others go on.
+    """
+    options.validate()
+    scenario, overrides, source = load_scenario(options.scenario, options.steps)
+    device = torch.device(options.device)
+    dtype = torch.bfloat16
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = reference_images(scenario)
+    arms = [Arm(name) for name in options.precisions]
+    park = len(arms) > 1 and not options.offload
+    record: dict[str, Any] = {"complete": False, "error": None}  # the ProfileRecord's fields, as they are found
+    invocation = None if options.argv is None else "python -m harness.profile " + shlex.join(options.argv)
+    record["manifest"] = run_manifest(synthetic=options.synthetic or False, device=str(device),
+                                      extra={"invocation": invocation})
+    record["scenario"] = {**scenario.to_dict(), "source": source, "overrides": overrides,
+                          "branches_per_step": scenario.branches_per_step(),
+                          "transformer_passes": sum(scenario.branches_per_step())}
+    record["settings"] = settings_record(options, scenario)
+    record["method"] = {"load_memory": LOAD_METHOD if device.type == "cuda" else timing.MEMORY_METHOD_CPU,
+                        "run_memory": RUN_METHOD if device.type == "cuda" else timing.MEMORY_METHOD_CPU,
+                        "order": ORDER_NOTE, "timing": TIMING_METHOD,
+                        "isolation": "reset + empty cache between phases; other arms' transformers parked on the "
+                                     "CPU during loads and memory runs" if park else "single arm or --offload"}
+    _print_plan(record, options)
+    total = len(arms) * (max(options.warmup, 1) + options.repeats + (1 if options.profile_steps else 0))
+    bar = tqdm(total=total, desc="profile", disable=not options.progress, unit="call")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            _phases(arms, options, scenario, images, device, dtype, out, park, bar, record)
+        except Exception as err:  # outside any arm (e.g. loading the shared models): the record says so
+            record["error"] = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            bar.close()
+            result = _finish(record, arms, caught, out)
+    seen = set()
+    spread = [w for w in caught if issubclass(w.category, timing.HighSpreadWarning)]
+    for w in caught:  # replay what was recorded so the console still shows it (once per message)
+        text = f"{w.category.__name__}: {w.message}"
+        # fallbacks have their own line or banner; spread warnings get one note (profile.json keeps each)
+        if text not in seen and not issubclass(w.category, (fallbacks.FallbackKernelWarning, timing.HighSpreadWarning)):
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+    if spread:
+        print(f"note: {len(spread)} timings spread more than {timing.SPREAD_WARN_FRACTION:.0%} (IQR/median), marked "
+              "! in profile.md and listed under 'warnings' in profile.json; use more --repeats or a quieter machine",
+              file=sys.stderr)
+    return result
+
+
+def _print_plan(record: dict, options: ProfileOptions) -> None:
+    """Parameters first: what will run, where, with which weights (and what the flags changed)."""
+    sc, st = record["scenario"], record["settings"]
+    weights = f"synthetic {options.synthetic} (random weights)" if options.synthetic else f"model {options.model}"
+    print(f"profile {sc['task']}: {sc['height']}x{sc['width']}, refs {sc['references']}, {sc['steps']} steps, "
+          f"{sc['transformer_passes']} transformer passes; arms {' '.join(st['precisions'])}; {weights}; "
+          f"device {st['device']}; warm-up {st['warmup']}, repeats {st['repeats']}, profiled steps "
+          f"{st['profile_steps']}; compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, "
+          f"offload {st['offload']}; out {st['out']}",
+          file=sys.stderr, flush=True)
+    for change in sc["overrides"]:
+        print(f"  override {change['field']}: {change['old']} -> {change['new']}", file=sys.stderr, flush=True)
+
+
+def _phases(arms, options, scenario, images, device, dtype, out, park, bar, record) -> None:
+    bar.set_postfix_str("loading shared models")
+    t0 = time.perf_counter()
+    with timing.track_peak_memory("load:shared", device) as shared_peak:
+        shared = load_shared(options, device, dtype)
+    record["shared_load"] = {**shared_peak.to_dict(), "seconds": time.perf_counter() - t0,
+                             "mllm_gib": module_bytes(shared.mllm) / timing.GIB,
+                             "vae_gib": module_bytes(shared.vae) / timing.GIB}
+    for arm in arms:
+        bar.set_postfix_str(f"loading {arm.name}")
+        _guard(arm, lambda: build_arm(arm, options, shared, device, dtype))
+        if arm.ok and park and device.type == "cuda":
+            arm.pipe.transformer.to("cpu")
+    steps = scenario.steps
+    for arm in arms:  # memory run + warm-up, one arm on the device at a time
+        bar.set_postfix_str(f"warm-up {arm.name}")
+        if not arm.ok:
+            bar.update(max(options.warmup, 1))
+            continue
+        with only_on_device(arms, arm, device, park):
+            _guard(arm, lambda: setattr(arm, "run_memory", memory_call(arm, scenario, images, steps, device)))
+            bar.update(1)
+            for _ in range(options.warmup - 1):
+                if arm.ok:
+                    _guard(arm, lambda: call_pipeline(arm, scenario, images, steps, None))
+                bar.update(1)
+        if park and arm.ok and device.type == "cuda":
+            arm.pipe.transformer.to("cpu")
+    restore_all(arms, device, park)
+    for r in range(options.repeats):  # ABAB...
+        for arm in arms:
+            bar.set_postfix_str(f"repeat {r + 1}/{options.repeats} {arm.name}")
+            if arm.ok:
+                def one(arm=arm):
+                    ms, stages, _ = timed_call(arm, scenario, images, steps, device)
+                    arm.e2e_ms.append(ms)
+                    arm.stage_runs.append(stages)
+                _guard(arm, one)
+            bar.update(1)
+    if options.profile_steps:
+        for arm in arms:
+            bar.set_postfix_str(f"profile {arm.name}")
+            if arm.ok:
+                _guard(arm, lambda: setattr(arm, "profile", profile_call(arm, scenario, images, options, device, out)))
+            bar.update(1)
+    record["complete"] = all(a.ok for a in arms)
+
+
+def _guard(arm: Arm, fn: Callable[[], Any]) -> None:
+    """Run one phase of an arm; an exception becomes the arm's error (the run goes on with the other arms)."""
+    try:
+        fn()
+    except Exception as err:  # any failure of one arm is recorded in its row; Ctrl-C still stops the run
+        if isinstance(err, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        arm.error = f"{type(err).__name__}: {err}"
+        arm.traceback = traceback.format_exc()
+        print(f"error in arm {arm.name}: {arm.error}", file=sys.stderr)
+        gc.collect()
+
+
+def settings_record(options: ProfileOptions, scenario: ScenarioConfig) -> dict:
+    return {"precisions": list(options.precisions), "model": options.model, "synthetic": options.synthetic or False,
+            "device": options.device, "dtype": "bfloat16", "steps": scenario.steps, "warmup": options.warmup,
+            "repeats": options.repeats, "profile_steps": options.profile_steps, "compile": options.compile,
+            "cuda_graphs": options.cuda_graphs,
+            "offload": options.offload, "trace": options.trace, "fp8_kernel": options.fp8_kernel,
+            "seed": options.seed, "out": str(options.out)}
+
+
+# ------------------------------------------------------------------------------------------------- results
+def arm_record(arm: Arm) -> ArmRecord:
+    """The arm's section of profile.json: its measurements summarised (latency statistics over the repeats)."""
+    latency = None
+    if arm.e2e_ms:
+        latency = {"end_to_end": timing.summarize_ms(arm.e2e_ms, label=f"{arm.name} end to end").to_dict(),
+                   "stages": timing.summarize_stage_runs(arm.stage_runs)}
+    return ArmRecord(name=arm.name, ok=arm.ok, error=arm.error, quantization=arm.quantization,
+                     memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
+                     fallback=arm.profile["fallback"] if arm.profile else None,
+                     traceback=arm.traceback if arm.error else None)
+
+
+def _finish(record: dict, arms: list[Arm], caught: list[warnings.WarningMessage], out: Path) -> ProfileRecord:
+    """Build the record, write profile.json and profile.md, and print a banner for every fallback found."""
+    arm_records = {a.name: arm_record(a) for a in arms}
+    result = ProfileRecord(
+        **record, arms=arm_records, ratios=compute_ratios(arm_records),
+        # the measurement's own warnings (library deprecation notices are only shown on the console)
+        warnings=[f"{w.category.__name__}: {w.message}" for w in caught
+                  if issubclass(w.category, (timing.HighSpreadWarning, fallbacks.FallbackKernelWarning))],
+        fallback_detected={n: a.fallback["fallback_detected"] for n, a in arm_records.items()
+                           if a.fallback and a.fallback["checked"]})
+    write_json_atomic(out / "profile.json", result.to_dict())
+    write_text_atomic(out / "profile.md", profile_markdown(result))
+    for name, arm in result.arms.items():
+        if arm.fallback:
+            fallbacks.warn_fallbacks(name, fallbacks.FallbackReport.from_dict(arm.fallback))
+    return result

@@ -1,0 +1,144 @@
+"""Kernel dispatch: the one place that turns a `Kernel` choice into what an FP8 layer runs.
+
+`select_kernel_plan(kernel, device)` checks the device and returns a `KernelPlan`: how activations are quantized
+(fused Triton kernel, or torch ops) and how the GEMM runs (cuBLASLt `torch._scaled_mm`, or exact emulation).
+`Fp8Linear` and `Fp8SwiGLUFeedForward` call their plan and never branch on the kernel themselves. Benchmarks and
+tests build plans directly (`plan_for`, `KernelPlan(...)`, a `LaunchConfig`) and force them on layers with
+`Fp8Linear.use_plan` / `use_plan(model, plan)`: no module globals to overwrite.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import Kernel
+from .kernels import DEFAULT_LAUNCH, LaunchConfig, quantize_activation_triton
+from .primitives import emulated_scaled_mm, quantize_activation
+
+MIN_FP8_CAPABILITY = (8, 9)
+QUANTIZE_IMPLS = ("fused", "fused-eager", "torch")
+GEMM_IMPLS = ("scaled-mm", "emulated")
+
+
+class Fp8UnsupportedDeviceError(RuntimeError):
+    """FP8 GEMMs were asked for on a device without FP8 tensor cores."""
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """Raise Fp8UnsupportedDeviceError unless `device` is a CUDA GPU with compute capability >= 8.9."""
+    if device.type != "cuda":
+        raise Fp8UnsupportedDeviceError(
+            f"the FP8 GEMM kernel runs on CUDA GPUs; this layer is on {device}. Use "
+            "Fp8Config(kernel='torch-reference') (or kernel='auto') to emulate FP8 on this device")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_FP8_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise Fp8UnsupportedDeviceError(
+            f"{name} has compute capability {capability[0]}.{capability[1]}; FP8 tensor cores need 8.9 or newer "
+            "(Ada, Hopper, Blackwell). Run in BF16, or emulate FP8 with Fp8Config(kernel='torch-reference') "
+            "(same numerics, no speed-up)")
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device) -> Kernel:
+    """The concrete kernel for `device`: AUTO becomes CUBLAS_PADDED on CUDA and TORCH_REFERENCE elsewhere."""
+    if kernel == Kernel.TORCH_REFERENCE:
+        return kernel
+    if kernel == Kernel.AUTO and device.type != "cuda":
+        return Kernel.TORCH_REFERENCE
+    check_fp8_device(device)
+    return Kernel.CUBLAS_PADDED if kernel == Kernel.AUTO else kernel
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """What an FP8 layer runs.
+
+    kernel: the concrete `Kernel` this plan implements (what reports record);
+    quantize_impl: "fused" (the Triton kernel; its custom op under torch.compile), "fused-eager" (Triton when
+    eager, torch ops under compile so inductor fuses them with their neighbours) or "torch" (reference ops);
+    gemm_impl: "scaled-mm" (cuBLASLt FP8 tensor cores) or "emulated" (dequantize + exact matmul, float64 on CPU);
+    launch: the fused kernel's launch settings.
+    """
+
+    kernel: Kernel
+    quantize_impl: str
+    gemm_impl: str
+    launch: LaunchConfig = DEFAULT_LAUNCH
+
+    def __post_init__(self):
+        if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
+            raise ValueError(f"KernelPlan({self.quantize_impl!r}, {self.gemm_impl!r}): quantize_impl is one of "
+                             f"{QUANTIZE_IMPLS}, gemm_impl one of {GEMM_IMPLS}")
+
+    @property
+    def unscaled_gate_up(self) -> bool:
+        """May the folded SwiGLU run gate/up with unit scales and dequantize inside the down quantization?"""
+        return self.gemm_impl == "scaled-mm" and self.quantize_impl != "torch"
+
+    def quantize(self, x2: torch.Tensor, k_padded: int, per_token: bool, apply_swiglu: bool = False,
+                 row_scale: torch.Tensor | None = None,
+                 col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[M, K] (or [M, 2K] gate|up) -> (e4m3 [M, k_padded], float32 [M, 1] or [1, 1])."""
+        compiling = torch.compiler.is_compiling()
+        if self.quantize_impl == "torch" or (self.quantize_impl == "fused-eager" and compiling):
+            return quantize_activation(x2, k_padded, per_token, apply_swiglu, row_scale, col_scale)
+        if not compiling:  # eager calls skip the custom op's dispatch overhead
+            return quantize_activation_triton(x2, k_padded, per_token, apply_swiglu, row_scale, col_scale,
+                                              launch=self.launch)
+        k = x2.shape[-1] // 2 if apply_swiglu else x2.shape[-1]
+        block, warps, stages = self.launch.choose(k, k_padded, apply_swiglu)
+        return torch.ops.omnigen2_fp8.quantize_activation(x2, k_padded, per_token, apply_swiglu, row_scale,
+                                                          col_scale, block, warps, stages,
+                                                          self.launch.hw_cast_on_cuda and x2.is_cuda)
+
+    def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor,
+             out_dtype: torch.dtype) -> torch.Tensor:
+        """[M, Kp] e4m3 x layer's [Np, Kp] e4m3 weight -> [M, Np] in out_dtype, scales applied."""
+        if self.gemm_impl == "emulated":
+            compute = torch.float64 if xq.device.type == "cpu" else torch.float32
+            return emulated_scaled_mm(xq, x_scale, layer.weight, layer.weight_scale, out_dtype, compute)
+        return layer.matmul(xq, x_scale, out_dtype)
+
+
+# The implementation of every concrete kernel (AUTO resolves to one of these first).
+_IMPLS = {
+    Kernel.CUBLAS_PADDED: ("fused", "scaled-mm"),
+    Kernel.CUBLAS_TORCH_QUANT: ("torch", "scaled-mm"),
+    Kernel.CUBLAS_INDUCTOR_QUANT: ("fused-eager", "scaled-mm"),
+    Kernel.TORCH_REFERENCE: ("torch", "emulated"),
+}
+
+
+def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH) -> KernelPlan:
+    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one)."""
+    kernel = Kernel(kernel)
+    if kernel not in _IMPLS:
+        raise ValueError(f"{kernel.value!r} is not a concrete kernel; resolve it with select_kernel_plan(kernel, "
+                         "device)")
+    quantize_impl, gemm_impl = _IMPLS[kernel]
+    return KernelPlan(kernel, quantize_impl, gemm_impl, launch)
+
+
+def select_kernel_plan(kernel: Kernel | str, device: torch.device | str,
+                       launch: LaunchConfig = DEFAULT_LAUNCH) -> KernelPlan:
+    """The plan for `kernel` on `device` (AUTO resolved; raises Fp8UnsupportedDeviceError on a GPU without FP8).
+
+    Whether a call is being compiled is decided per call inside the plan ("fused" uses the custom op then).
+    """
+    return plan_for(resolve_kernel(Kernel(kernel), torch.device(device)), launch)
+
+
+def use_plan(model: nn.Module, plan: KernelPlan | None) -> int:
+    """Force `plan` on every FP8 layer of `model` (None: back to each layer's configured kernel); returns the count."""
+    layers = [m for m in model.modules() if hasattr(m, "use_plan") and getattr(m, "is_fp8", False)]
+    for layer in layers:
+        layer.use_plan(plan)
+    return len(layers)
+
+
+def with_launch(plan: KernelPlan, launch: LaunchConfig) -> KernelPlan:
+    """The same plan with other launch settings."""
+    return dataclasses.replace(plan, launch=launch)

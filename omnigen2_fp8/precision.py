@@ -1,0 +1,196 @@
+"""The one vocabulary of arms ("recipes"): a recipe name -> its quantization and acceleration settings.
+
+A recipe is a base precision plus optional accelerations, written `base[+part[:value]]...`:
+
+    bf16                      the DiT in the pipeline dtype (no quantization)
+    fp8                       the DiT's block linears in FP8 (`Fp8Config()`: K and N padded to 16)
+    fp8-nopad                 FP8 without padding: layers with K or N not a multiple of 16 run the torch-reference
+                              GEMM (`Fp8Config(misaligned="reference")`; shows what padding buys)
+    fp8+teacache              + TeaCache step caching (rel_l1_thresh 0.05, the official default)
+    bf16+teacache:0.1         + TeaCache with rel_l1_thresh 0.1
+    fp8+taylorseer            + TaylorSeer step caching
+
+Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
+Parts live in one registry (`register_part`), so a new acceleration is added in one place. The step-cache parts
+are settings here; `omnigen2_fp8.caching` runs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .fp8.config import Fp8Config
+
+
+class RecipeError(ValueError):
+    """A recipe name that is not in the vocabulary."""
+
+
+# Base precision -> the FP8 policy it implies (None: nothing quantized).
+BASES: dict[str, Fp8Config | None] = {
+    "bf16": None,
+    "fp8": Fp8Config(),
+    "fp8-nopad": Fp8Config(misaligned="reference"),
+}
+
+
+@dataclass(frozen=True)
+class StepCacheSpec:
+    """A step-caching method and its parameters, e.g. StepCacheSpec("teacache", (("rel_l1_thresh", 0.05),))."""
+
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, **self.settings}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One registered acceleration.
+
+    name: the word in the recipe; slot: parts sharing a slot exclude each other (e.g. two step caches);
+    parse(value text or None) -> the setting (raises ValueError on a bad value); describe(setting) -> the value
+    text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base.
+    """
+
+    name: str
+    slot: str
+    help: str
+    parse: Callable[[str | None], Any]
+    describe: Callable[[Any], str | None]
+    value_help: str | None = None
+    needs_fp8: bool = False
+
+
+PARTS: dict[str, Part] = {}
+
+
+def register_part(part: Part) -> Part:
+    """Add an acceleration to the vocabulary (its name must be new); returns it."""
+    if part.name in PARTS or part.name in BASES:
+        raise ValueError(f"recipe part {part.name!r} is already registered")
+    PARTS[part.name] = part
+    return part
+
+
+# ----------------------------------------------------------------------------------------------- step caching
+TEACACHE_DEFAULT_THRESHOLD = 0.05  # the official OmniGen2 default rel_l1_thresh
+
+
+def _teacache(value: str | None) -> StepCacheSpec:
+    threshold = TEACACHE_DEFAULT_THRESHOLD if value is None else float(value)
+    if not threshold > 0:
+        raise ValueError(f"teacache's rel_l1_thresh must be > 0, got {value!r}")
+    return StepCacheSpec("teacache", (("rel_l1_thresh", threshold),))
+
+
+def _taylorseer(value: str | None) -> StepCacheSpec:
+    if value is not None:
+        raise ValueError(f"taylorseer takes no value, got {value!r}; write +taylorseer")
+    return StepCacheSpec("taylorseer")
+
+
+register_part(Part("teacache", "step_cache", "TeaCache: skip a step's main blocks while the accumulated relative L1 "
+                   f"change stays under rel_l1_thresh (value; default {TEACACHE_DEFAULT_THRESHOLD})", _teacache,
+                   lambda s: None if s.settings["rel_l1_thresh"] == TEACACHE_DEFAULT_THRESHOLD
+                   else f"{s.settings['rel_l1_thresh']:g}", value_help="rel_l1_thresh"))
+register_part(Part("taylorseer", "step_cache", "TaylorSeer: forecast skipped steps' features by a Taylor expansion",
+                   _taylorseer, lambda s: None))
+# FP8 attention ("fp8attn", slot "attention", needs_fp8=True) registers here once its kernel exists.
+
+
+# ----------------------------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed recipe: base precision + (part name, setting) pairs in registry order."""
+
+    base: str
+    parts: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The canonical name: parts in registry order, values only where they differ from the default."""
+        words = [self.base]
+        for part_name, setting in self.parts:
+            value = PARTS[part_name].describe(setting)
+            words.append(part_name if value is None else f"{part_name}:{value}")
+        return "+".join(words)
+
+    def setting(self, slot: str) -> Any:
+        """The setting of the part filling `slot`, None when no part does."""
+        return next((s for n, s in self.parts if PARTS[n].slot == slot), None)
+
+    @property
+    def step_cache(self) -> StepCacheSpec | None:
+        return self.setting("step_cache")
+
+    @property
+    def quantized(self) -> bool:
+        return BASES[self.base] is not None
+
+    def fp8_config(self, kernel: str | None = None, **overrides) -> Fp8Config | None:
+        """The base's Fp8Config with `kernel` and any other field overridden; None for an unquantized base."""
+        config = BASES[self.base]
+        if config is None:
+            return None
+        if kernel is not None:
+            overrides["kernel"] = kernel
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    def to_dict(self, **fp8_overrides) -> dict:
+        """Every setting of the recipe (JSON-ready), for run records."""
+        config = self.fp8_config(**fp8_overrides)
+        return {"name": self.name, "base": self.base, "fp8": None if config is None else config.to_dict(),
+                **{PARTS[n].slot: (s.to_dict() if hasattr(s, "to_dict") else s) for n, s in self.parts}}
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_recipe(text: str | Recipe) -> Recipe:
+    """`base[+part[:value]]...` -> Recipe; an unknown word raises RecipeError with the closest known names."""
+    if isinstance(text, Recipe):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        raise RecipeError(f"a recipe is a name such as 'bf16' or 'fp8+teacache', got {text!r}")
+    base, *words = [w.strip() for w in text.strip().split("+")]
+    if base not in BASES:
+        raise RecipeError(f"unknown precision {base!r}{_did_you_mean(base, [*BASES])}; a recipe starts with one "
+                          f"of {list(BASES)}")
+    chosen: dict[str, tuple[str, Any]] = {}
+    for word in words:
+        part_name, _, value = word.partition(":")
+        part = PARTS.get(part_name)
+        if part is None:
+            raise RecipeError(f"unknown recipe part {part_name!r} in {text!r}{_did_you_mean(part_name, [*PARTS])}; "
+                              f"parts: {list(PARTS)}")
+        if part.slot in chosen:
+            raise RecipeError(f"{text!r} has two {part.slot} parts ({chosen[part.slot][0]!r} and {part_name!r}); "
+                              "keep one")
+        if part.needs_fp8 and BASES[base] is None:
+            raise RecipeError(f"{part_name!r} needs an FP8 base; write fp8+{word}")
+        try:
+            chosen[part.slot] = (part_name, part.parse(value if value else None))
+        except ValueError as err:
+            raise RecipeError(f"{text!r}: {err}") from None
+    order = list(PARTS)
+    return Recipe(base, tuple(sorted(chosen.values(), key=lambda pair: order.index(pair[0]))))
+
+
+def recipe_help() -> str:
+    """One line for CLI help: the bases and the parts."""
+    return (f"precision recipe: {' | '.join(BASES)}, plus optional " +
+            ", ".join(f"+{name}" + (f"[:{p.value_help}]" if p.value_help else "") for name, p in PARTS.items()) +
+            " (e.g. fp8+teacache:0.1)")
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=2, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
