@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -80,6 +81,10 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
             raise ReportError(str(err)) from None
     if has_summary:
         summary = _read_json(path / SUMMARY_JSON)
+        if not isinstance(summary.get("synthetic"), (bool, str)):  # never report unflagged results as real weights
+            raise ReportError(f"{path / SUMMARY_JSON} does not record whether its weights were synthetic (written by "
+                              f"another tool, or damaged); rewrite it with python -m harness.gedit --stage score "
+                              f"--out {path}")
         files = summary.get("files") or {}
         scores_path = path / (files.get("scores") or SCORES)
         scores = pd.read_csv(scores_path, keep_default_na=False, na_values=[""]) if scores_path.is_file() else None
@@ -198,7 +203,8 @@ def _profile_headline(run: ProfileRun) -> list[str]:
         parts.append(f"; transformer weights {name}/{base} = {fmt(rec.ratio(name, 'transformer_gib_ratio'))}")
         fb = a.fallback or {}
         if fb.get("checked"):
-            parts.append("; **FP8 FALLBACK DETECTED** (see below)" if fb.get("fallback_detected")
+            parts.append("; FP8 fallback check not applicable on this device (FP8 emulated)" if fb.get("emulated")
+                         else "; **FP8 FALLBACK DETECTED** (see below)" if fb.get("fallback_detected")
                          else "; no fallback kernels")
         lines.append("".join(parts) + ".")
     if len(names) == 1:
@@ -253,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid_samples < 0:
         print("error: --grid-samples must be >= 0", file=sys.stderr)
         return 2
+    problem = _unwritable_output(Path(args.out))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         out = build_report(args.runs, args.out, dataset=args.dataset, grid_samples=args.grid_samples)
     except ReportError as err:
@@ -260,6 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {out} and its figures in {out.parent / (out.stem + '_files')}")
     return 0
+
+
+def _unwritable_output(out: Path) -> str | None:
+    """Why -o cannot be written (None when it can), found before any run folder is read."""
+    if out.is_dir():
+        return f"-o {out} is a folder; give the markdown file to write, e.g. -o {out / 'report.md'}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=".write-probe."):
+            pass
+    except OSError as err:
+        return f"cannot write {out} ({err.strerror or err}); pass -o in a writable folder"
+    return None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -129,11 +130,35 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {err}\n")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """ValueError naming the flag for inputs that would fail only after the models are loaded."""
+    if not args.prompt.strip():
+        raise ValueError("--prompt is empty; give the edit instruction, e.g. --prompt 'make the sky green'")
+    out = args.output
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"-o {out}: the edit is written as PNG (its text metadata carries the settings and the "
+                         "synthetic flag); name the output *.png")
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give a file name, e.g. -o {out / 'edit.png'}")
+    for path in (out, *((args.json,) if args.json else ())):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-probe."):
+                pass
+        except OSError as err:
+            raise ValueError(f"cannot write {path} ({err.strerror or err}); pass a path in a writable folder") from err
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu")
+    if args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: must be >= 1")
+
+
 def run(args: argparse.Namespace) -> int:
     """Load, edit, save, report; returns the exit status."""
     from .image_processing import check_reference_count, load_image
     from .transformer import MAX_REFERENCE_IMAGES
 
+    check_args(args)
     check_reference_count(args.image, MAX_REFERENCE_IMAGES)
     for path in args.image:  # fail on a bad image before minutes of model loading
         load_image(path)

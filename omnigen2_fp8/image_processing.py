@@ -37,6 +37,9 @@ def load_image(image: ImageInput) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as opened:
             return opened.convert("RGB")
+    except PIL.Image.DecompressionBombError as err:
+        raise ImageInputError(f"{path} is over PIL's size limit ({err}); resize it below "
+                              f"{PIL.Image.MAX_IMAGE_PIXELS} pixels (it is scaled to about 1 MP anyway)") from err
     except (PIL.UnidentifiedImageError, OSError) as err:
         raise ImageInputError(f"cannot read {path} as an image ({err}); pass a PNG, JPEG or WebP file") from err
 

@@ -92,11 +92,40 @@ def safetensors_files(folder: Path, weights_name: str = "diffusion_pytorch_model
     raise CheckpointNotFoundError(f"no weights in {folder}: expected {single.name} or {index.name}")
 
 
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Raise ValueError naming `path` when it is not a complete safetensors file (empty, truncated, garbage).
+
+    Reads only the header (8-byte length + JSON) and the file size: cheap enough to run on every file before any
+    weight is loaded. safetensors' own errors ("MetadataIncompleteBuffer", "HeaderTooLarge") do not name the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    fix = "the file is damaged or incomplete; download it again"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path} is not a safetensors file ({size} bytes); {fix}")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise ValueError(f"{path} is not a safetensors file (header of {n} bytes in a {size}-byte file); {fix}")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} has an unreadable safetensors header ({err}); {fix}") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has an unreadable safetensors header; {fix}")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets", ())) == 2]
+    if ends and 8 + n + max(ends) > size:
+        raise ValueError(f"{path} is truncated: its header needs {8 + n + max(ends)} bytes, the file has {size}; {fix}")
+
+
 def load_tensors(files: list[Path], device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Read every tensor of `files` onto `device`, cast floating tensors to `dtype` (FP8 tensors keep theirs)."""
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
+        check_safetensors_file(file)
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
                 t = f.get_tensor(name)

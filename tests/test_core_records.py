@@ -1,6 +1,9 @@
 """harness.core: the one atomic writer, rank-aware record sinks, shards and the merge of per-rank files."""
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 from PIL import Image
 
@@ -58,3 +61,33 @@ def test_merge_uses_the_callers_order_and_skips_records_already_merged(tmp_path)
     assert added == {str(shared): 4, str(other): 1}
     assert [r["i"] for r in read_jsonl(shared)] == [0, 1, 2, 3, 4]
     assert not (tmp_path / RANK_DIR).exists() and merge_rank_files(tmp_path, lambda p: lambda r: 0) == {}
+
+
+def test_append_after_a_torn_last_line_cuts_the_fragment_off_and_says_so(tmp_path, caplog):
+    path = tmp_path / "judgements.jsonl"
+    RecordSink(path).append({"i": 0})
+    with open(path, "a", encoding="utf-8") as f:  # a crash mid-append left half a line
+        f.write('{"i": 1, "sc": {"sco')
+    RecordSink(path).append({"i": 2})
+    assert [r["i"] for r in read_jsonl(path)] == [0, 2]
+    assert path.read_text().splitlines()[-1] == '{"i": 2}'
+    assert "torn last line" in caplog.text and str(path) in caplog.text
+    caplog.clear()
+    RecordSink(path).append({"i": 3})  # an intact file is left alone
+    assert [r["i"] for r in read_jsonl(path)] == [0, 2, 3] and "torn" not in caplog.text
+    lone = tmp_path / "lone.jsonl"
+    lone.write_text('{"i": ')  # the fragment is the whole file
+    RecordSink(lone).append({"i": 9})
+    assert lone.read_text() == '{"i": 9}\n'
+
+
+def test_atomic_outputs_get_the_umask_mode_not_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "a.json", {"x": 1})
+        with atomic_output(tmp_path / "b.png") as tmp:
+            Image.new("RGB", (2, 2)).save(tmp, format="PNG")
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

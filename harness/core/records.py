@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -21,6 +22,8 @@ from typing import Any, Iterable, Iterator, Protocol
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RANK_DIR = "_ranks"
+
+log = logging.getLogger("harness.records")
 
 
 @contextlib.contextmanager
@@ -38,10 +41,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # writers such as PIL close without fsync: the rename must follow the data
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes files owner-only; results are shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def default_file_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0o666 minus the umask bits)."""
+    mask = os.umask(0)  # the only portable way to read the umask is to set it; restored at once
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -60,13 +71,52 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+    """Append one JSON line and flush it to disk (a crash loses at most the line being written).
+
+    A torn last line left by such a crash is cut off first (and logged), so the new record starts on a line of
+    its own instead of being glued to the fragment.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(path)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def repair_torn_tail(path: str | os.PathLike, chunk_bytes: int = 1 << 16) -> int:
+    """Truncate a JSONL file after its last newline when its final line is incomplete; returns the bytes dropped
+    (0 when the file is missing, empty or ends with a newline)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep, end = 0, size  # scan backwards for the last newline
+        while end > 0:
+            start = max(0, end - chunk_bytes)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut != -1:
+                keep = start + cut + 1
+                break
+            end = start
+        f.seek(keep)
+        fragment = f.read(min(size - keep, 120))
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: cut off a torn last line (%d bytes, from an interrupted write: %r...) before appending "
+                "(the interrupted record is dropped; a resumed run redoes it)", path, size - keep,
+                fragment[:60].decode("utf-8", "replace"))
+    return size - keep
 
 
 class RankInfo(Protocol):

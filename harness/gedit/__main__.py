@@ -30,9 +30,10 @@ import logging
 import sys
 
 from harness.core.distributed import DistributedSetupError
+from harness.core.lock import FolderLockedError
 from harness.core.tasks import TaskError
 from harness.gedit.config import DEFAULT_TASK
-from harness.gedit.context import SetupError, make_context
+from harness.gedit.context import SetupError, check_device, make_context
 from harness.gedit.data import DatasetError
 from harness.gedit.judge_prompts import PromptSetError
 from harness.gedit.record import GeditSummary
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        check_device(args.device)  # before any process group or model
         shard = open_shard(args.device)  # one process, or this rank of a torchrun launch
         try:
             # The main rank writes the shared files (synthetic models, data) before the others read them.
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(ctx, args.stage, shard)
         finally:
             shard.close()
-    except (SetupError, TaskError, DatasetError, PromptSetError, DistributedSetupError, RunFolderError) as err:
+    except (SetupError, TaskError, DatasetError, PromptSetError, DistributedSetupError, RunFolderError,
+            FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:
@@ -120,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 def _announce(summary: GeditSummary, markdown) -> None:
     if summary.synthetic:
         print(summary.warning)
+    for h in summary.headline:  # what is missing from the scores, against the selection
+        if h["n_scored"] < h["n_selected"]:
+            f = summary.judge_failures.get(h["arm"], {}).get(h["language"], {})
+            why = ", ".join(f"{f.get(k, 0)} {label}" for k, label in (
+                ("not_judged", "not judged"), ("total", "judge failures"), ("missing_images", "missing images"),
+                ("input_errors", "input errors")) if f.get(k))
+            print(f"note: {h['arm']} / {h['language']}: {h['n_scored']} of {h['n_selected']} selected samples "
+                  f"scored ({why or 'see summary.md'})")
     print(f"wrote {markdown}")
 
 

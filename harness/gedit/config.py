@@ -92,6 +92,9 @@ class GeditTaskConfig:
                             f"Known groups: {', '.join(GEDIT_TASK_GROUPS)}")
         if self.selection.per_task is not None and self.selection.per_task < 1:
             raise TaskError(f"{self.task}: selection.per_task must be >= 1 or null (all), got {self.selection.per_task}")
+        if self.judge.max_new_tokens < 1 or self.judge.max_retries < 0:
+            raise TaskError(f"{self.task}: judge.max_new_tokens must be >= 1 (got {self.judge.max_new_tokens}) and "
+                            f"judge.max_retries >= 0 (got {self.judge.max_retries})")
         if self.generation.steps < 1:
             raise TaskError(f"{self.task}: generation.steps must be >= 1, got {self.generation.steps}")
         if self.generation.resolution is not None and (self.generation.resolution < 16 or self.generation.resolution % 16):
@@ -133,6 +136,20 @@ def write_gedit_group_tasks(folder: str | Path = TASKS_ROOT / "gedit" / "groups"
     return paths
 
 
+def unique(values: list, what: str) -> list:
+    """`values` without repeats (first occurrence kept); a note is logged when there were any."""
+    kept = list(dict.fromkeys(values))
+    if len(kept) < len(values):
+        log.warning("%s %s repeat names; each is done once: %s", what, values, kept)
+    return kept
+
+
+def dedupe_lists(flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags whose list values name things to do (task groups, languages) without repeats."""
+    return {k: unique(v, f"--{k.split('.')[-1].replace('_', '-')}") if isinstance(v, list) else v
+            for k, v in flags.items()}
+
+
 def resolve_task(task: str | Path, flags: dict[str, Any], synthetic: str | None = None
                  ) -> tuple[GeditTaskConfig, list[dict]]:
     """Task file + --synthetic defaults + flags -> (config, change log); every change is logged old -> new.
@@ -145,7 +162,7 @@ def resolve_task(task: str | Path, flags: dict[str, Any], synthetic: str | None 
         auto = dict(SYNTHETIC_TINY_SETTINGS if synthetic == "tiny" else SYNTHETIC_FULL_SETTINGS)
         config, auto_changes = apply_overrides(config, {k: v for k, v in auto.items() if flags.get(k) is None})
         changes += [{**c, "source": f"--synthetic {synthetic} default"} for c in auto_changes]
-    config, flag_changes = apply_overrides(config, flags)
+    config, flag_changes = apply_overrides(config, dedupe_lists(flags))
     changes += [{**c, "source": "flag"} for c in flag_changes]
     for c in changes:
         log.info("override %s: %r -> %r (%s)", c["field"], c["old"], c["new"], c["source"])

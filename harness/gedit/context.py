@@ -6,16 +6,27 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
+from omnigen2_fp8.loading import check_safetensors_file
+from omnigen2_fp8.precision import RecipeError, parse_recipe
+
 from harness.gedit import data as gdata
-from harness.gedit.config import GeditTaskConfig, resolve_task
+from harness.gedit.config import GeditTaskConfig, resolve_task, unique
 from harness.gedit.judge import write_synthetic_judge
 from harness.gedit.judge_prompts import PromptSet, resolve_prompt_set
 from harness.gedit.run_folder import FULLSET, RunFolder, judge_identity
 
 SYNTHETIC_FULL = "synthetic:full"  # model reference meaning "random full-size weights built in device memory"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# OmniGen2 component folders whose config.json promises weights (scheduler/ and processor/ hold none)
+WEIGHTED_COMPONENTS = ("transformer", "vae", "mllm", "text_encoder")
 
 
 class SetupError(RuntimeError):
@@ -53,7 +64,20 @@ class RunContext:
 
     @property
     def judge_identity(self) -> dict:
-        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"])
+        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"], self.judge_weights)
+
+    @functools.cached_property
+    def judge_weights(self) -> str | None:
+        """`weights_revision` of the judge (read once: it hashes the folder's config and lists its files)."""
+        return weights_revision(self.judge_model)
+
+    @property
+    def judge_settings(self) -> dict:
+        """What besides the judge identity decides a judgement (batched greedy decoding pads, so the batch size
+        can change answers); every judgement records them and a resume must use the same."""
+        spec = self.config.judge
+        return {"max_new_tokens": spec.max_new_tokens, "max_retries": spec.max_retries,
+                "batch_size": self.batch_size}
 
 
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
@@ -81,6 +105,7 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
 
 def edits_and_arms(edits: str | None, arms: Sequence[str] | None, out: Path) -> tuple[Path, list[str]]:
     """(edits root, arms): --out and bf16+fp8 by default; with --edits, the named arms or the folders found."""
+    arms = unique(list(arms), "--precision") if arms else arms
     if edits is None:
         return out, list(arms or ["bf16", "fp8"])
     root = Path(edits)
@@ -119,8 +144,31 @@ def prepare_synthetic(ctx: RunContext, explicit_dataset: bool, explicit_model: b
         ctx.judge_model = ctx.judge_model if explicit_judge else SYNTHETIC_FULL
 
 
+def check_device(device: str | None) -> None:
+    """A one-line SetupError when `device` asks for CUDA on a machine where torch sees no GPU."""
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise SetupError(f"--device {device}: torch sees no CUDA GPU here (torch {torch.__version__}, CUDA build "
+                         f"{torch.version.cuda}); pass --device cpu, or run where a GPU is visible")
+
+
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
-    """Fail before any heavy work when a model or the dataset named for the requested stages is not available."""
+    """Fail before any heavy work: bad numbers, an unknown arm, an unwritable --out, a device without a GPU, or a
+    model or the dataset named for the requested stages that is absent or damaged."""
+    check_device(ctx.device)
+    for name, value in (("--batch-size", ctx.batch_size), ("--bootstrap", ctx.bootstrap)):
+        if value < 1:
+            raise SetupError(f"{name} {value}: must be >= 1")
+    if "generate" in stages:
+        for arm in ctx.arms:
+            try:
+                parse_recipe(arm)
+            except RecipeError as err:
+                raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
+                                 "--stage judge --edits DIR") from None
+    for flag, folder in (("--out", ctx.out), *((("--edits", ctx.edits_root),) if "generate" in stages else ())):
+        problem = _unwritable(folder)
+        if problem:
+            raise SetupError(f"{flag} {folder} is not a writable folder ({problem}); pass a folder you can write to")
     problems = []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
@@ -135,13 +183,62 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
                          "on random models and a drawn dataset (scores meaningless).")
 
 
+def weights_revision(ref: str) -> str | None:
+    """Which weights a model reference holds, independent of where the folder lies: for a local folder a hash of
+    its config.json and weight file names and sizes; for a hub id the cached snapshot's commit; else None."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
+        for f in sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES):
+            digest.update(f"{f.relative_to(path).as_posix()}:{f.stat().st_size}".encode())
+        return "folder:" + digest.hexdigest()[:16]
+    if ref.startswith("synthetic:"):
+        return ref
+    # Imported here: only hub ids need the hub client.
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(ref, "config.json")
+    return f"hub:{Path(cached).parent.name}" if isinstance(cached, str) else None
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot hold results (None when it can): tried by creating it and a probe file in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe."):
+            pass
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
 def _check_model(ref: str, what: str, flag: str, marker: str) -> list[str]:
     path = Path(ref).expanduser()
     if path.is_dir():
-        return [] if (path / marker).is_file() else [f"{what} folder {path} has no {marker} ({flag})"]
+        if not (path / marker).is_file():
+            return [f"{what} folder {path} has no {marker} ({flag})"]
+        return _check_weights(path, what, flag)
     if ref.count("/") != 1 or ref.startswith((".", "/", "~")):
         return [f"{what} {ref!r} is neither an existing folder nor a hub id ({flag})"]
     return _hub_available(ref, "model", marker, what, flag)
+
+
+def _check_weights(folder: Path, what: str, flag: str) -> list[str]:
+    """Weights present and readable: every component folder with a config holds weight files, and every
+    safetensors file has an intact header (a truncated or garbage file is named)."""
+    problems = []
+    for config in [folder / "config.json", *folder.glob("*/config.json")]:
+        part = config.parent
+        if config.is_file() and (part == folder or part.name in WEIGHTED_COMPONENTS) and \
+                not any(p.suffix in WEIGHT_SUFFIXES for p in part.iterdir()):
+            problems.append(f"{what} folder {part} has config.json but no weights (*.safetensors): the download "
+                            f"is incomplete; download it again ({flag})")
+    for file in sorted(folder.rglob("*.safetensors")):
+        try:
+            check_safetensors_file(file)
+        except ValueError as err:
+            problems.append(f"{err} ({flag})")
+    return problems
 
 
 def _check_dataset(ref: str) -> list[str]:

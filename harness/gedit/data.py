@@ -33,6 +33,10 @@ class DatasetError(ValueError):
     """A GEdit-Bench copy that cannot be found or does not have the expected schema; the message says the fix."""
 
 
+class SourceImageError(DatasetError):
+    """One row's input image cannot be decoded; the sample fails, the run goes on."""
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleRef:
     """One selected benchmark row. `row` indexes the loaded dataset; `uid` is what results are keyed by."""
@@ -43,6 +47,7 @@ class SampleRef:
     instruction: str
     intersection: bool
     row: int
+    source_sha256: str | None = None  # sha256 of the encoded input image: the input an edit of this row is made from
 
     @property
     def uid(self) -> str:
@@ -50,7 +55,8 @@ class SampleRef:
 
     def to_record(self) -> dict:
         return {"task_type": self.task_type, "language": self.language, "key": self.key,
-                "instruction": self.instruction, "intersection": self.intersection}
+                "instruction": self.instruction, "intersection": self.intersection,
+                "source_sha256": self.source_sha256}
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -110,7 +116,22 @@ def _load_local(path: Path, split: str):
     if len(kinds) > 1:
         raise DatasetError(f"{path} mixes parquet and arrow files; point --dataset at one kind")
     builder = "parquet" if kinds == {".parquet"} else "arrow"
+    if builder == "parquet":
+        for f in files:
+            check_parquet_file(f)
     return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+
+
+def check_parquet_file(path: Path) -> None:
+    """DatasetError naming `path` when it is empty or not a complete parquet file (reads only its footer)."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except (OSError, pyarrow.ArrowException) as err:
+        raise DatasetError(f"{path} is not a complete parquet file ({path.stat().st_size} bytes: {err}); the "
+                           "download is damaged or incomplete, download the dataset again") from err
 
 
 def validate_gedit_schema(ds, source: str = "dataset") -> None:
@@ -176,7 +197,24 @@ def select_samples(ds, selection: SelectionSpec) -> list[SampleRef]:
                 ranked = ranked[: selection.per_task]
             chosen += [SampleRef(task_type=group, language=lang, key=str(r.key), instruction=str(r.instruction),
                                  intersection=bool(r.Intersection_exist), row=int(r.Index)) for r in ranked]
-    return chosen
+    hashes = source_image_hashes(ds, [s.row for s in chosen])
+    return [dataclasses.replace(s, source_sha256=h) for s, h in zip(chosen, hashes)]
+
+
+def source_image_hashes(ds, rows: Sequence[int]) -> list[str | None]:
+    """sha256 of each row's encoded input image (read, not decoded: a corrupt image still has a hash); None when
+    a row holds no image bytes."""
+    import datasets
+
+    raw = ds.select_columns(["input_image"]).cast_column("input_image", datasets.Image(decode=False))
+    out = []
+    for row in rows:
+        cell = raw[row]["input_image"] or {}
+        data = cell.get("bytes")
+        if data is None and cell.get("path") and Path(cell["path"]).is_file():
+            data = Path(cell["path"]).read_bytes()
+        out.append(hashlib.sha256(data).hexdigest() if data is not None else None)
+    return out
 
 
 def _rank(seed: int, key: str) -> str:
@@ -199,9 +237,21 @@ def shard_samples(samples: Sequence[SampleRef], rank: int, world_size: int) -> l
 
 
 def load_source_image(ds, sample: SampleRef):
-    """The image to edit (PIL, RGB) of a selected row."""
-    image = ds[sample.row]["input_image"]
-    return image.convert("RGB")
+    """The image to edit (PIL, RGB) of a selected row; SourceImageError naming the row when it cannot be decoded."""
+    from PIL import Image
+
+    try:
+        image = ds[sample.row]["input_image"]
+        if image is None:
+            raise ValueError("the cell is empty")
+        return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise SourceImageError(f"task {sample.task_type}, key {sample.key} ({sample.language}): the input image is "
+                               f"over PIL's size limit ({err}); this sample fails, the others go on") from err
+    except (OSError, ValueError, SyntaxError) as err:
+        raise SourceImageError(f"task {sample.task_type}, key {sample.key} ({sample.language}): the input image "
+                               f"cannot be decoded ({type(err).__name__}: {err}); this sample fails, the others go "
+                               "on (re-download the dataset to fix it)") from err
 
 
 # ----------------------------------------------------------------------------------------------------- synthetic

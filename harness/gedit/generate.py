@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import logging
 import time
 from typing import Sequence
 
@@ -18,14 +19,18 @@ from tqdm.auto import tqdm
 
 from harness.core.records import RecordSink, atomic_output
 from harness.gedit.config import GenerationSpec
-from harness.gedit.data import SampleRef, load_source_image
+from harness.gedit.data import SampleRef, SourceImageError, load_source_image
 from harness.gedit.run_folder import RunFolder
 from omnigen2_fp8.measure import StageClock
 
+log = logging.getLogger("harness.gedit")
 
-def arm_settings(model: str, arm: str, gen: GenerationSpec) -> dict:
-    """What decides an arm's images: resume reuses an edit only when these are unchanged."""
-    return {"model": model, "precision": arm, "seed": gen.seed, "steps": gen.steps, "resolution": gen.resolution,
+
+def arm_settings(model: str, arm: str, gen: GenerationSpec, model_weights: str | None = None) -> dict:
+    """What decides an arm's images: resume reuses an edit only when these are unchanged (`model_weights`: which
+    weights `model` holds, so a moved folder still matches)."""
+    return {"model": model, "model_weights": model_weights, "precision": arm, "seed": gen.seed, "steps": gen.steps,
+            "resolution": gen.resolution,
             "text_guidance_scale": gen.text_guidance_scale, "image_guidance_scale": gen.image_guidance_scale,
             "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
 
@@ -80,14 +85,21 @@ def edit_call_kwargs(gen: GenerationSpec) -> dict:
 
 def generate_samples(pipe, dataset, samples: Sequence[SampleRef], folder: RunFolder, arm: str, gen: GenerationSpec,
                      records: RecordSink, progress: bool = True) -> int:
-    """Edit every sample that has no image yet in `folder`; append one record per edit to `records`; returns how
-    many were made. Every sample uses seed `gen.seed` (the same for every arm, so the edits are paired)."""
-    todo = folder.pending(arm, samples)
+    """Edit `samples` (the caller picks them, e.g. `RunFolder.pending`) into `folder`; append one record per edit
+    to `records`; returns how many were made. Every sample uses seed `gen.seed` (the same for every arm, so the
+    edits are paired). A sample whose input image cannot be decoded is logged by (task, key) and skipped: the
+    judge stage records it as a failed sample."""
     kwargs = edit_call_kwargs(gen)
     cuda = torch.cuda.is_available() and str(getattr(pipe, "device", "")).startswith("cuda")
-    for sample in tqdm(todo, desc=f"generate {arm}", unit="edit", disable=not progress):
+    made, failed = 0, []
+    for sample in tqdm(samples, desc=f"generate {arm}", unit="edit", disable=not progress):
         target = folder.edit_path(arm, sample)
-        source = load_source_image(dataset, sample)
+        try:
+            source = load_source_image(dataset, sample)
+        except SourceImageError as err:
+            log.error("generate %s: %s", arm, err)
+            failed.append(sample.uid)
+            continue
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -103,4 +115,7 @@ def generate_samples(pipe, dataset, samples: Sequence[SampleRef], folder: RunFol
             "synthetic": result.synthetic, "settings": result.settings,
             "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-    return len(todo)
+        made += 1
+    if failed:
+        log.error("generate %s: %d sample(s) failed on their input image: %s", arm, len(failed), ", ".join(failed))
+    return made

@@ -27,6 +27,7 @@ class JudgeIdentity:
     model: str
     prompt_set: str
     prompt_sha256: str
+    weights: str | None = None  # which weights the judge holds (a hash or hub commit), wherever its folder lies
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,14 +105,23 @@ def fidelity_section(arm: str, fid: dict) -> str:
 
 
 def failures_section(summary: GeditSummary) -> str:
-    """Judge failures, out-of-range scores and missing images per arm and language (never scored)."""
-    lines = ["## Judge failures (excluded, never scored)", ""]
+    """Judge failures, out-of-range scores, missing images, input errors and unjudged samples per arm and language
+    (never scored)."""
+    lines = ["## Judge failures and unscored samples (excluded, never scored)", ""]
     for arm, langs in summary.judge_failures.items():
         for lang, f in langs.items():
             per = ", ".join(f"{t}: {n}" for t, n in f["per_task"].items() if n) or "none"
             lines.append(f"- {arm} / {lang}: {f['total']} judge failures ({per}); {f['out_of_range']} with "
-                         f"out-of-range scores; {f['missing_images']} missing images")
+                         f"out-of-range scores; {f['missing_images']} missing images"
+                         + _unscored_note(f))
     return "\n".join(lines)
+
+
+def _unscored_note(f: dict) -> str:
+    """Input errors and unjudged samples (absent from summaries written before they were counted)."""
+    parts = ([f"{f['input_errors']} with an undecodable input image"] if f.get("input_errors") else []) + \
+            ([f"**{f['not_judged']} not judged yet** (run the judge stage)"] if f.get("not_judged") else [])
+    return "; " + "; ".join(parts) if parts else ""
 
 
 def throughput_section(summary: GeditSummary) -> str:

@@ -11,11 +11,14 @@ Readers (the report, benchmarks) open a finished folder through `RunFolder` as w
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from PIL import Image
 
 from harness.core.records import RANK_DIR, read_jsonl, write_json_atomic
 
@@ -34,7 +37,10 @@ GENERATION_LOG = "generation.jsonl"
 SETTINGS_FILE = "generation_settings.json"
 FULLSET = "fullset"
 
+NOT_JUDGED = "not_judged"  # status of a selected (arm, sample) with no judgement about its current images
+
 SampleKey = tuple[str, str, str]  # (task_type, language, key): what every per-sample record is keyed by
+PairKey = tuple[str, str, str, str]  # (arm, task_type, language, key)
 
 
 class RunFolderError(ValueError):
@@ -57,15 +63,47 @@ def edit_path(root: str | Path, arm: str, sample) -> Path:
     return Path(root) / arm / FULLSET / task_type / language / f"{key}.png"
 
 
-def judge_identity(model: str, prompt_set: str, prompt_sha256: str) -> dict:
-    """What makes judgements comparable: the judge model and the exact prompts (by hash)."""
-    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256}
+def file_sha256(path: str | Path) -> str | None:
+    """sha256 of a file's bytes; None when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def readable_image(path: Path) -> bool:
+    """True when `path` is an image file PIL reads to the end (a truncated or garbage PNG is not)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
+
+
+def judge_identity(model: str, prompt_set: str, prompt_sha256: str, weights: str | None = None) -> dict:
+    """What makes judgements comparable: the judge model (`weights`: which weights it holds, wherever its folder
+    lies; None when unknown) and the exact prompts (by hash)."""
+    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256, "weights": weights}
+
+
+def same_model(record_ref: str | None, record_weights: str | None, ref: str, weights: str | None) -> bool:
+    """Two model references name the same model: by their weights when both are known (so a copied or moved run
+    folder, whose synthetic models moved with it, still matches), else by the reference as given."""
+    if record_weights is not None and weights is not None:
+        return record_weights == weights
+    return record_ref == ref
 
 
 def judged_by(record: dict, ident: dict) -> bool:
     """True when `record` (a judgement or judge-run line) was made by the judge and prompts of `ident`."""
-    judge = record.get("judge", {})
-    return (judge.get("model"), judge.get("prompt_sha256")) == (ident["model"], ident["prompt_sha256"])
+    judge = record.get("judge") or {}
+    return judge.get("prompt_sha256") == ident["prompt_sha256"] and same_model(
+        judge.get("model"), judge.get("weights"), ident["model"], ident.get("weights"))
 
 
 @dataclass(frozen=True)
@@ -92,9 +130,25 @@ class RunFolder:
         return edit_path(self.edits_root, arm, sample)
 
     def pending(self, arm: str, samples: Sequence) -> list:
-        """The samples whose edited image does not exist yet (a PNG that exists is complete: it was renamed into
-        place)."""
-        return [s for s in samples if not self.edit_path(arm, s).is_file()]
+        """The samples that need an edit: no PNG yet, a PNG that cannot be read (damaged since it was renamed into
+        place), or a PNG whose generation record names another input image than the sample's (`source_sha256`)."""
+        made_from = {sample_key(r): r.get("source_sha256") for r in self.generation_records(arm)}
+        todo = []
+        for s in samples:
+            path, recorded = self.edit_path(arm, s), made_from.get(sample_key(s))
+            if not path.is_file():
+                todo.append(s)
+            elif not readable_image(path):
+                log.warning("%s cannot be read (damaged); it is made again", path)
+                todo.append(s)
+            elif None not in (recorded, s.source_sha256) and recorded != s.source_sha256:
+                log.warning("%s was made from another input image than the dataset now holds; it is made again", path)
+                todo.append(s)
+        return todo
+
+    def edit_sha256(self, arm: str, sample) -> str | None:
+        """sha256 of an edited image (None when absent): what a judgement of it records and is checked against."""
+        return file_sha256(self.edit_path(arm, sample))
 
     def generation_log(self, arm: str) -> Path:
         return self.edits_root / arm / GENERATION_LOG
@@ -118,7 +172,12 @@ class RunFolder:
         if old is None:
             write_json_atomic(path, settings)
             return
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        # keys the old file lacks were not recorded then (unknown, not different); a model that moved (a copied run
+        # folder's synthetic checkpoint) is the same model when its weights are
+        diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
+        if "model" in diff and same_model(old["model"], old.get("model_weights"), settings["model"],
+                                          settings.get("model_weights")):
+            del diff["model"]
         if diff:
             changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
             raise SettingsMismatchError(f"{path.parent} holds edits made with other settings ({changes}); resuming "
@@ -145,33 +204,78 @@ class RunFolder:
         return {sample_key(s): i for i, s in enumerate(self.selection_samples())}
 
     # ----------------------------------------------------------------------------------------------- judgements
-    def judged_pairs(self, ident: dict) -> set[tuple[str, str, str, str]]:
-        """(arm, task_type, language, key) of every judgement by `ident`, in the shared file or a rank's file."""
+    def judged_pairs(self, ident: dict) -> dict[PairKey, dict]:
+        """(arm, task_type, language, key) -> the latest judgement by `ident`, from the shared file and the ranks'."""
         shared = self.file(JUDGEMENTS)
         parts = sorted((self.out / RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}"))
-        return {(r["arm"], *sample_key(r)) for path in (shared, *parts) for r in read_jsonl(path)
+        return {(r["arm"], *sample_key(r)): r for path in (shared, *parts) for r in read_jsonl(path)
                 if judged_by(r, ident)}
 
-    def current_judgements(self, ident: dict, arms: Sequence[str], samples: Sequence[dict]) -> list[dict]:
-        """The latest judgement per (arm, sample) by `ident`, restricted to `arms` and the selected `samples`."""
-        wanted = {sample_key(s) for s in samples}
+    def judgement_is_current(self, record: dict | None, arm: str, sample) -> bool:
+        """True when `record` judged the images `arm` and `sample` have now: the edited image it saw is the one on
+        disk (or that one was deleted since), and its input image is the sample's. A judgement of a missing image
+        is stale once the image exists; a replaced image or input makes it stale too."""
+        if record is None:
+            return False
+        now = self.edit_sha256(arm, sample)
+        if "edited_sha256" not in record:  # written before judgements carried hashes: only "missing" is checkable
+            return not (record.get("status") == "missing_image" and now is not None)
+        source = sample.get("source_sha256") if isinstance(sample, dict) else sample.source_sha256
+        if None not in (record.get("source_sha256"), source) and record["source_sha256"] != source:
+            return False
+        return now is None and record["edited_sha256"] is not None or record["edited_sha256"] == now
+
+    def current_judgements(self, ident: dict, arms: Sequence[str], samples: Sequence[dict],
+                           fill_missing: bool = False) -> list[dict]:
+        """The latest judgement by `ident` per (arm, selected sample) that is still about the current images, arm
+        by arm in selection order; `fill_missing`: a NOT_JUDGED record (with the reason) for every other pair."""
         latest, others = {}, set()
         for rec in read_jsonl(self.file(JUDGEMENTS)):
             if not judged_by(rec, ident):
                 others.add((rec.get("judge", {}).get("model"), rec.get("judge", {}).get("prompt_set")))
                 continue
-            if rec["arm"] in arms and sample_key(rec) in wanted:
-                latest[(rec["arm"], *sample_key(rec))] = rec
-        if not latest and others:
+            latest[(rec.get("arm"), *sample_key(rec))] = rec
+        out = []
+        for arm in arms:
+            for s in samples:
+                rec = latest.get((arm, *sample_key(s)))
+                if self.judgement_is_current(rec, arm, s):
+                    out.append(rec)
+                elif fill_missing:
+                    why = ("never judged (run the judge stage)" if rec is None else
+                           "the edited or input image changed since it was judged (run the judge stage)")
+                    out.append({"arm": arm, **s, "status": NOT_JUDGED, "failure": why, "sc": None, "pq": None,
+                                "judge": ident})
+        if not any(rec.get("status") != NOT_JUDGED for rec in out) and others:
             found = "; ".join(f"--judge {m} --prompt-set {p}" for m, p in sorted(others, key=str))
             log.warning("%s holds no judgement by judge %s with prompt set %s, only by: %s. Pass those flags (and the "
                         "same --synthetic / --task) to score them.", self.file(JUDGEMENTS), ident["model"],
                         ident["prompt_set"], found)
-        return list(latest.values())
+        return out
+
+    def judge_settings_of_records(self, ident: dict) -> list[dict]:
+        """The distinct judge settings (`RunContext.judge_settings`) recorded by judgements of `ident`, in order of
+        first use, in the shared file and the ranks' (records written before settings were recorded have none)."""
+        found: list[dict] = []
+        for rec in self.judged_pairs(ident).values():
+            settings = (rec.get("judge") or {}).get("settings")
+            if settings and settings not in found:
+                found.append(settings)
+        return found
+
+    def check_judge_settings(self, ident: dict, settings: dict) -> None:
+        """Refuse to add judgements made with other settings than the folder's existing ones by the same judge."""
+        for old in self.judge_settings_of_records(ident):
+            diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
+            if diff:
+                changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                raise SettingsMismatchError(
+                    f"{self.file(JUDGEMENTS)} holds judgements by this judge made with other settings ({changes}); "
+                    "resuming would mix them. Pass the same judge flags, use another --out, or delete that file.")
 
     def judge_runs(self, ident: dict) -> list[dict]:
         """The judge-batch lines (seconds, calls, tokens, settings) of `ident`, in writing order."""
-        return [r for r in read_jsonl(self.file(JUDGE_RUNS)) if r.get("judge") == ident]
+        return [r for r in read_jsonl(self.file(JUDGE_RUNS)) if judged_by(r, ident)]
 
     # -------------------------------------------------------------------------------------------------- ranks
     def rank_folders(self) -> list[Path]:

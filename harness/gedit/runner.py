@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import time
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -32,9 +33,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, merge_rank_files
+from harness.core.lock import FolderLock
 from harness.core.records import RecordSink, run_manifest, write_json_atomic
 from harness.gedit import data as gdata
-from harness.gedit.context import SYNTHETIC_FULL, RunContext, SetupError, preflight
+from harness.gedit.context import SYNTHETIC_FULL, RunContext, SetupError, preflight, weights_revision
 from harness.gedit.generate import arm_settings, free_pipeline, generate_samples, load_arm_pipeline
 from harness.gedit.judge import QwenJudge, build_full_synthetic_judge, judge_calls_for_sample
 from harness.gedit.record import GeditSummary
@@ -69,11 +71,21 @@ def stages_of(stage: str) -> tuple[str, ...]:
 
 
 def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> GeditSummary | None:
-    """Run the requested stage(s) on this shard; returns the summary on the main rank when the score stage ran."""
+    """Run the requested stage(s) on this shard; returns the summary on the main rank when the score stage ran.
+
+    The main rank holds the --out folder's lock throughout (one launch writes a folder at a time)."""
     shard = shard or Shard.single(ctx.device)
     stages = stages_of(stage)
     preflight(ctx, stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(ctx.out, purpose=f"python -m harness.gedit --stage {stage}") if shard.is_main else nullcontext()
+    with lock:
+        return _run_stages(ctx, stages, shard)
+
+
+def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> GeditSummary | None:
+    if "judge" in stages:  # before any edit is made: a resume must not mix judge settings
+        ctx.folder.check_judge_settings(ctx.judge_identity, ctx.judge_settings)
     if shard.is_main:  # an interrupted run's records, before anyone decides what is done
         leftovers = merge_rank_records(ctx.folder, ctx.arms, ctx.batch_size)
         if any(leftovers.values()):
@@ -135,7 +147,8 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
     """Edits for every arm; one model load per arm, freed before the next; finished samples are skipped."""
     folder = ctx.folder
     for arm in arms or ctx.arms:
-        folder.check_or_record_settings(arm, arm_settings(ctx.model, arm, ctx.config.generation))
+        folder.check_or_record_settings(arm, arm_settings(ctx.model, arm, ctx.config.generation,
+                                                          model_weights=weights_revision(ctx.model)))
         todo = folder.pending(arm, samples)
         if not todo:
             log.info("generate %s: all %d edits exist", arm, len(samples))
@@ -161,9 +174,11 @@ def judge_batches(arms: Sequence[str], samples: Sequence, batch_size: int) -> li
 def judge_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard) -> int:
     """Judge this shard's batches; pairs already judged (in the shared file or any rank's file) are left out of
     their batch. Returns how many pairs it judged."""
-    done = ctx.folder.judged_pairs(ctx.judge_identity)
+    done, folder = ctx.folder.judged_pairs(ctx.judge_identity), ctx.folder
     mine = shard.take(judge_batches(ctx.arms, samples, ctx.batch_size))
-    todo = [[(arm, s) for arm, s in batch if (arm, *sample_key(s)) not in done] for batch in mine]
+    # a pair is done when its judgement is about the images there now (not a missing or since replaced one)
+    todo = [[(arm, s) for arm, s in batch if not folder.judgement_is_current(done.get((arm, *sample_key(s))), arm, s)]
+            for batch in mine]
     todo = [batch for batch in todo if batch]
     if not todo:
         log.info("judge: all judgements of this process's %d batches exist", len(mine))
@@ -195,19 +210,25 @@ def load_judge(ctx: RunContext) -> QwenJudge:
 def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar, judgements: RecordSink,
                 runs: RecordSink) -> None:
     """Judge one batch of (arm, sample) pairs (one judge.run_calls); append a judgement per pair and a timing line."""
-    ident, info = ctx.judge_identity, judge.describe()
+    ident, info = ctx.judge_identity, {**judge.describe(), "settings": ctx.judge_settings}
     cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     calls, present = [], []
     for arm, sample in part:
         image_path = ctx.folder.edit_path(arm, sample)
+        try:
+            source = gdata.load_source_image(ds, sample)
+        except gdata.SourceImageError as err:
+            log.error("judge %s: %s", arm, err)
+            judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="input_error", failure=str(err)))
+            bar.update(2)
+            continue
         if not image_path.is_file():
             judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="missing_image",
                                          failure=f"no edited image at {image_path}"))
             bar.update(2)
             continue
         edited = Image.open(image_path).convert("RGB")
-        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
-                                        sample.instruction, ctx.prompts)
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", source, edited, sample.instruction, ctx.prompts)
         present.append((arm, sample))
     if not present:
         return
@@ -233,9 +254,10 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar
 def _judgement(folder: RunFolder, arm, sample, ident, info, *, status, failure="", sc=None, pq=None,
                out_of_range=False) -> dict:
     return {"arm": arm, **sample.to_record(), "image": str(folder.edit_path(arm, sample).relative_to(folder.edits_root)),
+            "edited_sha256": folder.edit_sha256(arm, sample),  # with source_sha256: what this judgement is about
             "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
             "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
-                      "synthetic": bool(info.get("synthetic"))}}
+                      "synthetic": bool(info.get("synthetic")), "settings": info["settings"]}}
 
 
 # ------------------------------------------------------------------------------------------------------ merging

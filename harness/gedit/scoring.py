@@ -45,7 +45,8 @@ def sample_table(judgements: Iterable[dict]) -> pd.DataFrame:
 
 def task_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Per (arm, language, task_type): n_selected, n_scored, n_judge_failures, n_out_of_range, n_missing_image,
-    and the SC / PQ / O means over scored samples (NaN when none)."""
+    n_input_errors (undecodable input image), n_not_judged (no judgement of the current images), and the SC / PQ /
+    O means over scored samples (NaN when none)."""
     rows = []
     for (arm, lang, task), grp in samples.groupby(["arm", "language", "task_type"], sort=True):
         ok = grp[grp["status"] == "ok"]
@@ -54,6 +55,8 @@ def task_table(samples: pd.DataFrame) -> pd.DataFrame:
             "n_judge_failures": int((grp["status"] == "judge_failure").sum()),
             "n_out_of_range": int(grp["out_of_range"].sum()),
             "n_missing_image": int((grp["status"] == "missing_image").sum()),
+            "n_input_errors": int((grp["status"] == "input_error").sum()),
+            "n_not_judged": int((grp["status"] == "not_judged").sum()),
             **{m: float(ok[m].mean()) if len(ok) else float("nan") for m in METRICS},
         })
     return pd.DataFrame(rows)
@@ -70,6 +73,7 @@ def headline_table(samples: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "arm": arm, "language": lang, "n_task_groups": len(scored_tasks), "n_scored": int(grp["n_scored"].sum()),
             "n_selected": int(grp["n_selected"].sum()), "n_judge_failures": int(grp["n_judge_failures"].sum()),
+            "n_not_judged": int(grp["n_not_judged"].sum()),
             **{m: float(scored_tasks[m].mean()) if len(scored_tasks) else float("nan") for m in METRICS},
             **{f"{m}_per_sample": float(ok[m].mean()) if len(ok) else float("nan") for m in METRICS},
         })

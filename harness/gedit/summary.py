@@ -3,12 +3,15 @@ and summary.md. Reads only the run folder (selection.json, judgements, generatio
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 
 import pandas as pd
 
 from harness.core.records import SYNTHETIC_WARNING, atomic_output, run_manifest, write_json_atomic, write_text_atomic
 from harness.gedit import data as gdata
+from harness.gedit.config import GeditTaskConfig
 from harness.gedit.context import RunContext
 from harness.gedit.fidelity import fidelity_table, summarize_fidelity
 from harness.gedit.record import (GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput, SummaryFiles,
@@ -19,12 +22,19 @@ from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, S
 from harness.gedit.scoring import headline_table, sample_table, task_table
 from harness.gedit.stats import paired_deltas
 
+log = logging.getLogger("harness.gedit")
+
+# generation_settings.json keys that are GenerationSpec fields (the model is reported apart, as `model`)
+RECORDED_GENERATION_FIELDS = ("seed", "steps", "resolution", "text_guidance_scale", "image_guidance_scale",
+                              "time_shift", "negative_prompt")
+
 
 def run_score(ctx: RunContext) -> GeditSummary:
     """Write every scored file of the run and return the summary."""
     folder = ctx.folder
     samples = folder.selection_samples()
-    table = sample_table(folder.current_judgements(ctx.judge_identity, ctx.arms, samples))
+    # every (arm, selected sample) gets a row: counts are against selection.json, unjudged pairs say why
+    table = sample_table(folder.current_judgements(ctx.judge_identity, ctx.arms, samples, fill_missing=True))
     _write_csv(table, folder.file(SCORES))
     tasks = task_table(table) if len(table) else pd.DataFrame()
     _write_csv(tasks, folder.file(TASKS))
@@ -41,9 +51,10 @@ def run_score(ctx: RunContext) -> GeditSummary:
                              **summarize_fidelity(ftab)}
     if fid_rows:
         _write_csv(pd.concat(fid_rows), folder.file(FIDELITY))
+    config, overrides = recorded_config(ctx)
     summary = GeditSummary(
         synthetic=ctx.synthetic or False, warning=SYNTHETIC_WARNING if ctx.synthetic else None,
-        task=ctx.config, overrides=ctx.overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
+        task=config, overrides=overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
         edits_root=str(ctx.edits_root), judge=JudgeIdentity(**ctx.judge_identity),
         judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(),
         selection=gdata.selection_summary([_as_ref(s) for s in samples]),
@@ -57,6 +68,30 @@ def run_score(ctx: RunContext) -> GeditSummary:
     write_json_atomic(folder.file(SUMMARY_JSON), summary.to_json())
     write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(summary))
     return summary
+
+
+def recorded_config(ctx: RunContext) -> tuple[GeditTaskConfig, list[dict]]:
+    """The task config as the records were made, and the overrides that still describe them.
+
+    Generation fields come from the baseline arm's generation_settings.json (else another arm's), judge decoding
+    from the judgements' recorded settings; where flags or the task file say otherwise (`--stage score --steps 30`)
+    the records win, the flag's override is dropped, and a warning says so.
+    """
+    config, folder = ctx.config, ctx.folder
+    recorded = next((st for st in map(folder.arm_settings, [ctx.baseline_arm, *ctx.arms]) if st), {})
+    gen = {f: recorded[f] for f in RECORDED_GENERATION_FIELDS if f in recorded}
+    judge_settings = folder.judge_settings_of_records(ctx.judge_identity)
+    judge = {f: judge_settings[-1][f] for f in ("max_new_tokens", "max_retries") if judge_settings
+             and f in judge_settings[-1]}
+    differs = {f"generation.{k}": v for k, v in gen.items() if getattr(config.generation, k) != v}
+    differs |= {f"judge.{k}": v for k, v in judge.items() if getattr(config.judge, k) != v}
+    for field, value in differs.items():
+        section, name = field.split(".")
+        log.warning("score: %s is %r in the records, not %r as this run's task/flags say; the summary reports the "
+                    "records", field, value, getattr(getattr(config, section), name))
+    config = dataclasses.replace(config, generation=dataclasses.replace(config.generation, **gen),
+                                 judge=dataclasses.replace(config.judge, **judge))
+    return config, [o for o in ctx.overrides if o["field"] not in differs]
 
 
 def throughput(ctx: RunContext) -> Throughput:
@@ -83,7 +118,8 @@ def throughput(ctx: RunContext) -> Throughput:
             attempts_per_call=sum(r["n_attempts"] for r in runs) / max(1, sum(r["n_calls"] for r in runs)),
             new_tokens_per_attempt=(sum(r.get("new_tokens") or 0 for r in runs) /
                                     max(1, sum(r["n_attempts"] for r in runs))),
-            peak_vram_gib_max=max(vram) if vram else None, batch_size=ctx.batch_size)
+            peak_vram_gib_max=max(vram) if vram else None,
+            batch_size=(runs[-1].get("settings") or {}).get("batch_size", ctx.batch_size))
     return Throughput(generation=gen, judge=judge)
 
 
@@ -119,10 +155,12 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 def _failures(tasks: pd.DataFrame) -> dict:
     out: dict = {}
     for row in _records(tasks):
-        entry = out.setdefault(row["arm"], {}).setdefault(row["language"], {"total": 0, "missing_images": 0,
-                                                                            "out_of_range": 0, "per_task": {}})
+        entry = out.setdefault(row["arm"], {}).setdefault(row["language"], {
+            "total": 0, "missing_images": 0, "out_of_range": 0, "input_errors": 0, "not_judged": 0, "per_task": {}})
         entry["per_task"][row["task_type"]] = row["n_judge_failures"]
         entry["total"] += row["n_judge_failures"]
         entry["missing_images"] += row["n_missing_image"]
         entry["out_of_range"] += row["n_out_of_range"]
+        entry["input_errors"] += row["n_input_errors"]
+        entry["not_judged"] += row["n_not_judged"]
     return out

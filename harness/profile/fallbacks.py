@@ -46,6 +46,7 @@ class FallbackReport:
     expected_fp8_linear_calls_per_step: float | None
     expected_bf16_linear_calls_per_step: float | None
     note: str | None = None             # context for the reader, e.g. FP8 emulated on a CPU
+    emulated: bool = False              # FP8 emulated by design on this device: the check does not apply here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,10 +144,14 @@ def _names(counts: dict[str, int], limit: int = 6) -> str:
 
 
 def warn_fallbacks(arm: str, report: FallbackReport, stream=None) -> None:
-    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean."""
+    """Print a loud banner naming every finding (stderr) and raise a FallbackKernelWarning; silent when clean, one
+    quiet line when FP8 is emulated on this device by design (a CPU: there is no FP8 kernel to fall back from)."""
+    stream = stream or sys.stderr
+    if report.emulated:
+        print(f"{arm}: FP8 fallback check not applicable on this device (FP8 emulated)", file=stream, flush=True)
+        return
     if not report.fallback_detected:
         return
-    stream = stream or sys.stderr
     bar = "!" * 100
     lines = [bar, f"!!! FP8 FALLBACK DETECTED in arm '{arm}' ({report.method}):"]
     lines += [f"!!!   [{f.kind}] {f.message} ({f.calls} calls"

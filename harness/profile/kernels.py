@@ -16,7 +16,9 @@ import bisect
 import contextlib
 import csv
 import io
+import os
 import re
+import sys
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -81,10 +83,35 @@ def profiler_activities(device: str | torch.device) -> list:
 
 
 @contextlib.contextmanager
-def capture(device: str | torch.device) -> Iterator[torch.profiler.profile]:
-    """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device)."""
-    with torch.profiler.profile(activities=profiler_activities(device), record_shapes=False) as prof:
+def capture(device: str | torch.device, log: str | Path | None = None) -> Iterator[torch.profiler.profile]:
+    """A torch.profiler session for `device` (CPU ops, plus CUDA kernels on a CUDA device).
+
+    log: a file that receives this process's stderr while the profiler starts and stops (its C++ layer prints
+    "USDT: ... profiler_start" and driver probes there, past Python's logging); None leaves stderr alone.
+    """
+    with stderr_to(log) if log else contextlib.nullcontext():
+        prof = torch.profiler.profile(activities=profiler_activities(device), record_shapes=False)
+        prof.__enter__()
+    try:
         yield prof
+    finally:
+        with stderr_to(log) if log else contextlib.nullcontext():
+            prof.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def stderr_to(path: str | Path) -> Iterator[None]:
+    """Send file descriptor 2 (stderr of Python and of C++ libraries alike) to the end of `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def parse_profile(prof: torch.profiler.profile, device: str | torch.device) -> ProfileCapture:

@@ -36,6 +36,7 @@ LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + res
 RUN_METHOD = ("first warm-up call of the arm with only its own transformer on the GPU (other arms' transformers "
               "parked on the CPU), after gc + empty_cache + reset_peak_memory_stats; the pipeline resets the peak "
               "counters at each stage and the call's peak is the max over its stages")
+PROFILER_LOG = "profiler.log"  # what the profiler's C++ layer prints while it starts and stops
 ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
 TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
                  "events around each pipeline stage (perf_counter on CPU), read after a synchronise; a denoise step "
@@ -130,7 +131,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     # Hooks inside compiled blocks would break the graphs; replayed CUDA graphs run no Python ranges at all.
     ranges = not (options.compile or options.cuda_graphs)
     transformer = arm.pipe.transformer
-    with kernels.capture(device) as prof:
+    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
         with layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
             call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
             timing.synchronize(device)
@@ -145,6 +146,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
                                 expect_fp8=arm.recipe.quantized)
     report.note = fallback_note(arm, options, device)
+    report.emulated = report.checked and fp8_emulated(arm, options, device)
     return {
         "time_unit": capture.time_unit, "profiled_steps": capture.steps, "device_kind": capture.device_kind,
         "total_us_in_steps": sum(r.total_us for r in rows),
@@ -156,6 +158,14 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     }
 
 
+def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
+    """True when FP8 is emulated by design: kernel 'auto' on a device without FP8 GEMMs resolves to torch-reference
+    (the deliberately unpadded arm is a fallback on purpose, not emulation)."""
+    resolved = (arm.quantization or {}).get("resolved_kernels") or {}
+    return (arm.name != "fp8-nopad" and device.type != "cuda" and set(resolved) == {"torch-reference"}
+            and options.fp8_kernel == "auto")
+
+
 def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> str | None:
     """Context for the fallback verdict: FP8 emulated on a CPU, or a deliberately unpadded arm."""
     q = arm.quantization or {}
@@ -163,8 +173,7 @@ def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> st
         return (f"deliberately unpadded arm: {len(q.get('fallback_layers', []))} layers with K or N not a multiple "
                 f"of 16 run the fallback GEMM (torch-reference: dequantise + high-precision matmul); "
                 f"{len(q.get('aligned_layers', []))} aligned layers keep kernel {options.fp8_kernel}")
-    resolved = q.get("resolved_kernels") or {}
-    if device.type != "cuda" and set(resolved) == {"torch-reference"} and options.fp8_kernel == "auto":
+    if fp8_emulated(arm, options, device):
         return ("FP8 is emulated on this device: Fp8Config(kernel='auto') resolves to torch-reference on a CPU, "
                 "so no FP8 GEMM can run; these findings are expected here, and would be a fallback on a GPU")
     return None
@@ -212,11 +221,17 @@ def run_profile(options: ProfileOptions) -> ProfileRecord:
             bar.close()
             result = _finish(record, arms, caught, out)
     seen = set()
+    spread = [w for w in caught if issubclass(w.category, timing.HighSpreadWarning)]
     for w in caught:  # replay what was recorded so the console still shows it (once per message)
         text = f"{w.category.__name__}: {w.message}"
-        if text not in seen and not issubclass(w.category, fallbacks.FallbackKernelWarning):  # its banner is printed
+        # fallbacks have their own line or banner; spread warnings get one note (profile.json keeps each)
+        if text not in seen and not issubclass(w.category, (fallbacks.FallbackKernelWarning, timing.HighSpreadWarning)):
             seen.add(text)
             print(f"warning: {text}", file=sys.stderr)
+    if spread:
+        print(f"note: {len(spread)} timings spread more than {timing.SPREAD_WARN_FRACTION:.0%} (IQR/median), marked "
+              "! in profile.md and listed under 'warnings' in profile.json; use more --repeats or a quieter machine",
+              file=sys.stderr)
     return result
 
 
