@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from harness.core.records import run_manifest, write_json_atomic
+from harness.core.vocab import KERNEL_CATEGORIES
+from harness.profile.taxonomy import categorize
 from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
 from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
@@ -47,18 +49,8 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-KERNEL_CATEGORIES = (  # first match wins; lower-case substrings of kernel names
-    ("quant", ("_quantize_rows_kernel",)),
-    ("attention", ("sdpa", "flash", "fmha", "attention")),
-    ("gemm-fp8", ("e4m3", "f8f8", "fp8", "qqtst", "_e4m3", "sm90_xmma_gemm_e4")),
-    ("gemm-bf16", ("nvjet", "gemm", "cutlass", "sm90_xmma", "cublas")),
-    ("triton-fused", ("triton_",)),
-    ("norm-elementwise", ("elementwise", "norm", "reduce", "copy", "cat", "silu", "mul", "add")),
-)
-
-
 def kernel_profile(model, inputs) -> dict:
-    """Kernel time of one forward grouped by category (ms), and the top kernels."""
+    """Kernel time of one forward grouped by category (ms; harness.profile.taxonomy's rules), and the top kernels."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
@@ -74,15 +66,21 @@ def kernel_profile(model, inputs) -> dict:
         entry = per_kernel.setdefault(evt.name, [0, 0.0])
         entry[0] += 1
         entry[1] += evt.device_time / 1e3 if hasattr(evt, "device_time") else evt.cuda_time / 1e3
-    categories: dict[str, float] = {}
-    for name, (_, ms) in per_kernel.items():
-        lname = name.lower()
-        cat = next((c for c, keys in KERNEL_CATEGORIES if any(k in lname for k in keys)), "other")
-        categories[cat] = categories.get(cat, 0.0) + ms
-    total = sum(categories.values())
+    categories = category_ms({name: ms for name, (_, ms) in per_kernel.items()})
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:20]
-    return {"total_kernel_ms": total, "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+    return {"total_kernel_ms": sum(categories.values()), "categories_ms": categories,
             "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
+
+
+def category_ms(kernel_ms: dict[str, float]) -> dict[str, float]:
+    """Kernel name -> ms summed into every category of the harness vocabulary (in its order, zeros included).
+
+    Only kernel names are seen here (a CUDA-only trace has no launching CPU op), so categorize() decides by name.
+    """
+    out = dict.fromkeys(KERNEL_CATEGORIES, 0.0)
+    for name, ms in kernel_ms.items():
+        out[categorize(name)] += ms
+    return out
 
 
 def set_kernel(model: torch.nn.Module, kernel: Kernel, device: str, launch: LaunchConfig = DEFAULT_LAUNCH) -> None:

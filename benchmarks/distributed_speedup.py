@@ -30,7 +30,7 @@ import PIL.Image
 from benchmarks._common import REPO_ROOT
 from harness.core.distributed import Shard
 from harness.core.records import read_jsonl, run_manifest, write_json_atomic
-from harness.gedit.data import GEDIT_EN_COUNTS
+from harness.gedit.data import GEDIT_EN_COUNTS, write_synthetic_gedit
 from harness.gedit.run_folder import DIST_REPORT, JUDGEMENTS, RunFolder, sample_key
 
 GROUPS = sorted(GEDIT_EN_COUNTS)
@@ -123,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager", action="store_true", help="without CUDA graphs (the fast mode is the default)")
     p.add_argument("--judge", action="store_true", help="also time the judge stage (7B-shaped random judge)")
     p.add_argument("--judge-max-new-tokens", type=int, default=64)
-    p.add_argument("--judge-batch-size", type=int, default=16)
+    p.add_argument("--judge-batch-size", type=int, default=8)
     p.add_argument("--budget-s", type=float, default=540, help="skip the judge configs past this many seconds")
     p.add_argument("--synthetic", choices=("tiny", "full"), default="full")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    common = ["--synthetic", args.synthetic, "--precision", *args.arms, "--languages", "en", "--tasks", *args.tasks,
+    # The harness's own synthetic dataset holds 2 rows per group; write one with enough rows for --per-task.
+    dataset = work / "dataset"
+    if not (dataset / "data").is_dir():
+        write_synthetic_gedit(dataset, per_task=args.per_task, languages=["en"],
+                              image_size=64 if args.synthetic == "tiny" else 512)
+    common = ["--synthetic", args.synthetic, "--dataset", str(dataset), "--precision", *args.arms, "--languages", "en", "--tasks", *args.tasks,
               "--per-task", str(args.per_task), "--steps", str(args.steps), "--resolution", str(args.resolution),
               "--no-progress"]
     if args.device:

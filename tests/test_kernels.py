@@ -11,10 +11,12 @@ import torch
 from harness.core.timing import StageTimer
 from harness.core.vocab import KERNEL_CATEGORIES
 from harness.profile import fallbacks, kernels, taxonomy
+from harness.profile.arms import layer_policy
 from omnigen2_fp8.fp8.config import Fp8Config, Kernel
 from omnigen2_fp8.fp8.dispatch import plan_for
 from omnigen2_fp8.fp8.linear import Fp8Linear
 from omnigen2_fp8.fp8.quantize import quantize_fp8
+from omnigen2_fp8.profiling import layer_ranges
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 
@@ -102,7 +104,7 @@ def _profile(model, inputs, steps=2):
     """Run `steps` transformer forwards as denoise steps under the profiler, with layer ranges."""
     _, latents, text, mask, refs = inputs
     timer = StageTimer("cpu")
-    with torch.no_grad(), kernels.capture("cpu") as prof, kernels.layer_ranges(model) as layer_calls:
+    with torch.no_grad(), kernels.capture("cpu") as prof, layer_ranges(model) as layer_calls:
         with timer("denoise"):
             for _ in range(steps):
                 with timer("denoise_step"):
@@ -118,7 +120,7 @@ def _fp8_model(config, kernel_on_cpu: Kernel) -> tuple[OmniGen2Transformer, dict
             # Fp8Linear resolves every non-reference kernel to an error on the CPU, although torch._scaled_mm has a
             # CPU implementation; pin the resolved kernel so these layers run the same op sequence as on a GPU.
             m.use_plan(plan_for(kernel_on_cpu))
-    return model, {d.name: d.action for d in report.layers}
+    return model, layer_policy(model, report)
 
 
 def test_bf16_run_tables_and_stage_sums(tiny_inputs, tmp_path):
@@ -139,7 +141,7 @@ def test_bf16_run_tables_and_stage_sums(tiny_inputs, tmp_path):
     stages = kernels.stage_kernel_summary(capture)
     assert stages["denoise_step"]["entries"] == 2 and stages["denoise"]["entries"] == 1
     assert stages["denoise"]["kernel_us"] == pytest.approx(stages["denoise_step"]["kernel_us"], rel=1e-6)
-    report = fallbacks.detect_fallbacks(capture, kernels.layer_precisions(model), layer_calls=layer_calls,
+    report = fallbacks.detect_fallbacks(capture, layer_policy(model, None), layer_calls=layer_calls,
                                         expect_fp8=False)
     assert not report.checked and not report.fallback_detected
     assert report.bf16_gemm_calls_per_step == linears_per_step
@@ -189,7 +191,7 @@ def test_layer_policy_mismatch_is_caught_by_counts_without_ranges(tiny_inputs):
     # per-step GEMM counts still expose it.
     model = _tiny_model(tiny_inputs[0])
     capture, layer_calls = _profile(model, tiny_inputs)
-    precisions = kernels.layer_precisions(model)
+    precisions = layer_policy(model, None)
     precisions["layers.0.attn.to_out.0"] = "fp8"
     report = fallbacks.detect_fallbacks(capture, precisions, layer_calls=None)
     assert report.method == "kernel names and GEMM call counts"
@@ -220,7 +222,7 @@ def test_direct_calls_of_fp8_entry_points_are_ranged_and_counted_once():
     parent.up = Fp8Linear.from_linear(torch.nn.Linear(32, 64).bfloat16(), Fp8Config(kernel="torch-reference"))
     parent.up.use_plan(plan_for(Kernel.CUBLAS_TORCH_QUANT))  # the GEMM op the GPU runs (see _fp8_model)
     x = torch.randn(8, 32).bfloat16()
-    with kernels.capture("cpu") as prof, kernels.layer_ranges(parent) as calls:
+    with kernels.capture("cpu") as prof, layer_ranges(parent) as calls:
         timer = StageTimer("cpu")
         with timer("denoise_step"):
             xq, scale = parent.up.quantize_input(x)            # part of a GEMM call: ranged, not counted
@@ -290,3 +292,16 @@ def test_unattached_kernels_are_found_without_linked_ids_too():
     devices = [dev(500, "nvjet_sm90_qqtst_x", 210, 260), dev(501, "_quantize_rows_kernel", 130, 140),
                dev(502, "nvjet_sm90_qqtst_x", 300, 340)]  # same name, other duration: not the attached one
     assert [d.id for d in kernels._unattached(devices, [op])] == [501, 502]
+
+
+def test_transformer_benchmark_sums_kernels_into_the_harness_categories():
+    from benchmarks.bench_fp8_transformer import category_ms
+
+    ms = category_ms({"nvjet_sm90_qqtst_128x160_128x5_2x1_v_bz_coopA_algo2_TNT": 3.0,       # cuBLASLt FP8 GEMM
+                      "nvjet_sm90_tst_128x8_64x12_4x1_v_bz_bias_TNT": 2.0,                  # BF16 GEMM
+                      "_quantize_rows_kernel": 0.5,                                         # omnigen2_fp8's Triton
+                      "flash_fwd_kernel": 1.5, "void at::native::vectorized_elementwise_kernel<4>": 0.25})
+    assert list(ms) == list(KERNEL_CATEGORIES)
+    assert (ms["gemm-fp8"], ms["gemm-bf16"], ms["quant"], ms["attention"], ms["norm-elementwise"]) == (
+        3.0, 2.0, 0.5, 1.5, 0.25)
+    assert ms["other"] == ms["memcpy"] == 0.0

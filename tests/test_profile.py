@@ -12,7 +12,7 @@ import torch
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
 from harness.core.vocab import KERNEL_CATEGORIES
 from harness.profile.__main__ import main
-from harness.profile.arms import quantize_unpadded
+from harness.profile.arms import quantization_summary
 from harness.profile.options import ProfileOptions
 from harness.profile.record import SCHEMA_VERSION, ProfileRecord, RecordError, compute_ratios
 from harness.profile.render import profile_markdown
@@ -118,7 +118,7 @@ def test_fallback_verdicts(tiny_run):
     assert "bf16-gemm-in-fp8-layer" in {f["kind"] for f in nopad["fallback"]["findings"]}
     q = nopad["quantization"]
     # tiny hidden size 120 (like 2520) is not a multiple of 16: every quantized layer falls back
-    assert q["config"]["pad_multiple"] == 1 and q["fallback_layers"] and q["resolved_kernels"] == {
+    assert q["config"]["misaligned"] == "reference" and q["fallback_layers"] and q["resolved_kernels"] == {
         "torch-reference": len(q["fallback_layers"]) + len(q["aligned_layers"])}
     # on the CPU, Fp8Config(kernel='auto') emulates FP8: the verdict says so instead of passing silently
     fp8 = rec["arms"]["fp8"]["fallback"]
@@ -209,8 +209,11 @@ def test_reference_images_are_seeded_and_sized():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(model="x", synthetic="tiny"), "exactly one of --model"),
     (dict(), "exactly one of --model"),
-    (dict(synthetic="tiny", precisions=["bf16", "int4"]), "unknown precision"),
+    (dict(synthetic="tiny", precisions=["bf16", "int4"]), "unknown precision 'int4'"),
+    (dict(synthetic="tiny", precisions=["bf16", "fp8-nopadd"]), "did you mean 'fp8-nopad'"),
     (dict(synthetic="tiny", precisions=["fp8", "fp8"]), "lists an arm twice"),
+    (dict(synthetic="tiny", precisions=["fp8+teacache", "fp8+teacache:0.05"]), "lists an arm twice"),  # = default
+    (dict(synthetic="tiny", precisions=[]), "no arm given"),
     (dict(synthetic="tiny", repeats=0), "--repeats >= 1"),
     (dict(synthetic="tiny", fp8_kernel="fast"), "--fp8-kernel 'fast'"),
 ])
@@ -227,18 +230,37 @@ def test_cli_error_exit_code(capsys, tmp_path):
     assert "unknown task 'nope-512'" in capsys.readouterr().err
 
 
-def test_unpadded_quantization_keeps_shapes_and_routes_unaligned_layers_to_the_fallback():
-    from omnigen2_fp8.fp8.config import Fp8Config
-    from omnigen2_fp8.fp8.linear import Fp8Linear
-    from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
+def test_cli_answers_an_unknown_recipe_with_the_close_name(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--precision", "bf16", "fp9", "--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "argument --precision: unknown precision 'fp9' (did you mean 'fp8'?)" in capsys.readouterr().err
 
-    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(torch.bfloat16)
-    info = quantize_unpadded(model, Fp8Config())
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
-    assert layers and all((m.in_padded, m.out_padded) == (m.in_features, m.out_features) for m in layers.values())
-    assert set(info["fallback_layers"]) | set(info["aligned_layers"]) == set(layers)
-    assert all(layers[n].kernel.value == "torch-reference" for n in info["fallback_layers"])
-    assert info["layers"]["layers.0.norm1.linear"] == "bf16"
+
+def test_recipe_names_are_canonical_arm_names():
+    opts = ProfileOptions(scenario="gedit-512", precisions=["bf16", "fp8+teacache:0.05"], out="x", synthetic="tiny",
+                          device="cpu")
+    opts.validate()
+    assert opts.precisions == ["bf16", "fp8+teacache"]
+
+
+def test_unpadded_summary_splits_the_fp8_layers_by_alignment():
+    from omnigen2_fp8.fp8.quantize import quantize_fp8
+    from omnigen2_fp8.precision import parse_recipe
+
+    def model():
+        return torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Linear(64, 40), torch.nn.Linear(40, 16)).bfloat16()
+
+    unpadded = model()
+    every = ("*",)  # the default policy selects the DiT's block linears only
+    summary = quantization_summary(quantize_fp8(unpadded, parse_recipe("fp8-nopad").fp8_config(include=every)))
+    assert summary["aligned_layers"] == ["0"] and summary["fallback_layers"] == ["1", "2"]  # N = 40, K = 40
+    # the misaligned layers are pinned to the reference GEMM; the aligned one keeps the configured kernel
+    assert [unpadded.get_submodule(n).kernel.value for n in "012"] == ["auto", "torch-reference", "torch-reference"]
+    assert summary["num_fp8"] == sum(summary["resolved_kernels"].values()) == 3  # (auto: reference on a CPU)
+    assert summary["config"]["misaligned"] == "reference"
+    padded = quantization_summary(quantize_fp8(model(), parse_recipe("fp8").fp8_config(include=every)))
+    assert "fallback_layers" not in padded and padded["config"]["misaligned"] == "pad"
 
 
 @pytest.mark.gpu
@@ -262,6 +284,28 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
         # only this arm's models (plus library workspaces) were resident when its memory run began
         assert abs(mem["run"]["resident_unexplained_gib"]) < 0.25
+
+
+def test_checkpoint_folder_arms_share_the_loaded_components(tmp_path):
+    # --model: the components come from checkpoints.load_components, each arm's DiT from load_transformer
+    from omnigen2_fp8.synthetic import write_synthetic_checkpoint
+
+    checkpoint = write_synthetic_checkpoint(tmp_path / "ckpt", size="tiny")
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["--precision", "bf16", "fp8-nopad", "--scenario", str(scenario), "--model", str(checkpoint),
+                     "--device", "cpu", "--warmup", "0", "--repeats", "1", "--profile-steps", "0",
+                     "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
+    assert code == 0 and rec.complete and list(rec.arms) == ["bf16", "fp8-nopad"]
+    # the folder's SYNTHETIC.json marker travels with the components into the record and profile.md
+    assert rec.synthetic == "tiny" and SYNTHETIC_WARNING in (tmp_path / "out" / "profile.md").read_text()
+    assert rec.shared_load["mllm_gib"] > 0 and rec.arms["bf16"].quantization is None
+    nopad = rec.arms["fp8-nopad"].quantization
+    assert nopad["config"]["misaligned"] == "reference" and nopad["num_fp8"] == len(nopad["fallback_layers"]) + len(
+        nopad["aligned_layers"])
 
 
 def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):

@@ -1,44 +1,50 @@
-"""The library's per-layer profiler ranges (omnigen2_fp8.profiling): the ranges and call counts the harness's
-kernel parser reads, including the FP8 entry points the folded SwiGLU calls directly."""
+"""The library's per-layer profiler ranges (omnigen2_fp8.profiling) read back by the harness's kernel parser:
+every GEMM lands in the layer that ran it, including the FP8 entry points the folded SwiGLU calls directly."""
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 
-from harness.profile import kernels as K
 from harness.core.timing import StageTimer
+from harness.profile import kernels as K
+from harness.profile.arms import layer_policy
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, plan_for, quantize_fp8, use_plan
-from omnigen2_fp8.profiling import LAYER_RANGE_PREFIX, layer_ranges
+from omnigen2_fp8.profiling import LAYER_RANGE_PREFIX, is_linear_layer, layer_ranges
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 
-def _tiny_fp8_model() -> OmniGen2Transformer:
+def _tiny_fp8_model() -> tuple[OmniGen2Transformer, dict[str, str]]:
     torch.manual_seed(0)
     model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(torch.bfloat16).eval()
-    quantize_fp8(model, Fp8Config())
+    report = quantize_fp8(model, Fp8Config())
     use_plan(model, plan_for(Kernel.CUBLAS_TORCH_QUANT))  # the GPU's op sequence (torch._scaled_mm runs on a CPU)
-    return model
+    return model, layer_policy(model, report)
 
 
-def _run(model, ranges):
+def _run(model):
     g = torch.Generator().manual_seed(0)
     latents = [torch.randn(16, 8, 8, generator=g).bfloat16()]
     text = torch.randn(1, 7, 64, generator=g).bfloat16()
-    with torch.no_grad(), K.capture("cpu") as prof, ranges(model) as calls:
+    with torch.no_grad(), K.capture("cpu") as prof, layer_ranges(model) as calls:
         with StageTimer("cpu")("denoise_step"):
             model(latents, torch.tensor([0.5]), text, torch.ones(1, 7, dtype=torch.long))
     return K.parse_profile(prof, "cpu"), dict(calls)
 
 
-def test_library_ranges_match_what_the_harness_parser_reads():
-    model = _tiny_fp8_model()
-    ours, our_calls = _run(model, layer_ranges)
-    theirs, their_calls = _run(model, K.layer_ranges)
-    assert our_calls == their_calls and our_calls
-    assert any(name.endswith("feed_forward.linear_2") for name in our_calls)  # forward_swiglu, called directly
-    assert ours.gemm_ops == theirs.gemm_ops
-    linears = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Fp8Linear))}
-    assert {layer for _, layer, _ in ours.gemm_ops} <= linears
-    assert LAYER_RANGE_PREFIX == K.LAYER_RANGE_PREFIX
+def test_parser_attributes_every_gemm_to_the_layer_range_that_ran_it():
+    model, policy = _tiny_fp8_model()
+    capture, calls = _run(model)
+    linears = {n for n, m in model.named_modules() if n and is_linear_layer(n, m)}
+    assert linears == set(policy) and set(calls) <= linears  # (no reference image: the ref refiners do not run)
+    assert {policy[name] for name in calls} == {"fp8", "bf16"}
+    assert any(name.endswith("feed_forward.linear_2") for name in calls)  # forward_swiglu, called directly
+    # one GEMM op per counted call, in that layer's range; FP8 layers run the scaled GEMM, the others mm/addmm
+    assert Counter(layer for _, layer, _ in capture.gemm_ops) == Counter(calls)
+    for op, layer, step in capture.gemm_ops:
+        assert step == 0 and (op == "aten::_scaled_mm") == (policy[layer] == "fp8"), (op, layer)
+    assert all(c.layer in linears for c in capture.calls if c.layer is not None)
+    assert LAYER_RANGE_PREFIX == "layer::"
 
 
 def test_direct_entry_points_counted_once_and_everything_removed_on_exit():

@@ -4,10 +4,14 @@
     python -m harness.profile --precision bf16 fp8 --scenario gedit-512 --model OmniGen2/OmniGen2 --repeats 5
     python -m harness.profile --precision bf16 fp8 --fp8-no-pad --scenario gedit-512 --synthetic full --steps 4
 
+An arm is a precision recipe (`omnigen2_fp8.precision`: bf16, fp8, fp8-nopad, plus accelerations such as
+fp8+teacache); `--fp8-kernel` sets the FP8 GEMM kernel of every FP8 arm.
+
 Method (profile.md and profile.json repeat it):
-1. Load. The MLLM, the VAE and the tokenizer are loaded once and shared by every arm. Each arm gets its own
-   transformer: BF16 as loaded; FP8 loaded in BF16 and quantized in place by the pipeline (so the FP8 arm never
-   keeps a BF16 copy, but its load peak is BF16-sized); `fp8-nopad` quantized without padding (see below).
+1. Load. The MLLM, the VAE and the tokenizer are loaded once (one `omnigen2_fp8.checkpoints.Components`) and
+   shared by every arm. Each arm gets its own transformer and its pipeline from the library by recipe name: BF16 as
+   loaded; FP8 loaded in BF16 and quantized in place by the pipeline (so the FP8 arm never keeps a BF16 copy, but
+   its load peak is BF16-sized); `fp8-nopad` quantized without padding (see below).
    Each load is a memory phase of its own (gc + empty_cache + reset_peak_memory_stats before it), and after
    loading, the transformer is parked on the CPU so the next arm's load starts from the shared components only.
 2. Memory run. For each arm in turn, only its transformer is on the GPU (the others are parked on the CPU), the
@@ -19,10 +23,12 @@ Method (profile.md and profile.json repeat it):
    synchronisations. Stages: CUDA events per stage and per denoising step (harness.core.timing.StageTimer).
 4. Profile (after timing, so the profiler never perturbs the timings): one call per arm with `--profile-steps`
    denoising steps under torch.profiler, with a `layer::<name>` range around every linear of the transformer
-   (not under --compile); the kernel tables cover the denoising steps; per-stage kernel sums cover every stage.
+   (`omnigen2_fp8.profiling.layer_ranges`; not under --compile); the kernel tables cover the denoising steps;
+   per-stage kernel sums cover every stage.
 
-`fp8-nopad` (`--fp8-no-pad`) is the deliberately unpadded arm: e4m3 weights with K and N as they are (2520, 840
-and 10240 x 2520 are not all multiples of 16). cuBLASLt's FP8 GEMM refuses such shapes, so, as in vLLM, the
-layers whose shapes it would refuse run a fallback GEMM (here the torch-reference path: dequantize and a high
-precision matmul); the fallback detector must flag them. Layers whose shapes are aligned keep the fast kernel.
+`fp8-nopad` (`--fp8-no-pad`, `Fp8Config(misaligned="reference")`) is the deliberately unpadded arm: e4m3 weights
+with K and N as they are (2520, 840 and 10240 x 2520 are not all multiples of 16). cuBLASLt's FP8 GEMM refuses such
+shapes, so, as in vLLM, the layers whose shapes it would refuse run a fallback GEMM (here the torch-reference path:
+dequantize and a high precision matmul); the fallback detector must flag them. Layers whose shapes are aligned keep
+the fast kernel.
 """

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from harness.core.records import REPO_ROOT
-from harness.profile.options import ARM_NAMES, ProfileOptions
+from harness.profile.options import UNPADDED_ARM, ProfileOptions, arm_name
 from harness.profile.render import summary_line
 from harness.profile.runner import run_profile
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
+from omnigen2_fp8.precision import recipe_help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,16 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m harness.profile --precision bf16 fp8 --scenario t2i-1024 --model OmniGen2/OmniGen2\n"
                "  python -m harness.tasks ls profile     # the scenarios")
     what = p.add_argument_group("what to run")
-    what.add_argument("--precision", nargs="+", default=["bf16", "fp8"], choices=ARM_NAMES,
-                      help="arms, in order; ratios are against the first (default: bf16 fp8)")
+    what.add_argument("--precision", nargs="+", default=["bf16", "fp8"], type=_arm_name, metavar="RECIPE",
+                      help=f"arms, in order; ratios are against the first (default: bf16 fp8). {recipe_help()}")
     what.add_argument("--scenario", default="edit-1024-1ref", help="scenario name (tasks/profile/) or YAML path")
     src = what.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint folder or hub id (real weights)")
     src.add_argument("--synthetic", choices=("tiny", "full"), help="random-weight models built in memory")
     what.add_argument("--fp8-no-pad", action="store_true",
-                      help="add the deliberately unpadded FP8 arm 'fp8-nopad' (its fallback GEMMs must be flagged)")
+                      help=f"add the deliberately unpadded FP8 arm {UNPADDED_ARM!r} (its fallback GEMMs must be "
+                           "flagged); the same as naming it in --precision")
     what.add_argument("--fp8-kernel", default="auto", choices=[k.value for k in Kernel],
-                      help="Fp8Config kernel of the FP8 arms (default auto: cublas-padded on a GPU)")
+                      help="FP8 GEMM kernel of the FP8 arms (default auto: cublas-padded on a GPU)")
     how = p.add_argument_group("how")
     how.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     how.add_argument("--steps", type=int, default=None, help="override the scenario's denoising steps")
@@ -58,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptions:
     precisions = list(args.precision)
-    if args.fp8_no_pad and "fp8-nopad" not in precisions:
-        precisions.append("fp8-nopad")
+    if args.fp8_no_pad and UNPADDED_ARM not in precisions:
+        precisions.append(UNPADDED_ARM)
     out = args.out or REPO_ROOT / "results" / "profile" / (
         f"{Path(args.scenario).stem}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}")
     return ProfileOptions(scenario=args.scenario, precisions=precisions, out=out, model=args.model,
@@ -68,6 +70,13 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptio
                           cuda_graphs=args.cuda_graphs,
                           offload=args.offload, trace=args.trace, fp8_kernel=args.fp8_kernel,
                           progress=not args.no_progress, seed=args.seed, argv=list(argv))
+
+
+def _arm_name(text: str) -> str:
+    try:
+        return arm_name(text)
+    except ProfileError as err:  # argparse prints it as "argument --precision: ..." and exits with 2
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--precision: ")) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,106 +1,52 @@
 """Precision arms: the shared components, one transformer per arm, and parking transformers on the CPU.
 
-The MLLM, VAE and tokenizer are loaded once (`load_shared`) and shared by every arm; each arm builds its own
-transformer and pipeline inside a load memory phase (`build_arm`). With several arms on one GPU, the transformers
-not in use are parked on the CPU (`only_on_device`, `restore_all`).
+The MLLM, VAE and tokenizer are loaded once (`load_arm_components`: the library's `Components`) and shared by every
+arm; each arm loads its own transformer and asks the library for its pipeline by recipe name inside a load memory
+phase (`build_arm`). With several arms on one GPU, the transformers not in use are parked on the CPU
+(`only_on_device`, `restore_all`).
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from harness.core import timing
-from harness.profile.kernels import layer_precisions
 from harness.profile.options import ProfileOptions
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.fp8.config import Fp8Config, Kernel
-from omnigen2_fp8.fp8.linear import Fp8Linear
-from omnigen2_fp8.fp8.quantize import Fp8Report, fold_swiglu, swap_linears
-from omnigen2_fp8.checkpoints import load_transformer
-from omnigen2_fp8.loading import read_json, read_synthetic_marker, resolve_component_folder
+from omnigen2_fp8.checkpoints import Components, load_components, load_transformer
+from omnigen2_fp8.fp8.config import TENSOR_CORE_MULTIPLE
+from omnigen2_fp8.fp8.quantize import Fp8Report
 from omnigen2_fp8.pipeline import OmniGen2Pipeline
-from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
-from omnigen2_fp8.text_encoder import load_tokenizer
+from omnigen2_fp8.precision import Recipe, parse_recipe
+from omnigen2_fp8.profiling import is_linear_layer
 
 
-@dataclass
-class Shared:
-    """Components every arm shares (loaded once) and how to build a fresh BF16 transformer."""
-
-    vae: Any
-    mllm: Any
-    tokenizer: Any
-    scheduler_config: dict
-    synthetic_info: dict | None
-    build_transformer: Callable[[torch.device], nn.Module]
-
-
-def load_shared(options: ProfileOptions, device: torch.device, dtype: torch.dtype) -> Shared:
-    """Load (or build, for --synthetic) the MLLM, VAE and tokenizer on `device` (the CPU with --offload)."""
+def load_arm_components(options: ProfileOptions, device: torch.device, dtype: torch.dtype) -> Components:
+    """The MLLM, VAE and tokenizer every arm shares, on `device` (the CPU with --offload): built in memory for
+    --synthetic, loaded from the checkpoint folder (or hub id) for --model."""
     home = torch.device("cpu") if options.offload else device
     if options.synthetic:
-        size, seed = options.synthetic, options.seed
-        tokenizer = synthetic.build_qwen_tokenizer(qwen_ids=(size == "full"))
-        text_dim = synthetic.transformer_config(size).text_feat_dim
-        return Shared(vae=synthetic.build_vae(size, home, dtype, seed + 1),
-                      mllm=synthetic.build_qwen2_5_vl(size, home, dtype, seed + 2, tokenizer,
-                                                      text_hidden_size=text_dim),
-                      tokenizer=tokenizer, scheduler_config=dict(synthetic.SCHEDULER_CONFIG),
-                      synthetic_info={"size": size, "seed": seed, "what": "random-weight models built in memory"},
-                      build_transformer=lambda dev: synthetic.build_transformer(size, dev, dtype, seed))
-    # heavy packages, needed only for real checkpoints
-    from diffusers import AutoencoderKL
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = options.model
-    vae_dir = resolve_component_folder(model, "vae")
-    mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(resolve_component_folder(model, "mllm"), dtype=dtype)
-    return Shared(vae=AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype).to(home),
-                  mllm=mllm.to(home),
-                  tokenizer=load_tokenizer(resolve_component_folder(model, "processor", "tokenizer_config.json")),
-                  scheduler_config=read_json(resolve_component_folder(model, "scheduler", "scheduler_config.json")
-                                             / "scheduler_config.json"),
-                  synthetic_info=read_synthetic_marker(vae_dir.parent),
-                  build_transformer=lambda dev: load_transformer(model, dtype=dtype, device=dev))
+        return synthetic.build_components(options.synthetic, device, dtype, options.seed, home=home)
+    return load_components(options.model, dtype=dtype).to(home)
 
 
-def fp8_config_for(options: ProfileOptions) -> Fp8Config:
-    return Fp8Config(kernel=options.fp8_kernel)
-
-
-def quantize_unpadded(transformer: nn.Module, config) -> dict:
-    """The deliberately unpadded FP8 model: fuse, then swap each policy-selected linear for an Fp8Linear with
-    pad multiple 1. Layers with K or N not a multiple of 16 get the fallback kernel (torch-reference), the others
-    `config.kernel`. Returns {"layers": {name: "fp8"|"bf16"}, "fallback_layers": [...], "aligned_layers": [...]}.
-    """
-    fallback, aligned = [], []
-
-    def build(name: str, linear: nn.Linear) -> Fp8Linear:
-        ok = linear.in_features % 16 == 0 and linear.out_features % 16 == 0
-        (aligned if ok else fallback).append(name)
-        return Fp8Linear.from_linear(linear, config, pad_multiple=1,
-                                     kernel=config.kernel if ok else Kernel.TORCH_REFERENCE)
-
-    if config.fuse_projections and hasattr(transformer, "fuse_projections"):
-        transformer.fuse_projections()
-    report = Fp8Report(config)
-    swap_linears(transformer, config, report, build)
-    if config.fuse_swiglu:
-        fold_swiglu(transformer)
-    return {"layers": {d.name: d.action for d in report.layers}, "fallback_layers": fallback,
-            "aligned_layers": aligned}
+def build_transformer(options: ProfileOptions, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A fresh BF16 (`dtype`) transformer for one arm, on `device`."""
+    if options.synthetic:
+        return synthetic.build_transformer(options.synthetic, device, dtype, options.seed)
+    return load_transformer(options.model, dtype=dtype, device=device)
 
 
 @dataclass
 class Arm:
     """One precision arm: its pipeline, what its layers should run, and everything measured on it."""
 
-    name: str
+    name: str                    # the canonical recipe name (omnigen2_fp8.precision)
     pipe: Any = None
     layer_policy: dict[str, str] = field(default_factory=dict)   # linear fqn -> "fp8" | "bf16" (what it should run)
     quantization: dict | None = None
@@ -116,52 +62,54 @@ class Arm:
     def ok(self) -> bool:
         return self.error is None and self.pipe is not None
 
+    @property
+    def recipe(self) -> Recipe:
+        return parse_recipe(self.name)
 
-def build_arm(arm: Arm, options: ProfileOptions, shared: Shared, device: torch.device, dtype: torch.dtype) -> None:
-    """Create the arm's transformer + pipeline inside a load memory phase."""
+
+def build_arm(arm: Arm, options: ProfileOptions, components: Components, device: torch.device,
+              dtype: torch.dtype) -> None:
+    """Create the arm's transformer + pipeline (by its recipe name) inside a load memory phase."""
     home = torch.device("cpu") if options.offload else device
+    recipe = arm.recipe
     t0 = time.perf_counter()
     with timing.track_peak_memory(f"load:{arm.name}", device) as peak:
-        transformer = shared.build_transformer(home)
-        fp8_config = fp8_config_for(options) if arm.name != "bf16" else None
-        if arm.name == "fp8-nopad":
-            arm.quantization = quantize_unpadded(transformer, fp8_config)
-        arm.pipe = OmniGen2Pipeline(
-            transformer, shared.vae, FlowMatchEulerScheduler.from_config(shared.scheduler_config), shared.mllm,
-            shared.tokenizer, device=device, dtype=dtype, precision="bf16" if arm.name == "bf16" else "fp8",
-            offload=options.offload, compile=options.compile, synthetic=shared.synthetic_info, progress=False,
-            fp8_config=fp8_config, cuda_graphs=options.cuda_graphs)
+        transformer = build_transformer(options, home, dtype)
+        arm.pipe = OmniGen2Pipeline.from_components(
+            components, transformer, device=device, dtype=dtype, precision=recipe,
+            fp8_config=recipe.fp8_config(kernel=options.fp8_kernel), offload=options.offload,
+            compile=options.compile, progress=False, cuda_graphs=options.cuda_graphs)
         timing.synchronize(device)
     arm.load = {**peak.to_dict(), "seconds": time.perf_counter() - t0,
                 "transformer_gib": module_bytes(arm.pipe.transformer) / timing.GIB}
-    if arm.pipe.fp8_report is not None:
-        rep = arm.pipe.fp8_report
-        arm.quantization = {"num_fp8": len(rep.quantized), "num_bf16": len(rep.kept),
-                            "fused_projections": rep.fused_projections, "swiglu_folded": len(rep.swiglu_folded),
-                            "config": rep.config.to_dict(),
-                            "layers": {d.name: d.action for d in rep.layers}}
-    elif arm.quantization is not None:
-        arm.quantization["config"] = fp8_config.to_dict()
-        arm.quantization["config"]["pad_multiple"] = 1  # what was actually used (Fp8Config itself refuses 1)
-    arm.layer_policy = (dict(arm.quantization["layers"]) if arm.quantization else {})
-    for fqn, p in layer_precisions(arm.pipe.transformer).items():
-        arm.layer_policy.setdefault(fqn, p)
-    arm.quantization = _summarise_kernels(arm)
+    report = arm.pipe.fp8_report
+    arm.quantization = quantization_summary(report) if report is not None else None
+    arm.layer_policy = layer_policy(arm.pipe.transformer, report)
 
 
-def _summarise_kernels(arm: Arm) -> dict | None:
-    """Add the resolved kernel per FP8 layer (counts) to the quantization summary."""
-    if arm.quantization is None:
-        return None
-    counts: dict[str, int] = {}
-    for m in arm.pipe.transformer.modules():
-        if getattr(m, "is_fp8", False) and hasattr(m, "refresh_kernel"):
-            kernel = m.refresh_kernel()
-            key = getattr(kernel, "value", str(kernel))
-            counts[key] = counts.get(key, 0) + 1
-    out = {k: v for k, v in arm.quantization.items() if k != "layers"}
-    out["resolved_kernels"] = counts
-    return out
+def quantization_summary(report: Fp8Report) -> dict:
+    """The arm's quantization in profile.json: counts, fusions, the config, the FP8 kernel per layer (counts);
+    with an unpadding policy also which FP8 layers run misaligned shapes (the fallback GEMM) and which do not."""
+    summary = {"num_fp8": len(report.quantized), "num_bf16": len(report.kept),
+               "fused_projections": report.fused_projections, "swiglu_folded": len(report.swiglu_folded),
+               "config": report.config.to_dict(), "resolved_kernels": report.counts_by_kernel}
+    if report.config.misaligned != "pad":
+        fallback, aligned = [], []
+        for d in report.quantized:
+            misaligned = d.in_padded % TENSOR_CORE_MULTIPLE or d.out_padded % TENSOR_CORE_MULTIPLE
+            (fallback if misaligned else aligned).append(d.name)
+        summary["fallback_layers"], summary["aligned_layers"] = fallback, aligned
+    return summary
+
+
+def layer_policy(transformer: nn.Module, report: Fp8Report | None) -> dict[str, str]:
+    """Linear fqn -> "fp8" | "bf16", what each layer should run: the quantization report's decision, else what
+    the layer holds (a serialized FP8 checkpoint loads already quantized, with no report)."""
+    policy = {fqn: ("fp8" if getattr(m, "is_fp8", False) else "bf16")
+              for fqn, m in transformer.named_modules() if fqn and is_linear_layer(fqn, m)}
+    if report is not None:
+        policy.update({d.name: d.action for d in report.layers})
+    return policy
 
 
 def module_bytes(module: nn.Module, device_type: str | None = None) -> int:

@@ -61,8 +61,8 @@ def detect_fallbacks(capture: ProfileCapture, precisions: dict[str, str], *,
                      layer_calls: dict[str, int] | None = None, expect_fp8: bool = True) -> FallbackReport:
     """Check the denoising steps of a profiled FP8 run for fallback kernels (see module docstring for the kinds).
 
-    precisions: fqn -> "fp8" | "bf16", what each linear layer SHOULD run (the layer policy; `layer_precisions`
-    gives what the model holds). layer_calls: fqn -> forward calls during the profiled run (from `layer_ranges`);
+    precisions: fqn -> "fp8" | "bf16", what each linear layer SHOULD run (the layer policy, `arms.layer_policy`).
+    layer_calls: fqn -> GEMM-carrying calls during the profiled run (`omnigen2_fp8.profiling.layer_ranges`);
     None when layers had no ranges (torch.compile), in which case only kernel names and GEMM counts are checked.
     """
     steps = max(capture.steps, 1)

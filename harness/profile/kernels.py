@@ -1,10 +1,10 @@
-"""Kernel profiles: torch.profiler capture, per-layer ranges, the flattened calls, top-kernel table, category roll-up.
+"""Kernel profiles: torch.profiler capture, the flattened calls, top-kernel table, category roll-up.
 
 What is counted
 - CUDA runs: device kernels (and memcpy / memset) launched while a `stage::denoise_step` range was open
   (harness.core.timing.StageTimer opens these ranges), with their self time on the GPU. Each kernel is attributed to the
   CPU op that launched it (aten::_scaled_mm, aten::addmm, ...) and to the enclosing layer range (`layer::<fqn>`,
-  opened by `layer_ranges` around every linear layer of the transformer).
+  opened around every linear layer of the transformer by the library's `omnigen2_fp8.profiling.layer_ranges`).
 - CPU runs (CI): there are no kernels, so the rows are the leaf CPU ops (aten::_scaled_mm, aten::mm, ...) with
   their self CPU time. Everything else works the same way.
 
@@ -23,115 +23,16 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Iterator, Literal
 
 import torch
-from torch import nn
 
 from harness.core.records import write_text_atomic
 from harness.core.timing import STAGE_RANGE_PREFIX
 from harness.core.vocab import KERNEL_CATEGORIES as CATEGORIES
 from harness.core.vocab import STEP_STAGE
 from harness.profile.taxonomy import ATTENTION_OPS, FP8_GEMM_OPS, HP_GEMM_OPS, categorize
-
-LAYER_RANGE_PREFIX = "layer::"
-# Layer methods that callers use instead of __call__ (Fp8Linear's, called by the folded SwiGLU feed-forward);
-# layer_ranges wraps them too. True = the call carries one GEMM (counted), False = part of one (not counted).
-EXTRA_ENTRY_POINTS = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True, "quantize_input": False,
-                      "finish": False}
-
-
-# -------------------------------------------------------------------------------------------- per-layer ranges
-@contextlib.contextmanager
-def layer_ranges(model: nn.Module, predicate: Callable[[str, nn.Module], bool] | None = None,
-                 prefix: str = "") -> Iterator[dict[str, int]]:
-    """Open a `record_function("layer::<prefix><fqn>")` range around all work of the selected modules.
-
-    Default selection: modules with a 2-D `weight` whose class name ends in "Linear" (nn.Linear, Fp8Linear).
-    A range opens at the outermost entry into a layer: its forward, or one of the methods in EXTRA_ENTRY_POINTS
-    that callers use instead of __call__ (Fp8Linear's quantize_input / matmul / ...; the folded SwiGLU
-    feed-forward calls those directly). Yields a dict fqn -> number of GEMM-carrying calls (forward and the
-    entry points marked True) seen while the context was open. Everything is removed on exit.
-    Do not combine with torch.compile (the hooks would break the graph); `detect_fallbacks` then falls back on
-    counting GEMM calls per step.
-    """
-    predicate = predicate or is_linear_layer
-    calls: dict[str, int] = defaultdict(int)
-    handles, patched = [], []
-    for fqn, module in model.named_modules():
-        if not fqn or not predicate(fqn, module):
-            continue
-        scope = _LayerScope(f"{LAYER_RANGE_PREFIX}{prefix}{fqn}", prefix + fqn, calls)
-        handles.append(module.register_forward_pre_hook(lambda mod, args, _s=scope: _s.enter(counts=True)))
-        handles.append(module.register_forward_hook(lambda mod, args, out, _s=scope: _s.exit(), always_call=True))
-        for method_name, counts in EXTRA_ENTRY_POINTS.items():
-            method = getattr(module, method_name, None)
-            if callable(method):
-                # Shadow the bound method with an instance attribute (deleted on exit), so direct callers and the
-                # layer's own forward both go through the scope.
-                module.__dict__[method_name] = scope.wrap(method, counts)
-                patched.append((module, method_name))
-    try:
-        yield calls
-    finally:
-        for h in handles:
-            h.remove()
-        for module, method_name in patched:
-            module.__dict__.pop(method_name, None)
-
-
-class _LayerScope:
-    """One layer's profiler range: opened at depth 0 -> 1, closed at 1 -> 0; GEMM-carrying entries counted."""
-
-    def __init__(self, range_name: str, fqn: str, calls: dict[str, int]):
-        self.range_name, self.fqn, self.calls = range_name, fqn, calls
-        self.depth = 0
-        self.range = None
-
-    def enter(self, counts: bool) -> None:
-        if self.depth == 0:
-            if counts:
-                self.calls[self.fqn] += 1
-            self.range = torch.profiler.record_function(self.range_name)
-            self.range.__enter__()
-        self.depth += 1
-
-    def exit(self) -> None:
-        self.depth -= 1
-        if self.depth == 0 and self.range is not None:
-            self.range.__exit__(None, None, None)
-            self.range = None
-
-    def wrap(self, method: Callable, counts: bool) -> Callable:
-        def wrapper(*args, **kwargs):
-            self.enter(counts)
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self.exit()
-        return wrapper
-
-
-def is_linear_layer(fqn: str, module: nn.Module) -> bool:
-    """True for nn.Linear and linear-like swaps (class name ending in "Linear" with a 2-D weight)."""
-    if isinstance(module, nn.Linear):
-        return True
-    weight = getattr(module, "weight", None)
-    return type(module).__name__.endswith("Linear") and isinstance(weight, torch.Tensor) and weight.dim() == 2
-
-
-def is_fp8_layer(module: nn.Module) -> bool:
-    """True when the module holds an FP8 (e4m3 / e5m2) weight tensor, i.e. it is meant to run an FP8 GEMM."""
-    fp8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
-           if hasattr(torch, n)}
-    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    return any(t.dtype in fp8 for t in tensors)
-
-
-def layer_precisions(model: nn.Module, prefix: str = "") -> dict[str, str]:
-    """fqn -> "fp8" or "bf16" for every linear layer of `model` (what it actually holds now)."""
-    return {prefix + fqn: ("fp8" if is_fp8_layer(m) else "bf16")
-            for fqn, m in model.named_modules() if fqn and is_linear_layer(fqn, m)}
+from omnigen2_fp8.profiling import LAYER_RANGE_PREFIX
 
 
 # ---------------------------------------------------------------------------------------------- capture + parse

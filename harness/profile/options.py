@@ -8,8 +8,9 @@ import torch
 
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
+from omnigen2_fp8.precision import RecipeError, parse_recipe
 
-ARM_NAMES = ("bf16", "fp8", "fp8-nopad")
+UNPADDED_ARM = "fp8-nopad"  # the arm --fp8-no-pad adds: FP8 without padding, its fallback GEMMs must be flagged
 
 
 @dataclass
@@ -17,7 +18,7 @@ class ProfileOptions:
     """Everything a profiling run needs (the CLI fills it; tests build it directly)."""
 
     scenario: str
-    precisions: list[str]
+    precisions: list[str]             # arm recipe names (omnigen2_fp8.precision), in order
     out: Path
     model: str | None = None
     synthetic: str | None = None
@@ -41,9 +42,9 @@ class ProfileOptions:
                                "(random weights)")
         if self.synthetic not in (None, "tiny", "full"):
             raise ProfileError(f"--synthetic must be tiny or full, got {self.synthetic!r}")
-        bad = [p for p in self.precisions if p not in ARM_NAMES]
-        if bad or not self.precisions:
-            raise ProfileError(f"unknown precision(s) {bad}; choose from {list(ARM_NAMES)} (e.g. --precision bf16 fp8)")
+        if not self.precisions:
+            raise ProfileError("no arm given; name at least one recipe (e.g. --precision bf16 fp8)")
+        self.precisions = [arm_name(p) for p in self.precisions]
         if len(set(self.precisions)) != len(self.precisions):
             raise ProfileError(f"--precision lists an arm twice: {self.precisions}")
         if self.warmup < 0 or self.repeats < 1 or self.profile_steps < 0:
@@ -54,3 +55,12 @@ class ProfileOptions:
             raise ProfileError(f"--device {self.device} asked for, but this machine has no CUDA GPU; use --device cpu")
         if self.fp8_kernel not in [k.value for k in Kernel]:
             raise ProfileError(f"--fp8-kernel {self.fp8_kernel!r} is not one of {[k.value for k in Kernel]}")
+
+
+def arm_name(text: str) -> str:
+    """The canonical recipe name of an arm ('fp8+teacache:0.05' -> 'fp8+teacache'); a ProfileError with the
+    closest known names for an unknown one."""
+    try:
+        return parse_recipe(text).name
+    except RecipeError as err:
+        raise ProfileError(f"--precision: {err}") from None

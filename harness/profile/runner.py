@@ -21,14 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.core import timing
-from harness.core.records import run_manifest, write_json_atomic, write_text_atomic
+from harness.core.records import SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
 from harness.profile import fallbacks, kernels
-from harness.profile.arms import Arm, build_arm, load_shared, module_bytes, only_on_device, restore_all
+from harness.profile.arms import Arm, build_arm, load_arm_components, module_bytes, only_on_device, restore_all
 from harness.profile.options import ProfileOptions
 from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
 from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
 from omnigen2_fp8.measure import StageClock
+from omnigen2_fp8.profiling import layer_ranges
 
 LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + reset_peak_memory_stats before it, "
                "max_memory_allocated / max_memory_reserved after it; other arms' transformers are parked on the CPU")
@@ -131,7 +132,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     ranges = not (options.compile or options.cuda_graphs)
     transformer = arm.pipe.transformer
     with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
-        with kernels.layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
+        with layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
             call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
             timing.synchronize(device)
     capture = kernels.parse_profile(prof, device)
@@ -143,7 +144,7 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     if options.trace:
         trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
     report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
-                                expect_fp8=arm.name != "bf16")
+                                expect_fp8=arm.recipe.quantized)
     report.note = fallback_note(arm, options, device)
     report.emulated = report.checked and fp8_emulated(arm, options, device)
     return {
@@ -166,9 +167,9 @@ def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> boo
 
 
 def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> str | None:
-    """Context for the fallback verdict: FP8 emulated on a CPU, or the deliberately unpadded arm."""
+    """Context for the fallback verdict: FP8 emulated on a CPU, or a deliberately unpadded arm."""
     q = arm.quantization or {}
-    if arm.name == "fp8-nopad":
+    if "fallback_layers" in q:
         return (f"deliberately unpadded arm: {len(q.get('fallback_layers', []))} layers with K or N not a multiple "
                 f"of 16 run the fallback GEMM (torch-reference: dequantise + high-precision matmul); "
                 f"{len(q.get('aligned_layers', []))} aligned layers keep kernel {options.fp8_kernel}")
@@ -252,13 +253,17 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
     bar.set_postfix_str("loading shared models")
     t0 = time.perf_counter()
     with timing.track_peak_memory("load:shared", device) as shared_peak:
-        shared = load_shared(options, device, dtype)
+        components = load_arm_components(options, device, dtype)
     record["shared_load"] = {**shared_peak.to_dict(), "seconds": time.perf_counter() - t0,
-                             "mllm_gib": module_bytes(shared.mllm) / timing.GIB,
-                             "vae_gib": module_bytes(shared.vae) / timing.GIB}
+                             "mllm_gib": module_bytes(components.mllm) / timing.GIB,
+                             "vae_gib": module_bytes(components.vae) / timing.GIB}
+    if components.synthetic_info and not record["manifest"]["synthetic_weights"]:
+        # a checkpoint folder of random weights (its SYNTHETIC.json): the record says so, as with --synthetic
+        record["manifest"].update(synthetic_weights=components.synthetic_info.get("size") or True,
+                                  warning=SYNTHETIC_WARNING)
     for arm in arms:
         bar.set_postfix_str(f"loading {arm.name}")
-        _guard(arm, lambda: build_arm(arm, options, shared, device, dtype))
+        _guard(arm, lambda: build_arm(arm, options, components, device, dtype))
         if arm.ok and park and device.type == "cuda":
             arm.pipe.transformer.to("cpu")
     steps = scenario.steps
