@@ -262,9 +262,7 @@ def judge_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
     shared = ctx.out / gedit.JUDGEMENTS
     done = {(r["arm"], r["task_type"], r["language"], r["key"])
             for path in (shared, *sorted((ctx.out / RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}")))
-            for r in read_jsonl(path)
-            if (r.get("judge", {}).get("model"), r.get("judge", {}).get("prompt_sha256"))
-            == (ident["model"], ident["prompt_sha256"])}
+            for r in read_jsonl(path) if gedit.judged_by(r, ident)}
     mine = shard_batches(judge_batches(ctx.arms, samples, ctx.batch_size), me.rank, me.world_size)
     todo = [(b, [(arm, s) for arm, s in batch if (arm, s.task_type, s.language, s.key) not in done])
             for b, batch in mine]
@@ -310,7 +308,7 @@ def run_sharded(args, stage: str = "all", gedit=None):
             barrier()
             ctx = gedit.make_context(args)
         ctx.device, ctx.progress = me.device, ctx.progress and me.is_main
-        stages = ("generate", "judge", "score") if stage == "all" else (stage,)
+        stages = gedit.stages_for(ctx, stage)
         gedit.preflight(ctx, stages)
         ctx.out.mkdir(parents=True, exist_ok=True)
         ds = samples = None

@@ -3,10 +3,15 @@
 Examples:
     python -m harness.gedit --precision bf16 fp8 --task gedit-en-10pct             # real models from hub/folders
     python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
-    python -m harness.gedit --stage judge --edits DIR --precision mymodel           # judge edits made elsewhere
+    python -m harness.gedit --stage judge --edits DIR/mymodel --dataset D --out O   # judge edits made elsewhere
     python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
 
 Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
+Judging follows a named protocol (default gedit-v1, upstream's current GEdit-Bench scorer; gedit-v0 = its first
+release) with the official VIEScore prompt set, found by --viescore-file, GEDIT_VIESCORE_FILE, the user's cache, or a
+one-time download pinned by commit and hash. Anything else (--prompt-set project-rubric, other judge settings) is
+allowed, and every output of such a run says in its first line that its scores are not comparable with published
+GEdit-Bench numbers.
 Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
 fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
 per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
@@ -16,10 +21,12 @@ Files in --out (edits go to --edits, default --out):
     <arm>/generation_settings.json               what made the edits (resume refuses other settings)
     selection.json      the selected samples (+ counts, uids_sha256)
     judgements.jsonl    one line per (arm, sample): status ok | judge_failure | missing_image, sc/pq call records
-                        with every raw answer, judge {model, prompt_set, prompt_sha256, ...}
+                        with every raw answer and why it failed, judge {model, prompt_set, prompt_sha256, protocol}
     judge_runs.jsonl    one line per judge batch: seconds, calls, attempts, new tokens, peak VRAM, judge settings
-    scores.csv          sample level: arm, task_type, language, key, status, failure, SC, PQ, O, ...
-    tasks.csv           per (arm, language, task_type): n_selected, n_scored, failures, SC, PQ, O
+    scores.csv          sample level: arm, task_type, language, key, intersection_exist, status, failure, Q_SC,
+                        Q_PQ, Q_O, ...
+    tasks.csv           per (subset fullset|intersection, arm, language, task_type): n_selected, n_scored,
+                        failures, Q_SC, Q_PQ, Q_O
     fidelity.csv        per (arm vs baseline, sample): psnr_db, ssim, identical
     summary.json / .md  headline, per task, paired deltas with 95% CIs, fidelity, failures, throughput, provenance
 """
@@ -44,11 +51,14 @@ from harness.fidelity import fidelity_table, summarize_fidelity
 from harness.generate import (SettingsMismatchError, arm_settings, check_or_record_settings, edit_path,
                               free_pipeline, generate_samples, generation_records, load_arm_pipeline, pending_samples,
                               read_arm_settings)
+from harness.gedit_protocol import (Protocol, ProtocolError, check_dataset_columns, comparability_headline,
+                                    comparability_problems, find_edit_image, get_protocol, judge_images)
 from harness.judge import QwenJudge, judge_calls_for_sample
-from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
+from harness.judge_prompts import (PROJECT_RUBRIC, VIESCORE, PromptSet, PromptSetError, resolve_prompt_set,
+                                   viescore_identity)
 from harness.core.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
                              write_text_atomic)
-from harness.scoring import METRICS, headline_table, sample_table, task_table
+from harness.scoring import METRICS, SUBSETS, official_tables, sample_table
 from harness.stats import paired_deltas
 from harness.tasks import GeditTaskConfig, TaskError, apply_overrides, load_gedit_task
 
@@ -57,8 +67,11 @@ log = logging.getLogger("harness.gedit")
 DEFAULT_TASK = "gedit-en-full"
 JUDGEMENTS = "judgements.jsonl"
 JUDGE_RUNS = "judge_runs.jsonl"
-SYNTHETIC_TINY_SETTINGS = {"generation.steps": 2, "generation.resolution": 64, "judge.max_new_tokens": 24}
-SYNTHETIC_FULL_SETTINGS = {"selection.per_task": 1, "judge.max_retries": 0}
+# Synthetic runs judge noise, so they skip the official prompt download and use the project rubric by default.
+# The tiny judge answers one token: its "[a, b]" words repeat, and a run of pairs is no answer the official rules read.
+SYNTHETIC_TINY_SETTINGS = {"generation.steps": 2, "generation.resolution": 64, "judge.max_new_tokens": 1,
+                           "judge.prompt_set": PROJECT_RUBRIC.name}
+SYNTHETIC_FULL_SETTINGS = {"selection.per_task": 1, "judge.max_retries": 0, "judge.prompt_set": PROJECT_RUBRIC.name}
 
 
 class SetupError(RuntimeError):
@@ -78,6 +91,7 @@ class RunContext:
     model: str
     judge_model: str
     prompts: PromptSet
+    protocol: Protocol
     device: str
     batch_size: int
     synthetic: str | None
@@ -85,6 +99,8 @@ class RunContext:
     bootstrap: int = 10_000
     baseline: str | None = None
     cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
+    edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
+    prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
 
     @property
     def baseline_arm(self) -> str:
@@ -117,14 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="OmniGen2 checkpoint folder or hub id")
     jud = p.add_argument_group("judge (override the task file)")
     jud.add_argument("--judge", default=None, help="Qwen2.5-VL-7B-Instruct folder or hub id")
-    jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
-    jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
+    jud.add_argument("--protocol", default=None, choices=("gedit-v1", "gedit-v0"),
+                     help="how the judge sees each sample: gedit-v1 (default; upstream's run_gedit_score.py: "
+                          "input_image_raw, source and edit each resized to the 512x512 area) or gedit-v0 (first "
+                          "release: input_image, the edit resized to it)")
+    jud.add_argument("--prompt-set", default=None,
+                     help="viescore (official, default) or project-rubric (this project's own wording; NOT "
+                          "comparable with published GEdit-Bench numbers)")
+    jud.add_argument("--viescore-file", default=None,
+                     help="a copy of upstream's GEdit-Bench/viescore/vie_prompts.py (hash-checked); else "
+                          "$GEDIT_VIESCORE_FILE, the cache, or a one-time download pinned by commit")
     jud.add_argument("--max-new-tokens", type=int, default=None)
     jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
     io = p.add_argument_group("data and files")
     io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
-    io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
+    io.add_argument("--edits", default=None,
+                    help="judge and score edits made elsewhere, in upstream's layout: either one model's folder "
+                         "DIR/fullset/<task_type>/<en|cn>/<key>.<png|jpg|...> (the arm is named after DIR) or a "
+                         "folder of such model folders (pick them with --precision). Nothing is generated into it: "
+                         "--stage all means judge + score here (default: edits live in --out)")
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     io.add_argument("--cuda-graphs", action="store_true",
                     help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
@@ -142,6 +170,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
         "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
         "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
+        "judge.protocol": args.protocol,
         "dataset.id": args.dataset,
     }
 
@@ -164,15 +193,29 @@ def make_context(args: argparse.Namespace) -> RunContext:
                                                                          if args.synthetic else "")))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     edits_root, arms = _edits_and_arms(args, out)
-    prompts = resolve_prompt_set(config.judge.prompt_set, args.viescore_file)
+    protocol = get_protocol(config.judge.protocol)
+    prompts, prompt_problem = _prompts_for(config.judge.prompt_set, args.viescore_file, args.stage)
     ctx = RunContext(config=config, overrides=changes, arms=arms, out=out, edits_root=edits_root,
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
-                     prompts=prompts, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
-                     progress=not args.no_progress, bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs)
+                     prompts=prompts, protocol=protocol, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
+                     progress=not args.no_progress, bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs,
+                     edits_elsewhere=args.edits is not None, prompt_problem=prompt_problem)
     if args.synthetic:
         prepare_synthetic(ctx, explicit_dataset=args.dataset is not None, explicit_model=args.model is not None,
                           explicit_judge=args.judge is not None)
     return ctx
+
+
+def _prompts_for(name: str, viescore_file: str | None, stage: str) -> tuple[PromptSet, str | None]:
+    """The prompt set, or (when its text cannot be found) its identity and the reason, which `preflight` reports
+    with every other missing input before any work starts."""
+    need_text = stage in ("judge", "all")
+    try:
+        return resolve_prompt_set(name, viescore_file, need_text=need_text), None
+    except PromptSetError as err:
+        if name != VIESCORE or viescore_file is not None:
+            raise  # a wrong name or a wrong file: nothing else to check first
+        return viescore_identity("not found"), str(err)
 
 
 def _edits_and_arms(args: argparse.Namespace, out: Path) -> tuple[Path, list[str]]:
@@ -217,7 +260,7 @@ def prepare_synthetic(ctx: RunContext, explicit_dataset: bool, explicit_model: b
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     """Fail before any heavy work when a model or the dataset named for the requested stages is not available."""
-    problems = []
+    problems = [ctx.prompt_problem] if ctx.prompt_problem and "judge" in stages else []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
     if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
@@ -262,9 +305,12 @@ def _hub_available(repo_id: str, repo_type: str, marker: str | None, what: str, 
 
 
 # ---------------------------------------------------------------------------------------------------- selection
-def select(ctx: RunContext):
-    """Load the dataset, choose the samples, record the choice in <out>/selection.json. Returns (dataset, samples)."""
+def select(ctx: RunContext, for_judging: bool = True):
+    """Load the dataset, choose the samples, record the choice in <out>/selection.json. Returns (dataset, samples).
+    for_judging: also refuse a copy without the column the protocol judges against (before any edit is made)."""
     ds = gdata.load_gedit_dataset(ctx.dataset, ctx.config.dataset.revision, ctx.config.dataset.split)
+    if for_judging:
+        check_dataset_columns(ctx.protocol, ds.column_names)
     samples = gdata.select_samples(ds, ctx.config.selection)
     if not samples:
         raise SetupError(f"the selection {ctx.config.selection} matches no row of {ctx.dataset}")
@@ -303,7 +349,16 @@ def run_generate(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef]) -> Non
 
 
 def judge_identity(ctx: RunContext) -> dict:
-    return {"model": ctx.judge_model, "prompt_set": ctx.prompts.name, "prompt_sha256": ctx.prompts.sha256["set"]}
+    """What a judgement depends on besides the images: judging with another one of these is a settings change."""
+    return {"model": ctx.judge_model, "prompt_set": ctx.prompts.name, "prompt_sha256": ctx.prompts.sha256["set"],
+            "protocol": ctx.protocol.name}
+
+
+def judged_by(record: dict, ident: dict) -> bool:
+    """True when a judgements.jsonl record was made by the judge, prompt set and protocol of `ident`."""
+    j = record.get("judge") or {}
+    return (j.get("model"), j.get("prompt_sha256"), j.get("protocol")) == (ident["model"], ident["prompt_sha256"],
+                                                                           ident["protocol"])
 
 
 def load_judge(ctx: RunContext) -> QwenJudge:
@@ -323,9 +378,7 @@ def run_judge(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], judge: Qw
     recorded as such. Work goes in chunks of batch_size samples, each appended as soon as it is done."""
     path = ctx.out / JUDGEMENTS
     ident = judge_identity(ctx)
-    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in read_jsonl(path)
-            if r.get("judge", {}).get("model") == ident["model"]
-            and r.get("judge", {}).get("prompt_sha256") == ident["prompt_sha256"]}
+    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in read_jsonl(path) if judged_by(r, ident)}
     todo = [(arm, s) for arm in ctx.arms for s in samples if (arm, s.task_type, s.language, s.key) not in done]
     if not todo:
         log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
@@ -347,16 +400,16 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]]
     cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     calls, present = [], []
     for arm, sample in part:
-        image_path = edit_path(ctx.edits_root, arm, sample)
-        if not image_path.is_file():
+        expected = edit_path(ctx.edits_root, arm, sample)
+        image_path = find_edit_image(expected.parent, sample.key)  # <key>.png, or <key>.* as upstream globs
+        if image_path is None:
             append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
-                                          failure=f"no edited image at {image_path}"))
+                                          failure=f"no edited image {expected.with_suffix('.*')}"))
             bar.update(2)
             continue
-        edited = _open(image_path)
-        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
-                                        sample.instruction, ctx.prompts)
-        present.append((arm, sample))
+        source, edited = judge_images(ctx.protocol, ds[sample.row], _open(image_path))
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", source, edited, sample.instruction, ctx.prompts)
+        present.append((arm, sample, image_path))
     if not present:
         return
     if cuda:
@@ -364,19 +417,20 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]]
     t0 = time.perf_counter()
     results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
     seconds = time.perf_counter() - t0
-    append_jsonl(runs_path, {"arms": sorted({a for a, _ in present}), "n_samples": len(present),
+    append_jsonl(runs_path, {"arms": sorted({a for a, _, _ in present}), "n_samples": len(present),
                              "n_calls": len(calls), "seconds": seconds,
                              "n_attempts": sum(len(r.attempts) for r in results.values()),
                              "new_tokens": judge.last_new_tokens_total,
                              "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                              "judge": ident, "settings": info})
-    for arm, sample in present:
+    for arm, sample, image_path in present:
         sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
         ok = sc.status == "ok" and pq.status == "ok"
-        failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
+        failure = "" if ok else "; ".join(f"{n}: {_failure_reason(r)}" for n, r in (("sc", sc), ("pq", pq))
+                                          if r.status != "ok")
         append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
                                       failure=failure, sc=sc.to_record(), pq=pq.to_record(),
-                                      out_of_range="out_of_range" in (sc.status, pq.status)))
+                                      out_of_range="out_of_range" in (sc.status, pq.status), image=image_path))
 
 
 def _open(path: Path):
@@ -385,8 +439,18 @@ def _open(path: Path):
     return Image.open(path).convert("RGB")
 
 
-def _judgement(arm, sample, ident, info, ctx, *, status, failure="", sc=None, pq=None, out_of_range=False) -> dict:
-    return {"arm": arm, **sample.to_record(), "image": str(edit_path(ctx.edits_root, arm, sample).relative_to(ctx.edits_root)),
+def _failure_reason(result) -> str:
+    """status plus the parser's reason and what upstream would have done, from the call's last attempt."""
+    parse = result.attempts[-1]["parse"] if result.attempts else {}
+    if result.status == "out_of_range":
+        return f"out_of_range (scores {result.scores})"
+    return f"{result.status} ({parse.get('error')}; upstream: {parse.get('upstream')})"
+
+
+def _judgement(arm, sample, ident, info, ctx, *, status, failure="", sc=None, pq=None, out_of_range=False,
+               image=None) -> dict:
+    image = Path(image) if image is not None else edit_path(ctx.edits_root, arm, sample)
+    return {"arm": arm, **sample.to_record(), "image": str(image.relative_to(ctx.edits_root)),
             "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
             "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
                       "synthetic": bool(info.get("synthetic"))}}
@@ -399,16 +463,16 @@ def current_judgements(ctx: RunContext, samples: Sequence[dict]) -> list[dict]:
     latest, others = {}, set()
     for rec in read_jsonl(ctx.out / JUDGEMENTS):
         j = rec.get("judge", {})
-        if (j.get("model"), j.get("prompt_sha256")) != (ident["model"], ident["prompt_sha256"]):
-            others.add((j.get("model"), j.get("prompt_set")))
+        if not judged_by(rec, ident):
+            others.add((j.get("model"), j.get("prompt_set"), j.get("protocol")))
             continue
         if rec["arm"] in ctx.arms and (rec["task_type"], rec["language"], rec["key"]) in wanted:
             latest[(rec["arm"], rec["task_type"], rec["language"], rec["key"])] = rec
     if not latest and others:
-        found = "; ".join(f"--judge {m} --prompt-set {p}" for m, p in sorted(others, key=str))
-        log.warning("%s holds no judgement by judge %s with prompt set %s, only by: %s. Pass those flags (and the "
-                    "same --synthetic / --task) to score them.", ctx.out / JUDGEMENTS, ident["model"],
-                    ident["prompt_set"], found)
+        found = "; ".join(f"--judge {m} --prompt-set {p} --protocol {pr}" for m, p, pr in sorted(others, key=str))
+        log.warning("%s holds no judgement by judge %s with prompt set %s and protocol %s, only by: %s. Pass those "
+                    "flags (and the same --synthetic / --task) to score them.", ctx.out / JUDGEMENTS, ident["model"],
+                    ident["prompt_set"], ident["protocol"], found)
     return list(latest.values())
 
 
@@ -418,10 +482,11 @@ def run_score(ctx: RunContext) -> dict:
     table = sample_table(current_judgements(ctx, samples))
     table.to_csv(_tmp(ctx.out / "scores.csv"), index=False)
     _commit(ctx.out / "scores.csv")
-    tasks = task_table(table) if len(table) else pd.DataFrame()
-    tasks.to_csv(_tmp(ctx.out / "tasks.csv"), index=False)
+    blocks = official_tables(table) if len(table) else {s: {"headline": pd.DataFrame(), "per_task": pd.DataFrame()}
+                                                        for s in SUBSETS}
+    pd.concat([blocks[s]["per_task"] for s in SUBSETS]).to_csv(_tmp(ctx.out / "tasks.csv"), index=False)
     _commit(ctx.out / "tasks.csv")
-    headline = headline_table(table) if len(table) else pd.DataFrame()
+    headline, tasks = blocks["fullset"]["headline"], blocks["fullset"]["per_task"]
     base = ctx.baseline_arm
     deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
     fidelity, fid_rows = {}, []
@@ -438,11 +503,16 @@ def run_score(ctx: RunContext) -> dict:
     summary = {
         "synthetic": ctx.synthetic or False,
         **({"warning": SYNTHETIC_WARNING} if ctx.synthetic else {}),
+        "comparability": comparability(ctx),
         "task": ctx.config.to_dict(), "overrides": ctx.overrides, "arms": ctx.arms, "baseline": base,
         "dataset": ctx.dataset, "model": ctx.model, "edits_root": str(ctx.edits_root),
         "judge": judge_identity(ctx), "judge_settings": _last_judge_settings(ctx), "prompt_set": ctx.prompts.describe(),
+        "protocol": ctx.protocol.describe(),
         "selection": {k: v for k, v in gdata.selection_summary([_as_ref(s) for s in samples]).items()},
-        "headline": _records(headline), "per_task": _records(tasks), "deltas": deltas, "fidelity": fidelity,
+        "headline": _records(headline), "per_task": _records(tasks),
+        "intersection": {"headline": _records(blocks["intersection"]["headline"]),
+                         "per_task": _records(blocks["intersection"]["per_task"])},
+        "deltas": deltas, "fidelity": fidelity,
         "judge_failures": _failures(tasks), "throughput": throughput(ctx),
         "provenance": run_manifest(synthetic=ctx.synthetic or False, device=ctx.device,
                                    extra={"prompt_set": ctx.prompts.describe(), "judge_model": ctx.judge_model,
@@ -454,6 +524,14 @@ def run_score(ctx: RunContext) -> dict:
     write_json_atomic(ctx.out / "summary.json", summary)
     write_text_atomic(ctx.out / "summary.md", render_markdown(summary))
     return summary
+
+
+def comparability(ctx: RunContext) -> dict:
+    """Whether this run's scores can stand beside published GEdit-Bench numbers, and if not, why (one line)."""
+    judge = ctx.config.judge
+    problems = comparability_problems(ctx.protocol.name, ctx.prompts.name, judge.max_new_tokens, judge.max_retries,
+                                      ctx.synthetic)
+    return {"comparable": not problems, "problems": problems, "headline": comparability_headline(problems)}
 
 
 def _last_judge_settings(ctx: RunContext) -> dict | None:
@@ -534,35 +612,23 @@ def throughput(ctx: RunContext) -> dict:
 def render_markdown(summary: dict) -> str:
     """summary.md: banner, headline, per-task table (official style), deltas, fidelity, failures, provenance."""
     lines = []
+    if summary["comparability"]["headline"]:
+        lines += [f"> **{summary['comparability']['headline']}**", ""]
     if summary["synthetic"]:
         lines += [f"> **{summary['warning']}**", ""]
     task = summary["task"]
     lines += [f"# GEdit-Bench: {task['task']}", "",
               f"Arms: {', '.join(summary['arms'])} (baseline {summary['baseline']}). Judge: `{summary['judge']['model']}`, "
+              f"protocol `{summary['protocol']['name']}`, "
               f"prompt set `{summary['prompt_set']['name']}` (sha256 {summary['prompt_set']['sha256']['set'][:16]}...). "
               f"Samples: {summary['selection']['n_samples']} (selection hash {summary['selection']['uids_sha256'][:16]}...). "
               f"Steps {task['generation']['steps']}, seed {task['generation']['seed']}, "
               f"resolution {task['generation']['resolution'] or 'input'}.", ""]
-    lines += ["## Headline", "", "Official rule: unweighted mean over task groups; per-sample mean beside it.", "",
-              "| arm | lang | SC | PQ | O | SC (per sample) | PQ (per sample) | O (per sample) | scored / selected | task groups | judge failures |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for h in summary["headline"]:
-        lines.append(f"| {h['arm']} | {h['language']} | " + " | ".join(_f(h[m]) for m in METRICS) + " | "
-                     + " | ".join(_f(h[f'{m}_per_sample']) for m in METRICS)
-                     + f" | {h['n_scored']} / {h['n_selected']} | {h['n_task_groups']} | {h['n_judge_failures']} |")
-    lines += ["", "## Per task group", ""]
-    arms = summary["arms"]
-    header = "| task | lang | " + " | ".join(f"{a} SC | {a} PQ | {a} O | {a} n" for a in arms) + " |"
-    lines += [header, "|" + "---|" * (2 + 4 * len(arms))]
-    by_key: dict = {}
-    for row in summary["per_task"]:
-        by_key.setdefault((row["task_type"], row["language"]), {})[row["arm"]] = row
-    for (task_type, lang), per_arm in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        cells = []
-        for a in arms:
-            r = per_arm.get(a)
-            cells += [_f(r[m]) if r else "-" for m in METRICS] + [f"{r['n_scored']}" if r else "-"]
-        lines.append(f"| {task_type} | {lang} | " + " | ".join(cells) + " |")
+    blocks = (("Headline (fullset)", "Per task group (fullset)", summary["headline"], summary["per_task"]),
+              ("Intersection", "Per task group (Intersection)", summary["intersection"]["headline"],
+               summary["intersection"]["per_task"]))
+    for title, task_title, headline, per_task in blocks:
+        lines += _markdown_block(title, task_title, headline, per_task, summary["arms"])
     for d in summary["deltas"]:
         lines += ["", f"## {d['arm']} minus {d['baseline']} (paired, bootstrap 95% CI, {d['n_bootstrap']} resamples, "
                   f"seed {d['seed']})", "",
@@ -617,6 +683,32 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _markdown_block(title: str, task_title: str, headline: list[dict], per_task: list[dict], arms: list[str]) -> list[str]:
+    """One of upstream's two blocks (fullset or Intersection): headline per (arm, language), then per task group."""
+    lines = [f"## {title}", "", "Official rule: unweighted mean over task groups; per-sample mean beside it.", "",
+             "| arm | lang | Q_SC | Q_PQ | Q_O | Q_SC (per sample) | Q_PQ (per sample) | Q_O (per sample) | scored / selected | task groups | judge failures |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for h in headline:
+        lines.append(f"| {h['arm']} | {h['language']} | " + " | ".join(_f(h[m]) for m in METRICS) + " | "
+                     + " | ".join(_f(h[f'{m}_per_sample']) for m in METRICS)
+                     + f" | {h['n_scored']} / {h['n_selected']} | {h['n_task_groups']} | {h['n_judge_failures']} |")
+    if not headline:
+        lines.append("| - | - | no scored sample in this block |" + " |" * 8)
+    lines += ["", f"## {task_title}", ""]
+    header = "| task | lang | " + " | ".join(f"{a} Q_SC | {a} Q_PQ | {a} Q_O | {a} n" for a in arms) + " |"
+    lines += [header, "|" + "---|" * (2 + 4 * len(arms))]
+    by_key: dict = {}
+    for row in per_task:
+        by_key.setdefault((row["task_type"], row["language"]), {})[row["arm"]] = row
+    for (task_type, lang), per_arm in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        cells = []
+        for a in arms:
+            r = per_arm.get(a)
+            cells += [_f(r[m]) if r else "-" for m in METRICS] + [f"{r['n_scored']}" if r else "-"]
+        lines.append(f"| {task_type} | {lang} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _f(value, digits: int = 2) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -626,14 +718,24 @@ def _ci(ci) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- main
+def stages_for(ctx: RunContext, stage: str) -> tuple[str, ...]:
+    """The stages `--stage` asks for; edits made elsewhere (--edits) are never generated into."""
+    if stage != "all":
+        return (stage,)
+    if ctx.edits_elsewhere:
+        log.info("--edits %s: judging and scoring the edits found there (no generation)", ctx.edits_root)
+        return ("judge", "score")
+    return ("generate", "judge", "score")
+
+
 def run(ctx: RunContext, stage: str = "all") -> dict | None:
     """Run the requested stage(s); returns the summary when the score stage ran."""
-    stages = ("generate", "judge", "score") if stage == "all" else (stage,)
+    stages = stages_for(ctx, stage)
     preflight(ctx, stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
     distributed.merge_rank_records(ctx)  # records an interrupted torchrun run left in per-rank files (usually none)
     if {"generate", "judge"} & set(stages):
-        ds, samples = select(ctx)
+        ds, samples = select(ctx, for_judging="judge" in stages)
         if "generate" in stages:
             run_generate(ctx, ds, samples)
         if "judge" in stages:
@@ -650,10 +752,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ctx = make_context(args)
             summary = run(ctx, args.stage)
-    except (SetupError, TaskError, gdata.DatasetError, PromptSetError, distributed.DistributedSetupError, SettingsMismatchError) as err:
+    except (SetupError, TaskError, gdata.DatasetError, PromptSetError, ProtocolError, distributed.DistributedSetupError,
+            SettingsMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:
+        if summary["comparability"]["headline"]:
+            print(summary["comparability"]["headline"])
         if summary["synthetic"]:
             print(summary["warning"])
         print(f"wrote {ctx.out / 'summary.md'}")

@@ -28,9 +28,9 @@ import pandas as pd
 
 from harness.core import plots
 from harness.core.records import SYNTHETIC_WARNING, write_text_atomic
+from harness.scoring import METRICS
 
-METRICS = ("SC", "PQ", "O")
-METRIC_LABELS = {"SC": "Q_SC", "PQ": "Q_PQ", "O": "Q_O"}
+METRIC_LABELS = {m: m for m in METRICS}  # summary.json already uses GEdit-Bench's names (Q_SC, Q_PQ, Q_O)
 STAGES = ("text_encode", "vae_encode", "denoise", "denoise_step", "vae_decode")
 STAGE_LABELS = {"end_to_end": "end to end", "text_encode": "MLLM encode", "vae_encode": "VAE encode",
                 "denoise": "denoise (total)", "denoise_step": "one denoise step", "vae_decode": "VAE decode"}
@@ -325,10 +325,10 @@ def _gedit_headline(run: GeditRun) -> list[str]:
                 o = _dig(metrics, m, "overall_task_mean") or {}
                 parts.append(f"{METRIC_LABELS[m]} {fmt_signed(o.get('delta'))} {fmt_ci(o.get('ci95'))}"
                              + (" **distinguishable from zero**" if excludes_zero(o.get("ci95")) else ""))
-            o = _dig(metrics, "O", "overall_task_mean") or {}
+            o = _dig(metrics, "Q_O", "overall_task_mean") or {}
             verdict = o.get("verdict", "")
             heads = {h["arm"]: h for h in s.get("headline", []) if h["language"] == lang}
-            absolute = " vs ".join(f"{a} {fmt(heads[a].get('O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
+            absolute = " vs ".join(f"{a} {fmt(heads[a].get('Q_O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
             lines.append(f"- **{_escape(run.label)}**, {lang}: {d['arm']} - {d['baseline']} over "
                          f"{o.get('n_pairs', '?')} paired samples (unweighted task mean, 95% bootstrap CI): "
                          + "; ".join(parts) + f". Q_O {absolute or ''}: {verdict}.")
@@ -545,12 +545,15 @@ def _gedit_section(report: Report, run: GeditRun, tag: str, *, dataset: str | No
     judge = s.get("judge", {})
     prompts = s.get("prompt_set", {})
     arms = s.get("arms", [])
-    report.add(f"## Quality: {run.label}", "",
-               f"Arms {', '.join(f'`{a}`' for a in arms)} (baseline `{s.get('baseline')}`); "
+    report.add(f"## Quality: {run.label}", "")
+    if _dig(s, "comparability", "headline"):  # judged with something other than the official protocol
+        report.add(f"> **{s['comparability']['headline']}**", "")
+    report.add(f"Arms {', '.join(f'`{a}`' for a in arms)} (baseline `{s.get('baseline')}`); "
                f"{_dig(s, 'selection', 'n_samples')} samples per arm; {gen.get('steps')} steps, seed "
                f"{gen.get('seed')}, resolution {gen.get('resolution') or 'of the input'}, guidance text "
                f"{gen.get('text_guidance_scale')} / image {gen.get('image_guidance_scale')}, time shift "
-               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`. "
+               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`, "
+               f"protocol `{judge.get('protocol', 'not recorded')}`. "
                "Scores 0-10; headline = unweighted mean over task groups (the official rule), per-sample mean "
                "beside it.", "")
     _gedit_headline_table(report, run)
@@ -621,7 +624,7 @@ def _gedit_task_tables(report: Report, run: GeditRun, lang: str, tag: str) -> No
         for scope, label in (("overall_task_mean", "overall (task mean)"),
                              ("overall_per_sample", "overall (per sample)")):
             rec = {m: metrics[m][scope] for m in METRICS}
-            rows.append([f"**{label}**", rec["O"].get("n_pairs"), *(_delta_cell(rec[m]) for m in METRICS)])
+            rows.append([f"**{label}**", rec["Q_O"].get("n_pairs"), *(_delta_cell(rec[m]) for m in METRICS)])
             labels.append(label)
             for m in METRICS:
                 series[METRIC_LABELS[m]].append(_interval(rec[m]))
@@ -836,7 +839,7 @@ def _image_grid(report: Report, run: GeditRun, lang: str, tag: str, *, dataset: 
         cells = []
         for a in arms:
             r = scores.get((a, s["task_type"], s["language"], s["key"]))
-            cells.append(fmt(r.O) if r is not None and r.status == "ok" else (r.status if r is not None else "-"))
+            cells.append(fmt(r.Q_O) if r is not None and r.status == "ok" else (r.status if r is not None else "-"))
         table_rows.append([i, s["task_type"], code(s["key"], 12), cell(s.get("instruction", "")), *cells])
     report.add(*table(["#", "task", "key", "instruction", *(f"Q_O {a}" for a in arms)], table_rows,
                       align=["r", "l", "l", "l", *["r"] * len(arms)]))

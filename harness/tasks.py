@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from harness.core.records import REPO_ROOT
+from harness.gedit_protocol import PROTOCOLS
 
 TASKS_ROOT = REPO_ROOT / "tasks"
 
@@ -216,9 +217,10 @@ class GenerationSpec:
 @dataclasses.dataclass(frozen=True)
 class JudgeSpec:
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    prompt_set: str = "project-rubric-v1"
+    prompt_set: str = "viescore"      # the official VIEScore templates; "project-rubric" is not comparable
+    protocol: str = "gedit-v1"        # harness.gedit_protocol.PROTOCOLS
     max_new_tokens: int = 512
-    max_retries: int = 2
+    max_retries: int = 0              # upstream never re-asks with sampling; > 0 makes a run non-comparable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +258,10 @@ class GeditTaskConfig:
         if self.generation.resolution is not None and (self.generation.resolution < 16 or self.generation.resolution % 16):
             raise TaskError(f"{self.task}: generation.resolution must be a multiple of 16 (>= 16) or null, "
                             f"got {self.generation.resolution}")
+        if self.judge.protocol not in PROTOCOLS:
+            raise TaskError(f"{self.task}: judge.protocol {self.judge.protocol!r} is not one of {sorted(PROTOCOLS)}")
+        if self.judge.max_retries < 0 or self.judge.max_new_tokens < 1:
+            raise TaskError(f"{self.task}: judge.max_retries must be >= 0 and judge.max_new_tokens >= 1")
         if self.aggregation.weight_by_size:
             raise TaskError(f"{self.task}: aggregation.weight_by_size: true is not supported; GEdit-Bench's headline "
                             "is the unweighted mean of task groups (the per-sample mean is reported beside it)")
