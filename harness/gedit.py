@@ -479,12 +479,14 @@ def current_judgements(ctx: RunContext, samples: Sequence[dict]) -> list[dict]:
 def run_score(ctx: RunContext) -> dict:
     """scores.csv, tasks.csv, fidelity.csv, summary.json, summary.md from judgements and edits; returns the summary."""
     samples = samples_from_selection(ctx.out)
+    comparable = comparability(ctx)["comparable"]  # a column in each CSV, which has no headline line to carry it
     table = sample_table(current_judgements(ctx, samples))
-    table.to_csv(_tmp(ctx.out / "scores.csv"), index=False)
+    table.assign(comparable=comparable).to_csv(_tmp(ctx.out / "scores.csv"), index=False)
     _commit(ctx.out / "scores.csv")
     blocks = official_tables(table) if len(table) else {s: {"headline": pd.DataFrame(), "per_task": pd.DataFrame()}
                                                         for s in SUBSETS}
-    pd.concat([blocks[s]["per_task"] for s in SUBSETS]).to_csv(_tmp(ctx.out / "tasks.csv"), index=False)
+    per_task_rows = pd.concat([blocks[s]["per_task"] for s in SUBSETS])
+    per_task_rows.assign(comparable=comparable).to_csv(_tmp(ctx.out / "tasks.csv"), index=False)
     _commit(ctx.out / "tasks.csv")
     headline, tasks = blocks["fullset"]["headline"], blocks["fullset"]["per_task"]
     base = ctx.baseline_arm

@@ -137,6 +137,33 @@ def test_judge_stage_on_edits_made_elsewhere(run_dir, tmp_path):
     assert summary["protocol"]["name"] == "gedit-v0" and summary["headline"][0]["n_selected"] == TASK_GROUPS
 
 
+def test_official_prompt_set_from_a_file_or_the_environment(run_dir, tmp_path, monkeypatch):
+    """--prompt-set viescore with a stand-in vie_prompts.py (upstream's names, our words) accepted by its own hash:
+    the judge identity carries that hash, and the prompt set is no longer a reason for non-comparability."""
+    from harness import gedit_viescore as gv
+    from test_gedit_viescore import STAND_IN, STAND_IN_SHA256
+
+    out, _ = run_dir
+    for label, digest in STAND_IN_SHA256.items():
+        monkeypatch.setitem(gv.OFFICIAL_SHA256, label, digest)
+    stand_in = tmp_path / "vie_prompts.py"
+    stand_in.write_text(STAND_IN, encoding="utf-8")
+    args = ["--no-progress", "--bootstrap", "200", "--per-task", "1", "--tasks", *GROUPS[:2], "--languages", "en",
+            "--max-new-tokens", "1", "--prompt-set", "viescore", "--dataset", str(out / "_synthetic" / "dataset"),
+            "--judge", str(out / "_synthetic" / "judge-tiny"), "--edits", str(out / "fp8")]
+    assert main([*args, "--out", str(tmp_path / "a"), "--viescore-file", str(stand_in)]) == 0
+    monkeypatch.setenv("GEDIT_VIESCORE_FILE", str(stand_in))
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    for run in ("a", "b"):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        recs = list(read_jsonl(tmp_path / run / "judgements.jsonl"))
+        assert summary["prompt_set"]["name"] == "viescore" and summary["prompt_set"]["origin"] == str(stand_in)
+        assert {r["judge"]["prompt_sha256"] for r in recs} == {summary["prompt_set"]["sha256"]["set"]}
+        assert not any("prompt set" in p for p in summary["comparability"]["problems"])
+        with open(tmp_path / run / "scores.csv") as f:
+            assert {r["comparable"] for r in csv.DictReader(f)} == {"False"}  # still synthetic and 1 token
+
+
 def test_real_run_without_the_official_prompts_stops_before_any_work(run_dir, tmp_path, monkeypatch, capsys):
     out, _ = run_dir
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
