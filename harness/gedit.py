@@ -400,11 +400,11 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]]
     cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     calls, present = [], []
     for arm, sample in part:
-        expected = edit_path(ctx.edits_root, arm, sample)
-        image_path = find_edit_image(expected.parent, sample.key)  # <key>.png, or <key>.* as upstream globs
+        image_path = found_edit(ctx, arm, sample)
         if image_path is None:
+            expected = edit_path(ctx.edits_root, arm, sample).with_suffix(".*")
             append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
-                                          failure=f"no edited image {expected.with_suffix('.*')}"))
+                                          failure=f"no edited image {expected}"))
             bar.update(2)
             continue
         source, edited = judge_images(ctx.protocol, ds[sample.row], _open(image_path))
@@ -431,6 +431,15 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]]
         append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
                                       failure=failure, sc=sc.to_record(), pq=pq.to_record(),
                                       out_of_range="out_of_range" in (sc.status, pq.status), image=image_path))
+
+
+def found_edit(ctx: RunContext, arm: str, sample) -> Path | None:
+    """The edit of `sample` by `arm`: `<key>.png` in the official layout, or `<key>.*` as upstream globs."""
+    return find_edit_image(edit_path(ctx.edits_root, arm, sample).parent, _field(sample, "key"))
+
+
+def _field(sample, name: str):
+    return sample[name] if isinstance(sample, dict) else getattr(sample, name)
 
 
 def _open(path: Path):
@@ -493,7 +502,8 @@ def run_score(ctx: RunContext) -> dict:
     deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
     fidelity, fid_rows = {}, []
     for arm in (a for a in ctx.arms if a != base):
-        pairs = [(s, edit_path(ctx.edits_root, base, s), edit_path(ctx.edits_root, arm, s)) for s in samples]
+        pairs = [(s, *(found_edit(ctx, a, s) or edit_path(ctx.edits_root, a, s) for a in (base, arm)))
+                 for s in samples]
         ftab = fidelity_table(pairs)
         fid_rows.append(ftab.assign(baseline=base, arm=arm))
         if len(ftab):
