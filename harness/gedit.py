@@ -539,15 +539,18 @@ def run_score(ctx: RunContext) -> dict:
 
 
 def comparability(ctx: RunContext) -> dict:
-    """Whether this run's scores can stand beside published GEdit-Bench numbers, and if not, why (one line)."""
-    judge = ctx.config.judge
-    problems = comparability_problems(ctx.protocol.name, ctx.prompts.name, judge.max_new_tokens, judge.max_retries,
-                                      ctx.synthetic)
+    """Whether this run's scores can stand beside published GEdit-Bench numbers, and if not, why (one line).
+    Decoding limits are those the judge ran with (judge_runs.jsonl) where recorded, else the task's."""
+    judge, ran = ctx.config.judge, _last_judge_settings(ctx) or {}
+    problems = comparability_problems(ctx.protocol.name, ctx.prompts.name,
+                                      ran.get("max_new_tokens", judge.max_new_tokens),
+                                      ran.get("max_retries", judge.max_retries), ctx.synthetic)
     return {"comparable": not problems, "problems": problems, "headline": comparability_headline(problems)}
 
 
 def _last_judge_settings(ctx: RunContext) -> dict | None:
-    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge + prompt set."""
+    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge, prompt set and
+    protocol."""
     runs = [r for r in read_jsonl(ctx.out / JUDGE_RUNS) if r.get("judge") == judge_identity(ctx)]
     return runs[-1].get("settings") if runs else None
 
