@@ -197,8 +197,9 @@ def make_context(args: argparse.Namespace) -> RunContext:
     prompts, prompt_problem = _prompts_for(config.judge.prompt_set, args.viescore_file, args.stage)
     ctx = RunContext(config=config, overrides=changes, arms=arms, out=out, edits_root=edits_root,
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
-                     prompts=prompts, protocol=protocol, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
-                     progress=not args.no_progress, bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs,
+                     prompts=prompts, protocol=protocol, device=device, batch_size=args.batch_size,
+                     synthetic=args.synthetic, progress=not args.no_progress, bootstrap=args.bootstrap,
+                     cuda_graphs=args.cuda_graphs,
                      edits_elsewhere=args.edits is not None, prompt_problem=prompt_problem)
     if args.synthetic:
         prepare_synthetic(ctx, explicit_dataset=args.dataset is not None, explicit_model=args.model is not None,

@@ -77,8 +77,13 @@ def top_level_strings(source: str, where: str = "vie_prompts.py") -> dict[str, s
         raise ViescoreError(f"{where} is not readable Python source: {err}") from err
     out = {}
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        value = getattr(node, "value", None)
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        value = node.value
         if isinstance(value, ast.Constant) and isinstance(value.value, str):
             out.update({t.id: value.value for t in targets if isinstance(t, ast.Name)})
     return out
@@ -121,7 +126,8 @@ def cache_root() -> Path:
     """The user's cache folder for this project (created on first download)."""
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
-    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "omnigen2-fp8"
 
 

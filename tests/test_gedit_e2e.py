@@ -77,7 +77,8 @@ def test_every_sample_is_judged_once_per_arm_with_raw_answers(run_dir):
             assert r["status"] == "judge_failure" and r["failure"]
             for call in (r["sc"], r["pq"]):  # one attempt (official protocol), the reason recorded
                 assert len(call["attempts"]) == 1
-                assert call["status"] == "ok" or call["attempts"][0]["parse"]["error"] or call["status"] == "out_of_range"
+                parse = call["attempts"][0]["parse"]
+                assert call["status"] == "ok" or parse["error"] or call["status"] == "out_of_range"
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(recs)
@@ -185,7 +186,8 @@ def test_missing_models_explain_the_flags(tmp_path, capsys, monkeypatch):
                  "--dataset", str(tmp_path / "no-data"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2
-    for flag in ("--model", "--judge", "--dataset", "--synthetic tiny", "--viescore-file", "--prompt-set project-rubric"):
+    for flag in ("--model", "--judge", "--dataset", "--synthetic tiny", "--viescore-file",
+                 "--prompt-set project-rubric"):
         assert flag in err
 
 
