@@ -3,10 +3,15 @@
 Examples:
     python -m harness.gedit --precision bf16 fp8 --task gedit-en-10pct             # real models from hub/folders
     python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
-    python -m harness.gedit --stage judge --edits DIR --precision mymodel           # judge edits made elsewhere
+    python -m harness.gedit --edits DIR/mymodel --dataset D --out O                 # judge + score edits made elsewhere
     python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
 
 Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
+Judging follows a named protocol (default gedit-v1, upstream's current GEdit-Bench scorer; gedit-v0 = its first
+release) with the official VIEScore prompt set, found by --viescore-file, GEDIT_VIESCORE_FILE, the user's cache, or a
+one-time download pinned by commit and hash. Anything else (--prompt-set project-rubric, other judge settings) is
+allowed, and every output of such a run says in its first line that its scores are not comparable with published
+GEdit-Bench numbers.
 Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
 fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
 per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
@@ -16,10 +21,12 @@ Files in --out (edits go to --edits, default --out):
     <arm>/generation_settings.json               what made the edits (resume refuses other settings)
     selection.json      the selected samples (+ counts, uids_sha256)
     judgements.jsonl    one line per (arm, sample): status ok | judge_failure | missing_image, sc/pq call records
-                        with every raw answer, judge {model, prompt_set, prompt_sha256, ...}
+                        with every raw answer and why it failed, judge {model, prompt_set, prompt_sha256, protocol}
     judge_runs.jsonl    one line per judge batch: seconds, calls, attempts, new tokens, peak VRAM, judge settings
-    scores.csv          sample level: arm, task_type, language, key, status, failure, SC, PQ, O, ...
-    tasks.csv           per (arm, language, task_type): n_selected, n_scored, failures, SC, PQ, O
+    scores.csv          sample level: arm, task_type, language, key, intersection_exist, status, failure, Q_SC,
+                        Q_PQ, Q_O, ..., comparable
+    tasks.csv           per (subset fullset|intersection, arm, language, task_type): n_selected, n_scored,
+                        failures, Q_SC, Q_PQ, Q_O, comparable
     fidelity.csv        per (arm vs baseline, sample): psnr_db, ssim, identical
     summary.json / .md  headline, per task, paired deltas with 95% CIs, fidelity, failures, throughput, provenance
 """
@@ -35,6 +42,7 @@ from harness.gedit.config import DEFAULT_TASK
 from harness.gedit.context import SetupError, make_context
 from harness.gedit.data import DatasetError
 from harness.gedit.judge_prompts import PromptSetError
+from harness.gedit.protocol import PROTOCOLS, ProtocolError
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import SUMMARY_MD, RunFolderError
 from harness.gedit.runner import open_shard, run
@@ -65,14 +73,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="OmniGen2 checkpoint folder or hub id")
     jud = p.add_argument_group("judge (override the task file)")
     jud.add_argument("--judge", default=None, help="Qwen2.5-VL-7B-Instruct folder or hub id")
-    jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
-    jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
+    jud.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS, reverse=True),
+                     help="how the judge sees each sample: gedit-v1 (default; upstream's run_gedit_score.py: "
+                          "input_image_raw, source and edit each resized to the 512x512 area) or gedit-v0 (first "
+                          "release: input_image, the edit resized to it)")
+    jud.add_argument("--prompt-set", default=None,
+                     help="viescore (official, default) or project-rubric (this project's own wording; NOT "
+                          "comparable with published GEdit-Bench numbers; the default of --synthetic runs)")
+    jud.add_argument("--viescore-file", default=None,
+                     help="a copy of upstream's GEdit-Bench/viescore/vie_prompts.py (hash-checked); else "
+                          "$GEDIT_VIESCORE_FILE, the cache, or a one-time download pinned by commit")
     jud.add_argument("--max-new-tokens", type=int, default=None)
     jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
     io = p.add_argument_group("data and files")
     io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
-    io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
+    io.add_argument("--edits", default=None,
+                    help="judge and score edits made elsewhere, in upstream's layout: either one model's folder "
+                         "DIR/fullset/<task_type>/<en|cn>/<key>.<png|jpg|...> (the arm is named after DIR) or a "
+                         "folder of such model folders (pick them with --precision). Nothing is generated into it: "
+                         "--stage all means judge + score here (default: edits live in --out)")
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     io.add_argument("--cuda-graphs", action="store_true",
                     help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
@@ -90,7 +110,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
         "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
         "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
-        "dataset.id": args.dataset,
+        "judge.protocol": args.protocol, "dataset.id": args.dataset,
     }
 
 
@@ -105,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 task=args.task, flags=overrides_from_args(args), synthetic=args.synthetic, out=args.out,
                 edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
-                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs))
+                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs, stage=args.stage))
             summary = run(ctx, args.stage, shard)
         finally:
             shard.close()
-    except (SetupError, TaskError, DatasetError, PromptSetError, DistributedSetupError, RunFolderError) as err:
+    except (SetupError, TaskError, DatasetError, PromptSetError, ProtocolError, DistributedSetupError,
+            RunFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:
@@ -118,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _announce(summary: GeditSummary, markdown) -> None:
+    if summary.comparability.headline:
+        print(summary.comparability.headline)
     if summary.synthetic:
         print(summary.warning)
     print(f"wrote {markdown}")

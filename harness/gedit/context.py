@@ -12,7 +12,8 @@ from typing import Any, Sequence
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task
 from harness.gedit.judge import write_synthetic_judge
-from harness.gedit.judge_prompts import PromptSet, resolve_prompt_set
+from harness.gedit.judge_prompts import VIESCORE, PromptSet, PromptSetError, resolve_prompt_set, viescore_identity
+from harness.gedit.protocol import Protocol, get_protocol
 from harness.gedit.run_folder import FULLSET, RunFolder, judge_identity
 
 SYNTHETIC_FULL = "synthetic:full"  # model reference meaning "random full-size weights built in device memory"
@@ -35,6 +36,7 @@ class RunContext:
     model: str
     judge_model: str
     prompts: PromptSet
+    protocol: Protocol
     device: str
     batch_size: int
     synthetic: str | None
@@ -42,6 +44,8 @@ class RunContext:
     bootstrap: int = 10_000
     baseline: str | None = None
     cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
+    edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
+    prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
 
     @property
     def baseline_arm(self) -> str:
@@ -53,30 +57,44 @@ class RunContext:
 
     @property
     def judge_identity(self) -> dict:
-        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"])
+        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"], self.protocol.name)
 
 
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
                  arms: Sequence[str] | None, device: str, viescore_file: str | None = None, batch_size: int = 4,
-                 progress: bool = True, bootstrap: int = 10_000, cuda_graphs: bool = False) -> RunContext:
+                 progress: bool = True, bootstrap: int = 10_000, cuda_graphs: bool = False,
+                 stage: str = "all") -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
     flags: dotted task fields -> flag values (None = not given); out: results folder (default
-    scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision.
+    scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision;
+    stage: --stage (a stage that judges needs the prompt texts, the others only their identity).
     """
     config, changes = resolve_task(task, flags, synthetic)
     out_dir = Path(out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{synthetic}" if synthetic else "")))
     edits_root, arm_names = edits_and_arms(edits, arms, out_dir)
+    prompts, prompt_problem = prompts_for(config.judge.prompt_set, viescore_file, need_text=stage in ("judge", "all"))
     ctx = RunContext(config=config, overrides=changes, arms=arm_names, out=out_dir, edits_root=edits_root,
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
-                     prompts=resolve_prompt_set(config.judge.prompt_set, viescore_file), device=device,
+                     prompts=prompts, protocol=get_protocol(config.judge.protocol), device=device,
                      batch_size=batch_size, synthetic=synthetic, progress=progress, bootstrap=bootstrap,
-                     cuda_graphs=cuda_graphs)
+                     cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem)
     if synthetic:
         prepare_synthetic(ctx, explicit_dataset=flags.get("dataset.id") is not None,
                           explicit_model=flags.get("generation.model") is not None,
                           explicit_judge=flags.get("judge.model") is not None)
     return ctx
+
+
+def prompts_for(name: str, viescore_file: str | None, need_text: bool) -> tuple[PromptSet, str | None]:
+    """The prompt set, or (when the official text cannot be found) its identity and the reason, which `preflight`
+    reports with every other missing input before any work starts."""
+    try:
+        return resolve_prompt_set(name, viescore_file, need_text=need_text), None
+    except PromptSetError as err:
+        if name != VIESCORE or viescore_file is not None:
+            raise  # a wrong name or a wrong file: nothing else to check first
+        return viescore_identity("not found"), str(err)
 
 
 def edits_and_arms(edits: str | None, arms: Sequence[str] | None, out: Path) -> tuple[Path, list[str]]:
@@ -121,7 +139,7 @@ def prepare_synthetic(ctx: RunContext, explicit_dataset: bool, explicit_model: b
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     """Fail before any heavy work when a model or the dataset named for the requested stages is not available."""
-    problems = []
+    problems = [ctx.prompt_problem] if ctx.prompt_problem and "judge" in stages else []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
     if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):

@@ -2,17 +2,16 @@
 
 Per sample two calls: SC sees [source, edited] and the instruction, PQ sees [edited]; each answer should carry two
 0-10 scores. Decoding is greedy with 512 new tokens and the checkpoint's generation config left active (as the
-official Qwen judge does). An answer that cannot be parsed, or holds a score outside 0-10, is asked again up to
-`max_retries` times with seeded sampling (temperature RETRY_TEMPERATURE, seed = base seed + attempt); if every
-attempt fails the call is a judge failure: it is recorded with all raw answers and excluded from the means, never
-given an invented score.
+official Qwen judge does). Answers are read by the official rules (`harness.gedit.answers`). An answer that cannot
+be read, or holds a score outside 0-10, is asked again up to `max_retries` times with seeded sampling (temperature
+RETRY_TEMPERATURE, seed = base seed + attempt; the official protocols use 0 retries); if every attempt fails the
+call is a judge failure: it is recorded with all raw answers and the reason, excluded from the means, never given
+an invented score.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import re
 import tempfile
 from pathlib import Path
@@ -20,9 +19,9 @@ from typing import Any, Sequence
 
 import torch
 
+from harness.gedit.answers import SCORE_MAX, SCORE_MIN, ParsedAnswer, parse_official_answer  # noqa: F401  re-exported
 from harness.gedit.judge_prompts import PromptSet
 
-SCORE_MIN, SCORE_MAX = 0.0, 10.0
 RETRY_TEMPERATURE = 0.7
 RETRY_TOP_P = 0.9
 
@@ -45,78 +44,11 @@ class JudgeError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------------ parsing
-@dataclasses.dataclass(frozen=True)
-class ParsedAnswer:
-    """Scores read from one judge answer. `scores` is None when nothing could be read (then `error` says why)."""
-
-    scores: tuple[float, ...] | None
-    method: str | None  # "json" | "list" | "integer"
-    error: str | None = None
-
-    @property
-    def out_of_range(self) -> bool:
-        return self.scores is not None and any(not SCORE_MIN <= s <= SCORE_MAX for s in self.scores)
-
-    @property
-    def valid(self) -> bool:
-        return self.scores is not None and not self.out_of_range
-
-    def to_record(self) -> dict:
-        return {"scores": list(self.scores) if self.scores is not None else None, "method": self.method,
-                "error": self.error, "out_of_range": self.out_of_range}
-
-
-_NUMBER = r"-?\d+(?:\.\d+)?"
-_BARE_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
-_SINGLE_INT = re.compile(r"\s*(-?\d+)\s*\.?\s*")
-
-
 def parse_judge_answer(text: str) -> ParsedAnswer:
-    """Read the scores of one answer, trying in order:
-
-    1. the JSON object between the first "{" and the last "}" with a "score" list of numbers;
-    2. a bare list of numbers, e.g. "[7, 8]" (the first one in the text);
-    3. the whole answer being one integer, e.g. "7".
-    Numbers given as numeric strings inside the JSON list are accepted. Range is NOT checked here (see
-    `ParsedAnswer.out_of_range`).
-    """
-    if not isinstance(text, str) or not text.strip():
-        return ParsedAnswer(None, None, "empty answer")
-    start, end = text.find("{"), text.rfind("}")
-    json_error = "no JSON object"
-    if start != -1 and end > start:
-        try:
-            obj = json.loads(text[start:end + 1])
-        except json.JSONDecodeError as err:
-            json_error = f"invalid JSON ({err.msg})"
-        else:
-            scores = _score_list(obj.get("score") if isinstance(obj, dict) else None)
-            if scores is not None:
-                return ParsedAnswer(scores, "json")
-            json_error = "JSON without a non-empty numeric 'score' list"
-    match = _BARE_LIST.search(text)
-    if match:
-        return ParsedAnswer(tuple(float(x) for x in match.group(1).split(",")), "list")
-    match = _SINGLE_INT.fullmatch(text)
-    if match:
-        return ParsedAnswer((float(match.group(1)),), "integer")
-    return ParsedAnswer(None, None, f"{json_error}; no [a, b] list; not a single integer")
-
-
-def _score_list(value: Any) -> tuple[float, ...] | None:
-    if not isinstance(value, list) or not value:
-        return None
-    out = []
-    for item in value:
-        if isinstance(item, bool):
-            return None
-        if isinstance(item, (int, float)) and math.isfinite(item):
-            out.append(float(item))
-        elif isinstance(item, str) and re.fullmatch(_NUMBER, item.strip()):
-            out.append(float(item))
-        else:
-            return None
-    return tuple(out)
+    """Read the scores of one answer by the official GEdit-Bench rules (`harness.gedit.answers`): upstream's score
+    wherever upstream has a definite one, else no scores and the reason. Range is NOT checked here (see
+    `ParsedAnswer.out_of_range`)."""
+    return parse_official_answer(text)
 
 
 # -------------------------------------------------------------------------------------------------- call records

@@ -3,7 +3,8 @@
     <out>/selection.json      the selected samples (+ counts, uids_sha256)
     <out>/judgements.jsonl    one line per (arm, sample) and judge; judge_runs.jsonl: one line per judge batch
     <out>/scores.csv tasks.csv fidelity.csv summary.json summary.md distributed.json
-    <edits>/<arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout; <edits> defaults to <out>)
+    <edits>/<arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout; <edits> defaults to <out>); edits
+                              made elsewhere may have any image suffix (`<key>.*`, as upstream globs them)
     <edits>/<arm>/generation.jsonl  one line per edit; <edits>/<arm>/generation_settings.json  what made them
     <dir>/_ranks/<name>.rankNNN.jsonl   records a rank of a torchrun launch appended (merged into <dir>/<name>.jsonl)
 
@@ -34,6 +35,8 @@ GENERATION_LOG = "generation.jsonl"
 SETTINGS_FILE = "generation_settings.json"
 FULLSET = "fullset"
 
+EDIT_SUFFIX_PREFERENCE = (".png",)  # upstream globs `<key>.*`; a PNG (what this harness writes) wins a tie
+
 SampleKey = tuple[str, str, str]  # (task_type, language, key): what every per-sample record is keyed by
 
 
@@ -57,15 +60,37 @@ def edit_path(root: str | Path, arm: str, sample) -> Path:
     return Path(root) / arm / FULLSET / task_type / language / f"{key}.png"
 
 
-def judge_identity(model: str, prompt_set: str, prompt_sha256: str) -> dict:
-    """What makes judgements comparable: the judge model and the exact prompts (by hash)."""
-    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256}
+def find_edit_image(folder: str | Path, key: str) -> Path | None:
+    """The edit of sample `key` in an official-layout folder (`.../fullset/<task>/<lang>/`): upstream globs
+    `<key>.*` and takes a match; here `<key>.png` if present, else the first other match by name (None if none)."""
+    folder = Path(folder)
+    for suffix in EDIT_SUFFIX_PREFERENCE:
+        if (folder / f"{key}{suffix}").is_file():
+            return folder / f"{key}{suffix}"
+    others = sorted(p for p in folder.glob(f"{_glob_escape(key)}.*") if p.is_file())
+    return others[0] if others else None
+
+
+def find_edit(root: str | Path, arm: str, sample) -> Path | None:
+    """The existing edit of `sample` by `arm` under `root`, whatever its image suffix (None if there is none)."""
+    return find_edit_image(edit_path(root, arm, sample).parent, sample_key(sample)[2])
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def judge_identity(model: str, prompt_set: str, prompt_sha256: str, protocol: str) -> dict:
+    """What a judgement depends on besides the images: the judge model, the exact prompts (by hash) and the
+    protocol; judging with another one of these is a settings change."""
+    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256, "protocol": protocol}
 
 
 def judged_by(record: dict, ident: dict) -> bool:
-    """True when `record` (a judgement or judge-run line) was made by the judge and prompts of `ident`."""
-    judge = record.get("judge", {})
-    return (judge.get("model"), judge.get("prompt_sha256")) == (ident["model"], ident["prompt_sha256"])
+    """True when `record` (a judgement or judge-run line) was made by the judge, prompts and protocol of `ident`."""
+    judge = record.get("judge") or {}
+    return ((judge.get("model"), judge.get("prompt_sha256"), judge.get("protocol"))
+            == (ident["model"], ident["prompt_sha256"], ident["protocol"]))
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,10 @@ class RunFolder:
     # ---------------------------------------------------------------------------------------------------- edits
     def edit_path(self, arm: str, sample) -> Path:
         return edit_path(self.edits_root, arm, sample)
+
+    def found_edit(self, arm: str, sample) -> Path | None:
+        """The existing edit of `sample` by `arm`: `<key>.png`, else `<key>.*` as upstream globs (None: absent)."""
+        return find_edit(self.edits_root, arm, sample)
 
     def pending(self, arm: str, samples: Sequence) -> list:
         """The samples whose edited image does not exist yet (a PNG that exists is complete: it was renamed into
@@ -158,15 +187,17 @@ class RunFolder:
         latest, others = {}, set()
         for rec in read_jsonl(self.file(JUDGEMENTS)):
             if not judged_by(rec, ident):
-                others.add((rec.get("judge", {}).get("model"), rec.get("judge", {}).get("prompt_set")))
+                judge = rec.get("judge") or {}
+                others.add((judge.get("model"), judge.get("prompt_set"), judge.get("protocol")))
                 continue
             if rec["arm"] in arms and sample_key(rec) in wanted:
                 latest[(rec["arm"], *sample_key(rec))] = rec
         if not latest and others:
-            found = "; ".join(f"--judge {m} --prompt-set {p}" for m, p in sorted(others, key=str))
-            log.warning("%s holds no judgement by judge %s with prompt set %s, only by: %s. Pass those flags (and the "
-                        "same --synthetic / --task) to score them.", self.file(JUDGEMENTS), ident["model"],
-                        ident["prompt_set"], found)
+            found = "; ".join(f"--judge {m} --prompt-set {p} --protocol {pr}"
+                              for m, p, pr in sorted(others, key=str))
+            log.warning("%s holds no judgement by judge %s with prompt set %s and protocol %s, only by: %s. Pass those "
+                        "flags (and the same --synthetic / --task) to score them.", self.file(JUDGEMENTS),
+                        ident["model"], ident["prompt_set"], ident["protocol"], found)
         return list(latest.values())
 
     def judge_runs(self, ident: dict) -> list[dict]:

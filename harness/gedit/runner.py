@@ -36,7 +36,8 @@ from harness.core.records import RecordSink, run_manifest, write_json_atomic
 from harness.gedit import data as gdata
 from harness.gedit.context import SYNTHETIC_FULL, RunContext, SetupError, preflight
 from harness.gedit.generate import arm_settings, free_pipeline, generate_samples, load_arm_pipeline
-from harness.gedit.judge import QwenJudge, build_full_synthetic_judge, judge_calls_for_sample
+from harness.gedit.judge import CallResult, QwenJudge, build_full_synthetic_judge, judge_calls_for_sample
+from harness.gedit.protocol import check_dataset_columns, judge_images
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
 from harness.gedit.summary import run_score
@@ -63,15 +64,19 @@ def open_shard(requested_device: str | None) -> Shard:
     return shard
 
 
-def stages_of(stage: str) -> tuple[str, ...]:
-    """--stage value -> the stages it runs, in order."""
-    return STAGES if stage == "all" else (stage,)
+def stages_of(stage: str, edits_elsewhere: bool = False) -> tuple[str, ...]:
+    """--stage value -> the stages it runs, in order; edits made elsewhere (--edits) are never generated into."""
+    if stage != "all":
+        return (stage,)
+    return ("judge", "score") if edits_elsewhere else STAGES
 
 
 def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> GeditSummary | None:
     """Run the requested stage(s) on this shard; returns the summary on the main rank when the score stage ran."""
     shard = shard or Shard.single(ctx.device)
-    stages = stages_of(stage)
+    stages = stages_of(stage, ctx.edits_elsewhere)
+    if stage == "all" and ctx.edits_elsewhere:
+        log.info("--edits %s: judging and scoring the edits found there (no generation)", ctx.edits_root)
     preflight(ctx, stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
     if shard.is_main:  # an interrupted run's records, before anyone decides what is done
@@ -81,7 +86,7 @@ def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> Gedi
     shard.barrier()
     mine = {"rank": shard.rank, "local_rank": shard.local_rank, "host": socket.gethostname(), "device": shard.device}
     if {"generate", "judge"} & set(stages):
-        ds, samples = select(ctx, record=shard.is_main)
+        ds, samples = select(ctx, record=shard.is_main, for_judging="judge" in stages)
         if "generate" in stages:
             start = time.perf_counter()
             mine["generate_shard_samples"] = generate_shard(ctx, ds, samples, shard)
@@ -103,10 +108,13 @@ def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> Gedi
     return run_score(ctx) if "score" in stages else None
 
 
-def select(ctx: RunContext, record: bool = True) -> tuple[object, list[gdata.SampleRef]]:
-    """Load the dataset and choose the samples; `record`: write the choice to selection.json. Returns (dataset,
+def select(ctx: RunContext, record: bool = True, for_judging: bool = True) -> tuple[object, list[gdata.SampleRef]]:
+    """Load the dataset and choose the samples; `record`: write the choice to selection.json; `for_judging`: also
+    refuse a copy without the column the protocol judges against (before any edit is made). Returns (dataset,
     samples)."""
     ds = gdata.load_gedit_dataset(ctx.dataset, ctx.config.dataset.revision, ctx.config.dataset.split)
+    if for_judging:
+        check_dataset_columns(ctx.protocol, ds.column_names)
     samples = gdata.select_samples(ds, ctx.config.selection)
     if not samples:
         raise SetupError(f"the selection {ctx.config.selection} matches no row of {ctx.dataset}")
@@ -199,16 +207,17 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar
     cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     calls, present = [], []
     for arm, sample in part:
-        image_path = ctx.folder.edit_path(arm, sample)
-        if not image_path.is_file():
+        image_path = ctx.folder.found_edit(arm, sample)
+        if image_path is None:
+            expected = ctx.folder.edit_path(arm, sample).with_suffix(".*")
             judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="missing_image",
-                                         failure=f"no edited image at {image_path}"))
+                                         failure=f"no edited image {expected}"))
             bar.update(2)
             continue
-        edited = Image.open(image_path).convert("RGB")
-        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
-                                        sample.instruction, ctx.prompts)
-        present.append((arm, sample))
+        with Image.open(image_path) as opened:
+            source, edited = judge_images(ctx.protocol, ds[sample.row], opened)
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", source, edited, sample.instruction, ctx.prompts)
+        present.append((arm, sample, image_path))
     if not present:
         return
     if cuda:
@@ -216,23 +225,33 @@ def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar
     t0 = time.perf_counter()
     results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
     seconds = time.perf_counter() - t0
-    runs.append({"arms": sorted({a for a, _ in present}), "n_samples": len(present), "n_calls": len(calls),
+    runs.append({"arms": sorted({a for a, _, _ in present}), "n_samples": len(present), "n_calls": len(calls),
                  "seconds": seconds, "n_attempts": sum(len(r.attempts) for r in results.values()),
                  "new_tokens": judge.last_new_tokens_total,
                  "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                  "judge": ident, "settings": info})
-    for arm, sample in present:
+    for arm, sample, image_path in present:
         sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
         ok = sc.status == "ok" and pq.status == "ok"
-        failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
+        failure = "" if ok else "; ".join(f"{n}: {failure_reason(r)}" for n, r in (("sc", sc), ("pq", pq))
+                                          if r.status != "ok")
         judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="ok" if ok else "judge_failure",
                                      failure=failure, sc=sc.to_record(), pq=pq.to_record(),
-                                     out_of_range="out_of_range" in (sc.status, pq.status)))
+                                     out_of_range="out_of_range" in (sc.status, pq.status), image=image_path))
+
+
+def failure_reason(result: CallResult) -> str:
+    """A failed call's status plus the parser's reason and what upstream would have done (from its last attempt)."""
+    if result.status == "out_of_range":
+        return f"out_of_range (scores {result.scores})"
+    parse = (result.attempts[-1].get("parse") if result.attempts else None) or {}
+    return f"{result.status} ({parse.get('error')}; upstream: {parse.get('upstream')})"
 
 
 def _judgement(folder: RunFolder, arm, sample, ident, info, *, status, failure="", sc=None, pq=None,
-               out_of_range=False) -> dict:
-    return {"arm": arm, **sample.to_record(), "image": str(folder.edit_path(arm, sample).relative_to(folder.edits_root)),
+               out_of_range=False, image=None) -> dict:
+    image = image if image is not None else folder.edit_path(arm, sample)
+    return {"arm": arm, **sample.to_record(), "image": str(image.relative_to(folder.edits_root)),
             "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
             "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
                       "synthetic": bool(info.get("synthetic"))}}

@@ -11,12 +11,13 @@ from harness.core.records import SYNTHETIC_WARNING, atomic_output, run_manifest,
 from harness.gedit import data as gdata
 from harness.gedit.context import RunContext
 from harness.gedit.fidelity import fidelity_table, summarize_fidelity
-from harness.gedit.record import (GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput, SummaryFiles,
-                                  Throughput)
+from harness.gedit.protocol import comparability_headline, comparability_problems
+from harness.gedit.record import (Comparability, GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput,
+                                  ScoreBlock, SummaryFiles, Throughput)
 from harness.gedit.render import summary_markdown
 from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, SUMMARY_JSON, SUMMARY_MD, TASKS,
                                       RunFolder)
-from harness.gedit.scoring import headline_table, sample_table, task_table
+from harness.gedit.scoring import SUBSETS, official_tables, sample_table
 from harness.gedit.stats import paired_deltas
 
 
@@ -24,16 +25,19 @@ def run_score(ctx: RunContext) -> GeditSummary:
     """Write every scored file of the run and return the summary."""
     folder = ctx.folder
     samples = folder.selection_samples()
+    verdict = comparability(ctx)  # also a column of each CSV, which has no headline line to carry it
     table = sample_table(folder.current_judgements(ctx.judge_identity, ctx.arms, samples))
-    _write_csv(table, folder.file(SCORES))
-    tasks = task_table(table) if len(table) else pd.DataFrame()
-    _write_csv(tasks, folder.file(TASKS))
-    headline = headline_table(table) if len(table) else pd.DataFrame()
+    _write_csv(table.assign(comparable=verdict.comparable), folder.file(SCORES))
+    blocks = official_tables(table) if len(table) else {s: {"headline": pd.DataFrame(), "per_task": pd.DataFrame()}
+                                                        for s in SUBSETS}
+    _write_csv(pd.concat([blocks[s]["per_task"] for s in SUBSETS]).assign(comparable=verdict.comparable),
+               folder.file(TASKS))
+    headline, tasks = blocks["fullset"]["headline"], blocks["fullset"]["per_task"]
     base = ctx.baseline_arm
     deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
     fidelity, fid_rows = {}, []
     for arm in (a for a in ctx.arms if a != base):
-        pairs = [(s, folder.edit_path(base, s), folder.edit_path(arm, s)) for s in samples]
+        pairs = [(s, *(folder.found_edit(a, s) or folder.edit_path(a, s) for a in (base, arm))) for s in samples]
         ftab = fidelity_table(pairs)
         fid_rows.append(ftab.assign(baseline=base, arm=arm))
         if len(ftab):
@@ -43,11 +47,14 @@ def run_score(ctx: RunContext) -> GeditSummary:
         _write_csv(pd.concat(fid_rows), folder.file(FIDELITY))
     summary = GeditSummary(
         synthetic=ctx.synthetic or False, warning=SYNTHETIC_WARNING if ctx.synthetic else None,
-        task=ctx.config, overrides=ctx.overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
+        comparability=verdict, task=ctx.config, overrides=ctx.overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
         edits_root=str(ctx.edits_root), judge=JudgeIdentity(**ctx.judge_identity),
-        judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(),
+        judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(), protocol=ctx.protocol,
         selection=gdata.selection_summary([_as_ref(s) for s in samples]),
-        headline=_records(headline), per_task=_records(tasks), deltas=deltas, fidelity=fidelity,
+        headline=_records(headline), per_task=_records(tasks),
+        intersection=ScoreBlock(headline=_records(blocks["intersection"]["headline"]),
+                                per_task=_records(blocks["intersection"]["per_task"])),
+        deltas=deltas, fidelity=fidelity,
         judge_failures=_failures(tasks), throughput=throughput(ctx),
         provenance=run_manifest(synthetic=ctx.synthetic or False, device=ctx.device,
                                 extra={"prompt_set": ctx.prompts.describe(), "judge_model": ctx.judge_model,
@@ -57,6 +64,16 @@ def run_score(ctx: RunContext) -> GeditSummary:
     write_json_atomic(folder.file(SUMMARY_JSON), summary.to_json())
     write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(summary))
     return summary
+
+
+def comparability(ctx: RunContext) -> Comparability:
+    """Whether this run's scores can stand beside published GEdit-Bench numbers, and if not, why (one line).
+    Decoding limits are those the judge ran with (judge_runs.jsonl) where recorded, else the task's."""
+    judge, ran = ctx.config.judge, last_judge_settings(ctx) or {}
+    problems = comparability_problems(ctx.protocol.name, ctx.prompts.name,
+                                      ran.get("max_new_tokens", judge.max_new_tokens),
+                                      ran.get("max_retries", judge.max_retries), ctx.synthetic)
+    return Comparability(comparable=not problems, problems=problems, headline=comparability_headline(problems))
 
 
 def throughput(ctx: RunContext) -> Throughput:
@@ -88,7 +105,8 @@ def throughput(ctx: RunContext) -> Throughput:
 
 
 def last_judge_settings(ctx: RunContext) -> dict | None:
-    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge + prompt set."""
+    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge, prompt set and
+    protocol."""
     runs = ctx.folder.judge_runs(ctx.judge_identity)
     return runs[-1].get("settings") if runs else None
 
