@@ -156,7 +156,7 @@ def merge_rank_records(ctx) -> dict[str, int]:
     interrupted between writing and deleting is harmless). Run by one process while no rank appends.
     """
     order = _selection_order(ctx.out)
-    width = max(1, ctx.batch_size)
+    width = max(1, ctx.batch_size or 1)  # None before a judge chose its chunk width: no judgement to order yet
     batch_of = {(arm, *k): (a * len(order) + i) // width for a, arm in enumerate(ctx.arms) for k, i in order.items()}
     last = float("inf")  # records outside the current selection keep their order, after the rest
 
@@ -254,34 +254,35 @@ def generate_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
 
 
 def judge_shard(gedit, ctx, ds, samples: Sequence, me: Rank) -> int:
-    """Judge this rank's batches with `gedit.judge_batch` (pairs already judged, here or in another rank's file,
-    are left out); returns how many pairs it judged."""
-    from tqdm.auto import tqdm
-
-    ident = gedit.judge_identity(ctx)
-    shared = ctx.out / gedit.JUDGEMENTS
-    done = {(r["arm"], r["task_type"], r["language"], r["key"])
-            for path in (shared, *sorted((ctx.out / RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}")))
-            for r in read_jsonl(path)
-            if (r.get("judge", {}).get("model"), r.get("judge", {}).get("prompt_sha256"))
-            == (ident["model"], ident["prompt_sha256"])}
-    mine = shard_batches(judge_batches(ctx.arms, samples, ctx.batch_size), me.rank, me.world_size)
-    todo = [(b, [(arm, s) for arm, s in batch if (arm, s.task_type, s.language, s.key) not in done])
-            for b, batch in mine]
-    todo = [(b, batch) for b, batch in todo if batch]
-    n_pairs = sum(len(batch) for _, batch in todo)
-    if not todo:
-        log.info("judge: all judgements of this rank's %d batches exist", len(mine))
+    """Judge this rank's chunks with `gedit.judge_chunks` (pairs already judged, here or in another rank's file, are
+    left out); returns how many pairs it judged. Every rank loads the judge while any pair is left, since the
+    chunks are cut by the judge's chunk width, which must be the same on every rank."""
+    if gedit.all_judged(ctx, samples):
+        log.info("judge: all judgements exist")
         return 0
-    stop = fault_after(me.rank, "judge")
     judge = gedit.load_judge(ctx)
-    bar = tqdm(total=2 * n_pairs, desc=f"judge rank {me.rank}", unit="call", disable=not ctx.progress)
-    for i, (_, batch) in enumerate(todo):
-        if stop is not None and i == stop:
-            _crash(me.rank, f"{i} judge batches")
-        gedit.judge_batch(ctx, ds, batch, judge, bar)
-    bar.close()
-    return n_pairs
+    gedit.check_judge_settings(ctx, judge)
+    _check_same_on_every_rank(judge.settings())
+    ctx.batch_size = judge.chunk_samples
+    todo = gedit.judge_chunks_of(ctx, samples, judge.chunk_samples, me.rank, me.world_size)
+    stop = fault_after(me.rank, "judge")
+    if stop == 0:
+        _crash(me.rank, "0 judge batches")
+    for done, _ in enumerate(gedit.judge_chunks(ctx, ds, todo, judge), 1):
+        if done == stop:
+            _crash(me.rank, f"{done} judge batches")
+    return sum(len(chunk) for chunk in todo)
+
+
+def _check_same_on_every_rank(settings: dict) -> None:
+    """Refuse judge settings that differ between ranks (e.g. batch sizes chosen from unequal free memory): the
+    ranks would cut the chunks differently and judge some pairs twice and others never."""
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, settings)
+    if any(s != everyone[0] for s in everyone):
+        raise DistributedSetupError("the ranks' judges have different settings (" + "; ".join(
+            f"rank {r}: batch_size {s.get('batch_size')}" for r, s in enumerate(everyone)) + "); pass --batch-size N "
+            "so that every rank uses the same")
 
 
 # ------------------------------------------------------------------------------------------------------- driver

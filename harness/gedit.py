@@ -44,7 +44,9 @@ from harness.fidelity import fidelity_table, summarize_fidelity
 from harness.generate import (SettingsMismatchError, arm_settings, check_or_record_settings, edit_path,
                               free_pipeline, generate_samples, generation_records, load_arm_pipeline, pending_samples,
                               read_arm_settings)
-from harness.judge import QwenJudge, judge_calls_for_sample
+from harness import judge_batching
+from harness.judge import Judge, JudgeError, QwenJudge, judge_calls_for_sample
+from harness.judge_served import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, ServedJudge
 from harness.judge_prompts import PromptSet, PromptSetError, resolve_prompt_set
 from harness.core.records import (SYNTHETIC_WARNING, append_jsonl, read_jsonl, run_manifest, write_json_atomic,
                              write_text_atomic)
@@ -79,12 +81,13 @@ class RunContext:
     judge_model: str
     prompts: PromptSet
     device: str
-    batch_size: int
+    batch_size: int | None  # judge calls per batch; None: from free memory (the judge's chunk width once loaded)
     synthetic: str | None
     progress: bool = True
     bootstrap: int = 10_000
     baseline: str | None = None
     cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
+    judge_server: dict | None = None  # {url, api_key_env, concurrency, timeout_s}: judge through that server
 
     @property
     def baseline_arm(self) -> str:
@@ -120,7 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
     jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
     jud.add_argument("--max-new-tokens", type=int, default=None)
-    jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
+    jud.add_argument("--batch-size", type=int, default=None,
+                     help=f"judge calls per forward batch (default: from free GPU memory, at most "
+                          f"{judge_batching.AUTO_BATCH_CAP}; {judge_batching.CPU_BATCH_SIZE} on a CPU); a judge "
+                          "setting: a resume must use the same")
+    srv = p.add_argument_group("served judge: any OpenAI-compatible server (vLLM, SGLang, a hosted model)")
+    srv.add_argument("--judge-url", default=None, metavar="URL",
+                     help="judge through the chat-completions API at URL, e.g. http://127.0.0.1:8000/v1")
+    srv.add_argument("--judge-model", default=None, metavar="NAME",
+                     help="model name the server serves (default: the task's judge model)")
+    srv.add_argument("--judge-api-key-env", default=None, metavar="VAR", help="environment variable holding the API key")
+    srv.add_argument("--judge-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                     help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
+    srv.add_argument("--judge-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                     help=f"seconds per request before it is retried (default {DEFAULT_TIMEOUT_S:g})")
     io = p.add_argument_group("data and files")
     io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
@@ -141,7 +157,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "selection.task_groups": args.tasks, "selection.intersection": args.intersection,
         "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
         "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
-        "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
+        "judge.model": args.judge or args.judge_model, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
         "dataset.id": args.dataset,
     }
 
@@ -149,6 +165,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------------ context + setup
 def make_context(args: argparse.Namespace) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked)."""
+    if args.judge_url is None and (args.judge_model or args.judge_api_key_env):
+        raise SetupError("--judge-model / --judge-api-key-env name a served judge: add --judge-url URL")
+    if args.judge_url is not None and args.judge:
+        raise SetupError("--judge (a local checkpoint) and --judge-url (a server) exclude each other: pass one")
     config = load_gedit_task(args.task)
     changes: list[dict] = []
     flags = overrides_from_args(args)
@@ -169,9 +189,12 @@ def make_context(args: argparse.Namespace) -> RunContext:
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
                      prompts=prompts, device=device, batch_size=args.batch_size, synthetic=args.synthetic,
                      progress=not args.no_progress, bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs)
+    if args.judge_url is not None:
+        ctx.judge_server = {"url": args.judge_url, "api_key_env": args.judge_api_key_env,
+                            "concurrency": args.judge_concurrency, "timeout_s": args.judge_timeout}
     if args.synthetic:
         prepare_synthetic(ctx, explicit_dataset=args.dataset is not None, explicit_model=args.model is not None,
-                          explicit_judge=args.judge is not None)
+                          explicit_judge=args.judge is not None or args.judge_url is not None)
     return ctx
 
 
@@ -220,7 +243,12 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     problems = []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
-    if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
+    if "judge" in stages and ctx.judge_server is not None:
+        try:
+            load_judge(ctx)  # one 1-token request: URL, key and model name checked before any real work
+        except JudgeError as err:
+            problems.append(str(err))
+    elif "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
         problems += _check_model(ctx.judge_model, "judge", "--judge", "config.json")
     if {"generate", "judge"} & set(stages):
         problems += _check_dataset(ctx.dataset)
@@ -306,8 +334,13 @@ def judge_identity(ctx: RunContext) -> dict:
     return {"model": ctx.judge_model, "prompt_set": ctx.prompts.name, "prompt_sha256": ctx.prompts.sha256["set"]}
 
 
-def load_judge(ctx: RunContext) -> QwenJudge:
+def load_judge(ctx: RunContext) -> Judge:
+    """The judge ctx names: a server (--judge-url), the random full-size one, or a checkpoint loaded in process."""
     spec = ctx.config.judge
+    if ctx.judge_server is not None:
+        srv = ctx.judge_server
+        return ServedJudge(srv["url"], ctx.judge_model, api_key_env=srv["api_key_env"], concurrency=srv["concurrency"],
+                           timeout_s=srv["timeout_s"], max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
     kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
     if ctx.judge_model == "synthetic:full":
         from harness.judge import build_full_synthetic_judge
@@ -318,63 +351,122 @@ def load_judge(ctx: RunContext) -> QwenJudge:
     return judge
 
 
-def run_judge(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], judge: QwenJudge | None = None) -> None:
-    """Judge every (arm, sample) not yet in judgements.jsonl for this judge and prompt set; missing edits are
-    recorded as such. Work goes in chunks of batch_size samples, each appended as soon as it is done."""
-    path = ctx.out / JUDGEMENTS
+def judgement_records(ctx: RunContext) -> list[dict]:
+    """This judge's (judge_identity) records in judgements.jsonl and in per-rank files not merged yet."""
     ident = judge_identity(ctx)
-    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in read_jsonl(path)
-            if r.get("judge", {}).get("model") == ident["model"]
-            and r.get("judge", {}).get("prompt_sha256") == ident["prompt_sha256"]}
-    todo = [(arm, s) for arm in ctx.arms for s in samples if (arm, s.task_type, s.language, s.key) not in done]
-    if not todo:
+    shared = ctx.out / JUDGEMENTS
+    paths = (shared, *sorted((ctx.out / distributed.RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}")))
+    return [r for path in paths for r in read_jsonl(path)
+            if (r.get("judge", {}).get("model"), r.get("judge", {}).get("prompt_sha256"))
+            == (ident["model"], ident["prompt_sha256"])]
+
+
+def judge_chunks_of(ctx: RunContext, samples: Sequence[gdata.SampleRef], chunk_samples: int,
+                    rank: int = 0, world_size: int = 1) -> list[list[tuple[str, gdata.SampleRef]]]:
+    """The chunks this rank judges, less the pairs already judged: the (arm, sample) pairs in single-process order
+    cut into chunks of `chunk_samples` whatever was judged before, so a resumed or sharded run forms the same
+    batches as one uninterrupted process; chunk b goes to rank b mod world_size."""
+    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in judgement_records(ctx)}
+    mine = distributed.shard_batches(distributed.judge_batches(ctx.arms, samples, chunk_samples), rank, world_size)
+    todo = [[(arm, s) for arm, s in chunk if (arm, s.task_type, s.language, s.key) not in done] for _, chunk in mine]
+    return [chunk for chunk in todo if chunk]
+
+
+def all_judged(ctx: RunContext, samples: Sequence[gdata.SampleRef]) -> bool:
+    done = {(r["arm"], r["task_type"], r["language"], r["key"]) for r in judgement_records(ctx)}
+    return all((arm, s.task_type, s.language, s.key) in done for arm in ctx.arms for s in samples)
+
+
+def check_judge_settings(ctx: RunContext, judge: Judge) -> None:
+    """Refuse to add judgements to ones this judge made with other settings (batch size, ordering, decoding, served
+    model...): batched decoding can change answers with them, and a run must not mix the two."""
+    current = judge.settings()
+    for rec in judgement_records(ctx):
+        if rec.get("status") == "missing_image":
+            continue
+        old = rec["judge"].get("settings")
+        if old != current:
+            changed = ("settings not recorded" if old is None else ", ".join(
+                f"{k}: {old.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(old) | set(current))
+                if old.get(k) != current.get(k)))
+            raise SettingsMismatchError(f"{ctx.out / JUDGEMENTS} holds judgements by {ctx.judge_model} made with other "
+                                        f"judge settings ({changed}); resuming would mix them. Pass the flags that "
+                                        "made them (e.g. --batch-size), or use another --out folder.")
+
+
+def run_judge(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], judge: Judge | None = None) -> None:
+    """Judge every (arm, sample) not yet in judgements.jsonl for this judge and prompt set; missing edits are
+    recorded as such. Work goes in chunks of the judge's chunk_samples, each appended as soon as it is done."""
+    if all_judged(ctx, samples):
         log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
         return
     judge = judge or load_judge(ctx)
-    chunk = max(1, ctx.batch_size)
-    bar = tqdm(total=2 * len(todo), desc="judge", unit="call", disable=not ctx.progress)
-    for start in range(0, len(todo), chunk):
-        judge_batch(ctx, ds, todo[start:start + chunk], judge, bar)
-    bar.close()
+    check_judge_settings(ctx, judge)
+    ctx.batch_size = judge.chunk_samples  # the chunk width, which also orders merged records
+    for _ in judge_chunks(ctx, ds, judge_chunks_of(ctx, samples, judge.chunk_samples), judge):
+        pass
 
 
-def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]], judge: QwenJudge, bar) -> None:
-    """Judge one batch of (arm, sample) pairs (one judge.run_calls); append a judgement per pair and a timing line.
+def judge_chunks(ctx: RunContext, ds, chunks: Sequence[Sequence[tuple[str, gdata.SampleRef]]], judge: Judge):
+    """Judge chunk after chunk, yielding after each is appended; the next chunk's images are loaded and prepared
+    (`judge.prepare`) on a worker thread while the current one is judged."""
+    bar = tqdm(total=2 * sum(len(c) for c in chunks), desc="judge", unit="call", disable=not ctx.progress)
+    try:
+        for part, prepared in judge_batching.prepared_in_background(chunks, lambda c: prepare_chunk(ctx, ds, c, judge)):
+            judge_batch(ctx, ds, part, judge, bar, prepared=prepared)
+            yield part
+    finally:
+        bar.close()
+
+
+def prepare_chunk(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]], judge: Judge) -> dict:
+    """Load a chunk's images and prepare its calls: {"present": pairs with an edit, "missing": pairs without one,
+    "inputs": judge.prepare(calls)} (no file is written here: it may run on a worker thread)."""
+    calls, present, missing = [], [], []
+    for arm, sample in part:
+        image_path = edit_path(ctx.edits_root, arm, sample)
+        if not image_path.is_file():
+            missing.append((arm, sample))
+            continue
+        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), _open(image_path),
+                                        sample.instruction, ctx.prompts)
+        present.append((arm, sample))
+    return {"present": present, "missing": missing, "inputs": judge.prepare(calls) if calls else None}
+
+
+def judge_batch(ctx: RunContext, ds, part: Sequence[tuple[str, gdata.SampleRef]], judge: Judge, bar,
+                prepared: dict | None = None) -> None:
+    """Judge one chunk of (arm, sample) pairs (one judge.judge); append a judgement per pair and a timing line.
     Under torchrun the lines go to this rank's files (`distributed.rank_file`), merged by rank 0 afterwards."""
     path, runs_path = distributed.rank_file(ctx.out / JUDGEMENTS), distributed.rank_file(ctx.out / JUDGE_RUNS)
     ident = judge_identity(ctx)
     info = judge.describe()
-    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
-    calls, present = [], []
-    for arm, sample in part:
-        image_path = edit_path(ctx.edits_root, arm, sample)
-        if not image_path.is_file():
-            append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="missing_image",
-                                          failure=f"no edited image at {image_path}"))
-            bar.update(2)
-            continue
-        edited = _open(image_path)
-        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", gdata.load_source_image(ds, sample), edited,
-                                        sample.instruction, ctx.prompts)
-        present.append((arm, sample))
+    prepared = prepared or prepare_chunk(ctx, ds, part, judge)
+    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available() and ctx.judge_server is None
+    for arm, sample in prepared["missing"]:
+        append_jsonl(path, _judgement(arm, sample, ident, info, judge.settings(), ctx, status="missing_image",
+                                      failure=f"no edited image at {edit_path(ctx.edits_root, arm, sample)}"))
+        bar.update(2)
+    present = prepared["present"]
     if not present:
         return
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
+    results = {r.call_id: r for r in judge.judge(prepared["inputs"], progress=bar)}
     seconds = time.perf_counter() - t0
+    info = judge.describe()  # after the calls: a served judge adds what the server reported
     append_jsonl(runs_path, {"arms": sorted({a for a, _ in present}), "n_samples": len(present),
-                             "n_calls": len(calls), "seconds": seconds,
+                             "n_calls": len(results), "seconds": seconds,
                              "n_attempts": sum(len(r.attempts) for r in results.values()),
-                             "new_tokens": judge.last_new_tokens_total,
+                             **judge.last_run_stats,
                              "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                              "judge": ident, "settings": info})
     for arm, sample in present:
         sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
         ok = sc.status == "ok" and pq.status == "ok"
         failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
-        append_jsonl(path, _judgement(arm, sample, ident, info, ctx, status="ok" if ok else "judge_failure",
+        append_jsonl(path, _judgement(arm, sample, ident, info, judge.settings(), ctx, status="ok" if ok else "judge_failure",
                                       failure=failure, sc=sc.to_record(), pq=pq.to_record(),
                                       out_of_range="out_of_range" in (sc.status, pq.status)))
 
@@ -385,11 +477,11 @@ def _open(path: Path):
     return Image.open(path).convert("RGB")
 
 
-def _judgement(arm, sample, ident, info, ctx, *, status, failure="", sc=None, pq=None, out_of_range=False) -> dict:
+def _judgement(arm, sample, ident, info, settings, ctx, *, status, failure="", sc=None, pq=None, out_of_range=False) -> dict:
     return {"arm": arm, **sample.to_record(), "image": str(edit_path(ctx.edits_root, arm, sample).relative_to(ctx.edits_root)),
             "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
             "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
-                      "synthetic": bool(info.get("synthetic"))}}
+                      "synthetic": bool(info.get("synthetic")), "settings": settings}}
 
 
 def current_judgements(ctx: RunContext, samples: Sequence[dict]) -> list[dict]:
@@ -526,7 +618,9 @@ def throughput(ctx: RunContext) -> dict:
                  max(1, sum(r["n_calls"] for r in runs)),
                  "new_tokens_per_attempt": (sum(r.get("new_tokens") or 0 for r in runs) /
                                             max(1, sum(r["n_attempts"] for r in runs))),
-                 "peak_vram_gib_max": max(vram) if vram else None, "batch_size": ctx.batch_size}
+                 "peak_vram_gib_max": max(vram) if vram else None,
+                 "batch_size": (runs[-1].get("settings") or {}).get("batch_size"),
+                 "concurrency": (runs[-1].get("settings") or {}).get("concurrency")}
     return {"generation": gen, "judge": judge}
 
 
@@ -605,7 +699,8 @@ def render_markdown(summary: dict) -> str:
                      f"{_f(g['seconds_per_sample_median'], 3)}, n={g['n_samples']}), peak VRAM {_f(g['peak_vram_gib_max'])} GiB")
     if tp["judge"]:
         j = tp["judge"]
-        lines.append(f"- judge: {_f(j['seconds_per_sample'], 3)} s/sample (2 calls, batch {j['batch_size']}, "
+        batching = f"batch {j['batch_size']}" if j.get("batch_size") else f"{j.get('concurrency')} requests in flight"
+        lines.append(f"- judge: {_f(j['seconds_per_sample'], 3)} s/sample (2 calls, {batching}, "
                      f"{_f(j['attempts_per_call'])} attempts/call), peak VRAM {_f(j['peak_vram_gib_max'])} GiB")
     prov = summary["provenance"]
     lines += ["", "## Provenance", "", f"- command: `{prov['command']}`", f"- git: {prov['git_revision']}",
@@ -650,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ctx = make_context(args)
             summary = run(ctx, args.stage)
-    except (SetupError, TaskError, gdata.DatasetError, PromptSetError, distributed.DistributedSetupError, SettingsMismatchError) as err:
+    except (SetupError, TaskError, gdata.DatasetError, PromptSetError, distributed.DistributedSetupError,
+            SettingsMismatchError, JudgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:
