@@ -60,9 +60,12 @@ class OpenAIStandIn:
     """The server; a context manager (starts on enter, stops on exit). See the module docstring."""
 
     def __init__(self, script: dict[str, list[Reply]] | None = None, default: Reply = Reply.answer("OK"),
-                 model: str = MODEL, fingerprint: str | None = FINGERPRINT):
+                 model: str = MODEL, fingerprint: str | None = FINGERPRINT, reports_model: str | None = None):
+        """model: the name requests must use; reports_model: the id answers carry (a hosted alias resolves to a
+        dated snapshot), default `model`."""
         self.script = {text: list(replies) for text, replies in (script or {}).items()}
         self.default, self.model, self.fingerprint = default, model, fingerprint
+        self.reports_model = reports_model or model
         self.received: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -112,7 +115,7 @@ class OpenAIStandIn:
 
     def _completion(self, text: str | None, finish_reason: str) -> dict:
         return {"id": f"chatcmpl-standin-{len(self.received)}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model, "system_fingerprint": self.fingerprint,
+                "model": self.reports_model, "system_fingerprint": self.fingerprint,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": finish_reason}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": len((text or "").split()),
