@@ -8,8 +8,9 @@ input). The synthetic judge's tokenizer has no BPE merges (one token per charact
 the token counts the real Qwen tokenizer gives the VIEScore templates (estimated, `--sc-text-tokens`,
 `--pq-text-tokens`); image tokens are exact. Per batch size: B samples (2B calls) in the judge's own batching
 (length-ordered, so one batch of PQ calls and one of SC calls), timed per forward batch, plus the CPU time to
-prepare them (which the judge stage overlaps with the GPU on a worker thread), peak VRAM; then one end-to-end pass of
-two chunks through the stage's background preparation at the batch size the judge would choose by itself.
+prepare them (which the judge stage overlaps with the GPU on a worker thread), the vision tower's share, peak VRAM;
+then, if `--budget-s` leaves time for it, one end-to-end pass of two chunks through the stage's background
+preparation at the largest measured batch size not above the one the judge would choose by itself.
 
     python benchmarks/judge_throughput.py --json results/judge_throughput_h200.json
     python benchmarks/judge_throughput.py --size tiny --device cpu --batch-sizes 2 4 --new-tokens 4 --json /tmp/j.json
