@@ -259,8 +259,10 @@ def _throughput(report: Document, run: GeditRun) -> None:
                        "steps", "output"], rows))
     j = tp.get("judge")
     if j:
-        report.add(f"Judge: {fmt(j.get('seconds_per_sample'))} s per sample ({j.get('calls_per_sample')} calls, batch "
-                   f"{j.get('batch_size')}, {fmt(j.get('attempts_per_call'))} attempts per call), peak VRAM "
+        batching = (f"batch {j.get('batch_size')}" if j.get("batch_size")
+                    else f"{j.get('concurrency')} requests in flight to a server")
+        report.add(f"Judge: {fmt(j.get('seconds_per_sample'))} s per sample ({j.get('calls_per_sample')} calls, "
+                   f"{batching}, {fmt(j.get('attempts_per_call'))} attempts per call), peak VRAM "
                    f"{fmt(j.get('peak_vram_gib_max'))} GiB, over {j.get('n_samples')} judged samples.", "")
 
 
@@ -284,8 +286,8 @@ def provenance_lines(run: GeditRun) -> list[str]:
 def _judge_settings(js: dict | None) -> str:
     if not js:
         return ""
-    keys = ("dtype", "device", "decoding", "max_new_tokens", "max_retries", "repetition_penalty", "batch_size",
-            "vision_preprocessing")
+    keys = ("kind", "dtype", "device", "decoding", "max_new_tokens", "max_tokens", "max_retries", "repetition_penalty",
+            "batch_size", "ordering", "attention", "served_model", "url", "concurrency", "vision_preprocessing")
     return " (" + ", ".join(f"{k} {js[k]}" for k in keys if k in js) + ")"
 
 

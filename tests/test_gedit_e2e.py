@@ -218,3 +218,20 @@ def test_summary_json_is_a_typed_record_that_renders_summary_md(run_dir, tmp_pat
     broken.write_text(json.dumps({**on_disk, "schema_version": 0}))
     with pytest.raises(RecordError, match="schema_version 0.*--stage score"):
         GeditSummary.from_json(broken)
+
+
+def test_judging_with_another_batch_size_is_a_settings_change(run_dir, tmp_path, capsys):
+    out, _ = run_dir
+    args = ["--no-progress", "--per-task", "1", "--tasks", *GROUPS, "--languages", "en", "--stage", "judge",
+            "--prompt-set", "project-rubric", "--max-new-tokens", "1",
+            "--dataset", str(out / "_synthetic" / "dataset"), "--judge", str(out / "_synthetic" / "judge-tiny"),
+            "--edits", str(out / "fp8"), "--out", str(tmp_path)]
+    assert main([*args, "--batch-size", "2"]) == 0
+    lines = (tmp_path / "judgements.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["judge"]["settings"]["batch_size"] == 2 for line in lines)
+    (tmp_path / "judgements.jsonl").write_text("\n".join(lines[:1]) + "\n")  # an interrupted run
+    code = main([*args, "--batch-size", "3"])
+    assert code == 2 and "batch_size: 2 -> 3" in capsys.readouterr().err
+    assert len((tmp_path / "judgements.jsonl").read_text().splitlines()) == 1
+    assert main([*args, "--batch-size", "2"]) == 0  # the recorded settings resume
+    assert len((tmp_path / "judgements.jsonl").read_text().splitlines()) == len(lines)

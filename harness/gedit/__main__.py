@@ -5,6 +5,7 @@ Examples:
     python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
     python -m harness.gedit --edits DIR/mymodel --dataset D --out O                 # judge + score edits made elsewhere
     python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
+    python -m harness.gedit --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen2.5-VL-7B-Instruct  # vLLM
 
 Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
 Judging follows a named protocol (default gedit-v1, upstream's current GEdit-Bench scorer; gedit-v0 = its first
@@ -41,11 +42,14 @@ from harness.core.tasks import TaskError
 from harness.gedit.config import DEFAULT_TASK
 from harness.gedit.context import SetupError, make_context
 from harness.gedit.data import DatasetError
+from harness.gedit.judge import JudgeError
+from harness.gedit.judge_batching import AUTO_BATCH_CAP, CPU_BATCH_SIZE
 from harness.gedit.judge_prompts import PromptSetError
 from harness.gedit.protocol import PROTOCOLS, ProtocolError
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import SUMMARY_MD, RunFolderError
 from harness.gedit.runner import open_shard, run
+from harness.gedit.served_judge import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, JudgeServer
 
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a copy of upstream's GEdit-Bench/viescore/vie_prompts.py (hash-checked); else "
                           "$GEDIT_VIESCORE_FILE, the cache, or a one-time download pinned by commit")
     jud.add_argument("--max-new-tokens", type=int, default=None)
-    jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
+    jud.add_argument("--batch-size", type=int, default=None,
+                     help=f"judge calls per forward batch (default: from free GPU memory, a power of two, at most "
+                          f"{AUTO_BATCH_CAP}; {CPU_BATCH_SIZE} on a CPU); a judge setting: a resume must use the same")
+    srv = p.add_argument_group("served judge: any OpenAI-compatible server (vLLM, SGLang, a hosted model)")
+    srv.add_argument("--judge-url", default=None, metavar="URL",
+                     help="judge through the chat-completions API at URL, e.g. http://127.0.0.1:8000/v1")
+    srv.add_argument("--judge-model", default=None, metavar="NAME",
+                     help="model name the server serves (default: the task's judge model)")
+    srv.add_argument("--judge-api-key-env", default=None, metavar="VAR",
+                     help="environment variable holding the API key")
+    srv.add_argument("--judge-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                     help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
+    srv.add_argument("--judge-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                     help=f"seconds per request before it is retried (default {DEFAULT_TIMEOUT_S:g})")
     io = p.add_argument_group("data and files")
     io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
@@ -109,9 +126,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "selection.task_groups": args.tasks, "selection.intersection": args.intersection,
         "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
         "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
-        "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
+        "judge.model": args.judge or args.judge_model, "judge.prompt_set": args.prompt_set,
+        "judge.max_new_tokens": args.max_new_tokens,
         "judge.protocol": args.protocol, "dataset.id": args.dataset,
     }
+
+
+def judge_server_from_args(args: argparse.Namespace) -> JudgeServer | None:
+    """The server named by --judge-url (None: judge in process); refuses served-judge flags without a URL."""
+    if args.judge_url is None:
+        if args.judge_model or args.judge_api_key_env:
+            raise SetupError("--judge-model / --judge-api-key-env name a served judge: add --judge-url URL")
+        return None
+    if args.judge:
+        raise SetupError("--judge (a local checkpoint) and --judge-url (a server) exclude each other: pass one")
+    return JudgeServer(args.judge_url, api_key_env=args.judge_api_key_env, concurrency=args.judge_concurrency,
+                       timeout_s=args.judge_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 task=args.task, flags=overrides_from_args(args), synthetic=args.synthetic, out=args.out,
                 edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
-                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs, stage=args.stage))
+                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs, stage=args.stage,
+                judge_server=judge_server_from_args(args)))
             summary = run(ctx, args.stage, shard)
         finally:
             shard.close()
     except (SetupError, TaskError, DatasetError, PromptSetError, ProtocolError, DistributedSetupError,
-            RunFolderError) as err:
+            RunFolderError, JudgeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:

@@ -11,10 +11,11 @@ from typing import Any, Sequence
 
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task
-from harness.gedit.judge import write_synthetic_judge
+from harness.gedit.judge import JudgeError, write_synthetic_judge
 from harness.gedit.judge_prompts import VIESCORE, PromptSet, PromptSetError, resolve_prompt_set, viescore_identity
 from harness.gedit.protocol import Protocol, get_protocol
 from harness.gedit.run_folder import FULLSET, RunFolder, judge_identity
+from harness.gedit.served_judge import JudgeServer
 
 SYNTHETIC_FULL = "synthetic:full"  # model reference meaning "random full-size weights built in device memory"
 
@@ -38,7 +39,7 @@ class RunContext:
     prompts: PromptSet
     protocol: Protocol
     device: str
-    batch_size: int
+    batch_size: int | None  # judge calls per batch; None: the in-process judge sizes it from free memory
     synthetic: str | None
     progress: bool = True
     bootstrap: int = 10_000
@@ -46,6 +47,7 @@ class RunContext:
     cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
     edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
     prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
+    judge_server: JudgeServer | None = None  # judge through this OpenAI-compatible server instead of in process
 
     @property
     def baseline_arm(self) -> str:
@@ -61,14 +63,16 @@ class RunContext:
 
 
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
-                 arms: Sequence[str] | None, device: str, viescore_file: str | None = None, batch_size: int = 4,
-                 progress: bool = True, bootstrap: int = 10_000, cuda_graphs: bool = False,
-                 stage: str = "all") -> RunContext:
+                 arms: Sequence[str] | None, device: str, viescore_file: str | None = None,
+                 batch_size: int | None = None, progress: bool = True, bootstrap: int = 10_000,
+                 cuda_graphs: bool = False, stage: str = "all", judge_server: JudgeServer | None = None
+                 ) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
     flags: dotted task fields -> flag values (None = not given); out: results folder (default
     scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision;
-    stage: --stage (a stage that judges needs the prompt texts, the others only their identity).
+    stage: --stage (a stage that judges needs the prompt texts, the others only their identity);
+    judge_server: judge through that server (the judge model is then the name it serves).
     """
     config, changes = resolve_task(task, flags, synthetic)
     out_dir = Path(out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{synthetic}" if synthetic else "")))
@@ -78,11 +82,12 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
                      prompts=prompts, protocol=get_protocol(config.judge.protocol), device=device,
                      batch_size=batch_size, synthetic=synthetic, progress=progress, bootstrap=bootstrap,
-                     cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem)
+                     cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem,
+                     judge_server=judge_server)
     if synthetic:
         prepare_synthetic(ctx, explicit_dataset=flags.get("dataset.id") is not None,
                           explicit_model=flags.get("generation.model") is not None,
-                          explicit_judge=flags.get("judge.model") is not None)
+                          explicit_judge=flags.get("judge.model") is not None or judge_server is not None)
     return ctx
 
 
@@ -142,7 +147,13 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     problems = [ctx.prompt_problem] if ctx.prompt_problem and "judge" in stages else []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
-    if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
+    if "judge" in stages and ctx.judge_server is not None:
+        spec = ctx.config.judge
+        try:  # one 1-token request: URL, key and model name checked before any real work
+            ctx.judge_server.connect(ctx.judge_model, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
+        except JudgeError as err:
+            problems.append(str(err))
+    elif "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
         problems += _check_model(ctx.judge_model, "judge", "--judge", "config.json")
     if {"generate", "judge"} & set(stages):
         problems += _check_dataset(ctx.dataset)

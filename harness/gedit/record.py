@@ -64,7 +64,9 @@ class GenerationThroughput:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeThroughput:
-    """From judge_runs.jsonl: seconds per judged sample (2 calls), attempts, decoded tokens, peak VRAM in GiB."""
+    """From judge_runs.jsonl: seconds per judged sample (2 calls), attempts, decoded tokens, peak VRAM in GiB
+    (None for a served judge); batch_size for the in-process judge, concurrency (requests in flight) for a served
+    one, whose requests that never succeeded are counted in transport_failures."""
 
     n_samples: int
     seconds_per_sample: float
@@ -72,7 +74,9 @@ class JudgeThroughput:
     attempts_per_call: float
     new_tokens_per_attempt: float
     peak_vram_gib_max: float | None
-    batch_size: int
+    batch_size: int | None
+    concurrency: int | None = None
+    transport_failures: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,8 +135,10 @@ def throughput_section(summary: GeditSummary) -> str:
                      f"{_f(g.seconds_per_sample_median, 3)}, n={g.n_samples}), peak VRAM {_f(g.peak_vram_gib_max)} GiB")
     if tp.judge:
         j = tp.judge
-        lines.append(f"- judge: {_f(j.seconds_per_sample, 3)} s/sample (2 calls, batch {j.batch_size}, "
-                     f"{_f(j.attempts_per_call)} attempts/call), peak VRAM {_f(j.peak_vram_gib_max)} GiB")
+        batching = f"batch {j.batch_size}" if j.batch_size else f"{j.concurrency} requests in flight"
+        failed = f", {j.transport_failures} requests never answered" if j.transport_failures else ""
+        lines.append(f"- judge: {_f(j.seconds_per_sample, 3)} s/sample (2 calls, {batching}, "
+                     f"{_f(j.attempts_per_call)} attempts/call{failed}), peak VRAM {_f(j.peak_vram_gib_max)} GiB")
     return "\n".join(lines)
 
 

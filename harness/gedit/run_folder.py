@@ -174,12 +174,31 @@ class RunFolder:
         return {sample_key(s): i for i, s in enumerate(self.selection_samples())}
 
     # ----------------------------------------------------------------------------------------------- judgements
-    def judged_pairs(self, ident: dict) -> set[tuple[str, str, str, str]]:
-        """(arm, task_type, language, key) of every judgement by `ident`, in the shared file or a rank's file."""
+    def judgements_by(self, ident: dict) -> list[dict]:
+        """Every judgement by `ident`, in the shared file or a rank's file not merged yet (file order)."""
         shared = self.file(JUDGEMENTS)
         parts = sorted((self.out / RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}"))
-        return {(r["arm"], *sample_key(r)) for path in (shared, *parts) for r in read_jsonl(path)
-                if judged_by(r, ident)}
+        return [r for path in (shared, *parts) for r in read_jsonl(path) if judged_by(r, ident)]
+
+    def judged_pairs(self, ident: dict) -> set[tuple[str, str, str, str]]:
+        """(arm, task_type, language, key) of every judgement by `ident`, in the shared file or a rank's file."""
+        return {(r["arm"], *sample_key(r)) for r in self.judgements_by(ident)}
+
+    def check_judge_settings(self, ident: dict, settings: dict) -> None:
+        """Refuse to add judgements to ones `ident` made with other judge settings (batch size, ordering, decoding,
+        served model...): batched decoding can change answers with them, and a run must not mix the two."""
+        for rec in self.judgements_by(ident):
+            if rec.get("status") == "missing_image":
+                continue
+            old = (rec.get("judge") or {}).get("settings")
+            if old != settings:
+                changed = ("settings not recorded" if old is None else ", ".join(
+                    f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)))
+                raise SettingsMismatchError(
+                    f"{self.file(JUDGEMENTS)} holds judgements by {ident['model']} made with other judge settings "
+                    f"({changed}); resuming would mix them. Pass the flags that made them (e.g. --batch-size), or "
+                    "use another --out folder.")
 
     def current_judgements(self, ident: dict, arms: Sequence[str], samples: Sequence[dict]) -> list[dict]:
         """The latest judgement per (arm, sample) by `ident`, restricted to `arms` and the selected `samples`."""

@@ -100,7 +100,10 @@ def throughput(ctx: RunContext) -> Throughput:
             attempts_per_call=sum(r["n_attempts"] for r in runs) / max(1, sum(r["n_calls"] for r in runs)),
             new_tokens_per_attempt=(sum(r.get("new_tokens") or 0 for r in runs) /
                                     max(1, sum(r["n_attempts"] for r in runs))),
-            peak_vram_gib_max=max(vram) if vram else None, batch_size=ctx.batch_size)
+            peak_vram_gib_max=max(vram) if vram else None,
+            batch_size=(runs[-1].get("settings") or {}).get("batch_size"),
+            concurrency=(runs[-1].get("settings") or {}).get("concurrency"),
+            transport_failures=sum(r.get("transport_failures") or 0 for r in runs))
     return Throughput(generation=gen, judge=judge)
 
 
