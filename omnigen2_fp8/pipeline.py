@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import guidance as cfg
+from .caching import StepCache, StepCacheConfig, StepCacheStats, check_step_cache, installed, make_step_cache
 from .cuda_graphs import CudaGraphForward
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
@@ -75,7 +76,8 @@ class EditResult:
     torch.cuda peak-memory stats at the start of every stage, so read these rather than torch.cuda's own peak;
     peak_vram_bytes / peak_vram_reserved_bytes: peak allocated / reserved CUDA memory of the call (None on CPU);
     synthetic: True when the models have random weights (then `synthetic_info` says what they are);
-    settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made.
+    settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made;
+    step_cache: with a step cache, which calls computed the main layers (`StepCacheStats.to_record()`), else None.
     """
 
     images: list[PIL.Image.Image]
@@ -89,6 +91,7 @@ class EditResult:
     settings: dict
     transformer_calls: int
     decoded: torch.Tensor | None = None
+    step_cache: dict | None = None
 
     @property
     def image(self) -> PIL.Image.Image:
@@ -109,7 +112,7 @@ class EditResult:
             "stage_seconds": self.stage_seconds, "total_seconds": self.total_seconds,
             "stage_peak_vram_bytes": self.stage_peak_vram_bytes, "peak_vram_bytes": self.peak_vram_bytes,
             "peak_vram_reserved_bytes": self.peak_vram_reserved_bytes, "peak_vram_gib": self.peak_vram_gib,
-            "transformer_calls": self.transformer_calls,
+            "transformer_calls": self.transformer_calls, "step_cache": self.step_cache,
         }
 
     def save(self, path: str | os.PathLike, index: int = 0) -> Path:
@@ -134,6 +137,8 @@ class OmniGen2Pipeline:
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
     cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
     overhead that dominates small images; one capture per new input shape; not with offload);
+    step_cache: a `caching.TeaCacheConfig` or `TaylorSeerConfig` (skip or extrapolate the main layers on some
+    transformer calls, as the official OmniGen2 does), or None; TeaCache does not combine with cuda_graphs;
     synthetic: dict describing random weights, or None for a trained checkpoint.
     """
 
@@ -141,9 +146,12 @@ class OmniGen2Pipeline:
                  tokenizer=None, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  precision: str = "bf16", offload: bool = False, compile: bool = False,
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, step_cache: StepCacheConfig | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+        self.step_cache = check_step_cache(step_cache, cuda_graphs)
+        self.step_cache_stats: StepCacheStats | None = None  # of the last denoising run
+        self._step_caches: dict[StepCacheConfig, StepCache] = {}
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype or next(transformer.parameters()).dtype
         self.offload = offload
@@ -179,7 +187,8 @@ class OmniGen2Pipeline:
     def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
                         device: str | torch.device | None = None, precision: str = "bf16", offload: bool = False,
                         compile: bool = False, time_shift: float | None = None, fp8_config=None,
-                        progress: bool = True, cuda_graphs: bool = False) -> "OmniGen2Pipeline":
+                        progress: bool = True, cuda_graphs: bool = False,
+                        step_cache: StepCacheConfig | None = None) -> "OmniGen2Pipeline":
         """Load an OmniGen2 checkpoint folder (official layout) or hub id.
 
         mllm/ -> transformers Qwen2_5_VLForConditionalGeneration; processor/ -> AutoProcessor (its tokenizer;
@@ -193,6 +202,7 @@ class OmniGen2Pipeline:
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not supported; use one of {PRECISIONS}")
+        check_step_cache(step_cache, cuda_graphs)
         root = _checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
@@ -204,7 +214,7 @@ class OmniGen2Pipeline:
                                                         time_shift=time_shift)
         return cls(transformer, vae, scheduler, mllm, tokenizer, device=device, dtype=dtype, precision=precision,
                    offload=offload, compile=compile, synthetic=read_synthetic_marker(root), progress=progress,
-                   fp8_config=fp8_config, processor=processor, cuda_graphs=cuda_graphs)
+                   fp8_config=fp8_config, processor=processor, cuda_graphs=cuda_graphs, step_cache=step_cache)
 
     @property
     def synthetic(self) -> bool:
@@ -218,8 +228,8 @@ class OmniGen2Pipeline:
                  width: int | None = None, height: int | None = None, max_pixels: int = MAX_PIXELS,
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
-                 progress: bool | None = None,
-                 on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> EditResult:
+                 progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                 step_cache: StepCacheConfig | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -231,7 +241,9 @@ class OmniGen2Pipeline:
         sample_posterior: False uses the posterior mean instead of a sample for reference latents.
         stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the timing);
         on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar.
+        step_cache: this call's step cache instead of the pipeline's (None: the pipeline's `step_cache`).
         """
+        step_cache = check_step_cache(step_cache, self.cuda_graphs) or self.step_cache
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
@@ -261,7 +273,7 @@ class OmniGen2Pipeline:
         with timer.stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
                                    image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
-                                   on_step=on_step)
+                                   on_step=on_step, step_cache=step_cache)
         with timer.stage("vae_decode"):
             decoded = self.decode(latents)
         with timer.stage("postprocess"):
@@ -278,12 +290,14 @@ class OmniGen2Pipeline:
             "dynamic_time_shift": self.scheduler.dynamic_time_shift, "sample_posterior": sample_posterior,
             "precision": self.precision, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
+            "step_cache": step_cache.to_dict() if step_cache is not None else None,
         }
         return EditResult(images=pil_out, latents=latents, stage_seconds=timer.seconds,
                           stage_peak_vram_bytes=timer.peak_bytes, peak_vram_bytes=timer.peak_allocated(),
                           peak_vram_reserved_bytes=timer.peak_reserved(), synthetic=self.synthetic,
                           synthetic_info=self.synthetic_info, settings=settings,
-                          transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None)
+                          transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None,
+                          step_cache=self.step_cache_stats.to_record() if step_cache is not None else None)
 
     # ------------------------------------------------------------------------------------------ stages
     @torch.no_grad()
@@ -334,16 +348,19 @@ class OmniGen2Pipeline:
     def denoise(self, latents: torch.Tensor, ref_latents: Sequence[torch.Tensor], embeds: PromptEmbeds,
                 num_inference_steps: int = 28, text_guidance_scale: float = 4.0, image_guidance_scale: float = 1.0,
                 cfg_range: tuple[float, float] = (0.0, 1.0), time_shift: float | None = None,
-                progress: bool | None = None,
-                on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                step_cache: StepCacheConfig | None = None) -> torch.Tensor:
         """Stage 4: integrate from noise (t = 0) to data (t = 1) with guided velocities.
 
         latents: [1, C, h, w] noise; ref_latents: list of [C, h_j, w_j] (may be empty); embeds: `PromptEmbeds`
         (the negative one is needed when text guidance > 1). Guidance per step: `guidance.scales_at_step` /
         `branches_for` / `combine`, one transformer pass per branch at batch 1. Returns the final latents.
-        on_step(i, num_steps, latents) is called after each step.
+        on_step(i, num_steps, latents) is called after each step. step_cache: a step-cache config for this run
+        (None: the pipeline's); each branch's calls are announced to it, and `self.step_cache_stats` says after
+        the run which calls computed the main layers.
         """
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
+        cache = self._step_cache_runtime(check_step_cache(step_cache, self.cuda_graphs) or self.step_cache)
         refs = list(ref_latents)
         n = num_inference_steps
         self.scheduler.set_timesteps(n, num_tokens=latents.shape[-2] * latents.shape[-1], device=self.device,
@@ -354,7 +371,9 @@ class OmniGen2Pipeline:
             cfg.UNCOND: (embeds.negative, embeds.negative_mask, None),
         }
         show = self.progress if progress is None else progress
-        with self._on_device(self.transformer):
+        if cache is not None:
+            cache.start(n)
+        with self._on_device(self.transformer), installed(self.transformer, cache):
             for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", disable=not show, leave=False)):
                 scales = cfg.scales_at_step(i, n, text_guidance_scale, image_guidance_scale, cfg_range)
                 branches = cfg.branches_for(scales, has_references=bool(refs))
@@ -364,10 +383,13 @@ class OmniGen2Pipeline:
                     if text is None:
                         raise ValueError("text guidance > 1 needs negative prompt embeddings; encode_prompt with "
                                          "need_negative=True")
+                    if cache is not None:
+                        cache.begin_call(branch, i)
                     predictions[branch] = self._predict(latents, t, text, mask, branch_refs)
                 latents = self.scheduler.step(cfg.combine(predictions, scales), i, latents)
                 if on_step is not None:
                     on_step(i, n, latents)
+        self.step_cache_stats = cache.stats() if cache is not None else None
         return latents
 
     @torch.no_grad()
@@ -379,6 +401,14 @@ class OmniGen2Pipeline:
             return self.vae.decode(z).sample
 
     # ------------------------------------------------------------------------------------------ internals
+    def _step_cache_runtime(self, config: StepCacheConfig | None) -> StepCache | None:
+        """One runtime per config, kept across runs: its buffers stay where captured CUDA graphs expect them."""
+        if config is None:
+            return None
+        if config not in self._step_caches:
+            self._step_caches[config] = make_step_cache(config)
+        return self._step_caches[config]
+
     def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                  refs: list | None) -> torch.Tensor:
         # The official pipeline casts the timestep to the latents' dtype (bf16 rounds it); kept for parity.

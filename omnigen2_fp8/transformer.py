@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +133,9 @@ class OmniGen2Transformer(nn.Module):
     high_precision_modules = ("norm1.linear", "x_embedder", "ref_image_patch_embedder", "time_caption_embed",
                               "norm_out", "image_index_embedding")
 
+    # Set by omnigen2_fp8.caching for the duration of a cached denoising run; None runs every joint block.
+    main_layers_strategy: Callable[["MainStack", torch.Tensor], torch.Tensor] | None = None
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = c = config
@@ -216,14 +219,22 @@ class OmniGen2Transformer(nn.Module):
         hidden = _stack_padded(joint)
         cos, sin = _pad_rotary(rotary, [(0, n) for n in joint_lens])
         mask = key_padding_mask(joint_lens, hidden.shape[1], device)
-        for block in self.layers:
-            hidden = block(hidden, mask, cos, sin, temb_act)
+        hidden = self.run_main_layers(hidden, mask, cos, sin, temb_act)
 
         # 6. Output norm, the noisy image's tokens, unpatchify.
         hidden = self.norm_out(hidden, temb_act)
         outputs = [unpatchify(hidden[i, n - layout.img_len: n], layout.noisy_grid, p, self.config.out_dim)
                    for i, (layout, n) in enumerate(zip(layouts, joint_lens))]
         return torch.stack(outputs) if isinstance(latents, torch.Tensor) else outputs
+
+    def run_main_layers(self, hidden: torch.Tensor, mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                        temb_act: torch.Tensor) -> torch.Tensor:
+        """Stage 5's joint blocks, [N, L, D] -> [N, L, D]. A step cache (omnigen2_fp8.caching) installed as
+        `main_layers_strategy` decides instead, per call, whether they run, are skipped or are extrapolated."""
+        stack = MainStack(self.layers, mask, cos, sin, temb_act)
+        if self.main_layers_strategy is None:
+            return stack(hidden)
+        return self.main_layers_strategy(stack, hidden)
 
     def _refine(self, blocks: nn.ModuleList, tokens: list[torch.Tensor], lens: list[int],
                 rotary: list[tuple[torch.Tensor, torch.Tensor]], segments: list[tuple[int, int]],
@@ -401,6 +412,27 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], p: int, channels: in
     return tokens.view(h, w, p, p, channels).permute(4, 0, 2, 1, 3).reshape(channels, h * p, w * p)
 
 
+@dataclass
+class MainStack:
+    """The main joint blocks bound to one call's mask, RoPE tables and silu(temb): what a step cache may skip."""
+
+    blocks: nn.ModuleList
+    mask: torch.Tensor | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    temb_act: torch.Tensor
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Run every block: [N, L, D] -> [N, L, D]."""
+        for block in self.blocks:
+            hidden = block(hidden, self.mask, self.cos, self.sin, self.temb_act)
+        return hidden
+
+    def attention_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the first block's attention would read: its modulated norm1 output, [N, L, D]."""
+        return self.blocks[0].norm1.attention_input(hidden, self.temb_act)
+
+
 # --------------------------------------------------------------------------------------------------- parts
 class TimeCaptionEmbedding(nn.Module):
     """Sinusoidal timestep -> MLP (temb), and RMSNorm + Linear for the MLLM text features."""
@@ -457,6 +489,11 @@ class AdaRMSNorm(nn.Module):
         super().__init__()
         self.norm = RMSNorm(c.hidden_size, c.norm_eps)
         self.linear = nn.Linear(c.temb_dim, 4 * c.hidden_size)
+
+    def attention_input(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:
+        """RMSNorm(x) * (1 + scale_msa), as the block feeds attention; x [N, L, D], temb_act [N, temb_dim]."""
+        scale_msa = self.linear(temb_act).unsqueeze(1).chunk(4, dim=-1)[0]
+        return self.norm(x) * (1 + scale_msa)
 
 
 class TransformerBlock(nn.Module):
