@@ -124,35 +124,40 @@ def main() -> int:
                                               else torch.float32, progress=False)
     build_seconds = time.perf_counter() - start
     images = reference_images(args.side, 1)
+    manifest = run_manifest(synthetic=args.size, device=device, extra={
+        "benchmark": "step cache side by side", "source_revision": args.source_revision,
+        "teacache_caveat": TEACACHE_CAVEAT, "steps": args.steps, "side": args.side, "references": 1,
+        "text_guidance_scale": 5.0, "image_guidance_scale": 2.0, "cfg_range": [0.0, 1.0]})
     results = {}
     for name in sorted(args.arms, key=list(ARMS).index):
         precision, cache = ARMS[name]
-        pipe = with_precision(pipe, precision)
         try:
+            pipe = with_precision(pipe, precision)
             results[name] = run_arm(pipe, images, args.steps, args.side, cache)
         except Exception as err:  # a failed arm gets a row holding the error; the others still run
             results[name] = {"error": f"{type(err).__name__}: {err}"}
-        row = results[name]
-        if "error" in row:
-            print(f"{name}: FAILED {row['error']}", flush=True)
-            continue
-        fraction = row["step_cache"]["computed_fraction"] if row.get("step_cache") else 1.0
-        peak = row["peak_vram_gib"]
-        print(f"{name}: edit {row['edit_seconds']:.2f} s, denoise {row['stage_seconds']['denoise']:.2f} s, main "
-              f"layers computed on {fraction:.0%} of calls, peak {peak if peak is None else round(peak, 1)} GiB",
-              flush=True)
-    base = results.get("bf16", {}).get("edit_seconds")
-    speedups = {name: base / row["edit_seconds"] for name, row in results.items() if base and "edit_seconds" in row}
-    write_json_atomic(args.out, {
-        "manifest": run_manifest(synthetic=args.size, device=device, extra={
-            "benchmark": "step cache side by side", "source_revision": args.source_revision,
-            "teacache_caveat": TEACACHE_CAVEAT, "steps": args.steps, "side": args.side, "references": 1,
-            "text_guidance_scale": 5.0, "image_guidance_scale": 2.0, "cfg_range": [0.0, 1.0]}),
-        "build_seconds": build_seconds, "speedup_over_bf16_per_edit": speedups, "arms": results,
-    })
-    print("speed-up over bf16 per edit:", {k: round(v, 2) for k, v in speedups.items()})
+        _report(name, results[name])
+        # Written after every arm: a run stopped at its time limit keeps the arms it finished.
+        write_json_atomic(args.out, {"manifest": manifest, "build_seconds": build_seconds,
+                                     "speedup_over_bf16_per_edit": _speedups(results), "arms": results})
+    print("speed-up over bf16 per edit:", {k: round(v, 2) for k, v in _speedups(results).items()})
     print(f"wrote {args.out}")
     return 0 if all("error" not in r for r in results.values()) else 1
+
+
+def _speedups(results: dict) -> dict:
+    base = results.get("bf16", {}).get("edit_seconds")
+    return {name: base / row["edit_seconds"] for name, row in results.items() if base and "edit_seconds" in row}
+
+
+def _report(name: str, row: dict) -> None:
+    if "error" in row:
+        print(f"{name}: FAILED {row['error']}", flush=True)
+        return
+    fraction = row["step_cache"]["computed_fraction"] if row.get("step_cache") else 1.0
+    peak = row["peak_vram_gib"]
+    print(f"{name}: edit {row['edit_seconds']:.2f} s, denoise {row['stage_seconds']['denoise']:.2f} s, main layers "
+          f"computed on {fraction:.0%} of calls, peak {peak if peak is None else round(peak, 1)} GiB", flush=True)
 
 
 if __name__ == "__main__":

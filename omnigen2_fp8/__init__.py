@@ -1,7 +1,8 @@
 """OmniGen2 image editing in BF16 and FP8: a faithful plain-PyTorch transformer, the edit pipeline, the FP8 path."""
+from .caching import TaylorSeerConfig, TeaCacheConfig
 from .fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint
 from .pipeline import OmniGen2Pipeline
 from .transformer import OmniGen2Transformer, TransformerConfig
 
 __all__ = ["OmniGen2Pipeline", "OmniGen2Transformer", "TransformerConfig", "Fp8Config", "quantize_fp8",
-           "save_fp8_checkpoint"]
+           "save_fp8_checkpoint", "TeaCacheConfig", "TaylorSeerConfig"]
