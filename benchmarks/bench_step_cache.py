@@ -113,7 +113,8 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=1024)
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS))
     parser.add_argument("--source-revision", default=None, help="git revision of the code (the device copy has no git)")
-    parser.add_argument("--size", choices=("full", "tiny"), default="full", help="tiny: a CPU smoke test of this script")
+    parser.add_argument("--size", choices=("full", "tiny"), default="full",
+                        help="tiny: a CPU smoke test of this script")
     args = parser.parse_args()
     device = "cuda" if args.size == "full" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

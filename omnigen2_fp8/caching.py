@@ -176,8 +176,7 @@ class StepCache:
 
     def __init__(self, config: StepCacheConfig):
         self.config = config
-        self.num_steps = 0
-        self._stats = StepCacheStats(config.to_dict())
+        self.start(0)
 
     def start(self, num_steps: int) -> None:
         """Forget every branch's state: a new generation of `num_steps` steps begins."""
@@ -289,16 +288,15 @@ class TaylorSeer(StepCache):
     config: TaylorSeerConfig
 
     def __init__(self, config: TaylorSeerConfig):
-        super().__init__(config)
         self._branches: dict[str, _TaylorBranch] = {}  # buffers outlive runs: graphs hold their addresses
-        self._planned: _TaylorBranch | None = None
-        self._planned_branch = ""
+        super().__init__(config)
 
     def start(self, num_steps: int) -> None:
         super().start(num_steps)
         for name, old in self._branches.items():
             self._branches[name] = _TaylorBranch(factors=old.factors, coefficients=old.coefficients)
-        self._planned = None
+        self._planned: _TaylorBranch | None = None
+        self._planned_branch = ""
 
     def begin_call(self, branch: str, step_index: int) -> None:
         c = self.config
