@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .caching import check_step_cache
 from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
 from .measure import StageClock
@@ -113,6 +114,10 @@ def format_report(result) -> str:
         vram = f"   peak {peak / 2**30:6.2f} GiB" if peak is not None else ""
         lines.append(f"  {STAGE_LABELS.get(stage, stage):<20} {seconds:9.3f} s{vram}")
     lines.append(f"  {'total':<20} {result.total_seconds:9.3f} s")
+    if result.step_cache is not None:
+        cache = result.step_cache
+        lines.append(f"step cache {cache['config']['method']}: main layers computed on {cache['computed']} of "
+                     f"{cache['calls']} transformer calls")
     if result.peak_vram_bytes is not None:
         lines.append(f"peak VRAM {result.peak_vram_bytes / 2**30:.2f} GiB allocated, "
                      f"{result.peak_vram_reserved_bytes / 2**30:.2f} GiB reserved")
@@ -151,6 +156,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: must be >= 1")
+    check_step_cache(args.precision.step_cache, args.cuda_graphs)  # e.g. teacache with --cuda-graphs
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,11 +8,12 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
                               GEMM (`Fp8Config(misaligned="reference")`; shows what padding buys)
     fp8+teacache              + TeaCache step caching (rel_l1_thresh 0.05, the official default)
     bf16+teacache:0.1         + TeaCache with rel_l1_thresh 0.1
-    fp8+taylorseer            + TaylorSeer step caching
+    fp8+taylorseer            + TaylorSeer step caching (first_enhance 5, fresh_threshold 3, max_order 4)
+    fp8+taylorseer:max_order=2  + TaylorSeer with other settings (field=value pairs, comma separated)
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
-Parts live in one registry (`register_part`), so a new acceleration is added in one place. The step-cache parts
-are settings here; `omnigen2_fp8.caching` runs them.
+Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
+setting is a frozen `caching.TeaCacheConfig` / `TaylorSeerConfig` (one source of defaults), which the pipeline runs.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .caching import StepCacheConfig, TaylorSeerConfig, TeaCacheConfig
 from .fp8.config import Fp8Config
 
 
@@ -34,21 +36,6 @@ BASES: dict[str, Fp8Config | None] = {
     "fp8": Fp8Config(),
     "fp8-nopad": Fp8Config(misaligned="reference"),
 }
-
-
-@dataclass(frozen=True)
-class StepCacheSpec:
-    """A step-caching method and its parameters, e.g. StepCacheSpec("teacache", (("rel_l1_thresh", 0.05),))."""
-
-    method: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, **self.settings}
 
 
 @dataclass(frozen=True)
@@ -81,28 +68,49 @@ def register_part(part: Part) -> Part:
 
 
 # ----------------------------------------------------------------------------------------------- step caching
-TEACACHE_DEFAULT_THRESHOLD = 0.05  # the official OmniGen2 default rel_l1_thresh
+# The settings are the frozen configs of omnigen2_fp8.caching (their defaults are the official ones): a value is
+# either the part's shorthand (teacache:0.1 = its rel_l1_thresh) or `field=value` pairs (taylorseer:max_order=2).
+def _step_cache_part(config_class: type[StepCacheConfig], shorthand: str | None, help: str) -> Part:
+    default = config_class()
+    scalars = [f.name for f in dataclasses.fields(config_class) if isinstance(getattr(default, f.name), (int, float))]
+
+    def parse(value: str | None) -> StepCacheConfig:
+        if value is None:
+            return default
+        if "=" not in value and shorthand is None:
+            raise ValueError(f"{default.method} takes field=value settings ({', '.join(scalars)}), got {value!r}; "
+                             f"e.g. {default.method}:{scalars[0]}={getattr(default, scalars[0])}")
+        pairs = [item.partition("=") for item in value.split(",")] if "=" in value else [(shorthand, "=", value)]
+        settings = {}
+        for key, _, text in pairs:
+            if key not in scalars:
+                raise ValueError(f"{default.method} has no setting {key!r}{_did_you_mean(key, scalars)}; "
+                                 f"settings: {scalars}")
+            kind = type(getattr(default, key))
+            try:
+                settings[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{default.method} {key}={text!r} is not a{'n int' if kind is int else ' number'}"
+                                 ) from None
+        return config_class(**settings)
+
+    def describe(config: StepCacheConfig) -> str | None:
+        changed = {k: getattr(config, k) for k in scalars if getattr(config, k) != getattr(default, k)}
+        if not changed:
+            return None
+        if shorthand is not None and set(changed) == {shorthand}:
+            return f"{changed[shorthand]:g}"
+        return ",".join(f"{k}={v:g}" for k, v in changed.items())
+
+    value_help = shorthand or ",".join(f"{k}=N" for k in scalars)
+    return Part(default.method, "step_cache", help, parse, describe, value_help=value_help)
 
 
-def _teacache(value: str | None) -> StepCacheSpec:
-    threshold = TEACACHE_DEFAULT_THRESHOLD if value is None else float(value)
-    if not threshold > 0:
-        raise ValueError(f"teacache's rel_l1_thresh must be > 0, got {value!r}")
-    return StepCacheSpec("teacache", (("rel_l1_thresh", threshold),))
-
-
-def _taylorseer(value: str | None) -> StepCacheSpec:
-    if value is not None:
-        raise ValueError(f"taylorseer takes no value, got {value!r}; write +taylorseer")
-    return StepCacheSpec("taylorseer")
-
-
-register_part(Part("teacache", "step_cache", "TeaCache: skip a step's main blocks while the accumulated relative L1 "
-                   f"change stays under rel_l1_thresh (value; default {TEACACHE_DEFAULT_THRESHOLD})", _teacache,
-                   lambda s: None if s.settings["rel_l1_thresh"] == TEACACHE_DEFAULT_THRESHOLD
-                   else f"{s.settings['rel_l1_thresh']:g}", value_help="rel_l1_thresh"))
-register_part(Part("taylorseer", "step_cache", "TaylorSeer: forecast skipped steps' features by a Taylor expansion",
-                   _taylorseer, lambda s: None))
+register_part(_step_cache_part(TeaCacheConfig, "rel_l1_thresh", "TeaCache: skip a step's main blocks while the "
+                               "accumulated relative L1 change stays under rel_l1_thresh (default "
+                               f"{TeaCacheConfig().rel_l1_thresh})"))
+register_part(_step_cache_part(TaylorSeerConfig, None, "TaylorSeer: forecast skipped steps' main-block output by a "
+                               "Taylor expansion"))
 # FP8 attention ("fp8attn", slot "attention", needs_fp8=True) registers here once its kernel exists.
 
 
@@ -128,8 +136,17 @@ class Recipe:
         return next((s for n, s in self.parts if PARTS[n].slot == slot), None)
 
     @property
-    def step_cache(self) -> StepCacheSpec | None:
+    def step_cache(self) -> StepCacheConfig | None:
+        """The recipe's `caching.TeaCacheConfig` / `TaylorSeerConfig`, None without step caching."""
         return self.setting("step_cache")
+
+    def with_step_cache(self, config: StepCacheConfig | None) -> "Recipe":
+        """The same recipe with its step cache replaced by `config` (None: removed)."""
+        parts = [(n, s) for n, s in self.parts if PARTS[n].slot != "step_cache"]
+        if config is not None:
+            parts.append((config.method, config))
+        order = list(PARTS)
+        return Recipe(self.base, tuple(sorted(parts, key=lambda pair: order.index(pair[0]))))
 
     @property
     def quantized(self) -> bool:

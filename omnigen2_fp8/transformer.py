@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import grouped_attention, key_padding_mask
+from .main_layers import MainStack
 from .packing import pad_rotary as _pad_rotary, patchify, stack_padded as _stack_padded, unpatchify
 from .rope import RotaryTables, SampleLayout, apply_rotary
 
@@ -128,6 +129,7 @@ class OmniGen2Transformer(nn.Module):
     # Kept in high precision by the FP8 policy: tanh-gated modulation, embedders and the output projection.
     high_precision_modules = ("norm1.linear", "x_embedder", "ref_image_patch_embedder", "time_caption_embed",
                               "norm_out", "image_index_embedding")
+    main_layers_strategy = None  # a step cache (caching.py) during a cached run: (MainStack, hidden) -> hidden
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -211,9 +213,8 @@ class OmniGen2Transformer(nn.Module):
         joint_lens = [layout.joint_len for layout in layouts]
         hidden = _stack_padded(joint)
         cos, sin = _pad_rotary(rotary, [(0, n) for n in joint_lens])
-        mask = key_padding_mask(joint_lens, hidden.shape[1], device)
-        for block in self.layers:
-            hidden = block(hidden, mask, cos, sin, temb_act)
+        stack = MainStack(self.layers, key_padding_mask(joint_lens, hidden.shape[1], device), cos, sin, temb_act)
+        hidden = stack(hidden) if self.main_layers_strategy is None else self.main_layers_strategy(stack, hidden)
 
         # 6. Output norm, the noisy image's tokens, unpatchify.
         hidden = self.norm_out(hidden, temb_act)
@@ -236,8 +237,7 @@ class OmniGen2Transformer(nn.Module):
     def _check_latents(self, latents) -> list[torch.Tensor]:
         if isinstance(latents, torch.Tensor):
             if latents.dim() != 4:
-                raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got shape "
-                                 f"{tuple(latents.shape)}")
+                raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got {tuple(latents.shape)}")
             images = list(latents.unbind(0))
         else:
             images = list(latents)

@@ -51,6 +51,27 @@ def test_cli_in_memory_synthetic_models(tmp_path, image, capsys):
         assert edited.size == (80, 64)
 
 
+def test_cli_runs_a_step_cache_recipe(tmp_path, image, capsys):
+    out, record = tmp_path / "cached.png", tmp_path / "cached.json"
+    assert main(["--synthetic", "tiny", "--device", "cpu", "--dtype", "float32", "--image", str(image), "--prompt",
+                 "add a hat", "-o", str(out), "--steps", "7", "--no-progress", "--precision", "fp8+taylorseer",
+                 "--json", str(record)]) == 0
+    assert "step cache taylorseer: main layers computed on 10 of 14 transformer calls" in capsys.readouterr().out
+    data = json.loads(record.read_text())
+    assert data["settings"]["precision"] == "fp8+taylorseer"
+    assert data["settings"]["recipe"]["step_cache"] == {"method": "taylorseer", "first_enhance": 5,
+                                                        "fresh_threshold": 3, "max_order": 4}
+    assert data["step_cache"]["computed_per_call"] == [True] * 10 + [False] * 4  # cond, uncond
+
+
+def test_cli_refuses_teacache_with_cuda_graphs_before_loading(tmp_path, image, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "missing"), "--device", "cpu", "--image", str(image), "--prompt", "x",
+              "-o", str(tmp_path / "o.png"), "--precision", "bf16+teacache:0.1", "--cuda-graphs"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "teacache:0.1 cannot be combined with cuda_graphs=True" in err
+
+
 def test_cli_errors_name_the_problem(tmp_path, image, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--synthetic", "tiny", "--device", "cpu", "--image", str(tmp_path / "nope.png"), "--prompt", "x",
