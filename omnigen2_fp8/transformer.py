@@ -310,8 +310,14 @@ class OmniGen2Transformer(nn.Module):
         return self
 
     def compile_blocks(self, **compile_kwargs) -> "OmniGen2Transformer":
-        """torch.compile each block in place (regional compilation): blocks share one compiled graph per sequence
-        shape, compile in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python."""
+        """torch.compile each block in place (regional compilation): every block of a kind shares one compiled
+        graph, compiles in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python.
+
+        dynamic=True by default: token counts differ per CFG branch, refiner and image size, and with automatic
+        dynamic shapes each block kind would first compile for one length, then again symbolically (and the
+        recompile budget per code object is 8). One compile per block kind (plain, modulated) serves them all.
+        """
+        compile_kwargs.setdefault("dynamic", True)
         for block in self.blocks():
             block.compile(**compile_kwargs)
         return self
@@ -382,8 +388,11 @@ def _pad_rotary(rotary: list[tuple[torch.Tensor, torch.Tensor]],
                 segments: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack each sequence's slice of its sample's cos/sin into right-padded [N, L, head_dim/2] tables."""
     if len(rotary) == 1:
+        # Views that do not start at the table's start are copied (a few hundred KB): torch.compile guards a
+        # nonzero storage offset apart from zero, which would cost a recompile per block kind.
         (cos, sin), (start, end) = rotary[0], segments[0]
-        return cos[start:end].unsqueeze(0), sin[start:end].unsqueeze(0)
+        cos, sin = cos[start:end].unsqueeze(0), sin[start:end].unsqueeze(0)
+        return (cos.clone(), sin.clone()) if start else (cos, sin)
     cos = pad_sequence([c[s:e] for (c, _), (s, e) in zip(rotary, segments)], batch_first=True)
     sin = pad_sequence([s_[s:e] for (_, s_), (s, e) in zip(rotary, segments)], batch_first=True)
     return cos, sin
