@@ -10,15 +10,20 @@ from random weights say so (stdout, PNG metadata, the --json record).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 from .image_processing import MAX_PIXELS
 
+EAGER_MODE, AUTO_MODE = "eager", "auto"
+MODES = (EAGER_MODE, "compile", "graphs", "compile+graphs")  # graphs: CUDA graphs of each transformer pass
+CUDA_DEFAULT_MODE = "compile+graphs"
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "fp32": torch.float32}
 STAGE_LABELS = {"text_encode": "MLLM (text encode)", "vae_encode": "VAE encode", "prepare_latents": "prepare latents",
@@ -49,9 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     model.add_argument("--offload", action="store_true", help="keep models on the CPU, each on the device only "
                                                               "while its stage runs")
-    model.add_argument("--compile", action="store_true", help="torch.compile the transformer")
-    model.add_argument("--cuda-graphs", action="store_true",
-                       help="replay transformer passes as CUDA graphs (CUDA only; removes launch overhead)")
+    speed = model.add_mutually_exclusive_group()
+    speed.add_argument("--mode", choices=(AUTO_MODE, *MODES), default=AUTO_MODE,
+                       help=f"how the transformer runs: {AUTO_MODE} = {CUDA_DEFAULT_MODE} on CUDA (the fastest "
+                            f"measured, results/perf_recipes_h200.json; compile time is reported), {EAGER_MODE} "
+                            "elsewhere or with --offload (then compile)")
+    speed.add_argument("--eager", action="store_const", const=EAGER_MODE, dest="mode",
+                       help="plain eager PyTorch (same as --mode eager)")
+    speed.add_argument("--compile", action="store_const", const="compile", dest="mode",
+                       help="torch.compile the transformer's blocks (same as --mode compile)")
+    speed.add_argument("--cuda-graphs", action="store_const", const="graphs", dest="mode",
+                       help="replay transformer passes as CUDA graphs (same as --mode graphs)")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=28, help="Euler steps (official demo: 50)")
@@ -75,8 +88,9 @@ def load_pipeline(args: argparse.Namespace):
     from .synthetic import build_synthetic_pipeline
 
     dtype = DTYPES[args.dtype]
-    options = dict(precision=args.precision, offload=args.offload, compile=args.compile,
-                   cuda_graphs=args.cuda_graphs, progress=not args.no_progress)
+    mode = resolve_mode(args.mode, args.device, args.offload)
+    options = dict(precision=args.precision, offload=args.offload, compile=mode.startswith("compile"),
+                   cuda_graphs=mode.endswith("graphs"), progress=not args.no_progress)
     if args.synthetic:
         pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
         if args.time_shift is not None:
@@ -84,6 +98,18 @@ def load_pipeline(args: argparse.Namespace):
         return pipe
     return OmniGen2Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device, time_shift=args.time_shift,
                                             **options)
+
+
+def resolve_mode(mode: str, device: str, offload: bool) -> str:
+    """The concrete mode: `auto` is CUDA_DEFAULT_MODE on CUDA (compile alone with offload, whose weight moves
+    graphs cannot follow) and eager elsewhere; graphs with offload or off CUDA are refused with the fix."""
+    cuda = str(device).startswith("cuda")
+    if mode == AUTO_MODE:
+        return (("compile" if offload else CUDA_DEFAULT_MODE) if cuda else EAGER_MODE)
+    if mode.endswith("graphs") and (offload or not cuda):
+        raise ValueError(f"--mode {mode} needs CUDA and no --offload (graphs hold the weights' GPU addresses); "
+                         "use --mode compile or --eager")
+    return mode
 
 
 def format_report(result) -> str:
@@ -128,19 +154,61 @@ def run(args: argparse.Namespace) -> int:
     if len(args.image) == 1 and (args.width or args.height):
         print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
               file=sys.stderr)
+    mode = resolve_mode(args.mode, args.device, args.offload)
     pipe = load_pipeline(args)
+    clock = StepClock(pipe.device)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
                   cfg_range=tuple(args.cfg_range), seed=args.seed, width=args.width, height=args.height,
-                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean)
+                  max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean,
+                  on_step=clock, stage_hook=clock.stage_hook)
     result.save(args.output)
     print(format_report(result))
+    startup = clock.startup_seconds()
+    print(f"mode {mode}" + (f": the first step took {startup:.2f} s longer than the others (compilation, "
+                            "graph capture, autotuning; paid once per process and input shape)"
+                            if startup is not None else ""))
     print(f"wrote {args.output}")
     if args.json:
-        record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output)}
+        record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output),
+                  "mode": mode, "step_seconds": clock.step_seconds, "startup_seconds": startup}
         _write_json_atomic(args.json, record)
         print(f"wrote {args.json}")
     return 0
+
+
+class StepClock:
+    """Wall seconds of each denoising step (CUDA synchronised), to report the one-off startup cost of a mode.
+
+    Pass `stage_hook=clock.stage_hook, on_step=clock` to the pipeline call: the clock starts when the denoise stage
+    starts (the stage timer has synchronised by then) and ticks after every step.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.step_seconds: list[float] = []
+        self._last: float | None = None
+
+    @contextlib.contextmanager
+    def stage_hook(self, stage: str):
+        if stage == "denoise":
+            self._last = time.perf_counter()
+        yield
+
+    def __call__(self, index: int, num_steps: int, latents: torch.Tensor) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_seconds.append(now - self._last)
+        self._last = now
+
+    def startup_seconds(self) -> float | None:
+        """First step minus the median of the others (None with fewer than 3 steps)."""
+        if len(self.step_seconds) < 3:
+            return None
+        rest = sorted(self.step_seconds[1:])
+        return max(self.step_seconds[0] - rest[len(rest) // 2], 0.0)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

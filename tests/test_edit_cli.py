@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.edit import main
+from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, main, resolve_mode
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,10 @@ def test_cli_edits_a_checkpoint_folder_and_reports_stages(tmp_path, image):
 def test_cli_in_memory_synthetic_models(tmp_path, image, capsys):
     out = tmp_path / "mem.png"
     assert main(["--synthetic", "tiny", "--device", "cpu", "--dtype", "float32", "--image", str(image),
-                 "--prompt", "add a hat", "-o", str(out), "--steps", "2", "--no-progress"]) == 0
-    assert "SYNTHETIC" in capsys.readouterr().out
+                 "--prompt", "add a hat", "-o", str(out), "--steps", "4", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "SYNTHETIC" in stdout
+    assert "mode eager: the first step took" in stdout  # auto is eager on a CPU, and the startup cost is reported
     with PIL.Image.open(out) as edited:
         assert edited.size == (80, 64)
 
@@ -63,3 +65,23 @@ def test_cli_errors_name_the_problem(tmp_path, image, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--device", "cpu", "--prompt", "x", "-o", str(tmp_path / "o.png")])
     assert "missing component" in capsys.readouterr().err
+
+
+def test_mode_auto_is_the_fastest_on_cuda_and_eager_elsewhere():
+    assert resolve_mode("auto", "cuda", offload=False) == CUDA_DEFAULT_MODE == "compile+graphs"
+    assert resolve_mode("auto", "cuda:1", offload=True) == "compile"  # graphs cannot follow offloaded weights
+    assert resolve_mode("auto", "cpu", offload=False) == "eager"
+    assert resolve_mode("eager", "cuda", offload=False) == "eager"
+    with pytest.raises(ValueError, match="--mode compile or --eager"):
+        resolve_mode("graphs", "cpu", offload=False)
+
+
+def test_eager_flag_and_mode_flags_are_exclusive(tmp_path, image, capsys):
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "tiny", "--device", "cpu", "--eager", "--compile", "--prompt", "x",
+              "-o", str(tmp_path / "o.png")])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--synthetic", "tiny", "--device", "cpu", "--mode", "compile+graphs", "--image", str(image),
+              "--prompt", "x", "-o", str(tmp_path / "o.png")])
+    assert exit_info.value.code == 2 and "needs CUDA" in capsys.readouterr().err

@@ -1,0 +1,352 @@
+"""Precision recipes x execution modes, side by side in one process, through the real edit pipeline.
+
+Recipes: bf16, fp8 (and fp8+fp8attn where the FP8 attention option exists); modes: eager, compile (regional
+torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA graph), compile+graphs.
+Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
+and the 1024x1024 one-reference edit (28 steps). Every step is a 3-branch CFG step (cond, ref, uncond passes).
+
+Measured per (size, recipe, mode), arms alternating round by round in one process:
+- step_ms: median wall time of one denoising step (OmniGen2Pipeline.denoise over a few steps, CUDA synchronised);
+- first_call_s: the first denoise call (compilation, autotuning, graph capture included) and startup_s = that
+  minus the steady steps it ran;
+- edit_ms: one whole edit (text encode, VAE encode, denoise, VAE decode) through OmniGen2Pipeline.__call__;
+- peak_vram_gib: this arm's DiT weights + memory its warm-up kept (graph pools) + the transient peak of a step.
+Then `ratios` per size: fp8_best_over_bf16_best, fp8_default_over_bf16_default (the `edit` CLI's default mode on
+CUDA), and fp8/bf16 per mode (speed-ups: > 1 means FP8 is faster). Random full-size weights (latency only).
+
+    python benchmarks/bench_recipes.py --out results/perf_recipes_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
+from harness.kernels import categorize  # noqa: E402
+from omnigen2_fp8 import synthetic  # noqa: E402
+from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, EAGER_MODE  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8  # noqa: E402
+from omnigen2_fp8.pipeline import OmniGen2Pipeline  # noqa: E402
+from omnigen2_fp8.scheduler import FlowMatchEulerScheduler  # noqa: E402
+
+PROMPT = "Replace the cloudy sky with a clear sunset and add a small red sailing boat on the water."
+SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidance
+    "gedit-512": dict(side=512, steps=20, guidance=dict(text_guidance_scale=5.0, image_guidance_scale=1.5,
+                                                        time_shift=3.0)),
+    "edit-1024": dict(side=1024, steps=28, guidance=dict(text_guidance_scale=5.0, image_guidance_scale=2.0)),
+}
+MODES = ("eager", "compile", "graphs", "compile+graphs")
+RECIPES = ("bf16", "fp8")
+NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
+
+
+@dataclass
+class Arm:
+    recipe: str
+    mode: str
+    pipe: OmniGen2Pipeline
+    weight_bytes: int
+    results: dict = field(default_factory=dict)  # size -> measurements
+
+    @property
+    def name(self) -> str:
+        return f"{self.recipe}/{self.mode}"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def allocated() -> int:
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """One DiT per recipe (eager), all from the same random weights; compile arms get their own copies."""
+    base = synthetic.build_transformer(preset, device, dtype, seed=0)
+    models = {}
+    for recipe in recipes:
+        if recipe == "bf16":
+            models[recipe] = base
+        elif recipe == "fp8":
+            model = copy.deepcopy(base)
+            quantize_fp8(model, Fp8Config())
+            models[recipe] = model
+        else:
+            raise SystemExit(f"unknown recipe {recipe!r}; this benchmark knows {RECIPES}")
+    if "bf16" not in recipes:
+        del base
+    return models
+
+
+def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = "full") -> list[Arm]:
+    """An OmniGen2Pipeline per (recipe, mode) sharing the MLLM, VAE and tokenizer; compile modes share a copy.
+    preset "tiny" (float32, CPU) only smoke-tests this script."""
+    dtype = torch.bfloat16 if preset == "full" else torch.float32
+    models = build_models(recipes, device, preset, dtype)
+    vae = synthetic.build_vae(preset, device, dtype, seed=1)
+    tokenizer = synthetic.build_qwen_tokenizer(qwen_ids=preset == "full")
+    mllm = synthetic.build_qwen2_5_vl(preset, device, dtype, seed=2, tokenizer=tokenizer,
+                                      text_hidden_size=models[recipes[0]].config.text_feat_dim)
+    info = {"size": preset, "seed": 0, "what": "random-weight models built in memory (bench_recipes)"}
+    arms = []
+    for recipe in recipes:
+        compiled_copy = None
+        for mode in modes:
+            compiled = mode.startswith("compile")
+            model = models[recipe]
+            if compiled:
+                compiled_copy = compiled_copy or copy.deepcopy(model)
+                model = compiled_copy
+            pipe = OmniGen2Pipeline(model, vae, FlowMatchEulerScheduler.from_config(synthetic.SCHEDULER_CONFIG),
+                                    mllm, tokenizer, device=device, dtype=dtype,
+                                    precision="fp8" if recipe.startswith("fp8") else "bf16", compile=compiled,
+                                    cuda_graphs=mode.endswith("graphs"), synthetic=info, progress=False)
+            arms.append(Arm(recipe, mode, pipe, weight_bytes(model)))
+    return arms
+
+
+def size_inputs(pipe: OmniGen2Pipeline, side: int):
+    """Prompt embeddings, one reference latent and the noise for a side x side edit (shared by every arm)."""
+    rng = np.random.default_rng(side)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
+    embeds = pipe.encode_prompt(PROMPT, "", need_negative=True)
+    refs = pipe.encode_images([image], torch.Generator("cpu").manual_seed(1))
+    latents = pipe.prepare_latents(side, side, torch.Generator("cpu").manual_seed(0))
+    return image, embeds, refs, latents
+
+
+def timed_denoise(arm: Arm, inputs, steps: int, guidance: dict) -> tuple[float, int]:
+    """(seconds, transient peak bytes above what was allocated before) of `steps` denoising steps."""
+    _, embeds, refs, latents = inputs
+    g = {k: v for k, v in guidance.items() if k != "time_shift"}
+    sync()
+    before = allocated()
+    reset_peak()
+    start = time.perf_counter()
+    arm.pipe.denoise(latents, refs, embeds, num_inference_steps=steps, progress=False, **g)
+    sync()
+    return time.perf_counter() - start, peak() - before
+
+
+def warm_up(arms: list[Arm], size: str, inputs, warm_steps: int) -> None:
+    """First call per arm (compile / capture / autotune happen here), then one more untimed call."""
+    guidance = SIZES[size]["guidance"]
+    for arm in arms:
+        before = allocated()
+        first_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
+        second_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
+        arm.results[size] = {"first_call_s": first_s, "startup_s": max(first_s - second_s, 0.0),
+                             "retained_bytes": max(allocated() - before, 0),
+                             "step_ms_rounds": [], "transient_bytes": 0}
+        print(f"  warm {size:10s} {arm.name:22s} first call {first_s:7.2f} s", flush=True)
+
+
+def time_steps(arms: list[Arm], size: str, inputs, rounds: int, steps: int) -> None:
+    """Per-step times, arms alternating (rotated order each round)."""
+    guidance = SIZES[size]["guidance"]
+    for r in range(rounds):
+        order = arms[r % len(arms):] + arms[: r % len(arms)]
+        for arm in order:
+            seconds, transient = timed_denoise(arm, inputs, steps, guidance)
+            res = arm.results[size]
+            res["step_ms_rounds"].append(seconds / steps * 1e3)
+            res["transient_bytes"] = max(res["transient_bytes"], transient)
+    for arm in arms:
+        res = arm.results[size]
+        res["step_ms"] = float(np.median(res["step_ms_rounds"]))
+        res["peak_vram_gib"] = (arm.weight_bytes + res["retained_bytes"] + res["transient_bytes"]) / 2**30
+        print(f"  step {size:10s} {arm.name:22s} {res['step_ms']:8.2f} ms  "
+              f"(rounds {', '.join(f'{t:.1f}' for t in res['step_ms_rounds'])})", flush=True)
+
+
+def time_edits(arms: list[Arm], size: str, inputs, steps: int, rounds: int) -> None:
+    """Whole edits through OmniGen2Pipeline.__call__, arms alternating; the median of `rounds` per arm."""
+    spec = SIZES[size]
+    image = inputs[0]
+    call = dict(num_inference_steps=steps, width=image.size[0], height=image.size[1], seed=0, progress=False,
+                **spec["guidance"])
+    arms[0].pipe(PROMPT, [image], **{**call, "num_inference_steps": 1})  # MLLM / VAE warm-up at this size
+    for r in range(rounds):
+        for arm in arms[r % len(arms):] + arms[: r % len(arms)]:
+            sync()
+            resident = allocated()
+            result = arm.pipe(PROMPT, [image], **call)
+            res = arm.results[size]
+            res.setdefault("edit_ms_rounds", []).append(result.total_seconds * 1e3)
+            res["edit_stage_s"] = result.stage_seconds
+            res["edit_steps"] = steps
+            res["edit_transformer_calls"] = result.transformer_calls
+            over = max((result.peak_vram_bytes or 0) - resident, 0)
+            res["edit_peak_over_resident_gib"] = max(res.get("edit_peak_over_resident_gib", 0), over / 2**30)
+    for arm in arms:
+        res = arm.results[size]
+        res["edit_ms"] = float(np.median(res["edit_ms_rounds"]))
+        print(f"  edit {size:10s} {arm.name:22s} {res['edit_ms']:9.1f} ms", flush=True)
+
+
+def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
+    """Kernel time of one 3-branch step by category (harness.kernels.categorize on kernel names)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _, embeds, refs, latents = inputs
+    g = {k: v for k, v in guidance.items() if k != "time_shift"}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        arm.pipe.denoise(latents, refs, embeds, num_inference_steps=1, progress=False, **g)
+        sync()
+    per_kernel: dict[str, list] = {}
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        entry = per_kernel.setdefault(evt.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += evt.device_time / 1e3
+    categories: dict[str, float] = {}
+    for name, (_, ms) in per_kernel.items():
+        cat = categorize(name)
+        categories[cat] = categories.get(cat, 0.0) + ms
+    total = sum(categories.values()) or 1.0
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:25]
+    overhead = sum(categories.get(c, 0.0) for c in NORM_ELEMENTWISE_MEMCPY_QUANT)
+    return {"arm": arm.name, "kernel_ms": total, "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
+            "norm_elementwise_memcpy_quant_share": overhead / total,
+            "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
+
+
+def ratios(arms: list[Arm], size: str) -> dict:
+    """Speed-ups of FP8 recipes over BF16 (BF16 ms / FP8 ms) for this size."""
+    step = {(a.recipe, a.mode): a.results[size]["step_ms"] for a in arms if "step_ms" in a.results.get(size, {})}
+    out = {}
+    bf16 = {m: ms for (r, m), ms in step.items() if r == "bf16"}
+    if not bf16:
+        return out
+    bf16_best_mode = min(bf16, key=bf16.get)
+    out["bf16_best"] = {"mode": bf16_best_mode, "step_ms": bf16[bf16_best_mode]}
+    for recipe in sorted({r for r, _ in step if r != "bf16"}):
+        mine = {m: ms for (r, m), ms in step.items() if r == recipe}
+        best_mode = min(mine, key=mine.get)
+        key = recipe.replace("+", "_")
+        out[f"{key}_best"] = {"mode": best_mode, "step_ms": mine[best_mode]}
+        out[f"{key}_best_over_bf16_best"] = bf16[bf16_best_mode] / mine[best_mode]
+        for label, mode in (("default", CUDA_DEFAULT_MODE), ("eager", EAGER_MODE)):
+            if mode in mine and mode in bf16:
+                out[f"{key}_{label}_over_bf16_{label}"] = bf16[mode] / mine[mode]
+        out[f"{key}_over_bf16_per_mode"] = {m: bf16[m] / mine[m] for m in mine if m in bf16}
+    edits = {(a.recipe, a.mode): a.results[size]["edit_ms"] for a in arms if "edit_ms" in a.results.get(size, {})}
+    if ("fp8", CUDA_DEFAULT_MODE) in edits and ("bf16", CUDA_DEFAULT_MODE) in edits:
+        out["edit_fp8_default_over_bf16_default"] = (edits[("bf16", CUDA_DEFAULT_MODE)]
+                                                     / edits[("fp8", CUDA_DEFAULT_MODE)])
+    return out
+
+
+def arm_table(arms: list[Arm], size: str) -> dict:
+    keep = ("step_ms", "step_ms_rounds", "first_call_s", "startup_s", "peak_vram_gib", "edit_ms", "edit_ms_rounds",
+            "edit_stage_s", "edit_steps", "edit_transformer_calls", "edit_peak_over_resident_gib")
+    return {a.name: {"weight_gib": a.weight_bytes / 2**30, **{k: v for k, v in a.results[size].items() if k in keep}}
+            for a in arms if size in a.results}
+
+
+def run(args, record: dict) -> None:
+    save = lambda: write_json_atomic(args.out, record)  # noqa: E731
+    from torch._dynamo.utils import counters
+
+    torch._logging.set_logs(recompiles=True)  # any recompilation prints its reason (expected: none)
+    start = time.perf_counter()
+    arms = build_arms(args.recipes, args.modes, args.device, args.preset)
+    record["build_s"] = time.perf_counter() - start
+    print(f"built {len(arms)} arms in {record['build_s']:.1f} s; {allocated() / 2**30:.1f} GiB", flush=True)
+    for size in args.sizes:
+        spec = SIZES[size]
+        inputs = size_inputs(arms[0].pipe, spec["side"] // args.side_divisor)
+        _, embeds, refs, latents = inputs
+        entry = record["sizes"].setdefault(size, {
+            "side": spec["side"], "guidance": spec["guidance"], "prompt_tokens": int(embeds.prompt_mask.sum()),
+            "negative_tokens": int(embeds.negative_mask.sum()), "latent": list(latents.shape),
+            "ref_latents": [list(r.shape) for r in refs]})
+        warm_up(arms, size, inputs, args.warm_steps)
+        time_steps(arms, size, inputs, args.rounds, args.steps_per_round)
+        entry["arms"] = arm_table(arms, size)
+        entry["ratios"] = ratios(arms, size)
+        save()
+        if args.profile:
+            entry["profiles"] = [profile_step(a, inputs, spec["guidance"]) for a in arms
+                                 if a.mode == "compile" or (a.mode == "eager" and a.recipe != "bf16")]
+            save()
+        if args.edit_rounds:
+            time_edits(arms, size, inputs, args.edit_steps or spec["steps"], args.edit_rounds)
+            entry["arms"] = arm_table(arms, size)
+            entry["ratios"] = ratios(arms, size)
+        print(f"{size}: {entry['ratios']}", flush=True)
+        record["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
+                            "frames_ok": counters["frames"]["ok"], "frames_total": counters["frames"]["total"]}
+        save()
+    record["seconds"] = time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per size (arms alternate)")
+    parser.add_argument("--steps-per-round", type=int, default=3, help="denoising steps per timed call")
+    parser.add_argument("--warm-steps", type=int, default=2, help="denoising steps of each warm-up call")
+    parser.add_argument("--edit-rounds", type=int, default=1, help="whole edits per arm and size (0: none)")
+    parser.add_argument("--edit-steps", type=int, default=None, help="override the whole-edit steps of every size")
+    parser.add_argument("--profile", action="store_true", help="kernel categories of one step (compile arms)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--preset", choices=("full", "tiny"), default="full",
+                        help="tiny: float32 toy models with sides / 8, a CPU smoke test of this script only")
+    args = parser.parse_args()
+    args.side_divisor = 1 if args.preset == "full" else 8
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here; the timings mean something on a GPU only (--preset tiny --device cpu "
+                     "smoke-tests the script)")
+    record = {"manifest": run_manifest(synthetic=args.preset, device=args.device,
+                                       extra={"benchmark": "recipes x modes"}),
+              "settings": {"rounds": args.rounds, "steps_per_round": args.steps_per_round,
+                           "warm_steps": args.warm_steps, "edit_rounds": args.edit_rounds,
+                           "default_mode_cuda": CUDA_DEFAULT_MODE, "prompt": PROMPT},
+              "sizes": {}}
+    try:
+        run(args, record)
+    except Exception as err:  # keep what was measured, and say what failed
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+        write_json_atomic(args.out, record)
+        raise
+    finally:
+        gc.collect()
+    write_json_atomic(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
