@@ -380,19 +380,24 @@ def _split_fused(name: str, tensor: torch.Tensor, config: TransformerConfig) -> 
 
 
 def _stack_padded(sequences: list[torch.Tensor]) -> torch.Tensor:
-    """[L_i, D] sequences -> right-padded [N, max L_i, D] (no copy for a single sequence)."""
-    return sequences[0].unsqueeze(0) if len(sequences) == 1 else pad_sequence(sequences, batch_first=True)
+    """[L_i, D] sequences -> right-padded [N, max L_i, D], a new tensor (never a view).
+
+    A copy for a single sequence too (tens of MB, microseconds): the first block of a stack would otherwise get a
+    view and the others fresh tensors, and torch.compile guards views apart (one recompile per block kind)."""
+    return sequences[0].unsqueeze(0).clone() if len(sequences) == 1 else pad_sequence(sequences, batch_first=True)
 
 
 def _pad_rotary(rotary: list[tuple[torch.Tensor, torch.Tensor]],
                 segments: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack each sequence's slice of its sample's cos/sin into right-padded [N, L, head_dim/2] tables."""
     if len(rotary) == 1:
-        # Views that do not start at the table's start are copied (a few hundred KB): torch.compile guards a
-        # nonzero storage offset apart from zero, which would cost a recompile per block kind.
+        # Slices that do not start at the table's start are copied (a few hundred KB), and every result is a
+        # view at offset 0: torch.compile guards a nonzero storage offset, and whether an input is a view, apart.
         (cos, sin), (start, end) = rotary[0], segments[0]
-        cos, sin = cos[start:end].unsqueeze(0), sin[start:end].unsqueeze(0)
-        return (cos.clone(), sin.clone()) if start else (cos, sin)
+        cos, sin = cos[start:end], sin[start:end]
+        if start:
+            cos, sin = cos.clone(), sin.clone()
+        return cos.unsqueeze(0), sin.unsqueeze(0)
     cos = pad_sequence([c[s:e] for (c, _), (s, e) in zip(rotary, segments)], batch_first=True)
     sin = pad_sequence([s_[s:e] for (_, s_), (s, e) in zip(rotary, segments)], batch_first=True)
     return cos, sin
