@@ -47,7 +47,7 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
     "edit-1024": dict(side=1024, steps=28, guidance=dict(text_guidance_scale=5.0, image_guidance_scale=2.0)),
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
-RECIPES = ("bf16", "fp8")
+RECIPES = ("bf16", "fp8", "fp8+fp8attn")
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -93,9 +93,9 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     for recipe in recipes:
         if recipe == "bf16":
             models[recipe] = base
-        elif recipe == "fp8":
+        elif recipe in ("fp8", "fp8+fp8attn"):
             model = copy.deepcopy(base)
-            quantize_fp8(model, Fp8Config())
+            quantize_fp8(model, Fp8Config(attention="fp8" if recipe.endswith("fp8attn") else "bf16"))
             models[recipe] = model
         else:
             raise SystemExit(f"unknown recipe {recipe!r}; this benchmark knows {RECIPES}")
@@ -225,7 +225,7 @@ def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
             continue
         entry = per_kernel.setdefault(evt.name, [0, 0.0])
         entry[0] += 1
-        entry[1] += evt.device_time / 1e3
+        entry[1] += (evt.device_time if hasattr(evt, "device_time") else evt.cuda_time) / 1e3
     categories: dict[str, float] = {}
     for name, (_, ms) in per_kernel.items():
         cat = categorize(name)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .attention import grouped_attention, key_padding_mask
+from .attention import GroupedSdpa, key_padding_mask
 from .loading import (check_state_dict, load_tensors, read_json, resolve_component_folder, safetensors_files,
                       save_tensors_sharded)
 from .rope import RotaryTables, SampleLayout, apply_rotary
@@ -512,6 +512,7 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(c.head_dim, 1e-5)
         self.norm_k = RMSNorm(c.head_dim, 1e-5)
         self.to_out = nn.ModuleList([nn.Linear(c.hidden_size, c.hidden_size, bias=False)])
+        self.sdpa: nn.Module = GroupedSdpa()  # swappable core (FP8 attention), no parameters
 
     def fuse(self) -> None:
         if self.to_qkv is not None:
@@ -534,7 +535,7 @@ class Attention(nn.Module):
         k = self.norm_k(k.unflatten(-1, (self.kv_heads, self.head_dim)))
         v = v.unflatten(-1, (self.kv_heads, self.head_dim))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.to_out[0](grouped_attention(q, k, v, mask))
+        return self.to_out[0](self.sdpa(q, k, v, mask))
 
 
 class FeedForward(nn.Module):
