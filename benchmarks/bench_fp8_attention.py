@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
@@ -26,7 +27,7 @@ from omnigen2_fp8 import synthetic  # noqa: E402
 from omnigen2_fp8.attention import grouped_attention  # noqa: E402
 from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8  # noqa: E402
 from omnigen2_fp8.fp8.attention import (Fp8Sdpa, cudnn_fp8_sdpa, fp8_attention_reference,  # noqa: E402
-                                        quantize_heads)
+                                        qk_descale_bound, quantize_heads)
 from benchmarks.bench_fp8_transformer import make_inputs  # noqa: E402
 
 LENGTHS = (2148, 8460)  # 512 and 1024 edits with one reference: joint tokens of the cond pass
@@ -53,10 +54,12 @@ def bench(fn, warmup: int = 5, repeats: int = 30) -> float:
 
 def op_level(length: int) -> dict:
     g = torch.Generator("cuda").manual_seed(length)
-    q = torch.randn(1, length, 21, 120, device="cuda", generator=g).bfloat16()
-    k = torch.randn(1, length, 7, 120, device="cuda", generator=g).bfloat16()
+    # q and k as RMS-normed (unit weight) heads, as the model's QK-norm gives them
+    q = F.rms_norm(torch.randn(1, length, 21, 120, device="cuda", generator=g), (120,)).bfloat16()
+    k = F.rms_norm(torch.randn(1, length, 7, 120, device="cuda", generator=g), (120,)).bfloat16()
     v = torch.randn(1, length, 7, 120, device="cuda", generator=g).bfloat16()
-    core = Fp8Sdpa(120)
+    ones = torch.ones(120, device="cuda")
+    core = Fp8Sdpa(120, qk_descale_bound(ones), qk_descale_bound(ones)).cuda()
     bf16 = grouped_attention(q, k, v, None)
     fp8 = core(q, k, v, None)
     q8, dq = quantize_heads(q, 128)

@@ -3,9 +3,10 @@
 Numerics (what cuDNN's FP8 SDPA computes, and `fp8_attention_reference` emulates):
     q8, k8, v8 = e4m3(q / s_q), e4m3(k / s_k), e4m3(v / s_v)      one float32 scale per tensor, head dim zero-padded
     S  = (q8 k8^T) * s_q * s_k / sqrt(head_dim)                   head_dim = the real 120, not the padded 128
-    P8 = e4m3(softmax(S) * 448)                                    P in [0, 1]: a fixed scale
-    O8 = e4m3((P8 v8) / 448 * s_v / s_o)                           s_o = s_v, since |O| <= max|v| (convex weights)
-Scales: s_q, s_k, s_v = absmax / 448 of each tensor (computed on the device: no host sync, graph capturable).
+    P8 = e4m3(exp(S - rowmax(S)) * 448)                            flash-style: unnormalised P in [0, 1]
+    O8 = e4m3((P8 v8) / (448 rowsum(exp(S - rowmax))) * s_v / s_o)  s_o = s_v: |O| <= max|v| (convex weights)
+Scales: s_q, s_k static, from the QK-norm weights (`qk_descale_bound`: no pass over q and k); s_v = absmax(v) / 448,
+computed on the device (no host sync, graph capturable).
 Head dim 120 is padded to 128 (cuDNN needs a multiple of 16); the padding is zero, so scores are unchanged.
 On Hopper cuDNN returns O in e4m3; it is dequantized here (and the padding dropped) for the output projection.
 
@@ -44,6 +45,21 @@ def quantize_heads(x: torch.Tensor, head_dim_padded: int) -> tuple[torch.Tensor,
     return q, descale
 
 
+def quantize_heads_static(x: torch.Tensor, descale: torch.Tensor, head_dim_padded: int) -> torch.Tensor:
+    """[B, L, H, D] -> e4m3 [B, L, H, Dp] with a given float32 descale (no reduction: fuses into the producer)."""
+    q = (x.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
+    pad = head_dim_padded - x.shape[-1]
+    return F.pad(q.view(torch.uint8), (0, pad)).view(FP8_DTYPE) if pad else q
+
+
+def qk_descale_bound(norm_weight: torch.Tensor) -> torch.Tensor:
+    """Static descale [1, 1, 1, 1] for q or k after RMSNorm (weight w, head dim d) and RoPE: |value| <=
+    sqrt(d) * max|w| (an RMS-normed vector has norm <= sqrt(d), a rotation keeps each pair's norm), / 448.
+    e4m3 is floating point, so a loose bound costs no precision until values fall 2^9 below it."""
+    bound = math.sqrt(norm_weight.numel()) * norm_weight.detach().abs().max().float().clamp_min(AMAX_FLOOR)
+    return (bound / E4M3_MAX).reshape(1, 1, 1, 1)
+
+
 def dequantize_heads(o8: torch.Tensor, descale: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
     """e4m3 [B, L, H, Dp] -> [B, L, H * head_dim] in `dtype` (padding dropped)."""
     return (o8[..., :head_dim].float() * descale).to(dtype).flatten(2)
@@ -58,8 +74,10 @@ def fp8_attention_reference(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor
     k = (k8.float() * descale_k).transpose(1, 2).repeat_interleave(groups, dim=1)
     v8f = v8.float().transpose(1, 2).repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
-    p8 = (scores.softmax(dim=-1) * P_SCALE).to(FP8_DTYPE).float()
-    o = (p8 @ v8f) / P_SCALE  # in units of descale_v: the output scale equals v's
+    # Flash-style: the unnormalised exp(S - rowmax) in [0, 1] is quantized, the row sum stays in float32.
+    unnormalised = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    p8 = (unnormalised * P_SCALE).to(FP8_DTYPE).float()
+    o = (p8 @ v8f) / (P_SCALE * unnormalised.sum(dim=-1, keepdim=True))  # in v's units: O's scale is v's
     return o.clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE).transpose(1, 2).contiguous()
 
 
@@ -166,27 +184,33 @@ def _(q8, k8, v8, descale_q, descale_k, descale_v, head_dim):
 class Fp8Sdpa(nn.Module):
     """FP8 attention core: q, k, v [B, L, H, D] (after QK-norm and RoPE) -> [B, L, Hq * D] in q's dtype.
 
-    Unmasked (batch-1) passes run cuDNN's FP8 SDPA (or, with emulate=True, `fp8_attention_reference`: CPU tests
+    q/k scales are static bounds from the QK-norm weights; v's is its absmax. Unmasked (batch-1) passes run
+    cuDNN's FP8 SDPA (or, with emulate=True, `fp8_attention_reference`: CPU tests
     and error studies); a masked ragged batch runs the BF16 attention (logged once). Installed by
     `enable_fp8_attention`, which checks the device first.
     """
 
     is_fp8_attention = True
 
-    def __init__(self, head_dim: int, emulate: bool = False):
+    def __init__(self, head_dim: int, q_descale: torch.Tensor, k_descale: torch.Tensor, emulate: bool = False):
         super().__init__()
         self.head_dim = head_dim
         self.head_dim_padded = round_up(head_dim, HEAD_DIM_MULTIPLE)
         self.emulate = emulate
+        # Static q/k scales from the QK-norm weights (qk_descale_bound): no reduction pass over q and k. Not
+        # persistent: derived from the checkpoint's norm weights, never stored.
+        self.register_buffer("q_descale", q_descale.float().reshape(1, 1, 1, 1), persistent=False)
+        self.register_buffer("k_descale", k_descale.float().reshape(1, 1, 1, 1), persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None:
             _say_once("masked", "FP8 attention takes unmasked (batch-1) passes; a masked ragged batch runs BF16 "
                                 "attention")
             return grouped_attention(q, k, v, mask)
-        q8, dq = quantize_heads(q, self.head_dim_padded)
-        k8, dk = quantize_heads(k, self.head_dim_padded)
-        v8, dv = quantize_heads(v, self.head_dim_padded)
+        dq, dk = self.q_descale, self.k_descale
+        q8 = quantize_heads_static(q, dq, self.head_dim_padded)
+        k8 = quantize_heads_static(k, dk, self.head_dim_padded)
+        v8, dv = quantize_heads(v, self.head_dim_padded)  # v has no norm: its scale comes from its absmax
         if self.emulate:
             o8 = fp8_attention_reference(q8, k8, v8, dq, dk, dv, self.head_dim)
         else:
@@ -216,7 +240,8 @@ def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulat
         core = getattr(module, "sdpa", None)
         if core is None or not hasattr(module, "head_dim") or any(fnmatch.fnmatchcase(name, p) for p in exclude):
             continue
-        module.sdpa = Fp8Sdpa(module.head_dim, emulate=emulate)
+        module.sdpa = Fp8Sdpa(module.head_dim, qk_descale_bound(module.norm_q.weight),
+                              qk_descale_bound(module.norm_k.weight), emulate=emulate).to(device)
         swapped.append(name)
     return swapped, None
 
