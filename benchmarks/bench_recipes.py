@@ -36,7 +36,9 @@ from harness.core.records import run_manifest, write_json_atomic  # noqa: E402
 from harness.kernels import categorize  # noqa: E402
 from omnigen2_fp8 import synthetic  # noqa: E402
 from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, EAGER_MODE  # noqa: E402
-from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8  # noqa: E402
+from omnigen2_fp8.attention import grouped_attention  # noqa: E402
+from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, quantize_fp8  # noqa: E402
+from omnigen2_fp8.fp8.attention import Fp8Sdpa  # noqa: E402
 from omnigen2_fp8.pipeline import OmniGen2Pipeline  # noqa: E402
 from omnigen2_fp8.scheduler import FlowMatchEulerScheduler  # noqa: E402
 
@@ -47,7 +49,7 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
     "edit-1024": dict(side=1024, steps=28, guidance=dict(text_guidance_scale=5.0, image_guidance_scale=2.0)),
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
-RECIPES = ("bf16", "fp8", "fp8+fp8attn")
+RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+normquant", "fp8+normquant+fp8attn")
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -58,6 +60,7 @@ class Arm:
     pipe: OmniGen2Pipeline
     weight_bytes: int
     results: dict = field(default_factory=dict)  # size -> measurements
+    error: str | None = None  # set when the arm failed: it is skipped from then on, the others go on
 
     @property
     def name(self) -> str:
@@ -93,9 +96,11 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     for recipe in recipes:
         if recipe == "bf16":
             models[recipe] = base
-        elif recipe in ("fp8", "fp8+fp8attn"):
+        elif recipe in RECIPES:
             model = copy.deepcopy(base)
-            quantize_fp8(model, Fp8Config(attention="fp8" if recipe.endswith("fp8attn") else "bf16"))
+            quantize_fp8(model, Fp8Config(attention="fp8" if "fp8attn" in recipe else "bf16"))
+            if "normquant" in recipe:
+                quantize_after_norms_in_graph(model)
             models[recipe] = model
         else:
             raise SystemExit(f"unknown recipe {recipe!r}; this benchmark knows {RECIPES}")
@@ -104,7 +109,19 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     return models
 
 
-def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = "full") -> list[Arm]:
+def quantize_after_norms_in_graph(model: torch.nn.Module) -> None:
+    """The FP8 layers fed by a modulated RMSNorm (to_qkv, linear_13) quantize their input with the torch
+    reference under torch.compile, which inductor fuses into the norm's kernel (e4m3 + scales written directly,
+    no BF16 round trip); the others keep the Triton kernel. Eager runs are unchanged."""
+    for name, module in model.named_modules():
+        if (isinstance(module, Fp8Linear) and name.endswith(("attn.to_qkv", "feed_forward.linear_13"))
+                and module.weight.is_cuda):  # on a CPU every layer already quantizes with the torch reference
+            module.kernel = Kernel.CUBLAS_INDUCTOR_QUANT
+            module.refresh_kernel()
+
+
+def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = "full",
+               only: set[str] | None = None) -> list[Arm]:
     """An OmniGen2Pipeline per (recipe, mode) sharing the MLLM, VAE and tokenizer; compile modes share a copy.
     preset "tiny" (float32, CPU) only smoke-tests this script."""
     dtype = torch.bfloat16 if preset == "full" else torch.float32
@@ -118,6 +135,8 @@ def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = 
     for recipe in recipes:
         compiled_copy = None
         for mode in modes:
+            if only and f"{recipe}/{mode}" not in only:
+                continue
             compiled = mode.startswith("compile")
             model = models[recipe]
             if compiled:
@@ -129,6 +148,49 @@ def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = 
                                     cuda_graphs=mode.endswith("graphs"), synthetic=info, progress=False)
             arms.append(Arm(recipe, mode, pipe, weight_bytes(model)))
     return arms
+
+
+def live(arms: list[Arm]) -> list[Arm]:
+    return [a for a in arms if a.error is None]
+
+
+def fail(arm: Arm, err: Exception) -> None:
+    arm.error = f"{type(err).__name__}: {err}"
+    print(f"  FAILED {arm.name}: {arm.error}\n{traceback.format_exc()}", flush=True)
+
+
+def accuracy(arms: list[Arm], inputs) -> dict:
+    """One cond pass (prompt + reference) of each recipe's eager DiT against BF16's: relative L2 of the velocity;
+    and, for FP8 attention, every block's attention output against BF16 attention on the same inputs."""
+    _, embeds, refs, latents = inputs
+    eager = {a.recipe: a.pipe.transformer for a in arms if a.mode == "eager"}
+    if "bf16" not in eager:
+        return {}
+    t = torch.full((1,), 0.5, device=latents.device, dtype=latents.dtype)
+    call = (latents, t, embeds.prompt, embeds.prompt_mask)
+    with torch.no_grad():
+        reference = eager["bf16"](*call, ref_latents=[refs]).float()
+        out = {"velocity_rel_err_vs_bf16": {}, "attention_rel_err_per_layer": {}}
+        for recipe, model in eager.items():
+            if recipe == "bf16":
+                continue
+            layer_errors = {}
+            hooks = [m.register_forward_hook(_attention_error_hook(n, layer_errors)) for n, m in
+                     model.named_modules() if isinstance(m, Fp8Sdpa)]
+            velocity = model(*call, ref_latents=[refs]).float()
+            for h in hooks:
+                h.remove()
+            out["velocity_rel_err_vs_bf16"][recipe] = float((velocity - reference).norm() / reference.norm())
+            if layer_errors:
+                out["attention_rel_err_per_layer"][recipe] = layer_errors
+    return out
+
+
+def _attention_error_hook(name: str, errors: dict):
+    def record(module, args, output):
+        exact = grouped_attention(*args).float()
+        errors[name] = float((output.float() - exact).norm() / exact.norm())
+    return record
 
 
 def size_inputs(pipe: OmniGen2Pipeline, side: int):
@@ -157,10 +219,18 @@ def timed_denoise(arm: Arm, inputs, steps: int, guidance: dict) -> tuple[float, 
 def warm_up(arms: list[Arm], size: str, inputs, warm_steps: int) -> None:
     """First call per arm (compile / capture / autotune happen here), then one more untimed call."""
     guidance = SIZES[size]["guidance"]
-    for arm in arms:
+    for arm in live(arms):
         before = allocated()
-        first_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
-        second_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
+        try:
+            first_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
+            second_s, _ = timed_denoise(arm, inputs, warm_steps, guidance)
+        except Exception as err:  # one broken arm must not cost the others' numbers
+            fail(arm, err)
+            continue
+        graphs = getattr(arm.pipe, "_transformer_fn", None)
+        if getattr(graphs, "disabled_reason", None):  # capture failed: the arm would time a different mode
+            fail(arm, RuntimeError(f"CUDA graph capture failed: {graphs.disabled_reason}"))
+            continue
         arm.results[size] = {"first_call_s": first_s, "startup_s": max(first_s - second_s, 0.0),
                              "retained_bytes": max(allocated() - before, 0),
                              "step_ms_rounds": [], "transient_bytes": 0}
@@ -172,12 +242,16 @@ def time_steps(arms: list[Arm], size: str, inputs, rounds: int, steps: int) -> N
     guidance = SIZES[size]["guidance"]
     for r in range(rounds):
         order = arms[r % len(arms):] + arms[: r % len(arms)]
-        for arm in order:
-            seconds, transient = timed_denoise(arm, inputs, steps, guidance)
+        for arm in live(order):
+            try:
+                seconds, transient = timed_denoise(arm, inputs, steps, guidance)
+            except Exception as err:
+                fail(arm, err)
+                continue
             res = arm.results[size]
             res["step_ms_rounds"].append(seconds / steps * 1e3)
             res["transient_bytes"] = max(res["transient_bytes"], transient)
-    for arm in arms:
+    for arm in live(arms):
         res = arm.results[size]
         res["step_ms"] = float(np.median(res["step_ms_rounds"]))
         res["peak_vram_gib"] = (arm.weight_bytes + res["retained_bytes"] + res["transient_bytes"]) / 2**30
@@ -188,15 +262,22 @@ def time_steps(arms: list[Arm], size: str, inputs, rounds: int, steps: int) -> N
 def time_edits(arms: list[Arm], size: str, inputs, steps: int, rounds: int) -> None:
     """Whole edits through OmniGen2Pipeline.__call__, arms alternating; the median of `rounds` per arm."""
     spec = SIZES[size]
+    arms = live(arms)
+    if not arms:
+        return
     image = inputs[0]
     call = dict(num_inference_steps=steps, width=image.size[0], height=image.size[1], seed=0, progress=False,
                 **spec["guidance"])
     arms[0].pipe(PROMPT, [image], **{**call, "num_inference_steps": 1})  # MLLM / VAE warm-up at this size
     for r in range(rounds):
-        for arm in arms[r % len(arms):] + arms[: r % len(arms)]:
+        for arm in live(arms[r % len(arms):] + arms[: r % len(arms)]):
             sync()
             resident = allocated()
-            result = arm.pipe(PROMPT, [image], **call)
+            try:
+                result = arm.pipe(PROMPT, [image], **call)
+            except Exception as err:
+                fail(arm, err)
+                continue
             res = arm.results[size]
             res.setdefault("edit_ms_rounds", []).append(result.total_seconds * 1e3)
             res["edit_stage_s"] = result.stage_seconds
@@ -204,7 +285,7 @@ def time_edits(arms: list[Arm], size: str, inputs, steps: int, rounds: int) -> N
             res["edit_transformer_calls"] = result.transformer_calls
             over = max((result.peak_vram_bytes or 0) - resident, 0)
             res["edit_peak_over_resident_gib"] = max(res.get("edit_peak_over_resident_gib", 0), over / 2**30)
-    for arm in arms:
+    for arm in live(arms):
         res = arm.results[size]
         res["edit_ms"] = float(np.median(res["edit_ms_rounds"]))
         print(f"  edit {size:10s} {arm.name:22s} {res['edit_ms']:9.1f} ms", flush=True)
@@ -239,28 +320,40 @@ def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
 
 
 def ratios(arms: list[Arm], size: str) -> dict:
-    """Speed-ups of FP8 recipes over BF16 (BF16 ms / FP8 ms) for this size."""
+    """Speed-ups over BF16 (BF16 ms / other ms; > 1: faster than BF16) of one 3-branch step at this size.
+
+    fp8_best_over_bf16_best: the fastest FP8 arm without FP8 attention against the fastest BF16 arm;
+    fp8attn_best_over_bf16_best: the same with FP8 attention; *_default_*: the `edit` CLI's CUDA default mode
+    (plain FP8 recipe); per recipe: best, default, eager and per-mode ratios. Whole-edit ratios where measured.
+    """
     step = {(a.recipe, a.mode): a.results[size]["step_ms"] for a in arms if "step_ms" in a.results.get(size, {})}
-    out = {}
     bf16 = {m: ms for (r, m), ms in step.items() if r == "bf16"}
     if not bf16:
-        return out
-    bf16_best_mode = min(bf16, key=bf16.get)
-    out["bf16_best"] = {"mode": bf16_best_mode, "step_ms": bf16[bf16_best_mode]}
+        return {}
+    bf16_best = min(bf16, key=bf16.get)
+    out = {"bf16_best": {"mode": bf16_best, "step_ms": bf16[bf16_best]}, "recipes": {}}
+    for label, keep in (("fp8", lambda r: "fp8attn" not in r), ("fp8attn", lambda r: "fp8attn" in r)):
+        mine = {k: ms for k, ms in step.items() if k[0] != "bf16" and keep(k[0])}
+        if mine:
+            best = min(mine, key=mine.get)
+            out[f"{label}_best"] = {"arm": "/".join(best), "step_ms": mine[best]}
+            out[f"{label}_best_over_bf16_best"] = bf16[bf16_best] / mine[best]
     for recipe in sorted({r for r, _ in step if r != "bf16"}):
         mine = {m: ms for (r, m), ms in step.items() if r == recipe}
-        best_mode = min(mine, key=mine.get)
-        key = recipe.replace("+", "_")
-        out[f"{key}_best"] = {"mode": best_mode, "step_ms": mine[best_mode]}
-        out[f"{key}_best_over_bf16_best"] = bf16[bf16_best_mode] / mine[best_mode]
+        best = min(mine, key=mine.get)
+        row = {"best_mode": best, "best_over_bf16_best": bf16[bf16_best] / mine[best],
+               "per_mode_over_bf16_same_mode": {m: bf16[m] / mine[m] for m in mine if m in bf16}}
         for label, mode in (("default", CUDA_DEFAULT_MODE), ("eager", EAGER_MODE)):
             if mode in mine and mode in bf16:
-                out[f"{key}_{label}_over_bf16_{label}"] = bf16[mode] / mine[mode]
-        out[f"{key}_over_bf16_per_mode"] = {m: bf16[m] / mine[m] for m in mine if m in bf16}
+                row[f"{label}_over_bf16_{label}"] = bf16[mode] / mine[mode]
+        out["recipes"][recipe] = row
+    if "fp8" in out["recipes"] and "default_over_bf16_default" in out["recipes"]["fp8"]:
+        out["fp8_default_over_bf16_default"] = out["recipes"]["fp8"]["default_over_bf16_default"]
     edits = {(a.recipe, a.mode): a.results[size]["edit_ms"] for a in arms if "edit_ms" in a.results.get(size, {})}
-    if ("fp8", CUDA_DEFAULT_MODE) in edits and ("bf16", CUDA_DEFAULT_MODE) in edits:
-        out["edit_fp8_default_over_bf16_default"] = (edits[("bf16", CUDA_DEFAULT_MODE)]
-                                                     / edits[("fp8", CUDA_DEFAULT_MODE)])
+    bf16_edit = edits.get(("bf16", CUDA_DEFAULT_MODE))
+    if bf16_edit:
+        out["edit_default_over_bf16_default"] = {r: bf16_edit / ms for (r, m), ms in edits.items()
+                                                 if m == CUDA_DEFAULT_MODE and r != "bf16"}
     return out
 
 
@@ -276,8 +369,11 @@ def run(args, record: dict) -> None:
     from torch._dynamo.utils import counters
 
     torch._logging.set_logs(recompiles=True)  # any recompilation prints its reason (expected: none)
+    # Several model variants share TransformerBlock.forward here (2 block kinds each): beyond dynamo's default
+    # budget of 8 compiled versions per function, later variants would silently run eager.
+    torch._dynamo.config.recompile_limit = 64
     start = time.perf_counter()
-    arms = build_arms(args.recipes, args.modes, args.device, args.preset)
+    arms = build_arms(args.recipes, args.modes, args.device, args.preset, set(args.arms or ()))
     record["build_s"] = time.perf_counter() - start
     print(f"built {len(arms)} arms in {record['build_s']:.1f} s; {allocated() / 2**30:.1f} GiB", flush=True)
     for size in args.sizes:
@@ -288,19 +384,30 @@ def run(args, record: dict) -> None:
             "side": spec["side"], "guidance": spec["guidance"], "prompt_tokens": int(embeds.prompt_mask.sum()),
             "negative_tokens": int(embeds.negative_mask.sum()), "latent": list(latents.shape),
             "ref_latents": [list(r.shape) for r in refs]})
+        try:
+            entry["accuracy"] = accuracy(arms, inputs)
+        except Exception as err:  # measured, or said why not
+            entry["accuracy"] = {"error": f"{type(err).__name__}: {err}"}
+        save()
         warm_up(arms, size, inputs, args.warm_steps)
         time_steps(arms, size, inputs, args.rounds, args.steps_per_round)
         entry["arms"] = arm_table(arms, size)
         entry["ratios"] = ratios(arms, size)
         save()
         if args.profile:
-            entry["profiles"] = [profile_step(a, inputs, spec["guidance"]) for a in arms
-                                 if a.mode == "compile" or (a.mode == "eager" and a.recipe != "bf16")]
+            entry["profiles"] = []
+            for arm in (a for a in live(arms) if a.mode in args.profile):
+                try:
+                    entry["profiles"].append(profile_step(arm, inputs, spec["guidance"]))
+                except Exception as err:  # a profile is extra: keep going
+                    entry["profiles"].append({"arm": arm.name, "error": f"{type(err).__name__}: {err}"})
             save()
         if args.edit_rounds:
-            time_edits(arms, size, inputs, args.edit_steps or spec["steps"], args.edit_rounds)
+            time_edits([a for a in arms if a.mode in args.edit_modes and a.recipe in args.edit_recipes], size, inputs,
+                       args.edit_steps or spec["steps"], args.edit_rounds)
             entry["arms"] = arm_table(arms, size)
             entry["ratios"] = ratios(arms, size)
+        entry["failed_arms"] = {a.name: a.error for a in arms if a.error}
         print(f"{size}: {entry['ratios']}", flush=True)
         record["dynamo"] = {"unique_graphs": counters["stats"]["unique_graphs"],
                             "frames_ok": counters["frames"]["ok"], "frames_total": counters["frames"]["total"]}
@@ -319,12 +426,21 @@ def main() -> int:
     parser.add_argument("--warm-steps", type=int, default=2, help="denoising steps of each warm-up call")
     parser.add_argument("--edit-rounds", type=int, default=1, help="whole edits per arm and size (0: none)")
     parser.add_argument("--edit-steps", type=int, default=None, help="override the whole-edit steps of every size")
-    parser.add_argument("--profile", action="store_true", help="kernel categories of one step (compile arms)")
+    parser.add_argument("--arms", nargs="+", metavar="RECIPE/MODE",
+                        help="run only these arms (default: every recipe x mode)")
+    parser.add_argument("--edit-modes", nargs="+", choices=MODES, default=[EAGER_MODE, CUDA_DEFAULT_MODE],
+                        help="modes whose arms also time whole edits")
+    parser.add_argument("--edit-recipes", nargs="+", default=list(RECIPES), help="recipes that time whole edits")
+    parser.add_argument("--profile", nargs="*", choices=MODES, default=None,
+                        help="kernel categories of one step for the arms of these modes (default: none; "
+                             "bare --profile: compile)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", choices=("full", "tiny"), default="full",
                         help="tiny: float32 toy models with sides / 8, a CPU smoke test of this script only")
     args = parser.parse_args()
     args.side_divisor = 1 if args.preset == "full" else 8
+    if args.profile is not None and not args.profile:
+        args.profile = ["compile"]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; the timings mean something on a GPU only (--preset tiny --device cpu "
                      "smoke-tests the script)")
@@ -332,6 +448,7 @@ def main() -> int:
                                        extra={"benchmark": "recipes x modes"}),
               "settings": {"rounds": args.rounds, "steps_per_round": args.steps_per_round,
                            "warm_steps": args.warm_steps, "edit_rounds": args.edit_rounds,
+                           "edit_modes": args.edit_modes, "edit_recipes": args.edit_recipes,
                            "default_mode_cuda": CUDA_DEFAULT_MODE, "prompt": PROMPT},
               "sizes": {}}
     try:
