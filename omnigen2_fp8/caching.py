@@ -18,10 +18,11 @@ the output layer always run. Each branch keeps its own state, fresh for every ge
 How it plugs in: `OmniGen2Transformer.forward` hands its main stack (`main_layers.MainStack`) to
 `transformer.main_layers_strategy` (a `StepCache`, installed by `installed`); the pipeline calls
 `begin_call(branch, step_index)` before each transformer call. A recipe's step-cache part (`precision.py`:
-"fp8+taylorseer", "bf16+teacache:0.1") is one of the configs below. TaylorSeer makes every host-side decision in `begin_call` and keeps its tensors at fixed
-addresses with the per-call numbers in a device tensor, so a CUDA graph replaying a whole pass (`cuda_graphs.py`,
-keyed by `graph_key`) stays exact. TeaCache decides inside the pass from the pass's own activations (a device to
-host read), which one captured graph cannot do: that combination is refused up front.
+"fp8+taylorseer", "bf16+teacache:0.1") is one of the configs below. TaylorSeer makes every host-side decision in
+`begin_call` and keeps its tensors at fixed addresses with the per-call numbers in a device tensor, so a CUDA graph
+replaying a whole pass (`cuda_graphs.py`, keyed by `graph_key`) stays exact. TeaCache decides inside the pass from
+the pass's own activations (a device to host read), which one captured graph cannot do: that combination is
+refused up front.
 """
 from __future__ import annotations
 

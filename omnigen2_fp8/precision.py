@@ -10,6 +10,7 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
     bf16+teacache:0.1         + TeaCache with rel_l1_thresh 0.1
     fp8+taylorseer            + TaylorSeer step caching (first_enhance 5, fresh_threshold 3, max_order 4)
     fp8+taylorseer:max_order=2  + TaylorSeer with other settings (field=value pairs, comma separated)
+    fp8+fp8attn               + FP8 attention (`Fp8Config(attention="fp8")`: cuDNN's FP8 SDPA; FP8 bases only)
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
 Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
@@ -44,7 +45,8 @@ class Part:
 
     name: the word in the recipe; slot: parts sharing a slot exclude each other (e.g. two step caches);
     parse(value text or None) -> the setting (raises ValueError on a bad value); describe(setting) -> the value
-    text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base.
+    text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base;
+    fp8_field: the `Fp8Config` field the setting sets (the part is then a quantization option), or None.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Part:
     describe: Callable[[Any], str | None]
     value_help: str | None = None
     needs_fp8: bool = False
+    fp8_field: str | None = None
 
 
 PARTS: dict[str, Part] = {}
@@ -111,7 +114,18 @@ register_part(_step_cache_part(TeaCacheConfig, "rel_l1_thresh", "TeaCache: skip 
                                f"{TeaCacheConfig().rel_l1_thresh})"))
 register_part(_step_cache_part(TaylorSeerConfig, None, "TaylorSeer: forecast skipped steps' main-block output by a "
                                "Taylor expansion"))
-# FP8 attention ("fp8attn", slot "attention", needs_fp8=True) registers here once its kernel exists.
+
+
+# ----------------------------------------------------------------------------------------------- FP8 attention
+def _fp8attn(value: str | None) -> str:
+    if value is not None:
+        raise ValueError(f"fp8attn takes no value, got {value!r}; write +fp8attn")
+    return "fp8"
+
+
+register_part(Part("fp8attn", "attention", "FP8 attention: cuDNN's FP8 SDPA in every block (Hopper and newer, "
+                   "nvidia-cudnn-frontend; BF16 attention, with the reason, elsewhere; emulated on a CPU)",
+                   _fp8attn, lambda setting: None, needs_fp8=True, fp8_field="attention"))
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -153,12 +167,13 @@ class Recipe:
         return BASES[self.base] is not None
 
     def fp8_config(self, kernel: str | None = None, **overrides) -> Fp8Config | None:
-        """The base's Fp8Config with `kernel` and any other field overridden; None for an unquantized base."""
+        """The base's Fp8Config with the quantization parts applied (e.g. fp8attn: attention="fp8"), then `kernel`
+        and any other field overridden; None for an unquantized base."""
         config = BASES[self.base]
         if config is None:
             return None
-        if kernel is not None:
-            overrides["kernel"] = kernel
+        parts = {PARTS[n].fp8_field: s for n, s in self.parts if PARTS[n].fp8_field is not None}
+        overrides = {**parts, **overrides, **({"kernel": kernel} if kernel is not None else {})}
         return dataclasses.replace(config, **overrides) if overrides else config
 
     def to_dict(self, **fp8_overrides) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import grouped_attention, key_padding_mask
+from .attention import GroupedSdpa, key_padding_mask
 from .main_layers import MainStack
 from .packing import pad_rotary as _pad_rotary, patchify, stack_padded as _stack_padded, unpatchify
 from .rope import RotaryTables, SampleLayout, apply_rotary
@@ -110,10 +110,8 @@ class TransformerConfig:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["axes_dim_rope"] = list(self.axes_dim_rope)
-        values["axes_lens"] = list(self.axes_lens)
-        return {"_class_name": OFFICIAL_CLASS_NAME, **values}
+        return {"_class_name": OFFICIAL_CLASS_NAME, **dataclasses.asdict(self),
+                "axes_dim_rope": list(self.axes_dim_rope), "axes_lens": list(self.axes_lens)}
 
 
 PRESETS = {
@@ -305,8 +303,9 @@ class OmniGen2Transformer(nn.Module):
         return self
 
     def compile_blocks(self, **compile_kwargs) -> "OmniGen2Transformer":
-        """torch.compile each block in place (regional compilation): blocks share one compiled graph per sequence
-        shape, compile in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python."""
+        """torch.compile each block in place (regional compilation): every block of a kind shares one compiled
+        graph, compiles in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python."""
+        compile_kwargs.setdefault("dynamic", True)  # token counts vary by branch and size: no second compile
         for block in self.blocks():
             block.compile(**compile_kwargs)
         return self
@@ -412,6 +411,7 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(c.head_dim, 1e-5)
         self.norm_k = RMSNorm(c.head_dim, 1e-5)
         self.to_out = nn.ModuleList([nn.Linear(c.hidden_size, c.hidden_size, bias=False)])
+        self.sdpa: nn.Module = GroupedSdpa()  # swappable core (FP8 attention), no parameters
 
     def fuse(self) -> None:
         if self.to_qkv is not None:
@@ -434,7 +434,7 @@ class Attention(nn.Module):
         k = self.norm_k(k.unflatten(-1, (self.kv_heads, self.head_dim)))
         v = v.unflatten(-1, (self.kv_heads, self.head_dim))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.to_out[0](grouped_attention(q, k, v, mask))
+        return self.to_out[0](self.sdpa(q, k, v, mask))
 
 
 class FeedForward(nn.Module):

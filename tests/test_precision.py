@@ -27,6 +27,7 @@ def inputs():
     ("bf16", "bf16"), ("fp8", "fp8"), ("fp8-nopad", "fp8-nopad"), (" fp8+teacache ", "fp8+teacache"),
     ("fp8+teacache:0.05", "fp8+teacache"), ("bf16+teacache:0.1", "bf16+teacache:0.1"),
     ("fp8+taylorseer", "fp8+taylorseer"), ("bf16+teacache:rel_l1_thresh=0.1", "bf16+teacache:0.1"),
+    ("fp8+fp8attn+taylorseer", "fp8+taylorseer+fp8attn"),
     ("fp8+taylorseer:max_order=4", "fp8+taylorseer"),
     ("fp8+taylorseer:fresh_threshold=4,first_enhance=3", "fp8+taylorseer:first_enhance=3,fresh_threshold=4"),
 ])
@@ -64,11 +65,21 @@ def test_settings_and_records():
     ("fp8+taylorseer:max_order=1.5", ["max_order='1.5' is not an int"]),
     ("fp8+taylorseer:first_enhance=0", ["first_enhance must be an integer >= 1"]),
     ("", ["recipe"]),
+    ("bf16+fp8attn", ["'fp8attn' needs an FP8 base", "fp8+fp8attn"]),
+    ("fp8+fp8attn:on", ["fp8attn takes no value"]),
 ])
 def test_bad_recipes_name_the_problem(text, words):
     with pytest.raises(RecipeError) as err:
         parse_recipe(text)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_fp8attn_is_an_fp8_config_option():
+    recipe = parse_recipe("fp8-nopad+fp8attn")
+    assert recipe.fp8_config() == Fp8Config(misaligned="reference", attention="fp8")
+    assert recipe.fp8_config(kernel="torch-reference").attention == "fp8"  # overrides keep the parts
+    assert recipe.to_dict()["fp8"]["attention"] == "fp8" and recipe.to_dict()["attention"] == "fp8"
+    assert parse_recipe("fp8").fp8_config().attention == "bf16"
 
 
 def test_with_step_cache_replaces_the_slot():
