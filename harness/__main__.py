@@ -29,9 +29,9 @@ def build_steps(args: argparse.Namespace) -> list[list[str]]:
                args.scenario, "--out", str(profile_dir), *weights]
     if args.real:
         gedit += ["--task", args.task]
-        for flag in ("model", "judge", "dataset"):
+        for flag in ("model", "judge", "dataset", "viescore_file"):
             if getattr(args, flag):
-                gedit += [f"--{flag}", getattr(args, flag)]
+                gedit += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
         profile += ["--model", args.model or "OmniGen2/OmniGen2"]
     elif args.synthetic == "tiny":
         gedit += ["--per-task", "1", "--languages", "en"]
@@ -59,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="OmniGen2 checkpoint folder or hub id (with --real)")
     parser.add_argument("--judge", help="Qwen2.5-VL-7B-Instruct folder or hub id (with --real)")
     parser.add_argument("--dataset", help="GEdit-Bench folder or hub id (with --real)")
+    parser.add_argument("--viescore-file", help="upstream's vie_prompts.py, the official judge prompts (with --real; "
+                                                "default: $GEDIT_VIESCORE_FILE, the cache or a pinned download)")
     parser.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay transformer passes as CUDA graphs (GPU; FP8 at 512x512 needs it to be faster)")
     args = parser.parse_args(argv)
-    if not args.real and (args.model or args.judge or args.dataset):
-        parser.error("--model/--judge/--dataset name real checkpoints: add --real")
+    if not args.real and (args.model or args.judge or args.dataset or args.viescore_file):
+        parser.error("--model/--judge/--dataset/--viescore-file name real inputs: add --real")
     for step in build_steps(args):
         print("\n$ " + shlex.join([Path(step[0]).name, *step[1:]]), flush=True)
         code = subprocess.run(step).returncode

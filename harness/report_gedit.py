@@ -13,7 +13,7 @@ import pandas as pd
 from harness.core import plots
 from harness.core.markdown import (Document, cell, code, escape_emphasis, excludes_zero, fmt, fmt_ci, fmt_signed, table,
                                    truncate)
-from harness.core.vocab import METRIC_LABELS, METRICS
+from harness.core.vocab import METRIC_LABELS, METRICS, OVERALL_METRIC
 
 OVERALL = "overall (task mean)"
 
@@ -54,10 +54,10 @@ def headline_lines(run: GeditRun) -> list[str]:
                 o = _dig(metrics, m, "overall_task_mean") or {}
                 parts.append(f"{METRIC_LABELS[m]} {fmt_signed(o.get('delta'))} {fmt_ci(o.get('ci95'))}"
                              + (" **distinguishable from zero**" if excludes_zero(o.get("ci95")) else ""))
-            o = _dig(metrics, "O", "overall_task_mean") or {}
+            o = _dig(metrics, OVERALL_METRIC, "overall_task_mean") or {}
             verdict = o.get("verdict", "")
             heads = {h["arm"]: h for h in s.get("headline", []) if h["language"] == lang}
-            absolute = " vs ".join(f"{a} {fmt(heads[a].get('O'))}" for a in (d["baseline"], d["arm"]) if a in heads)
+            absolute = " vs ".join(f"{a} {fmt(heads[a].get(OVERALL_METRIC))}" for a in (d["baseline"], d["arm"]) if a in heads)
             lines.append(f"- **{escape_emphasis(run.label)}**, {lang}: {d['arm']} - {d['baseline']} over "
                          f"{o.get('n_pairs', '?')} paired samples (unweighted task mean, 95% bootstrap CI): "
                          + "; ".join(parts) + f". Q_O {absolute or ''}: {verdict}.")
@@ -80,12 +80,15 @@ def section(report: Document, run: GeditRun, tag: str) -> None:
     judge = s.get("judge", {})
     prompts = s.get("prompt_set", {})
     arms = s.get("arms", [])
-    report.add(f"## Quality: {run.label}", "",
-               f"Arms {', '.join(f'`{a}`' for a in arms)} (baseline `{s.get('baseline')}`); "
+    report.add(f"## Quality: {run.label}", "")
+    if _dig(s, "comparability", "headline"):  # judged with something other than the official protocol
+        report.add(f"> **{s['comparability']['headline']}**", "")
+    report.add(f"Arms {', '.join(f'`{a}`' for a in arms)} (baseline `{s.get('baseline')}`); "
                f"{_dig(s, 'selection', 'n_samples')} samples per arm; {gen.get('steps')} steps, seed "
                f"{gen.get('seed')}, resolution {gen.get('resolution') or 'of the input'}, guidance text "
                f"{gen.get('text_guidance_scale')} / image {gen.get('image_guidance_scale')}, time shift "
-               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`. "
+               f"{gen.get('time_shift')}. Judge `{judge.get('model')}` with prompt set `{prompts.get('name')}`, "
+               f"protocol `{judge.get('protocol', 'not recorded')}`. "
                "Scores 0-10; headline = unweighted mean over task groups (the official rule), per-sample mean "
                "beside it.", "")
     _gedit_headline_table(report, run)
@@ -153,7 +156,7 @@ def _gedit_task_tables(report: Document, run: GeditRun, lang: str, tag: str) -> 
         for scope, label in (("overall_task_mean", "overall (task mean)"),
                              ("overall_per_sample", "overall (per sample)")):
             rec = {m: metrics[m][scope] for m in METRICS}
-            rows.append([f"**{label}**", rec["O"].get("n_pairs"), *(_delta_cell(rec[m]) for m in METRICS)])
+            rows.append([f"**{label}**", rec[OVERALL_METRIC].get("n_pairs"), *(_delta_cell(rec[m]) for m in METRICS)])
             labels.append(label)
             for m in METRICS:
                 series[METRIC_LABELS[m]].append(_interval(rec[m]))
@@ -256,8 +259,10 @@ def _throughput(report: Document, run: GeditRun) -> None:
                        "steps", "output"], rows))
     j = tp.get("judge")
     if j:
-        report.add(f"Judge: {fmt(j.get('seconds_per_sample'))} s per sample ({j.get('calls_per_sample')} calls, batch "
-                   f"{j.get('batch_size')}, {fmt(j.get('attempts_per_call'))} attempts per call), peak VRAM "
+        batching = (f"batch {j.get('batch_size')}" if j.get("batch_size")
+                    else f"{j.get('concurrency')} requests in flight to a server")
+        report.add(f"Judge: {fmt(j.get('seconds_per_sample'))} s per sample ({j.get('calls_per_sample')} calls, "
+                   f"{batching}, {fmt(j.get('attempts_per_call'))} attempts per call), peak VRAM "
                    f"{fmt(j.get('peak_vram_gib_max'))} GiB, over {j.get('n_samples')} judged samples.", "")
 
 
@@ -281,8 +286,8 @@ def provenance_lines(run: GeditRun) -> list[str]:
 def _judge_settings(js: dict | None) -> str:
     if not js:
         return ""
-    keys = ("dtype", "device", "decoding", "max_new_tokens", "max_retries", "repetition_penalty", "batch_size",
-            "vision_preprocessing")
+    keys = ("kind", "dtype", "device", "decoding", "max_new_tokens", "max_tokens", "max_retries", "repetition_penalty",
+            "batch_size", "ordering", "attention", "served_model", "url", "concurrency", "vision_preprocessing")
     return " (" + ", ".join(f"{k} {js[k]}" for k in keys if k in js) + ")"
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from harness.core import plots
 from harness.core.markdown import Document, cell, code, fmt, table
 from harness.gedit.data import DatasetError, load_gedit_dataset
-from harness.gedit.run_folder import edit_path
+from harness.gedit.run_folder import find_edit
 from harness.report_gedit import GeditRun
 
 GRID_ROWS_PER_FIGURE = 6
@@ -83,8 +83,8 @@ class SourceImages:
 
 def _edit_image(run: GeditRun, arm: str, sample: dict) -> Image.Image | None:
     for root in (run.path, Path(run.summary.get("edits_root") or run.path)):
-        path = edit_path(root, arm, sample)
-        if path.is_file():
+        path = find_edit(root, arm, sample)  # <key>.png, or any suffix for edits made elsewhere
+        if path is not None:
             with Image.open(path) as im:
                 return im.convert("RGB")
     return None
@@ -129,7 +129,7 @@ def image_grid(report: Document, run: GeditRun, lang: str, tag: str, *, dataset:
         cells = []
         for a in arms:
             r = scores.get((a, s["task_type"], s["language"], s["key"]))
-            cells.append(fmt(r.O) if r is not None and r.status == "ok" else (r.status if r is not None else "-"))
+            cells.append(fmt(r.Q_O) if r is not None and r.status == "ok" else (r.status if r is not None else "-"))
         table_rows.append([i, s["task_type"], code(s["key"], 12), cell(s.get("instruction", "")), *cells])
     report.add(*table(["#", "task", "key", "instruction", *(f"Q_O {a}" for a in arms)], table_rows,
                       align=["r", "l", "l", "l", *["r"] * len(arms)]))

@@ -17,21 +17,21 @@ def _frame(deltas_by_task, seed=0):
             noise = rng.normal(0, 0.3)
             for arm, value in (("bf16", base), ("fp8", base + shift + noise)):
                 rows.append({"arm": arm, "task_type": task, "language": "en", "key": f"{task}{i}", "status": "ok",
-                             "SC": value, "PQ": value, "O": value})
+                             "Q_SC": value, "Q_PQ": value, "Q_O": value})
     return pd.DataFrame(rows)
 
 
 def test_known_difference_is_detected():
     res = paired_deltas(_frame({"color_alter": -1.0, "text_change": -1.0}), "bf16", "fp8", n_boot=2000, seed=1)
-    overall = res["languages"]["en"]["O"]["overall_task_mean"]
+    overall = res["languages"]["en"]["Q_O"]["overall_task_mean"]
     assert overall["delta"] == pytest.approx(-1.0, abs=0.15)
     assert overall["ci95"][1] < 0 and overall["verdict"].startswith("distinguishable")
-    assert all(t["ci95"][1] < 0 for t in res["languages"]["en"]["O"]["per_task"])
+    assert all(t["ci95"][1] < 0 for t in res["languages"]["en"]["Q_O"]["per_task"])
 
 
 def test_zero_difference_is_not_detected():
     res = paired_deltas(_frame({"color_alter": 0.0, "text_change": 0.0}, seed=3), "bf16", "fp8", n_boot=2000, seed=1)
-    overall = res["languages"]["en"]["SC"]["overall_task_mean"]
+    overall = res["languages"]["en"]["Q_SC"]["overall_task_mean"]
     assert overall["ci95"][0] < 0 < overall["ci95"][1]
     assert overall["verdict"].startswith("not distinguishable")
 
@@ -41,7 +41,7 @@ def test_unpaired_and_failed_samples_are_left_out():
     df.loc[(df["arm"] == "fp8") & (df["key"] == "color_alter0"), "status"] = "judge_failure"
     df = df[~((df["arm"] == "bf16") & (df["key"] == "color_alter1"))]
     res = paired_deltas(df, "bf16", "fp8", n_boot=200)
-    assert res["languages"]["en"]["O"]["overall_per_sample"]["n_pairs"] == 38
+    assert res["languages"]["en"]["Q_O"]["overall_per_sample"]["n_pairs"] == 38
 
 
 def test_bootstrap_is_seeded_and_within_task_resampling():

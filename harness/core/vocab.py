@@ -29,9 +29,10 @@ CATEGORY_COLORS = {
     "memcpy": "#937860", "norm-elementwise": "#8172B3", "other": "#BBBBBB",
 }
 
-# GEdit-Bench judge metrics: semantic consistency, perceptual quality, overall (0-10).
-METRICS = ("SC", "PQ", "O")
-METRIC_LABELS = {"SC": "Q_SC", "PQ": "Q_PQ", "O": "Q_O"}
+# GEdit-Bench judge metrics as upstream names them: semantic consistency, perceptual quality, overall (0-10).
+METRICS = ("Q_SC", "Q_PQ", "Q_O")
+OVERALL_METRIC = "Q_O"
+METRIC_LABELS = {m: m for m in METRICS}  # records and tables use the same names
 
 
 def stage_label(stage: str) -> str:

@@ -3,10 +3,16 @@
 Examples:
     python -m harness.gedit --precision bf16 fp8 --task gedit-en-10pct             # real models from hub/folders
     python -m harness.gedit --synthetic tiny --out /tmp/gedit-tiny                  # whole flow on a CPU, ~1 min
-    python -m harness.gedit --stage judge --edits DIR --precision mymodel           # judge edits made elsewhere
+    python -m harness.gedit --edits DIR/mymodel --dataset D --out O                 # judge + score edits made elsewhere
     python -m harness.gedit --stage score --out DIR                                 # re-aggregate judgements
+    python -m harness.gedit --judge-url http://127.0.0.1:8000/v1 --judge-model Qwen/Qwen2.5-VL-7B-Instruct  # vLLM
 
 Settings come from the task file; flags override them and every override is logged (old -> new) and recorded.
+Judging follows a named protocol (default gedit-v1, upstream's current GEdit-Bench scorer; gedit-v0 = its first
+release) with the official VIEScore prompt set, found by --viescore-file, GEDIT_VIESCORE_FILE, the user's cache, or a
+one-time download pinned by commit and hash. Anything else (--prompt-set project-rubric, other judge settings) is
+allowed, and every output of such a run says in its first line that its scores are not comparable with published
+GEdit-Bench numbers.
 Stages: generate (edits per arm, resumable), judge (judgements.jsonl, resumable), score (scores.csv, tasks.csv,
 fidelity.csv, summary.json, summary.md). Every stage works on a list of samples chosen before it runs, and every
 per-sample record carries its own key, so a sharded run can give each process a shard and merge the JSONL lines.
@@ -16,10 +22,12 @@ Files in --out (edits go to --edits, default --out):
     <arm>/generation_settings.json               what made the edits (resume refuses other settings)
     selection.json      the selected samples (+ counts, uids_sha256)
     judgements.jsonl    one line per (arm, sample): status ok | judge_failure | missing_image, sc/pq call records
-                        with every raw answer, judge {model, prompt_set, prompt_sha256, ...}
+                        with every raw answer and why it failed, judge {model, prompt_set, prompt_sha256, protocol}
     judge_runs.jsonl    one line per judge batch: seconds, calls, attempts, new tokens, peak VRAM, judge settings
-    scores.csv          sample level: arm, task_type, language, key, status, failure, SC, PQ, O, ...
-    tasks.csv           per (arm, language, task_type): n_selected, n_scored, failures, SC, PQ, O
+    scores.csv          sample level: arm, task_type, language, key, intersection_exist, status, failure, Q_SC,
+                        Q_PQ, Q_O, ..., comparable
+    tasks.csv           per (subset fullset|intersection, arm, language, task_type): n_selected, n_scored,
+                        failures, Q_SC, Q_PQ, Q_O, comparable
     fidelity.csv        per (arm vs baseline, sample): psnr_db, ssim, identical
     summary.json / .md  headline, per task, paired deltas with 95% CIs, fidelity, failures, throughput, provenance
 """
@@ -35,10 +43,14 @@ from harness.core.tasks import TaskError
 from harness.gedit.config import DEFAULT_TASK
 from harness.gedit.context import SetupError, check_device, make_context
 from harness.gedit.data import DatasetError
+from harness.gedit.judge import JudgeError
+from harness.gedit.judge_batching import AUTO_BATCH_CAP, CPU_BATCH_SIZE
 from harness.gedit.judge_prompts import PromptSetError
+from harness.gedit.protocol import PROTOCOLS, ProtocolError
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import SUMMARY_MD, RunFolderError
 from harness.gedit.runner import open_shard, run
+from harness.gedit.served_judge import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, JudgeServer
 
 # ------------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
@@ -66,14 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="OmniGen2 checkpoint folder or hub id")
     jud = p.add_argument_group("judge (override the task file)")
     jud.add_argument("--judge", default=None, help="Qwen2.5-VL-7B-Instruct folder or hub id")
-    jud.add_argument("--prompt-set", default=None, help="project-rubric-v1 (default) or viescore")
-    jud.add_argument("--viescore-file", default=None, help="path to VIEScore's vie_prompts.py (hash-checked)")
+    jud.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS, reverse=True),
+                     help="how the judge sees each sample: gedit-v1 (default; upstream's run_gedit_score.py: "
+                          "input_image_raw, source and edit each resized to the 512x512 area) or gedit-v0 (first "
+                          "release: input_image, the edit resized to it)")
+    jud.add_argument("--prompt-set", default=None,
+                     help="viescore (official, default) or project-rubric (this project's own wording; NOT "
+                          "comparable with published GEdit-Bench numbers; the default of --synthetic runs)")
+    jud.add_argument("--viescore-file", default=None,
+                     help="a copy of upstream's GEdit-Bench/viescore/vie_prompts.py (hash-checked); else "
+                          "$GEDIT_VIESCORE_FILE, the cache, or a one-time download pinned by commit")
     jud.add_argument("--max-new-tokens", type=int, default=None)
-    jud.add_argument("--batch-size", type=int, default=4, help="judge calls per forward batch")
+    jud.add_argument("--batch-size", type=int, default=None,
+                     help=f"judge calls per forward batch (default: from free GPU memory, a power of two, at most "
+                          f"{AUTO_BATCH_CAP}; {CPU_BATCH_SIZE} on a CPU); a judge setting: a resume must use the same")
+    srv = p.add_argument_group("served judge: any OpenAI-compatible server (vLLM, SGLang, a hosted model)")
+    srv.add_argument("--judge-url", default=None, metavar="URL",
+                     help="judge through the chat-completions API at URL, e.g. http://127.0.0.1:8000/v1")
+    srv.add_argument("--judge-model", default=None, metavar="NAME",
+                     help="model name the server serves (default: the task's judge model)")
+    srv.add_argument("--judge-api-key-env", default=None, metavar="VAR",
+                     help="environment variable holding the API key")
+    srv.add_argument("--judge-concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                     help=f"requests in flight (default {DEFAULT_CONCURRENCY})")
+    srv.add_argument("--judge-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                     help=f"seconds per request before it is retried (default {DEFAULT_TIMEOUT_S:g})")
     io = p.add_argument_group("data and files")
     io.add_argument("--dataset", default=None, help="hub id or local copy (save_to_disk folder, parquet/arrow)")
     io.add_argument("--out", default=None, help="results folder (default scratch/gedit/<task>)")
-    io.add_argument("--edits", default=None, help="root of edited images <root>/<arm>/fullset/... (default --out)")
+    io.add_argument("--edits", default=None,
+                    help="judge and score edits made elsewhere, in upstream's layout: either one model's folder "
+                         "DIR/fullset/<task_type>/<en|cn>/<key>.<png|jpg|...> (the arm is named after DIR) or a "
+                         "folder of such model folders (pick them with --precision). Nothing is generated into it: "
+                         "--stage all means judge + score here (default: edits live in --out)")
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     io.add_argument("--cuda-graphs", action="store_true",
                     help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
@@ -90,9 +127,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "selection.task_groups": args.tasks, "selection.intersection": args.intersection,
         "selection.selection_seed": args.selection_seed, "generation.seed": args.seed,
         "generation.steps": args.steps, "generation.resolution": args.resolution, "generation.model": args.model,
-        "judge.model": args.judge, "judge.prompt_set": args.prompt_set, "judge.max_new_tokens": args.max_new_tokens,
-        "dataset.id": args.dataset,
+        "judge.model": args.judge or args.judge_model, "judge.prompt_set": args.prompt_set,
+        "judge.max_new_tokens": args.max_new_tokens,
+        "judge.protocol": args.protocol, "dataset.id": args.dataset,
     }
+
+
+def judge_server_from_args(args: argparse.Namespace) -> JudgeServer | None:
+    """The server named by --judge-url (None: judge in process); refuses served-judge flags without a URL."""
+    if args.judge_url is None:
+        if args.judge_model or args.judge_api_key_env:
+            raise SetupError("--judge-model / --judge-api-key-env name a served judge: add --judge-url URL")
+        return None
+    if args.judge:
+        raise SetupError("--judge (a local checkpoint) and --judge-url (a server) exclude each other: pass one")
+    return JudgeServer(args.judge_url, api_key_env=args.judge_api_key_env, concurrency=args.judge_concurrency,
+                       timeout_s=args.judge_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
                 task=args.task, flags=overrides_from_args(args), synthetic=args.synthetic, out=args.out,
                 edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
-                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs))
+                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs, stage=args.stage,
+                judge_server=judge_server_from_args(args)))
             summary = run(ctx, args.stage, shard)
         finally:
             shard.close()
-    except (SetupError, TaskError, DatasetError, PromptSetError, DistributedSetupError, RunFolderError,
-            FolderLockedError) as err:
+    except (SetupError, TaskError, DatasetError, PromptSetError, ProtocolError, DistributedSetupError,
+            RunFolderError, JudgeError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if summary is not None:
@@ -121,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _announce(summary: GeditSummary, markdown) -> None:
+    if summary.comparability.headline:
+        print(summary.comparability.headline)
     if summary.synthetic:
         print(summary.warning)
     for h in summary.headline:  # what is missing from the scores, against the selection

@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.tasks import TASKS_ROOT, TaskError, apply_overrides, build_dataclass, load_task
+from harness.gedit.judge_prompts import PROJECT_RUBRIC
+from harness.gedit.protocol import DEFAULT_PROTOCOL, OFFICIAL_MAX_RETRIES, OFFICIAL_PROMPT_SET, PROTOCOLS
 
 log = logging.getLogger("harness.gedit")
 
 DEFAULT_TASK = "gedit-en-full"
-SYNTHETIC_TINY_SETTINGS = {"generation.steps": 2, "generation.resolution": 64, "judge.max_new_tokens": 24}
-SYNTHETIC_FULL_SETTINGS = {"selection.per_task": 1, "judge.max_retries": 0}
+# Synthetic runs judge noise, so they skip the official prompt download and use the project rubric by default.
+# The tiny judge answers one token: its "[a, b]" words repeat, and a run of pairs is no answer the official rules read.
+SYNTHETIC_TINY_SETTINGS = {"generation.steps": 2, "generation.resolution": 64, "judge.max_new_tokens": 1,
+                           "judge.prompt_set": PROJECT_RUBRIC.name}
+SYNTHETIC_FULL_SETTINGS = {"selection.per_task": 1, "judge.max_retries": 0, "judge.prompt_set": PROJECT_RUBRIC.name}
 
 GEDIT_TASK_GROUPS = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human",
                      "style_change", "subject-add", "subject-remove", "subject-replace", "text_change",
@@ -57,9 +62,10 @@ class GenerationSpec:
 @dataclasses.dataclass(frozen=True)
 class JudgeSpec:
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    prompt_set: str = "project-rubric-v1"
+    prompt_set: str = OFFICIAL_PROMPT_SET  # the official VIEScore templates; "project-rubric" is not comparable
+    protocol: str = DEFAULT_PROTOCOL        # harness.gedit.protocol.PROTOCOLS
     max_new_tokens: int = 512
-    max_retries: int = 2
+    max_retries: int = OFFICIAL_MAX_RETRIES  # upstream never re-asks with sampling; > 0 makes a run non-comparable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +106,10 @@ class GeditTaskConfig:
         if self.generation.resolution is not None and (self.generation.resolution < 16 or self.generation.resolution % 16):
             raise TaskError(f"{self.task}: generation.resolution must be a multiple of 16 (>= 16) or null, "
                             f"got {self.generation.resolution}")
+        if self.judge.protocol not in PROTOCOLS:
+            raise TaskError(f"{self.task}: judge.protocol {self.judge.protocol!r} is not one of {sorted(PROTOCOLS)}")
+        if self.judge.max_retries < 0 or self.judge.max_new_tokens < 1:
+            raise TaskError(f"{self.task}: judge.max_retries must be >= 0 and judge.max_new_tokens >= 1")
         if self.aggregation.weight_by_size:
             raise TaskError(f"{self.task}: aggregation.weight_by_size: true is not supported; GEdit-Bench's headline "
                             "is the unweighted mean of task groups (the per-sample mean is reported beside it)")

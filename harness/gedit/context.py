@@ -19,9 +19,11 @@ from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task, unique
-from harness.gedit.judge import write_synthetic_judge
-from harness.gedit.judge_prompts import PromptSet, resolve_prompt_set
+from harness.gedit.judge import JudgeError, write_synthetic_judge
+from harness.gedit.judge_prompts import VIESCORE, PromptSet, PromptSetError, resolve_prompt_set, viescore_identity
+from harness.gedit.protocol import Protocol, get_protocol
 from harness.gedit.run_folder import FULLSET, RunFolder, judge_identity
+from harness.gedit.served_judge import JudgeServer
 
 SYNTHETIC_FULL = "synthetic:full"  # model reference meaning "random full-size weights built in device memory"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -46,13 +48,17 @@ class RunContext:
     model: str
     judge_model: str
     prompts: PromptSet
+    protocol: Protocol
     device: str
-    batch_size: int
+    batch_size: int | None  # judge calls per batch; None: the in-process judge sizes it from free memory
     synthetic: str | None
     progress: bool = True
     bootstrap: int = 10_000
     baseline: str | None = None
     cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
+    edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
+    prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
+    judge_server: JudgeServer | None = None  # judge through this OpenAI-compatible server instead of in process
 
     @property
     def baseline_arm(self) -> str:
@@ -64,43 +70,62 @@ class RunContext:
 
     @property
     def judge_identity(self) -> dict:
-        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"], self.judge_weights)
+        return judge_identity(self.judge_model, self.prompts.name, self.prompts.sha256["set"], self.protocol.name,
+                              self.judge_weights)
 
     @functools.cached_property
     def judge_weights(self) -> str | None:
         """`weights_revision` of the judge (read once: it hashes the folder's config and lists its files)."""
-        return weights_revision(self.judge_model)
+        return None if self.judge_server is not None else weights_revision(self.judge_model)
 
     @property
     def judge_settings(self) -> dict:
-        """What besides the judge identity decides a judgement (batched greedy decoding pads, so the batch size
-        can change answers); every judgement records them and a resume must use the same."""
+        """The judge settings known before the judge loads (the judge's own `settings()` holds them and more);
+        a resume is checked against them before any work."""
         spec = self.config.judge
-        return {"max_new_tokens": spec.max_new_tokens, "max_retries": spec.max_retries,
-                "batch_size": self.batch_size}
+        known = {"max_new_tokens": spec.max_new_tokens, "max_retries": spec.max_retries}
+        in_process = self.judge_server is None  # a served judge batches on the server: no batch size here
+        return known | ({"batch_size": self.batch_size} if in_process and self.batch_size is not None else {})
 
 
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
-                 arms: Sequence[str] | None, device: str, viescore_file: str | None = None, batch_size: int = 4,
-                 progress: bool = True, bootstrap: int = 10_000, cuda_graphs: bool = False) -> RunContext:
+                 arms: Sequence[str] | None, device: str, viescore_file: str | None = None,
+                 batch_size: int | None = None, progress: bool = True, bootstrap: int = 10_000,
+                 cuda_graphs: bool = False, stage: str = "all", judge_server: JudgeServer | None = None
+                 ) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
     flags: dotted task fields -> flag values (None = not given); out: results folder (default
-    scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision.
+    scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision;
+    stage: --stage (a stage that judges needs the prompt texts, the others only their identity);
+    judge_server: judge through that server (the judge model is then the name it serves).
     """
     config, changes = resolve_task(task, flags, synthetic)
     out_dir = Path(out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{synthetic}" if synthetic else "")))
     edits_root, arm_names = edits_and_arms(edits, arms, out_dir)
+    prompts, prompt_problem = prompts_for(config.judge.prompt_set, viescore_file, need_text=stage in ("judge", "all"))
     ctx = RunContext(config=config, overrides=changes, arms=arm_names, out=out_dir, edits_root=edits_root,
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
-                     prompts=resolve_prompt_set(config.judge.prompt_set, viescore_file), device=device,
+                     prompts=prompts, protocol=get_protocol(config.judge.protocol), device=device,
                      batch_size=batch_size, synthetic=synthetic, progress=progress, bootstrap=bootstrap,
-                     cuda_graphs=cuda_graphs)
+                     cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem,
+                     judge_server=judge_server)
     if synthetic:
         prepare_synthetic(ctx, explicit_dataset=flags.get("dataset.id") is not None,
                           explicit_model=flags.get("generation.model") is not None,
-                          explicit_judge=flags.get("judge.model") is not None)
+                          explicit_judge=flags.get("judge.model") is not None or judge_server is not None)
     return ctx
+
+
+def prompts_for(name: str, viescore_file: str | None, need_text: bool) -> tuple[PromptSet, str | None]:
+    """The prompt set, or (when the official text cannot be found) its identity and the reason, which `preflight`
+    reports with every other missing input before any work starts."""
+    try:
+        return resolve_prompt_set(name, viescore_file, need_text=need_text), None
+    except PromptSetError as err:
+        if name != VIESCORE or viescore_file is not None:
+            raise  # a wrong name or a wrong file: nothing else to check first
+        return viescore_identity("not found"), str(err)
 
 
 def edits_and_arms(edits: str | None, arms: Sequence[str] | None, out: Path) -> tuple[Path, list[str]]:
@@ -152,11 +177,12 @@ def check_device(device: str | None) -> None:
 
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
-    """Fail before any heavy work: bad numbers, an unknown arm, an unwritable --out, a device without a GPU, or a
-    model or the dataset named for the requested stages that is absent or damaged."""
+    """Fail before any heavy work: bad numbers, an unknown arm, an unwritable --out, a device without a GPU, the
+    official prompts out of reach, or a model or the dataset named for the requested stages that is absent or
+    damaged."""
     check_device(ctx.device)
     for name, value in (("--batch-size", ctx.batch_size), ("--bootstrap", ctx.bootstrap)):
-        if value < 1:
+        if value is not None and value < 1:
             raise SetupError(f"{name} {value}: must be >= 1")
     if "generate" in stages:
         for arm in ctx.arms:
@@ -164,15 +190,21 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
                 parse_recipe(arm)
             except RecipeError as err:
                 raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
-                                 "--stage judge --edits DIR") from None
+                                 "--edits DIR") from None
     for flag, folder in (("--out", ctx.out), *((("--edits", ctx.edits_root),) if "generate" in stages else ())):
         problem = _unwritable(folder)
         if problem:
             raise SetupError(f"{flag} {folder} is not a writable folder ({problem}); pass a folder you can write to")
-    problems = []
+    problems = [ctx.prompt_problem] if ctx.prompt_problem and "judge" in stages else []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
-    if "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
+    if "judge" in stages and ctx.judge_server is not None:
+        spec = ctx.config.judge
+        try:  # one 1-token request: URL, key and model name checked before any real work
+            ctx.judge_server.connect(ctx.judge_model, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
+        except JudgeError as err:
+            problems.append(str(err))
+    elif "judge" in stages and not ctx.judge_model.startswith("synthetic:"):
         problems += _check_model(ctx.judge_model, "judge", "--judge", "config.json")
     if {"generate", "judge"} & set(stages):
         problems += _check_dataset(ctx.dataset)
@@ -202,11 +234,20 @@ def weights_revision(ref: str) -> str | None:
 
 
 def _unwritable(folder: Path) -> str | None:
-    """Why `folder` cannot hold results (None when it can): tried by creating it and a probe file in it."""
+    """Why `folder` cannot hold results (None when it can): a probe file in it, or, while it does not exist yet, a
+    probe folder in its nearest existing parent (so a run stopped by a later check leaves nothing behind)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe."):
-            pass
+        if existing == folder:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe."):
+                pass
+        else:
+            with tempfile.TemporaryDirectory(dir=existing, prefix=".write-probe."):
+                pass
     except OSError as err:
         return f"{type(err).__name__}: {err.strerror or err}"
     return None

@@ -2,29 +2,31 @@
 
 Per sample two calls: SC sees [source, edited] and the instruction, PQ sees [edited]; each answer should carry two
 0-10 scores. Decoding is greedy with 512 new tokens and the checkpoint's generation config left active (as the
-official Qwen judge does). An answer that cannot be parsed, or holds a score outside 0-10, is asked again up to
-`max_retries` times with seeded sampling (temperature RETRY_TEMPERATURE, seed = base seed + attempt); if every
-attempt fails the call is a judge failure: it is recorded with all raw answers and excluded from the means, never
-given an invented score.
+official Qwen judge does). Answers are read by the official rules (`harness.gedit.answers`). An answer that cannot
+be read, or holds a score outside 0-10, is asked again up to `max_retries` times with seeded sampling (temperature
+RETRY_TEMPERATURE, seed = base seed + attempt; the official protocols use 0 retries); if every attempt fails the
+call is a judge failure: it is recorded with all raw answers and the reason, excluded from the means, never given
+an invented score.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import logging
-import math
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
+from harness.gedit import judge_batching as batching
+from harness.gedit.answers import SCORE_MAX, SCORE_MIN, ParsedAnswer, parse_official_answer  # noqa: F401  re-exported
 from harness.gedit.judge_prompts import PromptSet
 
-SCORE_MIN, SCORE_MAX = 0.0, 10.0
 RETRY_TEMPERATURE = 0.7
 RETRY_TOP_P = 0.9
+ATTENTION = "sdpa"  # PyTorch's fused attention: FlashAttention-2 is not a dependency, eager is slower
 
 # Qwen2.5-VL-7B-Instruct where it differs from the 3B (for a full-size random judge only); mrope sections
 # [16, 24, 24] and rope theta 1e6 are the same in both.
@@ -45,78 +47,11 @@ class JudgeError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------------ parsing
-@dataclasses.dataclass(frozen=True)
-class ParsedAnswer:
-    """Scores read from one judge answer. `scores` is None when nothing could be read (then `error` says why)."""
-
-    scores: tuple[float, ...] | None
-    method: str | None  # "json" | "list" | "integer"
-    error: str | None = None
-
-    @property
-    def out_of_range(self) -> bool:
-        return self.scores is not None and any(not SCORE_MIN <= s <= SCORE_MAX for s in self.scores)
-
-    @property
-    def valid(self) -> bool:
-        return self.scores is not None and not self.out_of_range
-
-    def to_record(self) -> dict:
-        return {"scores": list(self.scores) if self.scores is not None else None, "method": self.method,
-                "error": self.error, "out_of_range": self.out_of_range}
-
-
-_NUMBER = r"-?\d+(?:\.\d+)?"
-_BARE_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
-_SINGLE_INT = re.compile(r"\s*(-?\d+)\s*\.?\s*")
-
-
 def parse_judge_answer(text: str) -> ParsedAnswer:
-    """Read the scores of one answer, trying in order:
-
-    1. the JSON object between the first "{" and the last "}" with a "score" list of numbers;
-    2. a bare list of numbers, e.g. "[7, 8]" (the first one in the text);
-    3. the whole answer being one integer, e.g. "7".
-    Numbers given as numeric strings inside the JSON list are accepted. Range is NOT checked here (see
-    `ParsedAnswer.out_of_range`).
-    """
-    if not isinstance(text, str) or not text.strip():
-        return ParsedAnswer(None, None, "empty answer")
-    start, end = text.find("{"), text.rfind("}")
-    json_error = "no JSON object"
-    if start != -1 and end > start:
-        try:
-            obj = json.loads(text[start:end + 1])
-        except json.JSONDecodeError as err:
-            json_error = f"invalid JSON ({err.msg})"
-        else:
-            scores = _score_list(obj.get("score") if isinstance(obj, dict) else None)
-            if scores is not None:
-                return ParsedAnswer(scores, "json")
-            json_error = "JSON without a non-empty numeric 'score' list"
-    match = _BARE_LIST.search(text)
-    if match:
-        return ParsedAnswer(tuple(float(x) for x in match.group(1).split(",")), "list")
-    match = _SINGLE_INT.fullmatch(text)
-    if match:
-        return ParsedAnswer((float(match.group(1)),), "integer")
-    return ParsedAnswer(None, None, f"{json_error}; no [a, b] list; not a single integer")
-
-
-def _score_list(value: Any) -> tuple[float, ...] | None:
-    if not isinstance(value, list) or not value:
-        return None
-    out = []
-    for item in value:
-        if isinstance(item, bool):
-            return None
-        if isinstance(item, (int, float)) and math.isfinite(item):
-            out.append(float(item))
-        elif isinstance(item, str) and re.fullmatch(_NUMBER, item.strip()):
-            out.append(float(item))
-        else:
-            return None
-    return tuple(out)
+    """Read the scores of one answer by the official GEdit-Bench rules (`harness.gedit.answers`): upstream's score
+    wherever upstream has a definite one, else no scores and the reason. Range is NOT checked here (see
+    `ParsedAnswer.out_of_range`)."""
+    return parse_official_answer(text)
 
 
 # -------------------------------------------------------------------------------------------------- call records
@@ -155,27 +90,70 @@ def finish_call(call_id: str, attempts: list[dict]) -> CallResult:
 
 
 # --------------------------------------------------------------------------------------------------------- judge
-class QwenJudge:
-    """Qwen2.5-VL judge through transformers: batched, left-padded, greedy first, seeded retries.
+class Judge(Protocol):
+    """What the judge stage needs from a judge, in process (`QwenJudge`) or behind an HTTP API
+    (`harness.gedit.served_judge.ServedJudge`); the stage never branches on which one it has.
 
-    Vision preprocessing uses `qwen_vl_utils.process_vision_info` and `AutoProcessor` when they import; where
-    torchvision is missing (both need it) the images go straight to the checkpoint's Qwen2-VL image processor
-    and image tokens are expanded by the processor's rule; `self.preprocessing` records which path ran.
+    chunk_samples: samples per unit of work: the stage judges the selection in chunks of this many (arm, sample)
+        pairs, deals whole chunks to ranks and appends a chunk's judgements together.
+    settings(): what decides the judgements (model, decoding, batching...): judgements made with other
+        ones are not resumed into the same run.
+    describe(): settings() plus what was observed (device, served model ids, fingerprints), recorded per chunk.
+    prepare(calls): the CPU work for `calls` (images to model or request inputs); thread-safe against judge(), so
+        the stage runs it on a worker thread one chunk ahead.
+    judge(prepared, progress): one CallResult per call, in call order, after the protocol's retries; never raises
+        for a bad answer or an unreachable server (those become failed calls).
+    last_run_stats: counts of the last judge() (new tokens, requests, transport retries) for judge_runs.jsonl.
+    """
+
+    chunk_samples: int
+    last_run_stats: dict
+
+    def settings(self) -> dict: ...
+
+    def describe(self) -> dict: ...
+
+    def prepare(self, calls: Sequence[JudgeCall]) -> Any: ...
+
+    def judge(self, prepared: Any, progress=None) -> list[CallResult]: ...
+
+
+class QwenJudge:
+    """Qwen2.5-VL judge through transformers: calls encoded one by one, ordered by prompt length, left-padded into
+    batches of `batch_size` (from free GPU memory unless given), SDPA attention, greedy first, seeded retries.
+
+    Vision preprocessing uses `qwen_vl_utils.process_vision_info` (the official resize) when it imports, and the
+    checkpoint's `AutoProcessor` when torchvision allows it; otherwise the images go straight to the Qwen2-VL image
+    processor and image tokens are expanded by the processor's rule. `self.preprocessing` records which path ran.
     """
 
     def __init__(self, model, tokenizer, image_processor, processor=None, *, model_id: str, device: str,
-                 batch_size: int = 4, max_new_tokens: int = 512, max_retries: int = 2, seed: int = 0,
-                 synthetic: dict | None = None):
+                 batch_size: int | None = None, max_new_tokens: int = 512, min_new_tokens: int = 0,
+                 max_retries: int = 2, seed: int = 0, synthetic: dict | None = None,
+                 batch_cap: int = batching.AUTO_BATCH_CAP):
         self.model, self.tokenizer, self.image_processor, self.processor = model, tokenizer, image_processor, processor
         self.model_id, self.device = model_id, device
-        self.batch_size, self.max_new_tokens, self.max_retries, self.seed = batch_size, max_new_tokens, max_retries, seed
-        self.synthetic = synthetic
-        self.last_new_tokens_total = 0  # generated tokens in the last run_calls (throughput bookkeeping)
+        self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
+        self.max_retries, self.seed, self.synthetic = max_retries, seed, synthetic
+        self.last_run_stats: dict = {"new_tokens": 0}
         self.tokenizer.padding_side = "left"
+        # Decoding runs on the caller's thread while prepare() encodes on a worker: each gets its own tokenizer.
+        self._decoder = copy.deepcopy(tokenizer)
         self._process_vision_info = _import_process_vision_info()
-        self.preprocessing = ("qwen_vl_utils.process_vision_info + AutoProcessor"
-                              if self._process_vision_info is not None and processor is not None else
-                              "fallback: Qwen2-VL image processor + image-token expansion (torchvision missing)")
+        self.preprocessing = " + ".join(
+            (["qwen_vl_utils.process_vision_info"] if self._process_vision_info is not None else [])
+            + (["AutoProcessor"] if processor is not None else
+               ["fallback: Qwen2-VL image processor + image-token expansion (torchvision missing)"]))
+        if batch_size is None:
+            batch_size, self.batch_size_source = batching.auto_batch_size(
+                device, model.config.text_config, model.dtype, max_new_tokens, cap=batch_cap)
+        else:
+            self.batch_size_source = "given"
+        self.batch_size = batch_size
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.batch_size  # 2 * batch_size calls: one batch of the short PQ calls, one of the long SC calls
 
     @classmethod
     def load(cls, model_path: str, device: str = "cuda", dtype: torch.dtype | None = None, **kwargs) -> "QwenJudge":
@@ -186,7 +164,8 @@ class QwenJudge:
         try:
             # device_map places weights straight on the GPU (no CPU copy of 16 GB first)
             placement = {"device_map": device} if str(device).startswith("cuda") else {}
-            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype, **placement)
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=dtype, attn_implementation=ATTENTION,
+                                                                       **placement)
             model = model.to(device).eval()
             tokenizer = AutoTokenizer.from_pretrained(model_path)
             image_processor = AutoImageProcessor.from_pretrained(model_path)
@@ -202,22 +181,53 @@ class QwenJudge:
         kwargs.setdefault("synthetic", _synthetic_marker(model_path))
         return cls(model, tokenizer, image_processor, processor, model_id=str(model_path), device=device, **kwargs)
 
-    def describe(self) -> dict:
+    def settings(self) -> dict:
+        """Everything that decides the answers: a resume with any of it changed is a settings change."""
         gen = self.model.generation_config
-        return {"model": self.model_id, "dtype": str(self.model.dtype).replace("torch.", ""), "device": self.device,
-                "batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
-                "max_retries": self.max_retries, "retry": {"temperature": RETRY_TEMPERATURE, "top_p": RETRY_TOP_P,
-                                                           "seed": f"{self.seed} + attempt"},
+        return {"kind": "in-process", "model": self.model_id, "dtype": str(self.model.dtype).replace("torch.", ""),
+                "attention": self.model.config._attn_implementation, "batch_size": self.batch_size,
+                "ordering": batching.ORDERING, "max_new_tokens": self.max_new_tokens,
+                **({"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}),
+                "decoding": "greedy", "max_retries": self.max_retries,
+                "retry": {"temperature": RETRY_TEMPERATURE, "top_p": RETRY_TOP_P, "seed": f"{self.seed} + attempt"},
                 "repetition_penalty": getattr(gen, "repetition_penalty", None),
                 "vision_preprocessing": self.preprocessing, "synthetic": self.synthetic or False}
 
+    def describe(self) -> dict:
+        return {**self.settings(), "device": self.device, "batch_size_source": self.batch_size_source}
+
+    # ---- inputs
+    def prepare(self, calls: Sequence[JudgeCall]) -> list[batching.EncodedCall]:
+        """Each call tokenized with its images preprocessed, unpadded (CPU work; safe on a worker thread)."""
+        return [batching.EncodedCall(i, call.call_id, self._encode_one(call)) for i, call in enumerate(calls)]
+
+    def _encode_one(self, call: JudgeCall) -> dict[str, torch.Tensor]:
+        conversation = [{"role": "user", "content": [*({"type": "image", "image": im} for im in call.images),
+                                                     {"type": "text", "text": call.prompt}]}]
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        images = [im.convert("RGB") for im in call.images]
+        if self._process_vision_info is not None:
+            images, _ = self._process_vision_info([conversation])
+        if self.processor is not None:
+            return dict(self.processor(text=[text], images=images or None, return_tensors="pt"))
+        vision = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
+        merge = self.image_processor.merge_size ** 2
+        counts = iter([int(thw.prod()) // merge for thw in vision.get("image_grid_thw", [])])
+        pad = "<|image_pad|>"
+        # Each image placeholder becomes one token per merged patch (the Qwen2-VL processor's rule).
+        text = re.sub(re.escape(pad), lambda _: pad * next(counts), text)
+        enc = dict(self.tokenizer([text], return_tensors="pt"))
+        image_id = self.tokenizer.convert_tokens_to_ids(pad)
+        enc["mm_token_type_ids"] = (enc["input_ids"] == image_id).to(torch.int32)
+        return {**enc, **vision}
+
     # ---- one batch of raw generations
-    def generate(self, calls: Sequence[JudgeCall], sample_seed: int | None = None) -> list[str]:
-        """Answers (decoded new tokens) for `calls`, one forward batch; greedy when sample_seed is None."""
-        conversations = [[{"role": "user", "content": [*({"type": "image", "image": im} for im in c.images),
-                                                       {"type": "text", "text": c.prompt}]}] for c in calls]
-        inputs = self._encode(conversations).to(self.device)
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+    def generate(self, batch: Sequence[batching.EncodedCall], sample_seed: int | None = None) -> list[str]:
+        """Answers (decoded new tokens) for one batch of encoded calls; greedy when sample_seed is None. Stops when
+        every sequence has ended (EOS) or after max_new_tokens."""
+        inputs = batching.collate_left_padded(batch, self.tokenizer.pad_token_id)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens or None}
         if sample_seed is None:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -225,50 +235,36 @@ class QwenJudge:
             kwargs.update(do_sample=True, temperature=RETRY_TEMPERATURE, top_p=RETRY_TOP_P, top_k=None)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        new_tokens = out[:, inputs["input_ids"].shape[1]:].cpu()
         pad = self.tokenizer.pad_token_id
-        self.last_new_tokens_total += int((new_tokens != pad).sum()) if pad is not None else new_tokens.numel()
-        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def _encode(self, conversations: list[list[dict]]):
-        texts = [self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-                 for conv in conversations]
-        if self._process_vision_info is not None and self.processor is not None:
-            images, videos = self._process_vision_info(conversations)
-            return self.processor(text=texts, images=images, videos=videos, padding=True, return_tensors="pt")
-        images = [item["image"].convert("RGB") for conv in conversations for item in conv[0]["content"]
-                  if item["type"] == "image"]
-        vision = self.image_processor(images=images, return_tensors="pt") if images else {}
-        merge = self.image_processor.merge_size ** 2
-        counts = iter([int(thw.prod()) // merge for thw in vision.get("image_grid_thw", [])])
-        pad = "<|image_pad|>"
-        # Each image placeholder becomes one token per merged patch (the Qwen2-VL processor's rule).
-        texts = [re.sub(re.escape(pad), lambda _: pad * next(counts), t) for t in texts]
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-        image_id = self.tokenizer.convert_tokens_to_ids(pad)
-        enc["mm_token_type_ids"] = (enc["input_ids"] == image_id).to(torch.int32)
-        enc.update(vision)
-        return enc
+        self.last_run_stats["new_tokens"] += int((new_tokens != pad).sum()) if pad is not None else new_tokens.numel()
+        return self._decoder.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # ---- calls with retries
-    def run_calls(self, calls: Sequence[JudgeCall], progress=None) -> list[CallResult]:
-        """Judge every call: greedy in batches, then up to max_retries seeded resamples of the failed ones."""
-        attempts: dict[str, list[dict]] = {c.call_id: [] for c in calls}
-        self.last_new_tokens_total = 0
-        pending = list(calls)
+    def judge(self, prepared: Sequence[batching.EncodedCall], progress=None) -> list[CallResult]:
+        """Judge the calls prepare() encoded: greedy in length-ordered batches, then up to
+        max_retries seeded resamples of the failed ones, batched by the same rule."""
+        encoded = list(prepared)
+        attempts: dict[int, list[dict]] = {e.index: [] for e in encoded}
+        self.last_run_stats = {"new_tokens": 0, "batches": 0}
+        pending = encoded
         for attempt in range(self.max_retries + 1):
             seed = None if attempt == 0 else self.seed + attempt
-            for start in range(0, len(pending), self.batch_size):
-                batch = pending[start:start + self.batch_size]
-                for call, answer in zip(batch, self.generate(batch, sample_seed=seed)):
-                    attempts[call.call_id].append({"attempt": attempt, "answer": answer, "sample_seed": seed,
-                                                   "parse": parse_judge_answer(answer).to_record()})
+            for batch in batching.length_ordered_batches(pending, self.batch_size):
+                self.last_run_stats["batches"] += 1
+                for e, answer in zip(batch, self.generate(batch, sample_seed=seed)):
+                    attempts[e.index].append({"attempt": attempt, "answer": answer, "sample_seed": seed,
+                                              "parse": parse_judge_answer(answer).to_record()})
                 if progress is not None and attempt == 0:
                     progress.update(len(batch))
-            pending = [c for c in pending if not _valid(attempts[c.call_id][-1])]
+            pending = [e for e in pending if not _valid(attempts[e.index][-1])]
             if not pending:
                 break
-        return [finish_call(c.call_id, attempts[c.call_id]) for c in calls]
+        return [finish_call(e.call_id, attempts[e.index]) for e in encoded]
+
+    def run_calls(self, calls: Sequence[JudgeCall], progress=None) -> list[CallResult]:
+        """judge() on JudgeCalls (prepared on this thread)."""
+        return self.judge(self.prepare(calls) if calls else [], progress)
 
 
 def _synthetic_marker(model_path: str) -> dict | None:
@@ -359,10 +355,14 @@ def build_full_synthetic_judge(device: str = "cuda", dtype: torch.dtype = torch.
         torch.set_default_dtype(dtype)
         try:
             with torch.device(device):
-                model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype).eval()
+                model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype,
+                                                                        attn_implementation=ATTENTION).eval()
         finally:
             torch.set_default_dtype(previous)
-    model.generation_config.repetition_penalty = 1.05  # as in the released generation_config.json
+    # As in the released generation_config.json: both end tokens stop an answer; repetition penalty 1.05.
+    model.generation_config.repetition_penalty = 1.05
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     image_processor = syn.build_qwen_image_processor("full")
     processor = None
     with tempfile.TemporaryDirectory() as tmp:  # the real processor class, where torchvision allows it

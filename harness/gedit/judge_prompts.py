@@ -1,27 +1,23 @@
-"""Judge prompt sets: the project's own rubric (default) and the official VIEScore templates read at run time.
+"""Judge prompt sets: the official VIEScore templates (default, read at run time) and the project's own rubric.
 
-Both sets ask for the same thing: two 0-10 scores as JSON {"score": [a, b], "reasoning": "..."}; SC judges a
-(source, edited) pair against the instruction (editing success, absence of over-editing), PQ judges the edited
-image alone (naturalness, absence of artifacts). The VIEScore text is never stored in this repository: it is read
-from a file or installed package the user names and accepted only if its SHA-256 matches the published value.
+Both sets ask for two 0-10 scores; SC judges a (source, edited) pair against the instruction (editing success,
+absence of over-editing), PQ judges the edited image alone (naturalness, absence of artifacts). The VIEScore text is
+never stored in this repository: `harness.gedit.viescore` finds it (flag, environment, cache or a pinned download)
+and accepts it only if its SHA-256 values match the published ones. The rubric gives numbers that are not comparable
+with published GEdit-Bench results.
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import hashlib
-import importlib.util
 from pathlib import Path
+
+from harness.gedit import viescore
 
 INSTRUCTION_PLACEHOLDER = "<instruction>"
 
-# SHA-256 of the assembled official templates (UTF-8, placeholder not substituted); see shared/REFERENCE.md s.4.
-VIESCORE_SC_SHA256 = "8f529562c2f89f8db51a3f7cc4d487686f676909c21010b67b0e65ec78150de5"
-VIESCORE_PQ_SHA256 = "2473ff2c7406e06545c5c039ceb039ff2604ebacf150868a48f0bf07c9e733b0"
-# Which module-level strings form each official template, joined with "\n" in this order.
-VIESCORE_SC_PARTS = ("context_no_delimit", "two_image_edit_rule", "tie_rule_SC")
-VIESCORE_PQ_PARTS = ("context_no_delimit", "rule_PQ")
-VIESCORE_MODULE = "viescore.vie_prompts"
+VIESCORE = "viescore"
+PROJECT_RUBRIC_ALIASES = ("project-rubric", "project-rubric-v1")
 
 
 class PromptSetError(ValueError):
@@ -36,17 +32,31 @@ class PromptSet:
     sc: str
     pq: str
     origin: str
+    known_sha256: dict | None = None  # set when the texts are not loaded (a score-only run needs just the identity)
 
     @property
     def sha256(self) -> dict[str, str]:
         """Hashes of each template and of both together (sc, a NUL byte, pq)."""
+        if self.known_sha256 is not None:
+            return dict(self.known_sha256)
         return {"sc": _sha256(self.sc), "pq": _sha256(self.pq), "set": _sha256(self.sc + "\0" + self.pq)}
 
+    @property
+    def has_text(self) -> bool:
+        return bool(self.sc and self.pq)
+
     def sc_prompt(self, instruction: str) -> str:
+        self._require_text()
         return self.sc.replace(INSTRUCTION_PLACEHOLDER, instruction)
 
     def pq_prompt(self) -> str:
+        self._require_text()
         return self.pq
+
+    def _require_text(self) -> None:
+        if not self.has_text:
+            raise PromptSetError(f"prompt set {self.name} was resolved without its text ({self.origin}); "
+                                 "judging needs it: pass --viescore-file PATH")
 
     def describe(self) -> dict:
         return {"name": self.name, "origin": self.origin, "sha256": self.sha256}
@@ -85,63 +95,40 @@ Give two integer scores:
 Ignore whether the content matches any instruction; judge only how the picture looks."""
 
 PROJECT_RUBRIC = PromptSet(name="project-rubric-v1", sc=_RUBRIC_INTRO + "\n\n" + _RUBRIC_SC,
-                           pq=_RUBRIC_INTRO + "\n\n" + _RUBRIC_PQ, origin="harness/judge_prompts.py")
+                           pq=_RUBRIC_INTRO + "\n\n" + _RUBRIC_PQ, origin="harness/gedit/judge_prompts.py")
 
 
 # ----------------------------------------------------------------------------------------------- official VIEScore
-def load_viescore_prompts(source: str | Path | None = None) -> PromptSet:
-    """Assemble the official VIEScore SC/PQ templates from a user-named file (a copy of `vie_prompts.py`) or,
-    with source None, from the installed `viescore` package; refuse them unless both SHA-256 values match.
-
-    The file is read as Python source without running it: only top-level string assignments are used.
-    """
-    if source is None:
-        spec = importlib.util.find_spec(VIESCORE_MODULE) if importlib.util.find_spec("viescore") else None
-        if spec is None or spec.origin is None:
-            raise PromptSetError("the VIEScore prompt set needs the official templates: pass --viescore-file PATH "
-                                 "(a copy of viescore/vie_prompts.py from TIGER-AI-Lab/VIEScore) or install the "
-                                 "viescore package; or use the default --prompt-set project-rubric-v1")
-        path = Path(spec.origin)
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise PromptSetError(f"--viescore-file {path} does not exist; point it at viescore/vie_prompts.py")
-    strings = _top_level_strings(path)
-    missing = [n for n in (*VIESCORE_SC_PARTS, *VIESCORE_PQ_PARTS) if n not in strings]
-    if missing:
-        raise PromptSetError(f"{path} defines no top-level string(s) {sorted(set(missing))}; it is not VIEScore's "
-                             "vie_prompts.py (or a version with renamed parts)")
-    sc = "\n".join(strings[n] for n in VIESCORE_SC_PARTS)
-    pq = "\n".join(strings[n] for n in VIESCORE_PQ_PARTS)
-    for label, text, expected in (("SC", sc, VIESCORE_SC_SHA256), ("PQ", pq, VIESCORE_PQ_SHA256)):
-        if _sha256(text) != expected:
-            raise PromptSetError(
-                f"{path}: the assembled VIEScore {label} template has SHA-256 {_sha256(text)} ({len(text)} chars), "
-                f"expected {expected}. This copy differs from the official text (copies inside other packages "
-                "often do); use the file from TIGER-AI-Lab/VIEScore, or the default prompt set.")
-    return PromptSet(name="viescore", sc=sc, pq=pq, origin=str(path))
-
-
-def _top_level_strings(path: Path) -> dict[str, str]:
+def load_viescore_prompts(source: str | Path | None = None, *, allow_download: bool = True) -> PromptSet:
+    """The official VIEScore SC/PQ templates (hash-checked): from `source` (a copy of `vie_prompts.py`) or, with
+    source None, from GEDIT_VIESCORE_FILE, the cache or a pinned download (`harness.gedit.viescore`)."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError) as err:
-        raise PromptSetError(f"{path} is not readable Python source: {err}") from err
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    out[target.id] = node.value.value
-    return out
+        found = viescore.resolve_official_templates(source, allow_download=allow_download)
+    except viescore.ViescoreError as err:
+        raise PromptSetError(str(err)) from err
+    return PromptSet(name=VIESCORE, sc=found.sc, pq=found.pq, origin=found.origin)
 
 
-def resolve_prompt_set(name: str, viescore_file: str | Path | None = None) -> PromptSet:
-    """The prompt set called `name` ("project-rubric-v1" or "viescore")."""
-    if name == PROJECT_RUBRIC.name:
+def viescore_identity(reason: str) -> PromptSet:
+    """The official set's identity (published hashes) without its text, for stages that only read judgements."""
+    return PromptSet(name=VIESCORE, sc="", pq="", origin=f"text not loaded: {reason}",
+                     known_sha256={**viescore.OFFICIAL_SHA256, "set": viescore.OFFICIAL_SET_SHA256})
+
+
+def resolve_prompt_set(name: str, viescore_file: str | Path | None = None, *, need_text: bool = True) -> PromptSet:
+    """The prompt set called `name` ("viescore", the official default, or "project-rubric").
+
+    need_text False: a missing official file is not an error (the identity alone is returned).
+    """
+    if name in PROJECT_RUBRIC_ALIASES:
         if viescore_file is not None:
             raise PromptSetError("--viescore-file is only used with --prompt-set viescore")
         return PROJECT_RUBRIC
-    if name == "viescore":
-        return load_viescore_prompts(viescore_file)
-    raise PromptSetError(f"unknown prompt set {name!r}; choose {PROJECT_RUBRIC.name} (default) or viescore")
+    if name == VIESCORE:
+        if need_text or viescore_file is not None:
+            return load_viescore_prompts(viescore_file)
+        try:  # no download just to label judgements that already exist
+            return load_viescore_prompts(None, allow_download=False)
+        except PromptSetError:
+            return viescore_identity("this stage only reads judgements")
+    raise PromptSetError(f"unknown prompt set {name!r}; choose {VIESCORE} (official, default) or project-rubric")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from harness.core.tasks import TaskError, build_dataclass
 from harness.gedit.config import GeditTaskConfig
+from harness.gedit.protocol import Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Q_SC/Q_PQ/Q_O names, comparability, protocol, the Intersection block
 
 
 class RecordError(ValueError):
@@ -22,12 +23,31 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class JudgeIdentity:
-    """What makes judgements comparable: the judge model and the exact prompts (by hash)."""
+    """What makes judgements comparable: the judge model, the exact prompts (by hash) and the protocol."""
 
     model: str
     prompt_set: str
     prompt_sha256: str
+    protocol: str
     weights: str | None = None  # which weights the judge holds (a hash or hub commit), wherever its folder lies
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparability:
+    """Whether the scores can stand beside published GEdit-Bench numbers; `headline` is the first line of every
+    output when they cannot ("" when they can)."""
+
+    comparable: bool
+    problems: list[str]
+    headline: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreBlock:
+    """One of upstream's blocks (here the Intersection): headline rows per (arm, language) and per-task rows."""
+
+    headline: list[dict]
+    per_task: list[dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +65,9 @@ class GenerationThroughput:
 
 @dataclasses.dataclass(frozen=True)
 class JudgeThroughput:
-    """From judge_runs.jsonl: seconds per judged sample (2 calls), attempts, decoded tokens, peak VRAM in GiB."""
+    """From judge_runs.jsonl: seconds per judged sample (2 calls), attempts, decoded tokens, peak VRAM in GiB
+    (None for a served judge); batch_size for the in-process judge, concurrency (requests in flight) for a served
+    one, whose requests that never succeeded are counted in transport_failures."""
 
     n_samples: int
     seconds_per_sample: float
@@ -53,7 +75,9 @@ class JudgeThroughput:
     attempts_per_call: float
     new_tokens_per_attempt: float
     peak_vram_gib_max: float | None
-    batch_size: int
+    batch_size: int | None
+    concurrency: int | None = None
+    transport_failures: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +105,7 @@ class GeditSummary:
     schema_version: int = SCHEMA_VERSION
     synthetic: str | bool  # "tiny" / "full" for random-weight models, False for real ones
     warning: str | None = None  # the synthetic-weights warning (absent from the JSON for real weights)
+    comparability: Comparability
     task: GeditTaskConfig
     overrides: list[dict]
     arms: list[str]
@@ -91,9 +116,11 @@ class GeditSummary:
     judge: JudgeIdentity
     judge_settings: dict | None
     prompt_set: dict
+    protocol: Protocol
     selection: dict
-    headline: list[dict]
+    headline: list[dict]  # the fullset block (upstream's first), per (arm, language)
     per_task: list[dict]
+    intersection: ScoreBlock  # the same over the samples whose Intersection_exist is true
     deltas: list[dict]
     fidelity: dict
     judge_failures: dict

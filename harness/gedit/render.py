@@ -20,45 +20,56 @@ def summary_markdown(summary: GeditSummary) -> str:
 
 def summary_sections(summary: GeditSummary) -> list[str]:
     """Every section of summary.md, in order (one per paired delta and per fidelity comparison)."""
-    return [title_section(summary), headline_section(summary), per_task_section(summary),
+    blocks = (("fullset", summary.headline, summary.per_task),
+              ("Intersection", summary.intersection.headline, summary.intersection.per_task))
+    return [title_section(summary),
+            *(part for name, headline, per_task in blocks
+              for part in (headline_section(headline, name), per_task_section(per_task, summary.arms, name))),
             *(delta_section(d) for d in summary.deltas),
             *(fidelity_section(arm, fid) for arm, fid in summary.fidelity.items()),
             failures_section(summary), throughput_section(summary), provenance_section(summary)]
 
 
 def title_section(summary: GeditSummary) -> str:
-    """Synthetic banner, title and one line of run settings (arms, judge, prompts, samples, steps)."""
-    lines = [f"> **{summary.warning}**", ""] if summary.synthetic else []
+    """Not-comparable and synthetic banners, title and one line of run settings (arms, judge, protocol, prompts,
+    samples, steps)."""
+    lines = [f"> **{summary.comparability.headline}**", ""] if summary.comparability.headline else []
+    lines += [f"> **{summary.warning}**", ""] if summary.synthetic else []
     task, gen = summary.task, summary.task.generation
     prompts = summary.prompt_set
     lines += [f"# GEdit-Bench: {task.task}", "",
               f"Arms: {', '.join(summary.arms)} (baseline {summary.baseline}). Judge: `{summary.judge.model}`, "
-              f"prompt set `{prompts['name']}` (sha256 {prompts['sha256']['set'][:16]}...). "
+              f"protocol `{summary.protocol.name}`, prompt set `{prompts['name']}` (sha256 {prompts['sha256']['set'][:16]}...). "
               f"Samples: {summary.selection['n_samples']} (selection hash {summary.selection['uids_sha256'][:16]}...). "
               f"Steps {gen.steps}, seed {gen.seed}, resolution {gen.resolution or 'input'}."]
     return "\n".join(lines)
 
 
-def headline_section(summary: GeditSummary) -> str:
-    """Per arm and language: the official task-mean SC/PQ/O and the per-sample means beside them."""
-    lines = ["## Headline", "", "Official rule: unweighted mean over task groups; per-sample mean beside it.", "",
-             "| arm | lang | SC | PQ | O | SC (per sample) | PQ (per sample) | O (per sample) | scored / selected | task groups | judge failures |",
+def headline_section(headline: list[dict], block: str = "fullset") -> str:
+    """One of upstream's blocks (fullset or Intersection), per arm and language: the official task-mean
+    Q_SC/Q_PQ/Q_O over the task groups with a scored sample (their number shown) and the per-sample means beside."""
+    title = "Headline (fullset)" if block == "fullset" else block
+    lines = [f"## {title}", "", "Official rule: unweighted mean over task groups; per-sample mean beside it.", "",
+             "| arm | lang | " + " | ".join(METRICS) + " | " + " | ".join(f"{m} (per sample)" for m in METRICS)
+             + " | scored / selected | task groups | judge failures |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for h in summary.headline:
+    for h in headline:
         lines.append(f"| {h['arm']} | {h['language']} | " + " | ".join(_f(h[m]) for m in METRICS) + " | "
                      + " | ".join(_f(h[f'{m}_per_sample']) for m in METRICS)
                      + f" | {h['n_scored']} / {h['n_selected']} | {h['n_task_groups']} | {h['n_judge_failures']} |")
+    if not headline:
+        lines.append("| - | - | no scored sample in this block |" + " |" * 8)
     return "\n".join(lines)
 
 
-def per_task_section(summary: GeditSummary) -> str:
-    """One row per (task group, language), SC/PQ/O and n for every arm side by side."""
-    arms = summary.arms
-    lines = ["## Per task group", "",
-             "| task | lang | " + " | ".join(f"{a} SC | {a} PQ | {a} O | {a} n" for a in arms) + " |",
+def per_task_section(per_task: list[dict], arms: list[str], block: str = "fullset") -> str:
+    """One row per (task group, language) of one block, Q_SC/Q_PQ/Q_O and n for every arm side by side."""
+    lines = [f"## Per task group ({block})", "",
+             "| task | lang | " + " | ".join(" | ".join(f"{a} {m}" for m in METRICS) + f" | {a} n" for a in arms)
+             + " |",
              "|" + "---|" * (2 + 4 * len(arms))]
     by_key: dict = {}
-    for row in summary.per_task:
+    for row in per_task:
         by_key.setdefault((row["task_type"], row["language"]), {})[row["arm"]] = row
     for (task_type, lang), per_arm in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         cells = []
@@ -133,8 +144,10 @@ def throughput_section(summary: GeditSummary) -> str:
                      f"{_f(g.seconds_per_sample_median, 3)}, n={g.n_samples}), peak VRAM {_f(g.peak_vram_gib_max)} GiB")
     if tp.judge:
         j = tp.judge
-        lines.append(f"- judge: {_f(j.seconds_per_sample, 3)} s/sample (2 calls, batch {j.batch_size}, "
-                     f"{_f(j.attempts_per_call)} attempts/call), peak VRAM {_f(j.peak_vram_gib_max)} GiB")
+        batching = f"batch {j.batch_size}" if j.batch_size else f"{j.concurrency} requests in flight"
+        failed = f", {j.transport_failures} requests never answered" if j.transport_failures else ""
+        lines.append(f"- judge: {_f(j.seconds_per_sample, 3)} s/sample (2 calls, {batching}, "
+                     f"{_f(j.attempts_per_call)} attempts/call{failed}), peak VRAM {_f(j.peak_vram_gib_max)} GiB")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
     <out>/selection.json      the selected samples (+ counts, uids_sha256)
     <out>/judgements.jsonl    one line per (arm, sample) and judge; judge_runs.jsonl: one line per judge batch
     <out>/scores.csv tasks.csv fidelity.csv summary.json summary.md distributed.json
-    <edits>/<arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout; <edits> defaults to <out>)
+    <edits>/<arm>/fullset/<task_type>/<lang>/<key>.png   edits (official layout; <edits> defaults to <out>); edits
+                              made elsewhere may have any image suffix (`<key>.*`, as upstream globs them)
     <edits>/<arm>/generation.jsonl  one line per edit; <edits>/<arm>/generation_settings.json  what made them
     <dir>/_ranks/<name>.rankNNN.jsonl   records a rank of a torchrun launch appended (merged into <dir>/<name>.jsonl)
 
@@ -38,6 +39,7 @@ SETTINGS_FILE = "generation_settings.json"
 FULLSET = "fullset"
 
 NOT_JUDGED = "not_judged"  # status of a selected (arm, sample) with no judgement about its current images
+EDIT_SUFFIX_PREFERENCE = (".png",)  # upstream globs `<key>.*`; a PNG (what this harness writes) wins a tie
 
 SampleKey = tuple[str, str, str]  # (task_type, language, key): what every per-sample record is keyed by
 PairKey = tuple[str, str, str, str]  # (arm, task_type, language, key)
@@ -63,10 +65,9 @@ def edit_path(root: str | Path, arm: str, sample) -> Path:
     return Path(root) / arm / FULLSET / task_type / language / f"{key}.png"
 
 
-def file_sha256(path: str | Path) -> str | None:
+def file_sha256(path: str | Path | None) -> str | None:
     """sha256 of a file's bytes; None when it does not exist."""
-    path = Path(path)
-    if not path.is_file():
+    if path is None or not Path(path).is_file():
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -85,10 +86,32 @@ def readable_image(path: Path) -> bool:
     return True
 
 
-def judge_identity(model: str, prompt_set: str, prompt_sha256: str, weights: str | None = None) -> dict:
-    """What makes judgements comparable: the judge model (`weights`: which weights it holds, wherever its folder
-    lies; None when unknown) and the exact prompts (by hash)."""
-    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256, "weights": weights}
+def find_edit_image(folder: str | Path, key: str) -> Path | None:
+    """The edit of sample `key` in an official-layout folder (`.../fullset/<task>/<lang>/`): upstream globs
+    `<key>.*` and takes a match; here `<key>.png` if present, else the first other match by name (None if none)."""
+    folder = Path(folder)
+    for suffix in EDIT_SUFFIX_PREFERENCE:
+        if (folder / f"{key}{suffix}").is_file():
+            return folder / f"{key}{suffix}"
+    others = sorted(p for p in folder.glob(f"{_glob_escape(key)}.*") if p.is_file())
+    return others[0] if others else None
+
+
+def find_edit(root: str | Path, arm: str, sample) -> Path | None:
+    """The existing edit of `sample` by `arm` under `root`, whatever its image suffix (None if there is none)."""
+    return find_edit_image(edit_path(root, arm, sample).parent, sample_key(sample)[2])
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def judge_identity(model: str, prompt_set: str, prompt_sha256: str, protocol: str, weights: str | None = None) -> dict:
+    """What a judgement depends on besides the images: the judge model (`weights`: which weights it holds, wherever
+    its folder lies; None when unknown), the exact prompts (by hash) and the protocol; judging with another one of
+    these is a settings change."""
+    return {"model": model, "prompt_set": prompt_set, "prompt_sha256": prompt_sha256, "protocol": protocol,
+            "weights": weights}
 
 
 def same_model(record_ref: str | None, record_weights: str | None, ref: str, weights: str | None) -> bool:
@@ -100,10 +123,10 @@ def same_model(record_ref: str | None, record_weights: str | None, ref: str, wei
 
 
 def judged_by(record: dict, ident: dict) -> bool:
-    """True when `record` (a judgement or judge-run line) was made by the judge and prompts of `ident`."""
+    """True when `record` (a judgement or judge-run line) was made by the judge, prompts and protocol of `ident`."""
     judge = record.get("judge") or {}
-    return judge.get("prompt_sha256") == ident["prompt_sha256"] and same_model(
-        judge.get("model"), judge.get("weights"), ident["model"], ident.get("weights"))
+    return ((judge.get("prompt_sha256"), judge.get("protocol")) == (ident["prompt_sha256"], ident["protocol"])
+            and same_model(judge.get("model"), judge.get("weights"), ident["model"], ident.get("weights")))
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,10 @@ class RunFolder:
     def edit_path(self, arm: str, sample) -> Path:
         return edit_path(self.edits_root, arm, sample)
 
+    def found_edit(self, arm: str, sample) -> Path | None:
+        """The existing edit of `sample` by `arm`: `<key>.png`, else `<key>.*` as upstream globs (None: absent)."""
+        return find_edit(self.edits_root, arm, sample)
+
     def pending(self, arm: str, samples: Sequence) -> list:
         """The samples that need an edit: no PNG yet, a PNG that cannot be read (damaged since it was renamed into
         place), or a PNG whose generation record names another input image than the sample's (`source_sha256`)."""
@@ -148,7 +175,7 @@ class RunFolder:
 
     def edit_sha256(self, arm: str, sample) -> str | None:
         """sha256 of an edited image (None when absent): what a judgement of it records and is checked against."""
-        return file_sha256(self.edit_path(arm, sample))
+        return file_sha256(self.found_edit(arm, sample))
 
     def generation_log(self, arm: str) -> Path:
         return self.edits_root / arm / GENERATION_LOG
@@ -204,12 +231,37 @@ class RunFolder:
         return {sample_key(s): i for i, s in enumerate(self.selection_samples())}
 
     # ----------------------------------------------------------------------------------------------- judgements
-    def judged_pairs(self, ident: dict) -> dict[PairKey, dict]:
-        """(arm, task_type, language, key) -> the latest judgement by `ident`, from the shared file and the ranks'."""
+    def judgements_by(self, ident: dict) -> list[dict]:
+        """Every judgement by `ident`, in the shared file or a rank's file not merged yet (file order)."""
         shared = self.file(JUDGEMENTS)
         parts = sorted((self.out / RANK_DIR).glob(f"{shared.stem}.rank*{shared.suffix}"))
-        return {(r["arm"], *sample_key(r)): r for path in (shared, *parts) for r in read_jsonl(path)
-                if judged_by(r, ident)}
+        return [r for path in (shared, *parts) for r in read_jsonl(path) if judged_by(r, ident)]
+
+    def judged_pairs(self, ident: dict) -> dict[PairKey, dict]:
+        """(arm, task_type, language, key) -> the latest judgement by `ident`, from the shared file and the ranks'."""
+        return {(r["arm"], *sample_key(r)): r for r in self.judgements_by(ident)}
+
+    def check_judge_settings(self, ident: dict, settings: dict, partial: bool = False) -> None:
+        """Refuse to add judgements to ones `ident` made with other judge settings (batch size, ordering, decoding,
+        served model...): batched decoding can change answers with them, and a run must not mix the two. Where the
+        judge's folder lies is the identity's business (a moved run folder still matches), not a setting.
+        `partial`: `settings` holds only some keys (those known before the judge loads); only those are compared."""
+        for rec in self.judgements_by(ident):
+            if rec.get("status") in ("missing_image", "input_error") or not (rec.get("judge") or {}).get("settings"):
+                continue
+            old = {k: v for k, v in rec["judge"]["settings"].items() if k != "model"}
+            new = {k: v for k, v in settings.items() if k != "model"}
+            if partial:  # compare only what is known now, and what the record knew (older records lack keys)
+                new = {k: v for k, v in new.items() if k in old}
+                old = {k: old[k] for k in new}
+            if old == new:
+                continue
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                                if old.get(k) != new.get(k))
+            raise SettingsMismatchError(
+                f"{self.file(JUDGEMENTS)} holds judgements by {ident['model']} made with other judge settings "
+                f"({changed}); resuming would mix them. Pass the flags that made them (e.g. --batch-size), or "
+                "use another --out folder.")
 
     def judgement_is_current(self, record: dict | None, arm: str, sample) -> bool:
         """True when `record` judged the images `arm` and `sample` have now: the edited image it saw is the one on
@@ -232,7 +284,8 @@ class RunFolder:
         latest, others = {}, set()
         for rec in read_jsonl(self.file(JUDGEMENTS)):
             if not judged_by(rec, ident):
-                others.add((rec.get("judge", {}).get("model"), rec.get("judge", {}).get("prompt_set")))
+                judge = rec.get("judge") or {}
+                others.add((judge.get("model"), judge.get("prompt_set"), judge.get("protocol")))
                 continue
             latest[(rec.get("arm"), *sample_key(rec))] = rec
         out = []
@@ -247,31 +300,21 @@ class RunFolder:
                     out.append({"arm": arm, **s, "status": NOT_JUDGED, "failure": why, "sc": None, "pq": None,
                                 "judge": ident})
         if not any(rec.get("status") != NOT_JUDGED for rec in out) and others:
-            found = "; ".join(f"--judge {m} --prompt-set {p}" for m, p in sorted(others, key=str))
-            log.warning("%s holds no judgement by judge %s with prompt set %s, only by: %s. Pass those flags (and the "
-                        "same --synthetic / --task) to score them.", self.file(JUDGEMENTS), ident["model"],
-                        ident["prompt_set"], found)
+            found = "; ".join(f"--judge {m} --prompt-set {p} --protocol {pr}" for m, p, pr in sorted(others, key=str))
+            log.warning("%s holds no judgement by judge %s with prompt set %s and protocol %s, only by: %s. Pass those "
+                        "flags (and the same --synthetic / --task) to score them.", self.file(JUDGEMENTS),
+                        ident["model"], ident["prompt_set"], ident["protocol"], found)
         return out
 
     def judge_settings_of_records(self, ident: dict) -> list[dict]:
-        """The distinct judge settings (`RunContext.judge_settings`) recorded by judgements of `ident`, in order of
-        first use, in the shared file and the ranks' (records written before settings were recorded have none)."""
+        """The distinct judge settings recorded by the judgements of `ident`, in order of first use, in the shared
+        file and the ranks' (records written before settings were recorded have none)."""
         found: list[dict] = []
         for rec in self.judged_pairs(ident).values():
             settings = (rec.get("judge") or {}).get("settings")
             if settings and settings not in found:
                 found.append(settings)
         return found
-
-    def check_judge_settings(self, ident: dict, settings: dict) -> None:
-        """Refuse to add judgements made with other settings than the folder's existing ones by the same judge."""
-        for old in self.judge_settings_of_records(ident):
-            diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
-            if diff:
-                changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise SettingsMismatchError(
-                    f"{self.file(JUDGEMENTS)} holds judgements by this judge made with other settings ({changes}); "
-                    "resuming would mix them. Pass the same judge flags, use another --out, or delete that file.")
 
     def judge_runs(self, ident: dict) -> list[dict]:
         """The judge-batch lines (seconds, calls, tokens, settings) of `ident`, in writing order."""

@@ -4,10 +4,12 @@ A single process is a `Shard` of a world of one. Under `torchrun --nproc-per-nod
 the N processes loads its own models on cuda:LOCAL_RANK (NCCL; gloo with --device cpu) and takes its share:
 
 - generation: round-robin over the selection (`shard.take(samples)`: rank r edits samples r, r+N, ...);
-- judging: the (arm, sample) pairs in single-process order cut into batches of --batch-size (`judge_batches`),
-  batch b going to rank b mod N. Batches are never re-formed: pairs already judged are left out of their batch, so
-  every rank runs exactly the batches a single process would (same composition, same numerics), and every sample
-  keeps its seed, which never depends on rank or world size.
+- judging: the (arm, sample) pairs in single-process order cut into chunks of the judge's `chunk_samples`
+  (`judge_batches`; --batch-size for the in-process judge, chosen from free memory when not given; twice
+  --judge-concurrency for a served one), chunk b going to rank b mod N. Chunks are never re-formed: pairs already
+  judged are left out of their chunk, so every rank runs exactly the batches a single process would (same
+  composition, same numerics), and every sample keeps its seed, which never depends on rank or world size. The
+  judge's settings are recorded with every judgement; a resume with other ones is refused (`check_judge_settings`).
 
 Records go through `RecordSink`s (a rank appends to its own per-rank file); edited images go straight to the shared
 layout (atomic renames). After the work, the main rank folds the per-rank files into the shared ones in
@@ -28,19 +30,16 @@ import time
 from contextlib import nullcontext
 from typing import Sequence
 
-import torch
-from PIL import Image
-from tqdm.auto import tqdm
-
 from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, merge_rank_files
 from harness.core.lock import FolderLock
 from harness.core.records import RecordSink, run_manifest, write_json_atomic
 from harness.gedit import data as gdata
-from harness.gedit.context import SYNTHETIC_FULL, RunContext, SetupError, preflight, weights_revision
+from harness.gedit.context import RunContext, SetupError, preflight, weights_revision
 from harness.gedit.generate import arm_settings, free_pipeline, generate_samples, load_arm_pipeline
-from harness.gedit.judge import QwenJudge, build_full_synthetic_judge, judge_calls_for_sample
+from harness.gedit.judging import Pair, check_same_on_every_rank, judge_chunks, load_judge
+from harness.gedit.protocol import check_dataset_columns
 from harness.gedit.record import GeditSummary
-from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
+from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGEMENTS, RunFolder, sample_key
 from harness.gedit.summary import run_score
 
 log = logging.getLogger("harness.gedit")
@@ -50,8 +49,6 @@ FAULT_ENV = "GEDIT_DIST_FAULT"
 TIMEOUT_ENV = "GEDIT_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 3600  # longest wait at a barrier (the slowest rank's extra work), not the run's length
 FAULT_EXIT_CODE = 3
-
-Pair = tuple[str, gdata.SampleRef]  # (arm, sample): one judgement
 
 
 # --------------------------------------------------------------------------------------------------------- flow
@@ -65,9 +62,11 @@ def open_shard(requested_device: str | None) -> Shard:
     return shard
 
 
-def stages_of(stage: str) -> tuple[str, ...]:
-    """--stage value -> the stages it runs, in order."""
-    return STAGES if stage == "all" else (stage,)
+def stages_of(stage: str, edits_elsewhere: bool = False) -> tuple[str, ...]:
+    """--stage value -> the stages it runs, in order; edits made elsewhere (--edits) are never generated into."""
+    if stage != "all":
+        return (stage,)
+    return ("judge", "score") if edits_elsewhere else STAGES
 
 
 def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> GeditSummary | None:
@@ -75,7 +74,9 @@ def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> Gedi
 
     The main rank holds the --out folder's lock throughout (one launch writes a folder at a time)."""
     shard = shard or Shard.single(ctx.device)
-    stages = stages_of(stage)
+    stages = stages_of(stage, ctx.edits_elsewhere)
+    if stage == "all" and ctx.edits_elsewhere:
+        log.info("--edits %s: judging and scoring the edits found there (no generation)", ctx.edits_root)
     preflight(ctx, stages)
     ctx.out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(ctx.out, purpose=f"python -m harness.gedit --stage {stage}") if shard.is_main else nullcontext()
@@ -84,16 +85,17 @@ def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> Gedi
 
 
 def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> GeditSummary | None:
-    if "judge" in stages:  # before any edit is made: a resume must not mix judge settings
-        ctx.folder.check_judge_settings(ctx.judge_identity, ctx.judge_settings)
+    chunk_width = ctx.batch_size  # judge chunk width; a judge chooses it when --batch-size is not given
+    if "judge" in stages:  # before any edit is made: the settings known without loading the judge must not change
+        ctx.folder.check_judge_settings(ctx.judge_identity, ctx.judge_settings, partial=True)
     if shard.is_main:  # an interrupted run's records, before anyone decides what is done
-        leftovers = merge_rank_records(ctx.folder, ctx.arms, ctx.batch_size)
+        leftovers = merge_rank_records(ctx.folder, ctx.arms, chunk_width)
         if any(leftovers.values()):
             log.info("merged records left by an interrupted run: %s", leftovers)
     shard.barrier()
     mine = {"rank": shard.rank, "local_rank": shard.local_rank, "host": socket.gethostname(), "device": shard.device}
     if {"generate", "judge"} & set(stages):
-        ds, samples = select(ctx, record=shard.is_main)
+        ds, samples = select(ctx, record=shard.is_main, for_judging="judge" in stages)
         if "generate" in stages:
             start = time.perf_counter()
             mine["generate_shard_samples"] = generate_shard(ctx, ds, samples, shard)
@@ -101,12 +103,13 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> Gedit
             shard.barrier()  # every edit exists before any rank judges it
         if "judge" in stages:
             start = time.perf_counter()
-            mine["judged_pairs"] = judge_shard(ctx, ds, samples, shard)
+            mine["judged_pairs"], width = judge_shard(ctx, ds, samples, shard)
+            chunk_width = width or chunk_width
             mine["judge_seconds"] = time.perf_counter() - start
     everyone = shard.gather(mine)  # also the barrier before the main rank merges
     if not shard.is_main:
         return None
-    merged = merge_rank_records(ctx.folder, ctx.arms, ctx.batch_size)
+    merged = merge_rank_records(ctx.folder, ctx.arms, chunk_width)
     if shard.world_size > 1 and {"generate", "judge"} & set(stages):
         write_json_atomic(ctx.folder.file(DIST_REPORT), {
             "synthetic": ctx.synthetic or False, "world_size": shard.world_size, "backend": shard.backend,
@@ -115,10 +118,13 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> Gedit
     return run_score(ctx) if "score" in stages else None
 
 
-def select(ctx: RunContext, record: bool = True) -> tuple[object, list[gdata.SampleRef]]:
-    """Load the dataset and choose the samples; `record`: write the choice to selection.json. Returns (dataset,
+def select(ctx: RunContext, record: bool = True, for_judging: bool = True) -> tuple[object, list[gdata.SampleRef]]:
+    """Load the dataset and choose the samples; `record`: write the choice to selection.json; `for_judging`: also
+    refuse a copy without the column the protocol judges against (before any edit is made). Returns (dataset,
     samples)."""
     ds = gdata.load_gedit_dataset(ctx.dataset, ctx.config.dataset.revision, ctx.config.dataset.split)
+    if for_judging:
+        check_dataset_columns(ctx.protocol, ds.column_names)
     samples = gdata.select_samples(ds, ctx.config.selection)
     if not samples:
         raise SetupError(f"the selection {ctx.config.selection} matches no row of {ctx.dataset}")
@@ -165,111 +171,54 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
 
 # ------------------------------------------------------------------------------------------------------ judging
 def judge_batches(arms: Sequence[str], samples: Sequence, batch_size: int) -> list[list[Pair]]:
-    """The (arm, sample) pairs in single-process order (arm by arm, selection order), cut into batches."""
+    """The (arm, sample) pairs in single-process order (arm by arm, selection order), cut into chunks of
+    `batch_size` pairs (the judge's chunk_samples)."""
     pairs = [(arm, s) for arm in arms for s in samples]
     width = max(1, batch_size)
     return [pairs[i:i + width] for i in range(0, len(pairs), width)]
 
 
-def judge_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard) -> int:
-    """Judge this shard's batches; pairs already judged (in the shared file or any rank's file) are left out of
-    their batch. Returns how many pairs it judged."""
+def judge_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: Shard) -> tuple[int, int | None]:
+    """Judge this shard's chunks: the (arm, sample) pairs in single-process order cut into chunks of the judge's
+    `chunk_samples` whatever was judged before, chunk b going to rank b mod N, and pairs already judged (in the
+    shared file or any rank's file, about the images there now) left out of their chunk. So a resumed or sharded
+    run forms the same batches as one uninterrupted process. Every rank loads the judge while any pair is left
+    (they must agree on its settings, which decide the chunks). Returns (pairs judged, chunk width; None when
+    nothing was left to judge)."""
     done, folder = ctx.folder.judged_pairs(ctx.judge_identity), ctx.folder
-    mine = shard.take(judge_batches(ctx.arms, samples, ctx.batch_size))
-    # a pair is done when its judgement is about the images there now (not a missing or since replaced one)
-    todo = [[(arm, s) for arm, s in batch if not folder.judgement_is_current(done.get((arm, *sample_key(s))), arm, s)]
-            for batch in mine]
-    todo = [batch for batch in todo if batch]
-    if not todo:
-        log.info("judge: all judgements of this process's %d batches exist", len(mine))
-        return 0
-    n_pairs = sum(len(batch) for batch in todo)
-    stop = fault_after(shard.rank, "judge")
+
+    def current(arm: str, sample: gdata.SampleRef) -> bool:  # about the edited and input images there now
+        return folder.judgement_is_current(done.get((arm, *sample_key(sample))), arm, sample)
+
+    if all(current(arm, s) for arm in ctx.arms for s in samples):
+        log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
+        return 0, None
     judge = load_judge(ctx)
-    sinks = (RecordSink(ctx.folder.file(JUDGEMENTS), shard), RecordSink(ctx.folder.file(JUDGE_RUNS), shard))
-    desc = "judge" if shard.world_size == 1 else f"judge rank {shard.rank}"
-    bar = tqdm(total=2 * n_pairs, desc=desc, unit="call", disable=not ctx.progress)
-    for i, batch in enumerate(todo):
-        if stop is not None and i == stop:
-            _crash(shard.rank, f"{i} judge batches")
-        judge_batch(ctx, ds, batch, judge, bar, *sinks)
-    bar.close()
-    return n_pairs
-
-
-def load_judge(ctx: RunContext) -> QwenJudge:
-    spec = ctx.config.judge
-    kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
-    if ctx.judge_model == SYNTHETIC_FULL:
-        return build_full_synthetic_judge(ctx.device, **kwargs)
-    judge = QwenJudge.load(ctx.judge_model, ctx.device, **kwargs)
-    judge.model_id = ctx.judge_model
-    return judge
-
-
-def judge_batch(ctx: RunContext, ds, part: Sequence[Pair], judge: QwenJudge, bar, judgements: RecordSink,
-                runs: RecordSink) -> None:
-    """Judge one batch of (arm, sample) pairs (one judge.run_calls); append a judgement per pair and a timing line."""
-    ident, info = ctx.judge_identity, {**judge.describe(), "settings": ctx.judge_settings}
-    cuda = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
-    calls, present = [], []
-    for arm, sample in part:
-        image_path = ctx.folder.edit_path(arm, sample)
-        try:
-            source = gdata.load_source_image(ds, sample)
-        except gdata.SourceImageError as err:
-            log.error("judge %s: %s", arm, err)
-            judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="input_error", failure=str(err)))
-            bar.update(2)
-            continue
-        if not image_path.is_file():
-            judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="missing_image",
-                                         failure=f"no edited image at {image_path}"))
-            bar.update(2)
-            continue
-        edited = Image.open(image_path).convert("RGB")
-        calls += judge_calls_for_sample(f"{arm}|{sample.uid}", source, edited, sample.instruction, ctx.prompts)
-        present.append((arm, sample))
-    if not present:
-        return
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    results = {r.call_id: r for r in judge.run_calls(calls, progress=bar)}
-    seconds = time.perf_counter() - t0
-    runs.append({"arms": sorted({a for a, _ in present}), "n_samples": len(present), "n_calls": len(calls),
-                 "seconds": seconds, "n_attempts": sum(len(r.attempts) for r in results.values()),
-                 "new_tokens": judge.last_new_tokens_total,
-                 "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                 "judge": ident, "settings": info})
-    for arm, sample in present:
-        sc, pq = results[f"{arm}|{sample.uid}#sc"], results[f"{arm}|{sample.uid}#pq"]
-        ok = sc.status == "ok" and pq.status == "ok"
-        failure = "" if ok else "; ".join(f"{n}: {r.status}" for n, r in (("sc", sc), ("pq", pq)) if r.status != "ok")
-        judgements.append(_judgement(ctx.folder, arm, sample, ident, info, status="ok" if ok else "judge_failure",
-                                     failure=failure, sc=sc.to_record(), pq=pq.to_record(),
-                                     out_of_range="out_of_range" in (sc.status, pq.status)))
-
-
-def _judgement(folder: RunFolder, arm, sample, ident, info, *, status, failure="", sc=None, pq=None,
-               out_of_range=False) -> dict:
-    return {"arm": arm, **sample.to_record(), "image": str(folder.edit_path(arm, sample).relative_to(folder.edits_root)),
-            "edited_sha256": folder.edit_sha256(arm, sample),  # with source_sha256: what this judgement is about
-            "status": status, "failure": failure, "out_of_range": out_of_range, "sc": sc, "pq": pq,
-            "judge": {**ident, "vision_preprocessing": info.get("vision_preprocessing"),
-                      "synthetic": bool(info.get("synthetic")), "settings": info["settings"]}}
+    folder.check_judge_settings(ctx.judge_identity, judge.settings())
+    check_same_on_every_rank(shard, judge.settings())
+    mine = shard.take(judge_batches(ctx.arms, samples, judge.chunk_samples))
+    todo = [[(arm, s) for arm, s in chunk if not current(arm, s)] for chunk in mine]
+    todo = [chunk for chunk in todo if chunk]
+    stop = fault_after(shard.rank, "judge")
+    if stop == 0:
+        _crash(shard.rank, "0 judge batches")
+    for n_done in judge_chunks(ctx, ds, todo, judge, shard):
+        if n_done == stop:
+            _crash(shard.rank, f"{n_done} judge batches")
+    return sum(len(chunk) for chunk in todo), judge.chunk_samples
 
 
 # ------------------------------------------------------------------------------------------------------ merging
-def merge_rank_records(folder: RunFolder, arms: Sequence[str], batch_size: int) -> dict[str, int]:
+def merge_rank_records(folder: RunFolder, arms: Sequence[str], batch_size: int | None) -> dict[str, int]:
     """Fold every per-rank record file of the run into its shared file; returns {shared file: records added}.
 
     New records go after the existing ones, in single-process order: judgements by judge batch (the single-process
     batch of each (arm, sample), writing order kept inside a batch), generation records by selection order, other
-    files rank by rank. Records outside the current selection keep their order, after the rest.
+    files rank by rank. Records outside the current selection keep their order, after the rest. batch_size: the
+    judge's chunk width (None when not known yet: judgements are then ordered pair by pair).
     """
     order = folder.selection_order()
-    width = max(1, batch_size)
+    width = max(1, batch_size or 1)
     batch_of = {(arm, *k): (a * len(order) + i) // width for a, arm in enumerate(arms) for k, i in order.items()}
     last = float("inf")
 

@@ -71,7 +71,7 @@ def paired_frame(samples: pd.DataFrame, baseline: str, arm: str, metric: str) ->
 
 def paired_deltas(samples: pd.DataFrame, baseline: str, arm: str, n_boot: int = N_BOOTSTRAP,
                   seed: int = 0) -> dict:
-    """`arm` minus `baseline` for SC, PQ, O, per language: per task and overall (task-mean and per-sample).
+    """`arm` minus `baseline` for Q_SC, Q_PQ, Q_O, per language: per task and overall (task-mean and per-sample).
 
     Returns {"baseline", "arm", "n_bootstrap", "seed", "confidence", "languages": {lang: {metric: {
       "per_task": [{"task_type", "n_pairs", "delta", "ci95", "verdict"}],

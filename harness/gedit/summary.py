@@ -14,12 +14,13 @@ from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig
 from harness.gedit.context import RunContext
 from harness.gedit.fidelity import fidelity_table, summarize_fidelity
-from harness.gedit.record import (GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput, SummaryFiles,
-                                  Throughput)
+from harness.gedit.protocol import comparability_headline, comparability_problems
+from harness.gedit.record import (Comparability, GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput,
+                                  ScoreBlock, SummaryFiles, Throughput)
 from harness.gedit.render import summary_markdown
 from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, SUMMARY_JSON, SUMMARY_MD, TASKS,
                                       RunFolder)
-from harness.gedit.scoring import headline_table, sample_table, task_table
+from harness.gedit.scoring import SUBSETS, official_tables, sample_table
 from harness.gedit.stats import paired_deltas
 
 log = logging.getLogger("harness.gedit")
@@ -33,17 +34,20 @@ def run_score(ctx: RunContext) -> GeditSummary:
     """Write every scored file of the run and return the summary."""
     folder = ctx.folder
     samples = folder.selection_samples()
+    verdict = comparability(ctx)  # also a column of each CSV, which has no headline line to carry it
     # every (arm, selected sample) gets a row: counts are against selection.json, unjudged pairs say why
     table = sample_table(folder.current_judgements(ctx.judge_identity, ctx.arms, samples, fill_missing=True))
-    _write_csv(table, folder.file(SCORES))
-    tasks = task_table(table) if len(table) else pd.DataFrame()
-    _write_csv(tasks, folder.file(TASKS))
-    headline = headline_table(table) if len(table) else pd.DataFrame()
+    _write_csv(table.assign(comparable=verdict.comparable), folder.file(SCORES))
+    blocks = official_tables(table) if len(table) else {s: {"headline": pd.DataFrame(), "per_task": pd.DataFrame()}
+                                                        for s in SUBSETS}
+    _write_csv(pd.concat([blocks[s]["per_task"] for s in SUBSETS]).assign(comparable=verdict.comparable),
+               folder.file(TASKS))
+    headline, tasks = blocks["fullset"]["headline"], blocks["fullset"]["per_task"]
     base = ctx.baseline_arm
     deltas = [paired_deltas(table, base, arm, n_boot=ctx.bootstrap) for arm in ctx.arms if arm != base and len(table)]
     fidelity, fid_rows = {}, []
     for arm in (a for a in ctx.arms if a != base):
-        pairs = [(s, folder.edit_path(base, s), folder.edit_path(arm, s)) for s in samples]
+        pairs = [(s, *(folder.found_edit(a, s) or folder.edit_path(a, s) for a in (base, arm))) for s in samples]
         ftab = fidelity_table(pairs)
         fid_rows.append(ftab.assign(baseline=base, arm=arm))
         if len(ftab):
@@ -54,11 +58,15 @@ def run_score(ctx: RunContext) -> GeditSummary:
     config, overrides = recorded_config(ctx)
     summary = GeditSummary(
         synthetic=ctx.synthetic or False, warning=SYNTHETIC_WARNING if ctx.synthetic else None,
-        task=config, overrides=overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset, model=ctx.model,
+        comparability=verdict, task=config, overrides=overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset,
+        model=ctx.model,
         edits_root=str(ctx.edits_root), judge=JudgeIdentity(**ctx.judge_identity),
-        judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(),
+        judge_settings=last_judge_settings(ctx), prompt_set=ctx.prompts.describe(), protocol=ctx.protocol,
         selection=gdata.selection_summary([_as_ref(s) for s in samples]),
-        headline=_records(headline), per_task=_records(tasks), deltas=deltas, fidelity=fidelity,
+        headline=_records(headline), per_task=_records(tasks),
+        intersection=ScoreBlock(headline=_records(blocks["intersection"]["headline"]),
+                                per_task=_records(blocks["intersection"]["per_task"])),
+        deltas=deltas, fidelity=fidelity,
         judge_failures=_failures(tasks), throughput=throughput(ctx),
         provenance=run_manifest(synthetic=ctx.synthetic or False, device=ctx.device,
                                 extra={"prompt_set": ctx.prompts.describe(), "judge_model": ctx.judge_model,
@@ -94,6 +102,16 @@ def recorded_config(ctx: RunContext) -> tuple[GeditTaskConfig, list[dict]]:
     return config, [o for o in ctx.overrides if o["field"] not in differs]
 
 
+def comparability(ctx: RunContext) -> Comparability:
+    """Whether this run's scores can stand beside published GEdit-Bench numbers, and if not, why (one line).
+    Decoding limits are those the judge ran with (judge_runs.jsonl) where recorded, else the task's."""
+    judge, ran = ctx.config.judge, last_judge_settings(ctx) or {}
+    problems = comparability_problems(ctx.protocol.name, ctx.prompts.name,
+                                      ran.get("max_new_tokens", judge.max_new_tokens),
+                                      ran.get("max_retries", judge.max_retries), ctx.synthetic)
+    return Comparability(comparable=not problems, problems=problems, headline=comparability_headline(problems))
+
+
 def throughput(ctx: RunContext) -> Throughput:
     """Seconds per sample and peak VRAM: generation per arm (from generation.jsonl), judging (judge_runs.jsonl)."""
     gen = {}
@@ -119,12 +137,15 @@ def throughput(ctx: RunContext) -> Throughput:
             new_tokens_per_attempt=(sum(r.get("new_tokens") or 0 for r in runs) /
                                     max(1, sum(r["n_attempts"] for r in runs))),
             peak_vram_gib_max=max(vram) if vram else None,
-            batch_size=(runs[-1].get("settings") or {}).get("batch_size", ctx.batch_size))
+            batch_size=(runs[-1].get("settings") or {}).get("batch_size", ctx.batch_size),
+            concurrency=(runs[-1].get("settings") or {}).get("concurrency"),
+            transport_failures=sum(r.get("transport_failures") or 0 for r in runs))
     return Throughput(generation=gen, judge=judge)
 
 
 def last_judge_settings(ctx: RunContext) -> dict | None:
-    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge + prompt set."""
+    """Decoding, dtype, retry policy and preprocessing of the judge as last run for this judge, prompt set and
+    protocol."""
     runs = ctx.folder.judge_runs(ctx.judge_identity)
     return runs[-1].get("settings") if runs else None
 

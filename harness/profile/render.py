@@ -224,7 +224,8 @@ def fallback_section(record: ProfileRecord, profiled: list[str]) -> Section:
                   f"{fmt(fb.get('bf16_gemm_calls_per_step'), 1)} (expected "
                   f"{fmt(fb.get('expected_bf16_linear_calls_per_step'), 1)}); method: {fb.get('method')}")
         if fb.get("emulated"):  # a CPU: no FP8 kernel exists to fall back from; the findings stay in the record
-            lines.append(f"- {n}: not applicable on this device (FP8 emulated). {counts}.")
+            note = f" Note: {fb['note']}" if fb.get("note") else ""
+            lines.append(f"- {n}: not applicable on this device (FP8 emulated). {counts}.{note}")
             continue
         if not fb.get("fallback_detected"):
             lines.append(f"- {n}: clean, no fallback kernels. {counts}.")

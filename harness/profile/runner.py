@@ -161,9 +161,9 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
 def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
     """True when FP8 is emulated by design: kernel 'auto' on a device without FP8 GEMMs resolves to torch-reference
     (the deliberately unpadded arm is a fallback on purpose, not emulation)."""
-    resolved = (arm.quantization or {}).get("resolved_kernels") or {}
-    return (arm.name != "fp8-nopad" and device.type != "cuda" and set(resolved) == {"torch-reference"}
-            and options.fp8_kernel == "auto")
+    q = arm.quantization or {}
+    return ("fallback_layers" not in q and device.type != "cuda"
+            and set(q.get("resolved_kernels") or {}) == {"torch-reference"} and options.fp8_kernel == "auto")
 
 
 def fallback_note(arm: Arm, options: ProfileOptions, device: torch.device) -> str | None:
