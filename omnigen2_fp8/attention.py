@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def key_padding_mask(lengths: list[int], max_len: int, device: torch.device) -> torch.Tensor | None:
@@ -34,3 +35,11 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
             v = v.repeat_interleave(groups, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
+
+
+class GroupedSdpa(nn.Module):
+    """The attention core of a transformer block as a module (no parameters), so that a precision recipe can swap
+    it (omnigen2_fp8.fp8.attention.Fp8Sdpa) the way FP8 swaps linears. forward = `grouped_attention`."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return grouped_attention(q, k, v, mask)

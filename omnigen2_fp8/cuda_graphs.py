@@ -8,6 +8,10 @@ The signature is every input's shape and dtype plus the text lengths (read from 
 the forward's bookkeeping (RoPE tables, packing) is decided on the host from those. A new signature costs one
 eager warm-up call (whose result is returned) and one capture; least-recently-used graphs are dropped past
 `max_graphs`, which bounds the memory held by their private pools.
+
+A step cache installed on the model (`caching.py`, `main_layers_strategy`) changes what a pass computes from call to
+call; its `graph_key()` names the path the coming call takes (e.g. TaylorSeer's full or extrapolated call of one
+CFG branch), which joins the signature, and None runs the call eagerly (a run's first call of a branch, TeaCache).
 """
 from __future__ import annotations
 
@@ -53,7 +57,10 @@ class CudaGraphForward:
         self._weights: tuple = ()
 
     def __call__(self, latents, timestep, text, mask, ref_latents=None):
-        if self.disabled_reason or not isinstance(latents, torch.Tensor) or not latents.is_cuda:
+        strategy = getattr(self.model, "main_layers_strategy", None)
+        path = strategy.graph_key() if strategy is not None else ()
+        if (self.disabled_reason or path is None or not isinstance(latents, torch.Tensor)
+                or not latents.is_cuda):
             return self.model(latents, timestep, text, mask, ref_latents=ref_latents)
         weights = _weight_addresses(self.model)
         if weights != self._weights:  # weights moved (offload, .to(), reload): captured addresses are stale
@@ -62,7 +69,7 @@ class CudaGraphForward:
         mask = mask.cpu()  # lengths are read on the host; a CPU mask keeps that out of the graph
         refs = [list(r) if r is not None else [] for r in ref_latents] if ref_latents is not None else None
         flat = [latents, timestep, text, *(r for sample in refs or [] for r in sample)]
-        key = _signature(flat, mask, refs)
+        key = (_signature(flat, mask, refs), path)
         entry = self._graphs.get(key)
         if entry is not None:
             self._graphs.move_to_end(key)

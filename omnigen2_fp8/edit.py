@@ -18,11 +18,15 @@ from pathlib import Path
 
 import torch
 
+from .caching import StepCacheConfig, check_step_cache
 from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
-from .measure import StageClock
+from .measure import StageClock, StepClock
 from .precision import RecipeError, parse_recipe, recipe_help
 
+EAGER_MODE, AUTO_MODE = "eager", "auto"
+MODES = (EAGER_MODE, "compile", "graphs", "compile+graphs")  # graphs: CUDA graphs of each transformer pass
+CUDA_DEFAULT_MODE = "compile+graphs"
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "fp32": torch.float32}
 STAGE_LABELS = {"text_encode": "MLLM (text encode)", "vae_encode": "VAE encode", "prepare_latents": "prepare latents",
@@ -55,9 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     model.add_argument("--offload", action="store_true", help="keep models on the CPU, each on the device only "
                                                               "while its stage runs")
-    model.add_argument("--compile", action="store_true", help="torch.compile the transformer")
-    model.add_argument("--cuda-graphs", action="store_true",
-                       help="replay transformer passes as CUDA graphs (CUDA only; removes launch overhead)")
+    speed = model.add_mutually_exclusive_group()
+    speed.add_argument("--mode", choices=(AUTO_MODE, *MODES), default=AUTO_MODE,
+                       help=f"how the transformer runs: {AUTO_MODE} = {CUDA_DEFAULT_MODE} on CUDA (the fastest "
+                            f"measured, results/perf_recipes_h200.json; compile time is reported; compile alone "
+                            f"with --offload or a TeaCache recipe), {EAGER_MODE} elsewhere")
+    speed.add_argument("--eager", action="store_const", const=EAGER_MODE, dest="mode",
+                       help="plain eager PyTorch (same as --mode eager)")
+    speed.add_argument("--compile", action="store_const", const="compile", dest="mode",
+                       help="torch.compile the transformer's blocks (same as --mode compile)")
+    speed.add_argument("--cuda-graphs", action="store_const", const="graphs", dest="mode",
+                       help="replay transformer passes as CUDA graphs (same as --mode graphs)")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, default=28, help="Euler steps (official demo: 50)")
@@ -88,8 +100,10 @@ def load_pipeline(args: argparse.Namespace):
     from .synthetic import build_synthetic_pipeline
 
     dtype = DTYPES[args.dtype]
-    options = dict(precision=args.precision, fp8_kernel=args.fp8_kernel, offload=args.offload, compile=args.compile,
-                   cuda_graphs=args.cuda_graphs, progress=not args.no_progress)
+    mode = resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)
+    options = dict(precision=args.precision, fp8_kernel=args.fp8_kernel, offload=args.offload,
+                   compile=mode.startswith("compile"), cuda_graphs=mode.endswith("graphs"),
+                   progress=not args.no_progress)
     if args.synthetic:
         pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
         if args.time_shift is not None:
@@ -97,6 +111,22 @@ def load_pipeline(args: argparse.Namespace):
         return pipe
     return OmniGen2Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device, time_shift=args.time_shift,
                                             **options)
+
+
+def resolve_mode(mode: str, device: str, offload: bool, step_cache: StepCacheConfig | None = None) -> str:
+    """The concrete mode: `auto` is CUDA_DEFAULT_MODE on CUDA (compile alone with offload, whose weight moves graphs
+    cannot follow, or with a step cache that graphs cannot replay, TeaCache) and eager elsewhere; an explicit
+    graphs mode that cannot work is refused with the fix."""
+    cuda = str(device).startswith("cuda")
+    graphs_ok = not offload and (step_cache is None or step_cache.graph_capturable)
+    if mode == AUTO_MODE:
+        return (CUDA_DEFAULT_MODE if graphs_ok else "compile") if cuda else EAGER_MODE
+    if mode.endswith("graphs"):
+        if offload or not cuda:
+            raise ValueError(f"--mode {mode} needs CUDA and no --offload (graphs hold the weights' GPU addresses); "
+                             "use --mode compile or --eager")
+        check_step_cache(step_cache, cuda_graphs=True)  # e.g. TeaCache: refused with the reason and the fix
+    return mode
 
 
 def format_report(result) -> str:
@@ -113,6 +143,10 @@ def format_report(result) -> str:
         vram = f"   peak {peak / 2**30:6.2f} GiB" if peak is not None else ""
         lines.append(f"  {STAGE_LABELS.get(stage, stage):<20} {seconds:9.3f} s{vram}")
     lines.append(f"  {'total':<20} {result.total_seconds:9.3f} s")
+    if result.step_cache is not None:
+        cache = result.step_cache
+        lines.append(f"step cache {cache['config']['method']}: main layers computed on {cache['computed']} of "
+                     f"{cache['calls']} transformer calls")
     if result.peak_vram_bytes is not None:
         lines.append(f"peak VRAM {result.peak_vram_bytes / 2**30:.2f} GiB allocated, "
                      f"{result.peak_vram_reserved_bytes / 2**30:.2f} GiB reserved")
@@ -151,6 +185,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: must be >= 1")
+    resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)  # e.g. teacache with graphs
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,17 +200,24 @@ def run(args: argparse.Namespace) -> int:
     if len(args.image) == 1 and (args.width or args.height):
         print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
               file=sys.stderr)
+    mode = resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)
     pipe = load_pipeline(args)
+    steps = StepClock(pipe.device)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
                   cfg_range=tuple(args.cfg_range), seed=args.seed, width=args.width, height=args.height,
                   max_pixels=args.max_pixels, time_shift=args.time_shift, sample_posterior=not args.posterior_mean,
-                  clock=StageClock(pipe.device))
+                  clock=StageClock(pipe.device), on_step=steps, stage_hook=steps.stage_hook)
     result.save(args.output)
     print(format_report(result))
+    startup = steps.startup_seconds()
+    print(f"mode {mode}" + (f": the first step took {startup:.2f} s longer than the others (compilation, "
+                            "graph capture, autotuning; paid once per process and input shape)"
+                            if startup is not None else ""))
     print(f"wrote {args.output}")
     if args.json:
-        record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output)}
+        record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output),
+                  "mode": mode, "step_seconds": steps.step_seconds, "startup_seconds": startup}
         _write_json_atomic(args.json, record)
         print(f"wrote {args.json}")
     return 0

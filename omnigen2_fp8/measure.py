@@ -1,4 +1,4 @@
-"""Opt-in stage timing for the pipeline: wall time and peak VRAM per stage.
+"""Opt-in timing for the pipeline: wall time and peak VRAM per stage (`StageClock`), seconds per step (`StepClock`).
 
 The pipeline measures nothing by itself; pass `clock=StageClock(device)` to a call and the result carries
 `stage_seconds`, `stage_peak_vram_bytes` and the call's peak. The clock synchronises CUDA before and after every
@@ -47,3 +47,39 @@ class StageClock:
 
     def peak_reserved(self) -> int | None:
         return max(self.reserved_bytes.values()) if self.cuda and self.reserved_bytes else None
+
+
+class StepClock:
+    """Wall seconds of each denoising step (CUDA synchronised), to report the one-off startup cost of a fast mode.
+
+    Pass `stage_hook=clock.stage_hook, on_step=clock` to the pipeline call: the clock starts when the denoise stage
+    starts and ticks after every step.
+    """
+
+    def __init__(self, device: str | torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.step_seconds: list[float] = []
+        self._last: float | None = None
+
+    @contextlib.contextmanager
+    def stage_hook(self, stage: str) -> Iterator[None]:
+        if stage == "denoise":
+            if self.cuda:
+                torch.cuda.synchronize()
+            self._last = time.perf_counter()
+        yield
+
+    def __call__(self, index: int, num_steps: int, latents: torch.Tensor) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if self._last is not None:
+            self.step_seconds.append(now - self._last)
+        self._last = now
+
+    def startup_seconds(self) -> float | None:
+        """First step minus the median of the others, in seconds (None with fewer than 3 steps)."""
+        if len(self.step_seconds) < 3:
+            return None
+        rest = sorted(self.step_seconds[1:])
+        return max(self.step_seconds[0] - rest[len(rest) // 2], 0.0)

@@ -18,20 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import PIL.Image
-import PIL.PngImagePlugin
 import torch
 from tqdm.auto import tqdm
 
 from . import guidance as cfg
+from .caching import StepCache, StepCacheConfig, StepCacheStats, check_step_cache, installed, make_step_cache
 from .checkpoints import Components, checkpoint_root, load_components, load_transformer
 from .cuda_graphs import CudaGraphForward
+from .edit_result import EditResult
 from .fp8 import quantize_fp8
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
@@ -59,69 +58,6 @@ class PromptEmbeds:
     negative_mask: torch.Tensor | None = None
 
 
-@dataclass
-class EditResult:
-    """What one pipeline call produced and what it cost.
-
-    images: the edited images (PIL, 8-bit RGB, at the output size); latents: final latents [1, C, h, w];
-    decoded: VAE output [1, 3, H, W] before clamping (kept only with keep_decoded=True);
-    stage_seconds: wall seconds per stage (keys from STAGES plus "postprocess"; CUDA synchronised), None unless
-    the call was given a `clock`; stage_peak_vram_bytes: peak allocated CUDA memory during each stage (empty on
-    CPU, None without a clock); the clock resets torch.cuda peak-memory stats at the start of every stage, so read
-    these rather than torch.cuda's own peak; peak_vram_bytes / peak_vram_reserved_bytes: peak allocated /
-    reserved CUDA memory of the call (None on CPU or without a clock);
-    synthetic: True when the models have random weights (then `synthetic_info` says what they are);
-    settings: every setting of the call (JSON-ready); transformer_calls: transformer forward passes made.
-    """
-
-    images: list[PIL.Image.Image]
-    latents: torch.Tensor
-    stage_seconds: dict[str, float] | None
-    stage_peak_vram_bytes: dict[str, int] | None
-    peak_vram_bytes: int | None
-    peak_vram_reserved_bytes: int | None
-    synthetic: bool
-    synthetic_info: dict | None
-    settings: dict
-    transformer_calls: int
-    decoded: torch.Tensor | None = None
-
-    @property
-    def image(self) -> PIL.Image.Image:
-        return self.images[0]
-
-    @property
-    def total_seconds(self) -> float | None:
-        return None if self.stage_seconds is None else sum(self.stage_seconds.values())
-
-    @property
-    def peak_vram_gib(self) -> float | None:
-        return None if self.peak_vram_bytes is None else self.peak_vram_bytes / 2**30
-
-    def to_record(self) -> dict:
-        """JSON-ready summary: settings, synthetic flag, stage seconds, VRAM (no tensors or images)."""
-        return {
-            "synthetic": self.synthetic, "synthetic_info": self.synthetic_info, "settings": self.settings,
-            "stage_seconds": self.stage_seconds, "total_seconds": self.total_seconds,
-            "stage_peak_vram_bytes": self.stage_peak_vram_bytes, "peak_vram_bytes": self.peak_vram_bytes,
-            "peak_vram_reserved_bytes": self.peak_vram_reserved_bytes, "peak_vram_gib": self.peak_vram_gib,
-            "transformer_calls": self.transformer_calls,
-        }
-
-    def save(self, path: str | os.PathLike, index: int = 0) -> Path:
-        """Save image `index` as PNG with the settings (and the synthetic flag) in its text metadata."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        info = PIL.PngImagePlugin.PngInfo()
-        # The device stays out of the file: the same edit made on cuda:0 or cuda:1 is the same PNG, byte for byte.
-        settings = {k: v for k, v in self.settings.items() if k != "device"}
-        info.add_text("omnigen2_fp8", json.dumps({"synthetic": self.synthetic, "settings": settings}))
-        if self.synthetic:
-            info.add_text("synthetic", "random-weight models: this image says nothing about OmniGen2 quality")
-        self.images[index].save(path, format="PNG", pnginfo=info)
-        return path
-
-
 class OmniGen2Pipeline:
     """OmniGen2 image editing with real components: Qwen2.5-VL (transformers), FLUX VAE (diffusers), our DiT.
 
@@ -130,7 +66,9 @@ class OmniGen2Pipeline:
     device: where computation runs; dtype: the dtype of every model (the scheduler steps in float32);
     precision: a recipe name or `precision.Recipe` ("bf16", "fp8", "fp8-nopad", ...: the DiT's linear layers
     quantized by `omnigen2_fp8.fp8.quantize_fp8` with the recipe's Fp8Config); fp8_config replaces that config,
-    fp8_kernel overrides its kernel;
+    fp8_kernel overrides its kernel; a step-cache part ("fp8+taylorseer", "bf16+teacache:0.1") skips or
+    extrapolates the main layers on some transformer calls as the official OmniGen2 does (`caching.py`;
+    TeaCache does not combine with cuda_graphs);
     offload: keep models on the CPU and move each to `device` only for its stage;
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
     cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
@@ -144,10 +82,9 @@ class OmniGen2Pipeline:
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
                  cuda_graphs: bool = False, fp8_kernel: str | None = None):
         self.recipe = parse_recipe(precision)
-        if self.recipe.step_cache is not None:
-            raise NotImplementedError(f"recipe {self.recipe.name!r}: step caching ({self.recipe.step_cache.method}) "
-                                      "runs in omnigen2_fp8.caching, which this build does not have; use "
-                                      f"{self.recipe.base!r}")
+        self.step_cache = check_step_cache(self.recipe.step_cache, cuda_graphs)
+        self.step_cache_stats: StepCacheStats | None = None  # of the last denoising run
+        self._step_caches: dict[StepCacheConfig, StepCache] = {}
         self.device = torch.device(device) if device is not None else _default_device()
         self.dtype = dtype or next(transformer.parameters()).dtype
         self.offload = offload
@@ -196,7 +133,8 @@ class OmniGen2Pipeline:
         load as FP8); scheduler/ -> FlowMatchEulerScheduler (time_shift fixes the shift instead of the dynamic
         one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
-        precision = parse_recipe(precision)  # a wrong name fails before minutes of loading
+        precision = parse_recipe(precision)  # a wrong name or combination fails before minutes of loading
+        check_step_cache(precision.step_cache, cuda_graphs)
         root = checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
@@ -230,7 +168,7 @@ class OmniGen2Pipeline:
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
                  progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-                 clock: StageClock | None = None) -> EditResult:
+                 clock: StageClock | None = None, step_cache: StepCacheConfig | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -242,8 +180,10 @@ class OmniGen2Pipeline:
         sample_posterior: False uses the posterior mean instead of a sample for reference latents.
         stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the clock's timing);
         on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar;
-        clock: a `measure.StageClock` that times every stage (and records its peak VRAM) into the result.
+        clock: a `measure.StageClock` that times every stage (and records its peak VRAM) into the result;
+        step_cache: a `caching` config for this call instead of the recipe's (None: the recipe's).
         """
+        step_cache = check_step_cache(step_cache, self.cuda_graphs) or self.step_cache
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
@@ -278,12 +218,13 @@ class OmniGen2Pipeline:
         with stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
                                    image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
-                                   on_step=on_step)
+                                   on_step=on_step, step_cache=step_cache)
         with stage("vae_decode"):
             decoded = self.decode(latents)
         with stage("postprocess"):
             pil_out = postprocess(decoded, (out_w, out_h))
 
+        recipe = self.recipe.with_step_cache(step_cache)  # what ran: a per-call step cache replaces the recipe's
         settings = {
             "prompt": prompt, "negative_prompt": negative_prompt, "num_references": len(images),
             "num_inference_steps": num_inference_steps, "text_guidance_scale": float(text_guidance_scale),
@@ -293,9 +234,9 @@ class OmniGen2Pipeline:
                                 for r in ref_latents],
             "time_shift": time_shift if time_shift is not None else self.scheduler.time_shift,
             "dynamic_time_shift": self.scheduler.dynamic_time_shift, "sample_posterior": sample_posterior,
-            "precision": self.precision, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "precision": recipe.name, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
-            "recipe": {**self.recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
+            "recipe": {**recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
         }
         timed = clock is not None
         return EditResult(images=pil_out, latents=latents, stage_seconds=dict(clock.seconds) if timed else None,
@@ -303,7 +244,8 @@ class OmniGen2Pipeline:
                           peak_vram_bytes=clock.peak_allocated() if timed else None,
                           peak_vram_reserved_bytes=clock.peak_reserved() if timed else None, synthetic=self.synthetic,
                           synthetic_info=self.synthetic_info, settings=settings,
-                          transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None)
+                          transformer_calls=self._transformer_calls, decoded=decoded if keep_decoded else None,
+                          step_cache=self.step_cache_stats.to_record() if step_cache is not None else None)
 
     # ------------------------------------------------------------------------------------------ stages
     @torch.no_grad()
@@ -354,16 +296,19 @@ class OmniGen2Pipeline:
     def denoise(self, latents: torch.Tensor, ref_latents: Sequence[torch.Tensor], embeds: PromptEmbeds,
                 num_inference_steps: int = 28, text_guidance_scale: float = 4.0, image_guidance_scale: float = 1.0,
                 cfg_range: tuple[float, float] = (0.0, 1.0), time_shift: float | None = None,
-                progress: bool | None = None,
-                on_step: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                step_cache: StepCacheConfig | None = None) -> torch.Tensor:
         """Stage 4: integrate from noise (t = 0) to data (t = 1) with guided velocities.
 
         latents: [1, C, h, w] noise; ref_latents: list of [C, h_j, w_j] (may be empty); embeds: `PromptEmbeds`
         (the negative one is needed when text guidance > 1). Guidance per step: `guidance.scales_at_step` /
         `branches_for` / `combine`, one transformer pass per branch at batch 1. Returns the final latents.
-        on_step(i, num_steps, latents) is called after each step.
+        on_step(i, num_steps, latents) is called after each step. step_cache: a `caching` config for this run
+        (None: the recipe's); each branch's calls are announced to it, and `self.step_cache_stats` says after the
+        run which calls computed the main layers.
         """
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
+        cache = self._step_cache_runtime(check_step_cache(step_cache, self.cuda_graphs) or self.step_cache)
         refs = list(ref_latents)
         n = num_inference_steps
         self.scheduler.set_timesteps(n, num_tokens=latents.shape[-2] * latents.shape[-1], device=self.device,
@@ -374,7 +319,9 @@ class OmniGen2Pipeline:
             cfg.UNCOND: (embeds.negative, embeds.negative_mask, None),
         }
         show = self.progress if progress is None else progress
-        with self._on_device(self.transformer):
+        if cache is not None:
+            cache.start(n)
+        with self._on_device(self.transformer), installed(self.transformer, cache):
             for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", disable=not show, leave=False)):
                 scales = cfg.scales_at_step(i, n, text_guidance_scale, image_guidance_scale, cfg_range)
                 branches = cfg.branches_for(scales, has_references=bool(refs))
@@ -384,10 +331,13 @@ class OmniGen2Pipeline:
                     if text is None:
                         raise ValueError("text guidance > 1 needs negative prompt embeddings; encode_prompt with "
                                          "need_negative=True")
+                    if cache is not None:
+                        cache.begin_call(branch, i)
                     predictions[branch] = self._predict(latents, t, text, mask, branch_refs)
                 latents = self.scheduler.step(cfg.combine(predictions, scales), i, latents)
                 if on_step is not None:
                     on_step(i, n, latents)
+        self.step_cache_stats = cache.stats() if cache is not None else None
         return latents
 
     @torch.no_grad()
@@ -399,6 +349,14 @@ class OmniGen2Pipeline:
             return self.vae.decode(z).sample
 
     # ------------------------------------------------------------------------------------------ internals
+    def _step_cache_runtime(self, config: StepCacheConfig | None) -> StepCache | None:
+        """One runtime per config, kept across runs: its buffers stay where captured CUDA graphs expect them."""
+        if config is None:
+            return None
+        if config not in self._step_caches:
+            self._step_caches[config] = make_step_cache(config)
+        return self._step_caches[config]
+
     def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                  refs: list | None) -> torch.Tensor:
         # The official pipeline casts the timestep to the latents' dtype (bf16 rounds it); kept for parity.

@@ -8,11 +8,13 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
                               GEMM (`Fp8Config(misaligned="reference")`; shows what padding buys)
     fp8+teacache              + TeaCache step caching (rel_l1_thresh 0.05, the official default)
     bf16+teacache:0.1         + TeaCache with rel_l1_thresh 0.1
-    fp8+taylorseer            + TaylorSeer step caching
+    fp8+taylorseer            + TaylorSeer step caching (first_enhance 5, fresh_threshold 3, max_order 4)
+    fp8+taylorseer:max_order=2  + TaylorSeer with other settings (field=value pairs, comma separated)
+    fp8+fp8attn               + FP8 attention (`Fp8Config(attention="fp8")`: cuDNN's FP8 SDPA; FP8 bases only)
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
-Parts live in one registry (`register_part`), so a new acceleration is added in one place. The step-cache parts
-are settings here; `omnigen2_fp8.caching` runs them.
+Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
+setting is a frozen `caching.TeaCacheConfig` / `TaylorSeerConfig` (one source of defaults), which the pipeline runs.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .caching import StepCacheConfig, TaylorSeerConfig, TeaCacheConfig
 from .fp8.config import Fp8Config
 
 
@@ -37,27 +40,13 @@ BASES: dict[str, Fp8Config | None] = {
 
 
 @dataclass(frozen=True)
-class StepCacheSpec:
-    """A step-caching method and its parameters, e.g. StepCacheSpec("teacache", (("rel_l1_thresh", 0.05),))."""
-
-    method: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, **self.settings}
-
-
-@dataclass(frozen=True)
 class Part:
     """One registered acceleration.
 
     name: the word in the recipe; slot: parts sharing a slot exclude each other (e.g. two step caches);
     parse(value text or None) -> the setting (raises ValueError on a bad value); describe(setting) -> the value
-    text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base.
+    text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base;
+    fp8_field: the `Fp8Config` field the setting sets (the part is then a quantization option), or None.
     """
 
     name: str
@@ -67,6 +56,7 @@ class Part:
     describe: Callable[[Any], str | None]
     value_help: str | None = None
     needs_fp8: bool = False
+    fp8_field: str | None = None
 
 
 PARTS: dict[str, Part] = {}
@@ -81,29 +71,61 @@ def register_part(part: Part) -> Part:
 
 
 # ----------------------------------------------------------------------------------------------- step caching
-TEACACHE_DEFAULT_THRESHOLD = 0.05  # the official OmniGen2 default rel_l1_thresh
+# The settings are the frozen configs of omnigen2_fp8.caching (their defaults are the official ones): a value is
+# either the part's shorthand (teacache:0.1 = its rel_l1_thresh) or `field=value` pairs (taylorseer:max_order=2).
+def _step_cache_part(config_class: type[StepCacheConfig], shorthand: str | None, help: str) -> Part:
+    default = config_class()
+    scalars = [f.name for f in dataclasses.fields(config_class) if isinstance(getattr(default, f.name), (int, float))]
+
+    def parse(value: str | None) -> StepCacheConfig:
+        if value is None:
+            return default
+        if "=" not in value and shorthand is None:
+            raise ValueError(f"{default.method} takes field=value settings ({', '.join(scalars)}), got {value!r}; "
+                             f"e.g. {default.method}:{scalars[0]}={getattr(default, scalars[0])}")
+        pairs = [item.partition("=") for item in value.split(",")] if "=" in value else [(shorthand, "=", value)]
+        settings = {}
+        for key, _, text in pairs:
+            if key not in scalars:
+                raise ValueError(f"{default.method} has no setting {key!r}{_did_you_mean(key, scalars)}; "
+                                 f"settings: {scalars}")
+            kind = type(getattr(default, key))
+            try:
+                settings[key] = kind(text)
+            except ValueError:
+                raise ValueError(f"{default.method} {key}={text!r} is not a{'n int' if kind is int else ' number'}"
+                                 ) from None
+        return config_class(**settings)
+
+    def describe(config: StepCacheConfig) -> str | None:
+        changed = {k: getattr(config, k) for k in scalars if getattr(config, k) != getattr(default, k)}
+        if not changed:
+            return None
+        if shorthand is not None and set(changed) == {shorthand}:
+            return f"{changed[shorthand]:g}"
+        return ",".join(f"{k}={v:g}" for k, v in changed.items())
+
+    value_help = shorthand or ",".join(f"{k}=N" for k in scalars)
+    return Part(default.method, "step_cache", help, parse, describe, value_help=value_help)
 
 
-def _teacache(value: str | None) -> StepCacheSpec:
-    threshold = TEACACHE_DEFAULT_THRESHOLD if value is None else float(value)
-    if not threshold > 0:
-        raise ValueError(f"teacache's rel_l1_thresh must be > 0, got {value!r}")
-    return StepCacheSpec("teacache", (("rel_l1_thresh", threshold),))
+register_part(_step_cache_part(TeaCacheConfig, "rel_l1_thresh", "TeaCache: skip a step's main blocks while the "
+                               "accumulated relative L1 change stays under rel_l1_thresh (default "
+                               f"{TeaCacheConfig().rel_l1_thresh})"))
+register_part(_step_cache_part(TaylorSeerConfig, None, "TaylorSeer: forecast skipped steps' main-block output by a "
+                               "Taylor expansion"))
 
 
-def _taylorseer(value: str | None) -> StepCacheSpec:
+# ----------------------------------------------------------------------------------------------- FP8 attention
+def _fp8attn(value: str | None) -> str:
     if value is not None:
-        raise ValueError(f"taylorseer takes no value, got {value!r}; write +taylorseer")
-    return StepCacheSpec("taylorseer")
+        raise ValueError(f"fp8attn takes no value, got {value!r}; write +fp8attn")
+    return "fp8"
 
 
-register_part(Part("teacache", "step_cache", "TeaCache: skip a step's main blocks while the accumulated relative L1 "
-                   f"change stays under rel_l1_thresh (value; default {TEACACHE_DEFAULT_THRESHOLD})", _teacache,
-                   lambda s: None if s.settings["rel_l1_thresh"] == TEACACHE_DEFAULT_THRESHOLD
-                   else f"{s.settings['rel_l1_thresh']:g}", value_help="rel_l1_thresh"))
-register_part(Part("taylorseer", "step_cache", "TaylorSeer: forecast skipped steps' features by a Taylor expansion",
-                   _taylorseer, lambda s: None))
-# FP8 attention ("fp8attn", slot "attention", needs_fp8=True) registers here once its kernel exists.
+register_part(Part("fp8attn", "attention", "FP8 attention: cuDNN's FP8 SDPA in every block (Hopper and newer, "
+                   "nvidia-cudnn-frontend; BF16 attention, with the reason, elsewhere; emulated on a CPU)",
+                   _fp8attn, lambda setting: None, needs_fp8=True, fp8_field="attention"))
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -128,20 +150,30 @@ class Recipe:
         return next((s for n, s in self.parts if PARTS[n].slot == slot), None)
 
     @property
-    def step_cache(self) -> StepCacheSpec | None:
+    def step_cache(self) -> StepCacheConfig | None:
+        """The recipe's `caching.TeaCacheConfig` / `TaylorSeerConfig`, None without step caching."""
         return self.setting("step_cache")
+
+    def with_step_cache(self, config: StepCacheConfig | None) -> "Recipe":
+        """The same recipe with its step cache replaced by `config` (None: removed)."""
+        parts = [(n, s) for n, s in self.parts if PARTS[n].slot != "step_cache"]
+        if config is not None:
+            parts.append((config.method, config))
+        order = list(PARTS)
+        return Recipe(self.base, tuple(sorted(parts, key=lambda pair: order.index(pair[0]))))
 
     @property
     def quantized(self) -> bool:
         return BASES[self.base] is not None
 
     def fp8_config(self, kernel: str | None = None, **overrides) -> Fp8Config | None:
-        """The base's Fp8Config with `kernel` and any other field overridden; None for an unquantized base."""
+        """The base's Fp8Config with the quantization parts applied (e.g. fp8attn: attention="fp8"), then `kernel`
+        and any other field overridden; None for an unquantized base."""
         config = BASES[self.base]
         if config is None:
             return None
-        if kernel is not None:
-            overrides["kernel"] = kernel
+        parts = {PARTS[n].fp8_field: s for n, s in self.parts if PARTS[n].fp8_field is not None}
+        overrides = {**parts, **overrides, **({"kernel": kernel} if kernel is not None else {})}
         return dataclasses.replace(config, **overrides) if overrides else config
 
     def to_dict(self, **fp8_overrides) -> dict:

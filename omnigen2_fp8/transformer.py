@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import grouped_attention, key_padding_mask
+from .attention import GroupedSdpa, key_padding_mask
+from .main_layers import MainStack
 from .packing import pad_rotary as _pad_rotary, patchify, stack_padded as _stack_padded, unpatchify
 from .rope import RotaryTables, SampleLayout, apply_rotary
 
@@ -109,10 +110,8 @@ class TransformerConfig:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        values["axes_dim_rope"] = list(self.axes_dim_rope)
-        values["axes_lens"] = list(self.axes_lens)
-        return {"_class_name": OFFICIAL_CLASS_NAME, **values}
+        return {"_class_name": OFFICIAL_CLASS_NAME, **dataclasses.asdict(self),
+                "axes_dim_rope": list(self.axes_dim_rope), "axes_lens": list(self.axes_lens)}
 
 
 PRESETS = {
@@ -128,6 +127,7 @@ class OmniGen2Transformer(nn.Module):
     # Kept in high precision by the FP8 policy: tanh-gated modulation, embedders and the output projection.
     high_precision_modules = ("norm1.linear", "x_embedder", "ref_image_patch_embedder", "time_caption_embed",
                               "norm_out", "image_index_embedding")
+    main_layers_strategy = None  # a step cache (caching.py) during a cached run: (MainStack, hidden) -> hidden
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -211,9 +211,8 @@ class OmniGen2Transformer(nn.Module):
         joint_lens = [layout.joint_len for layout in layouts]
         hidden = _stack_padded(joint)
         cos, sin = _pad_rotary(rotary, [(0, n) for n in joint_lens])
-        mask = key_padding_mask(joint_lens, hidden.shape[1], device)
-        for block in self.layers:
-            hidden = block(hidden, mask, cos, sin, temb_act)
+        stack = MainStack(self.layers, key_padding_mask(joint_lens, hidden.shape[1], device), cos, sin, temb_act)
+        hidden = stack(hidden) if self.main_layers_strategy is None else self.main_layers_strategy(stack, hidden)
 
         # 6. Output norm, the noisy image's tokens, unpatchify.
         hidden = self.norm_out(hidden, temb_act)
@@ -236,8 +235,7 @@ class OmniGen2Transformer(nn.Module):
     def _check_latents(self, latents) -> list[torch.Tensor]:
         if isinstance(latents, torch.Tensor):
             if latents.dim() != 4:
-                raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got shape "
-                                 f"{tuple(latents.shape)}")
+                raise ValueError(f"latents must be [B, C, H, W] or a list of [C, H, W]; got {tuple(latents.shape)}")
             images = list(latents.unbind(0))
         else:
             images = list(latents)
@@ -305,8 +303,9 @@ class OmniGen2Transformer(nn.Module):
         return self
 
     def compile_blocks(self, **compile_kwargs) -> "OmniGen2Transformer":
-        """torch.compile each block in place (regional compilation): blocks share one compiled graph per sequence
-        shape, compile in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python."""
+        """torch.compile each block in place (regional compilation): every block of a kind shares one compiled
+        graph, compiles in seconds rather than minutes, and the ragged-batch bookkeeping stays in eager Python."""
+        compile_kwargs.setdefault("dynamic", True)  # token counts vary by branch and size: no second compile
         for block in self.blocks():
             block.compile(**compile_kwargs)
         return self
@@ -412,6 +411,7 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(c.head_dim, 1e-5)
         self.norm_k = RMSNorm(c.head_dim, 1e-5)
         self.to_out = nn.ModuleList([nn.Linear(c.hidden_size, c.hidden_size, bias=False)])
+        self.sdpa: nn.Module = GroupedSdpa()  # swappable core (FP8 attention), no parameters
 
     def fuse(self) -> None:
         if self.to_qkv is not None:
@@ -434,7 +434,7 @@ class Attention(nn.Module):
         k = self.norm_k(k.unflatten(-1, (self.kv_heads, self.head_dim)))
         v = v.unflatten(-1, (self.kv_heads, self.head_dim))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.to_out[0](grouped_attention(q, k, v, mask))
+        return self.to_out[0](self.sdpa(q, k, v, mask))
 
 
 class FeedForward(nn.Module):

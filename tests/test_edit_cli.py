@@ -10,7 +10,8 @@ import PIL.Image
 import pytest
 
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.edit import main
+from omnigen2_fp8.caching import TaylorSeerConfig, TeaCacheConfig
+from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, main, resolve_mode
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -45,10 +46,33 @@ def test_cli_edits_a_checkpoint_folder_and_reports_stages(tmp_path, image):
 def test_cli_in_memory_synthetic_models(tmp_path, image, capsys):
     out = tmp_path / "mem.png"
     assert main(["--synthetic", "tiny", "--device", "cpu", "--dtype", "float32", "--image", str(image),
-                 "--prompt", "add a hat", "-o", str(out), "--steps", "2", "--no-progress"]) == 0
-    assert "SYNTHETIC" in capsys.readouterr().out
+                 "--prompt", "add a hat", "-o", str(out), "--steps", "4", "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    assert "SYNTHETIC" in stdout
+    assert "mode eager: the first step took" in stdout  # auto is eager on a CPU, and the startup cost is reported
     with PIL.Image.open(out) as edited:
         assert edited.size == (80, 64)
+
+
+def test_cli_runs_a_step_cache_recipe(tmp_path, image, capsys):
+    out, record = tmp_path / "cached.png", tmp_path / "cached.json"
+    assert main(["--synthetic", "tiny", "--device", "cpu", "--dtype", "float32", "--image", str(image), "--prompt",
+                 "add a hat", "-o", str(out), "--steps", "7", "--no-progress", "--precision", "fp8+taylorseer",
+                 "--json", str(record)]) == 0
+    assert "step cache taylorseer: main layers computed on 10 of 14 transformer calls" in capsys.readouterr().out
+    data = json.loads(record.read_text())
+    assert data["settings"]["precision"] == "fp8+taylorseer"
+    assert data["settings"]["recipe"]["step_cache"] == {"method": "taylorseer", "first_enhance": 5,
+                                                        "fresh_threshold": 3, "max_order": 4}
+    assert data["step_cache"]["computed_per_call"] == [True] * 10 + [False] * 4  # cond, uncond
+
+
+def test_modes_and_step_caches():
+    # TeaCache decides inside each pass, which a replayed graph cannot: auto falls back to compile, graphs refuse.
+    assert resolve_mode("auto", "cuda", False, TeaCacheConfig()) == "compile"
+    assert resolve_mode("auto", "cuda", False, TaylorSeerConfig()) == CUDA_DEFAULT_MODE  # TaylorSeer replays graphs
+    with pytest.raises(ValueError, match="teacache:0.1 cannot be combined with cuda_graphs=True"):
+        resolve_mode("compile+graphs", "cuda", False, TeaCacheConfig(0.1))
 
 
 def test_cli_errors_name_the_problem(tmp_path, image, capsys):
@@ -63,3 +87,23 @@ def test_cli_errors_name_the_problem(tmp_path, image, capsys):
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path), "--device", "cpu", "--prompt", "x", "-o", str(tmp_path / "o.png")])
     assert "missing component" in capsys.readouterr().err
+
+
+def test_mode_auto_is_the_fastest_on_cuda_and_eager_elsewhere():
+    assert resolve_mode("auto", "cuda", offload=False) == CUDA_DEFAULT_MODE == "compile+graphs"
+    assert resolve_mode("auto", "cuda:1", offload=True) == "compile"  # graphs cannot follow offloaded weights
+    assert resolve_mode("auto", "cpu", offload=False) == "eager"
+    assert resolve_mode("eager", "cuda", offload=False) == "eager"
+    with pytest.raises(ValueError, match="--mode compile or --eager"):
+        resolve_mode("graphs", "cpu", offload=False)
+
+
+def test_eager_flag_and_mode_flags_are_exclusive(tmp_path, image, capsys):
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "tiny", "--device", "cpu", "--eager", "--compile", "--prompt", "x",
+              "-o", str(tmp_path / "o.png")])
+    assert "not allowed with" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--synthetic", "tiny", "--device", "cpu", "--mode", "compile+graphs", "--image", str(image),
+              "--prompt", "x", "-o", str(tmp_path / "o.png")])
+    assert exit_info.value.code == 2 and "needs CUDA" in capsys.readouterr().err

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from omnigen2_fp8.caching import OFFICIAL_TEACACHE_RESCALE, TaylorSeerConfig, TeaCacheConfig
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.fp8 import Fp8Config, Fp8ConfigError, Fp8Linear, Kernel, quantize_fp8
-from omnigen2_fp8.precision import BASES, PARTS, RecipeError, StepCacheSpec, parse_recipe
+from omnigen2_fp8.precision import BASES, PARTS, RecipeError, parse_recipe
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 
@@ -25,7 +26,10 @@ def inputs():
 @pytest.mark.parametrize("text, name", [
     ("bf16", "bf16"), ("fp8", "fp8"), ("fp8-nopad", "fp8-nopad"), (" fp8+teacache ", "fp8+teacache"),
     ("fp8+teacache:0.05", "fp8+teacache"), ("bf16+teacache:0.1", "bf16+teacache:0.1"),
-    ("fp8+taylorseer", "fp8+taylorseer"),
+    ("fp8+taylorseer", "fp8+taylorseer"), ("bf16+teacache:rel_l1_thresh=0.1", "bf16+teacache:0.1"),
+    ("fp8+fp8attn+taylorseer", "fp8+taylorseer+fp8attn"),
+    ("fp8+taylorseer:max_order=4", "fp8+taylorseer"),
+    ("fp8+taylorseer:fresh_threshold=4,first_enhance=3", "fp8+taylorseer:first_enhance=3,fresh_threshold=4"),
 ])
 def test_canonical_names(text, name):
     assert parse_recipe(text).name == name
@@ -34,16 +38,19 @@ def test_canonical_names(text, name):
 
 def test_settings_and_records():
     recipe = parse_recipe("fp8-nopad+teacache:0.2")
-    assert recipe.step_cache == StepCacheSpec("teacache", (("rel_l1_thresh", 0.2),))
+    assert recipe.step_cache == TeaCacheConfig(rel_l1_thresh=0.2)  # the caching module's own settings
     assert recipe.fp8_config() == Fp8Config(misaligned="reference")
     assert recipe.fp8_config(kernel="torch-reference").kernel == Kernel.TORCH_REFERENCE
     record = recipe.to_dict()
-    assert record["name"] == "fp8-nopad+teacache:0.2" and record["step_cache"] == {"method": "teacache",
-                                                                                    "rel_l1_thresh": 0.2}
+    assert record["name"] == "fp8-nopad+teacache:0.2" and record["step_cache"] == {
+        "method": "teacache", "rel_l1_thresh": 0.2, "rescale_coefficients": list(OFFICIAL_TEACACHE_RESCALE)}
     assert record["fp8"]["misaligned"] == "reference"
     assert parse_recipe("bf16").fp8_config(kernel="cublas-padded") is None
     assert parse_recipe("bf16").to_dict()["fp8"] is None
-    assert parse_recipe("fp8+taylorseer").step_cache.settings == {}
+    assert parse_recipe("fp8+taylorseer").step_cache == TaylorSeerConfig()  # one source of defaults
+    assert parse_recipe("fp8+taylorseer").to_dict()["step_cache"] == {"method": "taylorseer", "first_enhance": 5,
+                                                                      "fresh_threshold": 3, "max_order": 4}
+    assert parse_recipe("bf16+teacache").step_cache == TeaCacheConfig()
     assert set(BASES) == {"bf16", "fp8", "fp8-nopad"} and {"teacache", "taylorseer"} <= set(PARTS)
 
 
@@ -51,14 +58,35 @@ def test_settings_and_records():
     ("fp9", ["'fp9'", "did you mean 'fp8'"]),
     ("fp8+teachache", ["'teachache'", "did you mean 'teacache'"]),
     ("fp8+teacache+taylorseer", ["two step_cache parts"]),
-    ("fp8+teacache:0", ["rel_l1_thresh must be > 0"]),
-    ("fp8+taylorseer:2", ["takes no value"]),
+    ("fp8+teacache:0", ["rel_l1_thresh must be a positive number"]),
+    ("fp8+teacache:fast", ["rel_l1_thresh='fast' is not a number"]),
+    ("fp8+taylorseer:2", ["takes field=value settings", "taylorseer:first_enhance=5"]),
+    ("fp8+taylorseer:max_ordr=2", ["no setting 'max_ordr'", "did you mean 'max_order'"]),
+    ("fp8+taylorseer:max_order=1.5", ["max_order='1.5' is not an int"]),
+    ("fp8+taylorseer:first_enhance=0", ["first_enhance must be an integer >= 1"]),
     ("", ["recipe"]),
+    ("bf16+fp8attn", ["'fp8attn' needs an FP8 base", "fp8+fp8attn"]),
+    ("fp8+fp8attn:on", ["fp8attn takes no value"]),
 ])
 def test_bad_recipes_name_the_problem(text, words):
     with pytest.raises(RecipeError) as err:
         parse_recipe(text)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_fp8attn_is_an_fp8_config_option():
+    recipe = parse_recipe("fp8-nopad+fp8attn")
+    assert recipe.fp8_config() == Fp8Config(misaligned="reference", attention="fp8")
+    assert recipe.fp8_config(kernel="torch-reference").attention == "fp8"  # overrides keep the parts
+    assert recipe.to_dict()["fp8"]["attention"] == "fp8" and recipe.to_dict()["attention"] == "fp8"
+    assert parse_recipe("fp8").fp8_config().attention == "bf16"
+
+
+def test_with_step_cache_replaces_the_slot():
+    recipe = parse_recipe("fp8+teacache:0.1")
+    assert recipe.with_step_cache(TaylorSeerConfig()) == parse_recipe("fp8+taylorseer")
+    assert recipe.with_step_cache(None) == parse_recipe("fp8")
+    assert parse_recipe("bf16").with_step_cache(TeaCacheConfig(0.3)).name == "bf16+teacache:0.3"
 
 
 def test_unpadded_arm_runs_misaligned_layers_on_the_reference_kernel():

@@ -23,7 +23,7 @@ from torch import nn
 from ..loading import CheckpointMismatchError, check_state_dict, safetensors_files, save_tensors_sharded
 from .config import Fp8Config, Fp8ConfigError
 from .linear import Fp8Linear
-from .quantize import fold_swiglu, swap_linears
+from .quantize import apply_attention_option, fold_swiglu, swap_linears
 
 SCALE_SUFFIX = ".weight_scale"
 
@@ -98,6 +98,7 @@ def load_fp8_transformer(folder: Path, model_factory: Callable[[], nn.Module], q
     for m in model.modules():
         if isinstance(m, Fp8Linear):
             m.refresh_kernel()  # checks FP8 support of `device` now rather than at the first forward
+    apply_attention_option(model, quantization)
     model.fp8_config = quantization
     return model.eval().requires_grad_(False)
 

@@ -57,6 +57,7 @@ class Kernel(str, enum.Enum):
     TORCH_REFERENCE = "torch-reference"
 
 
+ATTENTION_CHOICES = ("bf16", "fp8")
 _BLOCKS = r"(layers|noise_refiner|ref_image_refiner|context_refiner)\.\d+"
 # The four GEMM groups of every block (32 main, 2 noise, 2 reference and 2 context refiners), fused or not.
 DEFAULT_INCLUDE = (
@@ -98,6 +99,9 @@ class Fp8Config:
     fuse_projections: call model.fuse_projections() first, so q/k/v and gate/up each run as one GEMM sharing
     one activation quantization.
     fuse_swiglu: fold silu(gate) * up into the down projection's activation quantization (one kernel).
+    attention: "bf16" (default) or "fp8": cuDNN's FP8 attention (Hopper+, nvidia-cudnn-frontend) in every block
+    whose attention module name (e.g. "layers.0.attn") matches no `attention_exclude` pattern (fnmatch); where
+    the device cannot run it, BF16 attention stays and the reason is reported (see fp8/attention.py).
     """
 
     weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
@@ -109,6 +113,8 @@ class Fp8Config:
     misaligned: str = "pad"
     fuse_projections: bool = True
     fuse_swiglu: bool = True
+    attention: str = "bf16"
+    attention_exclude: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
 
@@ -118,7 +124,10 @@ class Fp8Config:
         set_(self, "activation_granularity",
              _enum(ActivationGranularity, self.activation_granularity, "activation_granularity"))
         set_(self, "kernel", _enum(Kernel, self.kernel, "kernel"))
-        for name in ("include", "exclude"):
+        if self.attention not in ATTENTION_CHOICES:
+            raise Fp8ConfigError(f"Fp8Config.attention = {self.attention!r} is not valid; choose one of "
+                                 f"{list(ATTENTION_CHOICES)}")
+        for name in ("include", "exclude", "attention_exclude"):
             value = getattr(self, name)
             if value is None and name == "exclude":
                 continue

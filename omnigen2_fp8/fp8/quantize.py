@@ -12,6 +12,7 @@ from typing import Callable
 
 from torch import nn
 
+from .attention import enable_fp8_attention
 from .config import Fp8Config, covers
 from .dispatch import resolve_kernel
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
@@ -44,6 +45,7 @@ class Fp8Report:
     layers: list[LayerDecision] = field(default_factory=list)
     fused_projections: bool = False
     swiglu_folded: list[str] = field(default_factory=list)
+    fp8_attention: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -64,7 +66,7 @@ class Fp8Report:
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "fused_projections": self.fused_projections,
-                "swiglu_folded": self.swiglu_folded, "notes": self.notes,
+                "swiglu_folded": self.swiglu_folded, "fp8_attention": self.fp8_attention, "notes": self.notes,
                 "num_quantized": len(self.quantized), "num_kept": len(self.kept),
                 "counts_by_kernel": self.counts_by_kernel,
                 "layers": [asdict(d) for d in self.layers]}
@@ -86,7 +88,8 @@ class Fp8Report:
     def __str__(self) -> str:
         head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
                 f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
-                f"down projections; kernels: {self.counts_by_kernel}")
+                f"down projections; FP8 attention in {len(self.fp8_attention)} blocks; "
+                f"kernels: {self.counts_by_kernel}")
         return "\n".join([head, *self.notes, self.table()])
 
 
@@ -113,8 +116,25 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
     swap_linears(model, config, report, lambda name, linear: Fp8Linear.from_linear(linear, config))
     if config.fuse_swiglu:
         report.swiglu_folded = fold_swiglu(model)
+    apply_attention_option(model, config, report)
     model.fp8_config = config
     return report
+
+
+def apply_attention_option(model: nn.Module, config: Fp8Config, report: Fp8Report | None = None) -> None:
+    """config.attention == "fp8": swap in the FP8 attention cores (emulated on the CPU, where cuDNN cannot run,
+    as the FP8 linears are); a GPU that cannot run them keeps BF16 attention and the report says why."""
+    if config.attention != "fp8":
+        return
+    device = next(model.parameters()).device
+    emulate = device.type == "cpu"
+    swapped, reason = enable_fp8_attention(model, config.attention_exclude, emulate=emulate, device=device)
+    if report is not None:
+        report.fp8_attention = swapped
+        if reason:
+            report.notes.append(f"note: FP8 attention asked, BF16 attention kept: {reason}")
+        elif emulate:
+            report.notes.append("note: FP8 attention is emulated on the CPU (same e4m3 values, no speed-up)")
 
 
 def _check_device_first(model: nn.Module, config: Fp8Config) -> None:

@@ -1,0 +1,255 @@
+"""FP8 attention (optional, off by default): cuDNN's FP8 scaled-dot-product attention on Hopper.
+
+Numerics (what cuDNN's FP8 SDPA computes, and `fp8_attention_reference` emulates):
+    q8, k8, v8 = e4m3(q / s_q), e4m3(k / s_k), e4m3(v / s_v)      one float32 scale per tensor, head dim zero-padded
+    S  = (q8 k8^T) * s_q * s_k / sqrt(head_dim)                   head_dim = the real 120, not the padded 128
+    P8 = e4m3(exp(S - rowmax(S)) * 448)                            flash-style: unnormalised P in [0, 1]
+    O8 = e4m3((P8 v8) / (448 rowsum(exp(S - rowmax))) * s_v / s_o)  s_o = s_v: |O| <= max|v| (convex weights)
+Scales: s_q, s_k static, from the QK-norm weights (`qk_descale_bound`: no pass over q and k); s_v = absmax(v) / 448,
+computed on the device (no host sync, graph capturable).
+Head dim 120 is padded to 128 (cuDNN needs a multiple of 16); the padding is zero, so scores are unchanged.
+On Hopper cuDNN returns O in e4m3; it is dequantized here (and the padding dropped) for the output projection.
+
+Measured error: see benchmarks/bench_fp8_attention.py (per layer and end to end against BF16 attention).
+Without cuDNN FP8 support (no CUDA, a GPU before Hopper, nvidia-cudnn-frontend missing, a graph cuDNN refuses)
+the module says why once and runs the BF16 attention instead.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attention import grouped_attention
+from .primitives import AMAX_FLOOR, E4M3_MAX, FP8_DTYPE, round_up
+
+log = logging.getLogger(__name__)
+
+HEAD_DIM_MULTIPLE = 16  # cuDNN FP8 SDPA: head dim a multiple of 16
+P_SCALE = E4M3_MAX  # softmax probabilities in [0, 1] are stored times 448
+MIN_CAPABILITY = (9, 0)  # FP8 SDPA forward kernels: Hopper and newer
+
+
+# --------------------------------------------------------------------------------------------- quantization
+def quantize_heads(x: torch.Tensor, head_dim_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, L, H, D] -> (e4m3 [B, L, H, Dp] with zero padding, float32 descale [1, 1, 1, 1] = absmax / 448)."""
+    descale = (x.abs().amax().float().clamp_min(AMAX_FLOOR) / E4M3_MAX).reshape(1, 1, 1, 1)
+    q = (x.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
+    pad = head_dim_padded - x.shape[-1]
+    if pad:
+        q = F.pad(q.view(torch.uint8), (0, pad)).view(FP8_DTYPE)
+    return q, descale
+
+
+def quantize_heads_static(x: torch.Tensor, descale: torch.Tensor, head_dim_padded: int) -> torch.Tensor:
+    """[B, L, H, D] -> e4m3 [B, L, H, Dp] with a given float32 descale (no reduction: fuses into the producer)."""
+    q = (x.float() / descale).clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
+    pad = head_dim_padded - x.shape[-1]
+    return F.pad(q.view(torch.uint8), (0, pad)).view(FP8_DTYPE) if pad else q
+
+
+def qk_descale_bound(norm_weight: torch.Tensor) -> torch.Tensor:
+    """Static descale [1, 1, 1, 1] for q or k after RMSNorm (weight w, head dim d) and RoPE: |value| <=
+    sqrt(d) * max|w| (an RMS-normed vector has norm <= sqrt(d), a rotation keeps each pair's norm), / 448.
+    e4m3 is floating point, so a loose bound costs no precision until values fall 2^9 below it."""
+    bound = math.sqrt(norm_weight.numel()) * norm_weight.detach().abs().max().float().clamp_min(AMAX_FLOOR)
+    return (bound / E4M3_MAX).reshape(1, 1, 1, 1)
+
+
+def dequantize_heads(o8: torch.Tensor, descale: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """e4m3 [B, L, H, Dp] -> [B, L, H * head_dim] in `dtype` (padding dropped)."""
+    return (o8[..., :head_dim].float() * descale).to(dtype).flatten(2)
+
+
+def fp8_attention_reference(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
+                            descale_k: torch.Tensor, descale_v: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Emulation of the cuDNN FP8 SDPA forward in float32: q8 [B, L, Hq, Dp], k8/v8 [B, L, Hkv, Dp] (e4m3, GQA:
+    query head j uses kv head j // (Hq/Hkv)) -> O8 [B, L, Hq, Dp] e4m3, whose descale is descale_v."""
+    q = q8.float().transpose(1, 2) * descale_q
+    groups = q8.shape[2] // k8.shape[2]
+    k = (k8.float() * descale_k).transpose(1, 2).repeat_interleave(groups, dim=1)
+    v8f = v8.float().transpose(1, 2).repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+    # Flash-style: the unnormalised exp(S - rowmax) in [0, 1] is quantized, the row sum stays in float32.
+    unnormalised = (scores - scores.amax(dim=-1, keepdim=True)).exp()
+    p8 = (unnormalised * P_SCALE).to(FP8_DTYPE).float()
+    o = (p8 @ v8f) / (P_SCALE * unnormalised.sum(dim=-1, keepdim=True))  # in v's units: O's scale is v's
+    return o.clamp(-E4M3_MAX, E4M3_MAX).to(FP8_DTYPE).transpose(1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- cuDNN graphs
+def fp8_attention_unsupported_reason(device: torch.device) -> str | None:
+    """None when cuDNN FP8 SDPA can run on `device`; otherwise why not, with the fix."""
+    if device.type != "cuda":
+        return f"FP8 attention runs on CUDA GPUs (cuDNN); the model is on {device}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < MIN_CAPABILITY:
+        return (f"{torch.cuda.get_device_name(device)} has compute capability {capability[0]}.{capability[1]}; "
+                "cuDNN's FP8 attention needs Hopper (9.0) or newer")
+    try:
+        import cudnn  # noqa: F401  (nvidia-cudnn-frontend: heavy, and optional)
+    except Exception as err:  # ImportError, or a wheel whose native part cannot load here
+        return f"nvidia-cudnn-frontend is not usable ({type(err).__name__}: {err}); pip install nvidia-cudnn-frontend"
+    return None
+
+
+class _CudnnGraph:
+    """One built cuDNN FP8 SDPA graph for fixed shapes and strides, with its workspace."""
+
+    def __init__(self, q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, head_dim: int):
+        import cudnn
+
+        self.handle = cudnn.create_handle()
+        e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+        graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32,
+                              handle=self.handle)
+
+        def heads(name: str, t: torch.Tensor):  # [B, L, H, D] memory seen as [B, H, L, D]
+            b, s, h, d = t.shape
+            return graph.tensor(name=name, dim=(b, h, s, d), stride=(t.stride(0), t.stride(2), t.stride(1), 1),
+                                data_type=e4m3)
+
+        scalar = dict(dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32)
+        self.q, self.k, self.v = heads("q", q8), heads("k", k8), heads("v", v8)
+        self.dq, self.dk, self.dv, self.ds, self.ss, self.so = (
+            graph.tensor(name=n, **scalar) for n in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s",
+                                                      "scale_o"))
+        o, _, amax_s, amax_o = graph.sdpa_fp8(q=self.q, k=self.k, v=self.v, descale_q=self.dq, descale_k=self.dk,
+                                              descale_v=self.dv, descale_s=self.ds, scale_s=self.ss,
+                                              scale_o=self.so, is_inference=True,
+                                              attn_scale=1.0 / math.sqrt(head_dim), use_causal_mask=False,
+                                              name="omnigen2_fp8_sdpa")
+        b, s, h, d = q8.shape
+        self.out_shape = (b, s, h, d)
+        o.set_output(True).set_dim((b, h, s, d)).set_stride((s * h * d, d, h * d, 1)).set_data_type(e4m3)
+        for amax in (amax_s, amax_o):
+            amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
+        self.o, self.amax_s, self.amax_o = o, amax_s, amax_o
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+        self.graph = graph
+        device = q8.device
+        self.workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=device)
+        self.amax_buffers = torch.empty(2, 1, 1, 1, 1, dtype=torch.float32, device=device)
+        self.p_scale = torch.full((1, 1, 1, 1), P_SCALE, dtype=torch.float32, device=device)
+        self.p_descale = torch.full((1, 1, 1, 1), 1.0 / P_SCALE, dtype=torch.float32, device=device)
+
+    def __call__(self, q8, k8, v8, descale_q, descale_k, descale_v) -> torch.Tensor:
+        import cudnn
+
+        out = torch.empty(self.out_shape, dtype=FP8_DTYPE, device=q8.device)
+        scale_o = 1.0 / descale_v  # O is stored in v's units (|O| <= max|v|)
+        cudnn.set_stream(self.handle, torch.cuda.current_stream(q8.device).cuda_stream)
+        self.graph.execute({self.q: q8, self.k: k8, self.v: v8, self.dq: descale_q, self.dk: descale_k,
+                            self.dv: descale_v, self.ds: self.p_descale, self.ss: self.p_scale, self.so: scale_o,
+                            self.o: out, self.amax_s: self.amax_buffers[0], self.amax_o: self.amax_buffers[1]},
+                           self.workspace, handle=self.handle)
+        return out
+
+
+_GRAPHS: dict[tuple, _CudnnGraph] = {}
+
+
+def cudnn_fp8_sdpa(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
+                   descale_k: torch.Tensor, descale_v: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """cuDNN FP8 attention: q8 [B, L, Hq, Dp], k8/v8 [B, L, Hkv, Dp] e4m3 (+ float32 [1,1,1,1] descales) ->
+    O8 [B, L, Hq, Dp] e4m3 in v's scale. One graph per shape and stride set, built on first use."""
+    key = tuple((tuple(t.shape), tuple(t.stride())) for t in (q8, k8, v8)) + (head_dim, q8.device.index)
+    graph = _GRAPHS.get(key)
+    if graph is None:
+        graph = _GRAPHS[key] = _CudnnGraph(q8, k8, v8, head_dim)
+    return graph(q8, k8, v8, descale_q, descale_k, descale_v)
+
+
+# torch.compile sees cuDNN's FP8 attention as one opaque op with a shape function.
+@torch.library.custom_op("omnigen2_fp8::cudnn_fp8_sdpa", mutates_args=())
+def cudnn_fp8_sdpa_op(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
+                      descale_k: torch.Tensor, descale_v: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return cudnn_fp8_sdpa(q8, k8, v8, descale_q, descale_k, descale_v, head_dim)
+
+
+@cudnn_fp8_sdpa_op.register_fake
+def _(q8, k8, v8, descale_q, descale_k, descale_v, head_dim):
+    return torch.empty_like(q8, memory_format=torch.contiguous_format)
+
+
+# --------------------------------------------------------------------------------------------- the module
+class Fp8Sdpa(nn.Module):
+    """FP8 attention core: q, k, v [B, L, H, D] (after QK-norm and RoPE) -> [B, L, Hq * D] in q's dtype.
+
+    q/k scales are static bounds from the QK-norm weights; v's is its absmax. Unmasked (batch-1) passes run
+    cuDNN's FP8 SDPA (or, with emulate=True, `fp8_attention_reference`: CPU tests
+    and error studies); a masked ragged batch runs the BF16 attention (logged once). Installed by
+    `enable_fp8_attention`, which checks the device first.
+    """
+
+    is_fp8_attention = True
+
+    def __init__(self, head_dim: int, q_descale: torch.Tensor, k_descale: torch.Tensor, emulate: bool = False):
+        super().__init__()
+        self.head_dim = head_dim
+        self.head_dim_padded = round_up(head_dim, HEAD_DIM_MULTIPLE)
+        self.emulate = emulate
+        # Static q/k scales from the QK-norm weights (qk_descale_bound): no reduction pass over q and k. Not
+        # persistent: derived from the checkpoint's norm weights, never stored.
+        self.register_buffer("q_descale", q_descale.float().reshape(1, 1, 1, 1), persistent=False)
+        self.register_buffer("k_descale", k_descale.float().reshape(1, 1, 1, 1), persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is not None:
+            _say_once("masked", "FP8 attention takes unmasked (batch-1) passes; a masked ragged batch runs BF16 "
+                                "attention")
+            return grouped_attention(q, k, v, mask)
+        dq, dk = self.q_descale, self.k_descale
+        q8 = quantize_heads_static(q, dq, self.head_dim_padded)
+        k8 = quantize_heads_static(k, dk, self.head_dim_padded)
+        v8, dv = quantize_heads(v, self.head_dim_padded)  # v has no norm: its scale comes from its absmax
+        if self.emulate:
+            o8 = fp8_attention_reference(q8, k8, v8, dq, dk, dv, self.head_dim)
+        else:
+            o8 = torch.ops.omnigen2_fp8.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, self.head_dim)
+        return dequantize_heads(o8, dv, self.head_dim, q.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim} (padded {self.head_dim_padded}), q/k/v/P/O e4m3 per tensor, "
+                f"{'emulated' if self.emulate else 'cuDNN'}")
+
+
+def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulate: bool = False,
+                         device: torch.device | None = None) -> tuple[list[str], str | None]:
+    """Swap the attention core of every block whose name matches no `exclude` pattern (fnmatch on the attention
+    module's name, e.g. "layers.0.attn") for Fp8Sdpa. Returns (swapped names, reason it is off or None).
+
+    Unless `emulate`, the device (default: the model's) must run cuDNN FP8 SDPA; if it cannot, nothing is swapped
+    and the reason is logged once and returned: the model keeps BF16 attention.
+    """
+    device = device or next(model.parameters()).device
+    reason = None if emulate else fp8_attention_unsupported_reason(device)
+    if reason:
+        _say_once("unsupported", f"FP8 attention off, BF16 attention runs instead: {reason}")
+        return [], reason
+    swapped = []
+    for name, module in model.named_modules():
+        core = getattr(module, "sdpa", None)
+        if core is None or not hasattr(module, "head_dim") or any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        module.sdpa = Fp8Sdpa(module.head_dim, qk_descale_bound(module.norm_q.weight),
+                              qk_descale_bound(module.norm_k.weight), emulate=emulate).to(device)
+        swapped.append(name)
+    return swapped, None
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(kind: str, message: str) -> None:
+    if kind not in _SAID:
+        _SAID.add(kind)
+        log.warning(message)

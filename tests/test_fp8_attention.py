@@ -1,0 +1,131 @@
+"""FP8 attention (Fp8Config.attention="fp8"): the emulated numerics on the CPU, the static q/k scale bound, the
+module swap and its fallbacks; the cuDNN kernel itself against BF16 on a GPU."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omnigen2_fp8 import synthetic
+from omnigen2_fp8.attention import GroupedSdpa, grouped_attention
+from omnigen2_fp8.fp8 import Fp8Config, Fp8ConfigError, quantize_fp8, save_fp8_checkpoint
+from omnigen2_fp8.fp8.attention import (Fp8Sdpa, enable_fp8_attention, fp8_attention_reference, qk_descale_bound,
+                                        quantize_heads, quantize_heads_static)
+from omnigen2_fp8.rope import apply_rotary
+from omnigen2_fp8.checkpoints import load_transformer
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def normed_heads(g, batch, length, heads, weight):
+    x = torch.randn(batch, length, heads, weight.numel(), generator=g) * 3
+    return F.rms_norm(x, (weight.numel(),), weight, 1e-5)
+
+
+def test_static_qk_bound_holds_after_norm_and_rope():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.rand(40, generator=g) * 2
+    x = normed_heads(g, 2, 64, 3, weight)
+    x[0, 0, 0] = 0
+    x[0, 0, 0, 5] = 1e3  # a spike: RMS norm caps it at sqrt(d) * |w|
+    x = F.rms_norm(x, (40,), weight, 1e-5)
+    angles = torch.rand(2, 64, 20, generator=g) * 6.3
+    rotated = apply_rotary(x, angles.cos(), angles.sin())
+    bound = qk_descale_bound(weight).item() * 448
+    assert rotated.abs().max().item() <= bound * (1 + 1e-6)
+    assert rotated.abs().max().item() > 0.5 * bound  # and it is reached by the spike: not a vacuous bound
+
+
+def test_emulated_fp8_attention_is_close_to_bf16_attention():
+    g = torch.Generator().manual_seed(1)
+    ones = torch.ones(24)
+    q, k = normed_heads(g, 1, 96, 6, ones), normed_heads(g, 1, 96, 2, ones)
+    v = torch.randn(1, 96, 2, 24, generator=g)
+    exact = grouped_attention(q, k, v, None)
+    q8 = quantize_heads_static(q, qk_descale_bound(ones), 32)
+    k8 = quantize_heads_static(k, qk_descale_bound(ones), 32)
+    v8, dv = quantize_heads(v, 32)
+    assert q8.shape == (1, 96, 6, 32) and (q8[..., 24:].view(torch.uint8) == 0).all()
+    o8 = fp8_attention_reference(q8, k8, v8, qk_descale_bound(ones), qk_descale_bound(ones), dv, head_dim=24)
+    out = o8[..., :24].float() * dv
+    err = rel(out.flatten(2), exact)
+    assert 1e-3 < err < 0.1  # FP8 changes the result, by a few percent
+
+
+def test_swap_runs_emulated_on_cpu_and_masked_batches_fall_back_exactly():
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    swapped, reason = enable_fp8_attention(model, exclude=("layers.1.attn",), emulate=True)
+    assert reason is None and "layers.0.attn" in swapped and "layers.1.attn" not in swapped
+    assert isinstance(model.layers[1].attn.sdpa, GroupedSdpa)
+    core = model.layers[0].attn.sdpa
+    assert isinstance(core, Fp8Sdpa) and core.head_dim_padded == 32
+    assert "q_descale" not in model.state_dict() and not any("descale" in k for k in model.state_dict())
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(2, 9, 6, 20, generator=g), torch.randn(2, 9, 2, 20, generator=g), torch.randn(2, 9, 2, 20)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., 7:] = False
+    assert torch.equal(core(q, k, v, mask), grouped_attention(q, k, v, mask))
+
+
+def test_without_cudnn_support_the_model_keeps_bf16_attention_and_says_why():
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    swapped, reason = enable_fp8_attention(model)  # not emulated: needs cuDNN on a GPU
+    assert swapped == [] and "CUDA" in reason
+    assert all(isinstance(m.attn.sdpa, GroupedSdpa) for m in model.blocks())
+
+
+def test_config_option_quantizes_attention_and_survives_a_checkpoint(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    inputs = ([torch.randn(16, 8, 8, generator=g)], torch.tensor([0.3]), torch.randn(1, 6, 64, generator=g),
+              torch.ones(1, 6, dtype=torch.bool), [[torch.randn(16, 8, 8, generator=g)]])
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    with torch.no_grad():
+        exact = model(*inputs)[0]
+    config = Fp8Config(attention="fp8", attention_exclude=("context_refiner.*",))
+    report = quantize_fp8(model, config)
+    assert len(report.fp8_attention) == 4 and "emulated" in " ".join(report.notes)  # 5 blocks, 1 excluded
+    with torch.no_grad():
+        fp8_out = model(*inputs)[0]
+    assert 1e-4 < rel(fp8_out, exact) < 0.1
+    save_fp8_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_transformer(tmp_path / "ckpt")
+    assert loaded.fp8_config.attention == "fp8"
+    assert sum(isinstance(m, Fp8Sdpa) for m in loaded.modules()) == 4
+    with torch.no_grad():
+        assert torch.allclose(loaded(*inputs)[0], fp8_out, atol=1e-5)  # as a reloaded FP8 model without it
+
+
+def test_the_fp8attn_recipe_swaps_attention_in_the_pipeline():
+    pipe = synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, progress=False,
+                                              precision="fp8+fp8attn")
+    assert pipe.fp8_config.attention == "fp8" and len(pipe.fp8_report.fp8_attention) == 5  # every block, emulated
+    assert sum(isinstance(m, Fp8Sdpa) for m in pipe.transformer.modules()) == 5
+
+
+def test_config_rejects_unknown_attention_values():
+    with pytest.raises(Fp8ConfigError, match="attention"):
+        Fp8Config(attention="fp4")
+    assert Fp8Config.from_dict(Fp8Config(attention="fp8").to_dict()).attention == "fp8"
+
+
+@pytest.mark.gpu
+def test_cudnn_fp8_attention_matches_bf16_within_fp8_error():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("needs a Hopper (or newer) GPU")
+    pytest.importorskip("cudnn")
+    g = torch.Generator("cuda").manual_seed(0)
+    ones = torch.ones(120, device="cuda")
+    q = F.rms_norm(torch.randn(1, 1000, 21, 120, device="cuda", generator=g), (120,)).bfloat16()
+    k = F.rms_norm(torch.randn(1, 1000, 7, 120, device="cuda", generator=g), (120,)).bfloat16()
+    v = torch.randn(1, 1000, 7, 120, device="cuda", generator=g).bfloat16()
+    core = Fp8Sdpa(120, qk_descale_bound(ones), qk_descale_bound(ones)).cuda()
+    emulated = Fp8Sdpa(120, qk_descale_bound(ones), qk_descale_bound(ones), emulate=True).cuda()
+    exact = grouped_attention(q, k, v, None)
+    out = core(q, k, v, None)
+    assert rel(out, exact) < 0.1
+    assert rel(out, emulated(q, k, v, None)) < rel(out, exact)
+    assert math.isfinite(out.float().sum().item())
