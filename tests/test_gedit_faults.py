@@ -209,6 +209,7 @@ def test_damaged_judge_folders_are_named_before_any_edit(assets, tmp_path, capsy
     (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     (["--bootstrap", "0"], "--bootstrap 0: must be >= 1"),
     (["--max-new-tokens", "0"], "judge.max_new_tokens must be >= 1"),
+    (["--precision", "bf16", "bf16+teacache", "--cuda-graphs"], "cannot be combined with cuda_graphs=True"),
 ])
 def test_bad_numbers_and_names_stop_before_any_edit(assets, tmp_path, capsys, flags, message):
     assert main([*FAST, *_flags(assets), "--out", str(tmp_path / "o"), *flags]) == 2

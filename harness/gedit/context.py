@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from omnigen2_fp8.caching import check_step_cache
 from omnigen2_fp8.loading import check_safetensors_file
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
@@ -187,10 +188,12 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     if "generate" in stages:
         for arm in ctx.arms:
             try:
-                parse_recipe(arm)
+                check_step_cache(parse_recipe(arm).step_cache, cuda_graphs=ctx.cuda_graphs)
             except RecipeError as err:
                 raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
                                  "--edits DIR") from None
+            except ValueError as err:  # a step cache that cannot run under --cuda-graphs, refused before any work
+                raise SetupError(f"--precision {arm}: {err}") from None
     for flag, folder in (("--out", ctx.out), *((("--edits", ctx.edits_root),) if "generate" in stages else ())):
         problem = _unwritable(folder)
         if problem:
