@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -56,3 +58,16 @@ def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
     q1, med, q3 = times[len(times) // 4], times[len(times) // 2], times[(3 * len(times)) // 4]
     return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "min_ms": times[0], "repeats": repeats,
             "iqr_over_median": (q3 - q1) / med, "first_call_s": first_s}
+
+
+def run_keeping_partial(run: Callable[[], None], record: dict, out: str | Path) -> None:
+    """Run a benchmark that fills `record`; if it fails, write what was measured with the error, then re-raise."""
+    from harness.core.records import write_json_atomic  # the benchmarks' one JSON writer (atomic)
+
+    try:
+        run()
+    except Exception as err:  # keep what was measured, and say what failed
+        record["error"] = f"{type(err).__name__}: {err}"
+        record["traceback"] = traceback.format_exc()
+        write_json_atomic(out, record)
+        raise

@@ -16,7 +16,6 @@ import gc
 import shutil
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from harness.profile.taxonomy import categorize
 from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
 from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
-from benchmarks._common import build_model, sync, time_forward
+from benchmarks._common import build_model, run_keeping_partial, sync, time_forward
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.transformer import OmniGen2Transformer
 
@@ -251,13 +250,7 @@ def main() -> None:
               "goals": GOALS, "config": Fp8Config().to_dict(),
               "quant_launch": {"hw_cast": args.launch.hw_cast_on_cuda,
                                **{f"{k}-{sw}": list(v) for (k, sw), v in args.launch.overrides}}}
-    try:
-        run(args, result)
-    except Exception as err:  # keep what was measured, and say what failed
-        result["error"] = f"{type(err).__name__}: {err}"
-        result["traceback"] = traceback.format_exc()
-        write_json_atomic(args.out, result)
-        raise
+    run_keeping_partial(lambda: run(args, result), result, args.out)
     r, m = result.get("ratios", {}), result.get("memory", {})
     result["goals_met"] = {
         "fp8_vs_bf16_eager": r.get("fp8_vs_bf16_eager", 0) >= GOALS["fp8_vs_bf16_same_mode"],

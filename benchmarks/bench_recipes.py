@@ -33,6 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from benchmarks._common import run_keeping_partial
 from harness.core.records import run_manifest, write_json_atomic
 from harness.profile.taxonomy import categorize
 from omnigen2_fp8 import synthetic
@@ -461,12 +462,7 @@ def main() -> int:
                            "default_mode_cuda": CUDA_DEFAULT_MODE, "prompt": PROMPT},
               "sizes": {}}
     try:
-        run(args, record)
-    except Exception as err:  # keep what was measured, and say what failed
-        record["error"] = f"{type(err).__name__}: {err}"
-        record["traceback"] = traceback.format_exc()
-        write_json_atomic(args.out, record)
-        raise
+        run_keeping_partial(lambda: run(args, record), record, args.out)
     finally:
         gc.collect()
     write_json_atomic(args.out, record)
