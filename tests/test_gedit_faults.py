@@ -296,3 +296,27 @@ def test_truncated_safetensors_are_named_by_the_loader(tmp_path):
     path.write_bytes(path.read_bytes()[:-16])
     with pytest.raises(ValueError, match=f"{path} is truncated"):
         load_tensors([path])
+
+
+# ------------------------------------------------------------------------------- the fast mode by default on GPUs
+@pytest.mark.parametrize("asked, device, gpu, arm, expected", [
+    (None, "cpu", False, "fp8", False),            # no GPU: eager
+    (None, "cuda", True, "fp8", True),             # the default on a GPU: graphs (the FP8 arm is launch-bound)
+    (None, "cuda", True, "bf16+taylorseer", True),  # TaylorSeer replays graphs
+    (None, "cuda", True, "bf16+teacache", False),  # TeaCache decides inside a pass: that arm runs eagerly
+    (False, "cuda", True, "fp8", False),           # --eager
+    (True, "cuda", True, "fp8", True),             # --cuda-graphs
+])
+def test_arms_replay_cuda_graphs_by_default_on_gpus(monkeypatch, asked, device, gpu, arm, expected):
+    from types import SimpleNamespace
+
+    from harness.gedit.context import arm_uses_cuda_graphs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert arm_uses_cuda_graphs(SimpleNamespace(cuda_graphs=asked, device=device), arm) is expected
+
+
+def test_eager_and_cuda_graphs_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        main([*BASE, "--eager", "--cuda-graphs"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -112,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder of such model folders (pick them with --precision). Nothing is generated into it: "
                          "--stage all means judge + score here (default: edits live in --out)")
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    io.add_argument("--cuda-graphs", action="store_true",
-                    help="replay transformer passes as CUDA graphs: same images, no launch overhead (the FP8 arm "
-                         "is launch-bound at 512x512 without it)")
+    modes = io.add_mutually_exclusive_group()
+    modes.add_argument("--cuda-graphs", action="store_true", default=None,
+                       help="replay transformer passes as CUDA graphs for every arm, refusing an arm that cannot be "
+                            "(default on CUDA: graphs for every arm that can be replayed, eager for the others)")
+    modes.add_argument("--eager", action="store_true",
+                       help="run transformer passes eagerly (same images; at 512x512 the FP8 arm is launch-bound "
+                            "and slower than BF16 this way)")
     io.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the 95%% intervals")
     io.add_argument("--no-progress", action="store_true")
     return p
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 task=args.task, flags=overrides_from_args(args), synthetic=args.synthetic, out=args.out,
                 edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
-                bootstrap=args.bootstrap, cuda_graphs=args.cuda_graphs, stage=args.stage,
+                bootstrap=args.bootstrap, cuda_graphs=False if args.eager else args.cuda_graphs, stage=args.stage,
                 judge_server=judge_server_from_args(args)))
             summary = run(ctx, args.stage, shard)
         finally:

@@ -56,7 +56,9 @@ class RunContext:
     progress: bool = True
     bootstrap: int = 10_000
     baseline: str | None = None
-    cuda_graphs: bool = False  # replay transformer passes as CUDA graphs (same images, less launch overhead)
+    # replay transformer passes as CUDA graphs (same images, less launch overhead): True for every arm, False for
+    # none, None (the default) for every arm that can be replayed when the device is a GPU
+    cuda_graphs: bool | None = None
     edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
     prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
     judge_server: JudgeServer | None = None  # judge through this OpenAI-compatible server instead of in process
@@ -92,7 +94,7 @@ class RunContext:
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
                  arms: Sequence[str] | None, device: str, viescore_file: str | None = None,
                  batch_size: int | None = None, progress: bool = True, bootstrap: int = 10_000,
-                 cuda_graphs: bool = False, stage: str = "all", judge_server: JudgeServer | None = None
+                 cuda_graphs: bool | None = None, stage: str = "all", judge_server: JudgeServer | None = None
                  ) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
@@ -177,6 +179,17 @@ def check_device(device: str | None) -> None:
                          f"{torch.version.cuda}); pass --device cpu, or run where a GPU is visible")
 
 
+def arm_uses_cuda_graphs(ctx: RunContext, arm: str) -> bool:
+    """Whether `arm`'s transformer passes replay as CUDA graphs: as asked, or by default on a GPU for every arm
+    whose step cache can be captured (TeaCache decides inside each pass, so it runs eagerly)."""
+    if ctx.cuda_graphs is not None:
+        return ctx.cuda_graphs
+    if not (str(ctx.device).startswith("cuda") and torch.cuda.is_available()):
+        return False
+    cache = parse_recipe(arm).step_cache
+    return cache is None or cache.graph_capturable
+
+
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     """Fail before any heavy work: bad numbers, an unknown arm, an unwritable --out, a device without a GPU, the
     official prompts out of reach, or a model or the dataset named for the requested stages that is absent or
@@ -188,7 +201,7 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     if "generate" in stages:
         for arm in ctx.arms:
             try:
-                check_step_cache(parse_recipe(arm).step_cache, cuda_graphs=ctx.cuda_graphs)
+                check_step_cache(parse_recipe(arm).step_cache, cuda_graphs=ctx.cuda_graphs is True)
             except RecipeError as err:
                 raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
                                  "--edits DIR") from None

@@ -34,7 +34,7 @@ from harness.core.distributed import DistributedSetupError, Shard, launched_with
 from harness.core.lock import FolderLock
 from harness.core.records import RecordSink, run_manifest, write_json_atomic
 from harness.gedit import data as gdata
-from harness.gedit.context import RunContext, SetupError, preflight, weights_revision
+from harness.gedit.context import RunContext, SetupError, arm_uses_cuda_graphs, preflight, weights_revision
 from harness.gedit.generate import arm_settings, free_pipeline, generate_samples, load_arm_pipeline
 from harness.gedit.judging import Pair, check_same_on_every_rank, judge_chunks, load_judge
 from harness.gedit.protocol import check_dataset_columns
@@ -161,7 +161,7 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
             continue
         log.info("generate %s: %d of %d edits to make", arm, len(todo), len(samples))
         pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift,
-                                 cuda_graphs=ctx.cuda_graphs)
+                                 cuda_graphs=arm_uses_cuda_graphs(ctx, arm))
         try:
             generate_samples(pipe, ds, todo, folder, arm, ctx.config.generation,
                              RecordSink(folder.generation_log(arm), shard), progress=ctx.progress)
