@@ -54,6 +54,7 @@ class Arm:
     run_memory: dict | None = None
     e2e_ms: list[float] = field(default_factory=list)
     stage_runs: list[dict[str, list[float]]] = field(default_factory=list)
+    step_cache_runs: list = field(default_factory=list)  # one step_cache.StepCacheRun per timed repeat
     profile: dict | None = None
     error: str | None = None
     traceback: str | None = None

@@ -49,6 +49,8 @@ class ArmRecord:
     kernels: dict | None        # the profiled call's kernel section (runner.profile_call); None when not profiled
     fallback: dict | None       # fallbacks.FallbackReport as a dict; None when not profiled
     traceback: str | None = None
+    # step_cache.summarize: computed fraction of transformer calls, step ms by computed / cached (None: older file)
+    step_cache: dict | None = None
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -77,6 +79,14 @@ class ArmRecord:
     def memory_gib(self, phase: str, key: str) -> float | None:
         """A memory value of the "load" or "run" phase (GiB), e.g. memory_gib("run", "peak_allocated_gib")."""
         return _number((self.memory.get(phase) or {}).get(key))
+
+    def computed_fraction(self) -> float | None:
+        """Share of transformer calls that ran the main layers (1.0 without a step cache; None if not recorded)."""
+        return _number((self.step_cache or {}).get("computed_fraction"))
+
+    def step_class_ms(self, step_class: str) -> float | None:
+        """Median ms of one denoise step of `step_class` ("computed", "cached", "mixed"); None if none ran."""
+        return _number(((self.step_cache or {}).get("step_ms") or {}).get(step_class, {}).get("median_ms"))
 
     def category(self, name: str) -> dict:
         """Kernel category roll-up {total_us, us_per_step, share, calls, kernels}; {} when not profiled."""

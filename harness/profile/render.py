@@ -15,6 +15,7 @@ from harness.core.markdown import Chart, Section, cell, code, fmt, fmt_stat, ren
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
 from harness.core.vocab import END_TO_END, KERNEL_CATEGORIES, REPORTED_STAGES, STEP_STAGE, stage_label
 from harness.profile.record import ArmRecord, ProfileRecord
+from harness.profile.step_cache import STEP_CLASSES, synthetic_notes
 
 TOP_KERNELS = 15          # rows of each arm's top-kernel table (profile.json keeps 25, the CSV all)
 KERNEL_NAME_WIDTH = 64    # characters of a kernel name shown in a table
@@ -28,7 +29,8 @@ MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("
 
 def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
     """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
-    out = [latency_section(record), wall_vs_kernel_section(record), memory_section(record)]
+    out = [latency_section(record), step_cache_section(record), wall_vs_kernel_section(record),
+           memory_section(record)]
     out += kernel_sections(record, link)
     if record.warnings:  # folded: on a busy or CPU machine there are many spread warnings
         out.append(Section("Warnings", [f"<details><summary>{len(record.warnings)} warnings recorded by the run"
@@ -77,13 +79,21 @@ def failure_lines(record: ProfileRecord) -> list[str]:
 
 
 def summary_line(record: ProfileRecord) -> str:
-    """One console line: end-to-end median per arm and the speed-ups against the first arm."""
+    """One console line: end-to-end median per arm and the speed-ups against the first arm (plus, for a
+    synthetic run with step caches, what their numbers mean on random weights)."""
     parts = [f"{name}: {arm.stage_ms(END_TO_END):.1f} ms" if arm.latency else f"{name}: failed"
              for name, arm in record.arms.items()]
     for name, r in record.ratios.items():
         if r.get("end_to_end_speedup"):
             parts.append(f"{name} speed-up vs {r['vs']}: {r['end_to_end_speedup']:.2f}x")
-    return "; ".join(parts)
+    return "; ".join(parts + step_cache_notes(record))
+
+
+def step_cache_notes(record: ProfileRecord) -> list[str]:
+    """On synthetic weights: TeaCache's skip rate is not representative, TaylorSeer's schedule is real."""
+    if not record.synthetic:
+        return []
+    return synthetic_notes({(a.step_cache or {}).get("method") for a in record.arms.values()})
 
 
 # ------------------------------------------------------------------------------------------------------ latency
@@ -117,6 +127,30 @@ def latency_section(record: ProfileRecord) -> Section:
             value_label="ms per call (median; whiskers: interquartile range)", horizontal=True, value_labels=True,
             fmt=".1f"))
     return Section("Latency per stage", lines, chart)
+
+
+def step_cache_section(record: ProfileRecord) -> Section:
+    """Per arm: transformer calls that computed the main layers, and the denoise-step time by step class."""
+    names, arms = record.arm_names, record.arms
+    rows = []
+    for n in names:
+        sc = arms[n].step_cache
+        if not sc:
+            continue
+        steps = sc.get("steps_per_class") or {}
+        rows.append([n, sc.get("method") or "none", sc["calls_per_run"], cell(sc["computed_calls_per_run"]),
+                     fmt(arms[n].computed_fraction(), 3),
+                     *(f"{fmt_stat(sc['step_ms'].get(c), 2)} (x{steps.get(c, 0)})" if c in sc["step_ms"] else "-"
+                       for c in STEP_CLASSES)])
+    if not rows:
+        return Section("Step caching", ["Not recorded (a profile.json written before step-cache statistics).", ""])
+    lines = ["Transformer calls per pipeline call, how many computed the main layers (the rest reused or "
+             "extrapolated a cached output), and the median [IQR] ms of one denoise step whose calls all computed, "
+             "none computed, or some did (steps per call in brackets).", ""]
+    lines += table(["arm", "step cache", "calls", "computed", "computed fraction", "computed step ms",
+                    "cached step ms", "mixed step ms"], rows, align=["l", "l", "r", "r", "r", "r", "r", "r"])
+    lines += [f"> **Synthetic weights:** {note}." for note in step_cache_notes(record)]
+    return Section("Step caching", lines + ([""] if lines[-1] else []))
 
 
 def wall_vs_kernel_section(record: ProfileRecord) -> Section:

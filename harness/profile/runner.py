@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from harness.core import timing
 from harness.core.records import SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
-from harness.profile import fallbacks, kernels
+from harness.profile import fallbacks, kernels, step_cache
 from harness.profile.arms import Arm, build_arm, load_arm_components, module_bytes, only_on_device, restore_all
 from harness.profile.options import ProfileOptions
 from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
@@ -290,6 +290,8 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
                     ms, stages, _ = timed_call(arm, scenario, images, steps, device)
                     arm.e2e_ms.append(ms)
                     arm.stage_runs.append(stages)
+                    arm.step_cache_runs.append(step_cache.StepCacheRun.from_stats(
+                        arm.pipe.step_cache_stats, scenario.branches_per_step()))
                 _guard(arm, one)
             bar.update(1)
     if options.profile_steps:
@@ -332,6 +334,7 @@ def arm_record(arm: Arm) -> ArmRecord:
                    "stages": timing.summarize_stage_runs(arm.stage_runs)}
     return ArmRecord(name=arm.name, ok=arm.ok, error=arm.error, quantization=arm.quantization,
                      memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
+                     step_cache=step_cache.summarize(arm.step_cache_runs, arm.stage_runs),
                      fallback=arm.profile["fallback"] if arm.profile else None,
                      traceback=arm.traceback if arm.error else None)
 

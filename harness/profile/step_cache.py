@@ -1,0 +1,82 @@
+"""Step caching in a profile: which transformer calls computed the main layers, and what computed vs cached steps cost.
+
+Per timed repeat the runner keeps one `StepCacheRun` (from the pipeline's `step_cache_stats`, or every call computed
+for an arm without a cache); `summarize` turns them, with the repeats' per-step times, into the arm's `step_cache`
+section of profile.json. A step is "computed" when all its calls ran the main layers, "cached" when none did, and
+"mixed" otherwise (the CFG branches of one step can follow different schedules).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harness.core import timing
+from harness.core.vocab import STEP_STAGE
+from omnigen2_fp8.caching import StepCacheStats
+
+STEP_CLASSES = ("computed", "cached", "mixed")
+TEACACHE_SYNTHETIC_NOTE = ("TeaCache decides from the model's own activations: on random (synthetic) weights its skip "
+                           "rate, and so its speed, is not representative of the real model")
+TAYLORSEER_SYNTHETIC_NOTE = ("TaylorSeer's schedule does not depend on the weights: its skip rate and speed on "
+                             "synthetic weights are real")
+
+
+@dataclass(frozen=True)
+class StepCacheRun:
+    """One denoising run: the cache config (None: no cache), and per step, its calls and how many computed."""
+
+    config: dict | None
+    calls_per_step: list[int]
+    computed_per_step: list[int]
+
+    @classmethod
+    def from_stats(cls, stats: StepCacheStats | None, branches_per_step: list[int]) -> "StepCacheRun":
+        """From the pipeline's stats of the run; None (no cache) means every call of every step computed."""
+        if stats is None:
+            return cls(None, list(branches_per_step), list(branches_per_step))
+        steps = len(branches_per_step)
+        calls, computed = [0] * steps, [0] * steps
+        for call in stats.calls:
+            calls[call.step] += 1
+            computed[call.step] += int(call.computed)
+        return cls(stats.config, calls, computed)
+
+    def step_classes(self) -> list[str]:
+        """"computed" / "cached" / "mixed" for each step, in order."""
+        return ["computed" if done == n else "cached" if done == 0 else "mixed"
+                for n, done in zip(self.calls_per_step, self.computed_per_step)]
+
+
+def summarize(runs: list[StepCacheRun], stage_runs: list[dict[str, list[float]]]) -> dict | None:
+    """The arm's step_cache section: config, calls and computed calls per run, the computed fraction, and the
+    per-step latency (ms, TimingStats dicts) split by step class. `stage_runs` are the same repeats' StageTimer
+    results (their "denoise_step" entries are the steps in order). None when nothing was timed."""
+    if not runs:
+        return None
+    first = runs[0]
+    calls = sum(first.calls_per_step)
+    computed = [sum(r.computed_per_step) for r in runs]
+    step_ms: dict[str, list[float]] = {c: [] for c in STEP_CLASSES}
+    for run, stages in zip(runs, stage_runs):
+        for cls, ms in zip(run.step_classes(), stages.get(STEP_STAGE, [])):
+            step_ms[cls].append(ms)
+    classes = first.step_classes()
+    return {
+        "config": first.config, "method": (first.config or {}).get("method"),
+        "calls_per_run": calls, "computed_calls_per_run": computed[0] if len(set(computed)) == 1 else computed,
+        "computed_fraction": sum(computed) / (calls * len(runs)) if calls else 1.0,
+        "step_classes": classes, "steps_per_class": {c: classes.count(c) for c in STEP_CLASSES},
+        "step_ms": {c: timing.summarize_ms(v, label=f"{c} steps", warn_min_ms=timing.STAGE_WARN_MIN_MS).to_dict()
+                    for c, v in step_ms.items() if v},
+        "timing": "each denoise step's wall time (see method.timing), grouped by whether its transformer calls "
+                  "computed the main layers",
+    }
+
+
+def synthetic_notes(methods: set[str | None]) -> list[str]:
+    """What a synthetic run must say about the step caches among `methods` (TeaCache: not representative)."""
+    notes = []
+    if "teacache" in methods:
+        notes.append(TEACACHE_SYNTHETIC_NOTE)
+    if "taylorseer" in methods:
+        notes.append(TAYLORSEER_SYNTHETIC_NOTE)
+    return notes

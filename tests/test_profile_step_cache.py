@@ -1,0 +1,90 @@
+"""harness.profile with a step cache: the computed fraction and computed vs cached step times, on tiny weights."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from harness.core.records import REPO_ROOT
+from harness.profile.__main__ import main
+from harness.profile.record import ArmRecord, ProfileRecord
+from harness.profile.step_cache import TAYLORSEER_SYNTHETIC_NOTE, TEACACHE_SYNTHETIC_NOTE, StepCacheRun, summarize
+from omnigen2_fp8.caching import CallRecord, StepCacheStats
+
+TINY_SCENARIO = """\
+task: tiny-edit
+include: {template}
+height: 32
+width: 32
+references: [[32, 32]]
+steps: 8
+"""
+STEPS, REPEATS = 8, 2
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("profile_cache")
+    scenario = root / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    out = root / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["--precision", "bf16", "bf16+taylorseer", "--scenario", str(scenario), "--synthetic", "tiny",
+                     "--device", "cpu", "--warmup", "1", "--repeats", str(REPEATS), "--profile-steps", "0",
+                     "--out", str(out), "--no-progress"])
+    return code, out, json.loads((out / "profile.json").read_text())
+
+
+def test_uncached_arm_computes_every_call(cached_run):
+    code, _, rec = cached_run
+    assert code == 0
+    sc = rec["arms"]["bf16"]["step_cache"]
+    passes = rec["scenario"]["transformer_passes"]
+    assert sc["method"] is None and sc["calls_per_run"] == passes == sc["computed_calls_per_run"]
+    assert sc["computed_fraction"] == 1.0 and sc["steps_per_class"]["computed"] == STEPS
+    assert set(sc["step_ms"]) == {"computed"} and sc["step_ms"]["computed"]["n"] == STEPS * REPEATS
+
+
+def test_taylorseer_arm_follows_the_official_schedule(cached_run):
+    _, _, rec = cached_run
+    sc = rec["arms"]["bf16+taylorseer"]["step_cache"]
+    # official defaults: the first 5 calls of a branch compute, then every 3rd (calls 7, 10, ...)
+    assert rec["scenario"]["branches_per_step"] == [3] * STEPS  # every branch runs every step here
+    assert sc["step_classes"] == ["computed"] * 5 + ["cached", "cached", "computed"]
+    assert sc["calls_per_run"] == 3 * STEPS and sc["computed_calls_per_run"] == 3 * 6
+    assert sc["computed_fraction"] == pytest.approx(6 / 8)
+    assert sc["step_ms"]["cached"]["n"] == 2 * REPEATS and sc["step_ms"]["computed"]["n"] == 6 * REPEATS
+    arm = ProfileRecord.from_json(cached_run[1] / "profile.json").arms["bf16+taylorseer"]
+    assert arm.computed_fraction() == pytest.approx(0.75)
+    assert arm.step_class_ms("cached") == sc["step_ms"]["cached"]["median_ms"]
+
+
+def test_profile_md_shows_the_step_cache_table_and_the_synthetic_note(cached_run):
+    _, out, _ = cached_run
+    md = (out / "profile.md").read_text()
+    assert "## Step caching" in md
+    row = next(line for line in md.splitlines() if line.startswith("| bf16+taylorseer | taylorseer |"))
+    assert "0.750" in row
+    assert TAYLORSEER_SYNTHETIC_NOTE in md and TEACACHE_SYNTHETIC_NOTE not in md
+
+
+def test_old_arm_records_without_step_cache_still_read():
+    data = {"name": "bf16", "ok": True, "error": None, "quantization": None, "memory": {}, "latency": None,
+            "kernels": None, "fallback": None}
+    arm = ArmRecord.from_dict(data)
+    assert arm.step_cache is None and arm.computed_fraction() is None
+
+
+def test_mixed_steps_and_teacache_note():
+    stats = StepCacheStats({"method": "teacache"}, [CallRecord("cond", 0, True), CallRecord("uncond", 0, True),
+                                                    CallRecord("cond", 1, False), CallRecord("uncond", 1, True),
+                                                    CallRecord("cond", 2, False), CallRecord("uncond", 2, False)])
+    run = StepCacheRun.from_stats(stats, [2, 2, 2])
+    assert run.step_classes() == ["computed", "mixed", "cached"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = summarize([run], [{"denoise_step": [3.0, 2.0, 1.0]}])
+    assert sc["computed_fraction"] == pytest.approx(3 / 6) and sc["method"] == "teacache"
+    assert {c: s["median_ms"] for c, s in sc["step_ms"].items()} == {"computed": 3.0, "mixed": 2.0, "cached": 1.0}
