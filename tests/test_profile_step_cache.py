@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from harness.core.records import REPO_ROOT
+from harness.core.records import REPO_ROOT, TAYLORSEER_SYNTHETIC_NOTE, TEACACHE_SYNTHETIC_NOTE
 from harness.profile.__main__ import main
 from harness.profile.record import ArmRecord, ProfileRecord
-from harness.profile.step_cache import TAYLORSEER_SYNTHETIC_NOTE, TEACACHE_SYNTHETIC_NOTE, StepCacheRun, summarize
+from harness.profile.step_cache import StepCacheRun, summarize
 from omnigen2_fp8.caching import CallRecord, StepCacheStats
 
 TINY_SCENARIO = """\

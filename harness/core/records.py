@@ -275,3 +275,14 @@ def run_manifest(*, synthetic: str | bool | None, device: str | None = None, ext
 
 SYNTHETIC_WARNING = ("SYNTHETIC WEIGHTS: models were built with random weights; latency and memory are real, "
                      "but every image and every quality score from this run is meaningless.")
+TEACACHE_SYNTHETIC_NOTE = ("TeaCache decides from the model's own activations: on random (synthetic) weights its skip "
+                           "rate, and so its speed, is not representative of the real model")
+TAYLORSEER_SYNTHETIC_NOTE = ("TaylorSeer's schedule does not depend on the weights: its skip rate and speed on "
+                             "synthetic weights are real")
+
+
+def step_cache_synthetic_notes(methods) -> list[str]:
+    """What a synthetic run must say about the step-cache methods among `methods` ("teacache", "taylorseer")."""
+    methods = set(methods)
+    return ([TEACACHE_SYNTHETIC_NOTE] if "teacache" in methods else []) + (
+        [TAYLORSEER_SYNTHETIC_NOTE] if "taylorseer" in methods else [])

@@ -9,7 +9,8 @@ import math
 
 import pandas as pd
 
-from harness.core.records import SYNTHETIC_WARNING, atomic_output, run_manifest, write_json_atomic, write_text_atomic
+from harness.core.records import (SYNTHETIC_WARNING, atomic_output, run_manifest, step_cache_synthetic_notes,
+                                  write_json_atomic, write_text_atomic)
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig
 from harness.gedit.context import RunContext
@@ -22,6 +23,7 @@ from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, S
                                       RunFolder)
 from harness.gedit.scoring import SUBSETS, official_tables, sample_table
 from harness.gedit.stats import paired_deltas
+from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 log = logging.getLogger("harness.gedit")
 
@@ -57,7 +59,7 @@ def run_score(ctx: RunContext) -> GeditSummary:
         _write_csv(pd.concat(fid_rows), folder.file(FIDELITY))
     config, overrides = recorded_config(ctx)
     summary = GeditSummary(
-        synthetic=ctx.synthetic or False, warning=SYNTHETIC_WARNING if ctx.synthetic else None,
+        synthetic=ctx.synthetic or False, warning=synthetic_warning(ctx),
         comparability=verdict, task=config, overrides=overrides, arms=ctx.arms, baseline=base, dataset=ctx.dataset,
         model=ctx.model,
         edits_root=str(ctx.edits_root), judge=JudgeIdentity(**ctx.judge_identity),
@@ -76,6 +78,22 @@ def run_score(ctx: RunContext) -> GeditSummary:
     write_json_atomic(folder.file(SUMMARY_JSON), summary.to_json())
     write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(summary))
     return summary
+
+
+def synthetic_warning(ctx: RunContext) -> str | None:
+    """The synthetic-weights warning, plus what step caching means on random weights for the run's cached arms."""
+    if not ctx.synthetic:
+        return None
+    notes = step_cache_synthetic_notes(c.method for c in map(_step_cache_of, ctx.arms) if c is not None)
+    return " ".join([SYNTHETIC_WARNING, *(f"{note}." for note in notes)])
+
+
+def _step_cache_of(arm: str):
+    """The arm's step-cache config; None for no cache or a name that is not a recipe (edits made elsewhere)."""
+    try:
+        return parse_recipe(arm).step_cache
+    except RecipeError:
+        return None
 
 
 def recorded_config(ctx: RunContext) -> tuple[GeditTaskConfig, list[dict]]:

@@ -12,10 +12,10 @@ from typing import Callable
 
 from harness.core import plots
 from harness.core.markdown import Chart, Section, cell, code, fmt, fmt_stat, render_sections, table, truncate
-from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING, step_cache_synthetic_notes
 from harness.core.vocab import END_TO_END, KERNEL_CATEGORIES, REPORTED_STAGES, STEP_STAGE, stage_label
 from harness.profile.record import ArmRecord, ProfileRecord
-from harness.profile.step_cache import STEP_CLASSES, synthetic_notes
+from harness.profile.step_cache import STEP_CLASSES
 
 TOP_KERNELS = 15          # rows of each arm's top-kernel table (profile.json keeps 25, the CSV all)
 KERNEL_NAME_WIDTH = 64    # characters of a kernel name shown in a table
@@ -93,7 +93,7 @@ def step_cache_notes(record: ProfileRecord) -> list[str]:
     """On synthetic weights: TeaCache's skip rate is not representative, TaylorSeer's schedule is real."""
     if not record.synthetic:
         return []
-    return synthetic_notes({(a.step_cache or {}).get("method") for a in record.arms.values()})
+    return step_cache_synthetic_notes({(a.step_cache or {}).get("method") for a in record.arms.values()})
 
 
 # ------------------------------------------------------------------------------------------------------ latency

@@ -14,10 +14,6 @@ from harness.core.vocab import STEP_STAGE
 from omnigen2_fp8.caching import StepCacheStats
 
 STEP_CLASSES = ("computed", "cached", "mixed")
-TEACACHE_SYNTHETIC_NOTE = ("TeaCache decides from the model's own activations: on random (synthetic) weights its skip "
-                           "rate, and so its speed, is not representative of the real model")
-TAYLORSEER_SYNTHETIC_NOTE = ("TaylorSeer's schedule does not depend on the weights: its skip rate and speed on "
-                             "synthetic weights are real")
 
 
 @dataclass(frozen=True)
@@ -71,12 +67,3 @@ def summarize(runs: list[StepCacheRun], stage_runs: list[dict[str, list[float]]]
                   "computed the main layers",
     }
 
-
-def synthetic_notes(methods: set[str | None]) -> list[str]:
-    """What a synthetic run must say about the step caches among `methods` (TeaCache: not representative)."""
-    notes = []
-    if "teacache" in methods:
-        notes.append(TEACACHE_SYNTHETIC_NOTE)
-    if "taylorseer" in methods:
-        notes.append(TAYLORSEER_SYNTHETIC_NOTE)
-    return notes
