@@ -30,7 +30,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from harness import report_gedit, report_grid
+from harness import report_gedit, report_grid, report_tradeoff
 from harness.core.markdown import Document, escape_emphasis, fmt, fmt_stat, render_sections
 from harness.core.records import SYNTHETIC_WARNING
 from harness.core.vocab import END_TO_END
@@ -132,6 +132,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
         _profile_section(doc, run, f"p{i}")
     for i, run in enumerate(gedit, 1):
         report_gedit.section(doc, run, f"g{i}")
+        if len(run.summary.get("arms", [])) > 1:
+            sections = report_tradeoff.tradeoff_sections(run, [p.record for p in profile])
+            doc.add(*render_sections(sections, level=3, draw=doc.chart_drawer(f"g{i}")))
         report_grid.image_grids(doc, run, f"g{i}", dataset=dataset, limit=grid_samples)
     _provenance(doc, runs)
     return doc.write()

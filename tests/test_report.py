@@ -366,3 +366,48 @@ def test_per_arm_intervals_are_drawn_when_the_run_file_has_them(runs, tmp_path):
     report.build_report([folder], with_ci, grid_samples=0)
     figure = Path("report_files") / "g1_en_scores.png"
     assert (plain.parent / figure).read_bytes() != (with_ci.parent / figure).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------- speed vs quality
+def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs):
+    from harness.profile.record import ProfileRecord
+    from harness.report_tradeoff import tradeoff_points
+
+    out, text = built
+    summary, profile = _json(runs["gedit"] / "summary.json"), ProfileRecord.from_json(runs["profile"] / "profile.json")
+    for lang in ("en", "cn"):
+        link = f"report_files/g1_tradeoff_{lang}.png"
+        assert f"]({link})" in text
+        with Image.open(out.parent / link) as im:
+            assert im.format == "PNG" and min(im.size) > 50
+        points = {p.arm: p for p in tradeoff_points(report.load_run(runs["gedit"]), lang, [profile])}
+        assert list(points) == ["bf16", "fp8"]
+        delta = next(d for d in summary["deltas"] if d["arm"] == "fp8")["languages"][lang]["Q_O"]["overall_task_mean"]
+        fp8, bf16 = points["fp8"], points["bf16"]
+        assert fp8.q_o_delta == delta["delta"] and list(fp8.q_o_ci95) == delta["ci95"]
+        assert fp8.ssim == summary["fidelity"]["fp8"][lang]["overall_per_sample"]["ssim"]
+        assert bf16.q_o_delta == 0.0 and bf16.ssim == 1.0
+        for arm, p in points.items():  # the profile holds both arms: its end-to-end median is the time
+            assert p.time_source == "profile" and p.seconds == pytest.approx(profile.arms[arm].stage_ms("end_to_end") / 1e3)
+        assert fp8.speedup == pytest.approx(bf16.seconds / fp8.seconds)
+        table_rows = md_table(text, f"### Speed vs quality ({lang})")
+        assert row(table_rows, arm="fp8")["s/edit"] == f"{fp8.seconds:.3f}"
+
+
+def test_tradeoff_times_come_from_the_gedit_run_without_a_profile(runs):
+    from harness.report_tradeoff import tradeoff_points
+
+    summary = _json(runs["gedit"] / "summary.json")
+    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    gen = summary["throughput"]["generation"]
+    assert [(p.arm, p.time_source, p.seconds) for p in points] == [
+        (arm, "gedit", gen[arm]["seconds_per_sample_median"]) for arm in ("bf16", "fp8")]
+
+
+def test_tradeoff_png_is_byte_identical_for_the_same_points(runs, tmp_path):
+    from harness.report_tradeoff import draw_tradeoff, tradeoff_points
+
+    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    a = draw_tradeoff(tmp_path / "a.png", points, title="t", baseline="bf16").read_bytes()
+    b = draw_tradeoff(tmp_path / "b.png", points, title="t", baseline="bf16").read_bytes()
+    assert a == b

@@ -1,4 +1,5 @@
-"""Figures for the report: grouped bars with interval whiskers, stacked category bars, image grids (PNG).
+"""Figures for the report: grouped bars with interval whiskers, stacked category bars, trade-off scatter panels,
+image grids (PNG).
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global backend switch) under a
 fixed style, and saved without matplotlib's version stamp, so the same data always gives the same PNG bytes.
@@ -170,6 +171,33 @@ def metric_panels(path: str | Path, groups: Sequence[str],
                 ax.set_ylim(*ylim)
             ax.axhline(0, color="black", linewidth=0.6)
         axes[0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        fig.suptitle(title)
+        if note:
+            fig.supxlabel(note, fontsize=7, color="#444444")
+        return save_png(fig, path)
+
+
+def scatter_panels(path: str | Path, x: Mapping[str, float],
+                   panels: Mapping[str, Mapping[str, Interval | None]], *, title: str, x_label: str,
+                   note: str | None = None) -> Path:
+    """Panels side by side sharing x: one labelled point per arm (x[arm], panel value) with a vertical whisker
+    where the Interval has one; e.g. a speed-quality trade-off. panels: y label -> {arm -> Interval or None}."""
+    with matplotlib.rc_context(STYLE):
+        colors = arm_colors(list(x))
+        fig = _new_figure(5.0 * len(panels) + 1.0, 4.0, layout="constrained")
+        axes = fig.subplots(1, len(panels), sharex=True, squeeze=False)[0]
+        for ax, (label, values) in zip(axes, panels.items()):
+            for arm, point in values.items():
+                if point is None or arm not in x or not math.isfinite(point.value):
+                    continue
+                ok = point.low is not None and point.high is not None
+                err = [[point.value - point.low], [point.high - point.value]] if ok else None
+                ax.errorbar([x[arm]], [point.value], yerr=err, fmt="o", color=colors[arm], ecolor="black",
+                            elinewidth=0.9, capsize=2.5, label=arm)
+                ax.annotate(arm, (x[arm], point.value), xytext=(4, 4), textcoords="offset points", fontsize=7)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(label)
+        axes[0].axhline(0, color="black", linewidth=0.6)
         fig.suptitle(title)
         if note:
             fig.supxlabel(note, fontsize=7, color="#444444")
