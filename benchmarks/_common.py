@@ -71,3 +71,21 @@ def run_keeping_partial(run: Callable[[], None], record: dict, out: str | Path) 
         record["traceback"] = traceback.format_exc()
         write_json_atomic(out, record)
         raise
+
+
+def cuda_kernel_times(prof) -> dict[str, list]:
+    """Kernel name -> [calls, summed device ms] over the CUDA events of a finished torch.profiler run."""
+    per_kernel: dict[str, list] = {}
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        entry = per_kernel.setdefault(evt.name, [0, 0.0])
+        entry[0] += 1
+        entry[1] += (evt.device_time if hasattr(evt, "device_time") else evt.cuda_time) / 1e3
+    return per_kernel
+
+
+def top_kernels(per_kernel: dict[str, list], n: int) -> list[dict]:
+    """The `n` kernels with the most device time, as JSON rows (name cut to 160 characters)."""
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:n]
+    return [{"name": name[:160], "calls": calls, "ms": ms} for name, (calls, ms) in top]

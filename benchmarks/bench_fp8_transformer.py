@@ -26,7 +26,7 @@ from harness.profile.taxonomy import categorize
 from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
 from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
-from benchmarks._common import build_model, run_keeping_partial, sync, time_forward
+from benchmarks._common import build_model, cuda_kernel_times, run_keeping_partial, sync, time_forward, top_kernels
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.transformer import OmniGen2Transformer
 
@@ -58,17 +58,10 @@ def kernel_profile(model, inputs) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model(*inputs)
             torch.cuda.synchronize()
-    per_kernel: dict[str, list] = {}
-    for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        entry = per_kernel.setdefault(evt.name, [0, 0.0])
-        entry[0] += 1
-        entry[1] += evt.device_time / 1e3 if hasattr(evt, "device_time") else evt.cuda_time / 1e3
+    per_kernel = cuda_kernel_times(prof)
     categories = category_ms({name: ms for name, (_, ms) in per_kernel.items()})
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:20]
     return {"total_kernel_ms": sum(categories.values()), "categories_ms": categories,
-            "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
+            "top_kernels": top_kernels(per_kernel, 20)}
 
 
 def category_ms(kernel_ms: dict[str, float]) -> dict[str, float]:

@@ -33,7 +33,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from benchmarks._common import run_keeping_partial
+from benchmarks._common import cuda_kernel_times, run_keeping_partial, top_kernels
 from harness.core.records import run_manifest, write_json_atomic
 from harness.profile.taxonomy import categorize
 from omnigen2_fp8 import synthetic
@@ -303,24 +303,17 @@ def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         arm.pipe.denoise(latents, refs, embeds, num_inference_steps=1, progress=False, **g)
         sync()
-    per_kernel: dict[str, list] = {}
-    for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        entry = per_kernel.setdefault(evt.name, [0, 0.0])
-        entry[0] += 1
-        entry[1] += (evt.device_time if hasattr(evt, "device_time") else evt.cuda_time) / 1e3
+    per_kernel = cuda_kernel_times(prof)
     categories: dict[str, float] = {}
     for name, (_, ms) in per_kernel.items():
         cat = categorize(name)
         categories[cat] = categories.get(cat, 0.0) + ms
     total = sum(categories.values()) or 1.0
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:25]
     overhead = sum(categories.get(c, 0.0) for c in NORM_ELEMENTWISE_MEMCPY_QUANT)
     return {"arm": arm.name, "kernel_ms": total,
             "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
             "norm_elementwise_memcpy_quant_share": overhead / total,
-            "top_kernels": [{"name": n[:160], "calls": c, "ms": ms} for n, (c, ms) in top]}
+            "top_kernels": top_kernels(per_kernel, 25)}
 
 
 def ratios(arms: list[Arm], size: str) -> dict:
