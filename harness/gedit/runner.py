@@ -186,18 +186,18 @@ def judge_shard(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard: 
     (they must agree on its settings, which decide the chunks). Returns (pairs judged, chunk width; None when
     nothing was left to judge)."""
     done, folder = ctx.folder.judged_pairs(ctx.judge_identity), ctx.folder
-
-    def current(arm: str, sample: gdata.SampleRef) -> bool:  # about the edited and input images there now
-        return folder.judgement_is_current(done.get((arm, *sample_key(sample))), arm, sample)
-
-    if all(current(arm, s) for arm in ctx.arms for s in samples):
+    # pairs without a judgement about the edited and input images there now (each image is hashed once)
+    pending = {(arm, *sample_key(s)) for arm in ctx.arms for s in samples
+               if not folder.judgement_is_current(done.get((arm, *sample_key(s))), arm, s)}
+    if not pending:
         log.info("judge: all %d judgements exist", len(ctx.arms) * len(samples))
         return 0, None
     judge = load_judge(ctx)
-    folder.check_judge_settings(ctx.judge_identity, judge.settings())
-    check_same_on_every_rank(shard, judge.settings())
+    settings = judge.settings()
+    folder.check_judge_settings(ctx.judge_identity, settings)
+    check_same_on_every_rank(shard, settings)
     mine = shard.take(judge_batches(ctx.arms, samples, judge.chunk_samples))
-    todo = [[(arm, s) for arm, s in chunk if not current(arm, s)] for chunk in mine]
+    todo = [[(arm, s) for arm, s in chunk if (arm, *sample_key(s)) in pending] for chunk in mine]
     todo = [chunk for chunk in todo if chunk]
     stop = fault_after(shard.rank, "judge")
     if stop == 0:
