@@ -209,7 +209,7 @@ def _fidelity_tables(report: Document, run: GeditRun) -> None:
                "over non-identical pairs.", "")
     for arm, fid in fidelity.items():
         if fid.get("same_settings_but_precision") is False:
-            report.add(f"> [!NOTE]", f"> The {arm} and {fid.get('baseline')} edits were not made with the same "
+            report.add("> [!NOTE]", f"> The {arm} and {fid.get('baseline')} edits were not made with the same "
                        "settings apart from the precision, so PSNR / SSIM measure more than the precision change.", "")
         for lang, res in sorted((k, v) for k, v in fid.items() if isinstance(v, dict) and "per_task" in v):
             rows = [[r["task_type"], r.get("n"), fmt(r.get("psnr_db")), r.get("n_identical"), fmt(r.get("ssim"), 4)]

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .checkpoints import Components, save_transformer
-from .loading import SYNTHETIC_MARKER, mark_synthetic, read_synthetic_marker  # noqa: F401  (importable here too)
+from .loading import mark_synthetic
 from .pipeline import OmniGen2Pipeline
 from .transformer import OmniGen2Transformer, TransformerConfig
 

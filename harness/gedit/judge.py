@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from harness.gedit import judge_batching as batching
-from harness.gedit.answers import SCORE_MAX, SCORE_MIN, ParsedAnswer, parse_official_answer  # noqa: F401  re-exported
+from harness.gedit.answers import ParsedAnswer, parse_official_answer
 from harness.gedit.judge_prompts import PromptSet
 
 RETRY_TEMPERATURE = 0.7

@@ -21,7 +21,6 @@ import dataclasses
 import io
 import os
 import random
-import time
 from typing import Sequence
 
 from harness.gedit.judge import (RETRY_TEMPERATURE, RETRY_TOP_P, CallResult, JudgeCall, JudgeError, finish_call,

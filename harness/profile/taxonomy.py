@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import re
 
-from harness.core.vocab import KERNEL_CATEGORIES as CATEGORIES
-
 # Launching CPU ops: these decide the GEMM category regardless of the kernel's (library-specific) name.
 FP8_GEMM_OPS = re.compile(r"^aten::_scaled_(grouped_)?mm$")
 HP_GEMM_OPS = re.compile(r"^aten::(mm|addmm|bmm|baddbmm|addbmm|matmul|linear|addmv|mv|dot|_addmm_activation|"
@@ -54,7 +52,7 @@ def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, 
     name: kernel name (CUDA) or op name (CPU). op: launching CPU op (CUDA only; None on CPU).
     in_fp8_layer: it ran inside the range of a layer that should be FP8 (its non-GEMM work is FP8 overhead).
     in_attention: it ran inside an attention op (everything there is attention, GEMMs of the math path included).
-    Returns one of CATEGORIES.
+    Returns one of harness.core.vocab.KERNEL_CATEGORIES.
     """
     launcher = op or ""
     if in_attention:
