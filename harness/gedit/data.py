@@ -25,7 +25,7 @@ GEDIT_EN_COUNTS = {"background_change": 40, "color_alter": 40, "material_alter":
 REQUIRED_COLUMNS = ("key", "task_type", "instruction", "instruction_language", "input_image", "Intersection_exist")
 OPTIONAL_COLUMNS = ("input_image_raw",)
 
-SYNTHETIC_DATASET_NOTE = ("SYNTHETIC DATASET: rows were drawn with PIL by harness.data.write_synthetic_gedit; "
+SYNTHETIC_DATASET_NOTE = ("SYNTHETIC DATASET: rows were drawn with PIL by harness.gedit.data.write_synthetic_gedit; "
                           "they are not GEdit-Bench and no score computed on them means anything.")
 
 
@@ -227,13 +227,6 @@ def selection_summary(samples: Sequence[SampleRef]) -> dict:
     uids = "\n".join(sorted(s.uid for s in samples))
     return {"n_samples": len(samples), "per_task_language": dict(sorted(counts.items())),
             "uids_sha256": hashlib.sha256(uids.encode()).hexdigest()}
-
-
-def shard_samples(samples: Sequence[SampleRef], rank: int, world_size: int) -> list[SampleRef]:
-    """Deterministic shard for a multi-process run: every world_size-th sample starting at rank."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-    return list(samples[rank::world_size])
 
 
 def load_source_image(ds, sample: SampleRef):
