@@ -115,20 +115,24 @@ class Components:
         return self
 
 
-def load_components(path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> Components:
+def load_components(path_or_hub_id: str | os.PathLike, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu") -> Components:
     """Load vae/, mllm/, processor/ and scheduler/ of an OmniGen2 checkpoint folder (official layout) or hub id,
-    on the CPU in `dtype`. mllm/ -> Qwen2_5_VLForConditionalGeneration; processor/ -> AutoProcessor (its
-    tokenizer; AutoTokenizer where the processor's video part cannot load without torchvision); vae/ ->
-    AutoencoderKL. A SYNTHETIC.json at the root marks random weights.
+    in `dtype` on `device`. mllm/ -> Qwen2_5_VLForConditionalGeneration (on a GPU its safetensors are read straight
+    into device memory: no CPU copy of the 7.5 GB model); processor/ -> AutoProcessor (its tokenizer;
+    AutoTokenizer where the processor's video part cannot load without torchvision); vae/ -> AutoencoderKL.
+    A SYNTHETIC.json at the root marks random weights.
     """
     # Heavy imports: only callers that load real components pay for diffusers / transformers.
     from diffusers import AutoencoderKL
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     root = checkpoint_root(path_or_hub_id)
+    device = torch.device(device)
+    placement = {"device_map": str(device)} if device.type == "cuda" else {}
     # The two libraries spell the dtype argument differently (diffusers torch_dtype=, transformers dtype=).
-    vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype)
-    mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(root / "mllm", dtype=dtype)
+    vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype).to(device)  # 168 MB: a copy is cheap
+    mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(root / "mllm", dtype=dtype, **placement).to(device)
     processor, tokenizer = _load_processor(root / "processor")
     return Components(vae=vae, mllm=mllm, tokenizer=tokenizer,
                       scheduler_config=read_json(root / "scheduler" / "scheduler_config.json"),

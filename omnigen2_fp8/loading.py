@@ -122,16 +122,20 @@ def check_safetensors_file(path: str | os.PathLike) -> None:
 
 def load_tensors(files: list[Path], device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Read every tensor of `files` onto `device`, cast floating tensors to `dtype` (FP8 tensors keep theirs)."""
+    """Read every tensor of `files` onto `device`, cast floating tensors to `dtype` (FP8 tensors keep theirs).
+
+    One tensor at a time goes from the (memory-mapped) file to `device` and is cast there: the model never exists
+    as a whole on the CPU, and a float32 checkpoint is cast to bf16 by the GPU rather than by the CPU.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         check_safetensors_file(file)
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for name in f.keys():
-                t = f.get_tensor(name)
+                t = f.get_tensor(name).to(device)
                 if dtype is not None and t.is_floating_point() and t.element_size() > 1:
                     t = t.to(dtype)
-                tensors[name] = t.to(device)
+                tensors[name] = t
     return tensors
 
 

@@ -139,7 +139,7 @@ class OmniGen2Pipeline:
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
         transformer = load_transformer(root / "transformer", dtype=dtype, device=load_device)
-        components = load_components(root, dtype=dtype)
+        components = load_components(root, dtype=dtype, device=load_device)
         return cls.from_components(components, transformer, device=device, dtype=dtype, precision=precision,
                                    offload=offload, compile=compile, time_shift=time_shift, progress=progress,
                                    fp8_config=fp8_config, cuda_graphs=cuda_graphs, fp8_kernel=fp8_kernel)

@@ -83,6 +83,11 @@ def _selection(out: Path) -> list[dict]:
     return json.loads((out / "selection.json").read_text())["samples"]
 
 
+def _batch_plans(out: Path) -> list[tuple[int, list[dict]]]:
+    """(chunk number, fingerprint of every model batch the judge ran for it), in judge_runs.jsonl order."""
+    return [(r["chunk"], r["batch_plan"]) for r in read_jsonl(out / "judge_runs.jsonl")]
+
+
 def _ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -115,6 +120,18 @@ def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path)
     assert [(r["rank"], r["generate_shard_samples"], r["judged_pairs"]) for r in report["ranks"]] == [(0, 2, 4),
                                                                                                       (1, 2, 4)]
     assert report["merged_records"][str(tmp_path / "judgements.jsonl")] == 8
+    # The judge ran exactly the model batches of one process: the same chunks, and in each the same calls in the same
+    # order, padded to the same length, with the same tokens (retry batches included); chunk b on rank b mod 2.
+    assert _batch_plans(tmp_path) == _batch_plans(reference)
+    assert [chunk for chunk, _ in _batch_plans(reference)] == [0, 1, 2, 3]
+    assert [r["judge"]["chunks"] for r in report["ranks"]] == [[0, 2], [1, 3]]
+    single = json.loads((reference / DIST_REPORT).read_text())
+    assert single["world_size"] == 1 and single["ranks"][0]["judge"]["chunks"] == [0, 1, 2, 3]
+    for rank in (*report["ranks"], *single["ranks"]):  # every stage says when it ran, comparable across ranks
+        for stage in ("generate", "judge"):
+            assert rank["ready_unix"] <= rank[stage]["start_unix"] <= rank[stage]["end_unix"]
+        assert rank["generate"]["components_load_seconds"] > 0 and rank["judge"]["load_seconds"] > 0
+        assert [a["arm"] for a in rank["generate"]["arms"]] == ["bf16", "fp8"]
 
 
 def test_killed_rank_loses_only_unfinished_samples_and_reruns_resume(reference, tmp_path):

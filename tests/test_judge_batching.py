@@ -1,5 +1,6 @@
 """How judge calls become batches: per-call encoding collated like the processor's batch, length ordering, the batch
-size from free memory, background preparation; and the in-process judge's settings as the stage records them."""
+size from the GPU's capacity (not what other processes leave free), batch fingerprints, background preparation; and
+the in-process judge's settings as the stage records them."""
 from __future__ import annotations
 
 import re
@@ -78,6 +79,39 @@ def test_batch_size_from_free_memory_is_a_capped_power_of_two():
     assert batching.batch_size_for_memory(int(20.5 * per_call / 0.85), text, torch.bfloat16, 512) == 16
     assert batching.batch_size_for_memory(per_call // 2, text, torch.bfloat16, 512) == 1
     assert batching.auto_batch_size("cpu", text, torch.bfloat16, 512) == (batching.CPU_BATCH_SIZE, "auto: 4 on a CPU")
+
+
+def test_batch_size_does_not_depend_on_memory_other_processes_hold(caplog):
+    text = qwen2_5_vl_7b_config_text()
+    per_call = (1536 + 64) * 57344 + 1536 * (3 * 18944 + 6 * 3584) * 2
+    total, own = 40 * 2**30, 16 * 2**30  # a 40 GiB GPU holding the 7B judge's weights
+    alone = batching.batch_size_for_device(total, own, total - own, text, torch.bfloat16, 64)
+    # Another rank's process-group buffers (or another process) take 2 GiB: the same batch, so the same judgements,
+    # where sizing from free memory would have halved it.
+    others = 2 * 2**30
+    assert batching.batch_size_for_device(total, own, total - own - others, text, torch.bfloat16, 64) == alone
+    assert alone[0] == 64 and "capacity" in alone[1]
+    assert batching.batch_size_for_memory(total - own - others, text, torch.bfloat16, 64) == 32
+    # Only a device too full for that batch gets a smaller one, with a warning naming the fix.
+    crowded = batching.batch_size_for_device(total, own, 10 * per_call, text, torch.bfloat16, 64)
+    assert crowded[0] == 8 and "other processes" in crowded[1] and "--batch-size" in caplog.text
+
+
+def test_batch_fingerprint_names_calls_order_padding_and_tokens(judge, calls):
+    encoded = judge.prepare(calls)
+    batch = batching.length_ordered_batches(encoded, 4)[0]
+    fingerprint = batching.batch_fingerprint(batch, attempt=0)
+    assert fingerprint["calls"] == [e.call_id for e in batch] and fingerprint["attempt"] == 0
+    assert fingerprint["padded_tokens"] == batching.collate_left_padded(batch, 0)["input_ids"].shape[1]
+    assert batching.batch_fingerprint(list(batch), 0) == fingerprint
+    assert batching.batch_fingerprint(batch[::-1], 0)["tokens_sha256"] != fingerprint["tokens_sha256"]
+    changed = [batching.EncodedCall(e.index, e.call_id, {**e.tensors, "input_ids": e.tensors["input_ids"] + 1})
+               for e in batch]
+    assert batching.batch_fingerprint(changed, 0)["tokens_sha256"] != fingerprint["tokens_sha256"]
+    judge.run_calls(calls)  # the judge records one fingerprint per model batch it ran, retries included
+    plan = judge.last_run_stats["batch_plan"]
+    assert len(plan) == judge.last_run_stats["batches"]
+    assert sorted(c for p in plan if p["attempt"] == 0 for c in p["calls"]) == sorted(c.call_id for c in calls)
 
 
 def qwen2_5_vl_7b_config_text():

@@ -21,7 +21,10 @@ from harness.core.records import RecordSink, atomic_output
 from harness.gedit.config import GenerationSpec
 from harness.gedit.data import SampleRef, SourceImageError, load_source_image
 from harness.gedit.run_folder import RunFolder
+from omnigen2_fp8.checkpoints import Components, checkpoint_root, load_components, load_transformer
 from omnigen2_fp8.measure import StageClock
+from omnigen2_fp8.pipeline import OmniGen2Pipeline
+from omnigen2_fp8.synthetic import build_components, build_transformer
 
 log = logging.getLogger("harness.gedit")
 
@@ -35,36 +38,56 @@ def arm_settings(model: str, arm: str, gen: GenerationSpec, model_weights: str |
             "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
 
 
+def load_shared_components(model: str, device: str, synthetic: str | None = None,
+                           dtype: torch.dtype | None = None) -> Components:
+    """The parts every arm shares (VAE, Qwen2.5-VL, tokenizer, scheduler config): an `omnigen2_fp8` `Components`,
+    loaded once per run and handed to every arm's `load_arm_pipeline`, so only the DiT is made per arm.
+
+    synthetic "full": random full-size models built in device memory; otherwise read from the checkpoint folder or
+    hub id `model` straight onto `device`. dtype: bf16 on CUDA, fp32 on CPU unless given.
+    """
+    dtype = dtype or _default_dtype(device)
+    if synthetic == "full":
+        return build_components("full", device=device, dtype=dtype)
+    return load_components(model, dtype=dtype, device=device)
+
+
 def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None = None,
-                      time_shift: float | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = False):
+                      time_shift: float | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = False,
+                      components: Components | None = None) -> OmniGen2Pipeline:
     """One OmniGen2Pipeline for precision `arm` ("bf16" or "fp8").
 
     synthetic "full": random full-size models built in device memory (nothing read from `model`); otherwise the
     checkpoint folder or hub id `model` (a tiny synthetic checkpoint is such a folder). dtype: bf16 on CUDA,
-    fp32 on CPU unless given.
+    fp32 on CPU unless given. components: the shared parts (`load_shared_components`); None loads them too.
+    Random weights are seeded as `synthetic.build_synthetic_pipeline` seeds them, so either way gives one model.
     """
-    from omnigen2_fp8.pipeline import OmniGen2Pipeline
-
-    dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    dtype = dtype or _default_dtype(device)
+    components = components if components is not None else load_shared_components(model, device, synthetic, dtype)
     if synthetic == "full":
-        from omnigen2_fp8.scheduler import FlowMatchEulerScheduler
-        from omnigen2_fp8.synthetic import SCHEDULER_CONFIG, build_synthetic_pipeline
+        transformer = build_transformer("full", device=device, dtype=dtype)
+    else:
+        transformer = load_transformer(checkpoint_root(model) / "transformer", dtype=dtype, device=device)
+    return OmniGen2Pipeline.from_components(components, transformer, device=device, dtype=dtype, precision=arm,
+                                            time_shift=time_shift, progress=False, cuda_graphs=cuda_graphs)
 
-        pipe = build_synthetic_pipeline("full", device=device, dtype=dtype, precision=arm, progress=False,
-                                        cuda_graphs=cuda_graphs)
-        if time_shift is not None:
-            pipe.scheduler = FlowMatchEulerScheduler.from_config(SCHEDULER_CONFIG, time_shift=time_shift)
-        return pipe
-    return OmniGen2Pipeline.from_pretrained(model, dtype=dtype, device=device, precision=arm, time_shift=time_shift,
-                                            progress=False, cuda_graphs=cuda_graphs)
+
+def _default_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
 def free_pipeline(pipe) -> None:
-    """Drop an arm's models before the next arm loads (one arm in memory at a time)."""
+    """Drop an arm's models before the next arm loads (one DiT in memory at a time; shared components stay alive
+    while their `Components` is held)."""
     for name in ("transformer", "vae", "mllm", "text_encoder", "_transformer_fn"):
         if hasattr(pipe, name):
             setattr(pipe, name, None)
     del pipe
+    release_device_memory()
+
+
+def release_device_memory() -> None:
+    """Collect dropped models now and hand their cached device memory back (before the next model loads)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -246,12 +246,14 @@ class QwenJudge:
         max_retries seeded resamples of the failed ones, batched by the same rule."""
         encoded = list(prepared)
         attempts: dict[int, list[dict]] = {e.index: [] for e in encoded}
-        self.last_run_stats = {"new_tokens": 0, "batches": 0}
+        self.last_run_stats = {"new_tokens": 0, "batches": 0, "batch_plan": []}
         pending = encoded
         for attempt in range(self.max_retries + 1):
             seed = None if attempt == 0 else self.seed + attempt
             for batch in batching.length_ordered_batches(pending, self.batch_size):
                 self.last_run_stats["batches"] += 1
+                # what the model is fed, so runs with other world sizes can be checked batch by batch
+                self.last_run_stats["batch_plan"].append(batching.batch_fingerprint(batch, attempt))
                 for e, answer in zip(batch, self.generate(batch, sample_seed=seed)):
                     attempts[e.index].append({"attempt": attempt, "answer": answer, "sample_seed": seed,
                                               "parse": parse_judge_answer(answer).to_record()})

@@ -1,5 +1,5 @@
-"""How judge calls become padded model batches: per-call encoding, length ordering, collation, batch size from free
-GPU memory, and preparation on a background thread while the GPU works.
+"""How judge calls become padded model batches: per-call encoding, length ordering, collation, batch size from the
+GPU's capacity, a fingerprint per batch, and preparation on a background thread while the GPU works.
 
 Each call is encoded alone (tokens + vision inputs, unpadded), so calls can be ordered by prompt length before they
 are grouped; a batch is then collated by left-padding its calls, exactly as the processor pads a batch. The order and
@@ -8,6 +8,8 @@ the batch size change padding and batch numerics, so both are part of the judge'
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import math
 import queue
 import threading
@@ -25,6 +27,7 @@ PROMPT_TOKENS_BOUND = 1536  # a two-image GEdit call at the 512x512 area (~650 i
 MEMORY_HEADROOM = 0.85  # share of free memory the batch may fill (allocator fragmentation, vision activations)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -46,6 +49,17 @@ def length_ordered_batches(encoded: Sequence[EncodedCall], batch_size: int) -> l
     ordered = sorted(encoded, key=lambda e: (e.n_tokens, e.index))
     width = max(1, batch_size)
     return [ordered[i:i + width] for i in range(0, len(ordered), width)]
+
+
+def batch_fingerprint(batch: Sequence[EncodedCall], attempt: int) -> dict:
+    """What one model batch is, for comparing runs: its calls in batch order, the padded length (every call is
+    left-padded to it) and a hash of every call's token ids in that order. Two batches with equal fingerprints
+    feed the model the same padded tokens (the images behind them are hashed per judgement)."""
+    digest = hashlib.sha256()
+    for e in batch:
+        digest.update(e.call_id.encode() + b"\0" + e.tensors["input_ids"].numpy().tobytes())
+    return {"attempt": attempt, "calls": [e.call_id for e in batch], "padded_tokens": max(e.n_tokens for e in batch),
+            "tokens_sha256": digest.hexdigest()[:16]}
 
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -81,27 +95,53 @@ def prefill_bytes_per_token(text_config, dtype: torch.dtype) -> int:
     return (3 * text_config.intermediate_size + 6 * text_config.hidden_size) * itemsize
 
 
+def bytes_per_call(text_config, dtype: torch.dtype, max_new_tokens: int,
+                   prompt_tokens: int = PROMPT_TOKENS_BOUND) -> int:
+    """Device bytes one call of a batch needs at most: KV cache of prompt + answer and the prefill activations."""
+    return ((prompt_tokens + max_new_tokens) * kv_bytes_per_token(text_config, dtype)
+            + prompt_tokens * prefill_bytes_per_token(text_config, dtype))
+
+
 def batch_size_for_memory(free_bytes: int, text_config, dtype: torch.dtype, max_new_tokens: int,
                           prompt_tokens: int = PROMPT_TOKENS_BOUND, cap: int = AUTO_BATCH_CAP) -> int:
-    """Calls per batch that fit in `free_bytes` (after the weights are loaded): KV cache of prompt + answer and the
-    prefill activations per call, within MEMORY_HEADROOM; a power of two (so that nearby free-memory readings give
-    the same batch, hence the same numerics), between 1 and `cap`."""
-    per_call = ((prompt_tokens + max_new_tokens) * kv_bytes_per_token(text_config, dtype)
-                + prompt_tokens * prefill_bytes_per_token(text_config, dtype))
-    fit = int(free_bytes * MEMORY_HEADROOM) // per_call
+    """Calls per batch that fit in `free_bytes` (after the weights are loaded) within MEMORY_HEADROOM; a power of
+    two (so that nearby readings give the same batch, hence the same numerics), between 1 and `cap`."""
+    fit = int(free_bytes * MEMORY_HEADROOM) // bytes_per_call(text_config, dtype, max_new_tokens, prompt_tokens)
     if fit < 1:
         return 1
     return min(cap, 2 ** int(math.log2(fit)))
 
 
+def batch_size_for_device(total_bytes: int, own_bytes: int, free_bytes: int, text_config, dtype: torch.dtype,
+                          max_new_tokens: int, cap: int = AUTO_BATCH_CAP) -> tuple[int, str]:
+    """(batch size, how it was chosen) for a judge whose weights take `own_bytes` of a device of `total_bytes`.
+
+    Sized from the device's capacity less this process's own tensors, not from free memory: free memory also
+    depends on what other processes hold (another rank, a process group's NCCL buffers), and the batch decides the
+    chunks and the numerics, so it must not change with the world size. Only when the device's actual
+    `free_bytes` cannot hold that batch (another job on the GPU) is it sized from free memory, with a warning.
+    """
+    capacity = max(0, total_bytes - own_bytes)
+    size = batch_size_for_memory(capacity, text_config, dtype, max_new_tokens, cap=cap)
+    if size * bytes_per_call(text_config, dtype, max_new_tokens) <= free_bytes:
+        return size, f"auto: {capacity / 2**30:.1f} GiB of device capacity beside the weights, cap {cap}"
+    fits = batch_size_for_memory(free_bytes, text_config, dtype, max_new_tokens, cap=cap)
+    log.warning("judge batch size %d instead of %d: only %.1f GiB of the device is free (other processes hold "
+                "memory), so judgements may differ from runs on a free device; pass --batch-size N to fix it",
+                fits, size, free_bytes / 2**30)
+    return fits, f"auto: {free_bytes / 2**30:.1f} GiB free (device partly held by other processes), cap {cap}"
+
+
 def auto_batch_size(device: str, text_config, dtype: torch.dtype, max_new_tokens: int,
                     cap: int = AUTO_BATCH_CAP) -> tuple[int, str]:
-    """(batch size, how it was chosen) for a model already on `device`: from free CUDA memory, CPU_BATCH_SIZE on a CPU."""
+    """(batch size, how it was chosen) for a model already on `device`: `batch_size_for_device` on a GPU,
+    CPU_BATCH_SIZE on a CPU."""
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
         return CPU_BATCH_SIZE, f"auto: {CPU_BATCH_SIZE} on a CPU"
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    size = batch_size_for_memory(free, text_config, dtype, max_new_tokens, cap=cap)
-    return size, f"auto: {free / 2**30:.1f} GiB free after loading, cap {cap}"
+    dev = torch.device(device)
+    free, total = torch.cuda.mem_get_info(dev)
+    return batch_size_for_device(total, torch.cuda.memory_allocated(dev), free, text_config, dtype, max_new_tokens,
+                                 cap=cap)
 
 
 # ------------------------------------------------------------------------------------------ background preparation

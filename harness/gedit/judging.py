@@ -1,7 +1,9 @@
 """Judging chunks of (arm, sample) pairs: the judge a run names, the settings check on resume, the images each pair
 shows the judge (by the protocol), and the judgement and timing records appended per chunk.
 
-A chunk is `judge.chunk_samples` pairs cut from the single-process order (`runner.judge_batches`); its calls are
+A chunk is `judge.chunk_samples` pairs cut from the single-process order (`runner.judge_batches`), numbered in that
+order whatever rank judges it (its timing line in judge_runs.jsonl carries the number and, for the in-process judge,
+the fingerprint of every model batch, so runs with other world sizes can be compared batch by batch); its calls are
 prepared (images loaded, resized by the protocol, encoded) on a worker thread while the previous chunk is judged.
 The judge is in process (`QwenJudge`) or behind an OpenAI-compatible server (`ServedJudge`); nothing here branches
 on which, apart from where the timing's peak VRAM comes from.
@@ -29,6 +31,7 @@ from harness.gedit.run_folder import JUDGE_RUNS, JUDGEMENTS, RunFolder
 log = logging.getLogger("harness.gedit")
 
 Pair = tuple[str, gdata.SampleRef]  # (arm, sample): one judgement
+Chunk = tuple[int, Sequence[Pair]]  # (chunk number in the single-process order, its pairs still to judge)
 
 
 def load_judge(ctx: RunContext) -> Judge:
@@ -55,16 +58,16 @@ def check_same_on_every_rank(shard: Shard, settings: dict) -> None:
             "so that every rank uses the same")
 
 
-def judge_chunks(ctx: RunContext, ds, chunks: Sequence[Sequence[Pair]], judge: Judge, shard: Shard) -> Iterator[int]:
+def judge_chunks(ctx: RunContext, ds, chunks: Sequence[Chunk], judge: Judge, shard: Shard) -> Iterator[int]:
     """Judge chunk after chunk, yielding the number done after each is appended; the next chunk's images are loaded
     and prepared (`judge.prepare`) on a worker thread while the current one is judged."""
     sinks = (RecordSink(ctx.folder.file(JUDGEMENTS), shard), RecordSink(ctx.folder.file(JUDGE_RUNS), shard))
     desc = "judge" if shard.world_size == 1 else f"judge rank {shard.rank}"
-    bar = tqdm(total=2 * sum(len(c) for c in chunks), desc=desc, unit="call", disable=not ctx.progress)
+    bar = tqdm(total=2 * sum(len(pairs) for _, pairs in chunks), desc=desc, unit="call", disable=not ctx.progress)
     try:
         done = 0
-        for _, prepared in prepared_in_background(chunks, lambda c: prepare_chunk(ctx, ds, c, judge)):
-            judge_chunk(ctx, prepared, judge, bar, *sinks)
+        for (number, _), prepared in prepared_in_background(chunks, lambda c: prepare_chunk(ctx, ds, c[1], judge)):
+            judge_chunk(ctx, prepared, judge, bar, *sinks, chunk=number)
             done += 1
             yield done
     finally:
@@ -103,8 +106,9 @@ def prepare_chunk(ctx: RunContext, ds, part: Sequence[Pair], judge: Judge) -> di
 
 
 def judge_chunk(ctx: RunContext, prepared: dict, judge: Judge, bar, judgements: RecordSink,
-                runs: RecordSink) -> None:
-    """Judge one prepared chunk (one judge.judge); append a judgement per pair and a timing line."""
+                runs: RecordSink, chunk: int | None = None) -> None:
+    """Judge one prepared chunk (one judge.judge); append a judgement per pair and a timing line (with `chunk`, its
+    number in the single-process order)."""
     ident, settings = ctx.judge_identity, judge.settings()
     for arm, sample in prepared["missing"]:
         expected = ctx.folder.edit_path(arm, sample).with_suffix(".*")
@@ -126,8 +130,9 @@ def judge_chunk(ctx: RunContext, prepared: dict, judge: Judge, bar, judgements: 
     results = {r.call_id: r for r in judge.judge(prepared["inputs"], progress=bar)}
     seconds = time.perf_counter() - t0
     info = judge.describe()  # after the calls: a served judge adds what the server reported
-    runs.append({"arms": sorted({a for a, _, _ in present}), "n_samples": len(present), "n_calls": len(results),
-                 "seconds": seconds, "n_attempts": sum(len(r.attempts) for r in results.values()),
+    runs.append({"chunk": chunk, "arms": sorted({a for a, _, _ in present}), "n_samples": len(present),
+                 "n_calls": len(results), "seconds": seconds,
+                 "n_attempts": sum(len(r.attempts) for r in results.values()),
                  **judge.last_run_stats,
                  "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                  "judge": ident, "settings": info})

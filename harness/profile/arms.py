@@ -32,7 +32,7 @@ def load_arm_components(options: ProfileOptions, device: torch.device, dtype: to
     home = torch.device("cpu") if options.offload else device
     if options.synthetic:
         return synthetic.build_components(options.synthetic, device, dtype, options.seed, home=home)
-    return load_components(options.model, dtype=dtype).to(home)
+    return load_components(options.model, dtype=dtype, device=home)
 
 
 def build_transformer(options: ProfileOptions, device: torch.device, dtype: torch.dtype) -> nn.Module:
