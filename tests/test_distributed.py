@@ -14,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
+from benchmarks.distributed_speedup import compare_edits, compare_judge_batches, compare_judgements
 from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, rank_device
 from harness.core.records import RANK_DIR, RecordSink, append_jsonl, rank_path, read_jsonl
 from harness.gedit.__main__ import main
@@ -125,6 +128,9 @@ def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path)
     assert _batch_plans(tmp_path) == _batch_plans(reference)
     assert [chunk for chunk, _ in _batch_plans(reference)] == [0, 1, 2, 3]
     assert [r["judge"]["chunks"] for r in report["ranks"]] == [[0, 2], [1, 3]]
+    assert compare_judge_batches(tmp_path, reference)["chunks_with_identical_batches"] == 4
+    judged = compare_judgements(tmp_path, reference)
+    assert judged["identical"] and judged["same_images"] == judged["identical_answers"] == 8
     single = json.loads((reference / DIST_REPORT).read_text())
     assert single["world_size"] == 1 and single["ranks"][0]["judge"]["chunks"] == [0, 1, 2, 3]
     for rank in (*report["ranks"], *single["ranks"]):  # every stage says when it ran, comparable across ranks
@@ -170,6 +176,30 @@ def test_killed_rank_loses_only_unfinished_samples_and_reruns_resume(reference, 
     finally:
         torch.set_num_threads(threads)
     _assert_same_results(interrupted, reference, ordered=False)
+
+
+def test_benchmark_comparison_finds_a_changed_answer_a_changed_batch_and_a_changed_pixel(reference, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(reference, changed)
+    records = list(read_jsonl(changed / "judgements.jsonl"))
+    answer = records[3]["pq"]["attempts"][0]["answer"]
+    records[3]["pq"]["attempts"][0]["answer"] = ("X" if answer[:1] != "X" else "Y") + answer[1:]
+    (changed / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = list(read_jsonl(changed / "judge_runs.jsonl"))
+    runs[1]["batch_plan"][0]["padded_tokens"] += 1
+    (changed / "judge_runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+    edit = sorted(changed.glob("fp8/fullset/*/*/*.png"))[0]
+    pixels = np.asarray(PIL.Image.open(edit).convert("RGB")).copy()
+    pixels[0, 0, 0] = (int(pixels[0, 0, 0]) + 3) % 256
+    PIL.Image.fromarray(pixels).save(edit)
+
+    judged = compare_judgements(changed, reference)
+    assert judged["identical_answers"] == 7 and not judged["identical"]
+    assert {k: judged["differing"][0][k] for k in ("call", "attempt", "char")} == {"call": "pq", "attempt": 0, "char": 0}
+    batches = compare_judge_batches(changed, reference)
+    assert batches["differing_chunks"] == [runs[1]["chunk"]] and not batches["identical"]
+    edits = compare_edits(changed, reference, ["bf16", "fp8"])
+    assert edits["pixel_identical"] == 7 and edits["max_abs_pixel_difference"] == 3 and not edits["identical"]
 
 
 # ------------------------------------------------------------------------------------------------------- pieces
