@@ -95,6 +95,7 @@ def timings(out: Path, n: int, arms: list[str], run: dict) -> dict:
         per_rank.append({
             "rank": rank["rank"], "device": rank["device"],
             "ready_seconds": ready,  # torchrun, interpreter, imports, process group, run context
+            "ready_steps_seconds": _steps(launch_unix, rank),
             "load_seconds": loads,
             "first_edit_extra_seconds": first_extra,
             "startup_seconds": ready + sum(v for v in loads.values() if v) + sum(v for v in first_extra.values() if v),
@@ -118,6 +119,14 @@ def timings(out: Path, n: int, arms: list[str], run: dict) -> dict:
         "slowest_rank_edit_busy_seconds": max(r["edit_busy_seconds"] for r in per_rank),
         "slowest_rank_judge_busy_seconds": max(r["judge_busy_seconds"] for r in per_rank),
     }
+
+
+def _steps(launch_unix: float, rank: dict) -> dict:
+    """Launch -> ready in steps: to main() (torchrun, interpreter, imports), to the process group, to ready (run
+    context, preflight, folder lock, leftover merge)."""
+    marks = [("launch", launch_unix)] + [(k[:-5], rank[k]) for k in ("main_unix", "group_unix", "ready_unix")
+                                         if rank.get(k)]
+    return {f"{a}_to_{b}": t1 - t0 for (a, t0), (b, t1) in zip(marks, marks[1:])}
 
 
 def _first_edit_extra(seconds: list[float | None]) -> float | None:

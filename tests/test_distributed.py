@@ -265,6 +265,8 @@ def test_setup_errors_name_the_fix(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(DistributedSetupError, match="--device cpu"):
             rank_device("cuda", 0)
+    else:  # GPU ranks keep their GPU for the work; the group (barriers, small objects) stays on gloo
+        assert rank_device("cuda", 0) == ("cuda:0", "gloo")
     monkeypatch.setenv(FAULT_ENV, "1:judging:2")
     with pytest.raises(DistributedSetupError, match="RANK:STAGE:N"):
         fault_after(1, "judge")

@@ -1,9 +1,11 @@
 """One process or many: a `Shard` says which part of the work this process does, and per-rank record files merge back.
 
 Under torchrun (or any env:// launcher with WORLD_SIZE > 1) each process joins a torch.distributed process group
-(NCCL on GPUs, gloo on CPUs) and works on its own device, cuda:LOCAL_RANK. A single process is a shard of a world of
-one, so the same code runs either way: `shard.take(items)` is every item for one process and every world_size-th
-item (starting at its rank) for one of several; `barrier` and `gather` are no-ops or their collective.
+and works on its own device, cuda:LOCAL_RANK (or the CPU). The group only carries barriers and small Python objects,
+so it is gloo (TCP, on the CPU) on GPUs too: no NCCL communicator to start, and no NCCL buffers in GPU memory. A
+single process is a shard of a world of one, so the same code runs either way: `shard.take(items)` is every item for
+one process and every world_size-th item (starting at its rank) for one of several; `barrier` and `gather` are no-ops
+or their collective.
 
 Records: each rank appends to its own per-rank file (`records.RecordSink`); after a barrier, one process folds them
 into the shared files with `merge_rank_files`, in an order the caller supplies (this module knows no record format).
@@ -37,7 +39,7 @@ class DistributedSetupError(RuntimeError):
 class Shard:
     """This process's place in the work: rank `rank` of `world_size`, computing on `device`.
 
-    backend: the process-group backend ("nccl", "gloo"), None for a single process that joined no group.
+    backend: the process-group backend ("gloo"), None for a single process that joined no group.
     """
 
     rank: int = 0
@@ -69,12 +71,9 @@ class Shard:
             raise DistributedSetupError(f"{', '.join(missing)} not set: start several ranks with `{launch_hint}`")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device, backend = rank_device(requested_device, local_rank)
-        kwargs = {}
-        if backend == "nccl":
+        if device.startswith("cuda"):
             torch.cuda.set_device(local_rank)
-            kwargs["device_id"] = torch.device(device)
-        dist.init_process_group(backend=backend, init_method="env://", timeout=_dt.timedelta(seconds=timeout_s),
-                                **kwargs)
+        dist.init_process_group(backend=backend, init_method="env://", timeout=_dt.timedelta(seconds=timeout_s))
         return cls(dist.get_rank(), dist.get_world_size(), device, backend, local_rank)
 
     # ---------------------------------------------------------------------------------------------- the work
@@ -136,8 +135,8 @@ def launched_with_several_ranks() -> bool:
 
 
 def rank_device(requested: str | None, local_rank: int) -> tuple[str, str]:
-    """(device, backend) of one rank: ("cuda:LOCAL_RANK", "nccl") for --device cuda (default when a GPU is
-    visible), ("cpu", "gloo") for --device cpu."""
+    """(device, backend) of one rank: ("cuda:LOCAL_RANK", "gloo") for --device cuda (default when a GPU is
+    visible), ("cpu", "gloo") for --device cpu. gloo on GPUs too: the group carries only barriers and small objects."""
     requested = requested or ("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cpu":
         return "cpu", "gloo"
@@ -152,7 +151,7 @@ def rank_device(requested: str | None, local_rank: int) -> tuple[str, str]:
         raise DistributedSetupError(
             f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible: use "
             f"--nproc-per-node {torch.cuda.device_count()} or fewer (one process per GPU)")
-    return f"cuda:{local_rank}", "nccl"
+    return f"cuda:{local_rank}", "gloo"
 
 
 # ------------------------------------------------------------------------------------------------------ merging

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from harness.core.distributed import DistributedSetupError
 from harness.core.lock import FolderLockedError
@@ -150,11 +151,13 @@ def judge_server_from_args(args: argparse.Namespace) -> JudgeServer | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup = {"main_unix": time.time()}  # interpreter and imports are done (distributed.json splits start-up)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         check_device(args.device)  # before any process group or model
         shard = open_shard(args.device)  # one process, or this rank of a torchrun launch
+        startup["group_unix"] = time.time()
         try:
             # The main rank writes the shared files (synthetic models, data) before the others read them.
             ctx = shard.main_first(lambda: make_context(
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
                 bootstrap=args.bootstrap, cuda_graphs=False if args.eager else args.cuda_graphs, stage=args.stage,
                 judge_server=judge_server_from_args(args)))
-            summary = run(ctx, args.stage, shard)
+            summary = run(ctx, args.stage, shard, startup=startup)
         finally:
             shard.close()
     except (SetupError, TaskError, DatasetError, PromptSetError, ProtocolError, DistributedSetupError,

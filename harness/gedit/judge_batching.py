@@ -117,7 +117,7 @@ def batch_size_for_device(total_bytes: int, own_bytes: int, free_bytes: int, tex
     """(batch size, how it was chosen) for a judge whose weights take `own_bytes` of a device of `total_bytes`.
 
     Sized from the device's capacity less this process's own tensors, not from free memory: free memory also
-    depends on what other processes hold (another rank, a process group's NCCL buffers), and the batch decides the
+    depends on what other processes hold (another rank, a CUDA context, NCCL buffers), and the batch decides the
     chunks and the numerics, so it must not change with the world size. Only when the device's actual
     `free_bytes` cannot hold that batch (another job on the GPU) is it sized from free memory, with a warning.
     """

@@ -1,7 +1,7 @@
 """The GEdit flow, one code path for one process or many: select -> generate -> judge -> merge -> score.
 
 A single process is a `Shard` of a world of one. Under `torchrun --nproc-per-node N -m harness.gedit ...` each of
-the N processes loads its own models on cuda:LOCAL_RANK (NCCL; gloo with --device cpu) and takes its share:
+the N processes loads its own models on cuda:LOCAL_RANK (a gloo group for barriers) and takes its share:
 
 - generation: round-robin over the selection (`shard.take(samples)`: rank r edits samples r, r+N, ...);
 - judging: the (arm, sample) pairs in single-process order cut into chunks of the judge's `chunk_samples`
@@ -72,10 +72,12 @@ def stages_of(stage: str, edits_elsewhere: bool = False) -> tuple[str, ...]:
     return ("judge", "score") if edits_elsewhere else STAGES
 
 
-def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> GeditSummary | None:
+def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None,
+        startup: dict | None = None) -> GeditSummary | None:
     """Run the requested stage(s) on this shard; returns the summary on the main rank when the score stage ran.
 
-    The main rank holds the --out folder's lock throughout (one launch writes a folder at a time)."""
+    The main rank holds the --out folder's lock throughout (one launch writes a folder at a time). startup: unix
+    times of the process's start-up steps (e.g. {"main_unix", "group_unix"}), recorded in distributed.json."""
     shard = shard or Shard.single(ctx.device)
     stages = stages_of(stage, ctx.edits_elsewhere)
     if stage == "all" and ctx.edits_elsewhere:
@@ -85,10 +87,10 @@ def run(ctx: RunContext, stage: str = "all", shard: Shard | None = None) -> Gedi
     lock = (FolderLock(ctx.out, purpose=f"python -m harness.gedit --stage {stage}") if shard.is_main
             else contextlib.nullcontext())
     with lock:
-        return _run_stages(ctx, stages, shard)
+        return _run_stages(ctx, stages, shard, startup or {})
 
 
-def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> GeditSummary | None:
+def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard, startup: dict) -> GeditSummary | None:
     ready_unix = time.time()  # imports, the process group and the run context are done: start-up ends here
     chunk_width = ctx.batch_size  # judge chunk width; a judge chooses it when --batch-size is not given
     if "judge" in stages:  # before any edit is made: the settings known without loading the judge must not change
@@ -99,7 +101,7 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard) -> Gedit
             log.info("merged records left by an interrupted run: %s", leftovers)
     shard.barrier()
     mine = {"rank": shard.rank, "local_rank": shard.local_rank, "host": socket.gethostname(), "device": shard.device,
-            "ready_unix": ready_unix}
+            **startup, "ready_unix": ready_unix}
     if {"generate", "judge"} & set(stages):
         ds, samples = select(ctx, record=shard.is_main, for_judging="judge" in stages)
         if "generate" in stages:
