@@ -15,7 +15,7 @@ benchmark splits the wall time into:
 Sameness is checked on content: every edit's pixels (max absolute difference, pixel- and byte-identical counts);
 every judgement about the same images (raw answers of every attempt, statuses and scores, max score difference,
 where the first differing answer is); and the judge's model batches (chunk by chunk: calls, order, padded length,
-token hash). Scores of random models are meaningless; times and sameness are real. All launches get the same
+token and pixel hash). Scores of random models are meaningless; times and sameness are real. All launches get the same
 OMP_NUM_THREADS (CPU thread counts change CPU float sums; torchrun would give 1 to N > 1 only).
 
     python -m benchmarks.distributed_speedup --gpus 1 2 --json results/distributed_speedup_nvidia-h200-x2.json

@@ -124,7 +124,7 @@ def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path)
                                                                                                       (1, 2, 4)]
     assert report["merged_records"][str(tmp_path / "judgements.jsonl")] == 8
     # The judge ran exactly the model batches of one process: the same chunks, and in each the same calls in the same
-    # order, padded to the same length, with the same tokens (retry batches included); chunk b on rank b mod 2.
+    # order, padded to the same length, with the same tokens and pixels (retries included); chunk b on rank b mod 2.
     assert _batch_plans(tmp_path) == _batch_plans(reference)
     assert [chunk for chunk, _ in _batch_plans(reference)] == [0, 1, 2, 3]
     assert [r["judge"]["chunks"] for r in report["ranks"]] == [[0, 2], [1, 3]]

@@ -103,11 +103,15 @@ def test_batch_fingerprint_names_calls_order_padding_and_tokens(judge, calls):
     fingerprint = batching.batch_fingerprint(batch, attempt=0)
     assert fingerprint["calls"] == [e.call_id for e in batch] and fingerprint["attempt"] == 0
     assert fingerprint["padded_tokens"] == batching.collate_left_padded(batch, 0)["input_ids"].shape[1]
-    assert batching.batch_fingerprint(list(batch), 0) == fingerprint
-    assert batching.batch_fingerprint(batch[::-1], 0)["tokens_sha256"] != fingerprint["tokens_sha256"]
-    changed = [batching.EncodedCall(e.index, e.call_id, {**e.tensors, "input_ids": e.tensors["input_ids"] + 1})
-               for e in batch]
-    assert batching.batch_fingerprint(changed, 0)["tokens_sha256"] != fingerprint["tokens_sha256"]
+    again = batching.length_ordered_batches(judge.prepare(calls), 4)[0]  # encoding the calls again: same inputs
+    assert batching.batch_fingerprint(again, 0) == fingerprint
+    assert batching.batch_fingerprint(batch[::-1], 0)["inputs_sha256"] != fingerprint["inputs_sha256"]
+    for key, change in (("input_ids", 1), ("pixel_values", 2.0**-20)):  # one token, or one pixel value by a hair
+        tensors = [{**e.tensors} for e in batch]
+        tensors[0][key] = tensors[0][key].clone()
+        tensors[0][key].view(-1)[-1] += change
+        changed = [batching.EncodedCall(e.index, e.call_id, t) for e, t in zip(batch, tensors)]
+        assert batching.batch_fingerprint(changed, 0)["inputs_sha256"] != fingerprint["inputs_sha256"], key
     judge.run_calls(calls)  # the judge records one fingerprint per model batch it ran, retries included
     plan = judge.last_run_stats["batch_plan"]
     assert len(plan) == judge.last_run_stats["batches"]

@@ -38,6 +38,15 @@ class EncodedCall:
     index: int  # position in the judge() call, the tie-break of the ordering
     call_id: str
     tensors: dict[str, torch.Tensor]
+    inputs_sha256: str = dataclasses.field(init=False)  # of every tensor: what the model is fed for this call
+
+    def __post_init__(self) -> None:
+        # Hashed where the call is encoded (the preparation thread), off the GPU's critical path.
+        digest = hashlib.sha256()
+        for key in sorted(self.tensors):
+            t = self.tensors[key].detach().cpu().contiguous()
+            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode() + t.view(torch.uint8).numpy().tobytes())
+        self.inputs_sha256 = digest.hexdigest()[:16]
 
     @property
     def n_tokens(self) -> int:
@@ -53,13 +62,11 @@ def length_ordered_batches(encoded: Sequence[EncodedCall], batch_size: int) -> l
 
 def batch_fingerprint(batch: Sequence[EncodedCall], attempt: int) -> dict:
     """What one model batch is, for comparing runs: its calls in batch order, the padded length (every call is
-    left-padded to it) and a hash of every call's token ids in that order. Two batches with equal fingerprints
-    feed the model the same padded tokens (the images behind them are hashed per judgement)."""
-    digest = hashlib.sha256()
-    for e in batch:
-        digest.update(e.call_id.encode() + b"\0" + e.tensors["input_ids"].numpy().tobytes())
+    left-padded to it) and a hash over the calls' own input hashes in that order (token ids and pixel values). Two
+    batches with equal fingerprints feed the model the same tensors."""
+    digest = hashlib.sha256("".join(e.inputs_sha256 for e in batch).encode())
     return {"attempt": attempt, "calls": [e.call_id for e in batch], "padded_tokens": max(e.n_tokens for e in batch),
-            "tokens_sha256": digest.hexdigest()[:16]}
+            "inputs_sha256": digest.hexdigest()[:16]}
 
 
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
