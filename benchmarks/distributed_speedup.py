@@ -135,6 +135,13 @@ def _first_edit_extra(seconds: list[float | None]) -> float | None:
     return done[0] - statistics.median(done[1:]) if len(done) > 1 else None
 
 
+def _estimate_seconds(base_run: dict, n: int) -> float:
+    """A launch on n GPUs from the baseline's: every process pays the start-up, the rest splits (10 % slack)."""
+    wall = base_run.get("wall_seconds", 0.0)
+    startup = max((r["startup_seconds"] for r in (base_run.get("timings") or {}).get("ranks", [])), default=wall / 2)
+    return startup + 1.1 * (wall - startup) / n
+
+
 def speedups(result: dict, base: int) -> dict:
     """speedup[N] = baseline / N for the launch's wall, each stage's wall and the slowest rank's busy seconds."""
     ref = result["runs"].get(str(base), {}).get("timings")
@@ -321,8 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.gpus[0]
     for n in args.gpus:
         elapsed = time.perf_counter() - t0
-        ref = result["runs"].get(str(base), {})
-        estimate = ref.get("wall_seconds", 0.0) * (0.5 + 0.5 / n)  # start-up stays, the work splits
+        estimate = _estimate_seconds(result["runs"].get(str(base), {}), n)
         if n != base and elapsed + estimate > args.budget_s:
             result["runs"][str(n)] = {"skipped": f"an estimated {estimate:.0f} s does not fit the "
                                                  f"{args.budget_s:.0f} s budget after {elapsed:.0f} s"}

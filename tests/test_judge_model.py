@@ -57,6 +57,14 @@ def test_full_synthetic_judge_has_the_7b_shapes():
     assert model.lm_head.weight.shape == (152064, 3584)
 
 
+def test_full_synthetic_judge_is_built_on_its_device_without_a_cpu_copy():
+    from harness.gedit.judge import build_full_synthetic_judge
+
+    judge = build_full_synthetic_judge("meta")  # a device that holds no data: any CPU tensor would show
+    placed = {t.device.type for t in (*judge.model.parameters(), *judge.model.buffers())}
+    assert placed == {"meta"} and judge.describe()["synthetic"] == {"size": "full", "seed": 0}
+
+
 @pytest.mark.gpu
 def test_tiny_judge_on_cuda_uses_the_official_preprocessing(tmp_path, calls):
     import torch
