@@ -38,6 +38,7 @@ DECODE_SETTINGS = {
     "compiled": "v1: StaticCache of cache_tokens() tokens, decode step torch.compile'd by generate "
                 "(inductor, reduce-overhead = CUDA graphs, dynamic shapes); prefill eager",
 }
+SPEED_SETTING_KEYS = ("vision_attention", "decode", "compile_backend")  # absent from the settings: the plain path
 CACHE_ROUNDING = 256  # prompts past PROMPT_TOKENS_BOUND get a cache rounded up to this many tokens (few shapes)
 COMPILE_BACKEND = "inductor"
 
@@ -56,6 +57,19 @@ def resolve_modes(vision_attention: str | None, decode: str | None, device: str)
     if decode not in DECODE_MODES:
         raise JudgeSpeedError(f"unknown judge decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
     return vision_attention, decode
+
+
+def speed_settings(vision_attention: str, decode: str, compile_backend: str = COMPILE_BACKEND) -> dict:
+    """The non-plain options (resolved names), as recorded in the judge's settings. Absent keys mean the plain path,
+    which is what judges recorded before these options existed, so their runs resume with the plain options."""
+    out: dict[str, Any] = {}
+    if vision_attention != "per-window":
+        out["vision_attention"] = f"{vision_attention} {VISION_ATTENTION_SETTINGS[vision_attention]}"
+    if decode != "eager":
+        out["decode"] = f"{decode} {DECODE_SETTINGS[decode]}"
+        if decode == "compiled" and compile_backend != COMPILE_BACKEND:
+            out["compile_backend"] = compile_backend
+    return out
 
 
 def cache_tokens(prompt_tokens: int, max_new_tokens: int) -> int:
@@ -83,16 +97,7 @@ class JudgeSpeed:
         set_vision_attention(model, self.vision_attention)
 
     def settings(self) -> dict:
-        """The non-plain options, as recorded in the judge's settings (absent keys: the plain path, which is what
-        judges recorded before these options existed)."""
-        out: dict[str, Any] = {}
-        if self.vision_attention != "per-window":
-            out["vision_attention"] = f"{self.vision_attention} {VISION_ATTENTION_SETTINGS[self.vision_attention]}"
-        if self.decode != "eager":
-            out["decode"] = f"{self.decode} {DECODE_SETTINGS[self.decode]}"
-            if self.decode == "compiled" and self.compile_backend != COMPILE_BACKEND:
-                out["compile_backend"] = self.compile_backend
-        return out
+        return speed_settings(self.vision_attention, self.decode, self.compile_backend)
 
     def no_grad(self):
         """The autograd context for generate: inference mode for the dynamic cache; plain no_grad with a static cache
