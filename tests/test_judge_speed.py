@@ -113,3 +113,20 @@ def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
 def test_static_cache_length_is_the_prompt_bound_unless_a_prompt_is_longer():
     assert speed.cache_tokens(700, 128) == speed.cache_tokens(1133, 128) == PROMPT_TOKENS_BOUND + 128
     assert speed.cache_tokens(PROMPT_TOKENS_BOUND + 1, 512) == PROMPT_TOKENS_BOUND + speed.CACHE_ROUNDING + 512
+
+
+def test_throughput_benchmark_dry_run_compares_the_variants(tmp_path):
+    import json
+
+    from benchmarks.judge_throughput import main
+
+    out = tmp_path / "judge.json"
+    assert main(["--size", "tiny", "--device", "cpu", "--batch-sizes", "2", "--first-variant-batch-sizes",
+                 "--variants", "packed-vision", "plain", "--new-tokens", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in result["sweep"]}
+    assert set(rows) == {"packed-vision", "plain"} and all(r["samples_per_s"] > 0 for r in rows.values())
+    assert rows["plain"]["answers_vs"]["packed-vision"]["identical_share"] == 1.0
+    assert [v["vision_attention"] for v in result["vision_tower"]] == ["packed", "per-window"]
+    assert result["vision_tower"][1]["max_abs_difference"] < 1e-5 < result["vision_tower"][1]["max_abs_feature"]
+    assert result["best"]["variant"] in rows and "running" not in result
