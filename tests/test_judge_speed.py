@@ -94,6 +94,17 @@ def test_compiled_decode_gives_the_plain_answers(judge_folder, calls):
     assert judge.settings()["compile_backend"] == "aot_eager"
 
 
+@pytest.mark.gpu
+def test_fast_judge_on_cuda_gives_the_plain_answers(judge_folder, calls):
+    # the real fast path: inductor code generation and CUDA-graph replay of the decode step (float32: no bf16 noise)
+    judge = QwenJudge.load(judge_folder, device="cuda", dtype=torch.float32, batch_size=4, max_new_tokens=8,
+                           max_retries=0, vision_attention="per-window", decode="eager")
+    plain = answers(judge, calls)
+    judge.set_speed("packed", "compiled")
+    assert answers(judge, calls) == plain  # compiles, captures
+    assert answers(judge, calls) == plain  # replays
+
+
 def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
     judge = QwenJudge.load(judge_folder, device="cpu", max_new_tokens=4)
     assert (judge.speed.vision_attention, judge.speed.decode) == ("packed", "eager")  # the CPU defaults
