@@ -171,9 +171,7 @@ class PackedVisionAttention(torch.nn.Module):
         self.num_key_value_groups, self.is_causal = 1, False  # read by transformers' attention functions
         self._original = (original,)  # a tuple: not registered as a submodule (no duplicate parameters)
         self._plans = plans
-        self._rotary = qwen.apply_rotary_pos_emb_vision
-        self._attention = qwen.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                                     qwen.eager_attention_forward)
+        self._qwen = qwen  # its rotary embedding and attention functions, as the replaced module uses them
 
     @property
     def original(self) -> torch.nn.Module:
@@ -185,14 +183,16 @@ class PackedVisionAttention(torch.nn.Module):
         images), attention stays inside each chunk."""
         seq = hidden_states.shape[0]
         q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        q, k = self._rotary(q, k, *position_embeddings)
+        q, k = self._qwen.apply_rotary_pos_emb_vision(q, k, *position_embeddings)
+        attention = self._qwen.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                     self._qwen.eager_attention_forward)
         plan = self._plans.get(cu_seqlens)
-        qkv = torch.stack((q, k, v)).index_select(1, plan.order)  # (3, seq, heads, head_dim) in stacking order
+        q, k, v = (t.index_select(0, plan.order) for t in (q, k, v))  # (seq, heads, head_dim) in stacking order
         outputs, offset = [], 0
         for count, length in plan.groups:
-            part = qkv[:, offset:offset + count * length].unflatten(1, (count, length)).transpose(2, 3)
-            out, _ = self._attention(self, part[0], part[1], part[2], attention_mask=None, scaling=self.scaling,
-                                     dropout=0.0, is_causal=False)  # (count, length, heads, head_dim)
+            part = [t[offset:offset + count * length].unflatten(0, (count, length)).transpose(1, 2) for t in (q, k, v)]
+            out, _ = attention(self, *part, attention_mask=None, scaling=self.scaling, dropout=0.0,
+                               is_causal=False)  # (count, length, heads, head_dim)
             outputs.append(out.reshape(count * length, *out.shape[2:]))
             offset += count * length
         stacked = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
