@@ -287,8 +287,10 @@ def _judge_settings(js: dict | None) -> str:
     if not js:
         return ""
     keys = ("kind", "dtype", "device", "decoding", "max_new_tokens", "max_tokens", "max_retries", "repetition_penalty",
-            "batch_size", "ordering", "attention", "served_model", "url", "concurrency", "vision_preprocessing")
-    return " (" + ", ".join(f"{k} {js[k]}" for k in keys if k in js) + ")"
+            "batch_size", "ordering", "attention", "served_model", "url", "concurrency", "vision_preprocessing",
+            "vision_attention", "decode")
+    short = {"vision_attention", "decode"}  # the speed options' mode names; the recorded text says what each does
+    return " (" + ", ".join(f"{k} {str(js[k]).split()[0] if k in short else js[k]}" for k in keys if k in js) + ")"
 
 
 def _dig(data: Any, *keys: Any) -> Any:

@@ -75,7 +75,8 @@ def test_batch_size_from_free_memory_is_a_capped_power_of_two():
     text = qwen2_5_vl_7b_config_text()
     assert batching.kv_bytes_per_token(text, torch.bfloat16) == 2 * 28 * 4 * 128 * 2  # 56 KiB per token
     per_call = (1536 + 512) * 57344 + 1536 * (3 * 18944 + 6 * 3584) * 2
-    assert batching.batch_size_for_memory(120 * 2**30, text, torch.bfloat16, 512) == batching.AUTO_BATCH_CAP
+    assert batching.batch_size_for_memory(120 * 2**30, text, torch.bfloat16, 512) == batching.AUTO_BATCH_CAP == 256
+    assert batching.batch_size_for_memory(62 * 2**30, text, torch.bfloat16, 512) == 128  # an 80 GB card, 7B loaded
     assert batching.batch_size_for_memory(int(20.5 * per_call / 0.85), text, torch.bfloat16, 512) == 16
     assert batching.batch_size_for_memory(per_call // 2, text, torch.bfloat16, 512) == 1
     assert batching.auto_batch_size("cpu", text, torch.bfloat16, 512) == (batching.CPU_BATCH_SIZE, "auto: 4 on a CPU")

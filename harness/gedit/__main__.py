@@ -47,6 +47,7 @@ from harness.gedit.data import DatasetError
 from harness.gedit.judge import JudgeError
 from harness.gedit.judge_batching import AUTO_BATCH_CAP, CPU_BATCH_SIZE
 from harness.gedit.judge_prompts import PromptSetError
+from harness.gedit.judge_speed import DECODE_MODES, VISION_ATTENTION_MODES
 from harness.gedit.protocol import PROTOCOLS, ProtocolError
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import SUMMARY_MD, RunFolderError
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     jud.add_argument("--batch-size", type=int, default=None,
                      help=f"judge calls per forward batch (default: from free GPU memory, a power of two, at most "
                           f"{AUTO_BATCH_CAP}; {CPU_BATCH_SIZE} on a CPU); a judge setting: a resume must use the same")
+    jud.add_argument("--judge-vision-attention", default=None, choices=VISION_ATTENTION_MODES,
+                     help="in-process judge: packed (default; every vision window of a batch in a few attention "
+                          "calls) or per-window (transformers' loop); a judge setting")
+    jud.add_argument("--judge-decode", default=None, choices=DECODE_MODES,
+                     help="in-process judge: compiled (default on CUDA; static KV cache, decode step compiled into "
+                          "CUDA graphs), static (static cache, eager) or eager (default on CPU; dynamic cache); "
+                          "a judge setting. Judgements made before these options used per-window + eager")
     srv = p.add_argument_group("served judge: any OpenAI-compatible server (vLLM, SGLang, a hosted model)")
     srv.add_argument("--judge-url", default=None, metavar="URL",
                      help="judge through the chat-completions API at URL, e.g. http://127.0.0.1:8000/v1")
@@ -146,6 +154,9 @@ def judge_server_from_args(args: argparse.Namespace) -> JudgeServer | None:
         return None
     if args.judge:
         raise SetupError("--judge (a local checkpoint) and --judge-url (a server) exclude each other: pass one")
+    if args.judge_vision_attention or args.judge_decode:
+        raise SetupError("--judge-vision-attention / --judge-decode are options of the in-process judge: drop them "
+                         "with --judge-url")
     return JudgeServer(args.judge_url, api_key_env=args.judge_api_key_env, concurrency=args.judge_concurrency,
                        timeout_s=args.judge_timeout)
 
@@ -165,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                 edits=args.edits, arms=args.precision, device=shard.device, viescore_file=args.viescore_file,
                 batch_size=args.batch_size, progress=not args.no_progress and shard.is_main,
                 bootstrap=args.bootstrap, cuda_graphs=False if args.eager else args.cuda_graphs, stage=args.stage,
-                judge_server=judge_server_from_args(args)))
+                judge_server=judge_server_from_args(args),
+                judge_speed={"vision_attention": args.judge_vision_attention, "decode": args.judge_decode}))
             summary = run(ctx, args.stage, shard, startup=startup)
         finally:
             shard.close()

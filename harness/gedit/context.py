@@ -22,6 +22,7 @@ from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task, unique
 from harness.gedit.judge import JudgeError, write_synthetic_judge
 from harness.gedit.judge_prompts import VIESCORE, PromptSet, PromptSetError, resolve_prompt_set, viescore_identity
+from harness.gedit.judge_speed import resolve_modes, speed_settings
 from harness.gedit.protocol import Protocol, get_protocol
 from harness.gedit.run_folder import FULLSET, RunFolder, judge_identity
 from harness.gedit.served_judge import JudgeServer
@@ -62,6 +63,8 @@ class RunContext:
     edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
     prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
     judge_server: JudgeServer | None = None  # judge through this OpenAI-compatible server instead of in process
+    # the in-process judge's speed options (harness.gedit.judge_speed): vision_attention, decode; None = default
+    judge_speed: dict = dataclasses.field(default_factory=dict)
 
     @property
     def baseline_arm(self) -> str:
@@ -88,20 +91,25 @@ class RunContext:
         spec = self.config.judge
         known = {"max_new_tokens": spec.max_new_tokens, "max_retries": spec.max_retries}
         in_process = self.judge_server is None  # a served judge batches on the server: no batch size here
-        return known | ({"batch_size": self.batch_size} if in_process and self.batch_size is not None else {})
+        if not in_process:
+            return known
+        speed = speed_settings(*resolve_modes(self.judge_speed.get("vision_attention"),
+                                              self.judge_speed.get("decode"), self.device))
+        return known | speed | ({"batch_size": self.batch_size} if self.batch_size is not None else {})
 
 
 def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out: str | None, edits: str | None,
                  arms: Sequence[str] | None, device: str, viescore_file: str | None = None,
                  batch_size: int | None = None, progress: bool = True, bootstrap: int = 10_000,
-                 cuda_graphs: bool | None = None, stage: str = "all", judge_server: JudgeServer | None = None
-                 ) -> RunContext:
+                 cuda_graphs: bool | None = None, stage: str = "all", judge_server: JudgeServer | None = None,
+                 judge_speed: dict | None = None) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
     flags: dotted task fields -> flag values (None = not given); out: results folder (default
     scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision;
     stage: --stage (a stage that judges needs the prompt texts, the others only their identity);
-    judge_server: judge through that server (the judge model is then the name it serves).
+    judge_server: judge through that server (the judge model is then the name it serves); judge_speed: the
+    in-process judge's speed options (`harness.gedit.judge_speed`; None values: the device's defaults).
     """
     config, changes = resolve_task(task, flags, synthetic)
     out_dir = Path(out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{synthetic}" if synthetic else "")))
@@ -112,7 +120,7 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
                      prompts=prompts, protocol=get_protocol(config.judge.protocol), device=device,
                      batch_size=batch_size, synthetic=synthetic, progress=progress, bootstrap=bootstrap,
                      cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem,
-                     judge_server=judge_server)
+                     judge_server=judge_server, judge_speed=dict(judge_speed or {}))
     if synthetic:
         prepare_synthetic(ctx, explicit_dataset=flags.get("dataset.id") is not None,
                           explicit_model=flags.get("generation.model") is not None,

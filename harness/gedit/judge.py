@@ -23,6 +23,7 @@ import torch
 from harness.gedit import judge_batching as batching
 from harness.gedit.answers import ParsedAnswer, parse_official_answer
 from harness.gedit.judge_prompts import PromptSet
+from harness.gedit.judge_speed import COMPILE_BACKEND, JudgeSpeed
 
 RETRY_TEMPERATURE = 0.7
 RETRY_TOP_P = 0.9
@@ -121,6 +122,8 @@ class Judge(Protocol):
 class QwenJudge:
     """Qwen2.5-VL judge through transformers: calls encoded one by one, ordered by prompt length, left-padded into
     batches of `batch_size` (from free GPU memory unless given), SDPA attention, greedy first, seeded retries.
+    `vision_attention` and `decode` are the speed options of `harness.gedit.judge_speed` (None: the device's
+    default); they join the settings.
 
     Vision preprocessing uses `qwen_vl_utils.process_vision_info` (the official resize) when it imports, and the
     checkpoint's `AutoProcessor` when torchvision allows it; otherwise the images go straight to the Qwen2-VL image
@@ -130,12 +133,14 @@ class QwenJudge:
     def __init__(self, model, tokenizer, image_processor, processor=None, *, model_id: str, device: str,
                  batch_size: int | None = None, max_new_tokens: int = 512, min_new_tokens: int = 0,
                  max_retries: int = 2, seed: int = 0, synthetic: dict | None = None,
-                 batch_cap: int = batching.AUTO_BATCH_CAP):
+                 batch_cap: int = batching.AUTO_BATCH_CAP, vision_attention: str | None = None,
+                 decode: str | None = None, compile_backend: str = COMPILE_BACKEND):
         self.model, self.tokenizer, self.image_processor, self.processor = model, tokenizer, image_processor, processor
         self.model_id, self.device = model_id, device
         self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
         self.max_retries, self.seed, self.synthetic = max_retries, seed, synthetic
         self.last_run_stats: dict = {"new_tokens": 0}
+        self.speed = JudgeSpeed(model, device, vision_attention, decode, compile_backend)
         self.tokenizer.padding_side = "left"
         # Decoding runs on the caller's thread while prepare() encodes on a worker: each gets its own tokenizer.
         self._decoder = copy.deepcopy(tokenizer)
@@ -191,10 +196,16 @@ class QwenJudge:
                 "decoding": "greedy", "max_retries": self.max_retries,
                 "retry": {"temperature": RETRY_TEMPERATURE, "top_p": RETRY_TOP_P, "seed": f"{self.seed} + attempt"},
                 "repetition_penalty": getattr(gen, "repetition_penalty", None),
-                "vision_preprocessing": self.preprocessing, "synthetic": self.synthetic or False}
+                "vision_preprocessing": self.preprocessing, "synthetic": self.synthetic or False,
+                **self.speed.settings()}
 
     def describe(self) -> dict:
         return {**self.settings(), "device": self.device, "batch_size_source": self.batch_size_source}
+
+    def set_speed(self, vision_attention: str | None = None, decode: str | None = None,
+                  compile_backend: str = COMPILE_BACKEND) -> None:
+        """Switch the speed options (None: the device's default), e.g. to compare them on one loaded model."""
+        self.speed = JudgeSpeed(self.model, self.device, vision_attention, decode, compile_backend)
 
     # ---- inputs
     def prepare(self, calls: Sequence[JudgeCall]) -> list[batching.EncodedCall]:
@@ -233,7 +244,8 @@ class QwenJudge:
         else:
             torch.manual_seed(sample_seed)
             kwargs.update(do_sample=True, temperature=RETRY_TEMPERATURE, top_p=RETRY_TOP_P, top_k=None)
-        with torch.inference_mode():
+        with self.speed.no_grad():
+            kwargs.update(self.speed.generate_kwargs(len(batch), inputs["input_ids"].shape[1], self.max_new_tokens))
             out = self.model.generate(**inputs, **kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:].cpu()
         pad = self.tokenizer.pad_token_id

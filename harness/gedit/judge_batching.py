@@ -19,9 +19,11 @@ import torch
 
 # The rule that forms batches; a resume with another rule is a settings change (bump the version on any change).
 ORDERING = "v1: within each judge() call, calls sorted by prompt tokens (stable, ties in call order), cut into batch_size"
-# Calls per forward batch at most when chosen from free memory. On an H200 (results/judge_throughput_h200.json):
-# 1.10 samples/s at 32, 1.76 at 64, 2.18 at 128 (45 GiB peak); 256 was not measured.
-AUTO_BATCH_CAP = 128
+# Calls per forward batch at most when chosen from free memory. The plain judge on an H200
+# (results/judge_throughput_h200.json): 1.10 samples/s at 32, 1.76 at 64, 2.18 at 128 (45 GiB peak): an eager decode
+# step costs about the same at any batch size, so larger batches pay. 256 fits an H200 (about 100 GiB by the estimate
+# below at 512 new tokens); an 80 GB card gets 128 from the estimate.
+AUTO_BATCH_CAP = 256
 CPU_BATCH_SIZE = 4  # on a CPU there is no memory to size by; small batches keep the tiny test judges fast
 PROMPT_TOKENS_BOUND = 1536  # a two-image GEdit call at the 512x512 area (~650 image + ~450 text tokens), rounded up
 MEMORY_HEADROOM = 0.85  # share of free memory the batch may fill (allocator fragmentation, vision activations)

@@ -40,7 +40,8 @@ def load_judge(ctx: RunContext) -> Judge:
     if ctx.judge_server is not None:
         return ctx.judge_server.connect(ctx.judge_model, max_new_tokens=spec.max_new_tokens,
                                         max_retries=spec.max_retries)
-    kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries)
+    kwargs = dict(batch_size=ctx.batch_size, max_new_tokens=spec.max_new_tokens, max_retries=spec.max_retries,
+                  **ctx.judge_speed)
     if ctx.judge_model == SYNTHETIC_FULL:
         return build_full_synthetic_judge(ctx.device, **kwargs)
     judge = QwenJudge.load(ctx.judge_model, ctx.device, **kwargs)

@@ -241,27 +241,30 @@ class RunFolder:
         """(arm, task_type, language, key) -> the latest judgement by `ident`, from the shared file and the ranks'."""
         return {(r["arm"], *sample_key(r)): r for r in self.judgements_by(ident)}
 
-    def check_judge_settings(self, ident: dict, settings: dict, partial: bool = False) -> None:
+    def check_judge_settings(self, ident: dict, settings: dict, partial: bool = False,
+                             absent_is_a_value: Sequence[str] = ()) -> None:
         """Refuse to add judgements to ones `ident` made with other judge settings (batch size, ordering, decoding,
         served model...): batched decoding can change answers with them, and a run must not mix the two. Where the
         judge's folder lies is the identity's business (a moved run folder still matches), not a setting.
-        `partial`: `settings` holds only some keys (those known before the judge loads); only those are compared."""
+        `partial`: `settings` holds only some keys (those known before the judge loads); only those are compared,
+        and those in `absent_is_a_value` (keys whose absence means a value, e.g. the judge's plain speed options)."""
         for rec in self.judgements_by(ident):
             if rec.get("status") in ("missing_image", "input_error") or not (rec.get("judge") or {}).get("settings"):
                 continue
             old = {k: v for k, v in rec["judge"]["settings"].items() if k != "model"}
             new = {k: v for k, v in settings.items() if k != "model"}
             if partial:  # compare only what is known now, and what the record knew (older records lack keys)
-                new = {k: v for k, v in new.items() if k in old}
-                old = {k: old[k] for k in new}
+                new = {k: v for k, v in new.items() if k in old or k in absent_is_a_value}
+                old = {k: v for k, v in old.items() if k in new or k in absent_is_a_value}
             if old == new:
                 continue
             changed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                                 if old.get(k) != new.get(k))
             raise SettingsMismatchError(
                 f"{self.file(JUDGEMENTS)} holds judgements by {ident['model']} made with other judge settings "
-                f"({changed}); resuming would mix them. Pass the flags that made them (e.g. --batch-size), or "
-                "use another --out folder.")
+                f"({changed}); resuming would mix them. Pass the flags that made them (e.g. --batch-size; judgements "
+                "without vision_attention / decode settings: --judge-vision-attention per-window --judge-decode "
+                "eager), or use another --out folder.")
 
     def judgement_is_current(self, record: dict | None, arm: str, sample) -> bool:
         """True when `record` judged the images `arm` and `sample` have now: the edited image it saw is the one on

@@ -40,6 +40,7 @@ from harness.gedit.context import RunContext, SetupError, arm_uses_cuda_graphs, 
 from harness.gedit.generate import (arm_settings, free_pipeline, generate_samples, load_arm_pipeline,
                                     load_shared_components, release_device_memory)
 from harness.gedit.judging import Pair, check_same_on_every_rank, judge_chunks, load_judge
+from harness.gedit.judge_speed import SPEED_SETTING_KEYS
 from harness.gedit.protocol import check_dataset_columns
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
@@ -94,7 +95,8 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard, startup:
     ready_unix = time.time()  # imports, the process group and the run context are done: start-up ends here
     chunk_width = ctx.batch_size  # judge chunk width; a judge chooses it when --batch-size is not given
     if "judge" in stages:  # before any edit is made: the settings known without loading the judge must not change
-        ctx.folder.check_judge_settings(ctx.judge_identity, ctx.judge_settings, partial=True)
+        ctx.folder.check_judge_settings(ctx.judge_identity, ctx.judge_settings, partial=True,
+                                        absent_is_a_value=SPEED_SETTING_KEYS if ctx.judge_server is None else ())
     if shard.is_main:  # an interrupted run's records, before anyone decides what is done
         leftovers = merge_rank_records(ctx.folder, ctx.arms, chunk_width)
         if any(leftovers.values()):

@@ -1,0 +1,143 @@
+"""The judge's speed options compute what the plain path computes: the packed vision attention gives the per-window
+loop's features, and the static-cache and compiled decoding give the dynamic cache's answers, token for token."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.gedit import judge_speed as speed
+from harness.gedit.data import synthetic_image
+from harness.gedit.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
+from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
+from harness.gedit.judge_prompts import PROJECT_RUBRIC
+
+# Patch grids (t, h, w) of five images: 10x14, 4x4, 3x11, 8x8 merged units give full and partial 4x4 windows.
+GRIDS = [[1, 20, 28], [1, 8, 8], [1, 6, 22], [1, 16, 16], [1, 20, 28]]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    from omnigen2_fp8 import synthetic as syn
+
+    return syn.build_qwen2_5_vl("tiny", "cpu", torch.float32, 0, syn.build_qwen_tokenizer())
+
+
+def test_packed_vision_attention_gives_the_per_window_features(tiny_qwen):
+    visual = tiny_qwen.model.visual
+    grid = torch.tensor(GRIDS)
+    pixels = torch.randn(int(grid.prod(-1).sum()), 3 * 2 * 14 * 14, generator=torch.Generator().manual_seed(0))
+    keys = list(tiny_qwen.state_dict())
+    originals = [block.attn for block in visual.blocks]
+    with torch.no_grad():
+        reference = visual(pixels, grid_thw=grid).pooler_output
+        assert speed.set_vision_attention(tiny_qwen, "packed") == len(visual.blocks)
+        try:
+            assert all(isinstance(block.attn, speed.PackedVisionAttention) for block in visual.blocks)
+            assert list(tiny_qwen.state_dict()) == keys  # same parameters under the same names
+            packed = visual(pixels, grid_thw=grid).pooler_output
+        finally:
+            assert speed.set_vision_attention(tiny_qwen, "per-window") == len(visual.blocks)
+    torch.testing.assert_close(packed, reference, rtol=1e-5, atol=1e-6)
+    assert [block.attn for block in visual.blocks] == originals
+
+
+def test_packing_plan_stacks_chunks_of_equal_length():
+    cu_seqlens = torch.tensor([0, 64, 96, 160, 176, 208, 272], dtype=torch.int32)  # lengths 64 32 64 16 32 64
+    plan = speed._Plan(cu_seqlens)
+    assert plan.groups == [(3, 64), (2, 32), (1, 16)]
+    expected = [*range(0, 64), *range(96, 160), *range(208, 272), *range(64, 96), *range(176, 208), *range(160, 176)]
+    assert plan.order.tolist() == expected
+    plans = speed._PackingPlans()
+    assert plans.get(cu_seqlens) is plans.get(cu_seqlens)  # one plan per tensor, reused by every block
+    assert plans.get(cu_seqlens.clone()) is not plans.get(cu_seqlens)
+
+
+@pytest.fixture(scope="module")
+def judge_folder(tmp_path_factory):
+    return str(write_synthetic_judge(tmp_path_factory.mktemp("judge") / "judge-tiny"))
+
+
+@pytest.fixture(scope="module")
+def calls():
+    out = []
+    for i, (size, instruction) in enumerate([(112, "Add a hat."), (84, "Make the sky a deep orange at dusk."),
+                                             (56, "Remove it.")]):
+        out += judge_calls_for_sample(f"s{i}", synthetic_image(i, size), synthetic_image(i + 7, size), instruction,
+                                      PROJECT_RUBRIC)
+    return out
+
+
+def answers(judge: QwenJudge, calls) -> list[str]:
+    return [a["answer"] for r in judge.run_calls(calls) for a in r.attempts]
+
+
+def test_fast_paths_give_the_plain_answers_token_for_token(judge_folder, calls):
+    judge = QwenJudge.load(judge_folder, device="cpu", batch_size=4, max_new_tokens=8, max_retries=0,
+                           vision_attention="per-window", decode="eager")
+    plain = answers(judge, calls)
+    assert len(set(plain)) > 1  # the answers differ from call to call: a meaningful comparison
+    for vision_attention, decode in [("packed", "eager"), ("packed", "static"), ("per-window", "static")]:
+        judge.set_speed(vision_attention, decode)
+        assert answers(judge, calls) == plain, (vision_attention, decode)
+    # a static cache is kept per (batch size, length) and reset: a second run gives the same answers again
+    assert answers(judge, calls) == plain
+
+
+def test_compiled_decode_gives_the_plain_answers(judge_folder, calls):
+    # aot_eager traces the decode step through torch.compile (the graph inductor would compile) without code
+    # generation, so that a CPU test stays short; batch sizes 3 and 2 go through one dynamic-shape graph
+    judge = QwenJudge.load(judge_folder, device="cpu", batch_size=3, max_new_tokens=6, max_retries=0,
+                           vision_attention="per-window", decode="eager")
+    plain = answers(judge, calls[:5])
+    judge.set_speed("packed", "compiled", compile_backend="aot_eager")
+    assert answers(judge, calls[:5]) == plain
+    assert judge.settings()["compile_backend"] == "aot_eager"
+
+
+@pytest.mark.gpu
+def test_fast_judge_on_cuda_gives_the_plain_answers(judge_folder, calls):
+    # the real fast path: inductor code generation and CUDA-graph replay of the decode step (float32: no bf16 noise)
+    judge = QwenJudge.load(judge_folder, device="cuda", dtype=torch.float32, batch_size=4, max_new_tokens=8,
+                           max_retries=0, vision_attention="per-window", decode="eager")
+    plain = answers(judge, calls)
+    judge.set_speed("packed", "compiled")
+    assert answers(judge, calls) == plain  # compiles, captures
+    assert answers(judge, calls) == plain  # replays
+
+
+def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
+    judge = QwenJudge.load(judge_folder, device="cpu", max_new_tokens=4)
+    assert (judge.speed.vision_attention, judge.speed.decode) == ("packed", "eager")  # the CPU defaults
+    assert judge.settings()["vision_attention"].startswith("packed v1")
+    assert "decode" not in judge.settings()
+    judge.set_speed("per-window", "eager")  # the plain path records what judges recorded before the options
+    assert not {"vision_attention", "decode", "compile_backend"} & set(judge.settings())
+    judge.set_speed("packed", "compiled")
+    assert judge.settings()["decode"].startswith("compiled v1") and "compile_backend" not in judge.settings()
+    assert speed.resolve_modes(None, None, "cuda") == ("packed", "compiled")
+    with pytest.raises(speed.JudgeSpeedError, match="unknown judge decode mode 'graphs': use one of compiled"):
+        speed.resolve_modes("packed", "graphs", "cpu")
+    with pytest.raises(speed.JudgeSpeedError, match="vision attention 'flash'"):
+        QwenJudge.load(judge_folder, device="cpu", vision_attention="flash")
+
+
+def test_static_cache_length_is_the_prompt_bound_unless_a_prompt_is_longer():
+    assert speed.cache_tokens(700, 128) == speed.cache_tokens(1133, 128) == PROMPT_TOKENS_BOUND + 128
+    assert speed.cache_tokens(PROMPT_TOKENS_BOUND + 1, 512) == PROMPT_TOKENS_BOUND + speed.CACHE_ROUNDING + 512
+
+
+def test_throughput_benchmark_dry_run_compares_the_variants(tmp_path):
+    import json
+
+    from benchmarks.judge_throughput import main
+
+    out = tmp_path / "judge.json"
+    assert main(["--size", "tiny", "--device", "cpu", "--batch-sizes", "2", "--first-variant-batch-sizes",
+                 "--variants", "packed-vision", "plain", "--new-tokens", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in result["sweep"]}
+    assert set(rows) == {"packed-vision", "plain"} and all(r["samples_per_s"] > 0 for r in rows.values())
+    assert rows["plain"]["answers_vs"]["packed-vision"]["identical_share"] == 1.0
+    assert [v["vision_attention"] for v in result["vision_tower"]] == ["packed", "per-window"]
+    assert result["vision_tower"][1]["max_abs_difference"] < 1e-5 < result["vision_tower"][1]["max_abs_feature"]
+    assert result["best"]["variant"] in rows and "running" not in result
