@@ -67,6 +67,11 @@ class CudaGraphForward:
         finally:
             self._paused = previous
 
+    def clear(self) -> None:
+        """Drop every captured graph, which frees its private memory pool (on the allocator's next empty_cache);
+        the next call of each signature captures again."""
+        self._graphs.clear()
+
     def __call__(self, latents, timestep, text, mask, ref_latents=None):
         strategy = getattr(self.model, "main_layers_strategy", None)
         path = strategy.graph_key() if strategy is not None else ()

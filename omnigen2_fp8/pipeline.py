@@ -361,6 +361,12 @@ class OmniGen2Pipeline:
         with self._transformer_fn.paused() if self.cuda_graphs else contextlib.nullcontext():
             yield
 
+    def drop_cuda_graphs(self) -> None:
+        """Free every captured CUDA graph and its memory pool (e.g. before the transformer is parked elsewhere, whose
+        move would make them stale anyway); later calls capture again. A no-op without cuda_graphs."""
+        if self.cuda_graphs:
+            self._transformer_fn.clear()
+
     # ------------------------------------------------------------------------------------------ internals
     def _step_cache_runtime(self, config: StepCacheConfig | None) -> StepCache | None:
         """One runtime per config, kept across runs: its buffers stay where captured CUDA graphs expect them."""

@@ -55,7 +55,7 @@ class Arm:
     load: dict | None = None
     run_memory: dict | None = None
     first_call_ms: float | None = None   # the first warm-up call: compilation, graph capture, autotuning included
-    recapture_ms: list[float] = field(default_factory=list)  # untimed calls re-capturing graphs after weights moved
+    later_warmup_ms: list[float] = field(default_factory=list)  # the other warm-up calls (graphs re-captured here)
     e2e_ms: list[float] = field(default_factory=list)
     call_runs: list[list[float]] = field(default_factory=list)  # per timed repeat: ms of each transformer call
     stage_runs: list[dict[str, list[float]]] = field(default_factory=list)

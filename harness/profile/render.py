@@ -287,7 +287,7 @@ def category_section(record: ProfileRecord, profiled: list[str]) -> Section:
     lines = [f"Profiled denoising steps ({first.get('profiled_steps')} per arm), {unit}, in ms per step (share of "
              "the arm's total in brackets). Profiled mode: " + ", ".join(
                  f"{n} `{arms[n].kernels.get('profiled_mode') or record.arm_mode(n)}`" for n in profiled) + ".", ""]
-    notes = sorted({arms[n].kernels["profiled_mode_note"] for n in profiled if arms[n].kernels.get("profiled_mode_note")})
+    notes = sorted({note for n in profiled if (note := arms[n].kernels.get("profiled_mode_note"))})
     lines += [f"> **CUDA graphs:** {note}." for note in notes] + ([""] if notes else [])
     rows = [[c, *(f"{fmt(_ms(arms[n].category(c).get('us_per_step')), 3)} "
                   f"({fmt(_pct(arms[n].category(c).get('share')), 1)}%)" for n in profiled)]

@@ -31,7 +31,7 @@ from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
 from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
 from omnigen2_fp8.measure import StageClock
-from omnigen2_fp8.modes import AUTO_MODE, mode_name
+from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, mode_name
 from omnigen2_fp8.profiling import layer_ranges
 
 LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + reset_peak_memory_stats before it, "
@@ -55,6 +55,9 @@ GRAPHS_PROFILE_NOTE = ("CUDA graph replay launches a whole transformer pass from
                        "cannot tie its kernels to the ops and layers the tables and the fallback check read: the "
                        "profiled call runs the same {mode} model without graph replay (the same kernels, launched one "
                        "by one); the timings above are the graph replays")
+COMPILED_FALLBACK_NOTE = ("Compiled blocks cannot carry per-layer ranges, so this check read a second profiled call "
+                          "with the same model run eagerly (torch.compiler.set_stance('force_eager')); the kernel "
+                          "tables are the compiled call's.")
 AMORTISE_SHARE = 0.05  # startup is "amortised" once it adds less than this share to each edit
 
 
@@ -156,18 +159,11 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     """Profile one call with `profile_steps` denoising steps; returns the kernel section of the arm's record.
 
     An arm replaying CUDA graphs is profiled without the replay (GRAPHS_PROFILE_NOTE), compiled if it is compiled.
+    A compiled FP8 arm's fallback check reads a second, eager call with per-layer ranges (COMPILED_FALLBACK_NOTE).
     """
-    steps = options.profile_steps
-    # Hooks inside compiled blocks would break their graphs (replays are paused here, so only compile matters).
-    ranges = not arm.mode.compile
-    profiled_mode = mode_name(arm.mode.compile, cuda_graphs=False)
-    transformer = arm.pipe.transformer
-    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
-        with layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls, \
-                arm.pipe.without_cuda_graphs():
-            call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
-            timing.synchronize(device)
-    capture = kernels.parse_profile(prof, device)
+    compiled = arm.mode.compile
+    profiled_mode = mode_name(compiled, cuda_graphs=False)
+    prof, capture, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=False)
     fp8_layers = {f for f, p in arm.layer_policy.items() if p == "fp8"}
     rows = kernels.kernel_table(capture, fp8_layers)
     csv_name = f"kernels_{arm.name}.csv"
@@ -175,9 +171,13 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     trace = None
     if options.trace:
         trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
-    report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
-                                expect_fp8=arm.recipe.quantized)
-    report.note = fallback_note(arm, options, device)
+    checked_on = capture
+    if compiled and arm.recipe.quantized:
+        _, checked_on, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=True)
+    report = fallbacks.detect_fallbacks(checked_on, arm.layer_policy, layer_calls=layer_calls,
+                                        expect_fp8=arm.recipe.quantized)
+    notes = [fallback_note(arm, options, device), COMPILED_FALLBACK_NOTE if checked_on is not capture else None]
+    report.note = " ".join(n if n.endswith(".") else n + "." for n in notes if n) or None
     report.emulated = report.checked and fp8_emulated(arm, options, device)
     return {
         "time_unit": capture.time_unit, "profiled_steps": capture.steps, "device_kind": capture.device_kind,
@@ -185,11 +185,26 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
         "top": [dataclasses.asdict(r) for r in rows[:25]], "num_kernels": len(rows),
         "categories": kernels.category_rollup(rows, capture.steps),
         "stages": kernels.stage_kernel_summary(capture), "csv": csv_name, "trace": trace,
-        "layer_ranges": ranges, "fallback": report.to_dict(),
+        "layer_ranges": not compiled, "fallback": report.to_dict(),
         "kernel_coverage": capture.coverage,  # CUDA: share of all device time attributed to a launching op
         "profiled_mode": profiled_mode,
         "profiled_mode_note": GRAPHS_PROFILE_NOTE.format(mode=profiled_mode) if arm.mode.cuda_graphs else None,
+        "fallback_profiled_mode": EAGER_MODE if checked_on is not capture else profiled_mode,
     }
+
+
+def _profiled_run(arm: Arm, scenario: ScenarioConfig, images: list, options: ProfileOptions, device: torch.device,
+                  out: Path, eager: bool):
+    """(profiler, parsed capture, layer calls or None) of one profiled call, never replaying CUDA graphs; eager:
+    compiled blocks run eagerly, so every linear gets its `layer::` range (they cannot inside compiled code)."""
+    ranges = eager or not arm.mode.compile
+    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
+    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
+        with stance, arm.pipe.without_cuda_graphs(), \
+                layer_ranges(arm.pipe.transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
+            call_pipeline(arm, scenario, images, options.profile_steps, timing.StageTimer(device))
+            timing.synchronize(device)
+    return prof, kernels.parse_profile(prof, device), dict(layer_calls) if ranges else None
 
 
 def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
@@ -314,6 +329,7 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
             _guard(arm, lambda: setattr(arm, "run_memory", memory_call(arm, scenario, images, steps, device)))
             bar.update(1)
         if park and arm.ok and device.type == "cuda":
+            arm.pipe.drop_cuda_graphs()  # their memory pools would count in the next arm's run memory
             arm.pipe.transformer.to("cpu")
     restore_all(arms, device, park)
     moved = park and device.type == "cuda"  # graphs captured before the weights moved back are stale
@@ -323,7 +339,7 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
             extra = max(extra, 1)  # re-capture now, not inside the first timed call
         for _ in range(extra):
             if arm.ok:
-                _guard(arm, lambda: arm.recapture_ms.append(untimed_call_ms(arm, scenario, images, steps, device)))
+                _guard(arm, lambda: arm.later_warmup_ms.append(untimed_call_ms(arm, scenario, images, steps, device)))
         bar.update(max(options.warmup - 1, 0))
     for r in range(options.repeats):  # ABAB...
         for arm in arms:
@@ -391,7 +407,7 @@ def startup_record(arm: Arm) -> dict | None:
     startup = max(arm.first_call_ms - steady, 0.0) if steady is not None else None
     edits = math.ceil(startup / (AMORTISE_SHARE * steady)) if startup and steady else (0 if steady else None)
     return {"first_call_ms": arm.first_call_ms, "steady_call_ms": steady, "startup_ms": startup,
-            "edits_to_amortise": edits, "amortise_share": AMORTISE_SHARE, "recapture_ms": list(arm.recapture_ms)}
+            "edits_to_amortise": edits, "amortise_share": AMORTISE_SHARE, "later_warmup_ms": list(arm.later_warmup_ms)}
 
 
 def _finish(record: dict, arms: list[Arm], caught: list[warnings.WarningMessage], out: Path) -> ProfileRecord:
