@@ -87,8 +87,8 @@ def build_pipelines(arms: list[Arm], size: str, device: str, dtype: torch.dtype)
     for arm in arms:
         fp8 = arm.recipe.fp8_config()
         key = (None if fp8 is None else repr(fp8.to_dict()), arm.mode.compile)
-        fresh = not models and not arm.mode.compile and fp8 is None  # the first plain BF16 eager arm takes base
-        models.setdefault(key, base if fresh else copy.deepcopy(base))
+        if key not in models:  # compile and quantization change a DiT in place: only eager BF16 arms take `base`
+            models[key] = base if key == (None, False) else copy.deepcopy(base)
         arm.pipe = OmniGen2Pipeline.from_components(components, models[key], device=device, dtype=dtype,
                                                     precision=arm.recipe, progress=False, **arm.mode.pipeline_flags())
     synchronize(device)

@@ -158,6 +158,17 @@ def test_record_reads_back_what_it_wrote(tiny_run):
     assert profile_markdown(record) == (out / "profile.md").read_text()
 
 
+def test_a_record_written_before_per_arm_modes_reads_its_mode_from_the_run_flags(tiny_run):
+    _, _, rec = tiny_run
+    old = json.loads(json.dumps(rec))
+    for arm in old["arms"].values():
+        del arm["mode"], arm["startup"]
+    old["settings"].update(compile=True, cuda_graphs=True)
+    record = ProfileRecord.from_dict(old)
+    assert record.arm_mode("fp8") == "compile+graphs" and record.arms["fp8"].startup_ms() is None
+    assert "| mode | `compile+graphs` |" in profile_markdown(record)
+
+
 def test_record_names_a_wrong_version_and_a_missing_field(tiny_run, tmp_path):
     _, _, rec = tiny_run
     path = tmp_path / "profile.json"
