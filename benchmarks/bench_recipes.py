@@ -38,7 +38,7 @@ from harness.core.records import run_manifest, write_json_atomic
 from harness.profile.taxonomy import categorize
 from omnigen2_fp8 import synthetic
 from omnigen2_fp8.attention import grouped_attention
-from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, EAGER_MODE
+from omnigen2_fp8.modes import CUDA_DEFAULT_MODE, EAGER_MODE
 from omnigen2_fp8.fp8 import Fp8Linear, Kernel, quantize_fp8
 from omnigen2_fp8.fp8.attention import Fp8Sdpa
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan

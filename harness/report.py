@@ -178,12 +178,12 @@ def _headline(doc: Document, gedit: Sequence[GeditRun], profile: Sequence[Profil
 def _profile_headline(run: ProfileRun) -> list[str]:
     """One bullet per arm after the first: end-to-end and per-step speed-up, peak VRAM, weights, fallback verdict."""
     rec = run.record
-    names, sc, st = rec.arm_names, rec.scenario, rec.settings
+    names, sc = rec.arm_names, rec.scenario
     base = names[0]
     dev = rec.manifest.get("device", {}).get("device_name") or "?"
-    modes = [m for m, on in (("compiled", st.get("compile")), ("CUDA graphs", st.get("cuda_graphs"))) if on]
+    modes = sorted({rec.arm_mode(n) for n in names})
     where = (f"{sc.get('height')}x{sc.get('width')}, {len(sc.get('references') or [])} reference(s), "
-             f"{sc.get('steps')} steps, {', '.join(modes) or 'eager'}, {dev}")
+             f"{sc.get('steps')} steps, {'mode ' + modes[0] if len(modes) == 1 else 'modes per arm below'}, {dev}")
     lines = []
     for name in names[1:]:
         a, b = rec.arms[name], rec.arms[base]
@@ -196,6 +196,8 @@ def _profile_headline(run: ProfileRun) -> list[str]:
         if any((x or {}).get("high_spread") for x in (e2e_a, e2e_b)):
             parts.append(" (**high spread**: the interquartile range of the repeats exceeds 10% of the median, "
                          "so this ratio is not reliable)")
+        if len(modes) > 1:
+            parts.append(f" ({name} `{rec.arm_mode(name)}`, {base} `{rec.arm_mode(base)}`)")
         parts.append(f"; one denoise step {fmt(rec.ratio(name, 'denoise_step_speedup'), 2, 'x')}")
         mem_a, mem_b = a.memory_gib("run", "peak_allocated_gib"), b.memory_gib("run", "peak_allocated_gib")
         if mem_a is not None or mem_b is not None:

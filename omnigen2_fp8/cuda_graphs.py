@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -54,12 +54,28 @@ class CudaGraphForward:
         self.captures = 0
         self.replays = 0
         self.disabled_reason: str | None = None
+        self._paused = False
         self._weights: tuple = ()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run every call through the wrapped model inside the block (captured graphs are kept for later), e.g.
+        under torch.profiler, which cannot tie the kernels of a replayed graph to the ops that launched them."""
+        previous, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = previous
+
+    def clear(self) -> None:
+        """Drop every captured graph, which frees its private memory pool (on the allocator's next empty_cache);
+        the next call of each signature captures again."""
+        self._graphs.clear()
 
     def __call__(self, latents, timestep, text, mask, ref_latents=None):
         strategy = getattr(self.model, "main_layers_strategy", None)
         path = strategy.graph_key() if strategy is not None else ()
-        if (self.disabled_reason or path is None or not isinstance(latents, torch.Tensor)
+        if (self.disabled_reason or self._paused or path is None or not isinstance(latents, torch.Tensor)
                 or not latents.is_cuda):
             return self.model(latents, timestep, text, mask, ref_latents=ref_latents)
         weights = _weight_addresses(self.model)

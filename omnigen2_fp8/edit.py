@@ -18,15 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .caching import StepCacheConfig, check_step_cache
 from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
 from .measure import StageClock, StepClock
+from .modes import AUTO_MODE, CUDA_DEFAULT_MODE, EAGER_MODE, MODES, choose_mode, resolve_mode
 from .precision import RecipeError, parse_recipe, recipe_help
-
-EAGER_MODE, AUTO_MODE = "eager", "auto"
-MODES = (EAGER_MODE, "compile", "graphs", "compile+graphs")  # graphs: CUDA graphs of each transformer pass
-CUDA_DEFAULT_MODE = "compile+graphs"
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "fp32": torch.float32}
 STAGE_LABELS = {"text_encode": "MLLM (text encode)", "vae_encode": "VAE encode", "prepare_latents": "prepare latents",
@@ -100,10 +96,9 @@ def load_pipeline(args: argparse.Namespace):
     from .synthetic import build_synthetic_pipeline
 
     dtype = DTYPES[args.dtype]
-    mode = resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)
+    mode = choose_mode(args.mode, args.device, args.offload, args.precision.step_cache)
     options = dict(precision=args.precision, fp8_kernel=args.fp8_kernel, offload=args.offload,
-                   compile=mode.startswith("compile"), cuda_graphs=mode.endswith("graphs"),
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, **mode.pipeline_flags())
     if args.synthetic:
         pipe = build_synthetic_pipeline(args.synthetic, device=args.device, dtype=dtype, seed=0, **options)
         if args.time_shift is not None:
@@ -111,22 +106,6 @@ def load_pipeline(args: argparse.Namespace):
         return pipe
     return OmniGen2Pipeline.from_pretrained(args.model, dtype=dtype, device=args.device, time_shift=args.time_shift,
                                             **options)
-
-
-def resolve_mode(mode: str, device: str, offload: bool, step_cache: StepCacheConfig | None = None) -> str:
-    """The concrete mode: `auto` is CUDA_DEFAULT_MODE on CUDA (compile alone with offload, whose weight moves graphs
-    cannot follow, or with a step cache that graphs cannot replay, TeaCache) and eager elsewhere; an explicit
-    graphs mode that cannot work is refused with the fix."""
-    cuda = str(device).startswith("cuda")
-    graphs_ok = not offload and (step_cache is None or step_cache.graph_capturable)
-    if mode == AUTO_MODE:
-        return (CUDA_DEFAULT_MODE if graphs_ok else "compile") if cuda else EAGER_MODE
-    if mode.endswith("graphs"):
-        if offload or not cuda:
-            raise ValueError(f"--mode {mode} needs CUDA and no --offload (graphs hold the weights' GPU addresses); "
-                             "use --mode compile or --eager")
-        check_step_cache(step_cache, cuda_graphs=True)  # e.g. TeaCache: refused with the reason and the fix
-    return mode
 
 
 def format_report(result) -> str:
@@ -200,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.image) == 1 and (args.width or args.height):
         print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
               file=sys.stderr)
-    mode = resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)
+    choice = choose_mode(args.mode, args.device, args.offload, args.precision.step_cache)
     pipe = load_pipeline(args)
     steps = StepClock(pipe.device)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
@@ -211,13 +190,14 @@ def run(args: argparse.Namespace) -> int:
     result.save(args.output)
     print(format_report(result))
     startup = steps.startup_seconds()
-    print(f"mode {mode}" + (f": the first step took {startup:.2f} s longer than the others (compilation, "
-                            "graph capture, autotuning; paid once per process and input shape)"
-                            if startup is not None else ""))
+    print(f"mode {choice.describe()}" + (f": the first step took {startup:.2f} s longer than the others "
+                                         "(compilation, graph capture, autotuning; paid once per process and input "
+                                         "shape)" if startup is not None else ""))
     print(f"wrote {args.output}")
     if args.json:
         record = {**result.to_record(), "images": [str(p) for p in args.image], "output": str(args.output),
-                  "mode": mode, "step_seconds": steps.step_seconds, "startup_seconds": startup}
+                  "mode": choice.mode, "mode_choice": choice.to_dict(), "step_seconds": steps.step_seconds,
+                  "startup_seconds": startup}
         _write_json_atomic(args.json, record)
         print(f"wrote {args.json}")
     return 0

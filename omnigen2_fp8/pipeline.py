@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the clock is passed in by callers that measure; the pipelin
     from .measure import StageClock
 
 StageHook = Callable[[str], ContextManager]
+CallHook = Callable[[str, int], ContextManager]  # (CFG branch, step index) -> wrapped around one transformer call
 
 
 @dataclass
@@ -168,7 +169,8 @@ class OmniGen2Pipeline:
                  max_side: int = MAX_SIDE, align_to_reference: bool = True, time_shift: float | None = None,
                  sample_posterior: bool = True, keep_decoded: bool = False, stage_hook: StageHook | None = None,
                  progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-                 clock: StageClock | None = None, step_cache: StepCacheConfig | None = None) -> EditResult:
+                 clock: StageClock | None = None, step_cache: StepCacheConfig | None = None,
+                 call_hook: CallHook | None = None) -> EditResult:
         """Edit (or, without images, generate) one image.
 
         prompt: the instruction; images: up to 5 reference images (paths or PIL); negative_prompt: default "".
@@ -181,7 +183,8 @@ class OmniGen2Pipeline:
         stage_hook: callable(stage name) -> context manager wrapped around each stage (inside the clock's timing);
         on_step(i, num_steps, latents): called after each denoising step; progress: override the progress bar;
         clock: a `measure.StageClock` that times every stage (and records its peak VRAM) into the result;
-        step_cache: a `caching` config for this call instead of the recipe's (None: the recipe's).
+        step_cache: a `caching` config for this call instead of the recipe's (None: the recipe's);
+        call_hook: callable(branch, step index) -> context manager wrapped around each transformer call (see `denoise`).
         """
         step_cache = check_step_cache(step_cache, self.cuda_graphs) or self.step_cache
         images = _as_list(images)
@@ -218,7 +221,7 @@ class OmniGen2Pipeline:
         with stage("denoise"):
             latents = self.denoise(latents, ref_latents, embeds, num_inference_steps, text_guidance_scale,
                                    image_guidance_scale, cfg_range, time_shift=time_shift, progress=progress,
-                                   on_step=on_step, step_cache=step_cache)
+                                   on_step=on_step, step_cache=step_cache, call_hook=call_hook)
         with stage("vae_decode"):
             decoded = self.decode(latents)
         with stage("postprocess"):
@@ -297,7 +300,7 @@ class OmniGen2Pipeline:
                 num_inference_steps: int = 28, text_guidance_scale: float = 4.0, image_guidance_scale: float = 1.0,
                 cfg_range: tuple[float, float] = (0.0, 1.0), time_shift: float | None = None,
                 progress: bool | None = None, on_step: Callable[[int, int, torch.Tensor], None] | None = None,
-                step_cache: StepCacheConfig | None = None) -> torch.Tensor:
+                step_cache: StepCacheConfig | None = None, call_hook: CallHook | None = None) -> torch.Tensor:
         """Stage 4: integrate from noise (t = 0) to data (t = 1) with guided velocities.
 
         latents: [1, C, h, w] noise; ref_latents: list of [C, h_j, w_j] (may be empty); embeds: `PromptEmbeds`
@@ -305,7 +308,8 @@ class OmniGen2Pipeline:
         `branches_for` / `combine`, one transformer pass per branch at batch 1. Returns the final latents.
         on_step(i, num_steps, latents) is called after each step. step_cache: a `caching` config for this run
         (None: the recipe's); each branch's calls are announced to it, and `self.step_cache_stats` says after the
-        run which calls computed the main layers.
+        run which calls computed the main layers. call_hook(branch, i): a context manager wrapped around each
+        transformer call alone (e.g. CUDA events timing it; the step cache's bookkeeping stays outside).
         """
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
         cache = self._step_cache_runtime(check_step_cache(step_cache, self.cuda_graphs) or self.step_cache)
@@ -333,7 +337,8 @@ class OmniGen2Pipeline:
                                          "need_negative=True")
                     if cache is not None:
                         cache.begin_call(branch, i)
-                    predictions[branch] = self._predict(latents, t, text, mask, branch_refs)
+                    with call_hook(branch, i) if call_hook is not None else contextlib.nullcontext():
+                        predictions[branch] = self._predict(latents, t, text, mask, branch_refs)
                 latents = self.scheduler.step(cfg.combine(predictions, scales), i, latents)
                 if on_step is not None:
                     on_step(i, n, latents)
@@ -347,6 +352,20 @@ class OmniGen2Pipeline:
         with self._on_device(self.vae):
             z = latents.to(self.device, self.vae.dtype) / (config.scaling_factor or 1.0) + (config.shift_factor or 0.0)
             return self.vae.decode(z).sample
+
+    @contextlib.contextmanager
+    def without_cuda_graphs(self) -> Iterator[None]:
+        """Inside the block, transformer calls run the (compiled, if compile=True) model directly instead of
+        replaying CUDA graphs; captured graphs are kept. For torch.profiler, which cannot tie a replayed graph's
+        kernels to the ops that launched them. A no-op without cuda_graphs."""
+        with self._transformer_fn.paused() if self.cuda_graphs else contextlib.nullcontext():
+            yield
+
+    def drop_cuda_graphs(self) -> None:
+        """Free every captured CUDA graph and its memory pool (e.g. before the transformer is parked elsewhere, whose
+        move would make them stale anyway); later calls capture again. A no-op without cuda_graphs."""
+        if self.cuda_graphs:
+            self._transformer_fn.clear()
 
     # ------------------------------------------------------------------------------------------ internals
     def _step_cache_runtime(self, config: StepCacheConfig | None) -> StepCache | None:

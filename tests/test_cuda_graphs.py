@@ -67,3 +67,23 @@ def test_graphs_are_dropped_when_the_weights_move():
         torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
                                    rtol=1e-5, atol=1e-5)
     assert wrapped.captures == 2
+
+
+@pytest.mark.gpu
+def test_paused_replays_run_the_model_and_keep_the_graphs_and_clear_drops_them():
+    torch.manual_seed(0)
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).cuda().eval()
+    wrapped = CudaGraphForward(model)
+    args = tiny_inputs("cuda")
+    with torch.no_grad():
+        wrapped(*args[:4], ref_latents=args[4])  # captures
+        with wrapped.paused():  # e.g. under torch.profiler: every kernel launched by its own op
+            torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]),
+                                       model(*args[:4], ref_latents=args[4]), rtol=1e-5, atol=1e-5)
+        assert (wrapped.captures, wrapped.replays) == (1, 0)
+        wrapped(*args[:4], ref_latents=args[4])
+        assert (wrapped.captures, wrapped.replays) == (1, 1)  # the graph captured before the pause replays after it
+        wrapped.clear()  # frees the graph (and its pool): the next call captures again
+        torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
+                                   rtol=1e-5, atol=1e-5)
+    assert (wrapped.captures, wrapped.replays) == (2, 1)

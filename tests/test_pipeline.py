@@ -136,6 +136,22 @@ def test_stage_hook_wraps_each_stage_in_order(pipe, image_paths):
     assert seen[0] == ("enter", "text_encode") and seen[1] == ("exit", "text_encode")
 
 
+def test_call_hook_wraps_each_transformer_call_with_its_branch_and_step(pipe, image_paths):
+    import contextlib
+
+    seen, depth = [], []
+
+    @contextlib.contextmanager
+    def hook(branch, step):
+        seen.append((branch, step))
+        depth.append(pipe._transformer_calls)  # the call is counted inside the hook, so it wraps exactly one call
+        yield
+
+    result = _edit(pipe, [image_paths[0]], call_hook=hook, text_guidance_scale=5.0, image_guidance_scale=1.5)
+    assert seen == [(branch, step) for step in range(2) for branch in ("cond", "ref", "uncond")]
+    assert len(seen) == result.transformer_calls and depth == list(range(len(seen)))
+
+
 def test_offload_gives_the_same_image(checkpoint, pipe, image_paths):
     offloaded = OmniGen2Pipeline.from_pretrained(checkpoint, dtype=torch.float32, device="cpu", offload=True,
                                                  progress=False)

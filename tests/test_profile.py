@@ -83,6 +83,22 @@ def test_latency_has_end_to_end_stages_and_per_step(tiny_run):
     assert r["vs"] == "bf16" and r["end_to_end_speedup"] == pytest.approx(1 / r["end_to_end_ratio"])
 
 
+def test_cpu_runs_every_arm_eagerly_and_reports_the_startup_apart(tiny_run):
+    _, out, rec = tiny_run
+    assert rec["settings"]["mode"] == "auto"
+    for arm in rec["arms"].values():
+        assert arm["mode"] == {"mode": "eager", "requested": "auto", "fallback_reason": None}  # auto = eager on a CPU
+        st = arm["startup"]
+        assert st["first_call_ms"] > 0 and st["steady_call_ms"] == arm["latency"]["end_to_end"]["median_ms"]
+        assert st["startup_ms"] == pytest.approx(max(st["first_call_ms"] - st["steady_call_ms"], 0.0))
+        assert st["first_call_ms"] not in arm["latency"]["end_to_end"]["samples_ms"]  # the warm-up is not timed
+        assert arm["kernels"]["profiled_mode"] == "eager" and arm["kernels"]["profiled_mode_note"] is None
+    md = (out / "profile.md").read_text()
+    assert "- mode (--mode auto): bf16 `eager`, fp8 `eager`, fp8-nopad `eager`" in md
+    assert "| mode | `eager` | `eager` | `eager` | - | - |" in md
+    assert "| startup, once (not in the rows above) |" in md
+
+
 def test_memory_says_not_measured_on_cpu_and_fp8_transformer_is_smaller(tiny_run):
     # (on CUDA: load and run peaks per arm, and resident_unexplained_gib ~ 0 shows no other arm was resident)
     _, _, rec = tiny_run
@@ -140,6 +156,17 @@ def test_record_reads_back_what_it_wrote(tiny_run):
         "per_call"]["median_ms"]
     # profile.md is made from the record alone
     assert profile_markdown(record) == (out / "profile.md").read_text()
+
+
+def test_a_record_written_before_per_arm_modes_reads_its_mode_from_the_run_flags(tiny_run):
+    _, _, rec = tiny_run
+    old = json.loads(json.dumps(rec))
+    for arm in old["arms"].values():
+        del arm["mode"], arm["startup"]
+    old["settings"].update(compile=True, cuda_graphs=True)
+    record = ProfileRecord.from_dict(old)
+    assert record.arm_mode("fp8") == "compile+graphs" and record.arms["fp8"].startup_ms() is None
+    assert "| mode | `compile+graphs` |" in profile_markdown(record)
 
 
 def test_record_names_a_wrong_version_and_a_missing_field(tiny_run, tmp_path):
@@ -216,6 +243,8 @@ def test_reference_images_are_seeded_and_sized():
     (dict(synthetic="tiny", precisions=[]), "no arm given"),
     (dict(synthetic="tiny", repeats=0), "--repeats >= 1"),
     (dict(synthetic="tiny", fp8_kernel="fast"), "--fp8-kernel 'fast'"),
+    (dict(synthetic="tiny", mode="graphs"), "--mode graphs needs CUDA"),
+    (dict(synthetic="tiny", mode="fast"), "unknown mode 'fast'"),
 ])
 def test_bad_options_are_explained(kwargs, match, tmp_path):
     opts = dict(scenario="gedit-512", precisions=["bf16", "fp8"], out=tmp_path, device="cpu")
@@ -235,6 +264,67 @@ def test_cli_answers_an_unknown_recipe_with_the_close_name(capsys, tmp_path):
         main(["--precision", "bf16", "fp9", "--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "argument --precision: unknown precision 'fp9' (did you mean 'fp8'?)" in capsys.readouterr().err
+
+
+def test_auto_mode_is_the_fastest_per_arm_on_cuda():
+    # the choice needs no GPU (the device type decides), so it is checked here without validate()'s CUDA check
+    opts = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda")
+    assert opts.arm_mode("bf16").mode == opts.arm_mode("fp8+taylorseer").mode == "compile+graphs"
+    teacache = opts.arm_mode("fp8+teacache")
+    assert teacache.mode == "compile" and teacache.fallback_reason.startswith("TeaCache decides inside each pass")
+    offloaded = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda",
+                               offload=True)
+    assert offloaded.arm_mode("bf16").mode == "compile" and "offloaded" in offloaded.arm_mode("bf16").fallback_reason
+    explicit = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda",
+                              mode="compile+graphs")
+    with pytest.raises(ValueError, match="teacache:0.05 cannot be combined with cuda_graphs=True"):
+        explicit.arm_mode("fp8+teacache")
+    assert ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="tiny",
+                          device="cpu").arm_mode("fp8+teacache").mode == "eager"
+
+
+@pytest.mark.parametrize("flags, mode", [
+    ([], "auto"), (["--eager"], "eager"), (["--mode", "compile"], "compile"), (["--compile"], "compile"),
+    (["--cuda-graphs"], "graphs"), (["--compile", "--cuda-graphs"], "compile+graphs"),
+])
+def test_mode_flags(flags, mode):
+    from harness.profile.__main__ import build_parser, mode_from_args
+
+    assert mode_from_args(build_parser().parse_args(["--synthetic", "tiny", *flags])) == mode
+
+
+def test_mode_flags_that_disagree_are_refused(capsys, tmp_path):
+    common = ["--synthetic", "tiny", "--device", "cpu", "--out", str(tmp_path), "--no-progress"]
+    assert main([*common, "--eager", "--compile"]) == 2
+    assert "--compile/--cuda-graphs both name the mode" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*common, "--eager", "--mode", "compile"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_compiled_arms_profile_their_kernels_compiled_and_check_fp8_fallbacks_eagerly(tmp_path):
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    # Inductor's CPU code generation takes minutes on two cores; dynamo with the eager backend takes the same path
+    # through the harness (blocks compiled, no layer hooks inside them, a forced-eager call for the fallback check).
+    torch._dynamo.reset()
+    with warnings.catch_warnings(), torch.compiler.set_stance("default", force_backend="eager"):
+        warnings.simplefilter("ignore")
+        code = main(["--precision", "bf16", "fp8-nopad", "--mode", "compile", "--scenario", str(scenario),
+                     "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1",
+                     "--profile-steps", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
+    assert code == 0 and rec.settings["mode"] == "compile"
+    for name, arm in rec.arms.items():
+        assert arm.mode == {"mode": "compile", "requested": "compile", "fallback_reason": None}
+        assert arm.kernels["profiled_mode"] == "compile" and not arm.kernels["layer_ranges"]
+        assert arm.kernels["total_us_in_steps"] > 0 and arm.startup["first_call_ms"] > 0
+    nopad = rec.arms["fp8-nopad"]
+    # compiled blocks carry no layer ranges: the fallback check read an eager call that has them, and still flags
+    assert nopad.kernels["fallback_profiled_mode"] == "eager" and nopad.fallback["method"] == "per-layer ranges"
+    assert "bf16-gemm-in-fp8-layer" in {f["kind"] for f in nopad.fallback["findings"]}
+    assert "force_eager" in nopad.fallback["note"]
+    assert rec.arms["bf16"].kernels["fallback_profiled_mode"] == "compile"  # nothing to check: not quantized
 
 
 def test_recipe_names_are_canonical_arm_names():
@@ -270,9 +360,11 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code = main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
-                       "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress"])
+                       "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress",
+                       "--eager"])
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert code == 0
+    assert {a["mode"]["mode"] for a in rec["arms"].values()} == {"eager"}
     assert not rec["arms"]["fp8"]["fallback"]["fallback_detected"], rec["arms"]["fp8"]["fallback"]["findings"]
     fb = rec["arms"]["fp8"]["fallback"]
     assert rec["arms"]["fp8"]["kernels"]["categories"]["gemm-fp8"]["calls"] > 0
@@ -284,6 +376,35 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
         # only this arm's models (plus library workspaces) were resident when its memory run began
         assert abs(mem["run"]["resident_unexplained_gib"]) < 0.25
+
+
+@pytest.mark.gpu
+def test_gpu_default_is_the_fast_mode_with_kernels_profiled_without_graph_replay(tmp_path):
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["--precision", "bf16", "fp8", "fp8+taylorseer", "fp8+teacache", "--scenario", str(scenario),
+                     "--synthetic", "tiny", "--device", "cuda", "--steps", "8", "--repeats", "2",
+                     "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
+    assert code == 0 and rec.complete
+    assert {n: a.mode["mode"] for n, a in rec.arms.items()} == {
+        "bf16": "compile+graphs", "fp8": "compile+graphs", "fp8+taylorseer": "compile+graphs",
+        "fp8+teacache": "compile"}
+    assert rec.arms["fp8+teacache"].mode["fallback_reason"].startswith("TeaCache decides inside each pass")
+    for name, arm in rec.arms.items():
+        assert arm.startup["first_call_ms"] > arm.startup["steady_call_ms"] > 0  # compile + capture in the warm-up
+        assert arm.kernels["profiled_mode"] == "compile" and arm.kernels["total_us_in_steps"] > 0
+        assert (arm.kernels["profiled_mode_note"] is not None) == (name != "fp8+teacache")
+    fp8 = rec.arms["fp8"]
+    assert fp8.category("gemm-fp8")["calls"] > 0
+    assert not fp8.fallback["fallback_detected"], fp8.fallback["findings"]
+    assert fp8.kernels["fallback_profiled_mode"] == "eager"
+    # the per-call split holds under graph replay too (events around each replay, read at the end)
+    sc = rec.arms["fp8+taylorseer"].step_cache
+    assert sum(sc["call_counts"].values()) == sc["calls_per_run"] * 2 and sc["call_counts"]["cached"] > 0
+    assert "| startup, once (not in the rows above) |" in (tmp_path / "out" / "profile.md").read_text()
 
 
 def test_checkpoint_folder_arms_share_the_loaded_components(tmp_path):

@@ -1,4 +1,5 @@
-"""harness.profile with a step cache: the computed fraction and computed vs cached step times, on tiny weights."""
+"""harness.profile with a step cache: the computed fraction and computed vs cached step and call times, on tiny
+weights (CPU)."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,8 @@ def cached_run(tmp_path_factory):
     out = root / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "bf16+taylorseer", "--scenario", str(scenario), "--synthetic", "tiny",
+        code = main(["--precision", "bf16", "bf16+taylorseer", "fp8+teacache", "--scenario", str(scenario),
+                     "--synthetic", "tiny",
                      "--device", "cpu", "--warmup", "1", "--repeats", str(REPEATS), "--profile-steps", "0",
                      "--out", str(out), "--no-progress"])
     return code, out, json.loads((out / "profile.json").read_text())
@@ -67,7 +69,46 @@ def test_profile_md_shows_the_step_cache_table_and_the_synthetic_note(cached_run
     assert "## Step caching" in md
     row = next(line for line in md.splitlines() if line.startswith("| bf16+taylorseer | taylorseer |"))
     assert "0.750" in row
-    assert TAYLORSEER_SYNTHETIC_NOTE in md and TEACACHE_SYNTHETIC_NOTE not in md
+    assert TAYLORSEER_SYNTHETIC_NOTE in md and TEACACHE_SYNTHETIC_NOTE in md
+
+
+@pytest.mark.parametrize("arm", ["bf16", "bf16+taylorseer", "fp8+teacache"])
+def test_every_transformer_call_is_timed_and_classed_as_computed_or_cached(cached_run, arm):
+    _, out, rec = cached_run
+    sc = rec["arms"][arm]["step_cache"]
+    counts, stats = sc["call_counts"], sc["call_ms"]
+    assert "call_timing_problem" not in sc
+    # every call of every timed repeat is in exactly one class, and the classes agree with the computed fraction
+    assert counts["computed"] + counts["cached"] == sc["calls_per_run"] * REPEATS
+    assert counts["computed"] / (sc["calls_per_run"] * REPEATS) == pytest.approx(sc["computed_fraction"])
+    for cls, n in counts.items():
+        if n:
+            assert stats[cls]["n"] == n and stats[cls]["median_ms"] > 0 and stats[cls]["mean_ms"] > 0
+        else:
+            assert cls not in stats
+    record = ProfileRecord.from_json(out / "profile.json").arms[arm]
+    assert record.call_class_stats("computed") == stats["computed"]
+    row = next(line for line in (out / "profile.md").read_text().splitlines()
+               if line.startswith(f"| {arm} | {counts['computed']} |"))
+    assert f"| {counts['cached']} |" in row
+
+
+def test_taylorseer_calls_follow_its_schedule(cached_run):
+    _, _, rec = cached_run
+    sc = rec["arms"]["bf16+taylorseer"]["step_cache"]
+    # per run: 6 of 8 steps compute (3 branches each); the 2 extrapolated steps' calls are the cached ones
+    assert sc["call_counts"] == {"computed": 18 * REPEATS, "cached": 6 * REPEATS}
+    assert rec["arms"]["bf16"]["step_cache"]["call_counts"] == {"computed": 24 * REPEATS, "cached": 0}
+
+
+def test_calls_that_do_not_line_up_with_the_recorded_calls_are_left_out_and_said():
+    stats = StepCacheStats({"method": "taylorseer"}, [CallRecord("cond", 0, True), CallRecord("cond", 1, False)])
+    run = StepCacheRun.from_stats(stats, [1, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc = summarize([run, run], [{}, {}], [[4.0, 1.0], [4.0]])
+    assert sc["call_counts"] == {"computed": 1, "cached": 1}
+    assert sc["call_timing_problem"] == "repeat 1: 1 timed calls for 2 recorded calls"
 
 
 def test_old_arm_records_without_step_cache_still_read():

@@ -16,6 +16,7 @@ import torch
 
 from omnigen2_fp8.caching import check_step_cache
 from omnigen2_fp8.loading import check_safetensors_file
+from omnigen2_fp8.modes import graphs_blocker
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
@@ -194,8 +195,7 @@ def arm_uses_cuda_graphs(ctx: RunContext, arm: str) -> bool:
         return ctx.cuda_graphs
     if not (str(ctx.device).startswith("cuda") and torch.cuda.is_available()):
         return False
-    cache = parse_recipe(arm).step_cache
-    return cache is None or cache.graph_capturable
+    return graphs_blocker(step_cache=parse_recipe(arm).step_cache) is None
 
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:

@@ -14,6 +14,7 @@ from harness.profile.render import summary_line
 from harness.profile.runner import run_profile
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
+from omnigen2_fp8.modes import AUTO_MODE, CUDA_DEFAULT_MODE, EAGER_MODE, MODES, mode_name
 from omnigen2_fp8.precision import recipe_help
 
 
@@ -46,9 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--warmup", type=int, default=1, help="untimed calls per arm (the first measures run memory)")
     how.add_argument("--repeats", type=int, default=3, help="timed calls per arm")
     how.add_argument("--profile-steps", type=int, default=2, help="denoising steps in the profiled call (0: none)")
-    how.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    speed = how.add_mutually_exclusive_group()
+    speed.add_argument("--mode", choices=(AUTO_MODE, *MODES), default=None,
+                       help=f"how every arm's transformer runs (default {AUTO_MODE}: {CUDA_DEFAULT_MODE} on CUDA, the "
+                            "fastest measured, with compile alone for an arm that cannot be captured such as "
+                            f"TeaCache, the reason recorded; {EAGER_MODE} on a CPU). Compile and capture happen in the "
+                            "warm-up, reported apart from the per-edit latency")
+    speed.add_argument("--eager", action="store_const", const=EAGER_MODE, dest="mode",
+                       help="plain eager PyTorch for every arm (same as --mode eager)")
+    how.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (with "
+                                                            "--cuda-graphs: --mode compile+graphs)")
     how.add_argument("--cuda-graphs", action="store_true",
-                     help="replay transformer passes as CUDA graphs (removes launch overhead; CUDA only)")
+                     help="replay transformer passes as CUDA graphs (same as --mode graphs; CUDA only)")
     how.add_argument("--offload", action="store_true", help="keep models on the CPU, move each to the GPU per stage")
     how.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
     outp = p.add_argument_group("output")
@@ -66,10 +76,19 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> ProfileOptio
         f"{Path(args.scenario).stem}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}")
     return ProfileOptions(scenario=args.scenario, precisions=precisions, out=out, model=args.model,
                           synthetic=args.synthetic, device=args.device, steps=args.steps, warmup=args.warmup,
-                          repeats=args.repeats, profile_steps=args.profile_steps, compile=args.compile,
-                          cuda_graphs=args.cuda_graphs,
+                          repeats=args.repeats, profile_steps=args.profile_steps, mode=mode_from_args(args),
                           offload=args.offload, trace=args.trace, fp8_kernel=args.fp8_kernel,
                           progress=not args.no_progress, seed=args.seed, argv=list(argv))
+
+
+def mode_from_args(args: argparse.Namespace) -> str:
+    """--mode / --eager, or the mode --compile and --cuda-graphs spell; auto when none is given."""
+    if args.compile or args.cuda_graphs:
+        if args.mode is not None:
+            raise ProfileError(f"--mode {args.mode} (or --eager) and --compile/--cuda-graphs both name the mode; give "
+                               "one, e.g. --mode compile+graphs")
+        return mode_name(args.compile, args.cuda_graphs)
+    return args.mode or AUTO_MODE
 
 
 def _arm_name(text: str) -> str:

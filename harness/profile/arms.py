@@ -21,6 +21,7 @@ from omnigen2_fp8 import synthetic
 from omnigen2_fp8.checkpoints import Components, load_components, load_transformer
 from omnigen2_fp8.fp8.config import TENSOR_CORE_MULTIPLE
 from omnigen2_fp8.fp8.quantize import Fp8Report
+from omnigen2_fp8.modes import ModeChoice
 from omnigen2_fp8.pipeline import OmniGen2Pipeline
 from omnigen2_fp8.precision import Recipe, parse_recipe
 from omnigen2_fp8.profiling import is_linear_layer
@@ -47,12 +48,16 @@ class Arm:
     """One precision arm: its pipeline, what its layers should run, and everything measured on it."""
 
     name: str                    # the canonical recipe name (omnigen2_fp8.precision)
+    mode: ModeChoice | None = None  # how its transformer runs (omnigen2_fp8.modes), chosen when it is built
     pipe: Any = None
     layer_policy: dict[str, str] = field(default_factory=dict)   # linear fqn -> "fp8" | "bf16" (what it should run)
     quantization: dict | None = None
     load: dict | None = None
     run_memory: dict | None = None
+    first_call_ms: float | None = None   # the first warm-up call: compilation, graph capture, autotuning included
+    later_warmup_ms: list[float] = field(default_factory=list)  # the other warm-up calls (graphs re-captured here)
     e2e_ms: list[float] = field(default_factory=list)
+    call_runs: list[list[float]] = field(default_factory=list)  # per timed repeat: ms of each transformer call
     stage_runs: list[dict[str, list[float]]] = field(default_factory=list)
     step_cache_runs: list = field(default_factory=list)  # one step_cache.StepCacheRun per timed repeat
     profile: dict | None = None
@@ -73,13 +78,14 @@ def build_arm(arm: Arm, options: ProfileOptions, components: Components, device:
     """Create the arm's transformer + pipeline (by its recipe name) inside a load memory phase."""
     home = torch.device("cpu") if options.offload else device
     recipe = arm.recipe
+    arm.mode = options.arm_mode(arm.name)
     t0 = time.perf_counter()
     with timing.track_peak_memory(f"load:{arm.name}", device) as peak:
         transformer = build_transformer(options, home, dtype)
         arm.pipe = OmniGen2Pipeline.from_components(
             components, transformer, device=device, dtype=dtype, precision=recipe,
-            fp8_config=recipe.fp8_config(kernel=options.fp8_kernel), offload=options.offload,
-            compile=options.compile, progress=False, cuda_graphs=options.cuda_graphs)
+            fp8_config=recipe.fp8_config(kernel=options.fp8_kernel), offload=options.offload, progress=False,
+            **arm.mode.pipeline_flags())
         timing.synchronize(device)
     arm.load = {**peak.to_dict(), "seconds": time.perf_counter() - t0,
                 "transformer_gib": module_bytes(arm.pipe.transformer) / timing.GIB}

@@ -49,8 +49,11 @@ class ArmRecord:
     kernels: dict | None        # the profiled call's kernel section (runner.profile_call); None when not profiled
     fallback: dict | None       # fallbacks.FallbackReport as a dict; None when not profiled
     traceback: str | None = None
-    # step_cache.summarize: computed fraction of transformer calls, step ms by computed / cached (None: older file)
+    # step_cache.summarize: computed fraction of transformer calls, step and call ms by computed / cached (None: older
+    # file)
     step_cache: dict | None = None
+    mode: dict | None = None      # omnigen2_fp8.modes.ModeChoice.to_dict(): how the transformer ran (None: older file)
+    startup: dict | None = None   # runner.startup_record: first call, startup (compile / capture) ms, amortisation
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -83,6 +86,14 @@ class ArmRecord:
     def computed_fraction(self) -> float | None:
         """Share of transformer calls that ran the main layers (1.0 without a step cache; None if not recorded)."""
         return _number((self.step_cache or {}).get("computed_fraction"))
+
+    def call_class_stats(self, call_class: str) -> dict | None:
+        """TimingStats dict (ms) of one transformer call of `call_class` ("computed", "cached"); None if none ran."""
+        return ((self.step_cache or {}).get("call_ms") or {}).get(call_class)
+
+    def startup_ms(self) -> float | None:
+        """The one-off startup of the arm's mode (first call minus a timed call, ms); None if not recorded."""
+        return _number((self.startup or {}).get("startup_ms"))
 
     def step_class_ms(self, step_class: str) -> float | None:
         """Median ms of one denoise step of `step_class` ("computed", "cached", "mixed"); None if none ran."""
@@ -175,6 +186,14 @@ class ProfileRecord:
     def ratio(self, arm: str, key: str) -> float | None:
         """A recorded ratio of `arm` against the first arm, e.g. ratio("fp8", "end_to_end_speedup")."""
         return (self.ratios.get(arm) or {}).get(key)
+
+    def arm_mode(self, arm: str) -> str:
+        """The mode `arm`'s transformer ran in; for a file written before per-arm modes, the run's flags."""
+        recorded = (self.arms[arm].mode or {}).get("mode")
+        if recorded:
+            return recorded
+        on = [m for m, flag in (("compile", "compile"), ("graphs", "cuda_graphs")) if self.settings.get(flag)]
+        return "+".join(on) or "eager"
 
     def profiled_arms(self) -> list[str]:
         return [n for n, a in self.arms.items() if a.kernels]

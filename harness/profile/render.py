@@ -15,7 +15,7 @@ from harness.core.markdown import Chart, Section, cell, code, fmt, fmt_stat, ren
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING, step_cache_synthetic_notes
 from harness.core.vocab import END_TO_END, KERNEL_CATEGORIES, REPORTED_STAGES, STEP_STAGE, stage_label
 from harness.profile.record import ArmRecord, ProfileRecord
-from harness.profile.step_cache import STEP_CLASSES
+from harness.profile.step_cache import CALL_CLASSES, STEP_CLASSES
 
 TOP_KERNELS = 15          # rows of each arm's top-kernel table (profile.json keeps 25, the CSV all)
 KERNEL_NAME_WIDTH = 64    # characters of a kernel name shown in a table
@@ -63,8 +63,17 @@ def setup_lines(record: ProfileRecord) -> list[str]:
             f"{sc['transformer_passes']} transformer passes per call; source `{_rel(sc['source'])}`"
             + (f"; overrides {sc['overrides']}" if sc.get("overrides") else ""),
             f"- warm-up {st['warmup']}, repeats {st['repeats']} ({record.method.get('order')}), profiled steps "
-            f"{st['profile_steps']}, compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, "
-            f"offload {st['offload']}, FP8 kernel `{st['fp8_kernel']}`"]
+            f"{st['profile_steps']}, offload {st['offload']}, FP8 kernel `{st['fp8_kernel']}`",
+            f"- mode{' (--mode ' + st['mode'] + ')' if st.get('mode') else ''}: {mode_summary(record)}"]
+
+
+def mode_summary(record: ProfileRecord) -> str:
+    """How each arm's transformer ran, with the reason where an arm fell back from the default."""
+    parts = []
+    for name in record.arm_names:
+        reason = (record.arms[name].mode or {}).get("fallback_reason")
+        parts.append(f"{name} `{record.arm_mode(name)}`" + (f" (no CUDA graphs: {reason})" if reason else ""))
+    return ", ".join(parts)
 
 
 def failure_lines(record: ProfileRecord) -> list[str]:
@@ -116,10 +125,15 @@ def latency_section(record: ProfileRecord) -> Section:
             for n in names:
                 s = stats[n]
                 series[n].append(plots.Interval(s["median_ms"], s["q1_ms"], s["q3_ms"]) if s else None)
+    rows.insert(0, ["mode", *(f"`{record.arm_mode(n)}`" for n in names), *(["-"] * (len(names) - 1))])
+    if any(arms[n].startup for n in names):
+        rows.append(["startup, once (not in the rows above)",
+                     *(fmt(arms[n].startup_ms(), 1) for n in names), *(["-"] * (len(names) - 1))])
     lines += table(["stage", *(f"{n} ms" for n in names), *(f"{n}/{base}" for n in names[1:])], rows)
     speedups = [f"{n} {fmt(record.ratio(n, 'end_to_end_speedup'), 2, 'x')}" for n in names[1:]]
     if speedups:
         lines += [f"End-to-end speed-up vs {base}: " + ", ".join(speedups) + ".", ""]
+    lines += startup_lines(record)
     chart = None
     if groups:
         chart = Chart("latency", "latency per stage", lambda path: plots.grouped_bars(
@@ -127,6 +141,25 @@ def latency_section(record: ProfileRecord) -> Section:
             value_label="ms per call (median; whiskers: interquartile range)", horizontal=True, value_labels=True,
             fmt=".1f"))
     return Section("Latency per stage", lines, chart)
+
+
+def startup_lines(record: ProfileRecord) -> list[str]:
+    """What the startup row means, and after how many edits each arm's startup is amortised."""
+    amortised = []
+    for n in record.arm_names:
+        st = record.arms[n].startup or {}
+        if st.get("edits_to_amortise") is not None:
+            amortised.append(f"{n} {st['edits_to_amortise']} (first call {fmt(_s(st.get('first_call_ms')), 2)} s)")
+    if not amortised:
+        return []
+    share = (record.arms[record.arm_names[0]].startup or {}).get("amortise_share", 0.05)
+    return [f"Startup: the first call of an arm minus its median timed call (compilation, CUDA graph capture, "
+            f"autotuning: paid once per process and input shape), measured in the warm-up and left out of every "
+            f"latency above. Edits after which it adds under {share:.0%} to each: " + ", ".join(amortised) + ".", ""]
+
+
+def _s(ms: float | None) -> float | None:
+    return None if ms is None else ms / 1e3
 
 
 def step_cache_section(record: ProfileRecord) -> Section:
@@ -149,8 +182,29 @@ def step_cache_section(record: ProfileRecord) -> Section:
              "none computed, or some did (steps per call in brackets).", ""]
     lines += table(["arm", "step cache", "calls", "computed", "computed fraction", "computed step ms",
                     "cached step ms", "mixed step ms"], rows, align=["l", "l", "r", "r", "r", "r", "r", "r"])
+    lines += call_class_lines(record)
     lines += [f"> **Synthetic weights:** {note}." for note in step_cache_notes(record)]
     return Section("Step caching", lines + ([""] if lines[-1] else []))
+
+
+def call_class_lines(record: ProfileRecord) -> list[str]:
+    """Per arm: ms of one transformer call that computed the main layers vs one that reused a cached output."""
+    rows = []
+    for n in record.arm_names:
+        sc = record.arms[n].step_cache or {}
+        if "call_counts" not in sc:
+            continue
+        stats = {c: record.arms[n].call_class_stats(c) for c in CALL_CLASSES}
+        cached, computed = (stats["cached"] or {}).get("median_ms"), (stats["computed"] or {}).get("median_ms")
+        rows.append([n, *(x for c in CALL_CLASSES for x in (sc["call_counts"].get(c, 0), fmt_stat(stats[c], 2),
+                                                             fmt((stats[c] or {}).get("mean_ms"), 2))),
+                     fmt(cached / computed if cached is not None and computed else None, 3)])
+    if not rows:
+        return []
+    return ["One transformer call, by whether it computed the main layers: calls timed over all repeats, median "
+            "[IQR] and mean ms (CUDA events around each call, read at the end of the repeat).", "",
+            *table(["arm", "computed calls", "computed call ms", "computed mean ms", "cached calls", "cached call ms",
+                    "cached mean ms", "cached / computed"], rows, align=["l", "r", "r", "r", "r", "r", "r", "r"])]
 
 
 def wall_vs_kernel_section(record: ProfileRecord) -> Section:
@@ -231,7 +285,10 @@ def category_section(record: ProfileRecord, profiled: list[str]) -> Section:
     first = arms[profiled[0]].kernels
     unit = first.get("time_unit", "kernel time")
     lines = [f"Profiled denoising steps ({first.get('profiled_steps')} per arm), {unit}, in ms per step (share of "
-             "the arm's total in brackets).", ""]
+             "the arm's total in brackets). Profiled mode: " + ", ".join(
+                 f"{n} `{arms[n].kernels.get('profiled_mode') or record.arm_mode(n)}`" for n in profiled) + ".", ""]
+    notes = sorted({note for n in profiled if (note := arms[n].kernels.get("profiled_mode_note"))})
+    lines += [f"> **CUDA graphs:** {note}." for note in notes] + ([""] if notes else [])
     rows = [[c, *(f"{fmt(_ms(arms[n].category(c).get('us_per_step')), 3)} "
                   f"({fmt(_pct(arms[n].category(c).get('share')), 1)}%)" for n in profiled)]
             for c in KERNEL_CATEGORIES]

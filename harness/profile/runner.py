@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -29,6 +31,7 @@ from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
 from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
 from omnigen2_fp8.measure import StageClock
+from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, mode_name
 from omnigen2_fp8.profiling import layer_ranges
 
 LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + reset_peak_memory_stats before it, "
@@ -36,6 +39,7 @@ LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + res
 RUN_METHOD = ("first warm-up call of the arm with only its own transformer on the GPU (other arms' transformers "
               "parked on the CPU), after gc + empty_cache + reset_peak_memory_stats; the pipeline resets the peak "
               "counters at each stage and the call's peak is the max over its stages")
+CALL_ENTRY = "transformer_call"  # the call timer's entry name (its own StageTimer, apart from the stages)
 PROFILER_LOG = "profiler.log"  # what the profiler's C++ layer prints while it starts and stops
 ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
 TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
@@ -43,6 +47,18 @@ TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two 
                  "runs from the end of the previous one (or the start of the denoise stage) to the end of its "
                  "scheduler update; median and IQR over "
                  "repeats, warning when IQR/median > 10%")
+STARTUP_METHOD = ("the arm's first call (the memory run) timed end to end (perf_counter between synchronisations): "
+                  "compilation, CUDA graph capture and autotuning happen there, once per process and input shape; "
+                  "startup = that call minus the median timed call, excluded from every per-edit latency; "
+                  "edits_to_amortise = edits after which startup adds under 5% per edit")
+GRAPHS_PROFILE_NOTE = ("CUDA graph replay launches a whole transformer pass from one cudaGraphLaunch, so the profiler "
+                       "cannot tie its kernels to the ops and layers the tables and the fallback check read: the "
+                       "profiled call runs the same {mode} model without graph replay (the same kernels, launched one "
+                       "by one); the timings above are the graph replays")
+COMPILED_FALLBACK_NOTE = ("Compiled blocks cannot carry per-layer ranges, so this check read a second profiled call "
+                          "with the same model run eagerly (torch.compiler.set_stance('force_eager')); the kernel "
+                          "tables are the compiled call's.")
+AMORTISE_SHARE = 0.05  # startup is "amortised" once it adds less than this share to each edit
 
 
 # -------------------------------------------------------------------------------------------------- the calls
@@ -70,15 +86,17 @@ class _StepMarks:
 
 
 def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: timing.StageTimer | None,
-                  clock: StageClock | None = None):
-    """One pipeline call of the scenario; with a timer, every stage and every denoising step is marked.
+                  clock: StageClock | None = None, call_timer: timing.StageTimer | None = None):
+    """One pipeline call of the scenario; with a timer, every stage and every denoising step is marked; with a
+    call_timer, every transformer call (entries named CALL_ENTRY, in call order).
 
     Returns the pipeline's EditResult.
     """
     kwargs = dict(negative_prompt=scenario.negative_prompt, num_inference_steps=steps,
                   text_guidance_scale=scenario.text_guidance_scale, image_guidance_scale=scenario.image_guidance_scale,
                   cfg_range=tuple(scenario.cfg_range), seed=scenario.seed, width=scenario.width,
-                  height=scenario.height, time_shift=scenario.time_shift, progress=False, clock=clock)
+                  height=scenario.height, time_shift=scenario.time_shift, progress=False, clock=clock,
+                  call_hook=None if call_timer is None else lambda branch, i: call_timer(CALL_ENTRY))
     if timer is None:
         return arm.pipe(scenario.instruction, images, **kwargs)
     marks = _StepMarks(timer)
@@ -99,20 +117,32 @@ def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, 
 
 
 def timed_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device):
-    """(end-to-end ms, stage durations) of one call: synchronise, perf_counter, call, synchronise."""
+    """(end-to-end ms, stage durations, ms of each transformer call in order, result) of one call: synchronise,
+    perf_counter, call, synchronise. Call times are CUDA events read after that synchronise (no sync per call)."""
     timer = timing.StageTimer(device)
+    call_timer = timing.StageTimer(device, profiler_ranges=False)  # no ranges: kernels keep their step's stage
     timing.synchronize(device)
     t0 = time.perf_counter()
-    result = call_pipeline(arm, scenario, images, steps, timer)
+    result = call_pipeline(arm, scenario, images, steps, timer, call_timer=call_timer)
     timing.synchronize(device)
-    return (time.perf_counter() - t0) * 1e3, timer.collect(), result
+    e2e_ms = (time.perf_counter() - t0) * 1e3
+    return e2e_ms, timer.collect(), call_timer.collect().get(CALL_ENTRY, []), result
+
+
+def untimed_call_ms(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device) -> float:
+    """Wall ms of one warm-up call (not part of any latency statistic)."""
+    return timing.time_call_ms(lambda: call_pipeline(arm, scenario, images, steps, None), device)
 
 
 def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device) -> dict:
-    """The arm's run-phase memory: one untimed call from a clean allocator (see RUN_METHOD)."""
+    """The arm's run-phase memory: its first call, from a clean allocator (see RUN_METHOD); that call's wall time
+    (compilation and graph capture included) goes to `arm.first_call_ms`."""
     timing.release_memory(device)
     before = torch.cuda.memory_allocated(device) / timing.GIB if device.type == "cuda" else None
+    t0 = time.perf_counter()
     result = call_pipeline(arm, scenario, images, steps, None, clock=StageClock(device))
+    timing.synchronize(device)
+    arm.first_call_ms = (time.perf_counter() - t0) * 1e3
     if device.type != "cuda":
         return {"method": timing.MEMORY_METHOD_CPU, "peak_allocated_gib": None, "peak_reserved_gib": None}
     expected = sum(module_bytes(m, "cuda") for m in (arm.pipe.mllm, arm.pipe.vae, arm.pipe.transformer)) / timing.GIB
@@ -126,16 +156,14 @@ def memory_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, de
 
 def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: ProfileOptions,
                  device: torch.device, out: Path) -> dict:
-    """Profile one call with `profile_steps` denoising steps; returns the kernel section of the arm's record."""
-    steps = options.profile_steps
-    # Hooks inside compiled blocks would break the graphs; replayed CUDA graphs run no Python ranges at all.
-    ranges = not (options.compile or options.cuda_graphs)
-    transformer = arm.pipe.transformer
-    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
-        with layer_ranges(transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
-            call_pipeline(arm, scenario, images, steps, timing.StageTimer(device))
-            timing.synchronize(device)
-    capture = kernels.parse_profile(prof, device)
+    """Profile one call with `profile_steps` denoising steps; returns the kernel section of the arm's record.
+
+    An arm replaying CUDA graphs is profiled without the replay (GRAPHS_PROFILE_NOTE), compiled if it is compiled.
+    A compiled FP8 arm's fallback check reads a second, eager call with per-layer ranges (COMPILED_FALLBACK_NOTE).
+    """
+    compiled = arm.mode.compile
+    profiled_mode = mode_name(compiled, cuda_graphs=False)
+    prof, capture, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=False)
     fp8_layers = {f for f, p in arm.layer_policy.items() if p == "fp8"}
     rows = kernels.kernel_table(capture, fp8_layers)
     csv_name = f"kernels_{arm.name}.csv"
@@ -143,9 +171,13 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     trace = None
     if options.trace:
         trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
-    report = fallbacks.detect_fallbacks(capture, arm.layer_policy, layer_calls=dict(layer_calls) if ranges else None,
-                                expect_fp8=arm.recipe.quantized)
-    report.note = fallback_note(arm, options, device)
+    checked_on = capture
+    if compiled and arm.recipe.quantized:
+        _, checked_on, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=True)
+    report = fallbacks.detect_fallbacks(checked_on, arm.layer_policy, layer_calls=layer_calls,
+                                        expect_fp8=arm.recipe.quantized)
+    notes = [fallback_note(arm, options, device), COMPILED_FALLBACK_NOTE if checked_on is not capture else None]
+    report.note = " ".join(n if n.endswith(".") else n + "." for n in notes if n) or None
     report.emulated = report.checked and fp8_emulated(arm, options, device)
     return {
         "time_unit": capture.time_unit, "profiled_steps": capture.steps, "device_kind": capture.device_kind,
@@ -153,9 +185,26 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
         "top": [dataclasses.asdict(r) for r in rows[:25]], "num_kernels": len(rows),
         "categories": kernels.category_rollup(rows, capture.steps),
         "stages": kernels.stage_kernel_summary(capture), "csv": csv_name, "trace": trace,
-        "layer_ranges": ranges, "fallback": report.to_dict(),
+        "layer_ranges": not compiled, "fallback": report.to_dict(),
         "kernel_coverage": capture.coverage,  # CUDA: share of all device time attributed to a launching op
+        "profiled_mode": profiled_mode,
+        "profiled_mode_note": GRAPHS_PROFILE_NOTE.format(mode=profiled_mode) if arm.mode.cuda_graphs else None,
+        "fallback_profiled_mode": EAGER_MODE if checked_on is not capture else profiled_mode,
     }
+
+
+def _profiled_run(arm: Arm, scenario: ScenarioConfig, images: list, options: ProfileOptions, device: torch.device,
+                  out: Path, eager: bool):
+    """(profiler, parsed capture, layer calls or None) of one profiled call, never replaying CUDA graphs; eager:
+    compiled blocks run eagerly, so every linear gets its `layer::` range (they cannot inside compiled code)."""
+    ranges = eager or not arm.mode.compile
+    stance = torch.compiler.set_stance("force_eager") if eager else contextlib.nullcontext()
+    with kernels.capture(device, log=out / PROFILER_LOG) as prof:  # the profiler's C++ chatter goes to the file
+        with stance, arm.pipe.without_cuda_graphs(), \
+                layer_ranges(arm.pipe.transformer) if ranges else contextlib.nullcontext({}) as layer_calls:
+            call_pipeline(arm, scenario, images, options.profile_steps, timing.StageTimer(device))
+            timing.synchronize(device)
+    return prof, kernels.parse_profile(prof, device), dict(layer_calls) if ranges else None
 
 
 def fp8_emulated(arm: Arm, options: ProfileOptions, device: torch.device) -> bool:
@@ -204,7 +253,8 @@ def run_profile(options: ProfileOptions) -> ProfileRecord:
     record["settings"] = settings_record(options, scenario)
     record["method"] = {"load_memory": LOAD_METHOD if device.type == "cuda" else timing.MEMORY_METHOD_CPU,
                         "run_memory": RUN_METHOD if device.type == "cuda" else timing.MEMORY_METHOD_CPU,
-                        "order": ORDER_NOTE, "timing": TIMING_METHOD,
+                        "order": ORDER_NOTE, "timing": TIMING_METHOD, "startup": STARTUP_METHOD,
+                        "call_timing": step_cache.CALL_TIMING,
                         "isolation": "reset + empty cache between phases; other arms' transformers parked on the "
                                      "CPU during loads and memory runs" if park else "single arm or --offload"}
     _print_plan(record, options)
@@ -242,9 +292,12 @@ def _print_plan(record: dict, options: ProfileOptions) -> None:
     print(f"profile {sc['task']}: {sc['height']}x{sc['width']}, refs {sc['references']}, {sc['steps']} steps, "
           f"{sc['transformer_passes']} transformer passes; arms {' '.join(st['precisions'])}; {weights}; "
           f"device {st['device']}; warm-up {st['warmup']}, repeats {st['repeats']}, profiled steps "
-          f"{st['profile_steps']}; compile {st['compile']}, CUDA graphs {st.get('cuda_graphs', False)}, "
-          f"offload {st['offload']}; out {st['out']}",
+          f"{st['profile_steps']}; offload {st['offload']}; out {st['out']}",
           file=sys.stderr, flush=True)
+    for arm in st["precisions"]:
+        choice = options.arm_mode(arm)
+        print(f"  mode of {arm}: {choice.describe()}" + (" (--mode auto)" if options.mode == AUTO_MODE else ""),
+              file=sys.stderr, flush=True)
     for change in sc["overrides"]:
         print(f"  override {change['field']}: {change['old']} -> {change['new']}", file=sys.stderr, flush=True)
 
@@ -267,7 +320,7 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
         if arm.ok and park and device.type == "cuda":
             arm.pipe.transformer.to("cpu")
     steps = scenario.steps
-    for arm in arms:  # memory run + warm-up, one arm on the device at a time
+    for arm in arms:  # memory run (the first call: compile and capture happen here), one arm on the device
         bar.set_postfix_str(f"warm-up {arm.name}")
         if not arm.ok:
             bar.update(max(options.warmup, 1))
@@ -275,21 +328,28 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
         with only_on_device(arms, arm, device, park):
             _guard(arm, lambda: setattr(arm, "run_memory", memory_call(arm, scenario, images, steps, device)))
             bar.update(1)
-            for _ in range(options.warmup - 1):
-                if arm.ok:
-                    _guard(arm, lambda: call_pipeline(arm, scenario, images, steps, None))
-                bar.update(1)
         if park and arm.ok and device.type == "cuda":
+            arm.pipe.drop_cuda_graphs()  # their memory pools would count in the next arm's run memory
             arm.pipe.transformer.to("cpu")
     restore_all(arms, device, park)
+    moved = park and device.type == "cuda"  # graphs captured before the weights moved back are stale
+    for arm in arms:  # the other warm-up calls, with every transformer where the timed calls find it
+        extra = options.warmup - 1
+        if arm.ok and moved and arm.mode.cuda_graphs:
+            extra = max(extra, 1)  # re-capture now, not inside the first timed call
+        for _ in range(extra):
+            if arm.ok:
+                _guard(arm, lambda: arm.later_warmup_ms.append(untimed_call_ms(arm, scenario, images, steps, device)))
+        bar.update(max(options.warmup - 1, 0))
     for r in range(options.repeats):  # ABAB...
         for arm in arms:
             bar.set_postfix_str(f"repeat {r + 1}/{options.repeats} {arm.name}")
             if arm.ok:
                 def one(arm=arm):
-                    ms, stages, _ = timed_call(arm, scenario, images, steps, device)
+                    ms, stages, call_ms, _ = timed_call(arm, scenario, images, steps, device)
                     arm.e2e_ms.append(ms)
                     arm.stage_runs.append(stages)
+                    arm.call_runs.append(call_ms)
                     arm.step_cache_runs.append(step_cache.StepCacheRun.from_stats(
                         arm.pipe.step_cache_stats, scenario.branches_per_step()))
                 _guard(arm, one)
@@ -319,8 +379,7 @@ def _guard(arm: Arm, fn: Callable[[], Any]) -> None:
 def settings_record(options: ProfileOptions, scenario: ScenarioConfig) -> dict:
     return {"precisions": list(options.precisions), "model": options.model, "synthetic": options.synthetic or False,
             "device": options.device, "dtype": "bfloat16", "steps": scenario.steps, "warmup": options.warmup,
-            "repeats": options.repeats, "profile_steps": options.profile_steps, "compile": options.compile,
-            "cuda_graphs": options.cuda_graphs,
+            "repeats": options.repeats, "profile_steps": options.profile_steps, "mode": options.mode,
             "offload": options.offload, "trace": options.trace, "fp8_kernel": options.fp8_kernel,
             "seed": options.seed, "out": str(options.out)}
 
@@ -334,9 +393,21 @@ def arm_record(arm: Arm) -> ArmRecord:
                    "stages": timing.summarize_stage_runs(arm.stage_runs)}
     return ArmRecord(name=arm.name, ok=arm.ok, error=arm.error, quantization=arm.quantization,
                      memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
-                     step_cache=step_cache.summarize(arm.step_cache_runs, arm.stage_runs),
+                     step_cache=step_cache.summarize(arm.step_cache_runs, arm.stage_runs, arm.call_runs),
+                     mode=arm.mode.to_dict() if arm.mode else None, startup=startup_record(arm),
                      fallback=arm.profile["fallback"] if arm.profile else None,
                      traceback=arm.traceback if arm.error else None)
+
+
+def startup_record(arm: Arm) -> dict | None:
+    """The one-off cost of the arm's mode (STARTUP_METHOD), in ms; None before its first call ran."""
+    if arm.first_call_ms is None:
+        return None
+    steady = statistics.median(arm.e2e_ms) if arm.e2e_ms else None
+    startup = max(arm.first_call_ms - steady, 0.0) if steady is not None else None
+    edits = math.ceil(startup / (AMORTISE_SHARE * steady)) if startup and steady else (0 if steady else None)
+    return {"first_call_ms": arm.first_call_ms, "steady_call_ms": steady, "startup_ms": startup,
+            "edits_to_amortise": edits, "amortise_share": AMORTISE_SHARE, "later_warmup_ms": list(arm.later_warmup_ms)}
 
 
 def _finish(record: dict, arms: list[Arm], caught: list[warnings.WarningMessage], out: Path) -> ProfileRecord:

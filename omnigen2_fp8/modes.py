@@ -1,0 +1,100 @@
+"""How the transformer runs (execution modes), and the one chooser every command line uses for its default.
+
+    eager            plain PyTorch
+    compile          regional torch.compile of the DiT's blocks (`OmniGen2Transformer.compile_blocks`)
+    graphs           each CFG branch's transformer pass replayed as a CUDA graph (`cuda_graphs.CudaGraphForward`)
+    compile+graphs   both: compiled blocks, captured and replayed
+
+`auto` is the fastest measured mode on CUDA, compile+graphs (results/perf_recipes_h200.json: eager FP8 is half the
+speed of BF16 at the 512 GEdit shape, compile+graphs FP8 1.3x faster), and eager elsewhere. An arm that cannot be
+replayed as a graph (a TeaCache step cache decides inside each pass; offloaded weights move between passes) gets
+compile alone under `auto`, with the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is
+refused with the fix. `omnigen2_fp8.edit`, `harness.profile` and `harness.gedit` decide through these functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .caching import StepCacheConfig, check_step_cache
+
+EAGER_MODE, COMPILE_MODE, GRAPHS_MODE, COMPILE_GRAPHS_MODE = "eager", "compile", "graphs", "compile+graphs"
+AUTO_MODE = "auto"
+MODES = (EAGER_MODE, COMPILE_MODE, GRAPHS_MODE, COMPILE_GRAPHS_MODE)
+CUDA_DEFAULT_MODE = COMPILE_GRAPHS_MODE
+OFFLOAD_REASON = "offloaded weights move between stages, and a captured CUDA graph holds their GPU addresses"
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    """The concrete mode of one arm, what was asked for, and why it differs from the default (None: it does not).
+
+    mode: one of MODES; requested: "auto" or one of MODES; fallback_reason: why `auto` could not give
+    CUDA_DEFAULT_MODE on CUDA (e.g. a TeaCache step cache).
+    """
+
+    mode: str
+    requested: str = AUTO_MODE
+    fallback_reason: str | None = None
+
+    @property
+    def compile(self) -> bool:
+        return self.mode.startswith("compile")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return self.mode.endswith("graphs")
+
+    def pipeline_flags(self) -> dict[str, bool]:
+        """The `OmniGen2Pipeline` keyword arguments of this mode: {"compile": ..., "cuda_graphs": ...}."""
+        return {"compile": self.compile, "cuda_graphs": self.cuda_graphs}
+
+    def describe(self) -> str:
+        """The mode and, when it fell back, why: e.g. 'compile (no CUDA graphs: TeaCache decides ...)'."""
+        return self.mode + (f" (no CUDA graphs: {self.fallback_reason})" if self.fallback_reason else "")
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "requested": self.requested, "fallback_reason": self.fallback_reason}
+
+
+def mode_name(compile: bool, cuda_graphs: bool) -> str:
+    """The mode of a pair of pipeline flags (compile=True, cuda_graphs=True -> 'compile+graphs')."""
+    return {(False, False): EAGER_MODE, (True, False): COMPILE_MODE, (False, True): GRAPHS_MODE,
+            (True, True): COMPILE_GRAPHS_MODE}[(bool(compile), bool(cuda_graphs))]
+
+
+def graphs_blocker(offload: bool = False, step_cache: StepCacheConfig | None = None) -> str | None:
+    """Why this arm's passes cannot be replayed as CUDA graphs (None: they can), whatever the device."""
+    if offload:
+        return OFFLOAD_REASON
+    if step_cache is not None and not step_cache.graph_capturable:
+        return step_cache.not_capturable_reason
+    return None
+
+
+def choose_mode(requested: str, device: str | torch.device, offload: bool = False,
+                step_cache: StepCacheConfig | None = None) -> ModeChoice:
+    """The concrete mode of an arm: `auto` is CUDA_DEFAULT_MODE on CUDA (compile alone, with the reason, when
+    `graphs_blocker` says graphs cannot work) and eager elsewhere; an explicit mode is kept, and a graphs mode that
+    cannot work raises ValueError naming the fix (before any model loads)."""
+    if requested not in (AUTO_MODE, *MODES):
+        raise ValueError(f"unknown mode {requested!r}; choose one of {[AUTO_MODE, *MODES]}")
+    cuda = torch.device(device).type == "cuda"
+    blocker = graphs_blocker(offload, step_cache)
+    if requested == AUTO_MODE:
+        if not cuda:
+            return ModeChoice(EAGER_MODE, AUTO_MODE)
+        return ModeChoice(COMPILE_MODE, AUTO_MODE, blocker) if blocker else ModeChoice(CUDA_DEFAULT_MODE, AUTO_MODE)
+    if requested.endswith("graphs"):
+        if offload or not cuda:
+            raise ValueError(f"--mode {requested} needs CUDA and no --offload (graphs hold the weights' GPU "
+                             "addresses); use --mode compile or --eager")
+        check_step_cache(step_cache, cuda_graphs=True)  # e.g. TeaCache: refused with the reason and the fix
+    return ModeChoice(requested, requested)
+
+
+def resolve_mode(mode: str, device: str | torch.device, offload: bool = False,
+                 step_cache: StepCacheConfig | None = None) -> str:
+    """`choose_mode(...).mode`: the concrete mode name."""
+    return choose_mode(mode, device, offload, step_cache).mode
