@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.eager and args.device != "cpu":
         common += ["--cuda-graphs"]
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.gpus))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
     result = {"what": "torchrun-sharded GEdit run (generation, judging, scoring in one launch) on N GPUs vs 1; "
                       "random-weight models of the real shapes (--synthetic), one process per GPU; wall time from "
