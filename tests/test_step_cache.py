@@ -52,50 +52,90 @@ def test_golden_cases_cover_both_methods(golden_dir):
     assert methods >= {"teacache", "taylorseer"}, f"cached denoise cases under {golden_dir} cover only {methods}"
 
 
-# The shipped cases disagree with the plain denoise golden (same weights, latents, reference and prompts; only the
-# step count, 16 instead of 6, and the cache differ): our uncached 16-step run is 0.30 (relative) from both cached
-# goldens, which are 0.06 from each other, although the official TaylorSeer computes steps 0-4 exactly as an
-# uncached run and our cached runs stay within 0.03-0.10 of the uncached one; with TeaCache forced to the official
-# per-call pattern the result is still 0.35 away, and TeaCache's own decisions agree for the 30 calls of the CFG phase
-# and part from the first cond-only step. Checked too: the official `processing()` computes the timesteps, the
-# dynamic time shift, the cfg_range test (i / len(timesteps)) and the one-branch-per-call batching identically with
-# and without caching, and none of 15/17 steps, cfg_range (0, 1), a fixed shift, no image guidance brings our runs
-# near the goldens. Strict, so the markers must go once the cases are regenerated (or the cause is found).
+def test_official_made_cases_cover_what_the_held_out_check_varies():
+    """Cases made here with the official code (README "Cases made here"): several references, the full CFG range,
+    two-branch CFG, and TeaCache skipping in the cond-only phase after cfg_range ends. The repository's own copy,
+    whatever OMNIGEN2_GOLDEN_DIR says."""
+    covered = set()
+    for d in cached_denoise_cases(Path(__file__).resolve().parent / "golden"):
+        case, io = json.loads((d / "case.json").read_text()), load_file(d / "io.safetensors")
+        if "step_latents" not in io:
+            continue  # a case from ../shared without per-step latents
+        method, computed = case["cache"]["method"], case["main_layers_computed_per_call"]
+        covered.add(method)
+        covered |= {"several references"} if len(_refs(io)) > 1 else set()
+        covered |= {"full cfg range"} if case["cfg_range"] == [0.0, 1.0] else set()
+        covered |= {"two-branch cfg"} if not _refs(io) else set()
+        cfg_steps = sum(1 for i in range(case["num_inference_steps"])
+                        if case["cfg_range"][0] <= i / case["num_inference_steps"] <= case["cfg_range"][1])
+        cond_only = computed[len(computed) - (case["num_inference_steps"] - cfg_steps):]
+        covered |= {"teacache skips after cfg"} if method == "teacache" and not all(cond_only) else set()
+    assert covered >= {"teacache", "taylorseer", "several references", "full cfg range", "two-branch cfg",
+                       "teacache skips after cfg"}, covered
+
+
+# The two cases shipped in ../shared (denoise_teacache, denoise_taylorseer) cannot be reproduced by the official
+# code: rebuilt outside the repository and run on these inputs (CPU, float32), it matches the plain 6-step golden at
+# 1e-6 but lands 0.35 (TeaCache) and 0.30 (TaylorSeer) from them, exactly where this package lands (ours vs official:
+# <= 5e-6 per transformer call, <= 2e-6 per step, the same per-call decisions). No variation of the settings tried
+# reproduces them (README "Cases made here" lists what was tried). teacache_cfg_ends and taylorseer_cfg_ends hold
+# what the official code computes for the same inputs and settings. Strict: the markers go when ../shared fixes them.
 SUSPECT = {("decoded", "denoise_teacache"), ("decoded", "denoise_taylorseer"), ("decisions", "denoise_teacache")}
 
 
 def _cases(check: str) -> list:
-    mark = pytest.mark.xfail(strict=True, reason="cached golden case inconsistent with the plain denoise golden: our "
-                             "uncached 16-step run is 0.30 from it (see the comment above SUSPECT)")
+    mark = pytest.mark.xfail(strict=True, reason="shipped case not reproducible by the official code (its run is "
+                             "0.3 from the case and 5e-6 from ours; see the comment above SUSPECT)")
     return [pytest.param(d, marks=mark) if (check, d.name) in SUSPECT else d for d in cached_denoise_cases()]
 
 
+@dataclasses.dataclass
+class _CachedRun:
+    case: dict
+    io: dict
+    latents: torch.Tensor
+    step_latents: list[torch.Tensor]
+    pipe: OmniGen2Pipeline
+
+
 @functools.lru_cache(maxsize=None)
-def _cached_run(case_dir: Path) -> tuple[dict, dict, torch.Tensor, OmniGen2Pipeline]:
+def _cached_run(case_dir: Path) -> _CachedRun:
     case = json.loads((case_dir / "case.json").read_text())
     if case.get("dtype", "float32") != "float32":
         pytest.fail(f"{case_dir.name}: only float32 golden cases are compared at 1e-4 (got {case['dtype']})")
     io = load_file(case_dir / "io.safetensors")
     pipe = _golden_pipeline(case_dir, case)
-    latents = _golden_denoise(pipe, case, io, step_cache=step_cache_from_dict(case["cache"]))
-    return case, io, latents, pipe
+    steps: list[torch.Tensor] = []
+    latents = _golden_denoise(pipe, case, io, step_cache=step_cache_from_dict(case["cache"]),
+                              on_step=lambda i, n, lat: steps.append(lat.clone()))
+    return _CachedRun(case, io, latents, steps, pipe)
+
+
+def _relative(ours: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((ours - expected).abs().max() / expected.abs().max())
 
 
 @pytest.mark.parametrize("case_dir", _cases("decisions"), ids=lambda p: p.name)
 def test_cached_denoise_takes_the_official_decisions(case_dir: Path):
-    case, _, _, pipe = _cached_run(case_dir)
-    stats = pipe.step_cache_stats
-    assert len(stats.calls) == case["transformer_calls"]
-    assert stats.computed_per_call == case["main_layers_computed_per_call"], (
+    run = _cached_run(case_dir)
+    stats = run.pipe.step_cache_stats
+    assert len(stats.calls) == run.case["transformer_calls"]
+    assert stats.computed_per_call == run.case["main_layers_computed_per_call"], (
         f"{case_dir.name}: computed/skipped pattern differs from the official one")
 
 
 @pytest.mark.parametrize("case_dir", _cases("decoded"), ids=lambda p: p.name)
 def test_cached_denoise_matches_the_official_pipeline(case_dir: Path):
-    _, io, latents, pipe = _cached_run(case_dir)
-    decoded, expected = pipe.decode(latents), io["decoded"]
+    run = _cached_run(case_dir)
+    if "step_latents" in run.io:  # the first step that parts from the official run says where to look
+        expected_steps = run.io["step_latents"]
+        assert len(run.step_latents) == len(expected_steps)
+        errors = [_relative(ours, official) for ours, official in zip(run.step_latents, expected_steps)]
+        first = next((i for i, err in enumerate(errors) if err >= 1e-4), None)
+        assert first is None, f"{case_dir.name}: latents leave the official run at step {first}: {errors[first]:.2e}"
+    decoded, expected = run.pipe.decode(run.latents), run.io["decoded"]
     assert decoded.shape == expected.shape
-    err = (decoded - expected).abs().max() / expected.abs().max()
+    err = _relative(decoded, expected)
     assert err < 1e-4, f"{case_dir.name}: decoded relative error {err:.2e}"
 
 
