@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import report, report_grid
+from harness import report
 from harness.core import plots
 from harness.core.markdown import code
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.gedit import grid
+from harness.gedit.tradeoff import draw_tradeoff, tradeoff_points
 from harness.profile import render
+from harness.profile.record import ProfileRecord
 
 SCENARIO = f"""task: tiny-64
 include: {REPO_ROOT / "tasks" / "profile" / "_template.yaml"}
@@ -275,9 +278,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
     (moved / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     run, original = report.load_run(moved), report.load_run(runs["gedit"])
     sample = run.samples[0]
-    image = report_grid.SourceImages(run, None).get(sample)
+    image = grid.SourceImages(run, None).get(sample)
     assert image is not None
-    assert np.array_equal(np.asarray(image), np.asarray(report_grid.SourceImages(original, None).get(sample)))
+    assert np.array_equal(np.asarray(image), np.asarray(grid.SourceImages(original, None).get(sample)))
     out = tmp_path / "missing" / "report.md"
     report.build_report([moved], out, dataset=str(tmp_path / "no-such-dataset"))
     assert "Source column: source images unavailable" in out.read_text(encoding="utf-8")
@@ -287,9 +290,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
 def test_grid_selection_takes_one_per_task_group_first():
     samples = [{"task_type": t, "language": lang, "key": k, "instruction": "x"}
                for t in ("b", "a") for k in ("k2", "k1") for lang in ("en", "cn")]
-    chosen = report_grid.grid_selection(samples, "en", 3)
+    chosen = grid.grid_selection(samples, "en", 3)
     assert [(s["task_type"], s["key"]) for s in chosen] == [("a", "k1"), ("b", "k1"), ("a", "k2")]
-    assert report_grid.grid_selection(samples, "en", 0) == []
+    assert grid.grid_selection(samples, "en", 0) == []
 
 
 def test_captions_the_font_cannot_draw_are_replaced():
@@ -370,9 +373,6 @@ def test_per_arm_intervals_are_drawn_when_the_run_file_has_them(runs, tmp_path):
 
 # ------------------------------------------------------------------------------------------- speed vs quality
 def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs):
-    from harness.profile.record import ProfileRecord
-    from harness.report_tradeoff import tradeoff_points
-
     out, text = built
     summary, profile = _json(runs["gedit"] / "summary.json"), ProfileRecord.from_json(runs["profile"] / "profile.json")
     for lang in ("en", "cn"):
@@ -380,7 +380,9 @@ def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs)
         assert f"]({link})" in text
         with Image.open(out.parent / link) as im:
             assert im.format == "PNG" and min(im.size) > 50
-        points = {p.arm: p for p in tradeoff_points(report.load_run(runs["gedit"]), lang, [profile])}
+        run = report.load_run(runs["gedit"])
+        points = {p.arm: p for p in tradeoff_points(run.summary, lang, report.profile_seconds(run.summary.arms,
+                                                                                             [profile]))}
         assert list(points) == ["bf16", "fp8"]
         delta = next(d for d in summary["deltas"] if d["arm"] == "fp8")["languages"][lang]["Q_O"]["overall_task_mean"]
         fp8, bf16 = points["fp8"], points["bf16"]
@@ -395,19 +397,15 @@ def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs)
 
 
 def test_tradeoff_times_come_from_the_gedit_run_without_a_profile(runs):
-    from harness.report_tradeoff import tradeoff_points
-
     summary = _json(runs["gedit"] / "summary.json")
-    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    points = tradeoff_points(report.load_run(runs["gedit"]).summary, "en")
     gen = summary["throughput"]["generation"]
     assert [(p.arm, p.time_source, p.seconds) for p in points] == [
         (arm, "gedit", gen[arm]["seconds_per_sample_median"]) for arm in ("bf16", "fp8")]
 
 
 def test_tradeoff_png_is_byte_identical_for_the_same_points(runs, tmp_path):
-    from harness.report_tradeoff import draw_tradeoff, tradeoff_points
-
-    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    points = tradeoff_points(report.load_run(runs["gedit"]).summary, "en")
     a = draw_tradeoff(tmp_path / "a.png", points, title="t", baseline="bf16").read_bytes()
     b = draw_tradeoff(tmp_path / "b.png", points, title="t", baseline="bf16").read_bytes()
     assert a == b
