@@ -17,9 +17,10 @@ from PIL import Image
 
 from harness import report
 from harness.core import plots
-from harness.core.markdown import code
+from harness.core.markdown import Chart, Section, code, render_sections
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
 from harness.gedit import grid
+from harness.gedit import render as gedit_render
 from harness.gedit.tradeoff import draw_tradeoff, tradeoff_points
 from harness.profile import render
 from harness.profile.record import ProfileRecord
@@ -153,6 +154,25 @@ def test_gedit_tables_equal_summary(built, runs):
             assert row(failures, arm=arm, lang=lang)["judge failures"] == str(f["total"])
 
 
+def test_report_and_summary_md_show_the_same_gedit_sections(built, runs):
+    """One renderer: summary.md (level 2) and the report (level 3) show the same tables and headline words."""
+    _, text = built
+    summary_md = (runs["gedit"] / "summary.md").read_text(encoding="utf-8")
+    for title in ("Headline scores", "Per task group (en)", "Per task group (cn)", "Intersection: headline scores",
+                  "Fidelity to the baseline edits", "Judge failures", "Throughput"):
+        assert md_table(summary_md, f"## {title}") == md_table(text, f"### {title}"), title
+    run = report.load_run(runs["gedit"])
+    for line in gedit_render.headline_lines(run.summary):  # the report's headline names the run before the same words
+        assert line in summary_md and line.split(": ", 1)[1] in text
+    summary = _json(runs["gedit"] / "summary.json")
+    languages = sorted({t["language"] for t in summary["intersection"]["per_task"]})
+    assert languages, "the synthetic selection flags no Intersection sample"
+    for lang in languages:
+        table = md_table(text, f"### Intersection: per task group ({lang})")
+        for t in (x for x in summary["intersection"]["per_task"] if x["language"] == lang):
+            assert row(table, task=t["task_type"])[f"Q_O {t['arm']}"] == f"{t['Q_O']:.2f}"
+
+
 def test_profile_tables_equal_profile_json(built, runs):
     _, text = built
     prof = _json(runs["profile"] / "profile.json")
@@ -261,6 +281,19 @@ def test_bad_folders_get_clear_errors(tmp_path, capsys, make, message):
     assert message in capsys.readouterr().err
 
 
+def test_summary_of_an_older_harness_is_refused_with_the_way_to_rewrite_it(runs, tmp_path, capsys):
+    folder = tmp_path / "old"
+    shutil.copytree(runs["gedit"], folder, ignore=shutil.ignore_patterns("_synthetic"))
+    summary = _json(folder / "summary.json")
+    del summary["schema_version"]  # as the summaries written before the field existed
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    with pytest.raises(report.ReportError, match="schema_version None"):
+        report.load_run(folder)
+    assert report.main([str(folder), "-o", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert f"--stage score --out {folder}" in err and summary["provenance"]["command"] in err
+
+
 def test_missing_folder_and_bad_output_name(runs, tmp_path):
     with pytest.raises(report.ReportError, match="is not a folder"):
         report.load_run(tmp_path / "nope")
@@ -300,6 +333,15 @@ def test_captions_the_font_cannot_draw_are_replaced():
     assert not plots.can_render("把背景换成红色的墙。")
     row = plots.GridRow("#1 color_alter (cn)", [], caption="把背景换成红色的墙。")
     assert row.text() == f"#1 color_alter (cn): {row.caption_fallback}"
+
+
+def test_sections_render_at_their_depth_with_every_chart():
+    charts = [Chart(f"c{i}", f"alt {i}", lambda path: path) for i in range(3)]
+    sections = [Section("A", ["a", ""], charts[0]), Section("B", ["b", ""], charts[1], depth=1,
+                                                            more_charts=(charts[2],))]
+    drawn = render_sections(sections, level=3, draw=lambda chart: [f"![{chart.alt}]", ""])
+    assert drawn == ["### A", "", "a", "", "![alt 0]", "", "#### B", "", "b", "", "![alt 1]", "", "![alt 2]", ""]
+    assert render_sections(sections, level=2) == ["## A", "", "a", "", "### B", "", "b", ""]
 
 
 def test_figures_are_byte_identical_for_the_same_data(tmp_path):
