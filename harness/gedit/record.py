@@ -152,7 +152,7 @@ class GeditSummary:
         found = data.get("schema_version") if isinstance(data, dict) else None
         if found != SCHEMA_VERSION:
             command = ((data.get("provenance") or {}) if isinstance(data, dict) else {}).get("command")
-            rerun = f": `{command}`" if command else ""
+            rerun = f" (it was made by `{command}`)" if command else ""
             raise RecordError(f"{path} has schema_version {found!r} (written by an older harness), this code reads "
                               f"{SCHEMA_VERSION}; rewrite it with python -m harness.gedit --stage score --out "
                               f"{path.parent}, or, where its judgements are that old too (the rewritten summary "
