@@ -149,9 +149,13 @@ class GeditSummary:
         except (OSError, json.JSONDecodeError) as err:
             raise RecordError(f"{path} cannot be read as JSON ({err}); rerun the score stage "
                               f"(python -m harness.gedit --stage score --out {path.parent})") from err
-        found = data.get("schema_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("synthetic"), (bool, str)):
+            # never let a summary that does not say whether its weights were random be read as real results
+            raise RecordError(f"{path} does not record whether its weights were synthetic (written by another tool, "
+                              f"or damaged); rewrite it with python -m harness.gedit --stage score --out {path.parent}")
+        found = data.get("schema_version")
         if found != SCHEMA_VERSION:
-            command = ((data.get("provenance") or {}) if isinstance(data, dict) else {}).get("command")
+            command = (data.get("provenance") or {}).get("command")
             rerun = f" (it was made by `{command}`)" if command else ""
             raise RecordError(f"{path} has schema_version {found!r} (written by an older harness), this code reads "
                               f"{SCHEMA_VERSION}; rewrite it with python -m harness.gedit --stage score --out "

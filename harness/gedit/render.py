@@ -78,7 +78,7 @@ def setup_lines(summary: GeditSummary) -> list[str]:
     gen, prompts = summary.task.generation, summary.prompt_set
     return [f"Arms {', '.join(f'`{a}`' for a in summary.arms)} (baseline `{summary.baseline}`); "
             f"{summary.selection.get('n_samples')} samples per arm (selection hash "
-            f"{str(summary.selection.get('uids_sha256'))[:16]}...); {gen.steps} steps, seed {gen.seed}, resolution "
+            f"{str(summary.selection.get('uids_sha256'))[:16]}...). Steps {gen.steps}, seed {gen.seed}, resolution "
             f"{gen.resolution or 'of the input'}, guidance text {gen.text_guidance_scale} / image "
             f"{gen.image_guidance_scale}, time shift {gen.time_shift}. Judge `{summary.judge.model}` with prompt set "
             f"`{prompts.get('name')}` (sha256 {str((prompts.get('sha256') or {}).get('set'))[:16]}...), protocol "
@@ -280,6 +280,10 @@ def failures_section(run: GeditRun) -> Section:
                          f.get("not_judged", "-"), cell(per)])
     lines += table(["arm", "lang", "judge failures", "out of range", "missing images", "input errors", "not judged",
                     "per task"], rows, align=["l", "l", "r", "r", "r", "r", "r", "l"])
+    unjudged = [f"- **{arm} / {lang}: {f['not_judged']} not judged yet** (run the judge stage)"
+                for arm, langs in run.summary.judge_failures.items() for lang, f in sorted(langs.items())
+                if f.get("not_judged")]
+    lines += [*unjudged, ""] if unjudged else []
     scores = run.scores
     bad = scores[scores["status"] != "ok"] if scores is not None and len(scores) else None
     if bad is not None and len(bad):
