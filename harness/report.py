@@ -13,14 +13,13 @@ Figures are PNGs in `<report stem>_files/` beside the report, linked relatively,
 The same inputs give the same bytes except for the one "Generated ..." line.
 
 This module adds the cross-run headline and the provenance; the profile sections are harness/profile/render.py's
-(the same ones profile.md shows), the GEdit sections harness/report_gedit.py's, the image grids
-harness/report_grid.py's.
+(the same ones profile.md shows), the GEdit sections harness/gedit/render.py's (the same ones summary.md shows, with
+the trade-off timed by the profiles given here), the image grids harness/gedit/grid.py's.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import sys
 import tempfile
@@ -28,16 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
-from harness import report_gedit, report_grid, report_tradeoff
-from harness.core.markdown import Document, escape_emphasis, fmt, fmt_stat, render_sections
+from harness.core.markdown import Document, escape_emphasis, fmt, fmt_stat, manifest_lines, render_sections
 from harness.core.records import SYNTHETIC_WARNING
 from harness.core.vocab import END_TO_END
-from harness.gedit.run_folder import SCORES, SELECTION, SUMMARY_JSON
+from harness.gedit import render as gedit_render
+from harness.gedit.grid import grid_sections
+from harness.gedit.record import GeditRun
+from harness.gedit.record import RecordError as GeditRecordError
+from harness.gedit.run_folder import SUMMARY_JSON
 from harness.profile import render as profile_render
 from harness.profile.record import ProfileRecord, RecordError
-from harness.report_gedit import GeditRun
 
 TIMESTAMP_PREFIX = "Generated "
 
@@ -79,27 +78,13 @@ def load_run(path: str | os.PathLike) -> GeditRun | ProfileRun:
             return ProfileRun(path, ProfileRecord.from_json(path / "profile.json"))
         except RecordError as err:
             raise ReportError(str(err)) from None
-    if has_summary:
-        summary = _read_json(path / SUMMARY_JSON)
-        if not isinstance(summary.get("synthetic"), (bool, str)):  # never report unflagged results as real weights
-            raise ReportError(f"{path / SUMMARY_JSON} does not record whether its weights were synthetic (written by "
-                              f"another tool, or damaged); rewrite it with python -m harness.gedit --stage score "
-                              f"--out {path}")
-        files = summary.get("files") or {}
-        scores_path = path / (files.get("scores") or SCORES)
-        scores = pd.read_csv(scores_path, keep_default_na=False, na_values=[""]) if scores_path.is_file() else None
-        selection = path / (files.get("selection") or SELECTION)
-        samples = _read_json(selection).get("samples", []) if selection.is_file() else []
-        return GeditRun(path, summary, scores, samples)
+    if has_summary:  # typed: a summary that does not say whether its weights were synthetic is refused
+        try:
+            return GeditRun.load(path)
+        except GeditRecordError as err:
+            raise ReportError(str(err)) from None
     raise ReportError(f"{path} holds neither summary.json (a `python -m harness.gedit` run; its score stage writes "
                       "it) nor profile.json (a `python -m harness.profile` run); point at the run's --out folder")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ReportError(f"{path} is not valid JSON ({err}); rerun the command that wrote it") from err
 
 
 # ------------------------------------------------------------------------------------------------------- builder
@@ -131,11 +116,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, 
     for i, run in enumerate(profile, 1):
         _profile_section(doc, run, f"p{i}")
     for i, run in enumerate(gedit, 1):
-        report_gedit.section(doc, run, f"g{i}")
-        if len(run.summary.get("arms", [])) > 1:
-            sections = report_tradeoff.tradeoff_sections(run, [p.record for p in profile])
-            doc.add(*render_sections(sections, level=3, draw=doc.chart_drawer(f"g{i}")))
-        report_grid.image_grids(doc, run, f"g{i}", dataset=dataset, limit=grid_samples)
+        _gedit_section(doc, run, f"g{i}", [p.record for p in profile], dataset=dataset, grid_samples=grid_samples)
     _provenance(doc, runs)
     return doc.write()
 
@@ -163,6 +144,29 @@ def _profile_section(doc: Document, run: ProfileRun, tag: str) -> None:
     doc.add(*render_sections(sections, level=3, draw=doc.chart_drawer(tag)))
 
 
+def _gedit_section(doc: Document, run: GeditRun, tag: str, profiles: Sequence[ProfileRecord], *, dataset: str | None,
+                   grid_samples: int) -> None:
+    """The gedit renderer's sections (those of summary.md) under one heading per run, with their charts drawn, and
+    the image grids."""
+    summary = run.summary
+    sections = gedit_render.sections(run, measured=profile_seconds(summary.arms, profiles))
+    sections += grid_sections(run, dataset=dataset, limit=grid_samples)
+    doc.add(f"## Quality: {run.label}", "", *gedit_render.banner_lines(summary), *gedit_render.setup_lines(summary))
+    doc.add(*render_sections(sections, level=3, draw=doc.chart_drawer(tag)))
+
+
+def profile_seconds(arms: Sequence[str], profiles: Sequence[ProfileRecord]) -> dict[str, float]:
+    """{arm: seconds per edit} from the first profile run holding the arm (its end-to-end median): a quiet,
+    repeated measurement, which the speed-quality trade-off prefers to the gedit run's own generation times."""
+    out = {}
+    for arm in arms:
+        ms = next((p.arms[arm].stage_ms(END_TO_END) for p in profiles if arm in p.arms
+                   and p.arms[arm].stage_ms(END_TO_END) is not None), None)
+        if ms is not None:
+            out[arm] = ms / 1e3
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ headline
 def _headline(doc: Document, gedit: Sequence[GeditRun], profile: Sequence[ProfileRun]) -> None:
     doc.add("## Headline", "")
@@ -171,7 +175,7 @@ def _headline(doc: Document, gedit: Sequence[GeditRun], profile: Sequence[Profil
     for run in profile:
         doc.add(*_profile_headline(run))
     for run in gedit:
-        doc.add(*report_gedit.headline_lines(run))
+        doc.add(*gedit_render.headline_lines(run.summary, run.label))
     doc.add("")
 
 
@@ -221,28 +225,17 @@ def _profile_headline(run: ProfileRun) -> list[str]:
 def _provenance(doc: Document, runs: Sequence[GeditRun | ProfileRun]) -> None:
     doc.add("## Provenance", "")
     for run in runs:
-        if isinstance(run, GeditRun):
-            m = run.summary.get("provenance", {})
-            extra = report_gedit.provenance_lines(run)
-        else:
-            rec = run.record
-            m = rec.manifest
-            extra = [f"model: `{rec.settings.get('model') or 'synthetic ' + str(rec.settings.get('synthetic'))}`",
-                     f"scenario `{rec.task}` (overrides {rec.scenario.get('overrides') or 'none'})",
-                     f"complete: {rec.complete}; schema version {rec.schema_version}"]
-        dev = m.get("device", {})
-        packages = ", ".join(f"{k} {v}" for k, v in sorted((m.get("packages") or {}).items()))
         doc.add(f"### {run.label}", "",
                 f"- folder: [`{_rel(run.path, doc.out)}`]({_rel(run.path, doc.out)}) ({run.kind})",
-                f"- weights: **{'synthetic ' + str(run.synthetic) if run.synthetic else 'real'}**",
-                f"- command: `{m.get('command')}`",
-                f"- git revision: `{m.get('git_revision')}`; date {m.get('date_utc')}",
-                f"- device: {dev.get('device_name')} ({dev.get('device')}, compute capability "
-                f"{dev.get('compute_capability', '-')}, {dev.get('total_memory_gib', '-')} GiB, driver "
-                f"{dev.get('driver', '-')}); torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}, "
-                f"Python {dev.get('python')}",
-                f"- packages: {packages}",
-                *(f"- {line}" for line in extra), "")
+                f"- weights: **{'synthetic ' + str(run.synthetic) if run.synthetic else 'real'}**")
+        if isinstance(run, GeditRun):
+            doc.add(*gedit_render.provenance_lines(run.summary))
+            continue
+        rec = run.record
+        doc.add(*manifest_lines(rec.manifest),
+                f"- model: `{rec.settings.get('model') or 'synthetic ' + str(rec.settings.get('synthetic'))}`",
+                f"- scenario `{rec.task}` (overrides {rec.scenario.get('overrides') or 'none'})",
+                f"- complete: {rec.complete}; schema version {rec.schema_version}", "")
 
 
 # --------------------------------------------------------------------------------------------------------- CLI

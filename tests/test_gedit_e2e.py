@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from harness.gedit.__main__ import main
-from harness.gedit.record import SCHEMA_VERSION, GeditSummary, RecordError
+from harness.gedit.record import SCHEMA_VERSION, GeditRun, GeditSummary, RecordError
 from harness.gedit.render import summary_markdown
 from harness.core.records import SYNTHETIC_WARNING, read_jsonl
 
@@ -208,7 +208,7 @@ def test_summary_json_is_a_typed_record_that_renders_summary_md(run_dir, tmp_pat
     summary = GeditSummary.from_json(out / "summary.json")
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["schema_version"] == SCHEMA_VERSION and summary.to_json() == on_disk
-    assert summary_markdown(summary) == (out / "summary.md").read_text()
+    assert summary_markdown(GeditRun.load(out)) == (out / "summary.md").read_text()
     assert summary.task.generation.steps == 2 and summary.judge.prompt_set == "project-rubric-v1"
     assert summary.throughput.generation["bf16"].n_samples == 2 * TASK_GROUPS
     broken = tmp_path / "summary.json"

@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness import report, report_grid
+from harness import report
 from harness.core import plots
-from harness.core.markdown import code
+from harness.core.markdown import Chart, Section, code, render_sections
 from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.gedit import grid
+from harness.gedit import render as gedit_render
+from harness.gedit.tradeoff import draw_tradeoff, tradeoff_points
 from harness.profile import render
+from harness.profile.record import ProfileRecord
 
 SCENARIO = f"""task: tiny-64
 include: {REPO_ROOT / "tasks" / "profile" / "_template.yaml"}
@@ -150,6 +154,25 @@ def test_gedit_tables_equal_summary(built, runs):
             assert row(failures, arm=arm, lang=lang)["judge failures"] == str(f["total"])
 
 
+def test_report_and_summary_md_show_the_same_gedit_sections(built, runs):
+    """One renderer: summary.md (level 2) and the report (level 3) show the same tables and headline words."""
+    _, text = built
+    summary_md = (runs["gedit"] / "summary.md").read_text(encoding="utf-8")
+    for title in ("Headline scores", "Per task group (en)", "Per task group (cn)", "Intersection: headline scores",
+                  "Fidelity to the baseline edits", "Judge failures", "Throughput"):
+        assert md_table(summary_md, f"## {title}") == md_table(text, f"### {title}"), title
+    run = report.load_run(runs["gedit"])
+    for line in gedit_render.headline_lines(run.summary):  # the report's headline names the run before the same words
+        assert line in summary_md and line.split(": ", 1)[1] in text
+    summary = _json(runs["gedit"] / "summary.json")
+    languages = sorted({t["language"] for t in summary["intersection"]["per_task"]})
+    assert languages, "the synthetic selection flags no Intersection sample"
+    for lang in languages:
+        table = md_table(text, f"### Intersection: per task group ({lang})")
+        for t in (x for x in summary["intersection"]["per_task"] if x["language"] == lang):
+            assert row(table, task=t["task_type"])[f"Q_O {t['arm']}"] == f"{t['Q_O']:.2f}"
+
+
 def test_profile_tables_equal_profile_json(built, runs):
     _, text = built
     prof = _json(runs["profile"] / "profile.json")
@@ -258,6 +281,19 @@ def test_bad_folders_get_clear_errors(tmp_path, capsys, make, message):
     assert message in capsys.readouterr().err
 
 
+def test_summary_of_an_older_harness_is_refused_with_the_way_to_rewrite_it(runs, tmp_path, capsys):
+    folder = tmp_path / "old"
+    shutil.copytree(runs["gedit"], folder, ignore=shutil.ignore_patterns("_synthetic"))
+    summary = _json(folder / "summary.json")
+    del summary["schema_version"]  # as the summaries written before the field existed
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    with pytest.raises(report.ReportError, match="schema_version None"):
+        report.load_run(folder)
+    assert report.main([str(folder), "-o", str(tmp_path / "r.md")]) == 2
+    err = capsys.readouterr().err
+    assert f"--stage score --out {folder}" in err and summary["provenance"]["command"] in err
+
+
 def test_missing_folder_and_bad_output_name(runs, tmp_path):
     with pytest.raises(report.ReportError, match="is not a folder"):
         report.load_run(tmp_path / "nope")
@@ -275,9 +311,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
     (moved / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     run, original = report.load_run(moved), report.load_run(runs["gedit"])
     sample = run.samples[0]
-    image = report_grid.SourceImages(run, None).get(sample)
+    image = grid.SourceImages(run, None).get(sample)
     assert image is not None
-    assert np.array_equal(np.asarray(image), np.asarray(report_grid.SourceImages(original, None).get(sample)))
+    assert np.array_equal(np.asarray(image), np.asarray(grid.SourceImages(original, None).get(sample)))
     out = tmp_path / "missing" / "report.md"
     report.build_report([moved], out, dataset=str(tmp_path / "no-such-dataset"))
     assert "Source column: source images unavailable" in out.read_text(encoding="utf-8")
@@ -287,9 +323,9 @@ def test_moved_run_still_finds_its_dataset_and_a_missing_one_is_reported(runs, t
 def test_grid_selection_takes_one_per_task_group_first():
     samples = [{"task_type": t, "language": lang, "key": k, "instruction": "x"}
                for t in ("b", "a") for k in ("k2", "k1") for lang in ("en", "cn")]
-    chosen = report_grid.grid_selection(samples, "en", 3)
+    chosen = grid.grid_selection(samples, "en", 3)
     assert [(s["task_type"], s["key"]) for s in chosen] == [("a", "k1"), ("b", "k1"), ("a", "k2")]
-    assert report_grid.grid_selection(samples, "en", 0) == []
+    assert grid.grid_selection(samples, "en", 0) == []
 
 
 def test_captions_the_font_cannot_draw_are_replaced():
@@ -297,6 +333,15 @@ def test_captions_the_font_cannot_draw_are_replaced():
     assert not plots.can_render("把背景换成红色的墙。")
     row = plots.GridRow("#1 color_alter (cn)", [], caption="把背景换成红色的墙。")
     assert row.text() == f"#1 color_alter (cn): {row.caption_fallback}"
+
+
+def test_sections_render_at_their_depth_with_every_chart():
+    charts = [Chart(f"c{i}", f"alt {i}", lambda path: path) for i in range(3)]
+    sections = [Section("A", ["a", ""], charts[0]), Section("B", ["b", ""], charts[1], depth=1,
+                                                            more_charts=(charts[2],))]
+    drawn = render_sections(sections, level=3, draw=lambda chart: [f"![{chart.alt}]", ""])
+    assert drawn == ["### A", "", "a", "", "![alt 0]", "", "#### B", "", "b", "", "![alt 1]", "", "![alt 2]", ""]
+    assert render_sections(sections, level=2) == ["## A", "", "a", "", "### B", "", "b", ""]
 
 
 def test_figures_are_byte_identical_for_the_same_data(tmp_path):
@@ -370,9 +415,6 @@ def test_per_arm_intervals_are_drawn_when_the_run_file_has_them(runs, tmp_path):
 
 # ------------------------------------------------------------------------------------------- speed vs quality
 def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs):
-    from harness.profile.record import ProfileRecord
-    from harness.report_tradeoff import tradeoff_points
-
     out, text = built
     summary, profile = _json(runs["gedit"] / "summary.json"), ProfileRecord.from_json(runs["profile"] / "profile.json")
     for lang in ("en", "cn"):
@@ -380,7 +422,9 @@ def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs)
         assert f"]({link})" in text
         with Image.open(out.parent / link) as im:
             assert im.format == "PNG" and min(im.size) > 50
-        points = {p.arm: p for p in tradeoff_points(report.load_run(runs["gedit"]), lang, [profile])}
+        run = report.load_run(runs["gedit"])
+        points = {p.arm: p for p in tradeoff_points(run.summary, lang, report.profile_seconds(run.summary.arms,
+                                                                                             [profile]))}
         assert list(points) == ["bf16", "fp8"]
         delta = next(d for d in summary["deltas"] if d["arm"] == "fp8")["languages"][lang]["Q_O"]["overall_task_mean"]
         fp8, bf16 = points["fp8"], points["bf16"]
@@ -395,19 +439,15 @@ def test_tradeoff_chart_is_written_and_its_points_match_the_records(built, runs)
 
 
 def test_tradeoff_times_come_from_the_gedit_run_without_a_profile(runs):
-    from harness.report_tradeoff import tradeoff_points
-
     summary = _json(runs["gedit"] / "summary.json")
-    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    points = tradeoff_points(report.load_run(runs["gedit"]).summary, "en")
     gen = summary["throughput"]["generation"]
     assert [(p.arm, p.time_source, p.seconds) for p in points] == [
         (arm, "gedit", gen[arm]["seconds_per_sample_median"]) for arm in ("bf16", "fp8")]
 
 
 def test_tradeoff_png_is_byte_identical_for_the_same_points(runs, tmp_path):
-    from harness.report_tradeoff import draw_tradeoff, tradeoff_points
-
-    points = tradeoff_points(report.load_run(runs["gedit"]), "en")
+    points = tradeoff_points(report.load_run(runs["gedit"]).summary, "en")
     a = draw_tradeoff(tmp_path / "a.png", points, title="t", baseline="bf16").read_bytes()
     b = draw_tradeoff(tmp_path / "b.png", points, title="t", baseline="bf16").read_bytes()
     assert a == b

@@ -95,23 +95,47 @@ class Chart:
 
 @dataclass(frozen=True)
 class Section:
-    """A titled block of markdown lines, its chart (drawn after the lines, if the output draws charts)."""
+    """A titled block of markdown lines, its chart (drawn after the lines, if the output draws charts).
+
+    depth: 1 for a subsection of the section before it (one heading level deeper).
+    more_charts: further figures of the section, drawn after `chart` (an image grid cut into parts).
+    """
 
     title: str
     lines: list[str]
     chart: Chart | None = None
+    depth: int = 0
+    more_charts: tuple[Chart, ...] = ()
+
+    @property
+    def charts(self) -> tuple[Chart, ...]:
+        return ((self.chart,) if self.chart is not None else ()) + self.more_charts
 
 
 def render_sections(sections: Sequence[Section], level: int,
                     draw: Callable[[Chart], list[str]] | None = None) -> list[str]:
-    """Sections as markdown lines under `level` headings; `draw(chart)` returns the lines that link its figure
-    (None: no figures, as in profile.md)."""
+    """Sections as markdown lines under `level` (+ their depth) headings; `draw(chart)` returns the lines that link
+    its figure (None: no figures, as in profile.md and summary.md)."""
     lines: list[str] = []
     for section in sections:
-        lines += [heading(level, section.title), "", *section.lines]
-        if section.chart is not None and draw is not None:
-            lines += draw(section.chart)
+        lines += [heading(level + section.depth, section.title), "", *section.lines]
+        for chart in section.charts if draw is not None else ():
+            lines += draw(chart)
     return lines
+
+
+def manifest_lines(manifest: dict) -> list[str]:
+    """A run manifest (harness.core.records.run_manifest) as bullets: command, git revision and date, device and
+    versions, packages."""
+    dev = manifest.get("device") or {}
+    packages = ", ".join(f"{k} {v}" for k, v in sorted((manifest.get("packages") or {}).items()))
+    return [f"- command: `{manifest.get('command')}`",
+            f"- git revision: `{manifest.get('git_revision')}`; date {manifest.get('date_utc')}",
+            f"- device: {dev.get('device_name')} ({dev.get('device')}, compute capability "
+            f"{dev.get('compute_capability', '-')}, {dev.get('total_memory_gib', '-')} GiB, driver "
+            f"{dev.get('driver', '-')}); torch {dev.get('torch')}, CUDA {dev.get('cuda_runtime')}, "
+            f"Python {dev.get('python')}",
+            f"- packages: {packages}"]
 
 
 @dataclass

@@ -3,6 +3,8 @@
 `to_json()` gives the dict written to summary.json (keys in the order shown); `GeditSummary.from_json(path)` checks
 `schema_version` and validates every field, naming the one that is missing or has the wrong type. Tables whose
 columns belong to the scoring code (headline, per-task rows, paired deltas, fidelity) stay lists of row dicts.
+`GeditRun` is a finished run folder as its readers (summary.md, the report) see it: the summary and the per-sample
+files beside it.
 """
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from harness.core.tasks import TaskError, build_dataclass
 from harness.gedit.config import GeditTaskConfig
 from harness.gedit.protocol import Protocol
+from harness.gedit.run_folder import SELECTION, SUMMARY_JSON
 
 SCHEMA_VERSION = 2  # 2: Q_SC/Q_PQ/Q_O names, comparability, protocol, the Intersection block
 
@@ -144,11 +149,62 @@ class GeditSummary:
         except (OSError, json.JSONDecodeError) as err:
             raise RecordError(f"{path} cannot be read as JSON ({err}); rerun the score stage "
                               f"(python -m harness.gedit --stage score --out {path.parent})") from err
-        found = data.get("schema_version") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("synthetic"), (bool, str)):
+            # never let a summary that does not say whether its weights were random be read as real results
+            raise RecordError(f"{path} does not record whether its weights were synthetic (written by another tool, "
+                              f"or damaged); rewrite it with python -m harness.gedit --stage score --out {path.parent}")
+        found = data.get("schema_version")
         if found != SCHEMA_VERSION:
-            raise RecordError(f"{path} has schema_version {found!r}, this code reads {SCHEMA_VERSION}; rewrite it "
-                              f"with python -m harness.gedit --stage score --out {path.parent}")
+            command = (data.get("provenance") or {}).get("command")
+            rerun = f" (it was made by `{command}`)" if command else ""
+            raise RecordError(f"{path} has schema_version {found!r} (written by an older harness), this code reads "
+                              f"{SCHEMA_VERSION}; rewrite it with python -m harness.gedit --stage score --out "
+                              f"{path.parent}, or, where its judgements are that old too (the rewritten summary "
+                              f"then says 'not judged'), rerun the whole run with this code{rerun}")
         try:
             return build_dataclass(cls, data, str(path))
         except TaskError as err:
             raise RecordError(str(err)) from err
+
+
+@dataclasses.dataclass(frozen=True)
+class GeditRun:
+    """A finished `python -m harness.gedit` folder: summary.json, scores.csv (None before the score stage wrote it)
+    and the selected samples of selection.json (dicts with task_type, language, key, instruction)."""
+
+    path: Path
+    summary: GeditSummary
+    scores: pd.DataFrame | None
+    samples: list[dict]
+
+    kind = "gedit"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GeditRun":
+        """Read a run folder; RecordError (naming the fix) when its summary.json is not this code's."""
+        path = Path(path)
+        summary = GeditSummary.from_json(path / SUMMARY_JSON)
+        scores_path = path / summary.files.scores
+        # keys stay text ("0123" is a key, not a number); an empty failure cell is missing
+        scores = (pd.read_csv(scores_path, dtype={"key": str}, keep_default_na=False, na_values=[""])
+                  if scores_path.is_file() else None)
+        selection = path / (summary.files.selection or SELECTION)
+        try:
+            samples = json.loads(selection.read_text(encoding="utf-8")).get("samples", []) if selection.is_file() else []
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{selection} is not valid JSON ({err}); the generate and judge stages rewrite it: "
+                              f"rerun the run's command with --out {path} (finished work is not redone)") from err
+        return cls(path, summary, scores, samples)
+
+    @property
+    def synthetic(self) -> str | bool:
+        return self.summary.synthetic
+
+    @property
+    def label(self) -> str:
+        return f"GEdit {self.summary.task.task} ({self.path.name})"
+
+    @property
+    def languages(self) -> list[str]:
+        """The languages with a scored (or selected) per-task row, sorted."""
+        return sorted({r["language"] for r in self.summary.per_task})

@@ -16,8 +16,8 @@ from harness.gedit.config import GeditTaskConfig
 from harness.gedit.context import RunContext
 from harness.gedit.fidelity import fidelity_table, summarize_fidelity
 from harness.gedit.protocol import comparability_headline, comparability_problems
-from harness.gedit.record import (Comparability, GeditSummary, GenerationThroughput, JudgeIdentity, JudgeThroughput,
-                                  ScoreBlock, SummaryFiles, Throughput)
+from harness.gedit.record import (Comparability, GeditRun, GeditSummary, GenerationThroughput, JudgeIdentity,
+                                  JudgeThroughput, ScoreBlock, SummaryFiles, Throughput)
 from harness.gedit.render import summary_markdown
 from harness.gedit.run_folder import (FIDELITY, JUDGEMENTS, SCORES, SELECTION, SUMMARY_JSON, SUMMARY_MD, TASKS,
                                       RunFolder)
@@ -76,7 +76,8 @@ def run_score(ctx: RunContext) -> GeditSummary:
         files=SummaryFiles(judgements=JUDGEMENTS, scores=SCORES, tasks=TASKS, fidelity=FIDELITY if fid_rows else None,
                            selection=SELECTION, markdown=SUMMARY_MD))
     write_json_atomic(folder.file(SUMMARY_JSON), summary.to_json())
-    write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(summary))
+    # rendered from the files just written, as any reader sees them: summary.md is what they re-render
+    write_text_atomic(folder.file(SUMMARY_MD), summary_markdown(GeditRun.load(folder.out)))
     return summary
 
 
