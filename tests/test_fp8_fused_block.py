@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from omnigen2_fp8.checkpoints import load_transformer
 from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, plan_for, quantize_fp8, save_fp8_checkpoint, use_plan
-from omnigen2_fp8.fp8.fused_block import fused_block_forward
+from omnigen2_fp8.fp8.fused_block import fused_block_forward, unfused_blocks
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 from golden_cases import find_case
@@ -138,6 +138,25 @@ def test_fp8_attention_takes_its_quantized_q_and_k_from_the_fused_kernel(monkeyp
     assert descaled == [True] * 5  # every block's q/k came out of the fused kernel as e4m3
     assert rel(fused, unfused) < rel(unfused, exact)
     assert rel(fused, exact) < 1.25 * rel(unfused, exact)
+
+
+def test_hooks_on_the_attention_core_fire_inside_unfused_blocks():
+    from omnigen2_fp8.fp8.attention import Fp8Sdpa
+
+    model = tiny(torch.bfloat16)
+    quantize_fp8(model, Fp8Config(attention="fp8"))
+    call = ragged_call(torch.bfloat16)
+    one = ([call[0][0]], call[1][:1], call[2][:1], call[3][:1], call[4][:1])
+    seen = []
+    for m in model.modules():
+        if isinstance(m, Fp8Sdpa):
+            m.register_forward_hook(lambda mod, args, out: seen.append(args[0].dtype))
+    run(model, FUSED_REFERENCE, one)
+    assert seen == []  # the fused path hands e4m3 q/k to forward_quantized: no module call to hook
+    with unfused_blocks(model):
+        run(model, FUSED_REFERENCE, one)
+    assert seen == [torch.bfloat16] * 5
+    assert all(block.fused_forward is fused_block_forward for block in model.blocks())  # restored
 
 
 def test_a_loaded_fp8_checkpoint_gets_the_fused_blocks(tmp_path):

@@ -18,6 +18,9 @@ block is not bit-equal to the unfused one (tests bound the difference), only clo
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -102,3 +105,19 @@ def install_fused_blocks(model: nn.Module) -> tuple[list[str], dict[str, str]]:
         else:
             skipped[name] = reason
     return installed, skipped
+
+
+@contextlib.contextmanager
+def unfused_blocks(model: nn.Module) -> Iterator[None]:
+    """Run every block of `model` unfused inside the context, whatever its plans: the fused path calls the
+    attention core's and the layers' entry points directly, so forward hooks on those modules (per-layer error
+    studies) fire only on the unfused path."""
+    blocks = [m for m in model.modules() if hasattr(m, "forward_unfused")]
+    saved = [block.fused_forward for block in blocks]
+    for block in blocks:
+        block.fused_forward = None
+    try:
+        yield
+    finally:
+        for block, fused in zip(blocks, saved):
+            block.fused_forward = fused
