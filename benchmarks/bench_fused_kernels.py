@@ -368,7 +368,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: $OUT or results/, "
                         "fused_kernels_<gpu>.json)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per mode (arms alternate)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per mode (arms alternate)")
     parser.add_argument("--steps", type=int, default=2, help="3-branch steps per timed round")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per kernel / block measurement")
     parser.add_argument("--device", default="cuda")
