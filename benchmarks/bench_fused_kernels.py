@@ -165,7 +165,8 @@ def unfused_equivalents(block, plan, x, y_padded, scale, gate_raw, q, k, i, kp) 
 
 
 # --------------------------------------------------------------------------------------------- block / step
-PLANS = {"fused": plan_for(Kernel.CUBLAS_PADDED), "unfused": plan_for(Kernel.CUBLAS_PADDED, fused_block=False)}
+PLANS = {"fused": plan_for(Kernel.CUBLAS_PADDED, fused_block=True),
+         "unfused": plan_for(Kernel.CUBLAS_PADDED, fused_block=False)}
 
 
 def block_timings(model, tokens: int, device: str, repeats: int, compiled: bool) -> dict:

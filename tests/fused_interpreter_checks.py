@@ -112,7 +112,7 @@ def model_checks() -> dict:
     t = torch.tensor([0.3, 0.7])
     call = (lat, t, text, mask, refs)  # a ragged batch of two: masked blocks, two samples' modulations
     out = {}
-    plans = {"triton": plan_for(Kernel.CUBLAS_PADDED),  # the CUDA plan, forced on the CPU (scaled_mm runs here)
+    plans = {"triton": plan_for(Kernel.CUBLAS_PADDED, fused_block=True),  # the CUDA plan + fused blocks, on the CPU
              "triton_unfused": plan_for(Kernel.CUBLAS_PADDED, fused_block=False),
              # the Triton kernels with the exact emulated GEMM: against "reference" only the kernels differ
              "triton_emulated": KernelPlan(Kernel.TORCH_REFERENCE, "fused", "emulated", fused_block=True),

@@ -84,11 +84,11 @@ def test_plan_flag_off_runs_the_unfused_block_bit_for_bit():
         assert torch.equal(a, b)
 
 
-def test_the_flag_is_on_for_the_cuda_plan_only():
-    assert plan_for(Kernel.CUBLAS_PADDED).fused_block
-    assert not any(plan_for(k).fused_block for k in (Kernel.TORCH_REFERENCE, Kernel.CUBLAS_TORCH_QUANT,
-                                                     Kernel.CUBLAS_INDUCTOR_QUANT))
-    assert not plan_for(Kernel.CUBLAS_PADDED, fused_block=False).fused_block
+def test_the_flag_is_off_by_default_and_can_be_forced():
+    # off by default: slower than torch.compile's own fusion on an H200 (results/fused_kernels_h200.json)
+    assert not any(plan_for(k).fused_block for k in (Kernel.CUBLAS_PADDED, Kernel.TORCH_REFERENCE,
+                                                     Kernel.CUBLAS_TORCH_QUANT, Kernel.CUBLAS_INDUCTOR_QUANT))
+    assert plan_for(Kernel.CUBLAS_PADDED, fused_block=True).fused_block
 
 
 def test_blocks_whose_layers_cannot_fuse_stay_unfused_and_the_report_says_why():
@@ -195,8 +195,8 @@ def test_gpu_fused_fp8_model_matches_unfused_within_fp8_error(golden_dir):
             io["text_hidden_states"].bfloat16(), io["text_attention_mask"],
             [[io["ref.0.0"].bfloat16(), io["ref.0.1"].bfloat16()], [io["ref.1.0"].bfloat16()]])
     report = quantize_fp8(model)
-    assert report.fused_blocks and model.layers[0].attn.to_qkv.kernel_plan().fused_block  # on by default on CUDA
-    fused = run(model, plan_for(Kernel.CUBLAS_PADDED), call)
+    assert report.fused_blocks and not model.layers[0].attn.to_qkv.kernel_plan().fused_block  # installed, off
+    fused = run(model, plan_for(Kernel.CUBLAS_PADDED, fused_block=True), call)
     unfused = run(model, plan_for(Kernel.CUBLAS_PADDED, fused_block=False), call)
     for i, (f, u) in enumerate(zip(fused, unfused)):
         want = io[f"output.{i}"].float()

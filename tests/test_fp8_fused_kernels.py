@@ -98,6 +98,12 @@ def _steps(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
     return int(d.max()), float((d == 0).float().mean())
 
 
+def _within_rounding(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor) -> bool:
+    """|got - want| <= one bf16 step (2^-7 relative) of the operands' magnitude: sums that cancel (h + gated y, the
+    rotation's a*cos - b*sin) differ by many steps of their tiny result while agreeing to the operands' rounding."""
+    return bool(((got.float() - want.float()).abs() <= 2.0 ** -7 * magnitude + 1e-30).all())
+
+
 @pytest.mark.gpu
 def test_gpu_kernels_match_references_at_the_1024_shapes():
     from omnigen2_fp8.fp8 import fused_kernels as K, fused_reference as R
@@ -115,7 +121,8 @@ def test_gpu_kernels_match_references_at_the_1024_shapes():
     assert worst <= 1 and same > 0.99 and float(((s - sr).abs() / sr).max()) < 1e-5
     h, hq, hs = K.gated_residual_rmsnorm_quant_triton(x, y, gate, w, 1e-5, w, scale, 1e-5, 2528)
     hr, hqr, hsr = R.gated_residual_rmsnorm_quant(x, y, gate, w, 1e-5, w, scale, 1e-5, 2528)
-    assert _steps(h, hr)[0] <= 1 and _steps(h, hr)[1] > 0.99
+    y_normed = y.float() * torch.rsqrt(y.float().pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()
+    assert _within_rounding(h, hr, x.float().abs() + (gate[:, None] * y_normed).abs()) and _steps(h, hr)[1] > 0.99
     assert _steps(hq, hqr)[0] <= 1 and float(((hs - hsr).abs() / hsr).max()) < 1e-5
     qkv = torch.randn(n, seq, 4208, device=dev, dtype=torch.bfloat16) * 2
     qh = qkv[..., :d].unflatten(-1, (21, 120))
@@ -125,4 +132,8 @@ def test_gpu_kernels_match_references_at_the_1024_shapes():
     for extra in ((), (torch.full((1, 1, 1, 1), 0.02, device=dev), torch.full((1, 1, 1, 1), 0.03, device=dev), 128)):
         for got, want in zip(K.qk_norm_rope_triton(*args, *extra), R.qk_norm_rope(*args, *extra)):
             worst, same = _steps(got, want)
-            assert worst <= 1 and same > 0.99, (extra, worst, same)
+            if got.dtype == torch.bfloat16:  # a rotated pair can cancel: bound by the head's magnitude instead
+                assert _within_rounding(got, want, want.float().abs().amax(-1, keepdim=True)), extra
+            else:  # e4m3 of the rotated values: one step
+                assert worst <= 1, (extra, worst, same)
+            assert same > 0.99, (extra, worst, same)
