@@ -385,9 +385,20 @@ class TransformerBlock(nn.Module):
         self.ffn_norm1 = RMSNorm(c.hidden_size, c.norm_eps)
         self.ffn_norm2 = RMSNorm(c.hidden_size, c.norm_eps)
 
+    # A precision recipe may install fused kernels for the whole block here (fp8/fused_block.py): called as
+    # fused_forward(block, x, mask, cos, sin, temb_act), same math, falling back to `forward_unfused` itself.
+    fused_forward = None
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
                 temb_act: torch.Tensor | None) -> torch.Tensor:
         """x [N, L, D]; mask [N, 1, 1, L] or None; cos/sin [N, L, head_dim/2]; temb_act = silu(temb) [N, temb_dim]."""
+        if self.fused_forward is not None:
+            return self.fused_forward(self, x, mask, cos, sin, temb_act)
+        return self.forward_unfused(x, mask, cos, sin, temb_act)
+
+    def forward_unfused(self, x: torch.Tensor, mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                        temb_act: torch.Tensor | None) -> torch.Tensor:
+        """The block as separate modules (the reference any fused implementation must match)."""
         if not self.modulation:
             x = x + self.norm2(self.attn(self.norm1(x), mask, cos, sin))
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))

@@ -14,7 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8
+from omnigen2_fp8.fp8 import Fp8Config, Kernel, plan_for, quantize_fp8, use_plan
 from omnigen2_fp8.pipeline import OmniGen2Pipeline
 
 BLOCK_KINDS = 2  # context-refiner blocks (no modulation) and modulated blocks
@@ -31,15 +31,17 @@ def three_branch_step(pipe, side: int, prompt: str, seed: int) -> torch.Tensor:
                         image_guidance_scale=2.0, progress=False) - latents
 
 
-@pytest.mark.parametrize("precision", ["float32", "fp8"])
+@pytest.mark.parametrize("precision", ["float32", "fp8", "fp8-fused"])
 def test_compiled_blocks_compile_once_per_block_kind(precision):
     torch._dynamo.reset()
     counters.clear()
     pipe = synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, progress=False)
     cases = [(8, "add a red hat", 0), (12, "make the sky green and the grass blue", 1), (6, "x", 2)]
     exact = [three_branch_step(pipe, *case) for case in cases]
-    if precision == "fp8":
+    if precision.startswith("fp8"):
         quantize_fp8(pipe.transformer, Fp8Config())  # torch-reference kernel on the CPU: the GPU's graph structure
+    if precision == "fp8-fused":  # the fused block (the CUDA default), its kernels as their torch references
+        use_plan(pipe.transformer, plan_for(Kernel.TORCH_REFERENCE, fused_block=True))
     eager = [three_branch_step(pipe, *case) for case in cases]
     pipe.transformer.compile_blocks()
     compiled = [three_branch_step(pipe, *case) for case in cases]
@@ -49,7 +51,7 @@ def test_compiled_blocks_compile_once_per_block_kind(precision):
     for x, e, c in zip(exact, eager, compiled):
         assert torch.isfinite(c).all()
         compile_err = ((c - e).norm() / e.norm()).item()
-        if precision == "fp8":
+        if precision.startswith("fp8"):
             # Fused float32 math moves a few values across e4m3 rounding boundaries, so compiled FP8 is not
             # bit-equal to eager FP8; it must be as close to the float model as eager FP8 is, and nearer to eager
             # FP8 than FP8 is to the float model.

@@ -207,15 +207,21 @@ class Fp8Sdpa(nn.Module):
             _say_once("masked", "FP8 attention takes unmasked (batch-1) passes; a masked ragged batch runs BF16 "
                                 "attention")
             return grouped_attention(q, k, v, mask)
+        q8 = quantize_heads_static(q, self.q_descale, self.head_dim_padded)
+        k8 = quantize_heads_static(k, self.k_descale, self.head_dim_padded)
+        return self.forward_quantized(q8, k8, v)
+
+    def forward_quantized(self, q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Unmasked FP8 attention on q and k already in e4m3 with this module's static descales and padded head
+        dim (the fused QK-norm + RoPE kernel writes them so): q8 [B, L, Hq, Dp], k8 [B, L, Hkv, Dp], v
+        [B, L, Hkv, D] -> [B, L, Hq * D] in v's dtype."""
         dq, dk = self.q_descale, self.k_descale
-        q8 = quantize_heads_static(q, dq, self.head_dim_padded)
-        k8 = quantize_heads_static(k, dk, self.head_dim_padded)
         v8, dv = quantize_heads(v, self.head_dim_padded)  # v has no norm: its scale comes from its absmax
         if self.emulate:
             o8 = fp8_attention_reference(q8, k8, v8, dq, dk, dv, self.head_dim)
         else:
             o8 = torch.ops.omnigen2_fp8.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, self.head_dim)
-        return dequantize_heads(o8, dv, self.head_dim, q.dtype)
+        return dequantize_heads(o8, dv, self.head_dim, v.dtype)
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim} (padded {self.head_dim_padded}), q/k/v/P/O e4m3 per tensor, "

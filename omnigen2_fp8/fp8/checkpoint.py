@@ -23,7 +23,7 @@ from torch import nn
 from ..loading import CheckpointMismatchError, check_state_dict, safetensors_files, save_tensors_sharded
 from .config import Fp8Config, Fp8ConfigError
 from .linear import Fp8Linear
-from .quantize import apply_attention_option, fold_swiglu, swap_linears
+from .quantize import apply_attention_option, apply_fused_blocks, fold_swiglu, swap_linears
 
 SCALE_SUFFIX = ".weight_scale"
 
@@ -70,6 +70,7 @@ def build_fp8_skeleton(model_factory: Callable[[], nn.Module], quantization: Fp8
         swap_linears(model, quantization, None, build)
         if quantization.fuse_swiglu:
             fold_swiglu(model)
+        apply_fused_blocks(model)
     return model
 
 

@@ -42,7 +42,9 @@ class Kernel(str, enum.Enum):
     """How an Fp8Linear computes.
 
     AUTO: CUBLAS_PADDED on a CUDA GPU with FP8 tensor cores, TORCH_REFERENCE on the CPU; an older GPU raises.
-    CUBLAS_PADDED: fused Triton activation quantization + torch._scaled_mm (cuBLASLt) on K/N padded to 16.
+    CUBLAS_PADDED: fused Triton activation quantization + torch._scaled_mm (cuBLASLt) on K/N padded to 16; the
+        blocks can run their norms, RoPE and residual epilogues as fused kernels too (fp8/fused_block.py; opt in
+        with `use_plan(model, plan_for(Kernel.CUBLAS_PADDED, fused_block=True))`: slower than compile's fusion).
     CUBLAS_TORCH_QUANT: the same GEMM with the activation quantization as plain torch ops (the slow trap; kept
         only so benchmarks can show what the fused kernel buys).
     CUBLAS_INDUCTOR_QUANT: eager like CUBLAS_PADDED; under torch.compile the quantization is left as torch ops

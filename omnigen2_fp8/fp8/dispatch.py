@@ -2,7 +2,8 @@
 
 `select_kernel_plan(kernel, device)` checks the device and returns a `KernelPlan`: how activations are quantized
 (fused Triton kernel, or torch ops) and how the GEMM runs (cuBLASLt `torch._scaled_mm`, or exact emulation).
-`Fp8Linear` and `Fp8SwiGLUFeedForward` call their plan and never branch on the kernel themselves. Benchmarks and
+`Fp8Linear`, `Fp8SwiGLUFeedForward` and the fused block (fused_block.py) call their plan and never branch on the
+kernel themselves. Benchmarks and
 tests build plans directly (`plan_for`, `KernelPlan(...)`, a `LaunchConfig`) and force them on layers with
 `Fp8Linear.use_plan` / `use_plan(model, plan)`: no module globals to overwrite.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import fused_kernels, fused_reference
 from .config import Kernel
 from .kernels import DEFAULT_LAUNCH, LaunchConfig, quantize_activation_triton
 from .primitives import emulated_scaled_mm, quantize_activation
@@ -60,13 +62,17 @@ class KernelPlan:
     quantize_impl: "fused" (the Triton kernel; its custom op under torch.compile), "fused-eager" (Triton when
     eager, torch ops under compile so inductor fuses them with their neighbours) or "torch" (reference ops);
     gemm_impl: "scaled-mm" (cuBLASLt FP8 tensor cores) or "emulated" (dequantize + exact matmul, float64 on CPU);
-    launch: the fused kernel's launch settings.
+    launch: the fused kernel's launch settings;
+    fused_block: blocks whose FP8 layers run this plan take the fused path (fused_block.py): modulated RMSNorm
+    straight to e4m3, residual + gate + norm epilogues, QK-norm + RoPE, each one kernel ("fused" quantize_impl)
+    or its torch reference ("torch"; "fused-eager": Triton eager, torch ops under compile).
     """
 
     kernel: Kernel
     quantize_impl: str
     gemm_impl: str
     launch: LaunchConfig = DEFAULT_LAUNCH
+    fused_block: bool = False
 
     def __post_init__(self):
         if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
@@ -94,6 +100,49 @@ class KernelPlan:
                                                           col_scale, block, warps, stages,
                                                           self.launch.hw_cast_on_cuda and x2.is_cuda)
 
+    # ------------------------------------------------------------------------------- fused block ops
+    def _block_op(self, reference, triton_fn, op, like: torch.Tensor):
+        """The implementation of one fused block op this plan runs: the torch reference, or the Triton kernel
+        (its custom op under torch.compile) with the e4m3 conversion chosen for `like`'s device."""
+        compiling = torch.compiler.is_compiling()
+        if self.quantize_impl == "torch" or (self.quantize_impl == "fused-eager" and compiling):
+            return reference
+        kernel = op if compiling else triton_fn  # eager calls skip the custom op's dispatch overhead
+        hw_cast = self.launch.hw_cast_on_cuda and like.is_cuda
+        return lambda *args: kernel(*args, hw_cast)
+
+    def modulated_rmsnorm_quant(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
+                                eps: float, k_padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, L, D] -> RMSNorm * weight * (1 + scale [N, D]) -> (e4m3 [N*L, k_padded], float32 [N*L, 1])."""
+        return self._block_op(fused_reference.modulated_rmsnorm_quant, fused_kernels.modulated_rmsnorm_quant_triton,
+                              torch.ops.omnigen2_fp8.modulated_rmsnorm_quant, x)(x, weight, scale, eps, k_padded)
+
+    def gated_residual_rmsnorm(self, h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+                               weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """h + gate [N, D] * RMSNorm(y) * weight for h, y [N, L, D] -> h_new [N, L, D] in h's dtype."""
+        return self._block_op(fused_reference.gated_residual_rmsnorm, fused_kernels.gated_residual_rmsnorm_triton,
+                              torch.ops.omnigen2_fp8.gated_residual_rmsnorm, h)(h, y, gate, weight, eps)
+
+    def gated_residual_rmsnorm_quant(self, h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+                                     weight: torch.Tensor, eps: float, next_weight: torch.Tensor,
+                                     next_scale: torch.Tensor | None, next_eps: float, k_padded: int):
+        """`gated_residual_rmsnorm`, and h_new's modulated norm quantized for the next FP8 linear:
+        -> (h_new [N, L, D], e4m3 [N*L, k_padded], float32 [N*L, 1])."""
+        fn = self._block_op(fused_reference.gated_residual_rmsnorm_quant,
+                            fused_kernels.gated_residual_rmsnorm_quant_triton,
+                            torch.ops.omnigen2_fp8.gated_residual_rmsnorm_quant, h)
+        return fn(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded)
+
+    def qk_norm_rope(self, q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
+                     q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
+                     head_dim_padded: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head RMSNorm + RoPE of q [N, L, Hq, hd], k [N, L, Hkv, hd]; e4m3 [.., head_dim_padded] with
+        descales (FP8 attention), else q's dtype."""
+        fn = self._block_op(fused_reference.qk_norm_rope, fused_kernels.qk_norm_rope_triton,
+                            torch.ops.omnigen2_fp8.qk_norm_rope, q)
+        return fn(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, head_dim_padded)
+
     def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor,
              out_dtype: torch.dtype) -> torch.Tensor:
         """[M, Kp] e4m3 x layer's [Np, Kp] e4m3 weight -> [M, Np] in out_dtype, scales applied."""
@@ -103,32 +152,38 @@ class KernelPlan:
         return layer.matmul(xq, x_scale, out_dtype)
 
 
-# The implementation of every concrete kernel (AUTO resolves to one of these first).
+# The implementation of every concrete kernel (AUTO resolves to one of these first): quantize, GEMM, fused block.
+# Only the fused-kernel plan fuses blocks by default; the torch-reference plan keeps the unfused block (the CPU's
+# numerics stay those of the golden tests) and the other two are the comparison arms they always were.
 _IMPLS = {
-    Kernel.CUBLAS_PADDED: ("fused", "scaled-mm"),
-    Kernel.CUBLAS_TORCH_QUANT: ("torch", "scaled-mm"),
-    Kernel.CUBLAS_INDUCTOR_QUANT: ("fused-eager", "scaled-mm"),
-    Kernel.TORCH_REFERENCE: ("torch", "emulated"),
+    # The fused block kernels are off by default: on an H200 at 1024 (results/fused_kernels_h200.json) they made the
+    # eager 3-branch step 1.06x faster but the compiled one 0.93x (inductor already fuses these ops, and better).
+    Kernel.CUBLAS_PADDED: ("fused", "scaled-mm", False),
+    Kernel.CUBLAS_TORCH_QUANT: ("torch", "scaled-mm", False),
+    Kernel.CUBLAS_INDUCTOR_QUANT: ("fused-eager", "scaled-mm", False),
+    Kernel.TORCH_REFERENCE: ("torch", "emulated", False),
 }
 
 
-def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH) -> KernelPlan:
-    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one)."""
+def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH,
+             fused_block: bool | None = None) -> KernelPlan:
+    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one);
+    fused_block overrides the kernel's default (off: see _IMPLS)."""
     kernel = Kernel(kernel)
     if kernel not in _IMPLS:
         raise ValueError(f"{kernel.value!r} is not a concrete kernel; resolve it with select_kernel_plan(kernel, "
                          "device)")
-    quantize_impl, gemm_impl = _IMPLS[kernel]
-    return KernelPlan(kernel, quantize_impl, gemm_impl, launch)
+    quantize_impl, gemm_impl, fused_default = _IMPLS[kernel]
+    return KernelPlan(kernel, quantize_impl, gemm_impl, launch, fused_default if fused_block is None else fused_block)
 
 
-def select_kernel_plan(kernel: Kernel | str, device: torch.device | str,
-                       launch: LaunchConfig = DEFAULT_LAUNCH) -> KernelPlan:
+def select_kernel_plan(kernel: Kernel | str, device: torch.device | str, launch: LaunchConfig = DEFAULT_LAUNCH,
+                       fused_block: bool | None = None) -> KernelPlan:
     """The plan for `kernel` on `device` (AUTO resolved; raises Fp8UnsupportedDeviceError on a GPU without FP8).
 
     Whether a call is being compiled is decided per call inside the plan ("fused" uses the custom op then).
     """
-    return plan_for(resolve_kernel(Kernel(kernel), torch.device(device)), launch)
+    return plan_for(resolve_kernel(Kernel(kernel), torch.device(device)), launch, fused_block)
 
 
 def use_plan(model: nn.Module, plan: KernelPlan | None) -> int:

@@ -26,8 +26,8 @@ class Fp8Linear(nn.Module):
     is_fp8 = True
     # Methods callers use instead of __call__ (the folded SwiGLU feed-forward calls them directly), for
     # `omnigen2_fp8.profiling.layer_ranges`: True = the call carries one GEMM (counted), False = part of one.
-    profiler_entry_points = {"forward_swiglu": True, "matmul": True, "matmul_unscaled": True,
-                             "quantize_input": False, "finish": False}
+    profiler_entry_points = {"forward_swiglu": True, "forward_quantized": True, "matmul": True,
+                             "matmul_unscaled": True, "quantize_input": False, "finish": False}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL,
@@ -131,6 +131,23 @@ class Fp8Linear(nn.Module):
         xq, x_scale = self.quantize_input(x2, apply_swiglu)
         return self.finish(plan.gemm(self, xq, x_scale, x.dtype), lead)
 
+    def forward_quantized(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
+                          keep_padding: bool = False) -> torch.Tensor:
+        """The layer on an input already quantized to its padded width (e.g. by a fused norm kernel, which writes
+        the e4m3 rows and their scales directly): xq e4m3 [M, Kp], x_scale float32 [M, 1] or [1, 1] -> [M, N] in
+        out_dtype. keep_padding: return the GEMM's [M, Np] as is (no bias allowed), for a consumer that reads the
+        first N columns through the row stride instead of a slicing copy."""
+        if xq.dim() != 2 or xq.shape[1] != self.in_padded or xq.dtype != FP8_DTYPE:
+            raise ValueError(f"Fp8Linear.forward_quantized expects e4m3 [M, {self.in_padded}] (the padded input "
+                             f"width); got {xq.dtype} {tuple(xq.shape)}")
+        y = self.kernel_plan().gemm(self, xq, x_scale, out_dtype)
+        if not keep_padding:
+            return self.finish(y, xq.shape[:1])
+        if self.bias is not None:
+            raise ValueError("keep_padding returns raw GEMM columns; this layer has a bias to add (use "
+                             "keep_padding=False)")
+        return y
+
     def quantize_input(self, x2: torch.Tensor, apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
                        col_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[M, K] (or [M, 2K] gate|up) -> (e4m3 [M, Kp], float32 [M, 1] or [1, 1]) with this layer's kernel."""
@@ -190,12 +207,25 @@ class Fp8SwiGLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.linear_13, self.linear_2
-        if not gate_up.kernel_plan().unscaled_gate_up or gate_up.bias is not None:
+        if not self._unscaled_gate_up():
             return down.forward_swiglu(gate_up(x))
-        # gate/up runs as the faster tensor-wise GEMM with unit scales; its per-token and per-channel scales are
-        # applied inside the down projection's quantization kernel, which reads the raw sums once anyway.
-        lead = x.shape[:-1]
         xq, x_scale = gate_up.quantize_input(x.reshape(-1, x.shape[-1]))
-        raw = gate_up.matmul_unscaled(xq)[:, : gate_up.out_features]
-        hq, h_scale = down.quantize_input(raw, apply_swiglu=True, row_scale=x_scale, col_scale=gate_up.weight_scale)
-        return down.finish(down.matmul(hq, h_scale, x.dtype), lead)
+        return self.forward_quantized(xq, x_scale, x.dtype).reshape(*x.shape[:-1], down.out_features)
+
+    def forward_quantized(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
+                          keep_padding: bool = False) -> torch.Tensor:
+        """The feed-forward on an input already quantized for linear_13 (e4m3 [M, Kp], float32 [M, 1]) -> [M, D]
+        in out_dtype; keep_padding: linear_2's raw [M, Dp] (see Fp8Linear.forward_quantized)."""
+        gate_up, down = self.linear_13, self.linear_2
+        if self._unscaled_gate_up():
+            # gate/up runs as the faster tensor-wise GEMM with unit scales; its per-token and per-channel scales
+            # are applied inside the down projection's quantization kernel, which reads the raw sums once anyway.
+            raw = gate_up.matmul_unscaled(xq)[:, : gate_up.out_features]
+            hq, h_scale = down.quantize_input(raw, apply_swiglu=True, row_scale=x_scale,
+                                              col_scale=gate_up.weight_scale)
+        else:
+            hq, h_scale = down.quantize_input(gate_up.forward_quantized(xq, x_scale, out_dtype), apply_swiglu=True)
+        return down.forward_quantized(hq, h_scale, out_dtype, keep_padding)
+
+    def _unscaled_gate_up(self) -> bool:
+        return self.linear_13.kernel_plan().unscaled_gate_up and self.linear_13.bias is None

@@ -2,7 +2,8 @@
 
 Order of work: fuse q/k/v and gate/up (when the config asks and the model can), then for every nn.Linear ask the
 config's policy, quantize (pad once, free the BF16 weight) or keep it, and finally fold the SwiGLU into the down
-projection of feed-forwards whose gate/up and down are both FP8.
+projection of feed-forwards whose gate/up and down are both FP8, and install the fused block kernels
+(fused_block.py) in every block whose layers allow them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch import nn
 from .attention import enable_fp8_attention
 from .config import Fp8Config, covers
 from .dispatch import resolve_kernel
+from .fused_block import install_fused_blocks
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
 
@@ -46,6 +48,7 @@ class Fp8Report:
     fused_projections: bool = False
     swiglu_folded: list[str] = field(default_factory=list)
     fp8_attention: list[str] = field(default_factory=list)
+    fused_blocks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -66,7 +69,8 @@ class Fp8Report:
 
     def to_dict(self) -> dict:
         return {"config": self.config.to_dict(), "fused_projections": self.fused_projections,
-                "swiglu_folded": self.swiglu_folded, "fp8_attention": self.fp8_attention, "notes": self.notes,
+                "swiglu_folded": self.swiglu_folded, "fp8_attention": self.fp8_attention,
+                "fused_blocks": self.fused_blocks, "notes": self.notes,
                 "num_quantized": len(self.quantized), "num_kept": len(self.kept),
                 "counts_by_kernel": self.counts_by_kernel,
                 "layers": [asdict(d) for d in self.layers]}
@@ -88,7 +92,8 @@ class Fp8Report:
     def __str__(self) -> str:
         head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
                 f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
-                f"down projections; FP8 attention in {len(self.fp8_attention)} blocks; "
+                f"down projections; FP8 attention in {len(self.fp8_attention)} blocks; fused block kernels in "
+                f"{len(self.fused_blocks)} blocks; "
                 f"kernels: {self.counts_by_kernel}")
         return "\n".join([head, *self.notes, self.table()])
 
@@ -116,9 +121,21 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
     swap_linears(model, config, report, lambda name, linear: Fp8Linear.from_linear(linear, config))
     if config.fuse_swiglu:
         report.swiglu_folded = fold_swiglu(model)
+    report.fused_blocks = apply_fused_blocks(model, report)
     apply_attention_option(model, config, report)
     model.fp8_config = config
     return report
+
+
+def apply_fused_blocks(model: nn.Module, report: Fp8Report | None = None) -> list[str]:
+    """Install the fused block kernels where the layers allow (they run when a layer's plan has `fused_block`,
+    the default on CUDA); the report notes the blocks that stay unfused, and why."""
+    installed, skipped = install_fused_blocks(model)
+    if report is not None and skipped:
+        reasons = sorted(set(skipped.values()))
+        report.notes.append(f"note: blocks left unfused ({len(skipped)}), no fused norm/RoPE kernels there: "
+                            + "; ".join(reasons))
+    return installed
 
 
 def apply_attention_option(model: nn.Module, config: Fp8Config, report: Fp8Report | None = None) -> None:

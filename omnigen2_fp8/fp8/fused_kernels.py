@@ -1,0 +1,301 @@
+"""Fused Triton kernels for the FP8 transformer block: what runs between the FP8 GEMMs, in as few passes as possible.
+
+    modulated_rmsnorm_quant      x -> RMSNorm(x) * w * (1 + scale) -> e4m3 [M, Kp] + per-row scale (to_qkv's input)
+    gated_residual_rmsnorm       h + gate * RMSNorm(y) * w -> h_new (the residual update after the feed-forward)
+    gated_residual_rmsnorm_quant the same, and h_new's modulated norm -> e4m3 + scale (the feed-forward's input)
+    qk_norm_rope                 per-head RMSNorm of q and k, then RoPE; bf16 out, or e4m3 padded for FP8 attention
+
+Unfused, the block runs each of these as several torch kernels with a BF16 tensor between each pair, then the
+activation quantization reads the result once more. Here each row is read once, kept in registers in float32, and
+written once; padded GEMM outputs are read in place through their strides (no slicing copy).
+
+Numerics: the torch references in fp8/fused_reference.py (float32 inside, one rounding at the end). Encoding:
+e4m3 through kernels.py's encoder (integer arithmetic on the CPU interpreter, the hardware conversion on CUDA,
+same bits), and bf16 outputs through an integer round-to-nearest-even on the interpreter, which truncates instead.
+Each kernel is registered as a torch custom op with a shape function, so torch.compile sees one opaque node.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels import HAS_TRITON, interpreter_enabled
+from .primitives import AMAX_FLOOR, E4M3_MAX, FP8_DTYPE
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .kernels import _encode
+
+    _FLOOR = tl.constexpr(AMAX_FLOOR)
+    _MAX = tl.constexpr(E4M3_MAX)
+
+    @triton.jit
+    def _to_output(v, out_ptr, HW_CAST: tl.constexpr):
+        """float32 v -> out_ptr's dtype, round to nearest even (the interpreter truncates bf16: round here)."""
+        if not HW_CAST and out_ptr.dtype.element_ty == tl.bfloat16:
+            bits = v.to(tl.int32, bitcast=True)
+            v = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+        return v.to(out_ptr.dtype.element_ty)
+
+    @triton.jit
+    def _residual_norm_quant_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
+                                    L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn, s_qm, eps, next_eps,
+                                    BLOCK: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+                                    QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
+                                    HW_CAST: tl.constexpr):
+        """One program per row (n, l). RESIDUAL: h + gate[n] * RMSNorm(y) * w -> out (rounded to out's dtype).
+        QUANT: RMSNorm(row) * nw * (1 + nscale[n]) -> e4m3 q + float32 scale, where the row is the rounded h_new
+        (RESIDUAL) or h itself (the plain modulated norm)."""
+        row = tl.program_id(0).to(tl.int64)
+        n, l = row // L, row % L
+        cols = tl.arange(0, BLOCK)
+        in_d = cols < D
+        x = tl.load(h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN) + cols, mask=in_d, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            y = tl.load(y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN) + cols, mask=in_d, other=0.0)
+            y = y.to(tl.float32)
+            branch = y * tl.math.rsqrt(tl.sum(y * y, axis=0) / D + eps)
+            branch = branch * tl.load(w_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                branch = tl.load(gate_ptr + n * s_gn + cols, mask=in_d, other=0.0).to(tl.float32) * branch
+            stored = _to_output(x + branch, out_ptr, HW_CAST)
+            tl.store(out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN) + cols, stored, mask=in_d)
+            x = stored.to(tl.float32)  # the next norm reads h_new as stored, as an unfused pass would
+        if QUANT:
+            v = x * tl.math.rsqrt(tl.sum(x * x, axis=0) / D + next_eps)
+            v = v * tl.load(nw_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                v = v * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=in_d, other=0.0).to(tl.float32))
+            scale = tl.maximum(tl.max(tl.abs(v), axis=0), _FLOOR) / _MAX
+            tl.store(qscale_ptr + row, scale)
+            code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
+            tl.store(q_ptr + row * s_qm + cols, code, mask=cols < KP)
+
+    @triton.jit
+    def _norm_rope_heads(x_ptr, s_xh, o_ptr, s_oh, H, w_ptr, c, s, descale_ptr, eps, HALF, HALF_OUT, D,
+                         BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, FP8_OUT: tl.constexpr,
+                         HW_CAST: tl.constexpr):
+        """The H heads of one token: RMSNorm over each head's D values, then rotate pairs (2i, 2i+1) by (c, s)[i]."""
+        heads = tl.arange(0, BLOCK_H)[:, None]
+        pairs = tl.arange(0, BLOCK_P)[None, :]
+        valid = (heads < H) & (pairs < HALF)
+        even = tl.load(x_ptr + heads * s_xh + 2 * pairs, mask=valid, other=0.0).to(tl.float32)
+        odd = tl.load(x_ptr + heads * s_xh + 2 * pairs + 1, mask=valid, other=0.0).to(tl.float32)
+        r = tl.math.rsqrt(tl.sum(even * even + odd * odd, axis=1) / D + eps)[:, None]
+        even = even * r * tl.load(w_ptr + 2 * pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
+        odd = odd * r * tl.load(w_ptr + 2 * pairs + 1, mask=pairs < HALF, other=0.0).to(tl.float32)
+        rot_even = even * c - odd * s
+        rot_odd = even * s + odd * c
+        if FP8_OUT:
+            descale = tl.load(descale_ptr)
+            keep = (heads < H) & (pairs < HALF_OUT)  # pairs HALF.. are the zero padding of the head dim
+            tl.store(o_ptr + heads * s_oh + 2 * pairs, _encode(tl.clamp(rot_even / descale, -_MAX, _MAX), HW_CAST),
+                     mask=keep)
+            tl.store(o_ptr + heads * s_oh + 2 * pairs + 1,
+                     _encode(tl.clamp(rot_odd / descale, -_MAX, _MAX), HW_CAST), mask=keep)
+        else:
+            tl.store(o_ptr + heads * s_oh + 2 * pairs, _to_output(rot_even, o_ptr, HW_CAST), mask=valid)
+            tl.store(o_ptr + heads * s_oh + 2 * pairs + 1, _to_output(rot_odd, o_ptr, HW_CAST), mask=valid)
+
+    @triton.jit
+    def _qk_norm_rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, dq_ptr, dk_ptr,
+                             L, HQ, HK, HALF, HALF_OUT, D, s_qn, s_ql, s_qh, s_kn, s_kl, s_kh, s_qon, s_qol, s_qoh,
+                             s_kon, s_kol, s_koh, s_cn, s_cl, s_sn, s_sl, q_eps, k_eps,
+                             BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, FP8_OUT: tl.constexpr,
+                             HW_CAST: tl.constexpr):
+        """One program per token (n, l): its q heads and k heads share the token's cos/sin, loaded once."""
+        row = tl.program_id(0).to(tl.int64)
+        n, l = row // L, row % L
+        pairs = tl.arange(0, BLOCK_P)[None, :]
+        c = tl.load(cos_ptr + n * s_cn + l * s_cl + pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + n * s_sn + l * s_sl + pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
+        _norm_rope_heads(q_ptr + n * s_qn + l * s_ql, s_qh, qo_ptr + n * s_qon + l * s_qol, s_qoh, HQ, wq_ptr, c, s,
+                         dq_ptr, q_eps, HALF, HALF_OUT, D, BLOCK_H, BLOCK_P, FP8_OUT, HW_CAST)
+        _norm_rope_heads(k_ptr + n * s_kn + l * s_kl, s_kh, ko_ptr + n * s_kon + l * s_kol, s_koh, HK, wk_ptr, c, s,
+                         dk_ptr, k_eps, HALF, HALF_OUT, D, BLOCK_H, BLOCK_P, FP8_OUT, HW_CAST)
+
+
+# --------------------------------------------------------------------------------------------- launchers
+def _check_runnable(*tensors: torch.Tensor) -> None:
+    if not HAS_TRITON:
+        raise RuntimeError("the fused block kernels need triton (pip install triton); or run a KernelPlan whose "
+                           "quantize_impl is 'torch' (fp8/fused_reference.py)")
+    if not all(t.is_cuda for t in tensors) and not interpreter_enabled():
+        raise RuntimeError("the fused block kernels run on CUDA tensors (or on the CPU with TRITON_INTERPRET=1); "
+                           "use fp8/fused_reference.py for CPU tensors")
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _check_rows(what: str, t: torch.Tensor, n: int, d: int) -> None:
+    if t.dim() != 3 or t.shape[0] != n or t.shape[2] != d:
+        raise ValueError(f"{what} must be [N={n}, L, D={d}]; got {tuple(t.shape)}")
+
+
+def _check_modulation(what: str, t: torch.Tensor | None, n: int, d: int) -> None:
+    if t is not None and (t.dim() != 2 or tuple(t.shape) != (n, d)):
+        raise ValueError(f"{what} must be [N, D] = [{n}, {d}] (one row per sample); got {tuple(t.shape)}")
+
+
+def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, out_dtype, hw_cast):
+    """Shared launcher of `_residual_norm_quant_kernel`: y None = no residual part, k_padded 0 = no quantization."""
+    if h.dim() != 3:
+        raise ValueError(f"the hidden rows must be [N, L, D]; got {tuple(h.shape)}")
+    n, seq, d = h.shape
+    residual, quant = y is not None, k_padded > 0
+    if residual:
+        _check_rows("the branch output", y, n, d)
+        _check_modulation("gate", gate, n, d)
+    if quant:
+        _check_modulation("scale", next_scale, n, d)
+        if k_padded < d:
+            raise ValueError(f"k_padded {k_padded} is smaller than the hidden size {d}")
+    h = _unit_last(h)
+    y = _unit_last(y) if residual else h
+    gate = _unit_last(gate) if gate is not None else None
+    next_scale = _unit_last(next_scale) if next_scale is not None else None
+    _check_runnable(h)
+    m = n * seq
+    out = torch.empty((n, seq, d), dtype=out_dtype, device=h.device) if residual else h
+    q = torch.empty((m, k_padded) if quant else (1, 1), dtype=FP8_DTYPE, device=h.device)
+    qscale = torch.empty((m, 1) if quant else (1, 1), dtype=torch.float32, device=h.device)
+    if m == 0:
+        return out, q, qscale
+    vec = 16 // h.element_size()
+    aligned = all(t.data_ptr() % 16 == 0 and t.stride(1) % vec == 0 for t in (h, y, out))
+    gate_t = gate if gate is not None else h
+    scale_t = next_scale if next_scale is not None else h
+    block = triton.next_power_of_2(max(k_padded, d))
+    hw_cast = h.is_cuda if hw_cast is None else hw_cast
+    _residual_norm_quant_kernel[(m,)](
+        h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
+        k_padded, h.stride(0), h.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
+        gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps, BLOCK=block, RESIDUAL=residual,
+        HAS_GATE=gate is not None, QUANT=quant, HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1,
+        HW_CAST=hw_cast, num_warps=8 if block >= 2048 else 4)
+    return out, q, qscale
+
+
+def modulated_rmsnorm_quant_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, eps: float,
+                                   k_padded: int, hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused `fused_reference.modulated_rmsnorm_quant`: x [N, L, D] -> (e4m3 [N*L, k_padded], float32 [N*L, 1])."""
+    _, q, qscale = _launch_rows(x, None, None, weight, 0.0, weight, scale, eps, k_padded, x.dtype, hw_cast)
+    return q, qscale
+
+
+def gated_residual_rmsnorm_triton(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+                                  weight: torch.Tensor, eps: float, hw_cast: bool | None = None) -> torch.Tensor:
+    """Fused `fused_reference.gated_residual_rmsnorm`: h, y [N, L, D] -> h_new [N, L, D] in h's dtype."""
+    out, _, _ = _launch_rows(h, y, gate, weight, eps, None, None, 0.0, 0, h.dtype, hw_cast)
+    return out
+
+
+def gated_residual_rmsnorm_quant_triton(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+                                        weight: torch.Tensor, eps: float, next_weight: torch.Tensor,
+                                        next_scale: torch.Tensor | None, next_eps: float, k_padded: int,
+                                        hw_cast: bool | None = None):
+    """Fused `fused_reference.gated_residual_rmsnorm_quant`: -> (h_new [N, L, D], e4m3 [N*L, k_padded],
+    float32 [N*L, 1])."""
+    if k_padded <= 0:
+        raise ValueError(f"k_padded must be positive; got {k_padded}")
+    return _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, h.dtype, hw_cast)
+
+
+def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                        cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
+                        q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
+                        head_dim_padded: int = 0, hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused `fused_reference.qk_norm_rope`: q [N, L, Hq, hd], k [N, L, Hkv, hd] (any strides, unit stride in hd)
+    -> new contiguous q, k in q's dtype, or with descales e4m3 [N, L, H, head_dim_padded]."""
+    n, seq, hq, hd = q.shape
+    if k.dim() != 4 or k.shape[:2] != q.shape[:2] or k.shape[3] != hd or hd % 2:
+        raise ValueError(f"q [N, L, Hq, hd] and k [N, L, Hkv, hd] with an even hd must agree; got {tuple(q.shape)} "
+                         f"and {tuple(k.shape)}")
+    if cos.shape != (n, seq, hd // 2) or sin.shape != cos.shape:
+        raise ValueError(f"cos/sin must be [N, L, hd/2] = {(n, seq, hd // 2)}; got {tuple(cos.shape)}, "
+                         f"{tuple(sin.shape)}")
+    fp8_out = q_descale is not None
+    if fp8_out != (k_descale is not None) or (fp8_out and head_dim_padded < hd):
+        raise ValueError("FP8 output needs both descales and head_dim_padded >= the head dim "
+                         f"(got head_dim_padded={head_dim_padded}, head dim {hd})")
+    q, k, cos, sin = (_unit_last(t) for t in (q, k, cos, sin))
+    _check_runnable(q)
+    width = head_dim_padded if fp8_out else hd
+    dtype = FP8_DTYPE if fp8_out else q.dtype
+    q_out = torch.empty((n, seq, hq, width), dtype=dtype, device=q.device)
+    k_out = torch.empty((n, seq, k.shape[2], width), dtype=dtype, device=q.device)
+    if n * seq == 0:
+        return q_out, k_out
+    qo, ko = (t.view(torch.uint8) for t in (q_out, k_out)) if fp8_out else (q_out, k_out)
+    dq = q_descale if fp8_out else cos
+    dk = k_descale if fp8_out else cos
+    block_p = triton.next_power_of_2(width // 2)
+    hw_cast = q.is_cuda if hw_cast is None else hw_cast
+    _qk_norm_rope_kernel[(n * seq,)](
+        q, k, qo, ko, q_weight, k_weight, cos, sin, dq, dk, seq, hq, k.shape[2], hd // 2, width // 2, hd,
+        *q.stride()[:3], *k.stride()[:3], *qo.stride()[:3], *ko.stride()[:3], *cos.stride()[:2], *sin.stride()[:2],
+        q_eps, k_eps, BLOCK_H=triton.next_power_of_2(max(hq, k.shape[2])), BLOCK_P=block_p, FP8_OUT=fp8_out,
+        HW_CAST=hw_cast, num_warps=4)
+    return q_out, k_out
+
+
+# --------------------------------------------------------------------------------------------- custom ops
+# torch.compile sees each kernel as one op with a shape function (no graph break; dynamic token counts).
+@torch.library.custom_op("omnigen2_fp8::modulated_rmsnorm_quant", mutates_args=())
+def modulated_rmsnorm_quant_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, eps: float,
+                               k_padded: int, hw_cast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return modulated_rmsnorm_quant_triton(x, weight, scale, eps, k_padded, hw_cast)
+
+
+@modulated_rmsnorm_quant_op.register_fake
+def _(x, weight, scale, eps, k_padded, hw_cast):
+    m = x.shape[0] * x.shape[1]
+    return x.new_empty((m, k_padded), dtype=FP8_DTYPE), x.new_empty((m, 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("omnigen2_fp8::gated_residual_rmsnorm", mutates_args=())
+def gated_residual_rmsnorm_op(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None, weight: torch.Tensor,
+                              eps: float, hw_cast: bool) -> torch.Tensor:
+    return gated_residual_rmsnorm_triton(h, y, gate, weight, eps, hw_cast)
+
+
+@gated_residual_rmsnorm_op.register_fake
+def _(h, y, gate, weight, eps, hw_cast):
+    return torch.empty(h.shape, dtype=h.dtype, device=h.device)
+
+
+@torch.library.custom_op("omnigen2_fp8::gated_residual_rmsnorm_quant", mutates_args=())
+def gated_residual_rmsnorm_quant_op(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
+                                    weight: torch.Tensor, eps: float, next_weight: torch.Tensor,
+                                    next_scale: torch.Tensor | None, next_eps: float, k_padded: int,
+                                    hw_cast: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return gated_residual_rmsnorm_quant_triton(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded,
+                                               hw_cast)
+
+
+@gated_residual_rmsnorm_quant_op.register_fake
+def _(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, hw_cast):
+    m = h.shape[0] * h.shape[1]
+    return (torch.empty(h.shape, dtype=h.dtype, device=h.device), h.new_empty((m, k_padded), dtype=FP8_DTYPE),
+            h.new_empty((m, 1), dtype=torch.float32))
+
+
+@torch.library.custom_op("omnigen2_fp8::qk_norm_rope", mutates_args=())
+def qk_norm_rope_op(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
+                    cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
+                    q_descale: torch.Tensor | None, k_descale: torch.Tensor | None, head_dim_padded: int,
+                    hw_cast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return qk_norm_rope_triton(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale,
+                               head_dim_padded, hw_cast)
+
+
+@qk_norm_rope_op.register_fake
+def _(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, head_dim_padded, hw_cast):
+    fp8_out = q_descale is not None
+    width = head_dim_padded if fp8_out else q.shape[3]
+    dtype = FP8_DTYPE if fp8_out else q.dtype
+    return (torch.empty((*q.shape[:3], width), dtype=dtype, device=q.device),
+            torch.empty((*k.shape[:3], width), dtype=dtype, device=k.device))

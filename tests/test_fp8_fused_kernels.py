@@ -1,0 +1,139 @@
+"""The fused block kernels (fp8/fused_kernels.py) against their torch references (fp8/fused_reference.py): on the
+CPU through Triton's interpreter (tests/fused_interpreter_checks.py in a subprocess, as test_fp8_kernels does), and
+on a GPU with the hardware e4m3 conversion at the real 1024 shapes.
+
+Tolerances: e4m3 and bf16 outputs within one representable step of the reference and >= 99 % bit-identical
+(summation order and rsqrt may differ by an ulp in float32, which can move a value across a rounding boundary);
+scales within 1e-5 relative. On the interpreter every case measured is bit-identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    path = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fused_interpreter_checks.py")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))
+    return json.loads(line[len("JSON:"):])
+
+
+def within_one_step(r: dict) -> bool:
+    return r["max_steps"] <= 1 and r["identical"] >= 0.99 and not r["nan"]
+
+
+def test_kernels_really_ran_in_the_interpreter(interpreted):
+    assert interpreted["interpreted"] == "InterpretedFunction"
+
+
+@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520"])
+def test_modulated_norm_quant_matches_reference(interpreted, case):
+    r = interpreted["modulated"][case]
+    assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
+    assert within_one_step(r) and r["scale_max_rel_diff"] < 1e-5, r
+
+
+@pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant"])
+def test_gated_residual_norm_matches_reference(interpreted, case):
+    r = interpreted["residual"][case]
+    assert within_one_step(r["h"]), r
+    if "q" in r:
+        assert within_one_step(r["q"]) and r["padding_zero"] and r["scale_max_rel_diff"] < 1e-5, r
+        assert within_one_step(r["q_vs_own_h"]), r  # the quantized part reads h_new as stored
+
+
+@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_fp8_pad32", "real_bf16", "real_fp8_pad128"])
+def test_qk_norm_rope_matches_reference(interpreted, case):
+    r = interpreted["rope"][case]
+    assert within_one_step(r["q"]) and within_one_step(r["k"]), r
+    if "fp8" in case:
+        assert r["dtype"] == "torch.float8_e4m3fn" and r["padding_zero"] and r["q_shape"][-1] in (32, 128), r
+
+
+def test_qk_norm_rope_in_float32(interpreted):
+    r = interpreted["rope"]["tiny_fp32"]
+    assert r["q"]["max_diff_over_max"] < 1e-6 and r["k"]["max_diff_over_max"] < 1e-6, r
+
+
+def test_model_fused_by_triton_equals_the_reference_fused_model(interpreted):
+    m = interpreted["model"]
+    assert m["fused_blocks"] == 5  # tiny: 2 main layers + 3 refiners, all fusable
+    # Same GEMM (exact emulation), kernels vs torch references: the whole ragged-batch forward agrees exactly.
+    assert m["triton_emulated_vs_reference"] < 1e-3, m
+    # Fused vs unfused differ by the BF16 roundings the fused path skips: far below FP8's own error vs BF16.
+    errors = m["rel_vs_bf16"]
+    assert m["triton_fused_vs_unfused"] < errors["triton_unfused"], m
+    assert errors["triton"] < 1.25 * errors["triton_unfused"], m
+
+
+def test_fused_model_compiles_once_per_block_kind(interpreted):
+    m = interpreted["model"]
+    assert m["unique_graphs"] == 2 and m["frames_ok"] == 2, m  # second token count: no recompilation
+    assert m["compiled_vs_eager"] < 1e-3, m  # the custom ops run the same kernels compiled or not
+
+
+# ------------------------------------------------------------------------------------------------------ GPU
+def _steps(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
+    def ordinal(t):
+        bits = t.view(torch.uint8).int() if t.element_size() == 1 else t.view(torch.int16).int() & 0xFFFF
+        top = 0x80 if t.element_size() == 1 else 0x8000
+        return torch.where(bits >= top, -(bits - top), bits)
+    d = (ordinal(a) - ordinal(b)).abs()
+    return int(d.max()), float((d == 0).float().mean())
+
+
+def _within_rounding(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor) -> bool:
+    """|got - want| <= one bf16 step (2^-7 relative) of the operands' magnitude: sums that cancel (h + gated y, the
+    rotation's a*cos - b*sin) differ by many steps of their tiny result while agreeing to the operands' rounding."""
+    return bool(((got.float() - want.float()).abs() <= 2.0 ** -7 * magnitude + 1e-30).all())
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_match_references_at_the_1024_shapes():
+    from omnigen2_fp8.fp8 import fused_kernels as K, fused_reference as R
+
+    torch.manual_seed(0)
+    dev, n, seq, d = "cuda", 1, 8392, 2520
+    x = torch.randn(n, seq, d, device=dev, dtype=torch.bfloat16) * 3
+    y = torch.randn(n, seq, 2528, device=dev, dtype=torch.bfloat16)[..., :d]
+    mod = torch.randn(n, 4 * d, device=dev, dtype=torch.bfloat16) * 0.3
+    scale, gate = mod[:, :d], mod[:, d: 2 * d].float().tanh()
+    w = torch.rand(d, device=dev, dtype=torch.bfloat16) + 0.5
+    q, s = K.modulated_rmsnorm_quant_triton(x, w, scale, 1e-5, 2528)
+    qr, sr = R.modulated_rmsnorm_quant(x, w, scale, 1e-5, 2528)
+    worst, same = _steps(q, qr)
+    assert worst <= 1 and same > 0.99 and float(((s - sr).abs() / sr).max()) < 1e-5
+    h, hq, hs = K.gated_residual_rmsnorm_quant_triton(x, y, gate, w, 1e-5, w, scale, 1e-5, 2528)
+    hr, hqr, hsr = R.gated_residual_rmsnorm_quant(x, y, gate, w, 1e-5, w, scale, 1e-5, 2528)
+    y_normed = y.float() * torch.rsqrt(y.float().pow(2).mean(-1, keepdim=True) + 1e-5) * w.float()
+    assert _within_rounding(h, hr, x.float().abs() + (gate[:, None] * y_normed).abs()) and _steps(h, hr)[1] > 0.99
+    assert _steps(hq, hqr)[0] <= 1 and float(((hs - hsr).abs() / hsr).max()) < 1e-5
+    qkv = torch.randn(n, seq, 4208, device=dev, dtype=torch.bfloat16) * 2
+    qh = qkv[..., :d].unflatten(-1, (21, 120))
+    kh = qkv[..., d: d + 840].unflatten(-1, (7, 120))
+    angles = torch.rand(n, seq, 60, device=dev) * 100
+    args = (qh, kh, w[:120], w[120:240], angles.cos(), angles.sin(), 1e-5, 1e-5)
+    for extra in ((), (torch.full((1, 1, 1, 1), 0.02, device=dev), torch.full((1, 1, 1, 1), 0.03, device=dev), 128)):
+        for got, want in zip(K.qk_norm_rope_triton(*args, *extra), R.qk_norm_rope(*args, *extra)):
+            worst, same = _steps(got, want)
+            if got.dtype == torch.bfloat16:  # a rotated pair can cancel: bound by the head's magnitude instead
+                assert _within_rounding(got, want, want.float().abs().amax(-1, keepdim=True)), extra
+            else:  # e4m3 of the rotated values: one step
+                assert worst <= 1, (extra, worst, same)
+            assert same > 0.99, (extra, worst, same)
