@@ -8,30 +8,17 @@ scales within 1e-5 relative. On the interpreter every case measured is bit-ident
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from interpreted_script import run_interpreted
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    path = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fused_interpreter_checks.py")], env=env,
-                          capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))
-    return json.loads(line[len("JSON:"):])
+    return run_interpreted("fused_interpreter_checks.py", timeout_s=900)
 
 
 def within_one_step(r: dict) -> bool:

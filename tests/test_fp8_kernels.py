@@ -5,29 +5,16 @@ TRITON_INTERPRET must be set before triton is imported, so the checks run in a f
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from interpreted_script import run_interpreted
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    path = f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "fp8_interpreter_checks.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"interpreter checks failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))
-    return json.loads(line[len("JSON:"):])
+    return run_interpreted("fp8_interpreter_checks.py", timeout_s=600)
 
 
 def test_kernel_really_ran_in_the_interpreter(interpreted):
