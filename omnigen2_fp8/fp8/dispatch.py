@@ -152,33 +152,31 @@ class KernelPlan:
         return layer.matmul(xq, x_scale, out_dtype)
 
 
-# The implementation of every concrete kernel (AUTO resolves to one of these first): quantize, GEMM, fused block.
-# Only the fused-kernel plan fuses blocks by default; the torch-reference plan keeps the unfused block (the CPU's
-# numerics stay those of the golden tests) and the other two are the comparison arms they always were.
+# The implementation of every concrete kernel (AUTO resolves to one of these first): quantize, GEMM.
 _IMPLS = {
-    # The fused block kernels are off by default: on an H200 at 1024 (results/fused_kernels_h200.json) they made the
-    # eager 3-branch step 1.06x faster but the compiled one 0.93x (inductor already fuses these ops, and better).
-    Kernel.CUBLAS_PADDED: ("fused", "scaled-mm", False),
-    Kernel.CUBLAS_TORCH_QUANT: ("torch", "scaled-mm", False),
-    Kernel.CUBLAS_INDUCTOR_QUANT: ("fused-eager", "scaled-mm", False),
-    Kernel.TORCH_REFERENCE: ("torch", "emulated", False),
+    Kernel.CUBLAS_PADDED: ("fused", "scaled-mm"),
+    Kernel.CUBLAS_TORCH_QUANT: ("torch", "scaled-mm"),
+    Kernel.CUBLAS_INDUCTOR_QUANT: ("fused-eager", "scaled-mm"),
+    Kernel.TORCH_REFERENCE: ("torch", "emulated"),
 }
 
 
-def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH,
-             fused_block: bool | None = None) -> KernelPlan:
-    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one);
-    fused_block overrides the kernel's default (off: see _IMPLS)."""
+def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH, fused_block: bool = False) -> KernelPlan:
+    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one).
+
+    fused_block is off by default for every kernel: on an H200 at 1024 (results/fused_kernels_h200.json) the fused
+    block kernels made the eager 3-branch step 1.06x faster but the compiled one 0.93x (inductor fuses these ops
+    itself, and better)."""
     kernel = Kernel(kernel)
     if kernel not in _IMPLS:
         raise ValueError(f"{kernel.value!r} is not a concrete kernel; resolve it with select_kernel_plan(kernel, "
                          "device)")
-    quantize_impl, gemm_impl, fused_default = _IMPLS[kernel]
-    return KernelPlan(kernel, quantize_impl, gemm_impl, launch, fused_default if fused_block is None else fused_block)
+    quantize_impl, gemm_impl = _IMPLS[kernel]
+    return KernelPlan(kernel, quantize_impl, gemm_impl, launch, fused_block)
 
 
 def select_kernel_plan(kernel: Kernel | str, device: torch.device | str, launch: LaunchConfig = DEFAULT_LAUNCH,
-                       fused_block: bool | None = None) -> KernelPlan:
+                       fused_block: bool = False) -> KernelPlan:
     """The plan for `kernel` on `device` (AUTO resolved; raises Fp8UnsupportedDeviceError on a GPU without FP8).
 
     Whether a call is being compiled is decided per call inside the plan ("fused" uses the custom op then).

@@ -93,7 +93,7 @@ class Fp8Report:
         head = (f"FP8: {len(self.quantized)} linears quantized, {len(self.kept)} kept in high precision; "
                 f"projections fused: {self.fused_projections}; SwiGLU folded into {len(self.swiglu_folded)} "
                 f"down projections; FP8 attention in {len(self.fp8_attention)} blocks; fused block kernels in "
-                f"{len(self.fused_blocks)} blocks; "
+                f"{len(self.fused_blocks)} blocks (used when the kernel plan enables them); "
                 f"kernels: {self.counts_by_kernel}")
         return "\n".join([head, *self.notes, self.table()])
 
@@ -128,8 +128,8 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
 
 
 def apply_fused_blocks(model: nn.Module, report: Fp8Report | None = None) -> list[str]:
-    """Install the fused block kernels where the layers allow (they run when a layer's plan has `fused_block`,
-    the default on CUDA); the report notes the blocks that stay unfused, and why."""
+    """Install the fused block kernels where the layers allow (they run only when a layer's plan has `fused_block`,
+    which no plan has by default: see dispatch.plan_for); the report notes the blocks that cannot fuse, and why."""
     installed, skipped = install_fused_blocks(model)
     if report is not None and skipped:
         reasons = sorted(set(skipped.values()))
