@@ -21,7 +21,7 @@ import torch
 from .fp8.config import Kernel
 from .image_processing import MAX_PIXELS
 from .measure import StageClock, StepClock
-from .modes import AUTO_MODE, CUDA_DEFAULT_MODE, EAGER_MODE, MODES, choose_mode, resolve_mode
+from .modes import AUTO_MODE, CUDA_DEFAULT_MODE, EAGER_MODE, MODES, ModeChoice, choose_mode, resolve_mode
 from .precision import RecipeError, parse_recipe, recipe_help
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
           "fp32": torch.float32}
@@ -90,13 +90,12 @@ def _recipe(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def load_pipeline(args: argparse.Namespace):
-    """The pipeline the flags ask for (synthetic in memory, or from --model)."""
+def load_pipeline(args: argparse.Namespace, mode: ModeChoice):
+    """The pipeline the flags ask for (synthetic in memory, or from --model), in `mode`."""
     from .pipeline import OmniGen2Pipeline
     from .synthetic import build_synthetic_pipeline
 
     dtype = DTYPES[args.dtype]
-    mode = choose_mode(args.mode, args.device, args.offload, args.precision.step_cache)
     options = dict(precision=args.precision, fp8_kernel=args.fp8_kernel, offload=args.offload,
                    progress=not args.no_progress, **mode.pipeline_flags())
     if args.synthetic:
@@ -180,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
               file=sys.stderr)
     choice = choose_mode(args.mode, args.device, args.offload, args.precision.step_cache)
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, choice)
     steps = StepClock(pipe.device)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                   text_guidance_scale=args.text_guidance, image_guidance_scale=args.image_guidance,
