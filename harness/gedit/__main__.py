@@ -92,15 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "$GEDIT_VIESCORE_FILE, the cache, or a one-time download pinned by commit")
     jud.add_argument("--max-new-tokens", type=int, default=None)
     jud.add_argument("--batch-size", type=int, default=None,
-                     help=f"judge calls per forward batch (default: from free GPU memory, a power of two, at most "
-                          f"{AUTO_BATCH_CAP}; {CPU_BATCH_SIZE} on a CPU); a judge setting: a resume must use the same")
+                     help=f"judge calls per forward batch (default: from the GPU's capacity beside the judge, a power "
+                          f"of two, at most {AUTO_BATCH_CAP}; {CPU_BATCH_SIZE} on a CPU); a judge setting: a resume "
+                          "must use the same")
     jud.add_argument("--judge-vision-attention", default=None, choices=VISION_ATTENTION_MODES,
                      help="in-process judge: packed (default; every vision window of a batch in a few attention "
                           "calls) or per-window (transformers' loop); a judge setting")
     jud.add_argument("--judge-decode", default=None, choices=DECODE_MODES,
-                     help="in-process judge: compiled (default on CUDA; static KV cache, decode step compiled into "
-                          "CUDA graphs), static (static cache, eager) or eager (default on CPU; dynamic cache); "
-                          "a judge setting. Judgements made before these options used per-window + eager")
+                     help="in-process judge: eager (default; dynamic cache), compiled (static KV cache, decode step "
+                          "compiled into CUDA graphs: faster per token, but compiling took 220 s per process on an "
+                          "H200) or static (static cache, eager); a judge setting. Judgements made before these "
+                          "options used per-window + eager")
     srv = p.add_argument_group("served judge: any OpenAI-compatible server (vLLM, SGLang, a hosted model)")
     srv.add_argument("--judge-url", default=None, metavar="URL",
                      help="judge through the chat-completions API at URL, e.g. http://127.0.0.1:8000/v1")

@@ -53,7 +53,7 @@ class RunContext:
     prompts: PromptSet
     protocol: Protocol
     device: str
-    batch_size: int | None  # judge calls per batch; None: the in-process judge sizes it from free memory
+    batch_size: int | None  # judge calls per batch; None: the in-process judge sizes it from the device's capacity
     synthetic: str | None
     progress: bool = True
     bootstrap: int = 10_000
@@ -94,8 +94,7 @@ class RunContext:
         in_process = self.judge_server is None  # a served judge batches on the server: no batch size here
         if not in_process:
             return known
-        speed = speed_settings(*resolve_modes(self.judge_speed.get("vision_attention"),
-                                              self.judge_speed.get("decode"), self.device))
+        speed = speed_settings(*resolve_modes(self.judge_speed.get("vision_attention"), self.judge_speed.get("decode")))
         return known | speed | ({"batch_size": self.batch_size} if self.batch_size is not None else {})
 
 
@@ -110,7 +109,7 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
     scratch/gedit/<task>[-synthetic-<kind>]); edits: root of edits made elsewhere; arms: --precision;
     stage: --stage (a stage that judges needs the prompt texts, the others only their identity);
     judge_server: judge through that server (the judge model is then the name it serves); judge_speed: the
-    in-process judge's speed options (`harness.gedit.judge_speed`; None values: the device's defaults).
+    in-process judge's speed options (`harness.gedit.judge_speed`; None values: the defaults).
     """
     config, changes = resolve_task(task, flags, synthetic)
     out_dir = Path(out or Path("scratch") / "gedit" / (config.task + (f"-synthetic-{synthetic}" if synthetic else "")))

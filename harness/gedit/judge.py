@@ -121,9 +121,9 @@ class Judge(Protocol):
 
 class QwenJudge:
     """Qwen2.5-VL judge through transformers: calls encoded one by one, ordered by prompt length, left-padded into
-    batches of `batch_size` (from free GPU memory unless given), SDPA attention, greedy first, seeded retries.
-    `vision_attention` and `decode` are the speed options of `harness.gedit.judge_speed` (None: the device's
-    default); they join the settings.
+    batches of `batch_size` (from the GPU's capacity beside the weights unless given), SDPA attention, greedy
+    first, seeded retries. `vision_attention` and `decode` are the speed options of `harness.gedit.judge_speed`
+    (None: the default); they join the settings.
 
     Vision preprocessing uses `qwen_vl_utils.process_vision_info` (the official resize) when it imports, and the
     checkpoint's `AutoProcessor` when torchvision allows it; otherwise the images go straight to the Qwen2-VL image
@@ -140,7 +140,7 @@ class QwenJudge:
         self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens
         self.max_retries, self.seed, self.synthetic = max_retries, seed, synthetic
         self.last_run_stats: dict = {"new_tokens": 0}
-        self.speed = JudgeSpeed(model, device, vision_attention, decode, compile_backend)
+        self.set_speed(vision_attention, decode, compile_backend)
         self.tokenizer.padding_side = "left"
         # Decoding runs on the caller's thread while prepare() encodes on a worker: each gets its own tokenizer.
         self._decoder = copy.deepcopy(tokenizer)
@@ -204,7 +204,7 @@ class QwenJudge:
 
     def set_speed(self, vision_attention: str | None = None, decode: str | None = None,
                   compile_backend: str = COMPILE_BACKEND) -> None:
-        """Switch the speed options (None: the device's default), e.g. to compare them on one loaded model."""
+        """Switch the speed options (None: the default), e.g. to compare them on one loaded model."""
         self.speed = JudgeSpeed(self.model, self.device, vision_attention, decode, compile_backend)
 
     # ---- inputs

@@ -19,7 +19,7 @@ import torch
 
 # The rule that forms batches; a resume with another rule is a settings change (bump the version on any change).
 ORDERING = "v1: within each judge() call, calls sorted by prompt tokens (stable, ties in call order), cut into batch_size"
-# Calls per forward batch at most when chosen from free memory. The plain judge on an H200
+# Calls per forward batch at most when chosen from the device's memory. The plain judge on an H200
 # (results/judge_throughput_h200.json): 1.10 samples/s at 32, 1.76 at 64, 2.18 at 128 (45 GiB peak): an eager decode
 # step costs about the same at any batch size, so larger batches pay. 256 fits an H200 (about 100 GiB by the estimate
 # below at 512 new tokens; measured: 74 GiB peak at 128 new tokens, 3.18 samples/s with packed vision attention,

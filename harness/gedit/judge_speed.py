@@ -53,8 +53,9 @@ class JudgeSpeedError(ValueError):
     """A speed option that does not exist or cannot run on this device; the message says the fix."""
 
 
-def resolve_modes(vision_attention: str | None, decode: str | None, device: str) -> tuple[str, str]:
-    """(vision attention, decode) with None meaning the default for `device`; unknown names are refused."""
+def resolve_modes(vision_attention: str | None, decode: str | None) -> tuple[str, str]:
+    """(vision attention, decode) with None meaning the default (the same on every device); unknown names are
+    refused."""
     vision_attention = vision_attention or "packed"
     decode = decode or "eager"  # compiled decoding is faster per token but costs minutes of compilation (above)
     if vision_attention not in VISION_ATTENTION_MODES:
@@ -95,7 +96,7 @@ class JudgeSpeed:
     def __init__(self, model, device: str, vision_attention: str | None = None, decode: str | None = None,
                  compile_backend: str = COMPILE_BACKEND):
         self.model, self.device = model, str(device)
-        self.vision_attention, self.decode = resolve_modes(vision_attention, decode, device)
+        self.vision_attention, self.decode = resolve_modes(vision_attention, decode)
         self.compile_backend = compile_backend
         self._cache_key: tuple | None = None
         self._cache = None
