@@ -34,6 +34,7 @@ from benchmarks.pipeline_smoke import reference_images
 from harness.core.records import run_manifest, write_json_atomic
 from harness.core.timing import StageTimer, synchronize
 from harness.gedit.fidelity import image_fidelity
+from harness.profile.step_cache import CALL_ENTRY, split_call_times
 from omnigen2_fp8 import synthetic
 from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, MODES, ModeChoice, choose_mode
@@ -45,7 +46,6 @@ ARMS = ("bf16/eager", "bf16", "fp8", "bf16+taylorseer", "fp8+taylorseer", "bf16+
 PROMPT = "Make the sky green and add a small red boat."
 GUIDANCE = dict(text_guidance_scale=5.0, image_guidance_scale=2.0)
 TARGET = ("fp8+taylorseer", 2.0)  # issue 14: at least 2x the speed of BF16-best per edit
-CALL_ENTRY = "transformer_call"
 RANDOM_WEIGHTS_NOTE = ("random weights: latency is real except TeaCache's (its skip decisions depend on the weights); "
                        "TaylorSeer's schedule is fixed, so its speed is real; PSNR/SSIM show how far each arm's image "
                        "drifts from BF16's on these weights, not what it does to a real edit")
@@ -132,8 +132,7 @@ def arm_row(arm: Arm, references: dict[str, np.ndarray]) -> dict:
     last, record = arm.last, arm.last["record"]
     median = statistics.median(arm.edit_ms)
     computed = (record.get("step_cache") or {}).get("computed_per_call") or [True] * len(last["call_ms"])
-    calls = {"computed": [t for t, c in zip(last["call_ms"], computed) if c],
-             "cached": [t for t, c in zip(last["call_ms"], computed) if not c]}
+    calls = split_call_times(computed, last["call_ms"])
     return {
         "recipe": arm.recipe.to_dict(), "mode": arm.mode.to_dict(), "edit_ms": median, "edit_ms_rounds": arm.edit_ms,
         "first_edit_ms": arm.first_edit_ms, "startup_ms": max(arm.first_edit_ms - median, 0.0),

@@ -39,7 +39,6 @@ LOAD_METHOD = ("each load is its own phase: gc + synchronize + empty_cache + res
 RUN_METHOD = ("first warm-up call of the arm with only its own transformer on the GPU (other arms' transformers "
               "parked on the CPU), after gc + empty_cache + reset_peak_memory_stats; the pipeline resets the peak "
               "counters at each stage and the call's peak is the max over its stages")
-CALL_ENTRY = "transformer_call"  # the call timer's entry name (its own StageTimer, apart from the stages)
 PROFILER_LOG = "profiler.log"  # what the profiler's C++ layer prints while it starts and stops
 ORDER_NOTE = "arms alternate within every repeat (ABAB...), so drift hits every arm alike"
 TIMING_METHOD = ("warm-up calls excluded; end to end = perf_counter between two synchronisations; stages = CUDA "
@@ -88,7 +87,7 @@ class _StepMarks:
 def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, timer: timing.StageTimer | None,
                   clock: StageClock | None = None, call_timer: timing.StageTimer | None = None):
     """One pipeline call of the scenario; with a timer, every stage and every denoising step is marked; with a
-    call_timer, every transformer call (entries named CALL_ENTRY, in call order).
+    call_timer, every transformer call (entries named step_cache.CALL_ENTRY, in call order).
 
     Returns the pipeline's EditResult.
     """
@@ -96,7 +95,7 @@ def call_pipeline(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, 
                   text_guidance_scale=scenario.text_guidance_scale, image_guidance_scale=scenario.image_guidance_scale,
                   cfg_range=tuple(scenario.cfg_range), seed=scenario.seed, width=scenario.width,
                   height=scenario.height, time_shift=scenario.time_shift, progress=False, clock=clock,
-                  call_hook=None if call_timer is None else lambda branch, i: call_timer(CALL_ENTRY))
+                  call_hook=None if call_timer is None else lambda branch, i: call_timer(step_cache.CALL_ENTRY))
     if timer is None:
         return arm.pipe(scenario.instruction, images, **kwargs)
     marks = _StepMarks(timer)
@@ -126,7 +125,7 @@ def timed_call(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, dev
     result = call_pipeline(arm, scenario, images, steps, timer, call_timer=call_timer)
     timing.synchronize(device)
     e2e_ms = (time.perf_counter() - t0) * 1e3
-    return e2e_ms, timer.collect(), call_timer.collect().get(CALL_ENTRY, []), result
+    return e2e_ms, timer.collect(), call_timer.collect().get(step_cache.CALL_ENTRY, []), result
 
 
 def untimed_call_ms(arm: Arm, scenario: ScenarioConfig, images: list, steps: int, device: torch.device) -> float:

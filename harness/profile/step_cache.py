@@ -18,6 +18,7 @@ from omnigen2_fp8.caching import StepCacheStats
 
 STEP_CLASSES = ("computed", "cached", "mixed")
 CALL_CLASSES = ("computed", "cached")
+CALL_ENTRY = "transformer_call"  # the call timer's entry name (its own StageTimer, apart from the stages)
 CALL_TIMING = ("each transformer call's own time: a CUDA event recorded before and after the call (inside a CUDA "
                "graph replay's stream order, no synchronisation added) and read after the repeat's closing "
                "synchronise; perf_counter on a CPU. The step cache's host-side bookkeeping before a call is outside")
@@ -83,6 +84,14 @@ def summarize(runs: list[StepCacheRun], stage_runs: list[dict[str, list[float]]]
     return out
 
 
+def split_call_times(computed_per_call, times: list[float]) -> dict[str, list[float]]:
+    """{"computed": [...], "cached": [...]}: each call's time under its class, calls and times in call order."""
+    ms: dict[str, list[float]] = {c: [] for c in CALL_CLASSES}
+    for did_compute, t in zip(computed_per_call, times):
+        ms["computed" if did_compute else "cached"].append(t)
+    return ms
+
+
 def summarize_calls(runs: list[StepCacheRun], call_runs: list[list[float]]) -> dict:
     """{"call_counts": {class: calls timed over all repeats}, "call_ms": {class: TimingStats dict}, "call_timing",
     and "call_timing_problem" when a repeat's call times do not line up with its calls (that repeat is left out)}."""
@@ -92,8 +101,8 @@ def summarize_calls(runs: list[StepCacheRun], call_runs: list[list[float]]) -> d
         if len(times) != len(run.computed_per_call):
             problems.append(f"repeat {i}: {len(times)} timed calls for {len(run.computed_per_call)} recorded calls")
             continue
-        for did_compute, t in zip(run.computed_per_call, times):
-            ms["computed" if did_compute else "cached"].append(t)
+        for cls, values in split_call_times(run.computed_per_call, times).items():
+            ms[cls] += values
     out = {"call_counts": {c: len(v) for c, v in ms.items()},
            "call_ms": {c: timing.summarize_ms(v, label=f"{c} transformer calls",
                                               warn_min_ms=timing.STAGE_WARN_MIN_MS).to_dict()
