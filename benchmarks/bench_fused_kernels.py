@@ -31,7 +31,6 @@ import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks._common import cuda_kernel_times, run_keeping_partial, sync, time_forward, top_kernels
 from benchmarks.bench_fp8_transformer import category_ms
@@ -318,21 +317,17 @@ def run(args, record: dict) -> None:
                     use_plan(model, plan)
                     record["accuracy_vs_bf16"][f"{name}_cond_velocity_rel_err"] = rel(
                         model(*passes[0][:4], ref_latents=passes[0][4]), bf16_cond)
-            modes["eager"] = time_arms({n: (model, p) for n, p in PLANS.items()}, passes, args.device,
-                                       args.rounds, args.steps)
+            modes["eager"] = time_plans(model, passes, args)
         if args.device.startswith("cuda"):
             with runner.section("profile_eager"):
-                modes["eager"]["profiles"] = {n: profile_step(model, p, passes, args.device)
-                                              for n, p in PLANS.items()}
+                modes["eager"]["profiles"] = profile_plans(model, passes, args.device)
     if "compile" in sections:
         with runner.section("step_compile"):
             model.compile_blocks()
-            modes["compile"] = time_arms({n: (model, p) for n, p in PLANS.items()}, passes, args.device,
-                                         args.rounds, args.steps)
+            modes["compile"] = time_plans(model, passes, args)
         if args.device.startswith("cuda"):
             with runner.section("profile_compile"):
-                modes["compile"]["profiles"] = {n: profile_step(model, p, passes, args.device)
-                                                for n, p in PLANS.items()}
+                modes["compile"]["profiles"] = profile_plans(model, passes, args.device)
             with runner.section("step_compile_graphs"):
                 arms = {n: (CudaGraphForward(model), p) for n, p in PLANS.items()}
                 modes["compile+graphs"] = time_arms(arms, passes, args.device, args.rounds, args.steps)
@@ -342,6 +337,16 @@ def run(args, record: dict) -> None:
     record["summary"] = summary(record)
     record["seconds"] = time.perf_counter() - start
     save()
+
+
+def time_plans(model, passes, args) -> dict:
+    """The 3-branch step of `model` under every plan of PLANS, arms alternating (time_arms)."""
+    return time_arms({n: (model, p) for n, p in PLANS.items()}, passes, args.device, args.rounds, args.steps)
+
+
+def profile_plans(model, passes, device: str) -> dict:
+    """One profiled step of `model` under every plan of PLANS (kernel time by category)."""
+    return {n: profile_step(model, p, passes, device) for n, p in PLANS.items()}
 
 
 def summary(record: dict) -> dict:
