@@ -4,12 +4,11 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import warnings
 
 import pytest
 import torch
 
-from harness.core.records import REPO_ROOT, SYNTHETIC_WARNING
+from harness.core.records import SYNTHETIC_WARNING
 from harness.core.vocab import KERNEL_CATEGORIES
 from harness.profile.__main__ import main
 from harness.profile.arms import quantization_summary
@@ -18,6 +17,8 @@ from harness.profile.record import SCHEMA_VERSION, ProfileRecord, RecordError, c
 from harness.profile.render import profile_markdown
 from harness.core.tasks import TaskError
 from harness.profile.scenarios import ProfileError, load_scenario, load_scenario_task, reference_images
+
+from profile_cli import run_profile, write_scenario
 
 TINY_SCENARIO = """\
 task: tiny-edit
@@ -35,14 +36,11 @@ steps: 2
 def tiny_run(tmp_path_factory):
     """One CLI run: bf16, fp8 and the deliberately unpadded arm, on the tiny synthetic models, on the CPU."""
     root = tmp_path_factory.mktemp("profile")
-    scenario = root / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario = write_scenario(root, TINY_SCENARIO)
     out = root / "out"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
-                       "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2", "--profile-steps", "2",
-                       "--out", str(out), "--no-progress", "--trace"])
+    code = run_profile(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+                        "tiny", "--device", "cpu", "--warmup", "1", "--repeats", "2", "--profile-steps", "2",
+                        "--out", str(out), "--no-progress", "--trace"])
     return code, out, json.loads((out / "profile.json").read_text())
 
 
@@ -303,16 +301,14 @@ def test_mode_flags_that_disagree_are_refused(capsys, tmp_path):
 
 
 def test_compiled_arms_profile_their_kernels_compiled_and_check_fp8_fallbacks_eagerly(tmp_path):
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
     # Inductor's CPU code generation takes minutes on two cores; dynamo with the eager backend takes the same path
     # through the harness (blocks compiled, no layer hooks inside them, a forced-eager call for the fallback check).
     torch._dynamo.reset()
-    with warnings.catch_warnings(), torch.compiler.set_stance("default", force_backend="eager"):
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "fp8-nopad", "--mode", "compile", "--scenario", str(scenario),
-                     "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1",
-                     "--profile-steps", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+    with torch.compiler.set_stance("default", force_backend="eager"):
+        code = run_profile(["--precision", "bf16", "fp8-nopad", "--mode", "compile", "--scenario", str(scenario),
+                            "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1",
+                            "--profile-steps", "1", "--out", str(tmp_path / "out"), "--no-progress"])
     rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
     assert code == 0 and rec.settings["mode"] == "compile"
     for name, arm in rec.arms.items():
@@ -355,13 +351,10 @@ def test_unpadded_summary_splits_the_fp8_layers_by_alignment():
 
 @pytest.mark.gpu
 def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
-                       "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress",
-                       "--eager"])
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    code = run_profile(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
+                        "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress",
+                        "--eager"])
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert code == 0
     assert {a["mode"]["mode"] for a in rec["arms"].values()} == {"eager"}
@@ -380,13 +373,10 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
 
 @pytest.mark.gpu
 def test_gpu_default_is_the_fast_mode_with_kernels_profiled_without_graph_replay(tmp_path):
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "fp8", "fp8+taylorseer", "fp8+teacache", "--scenario", str(scenario),
-                     "--synthetic", "tiny", "--device", "cuda", "--steps", "8", "--repeats", "2",
-                     "--out", str(tmp_path / "out"), "--no-progress"])
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    code = run_profile(["--precision", "bf16", "fp8", "fp8+taylorseer", "fp8+teacache", "--scenario", str(scenario),
+                        "--synthetic", "tiny", "--device", "cuda", "--steps", "8", "--repeats", "2",
+                        "--out", str(tmp_path / "out"), "--no-progress"])
     rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
     assert code == 0 and rec.complete
     assert {n: a.mode["mode"] for n, a in rec.arms.items()} == {
@@ -412,13 +402,10 @@ def test_checkpoint_folder_arms_share_the_loaded_components(tmp_path):
     from omnigen2_fp8.synthetic import write_synthetic_checkpoint
 
     checkpoint = write_synthetic_checkpoint(tmp_path / "ckpt", size="tiny")
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "fp8-nopad", "--scenario", str(scenario), "--model", str(checkpoint),
-                     "--device", "cpu", "--warmup", "0", "--repeats", "1", "--profile-steps", "0",
-                     "--out", str(tmp_path / "out"), "--no-progress"])
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    code = run_profile(["--precision", "bf16", "fp8-nopad", "--scenario", str(scenario), "--model", str(checkpoint),
+                        "--device", "cpu", "--warmup", "0", "--repeats", "1", "--profile-steps", "0",
+                        "--out", str(tmp_path / "out"), "--no-progress"])
     rec = ProfileRecord.from_json(tmp_path / "out" / "profile.json")
     assert code == 0 and rec.complete and list(rec.arms) == ["bf16", "fp8-nopad"]
     # the folder's SYNTHETIC.json marker travels with the components into the record and profile.md
@@ -441,8 +428,7 @@ def test_missing_checkpoint_is_a_clear_error(capsys, tmp_path):
 
 
 def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys):
-    scenario = tmp_path / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
     # the cuBLASLt FP8 kernel cannot run on a CPU: the fp8 arm fails at load, with the fp8 package's message
     code = main(["--precision", "bf16", "fp8", "--fp8-kernel", "cublas-padded", "--scenario", str(scenario),
                    "--synthetic", "tiny", "--device", "cpu", "--steps", "1", "--repeats", "1", "--profile-steps", "0",

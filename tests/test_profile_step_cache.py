@@ -7,11 +7,12 @@ import warnings
 
 import pytest
 
-from harness.core.records import REPO_ROOT, TAYLORSEER_SYNTHETIC_NOTE, TEACACHE_SYNTHETIC_NOTE
-from harness.profile.__main__ import main
+from harness.core.records import TAYLORSEER_SYNTHETIC_NOTE, TEACACHE_SYNTHETIC_NOTE
 from harness.profile.record import ArmRecord, ProfileRecord
 from harness.profile.step_cache import StepCacheRun, summarize
 from omnigen2_fp8.caching import CallRecord, StepCacheStats
+
+from profile_cli import run_profile, write_scenario
 
 TINY_SCENARIO = """\
 task: tiny-edit
@@ -27,15 +28,12 @@ STEPS, REPEATS = 8, 2
 @pytest.fixture(scope="module")
 def cached_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("profile_cache")
-    scenario = root / "tiny.yaml"
-    scenario.write_text(TINY_SCENARIO.format(template=REPO_ROOT / "tasks" / "profile" / "_template.yaml"))
+    scenario = write_scenario(root, TINY_SCENARIO)
     out = root / "out"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = main(["--precision", "bf16", "bf16+taylorseer", "fp8+teacache", "--scenario", str(scenario),
-                     "--synthetic", "tiny",
-                     "--device", "cpu", "--warmup", "1", "--repeats", str(REPEATS), "--profile-steps", "0",
-                     "--out", str(out), "--no-progress"])
+    code = run_profile(["--precision", "bf16", "bf16+taylorseer", "fp8+teacache", "--scenario", str(scenario),
+                        "--synthetic", "tiny",
+                        "--device", "cpu", "--warmup", "1", "--repeats", str(REPEATS), "--profile-steps", "0",
+                        "--out", str(out), "--no-progress"])
     return code, out, json.loads((out / "profile.json").read_text())
 
 
