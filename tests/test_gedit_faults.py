@@ -3,7 +3,6 @@ no run reports wrong numbers with exit code 0, and bad input stops before heavy 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

@@ -39,5 +39,3 @@ def test_prompt_set_names():
     assert resolve_prompt_set("project-rubric") is PROJECT_RUBRIC
     with pytest.raises(PromptSetError, match="unknown prompt set"):
         resolve_prompt_set("vieScore2")
-from harness.gedit.judge import finish_call, parse_judge_answer
-from harness.gedit.judge_prompts import INSTRUCTION_PLACEHOLDER, PROJECT_RUBRIC, PromptSetError, resolve_prompt_set
