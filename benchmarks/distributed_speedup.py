@@ -41,6 +41,7 @@ from benchmarks._common import REPO_ROOT
 from harness.core.distributed import Shard
 from harness.core.records import read_jsonl, run_manifest, write_json_atomic
 from harness.gedit.data import GEDIT_EN_COUNTS, write_synthetic_gedit
+from harness.gedit.judge_speed import DECODE_MODES
 from harness.gedit.run_folder import DIST_REPORT, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
 
 GROUPS = sorted(GEDIT_EN_COUNTS)
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eager", action="store_true", help="without CUDA graphs (the fast mode is the default)")
     p.add_argument("--no-judge", action="store_true", help="generation only (--stage generate)")
     p.add_argument("--judge-max-new-tokens", type=int, default=64)
+    p.add_argument("--judge-decode", default="eager-reproducible", choices=DECODE_MODES,
+                   help="the judge's decode mode (default eager-reproducible: the judgements must be comparable "
+                        "across launches; eager, the harness default, is faster but not bitwise reproducible)")
     p.add_argument("--judge-batch-size", type=int, default=8,
                    help="judge calls per batch = pairs per chunk (default 8: 11 chunks of the 88 pairs to deal out)")
     p.add_argument("--budget-s", type=float, default=540,
@@ -304,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
               "--steps", str(args.steps), "--resolution", str(args.resolution), "--no-progress", "--bootstrap", "1000",
               "--stage", "generate" if args.no_judge else "all"]
     if not args.no_judge:
-        common += ["--max-new-tokens", str(args.judge_max_new_tokens), "--batch-size", str(args.judge_batch_size)]
+        common += ["--max-new-tokens", str(args.judge_max_new_tokens), "--batch-size", str(args.judge_batch_size),
+                   "--judge-decode", args.judge_decode]
     if args.device:
         common += ["--device", args.device]
     if not args.eager and args.device != "cpu":
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"tasks": args.tasks, "per_task": args.per_task, "samples": args.per_task * len(args.tasks),
                            "arms": args.arms, "steps": args.steps, "resolution": args.resolution,
                            "cuda_graphs": "--cuda-graphs" in common, "judge": not args.no_judge,
-                           "judge_max_new_tokens": args.judge_max_new_tokens,
+                           "judge_max_new_tokens": args.judge_max_new_tokens, "judge_decode": args.judge_decode,
                            "judge_batch_size": args.judge_batch_size, "omp_num_threads": threads},
               "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
                                                      "NVSHMEM_DISABLE_NVLS", "CUDA_VISIBLE_DEVICES")},

@@ -133,6 +133,9 @@ def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path)
     assert judged["identical"] and judged["same_images"] == judged["identical_answers"] == 8
     single = json.loads((reference / DIST_REPORT).read_text())
     assert single["world_size"] == 1 and single["ranks"][0]["judge"]["chunks"] == [0, 1, 2, 3]
+    # what a rerun on any number of processes shares with this one is said where the ranks are reported
+    assert report["reproducibility"] == single["reproducibility"]
+    assert report["reproducibility"]["judgements"].startswith("the same judgements for any number of processes on CPUs")
     for rank in (*report["ranks"], *single["ranks"]):  # every stage says when it ran, comparable across ranks
         for stage in ("generate", "judge"):
             assert rank["ready_unix"] <= rank[stage]["start_unix"] <= rank[stage]["end_unix"]

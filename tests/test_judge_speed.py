@@ -10,6 +10,7 @@ from harness.gedit.data import synthetic_image
 from harness.gedit.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
 from harness.gedit.judge_prompts import PROJECT_RUBRIC
+from harness.gedit.judge_speed import reproducibility
 
 # Patch grids (t, h, w) of five images: 10x14, 4x4, 3x11, 8x8 merged units give full and partial 4x4 windows.
 GRIDS = [[1, 20, 28], [1, 8, 8], [1, 6, 22], [1, 16, 16], [1, 20, 28]]
@@ -76,11 +77,36 @@ def test_fast_paths_give_the_plain_answers_token_for_token(judge_folder, calls):
                            vision_attention="per-window", decode="eager")
     plain = answers(judge, calls)
     assert len(set(plain)) > 1  # the answers differ from call to call: a meaningful comparison
-    for vision_attention, decode in [("packed", "eager"), ("packed", "static"), ("per-window", "static")]:
+    for vision_attention, decode in [("packed", "eager"), ("packed", "static"), ("per-window", "static"),
+                                     ("packed", "eager-reproducible")]:
         judge.set_speed(vision_attention, decode)
         assert answers(judge, calls) == plain, (vision_attention, decode)
     # a static cache is kept per (batch size, length) and reset: a second run gives the same answers again
     assert answers(judge, calls) == plain
+
+
+def test_reproducible_decode_runs_one_token_steps_on_the_math_attention_only(judge_folder, calls):
+    # which SDPA backends each text-attention call may use, by its query length: prefill free, decode steps math only
+    judge = QwenJudge.load(judge_folder, device="cpu", batch_size=4, max_new_tokens=4, min_new_tokens=4, max_retries=0)
+    seen: list[tuple[int, bool, bool]] = []
+    layer = judge.model.model.language_model.layers[0].self_attn
+    handle = layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+        (kwargs["hidden_states"].shape[1], torch.backends.cuda.flash_sdp_enabled(),
+         torch.backends.cuda.math_sdp_enabled())), with_kwargs=True)
+    try:
+        judge.set_speed("packed", "eager-reproducible")
+        assert judge.settings()["decode"].startswith("eager-reproducible v1")
+        judge.generate(judge.prepare(calls[:2]))
+        assert seen[0][0] > 1 and seen[0][1:] == (True, True)  # the prefill: SDPA's own choice
+        assert [s[1:] for s in seen[1:]] == [(False, True)] * 3 and all(s[0] == 1 for s in seen[1:])
+        assert torch.backends.cuda.flash_sdp_enabled()  # the context is left after each forward
+        seen.clear()
+        judge.set_speed("packed", "eager")  # switching back removes the hooks
+        assert "decode" not in judge.settings()
+        judge.generate(judge.prepare(calls[:2]))
+        assert all(s[1:] == (True, True) for s in seen) and len(seen) == 4
+    finally:
+        handle.remove()
 
 
 def test_compiled_decode_gives_the_plain_answers(judge_folder, calls):
@@ -115,7 +141,7 @@ def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
     judge.set_speed("packed", "compiled")
     assert judge.settings()["decode"].startswith("compiled v1") and "compile_backend" not in judge.settings()
     assert speed.resolve_modes(None, None) == ("packed", "eager")  # compiling costs minutes (module doc)
-    with pytest.raises(speed.JudgeSpeedError, match="unknown judge decode mode 'graphs': use one of compiled"):
+    with pytest.raises(speed.JudgeSpeedError, match="unknown judge decode mode 'graphs': use one of eager, eager-reproducible"):
         speed.resolve_modes("packed", "graphs")
     with pytest.raises(speed.JudgeSpeedError, match="vision attention 'flash'"):
         QwenJudge.load(judge_folder, device="cpu", vision_attention="flash")
@@ -141,3 +167,29 @@ def test_throughput_benchmark_dry_run_compares_the_variants(tmp_path):
     assert [v["vision_attention"] for v in result["vision_tower"]] == ["packed", "per-window"]
     assert result["vision_tower"][1]["max_abs_difference"] < 1e-5 < result["vision_tower"][1]["max_abs_feature"]
     assert result["best"]["variant"] in rows and "running" not in result
+
+
+def test_reproducibility_statement_names_the_cause_and_the_fix_on_gpus():
+    fast = reproducibility("eager", "cuda:1", served=False)
+    assert "not bitwise reproducible" in fast and "--judge-decode eager-reproducible" in fast
+    assert reproducibility("eager-reproducible", "cuda", served=False).startswith("the same judgements")
+    assert "server" in reproducibility("eager", "cuda", served=True)
+
+
+def test_determinism_benchmark_dry_run_reports_equal_runs_and_compares_files(tmp_path, capsys):
+    import json
+
+    from benchmarks.judge_determinism import main
+
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, decode in zip(files, ("eager", "eager-reproducible")):
+        assert main(["--size", "tiny", "--device", "cpu", "--samples", "2", "--batch-size", "2", "--new-tokens", "3",
+                     "--decode", decode, "--json", str(path)]) == 0
+    first, second = (json.loads(f.read_text()) for f in files)
+    assert (first["decode"], second["decode"]) == ("eager", "eager-reproducible")
+    repeat = first["conditions"]["repeat"]  # on a CPU every run is bitwise the same
+    assert repeat["batches_bitwise_equal_to_first"] == 2 and repeat["rows_with_ids_equal_to_first"] == 4
+    assert all(len(row) == 3 for batch in first["conditions"]["first"]["ids"] for row in batch)
+    capsys.readouterr()
+    assert main(["--compare", *map(str, files)]) == 0
+    assert "4/4 rows equal" in capsys.readouterr().out  # the math decode attention gives the CPU's tokens too

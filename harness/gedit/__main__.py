@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="in-process judge: packed (default; every vision window of a batch in a few attention "
                           "calls) or per-window (transformers' loop); a judge setting")
     jud.add_argument("--judge-decode", default=None, choices=DECODE_MODES,
-                     help="in-process judge: eager (default; dynamic cache), compiled (static KV cache, decode step "
+                     help="in-process judge: eager (default; dynamic cache), eager-reproducible (eager with "
+                          "one-token steps on SDPA's math attention: the same answers in every process and on every "
+                          "GPU, 1.6x slower generation measured on an H200), compiled (static KV cache, decode step "
                           "compiled into CUDA graphs: faster per token, but compiling took 220 s per process on an "
                           "H200) or static (static cache, eager); a judge setting. Judgements made before these "
                           "options used per-window + eager")

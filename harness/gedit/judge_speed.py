@@ -13,13 +13,21 @@ decode
         shapes, so one compile serves every batch size). An eager decode step of the 7B is about a thousand small
         kernels launched from Python: launch-bound at any batch size. The prefill stays eager; EOS still stops early.
     "static": the same static cache, eager (the cache alone; for checking, no speed-up expected).
-    "eager" (default): transformers' dynamic cache, eager.
+    "eager" (default): transformers' dynamic cache, eager, SDPA choosing its kernel for every attention call.
+        Not bitwise reproducible on a GPU: on an H200 (torch 2.11, transformers 5.17) the kernel SDPA picks for the
+        one-token decode steps gave other tokens from the second new token on when the same batch was decoded again
+        in the same process (2 to 5 of 64 random-judge answers kept all their token ids), while the prefill logits
+        stayed bitwise equal; torch.use_deterministic_algorithms does not change that kernel.
+    "eager-reproducible": "eager" with every one-token decode step's attention on SDPA's math backend: the same token
+        ids in every repeat, memory state, process and GPU measured (64 of 64), at 1.63x the generate time of "eager"
+        at batch 32 with 64 new tokens (the math backend runs unfused kernels over the whole cache; larger batches,
+        where the cache is larger, were not measured). results/judge_determinism_h200.json, benchmarks/judge_determinism.py.
 
 Why eager decoding is the default (H200, 7B-shaped random weights, results/judge_speed_h200.json and
 results/judge_packed_h200.json): packed + compiled reached 3.87 samples/s at batch 64 but its compilation took 220 s
 per process; packed + eager reached 3.18 samples/s at batch 256 (74 GiB peak; the auto batch size on a 141 GiB GPU)
-and 2.39 at 128, with nothing to compile. A 1212-sample run is then 6.3 min eager against 5.2 + 3.7 min compiled, and
-eager decoding has no autotuning that could pick different kernels in different processes.
+and 2.39 at 128, with nothing to compile. A 1212-sample run is then 6.3 min eager against 5.2 + 3.7 min compiled.
+"eager-reproducible" is not the default because it costs 1.6x the generation time measured, more at larger batches.
 
 The vision option is installed by swapping each vision block's attention module for `PackedVisionAttention`, which
 keeps the original's parameters (same state-dict keys): transformers' attention interface is handed one window at a
@@ -36,10 +44,11 @@ import torch
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
 
 VISION_ATTENTION_MODES = ("packed", "per-window")
-DECODE_MODES = ("compiled", "static", "eager")
+DECODE_MODES = ("eager", "eager-reproducible", "compiled", "static")
 # What each non-plain option does, as recorded in the judge's settings (bump the version on any change).
 VISION_ATTENTION_SETTINGS = {"packed": "v1: windows and images of equal length stacked, one attention call per length"}
 DECODE_SETTINGS = {
+    "eager-reproducible": "v1: dynamic cache, eager; one-token decode steps on SDPA's math backend",
     "static": "v1: StaticCache of cache_tokens() tokens, eager",
     "compiled": "v1: StaticCache of cache_tokens() tokens, decode step torch.compile'd by generate "
                 "(inductor, reduce-overhead = CUDA graphs, dynamic shapes); prefill eager",
@@ -64,6 +73,21 @@ def resolve_modes(vision_attention: str | None, decode: str | None) -> tuple[str
     if decode not in DECODE_MODES:
         raise JudgeSpeedError(f"unknown judge decode mode {decode!r}: use one of {', '.join(DECODE_MODES)}")
     return vision_attention, decode
+
+
+def reproducibility(decode: str, device: str, served: bool) -> str:
+    """What a run's judgements share with a rerun on any number of processes (recorded in distributed.json)."""
+    if served:
+        return "decided by the judge server (its kernels and batching); not checked by this harness"
+    if not str(device).startswith("cuda"):
+        return "the same judgements for any number of processes on CPUs with the same thread count"
+    if decode == "eager-reproducible":
+        return ("the same judgements for any number of processes and GPUs of one kind: one-token decode steps run "
+                "on SDPA's math attention, the batches do not depend on the world size")
+    return (f"decode {decode}: not bitwise reproducible on GPUs; SDPA's kernel for the one-token decode steps can "
+            "give other tokens when the same batch is decoded again (a rerun, another process or GPU); pass "
+            "--judge-decode eager-reproducible for the same judgements in every run (1.6x the generation time "
+            "measured on an H200)")
 
 
 def speed_settings(vision_attention: str, decode: str, compile_backend: str = COMPILE_BACKEND) -> dict:
@@ -102,6 +126,7 @@ class JudgeSpeed:
         self._cache = None
         self._compile_config = self._make_compile_config() if self.decode == "compiled" else None
         set_vision_attention(model, self.vision_attention)
+        set_decode_attention(model, "math" if self.decode == "eager-reproducible" else "sdpa")
 
     def settings(self) -> dict:
         return speed_settings(self.vision_attention, self.decode, self.compile_backend)
@@ -109,12 +134,12 @@ class JudgeSpeed:
     def no_grad(self):
         """The autograd context for generate: inference mode for the dynamic cache; plain no_grad with a static cache
         (it is reused across batches, and transformers' compiled decode step runs under no_grad)."""
-        return torch.inference_mode() if self.decode == "eager" else torch.no_grad()
+        return torch.inference_mode() if self.decode in ("eager", "eager-reproducible") else torch.no_grad()
 
     def generate_kwargs(self, batch_size: int, prompt_tokens: int, max_new_tokens: int) -> dict:
         """Extra `generate` arguments for one batch: none when eager; else a static cache (one kept per shape and
         reset, so that CUDA graphs see the same addresses) and, when compiled, the compile config."""
-        if self.decode == "eager":
+        if self.decode in ("eager", "eager-reproducible"):
             return {}
         from transformers import StaticCache  # heavy import, only where a static cache is used
 
@@ -143,6 +168,50 @@ class JudgeSpeed:
 def _cache_argument(model) -> str:
     # transformers renamed generate's/forward's `past_key_values` to `cache` (5.2x; the old name is deprecated)
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+# ---------------------------------------------------------------------------------------------- decode attention
+def set_decode_attention(model, backend: str) -> int:
+    """Run the attention of every one-token forward of `model`'s language model on SDPA's math backend ("math"), or
+    leave the choice to SDPA ("sdpa"); returns how many language models were changed. A forward pre-hook enters the
+    backend context when the forward sees one new token per sequence, and a hook that also runs on exceptions
+    leaves it, so the prefill and the vision tower keep SDPA's choice."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, Qwen2_5_VLTextModel):
+            continue
+        for handle in getattr(module, "_decode_attention_hooks", ()):
+            handle.remove()
+        module._decode_attention_hooks = ()
+        if backend == "math":
+            contexts: list = []
+
+            def enter(m, args, kwargs, contexts=contexts) -> None:
+                contexts.append(_backend_for(args, kwargs))
+
+            def leave(m, args, output, contexts=contexts) -> None:  # returns None: the output stays as it is
+                contexts.pop().__exit__(None, None, None)
+
+            module._decode_attention_hooks = (module.register_forward_pre_hook(enter, with_kwargs=True),
+                                              module.register_forward_hook(leave, always_call=True))
+        changed += 1
+    return changed
+
+
+def _backend_for(args: tuple, kwargs: dict):
+    """The entered SDPA backend context for one language-model forward: math when it has one new token per row."""
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    tokens = kwargs.get("inputs_embeds")
+    tokens = kwargs.get("input_ids") if tokens is None else tokens
+    tokens = args[0] if tokens is None and args else tokens
+    context = sdpa_kernel(SDPBackend.MATH) if tokens is not None and tokens.shape[1] == 1 else nullcontext()
+    context.__enter__()
+    return context
 
 
 # ---------------------------------------------------------------------------------------------- vision attention

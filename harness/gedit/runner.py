@@ -40,7 +40,7 @@ from harness.gedit.context import RunContext, SetupError, arm_uses_cuda_graphs, 
 from harness.gedit.generate import (arm_settings, free_pipeline, generate_samples, load_arm_pipeline,
                                     load_shared_components, release_device_memory)
 from harness.gedit.judging import Pair, check_same_on_every_rank, judge_chunks, load_judge
-from harness.gedit.judge_speed import SPEED_SETTING_KEYS
+from harness.gedit.judge_speed import SPEED_SETTING_KEYS, reproducibility, resolve_modes
 from harness.gedit.protocol import check_dataset_columns
 from harness.gedit.record import GeditSummary
 from harness.gedit.run_folder import DIST_REPORT, GENERATION_LOG, JUDGE_RUNS, JUDGEMENTS, RunFolder, sample_key
@@ -124,6 +124,11 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard, startup:
         write_json_atomic(ctx.folder.file(DIST_REPORT), {
             "synthetic": ctx.synthetic or False, "world_size": shard.world_size, "backend": shard.backend,
             "stages": list(stages), "ranks": everyone, "merged_records": merged,
+            "reproducibility": {
+                "edits": "the same edits for any number of processes: each sample's noise comes from its own seed",
+                **({"judgements": reproducibility(resolve_modes(None, ctx.judge_speed.get("decode"))[1],
+                                                  shard.device, ctx.judge_server is not None)}
+                   if "judge" in stages else {})},
             "provenance": run_manifest(synthetic=ctx.synthetic or False, device=shard.device)})
     return run_score(ctx) if "score" in stages else None
 
