@@ -131,6 +131,15 @@ def test_fast_judge_on_cuda_gives_the_plain_answers(judge_folder, calls):
     assert answers(judge, calls) == plain  # replays
 
 
+@pytest.mark.gpu
+def test_reproducible_decode_on_cuda_gives_the_same_tokens_in_every_run(judge_folder, calls):
+    # bf16, as the judge runs on a GPU; the math decode attention must give bitwise the same answers run after run
+    judge = QwenJudge.load(judge_folder, device="cuda", batch_size=6, max_new_tokens=16, max_retries=0,
+                           decode="eager-reproducible")
+    first = answers(judge, calls)
+    assert all(answers(judge, calls) == first for _ in range(3))
+
+
 def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
     judge = QwenJudge.load(judge_folder, device="cpu", max_new_tokens=4)
     assert (judge.speed.vision_attention, judge.speed.decode) == ("packed", "eager")  # the CPU defaults
