@@ -176,11 +176,12 @@ def set_decode_attention(model, backend: str) -> int:
     leave the choice to SDPA ("sdpa"); returns how many language models were changed. A forward pre-hook enters the
     backend context when the forward sees one new token per sequence, and a hook that also runs on exceptions
     leaves it, so the prefill and the vision tower keep SDPA's choice."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
-
+    # The decoder is Qwen2_5_VLTextModel since transformers 4.52; before, Qwen2_5_VLModel was the decoder itself.
+    names = {type(m).__name__ for m in model.modules()}
+    decoder = "Qwen2_5_VLTextModel" if "Qwen2_5_VLTextModel" in names else "Qwen2_5_VLModel"
     changed = 0
     for module in model.modules():
-        if not isinstance(module, Qwen2_5_VLTextModel):
+        if type(module).__name__ != decoder:
             continue
         for handle in getattr(module, "_decode_attention_hooks", ()):
             handle.remove()
