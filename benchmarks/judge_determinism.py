@@ -40,18 +40,6 @@ def prefill_logits(judge, batch) -> torch.Tensor:
     return out.logits[:, -1].float().cpu()
 
 
-def generated_ids(judge, batch) -> tuple[list[str], torch.Tensor]:
-    """judge.generate's answers and the new token ids it decoded them from."""
-    captured = []
-    decode = judge._decoder.batch_decode
-    judge._decoder.batch_decode = lambda ids, **kw: captured.append(ids.clone()) or decode(ids, **kw)
-    try:
-        answers = judge.generate(batch)
-    finally:
-        judge._decoder.batch_decode = decode
-    return answers, captured[0]
-
-
 def run_condition(judge, batches, baseline: tuple | None) -> tuple[dict, tuple]:
     logits = [prefill_logits(judge, b) for b in batches]
     answers, ids = {}, []
@@ -59,7 +47,8 @@ def run_condition(judge, batches, baseline: tuple | None) -> tuple[dict, tuple]:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for b in batches:
-        texts, new_ids = generated_ids(judge, b)
+        new_ids = judge.generate_ids(b)
+        texts = judge.decode_answers(new_ids)
         answers.update({e.call_id: a for e, a in zip(b, texts)})
         ids.append(new_ids)
     if judge.device.startswith("cuda"):

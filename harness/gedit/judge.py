@@ -236,6 +236,10 @@ class QwenJudge:
     def generate(self, batch: Sequence[batching.EncodedCall], sample_seed: int | None = None) -> list[str]:
         """Answers (decoded new tokens) for one batch of encoded calls; greedy when sample_seed is None. Stops when
         every sequence has ended (EOS) or after max_new_tokens."""
+        return self.decode_answers(self.generate_ids(batch, sample_seed))
+
+    def generate_ids(self, batch: Sequence[batching.EncodedCall], sample_seed: int | None = None) -> torch.Tensor:
+        """The new token ids of `generate` (batch, new tokens) on the CPU, padded after an answer's end."""
         inputs = batching.collate_left_padded(batch, self.tokenizer.pad_token_id)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "min_new_tokens": self.min_new_tokens or None}
@@ -250,6 +254,10 @@ class QwenJudge:
         new_tokens = out[:, inputs["input_ids"].shape[1]:].cpu()
         pad = self.tokenizer.pad_token_id
         self.last_run_stats["new_tokens"] += int((new_tokens != pad).sum()) if pad is not None else new_tokens.numel()
+        return new_tokens
+
+    def decode_answers(self, new_tokens: torch.Tensor) -> list[str]:
+        """Answer texts of `generate_ids`' rows."""
         return self._decoder.batch_decode(new_tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
     # ---- calls with retries

@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from contextlib import nullcontext
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
 
 VISION_ATTENTION_MODES = ("packed", "per-window")
 DECODE_MODES = ("eager", "eager-reproducible", "compiled", "static")
+DYNAMIC_CACHE_MODES = ("eager", "eager-reproducible")  # the others keep a static KV cache
 # What each non-plain option does, as recorded in the judge's settings (bump the version on any change).
 VISION_ATTENTION_SETTINGS = {"packed": "v1: windows and images of equal length stacked, one attention call per length"}
 DECODE_SETTINGS = {
@@ -134,12 +137,12 @@ class JudgeSpeed:
     def no_grad(self):
         """The autograd context for generate: inference mode for the dynamic cache; plain no_grad with a static cache
         (it is reused across batches, and transformers' compiled decode step runs under no_grad)."""
-        return torch.inference_mode() if self.decode in ("eager", "eager-reproducible") else torch.no_grad()
+        return torch.inference_mode() if self.decode in DYNAMIC_CACHE_MODES else torch.no_grad()
 
     def generate_kwargs(self, batch_size: int, prompt_tokens: int, max_new_tokens: int) -> dict:
         """Extra `generate` arguments for one batch: none when eager; else a static cache (one kept per shape and
         reset, so that CUDA graphs see the same addresses) and, when compiled, the compile config."""
-        if self.decode in ("eager", "eager-reproducible"):
+        if self.decode in DYNAMIC_CACHE_MODES:
             return {}
         from transformers import StaticCache  # heavy import, only where a static cache is used
 
@@ -203,10 +206,6 @@ def set_decode_attention(model, backend: str) -> int:
 
 def _backend_for(args: tuple, kwargs: dict):
     """The entered SDPA backend context for one language-model forward: math when it has one new token per row."""
-    from contextlib import nullcontext
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     tokens = kwargs.get("inputs_embeds")
     tokens = kwargs.get("input_ids") if tokens is None else tokens
     tokens = args[0] if tokens is None and args else tokens
