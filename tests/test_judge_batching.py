@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness.gedit import judge_batching as batching
-from harness.gedit.data import synthetic_image
-from harness.gedit.judge import QwenJudge, judge_calls_for_sample, qwen2_5_vl_7b_config, write_synthetic_judge
-from harness.gedit.judge_prompts import PROJECT_RUBRIC
+from harness.gedit.judge import QwenJudge, qwen2_5_vl_7b_config, write_synthetic_judge
+
+from judge_calls import sample_calls
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,7 @@ def judge(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calls():
-    out = []
-    for i, (size, instruction) in enumerate([(56, "Add a hat."), (84, "Make the sky a deep orange at dusk."),
-                                             (28, "Remove it.")]):
-        out += judge_calls_for_sample(f"s{i}", synthetic_image(i, size), synthetic_image(i + 7, size), instruction,
-                                      PROJECT_RUBRIC)
-    return out
+    return sample_calls((56, 84, 28))
 
 
 def test_collated_calls_equal_the_batch_encoding_of_the_same_calls(judge, calls):

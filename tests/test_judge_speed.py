@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from harness.gedit import judge_speed as speed
-from harness.gedit.data import synthetic_image
-from harness.gedit.judge import QwenJudge, judge_calls_for_sample, write_synthetic_judge
+from harness.gedit.judge import QwenJudge, write_synthetic_judge
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
-from harness.gedit.judge_prompts import PROJECT_RUBRIC
 from harness.gedit.judge_speed import reproducibility
+
+from judge_calls import sample_calls
 
 # Patch grids (t, h, w) of five images: 10x14, 4x4, 3x11, 8x8 merged units give full and partial 4x4 windows.
 GRIDS = [[1, 20, 28], [1, 8, 8], [1, 6, 22], [1, 16, 16], [1, 20, 28]]
@@ -60,12 +60,7 @@ def judge_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calls():
-    out = []
-    for i, (size, instruction) in enumerate([(112, "Add a hat."), (84, "Make the sky a deep orange at dusk."),
-                                             (56, "Remove it.")]):
-        out += judge_calls_for_sample(f"s{i}", synthetic_image(i, size), synthetic_image(i + 7, size), instruction,
-                                      PROJECT_RUBRIC)
-    return out
+    return sample_calls((112, 84, 56))
 
 
 def answers(judge: QwenJudge, calls) -> list[str]:
