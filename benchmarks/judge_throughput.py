@@ -3,7 +3,8 @@ speed options side by side, GEdit-shaped calls, every answer forced to exactly `
 VIEScore answer length; a random judge never stops by itself).
 
 Variants (`harness.gedit.judge_speed`): "fast" = packed vision attention + compiled decoding (the CUDA default),
-"packed-vision" = packed vision attention + eager decoding, "plain" = transformers' per-window vision attention +
+"packed-vision" = packed vision attention + eager decoding, "packed-reproducible" = the same with the reproducible
+decode attention (harness.gedit.decode_attention), "plain" = transformers' per-window vision attention +
 eager decoding (the judge before the speed options). The first variant is measured at every `--batch-sizes` and
 `--first-variant-batch-sizes` entry, the others at every `--batch-sizes` entry, in that order, while `--budget-s` has
 time left (what is skipped is recorded as skipped).
@@ -43,7 +44,8 @@ from harness.gedit.judge_prompts import PROJECT_RUBRIC  # noqa: E402
 from harness.gedit.protocol import area_fit_size  # noqa: E402
 
 TARGET_SAMPLES_PER_S = 3.0  # issue 17: a 1212-sample run judged in under 7 minutes
-VARIANTS = {"fast": ("packed", "compiled"), "packed-vision": ("packed", "eager"), "plain": ("per-window", "eager")}
+VARIANTS = {"fast": ("packed", "compiled"), "packed-vision": ("packed", "eager"),
+            "packed-reproducible": ("packed", "eager-reproducible"), "plain": ("per-window", "eager")}
 # GEdit source images are about 512^2 with various aspect ratios; OmniGen2 edits follow the input size.
 SOURCE_SIZES = [(512, 512), (640, 480), (480, 640), (576, 448), (448, 576), (680, 384)]
 INSTRUCTIONS = ["Change the color of the car to red.", "Add a small wooden boat on the lake.",

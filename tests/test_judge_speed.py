@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.gedit import judge_speed as speed
+from harness.gedit import decode_attention, judge_speed as speed
 from harness.gedit.judge import QwenJudge, write_synthetic_judge
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
 from harness.gedit.judge_speed import reproducibility
@@ -80,28 +80,54 @@ def test_fast_paths_give_the_plain_answers_token_for_token(judge_folder, calls):
     assert answers(judge, calls) == plain
 
 
-def test_reproducible_decode_runs_one_token_steps_on_the_math_attention_only(judge_folder, calls):
-    # which SDPA backends each text-attention call may use, by its query length: prefill free, decode steps math only
+def test_reproducible_decode_sends_one_token_steps_through_the_grouped_attention_only(judge_folder, calls,
+                                                                                      monkeypatch):
+    # which attention function each text-attention call uses, by query length: the prefill keeps transformers' SDPA
+    # function, decode steps the grouped GEMMs; the vision tower keeps its own name
     judge = QwenJudge.load(judge_folder, device="cpu", batch_size=4, max_new_tokens=4, min_new_tokens=4, max_retries=0)
-    seen: list[tuple[int, bool, bool]] = []
-    layer = judge.model.model.language_model.layers[0].self_attn
-    handle = layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
-        (kwargs["hidden_states"].shape[1], torch.backends.cuda.flash_sdp_enabled(),
-         torch.backends.cuda.math_sdp_enabled())), with_kwargs=True)
-    try:
-        judge.set_speed("packed", "eager-reproducible")
-        assert judge.settings()["decode"].startswith("eager-reproducible v1")
-        judge.generate(judge.prepare(calls[:2]))
-        assert seen[0][0] > 1 and seen[0][1:] == (True, True)  # the prefill: SDPA's own choice
-        assert [s[1:] for s in seen[1:]] == [(False, True)] * 3 and all(s[0] == 1 for s in seen[1:])
-        assert torch.backends.cuda.flash_sdp_enabled()  # the context is left after each forward
-        seen.clear()
-        judge.set_speed("packed", "eager")  # switching back removes the hooks
-        assert "decode" not in judge.settings()
-        judge.generate(judge.prepare(calls[:2]))
-        assert all(s[1:] == (True, True) for s in seen) and len(seen) == 4
-    finally:
-        handle.remove()
+    seen: list[tuple[int, int]] = []
+    real = decode_attention.grouped_decode_attention
+
+    def counting(query, *args):
+        seen.append(query.shape[2])
+        return real(query, *args)
+
+    monkeypatch.setattr(decode_attention, "grouped_decode_attention", counting)
+    judge.set_speed("packed", "eager-reproducible")
+    assert judge.settings()["decode"].startswith("eager-reproducible v2")
+    text_config = judge.model.model.language_model.config
+    assert text_config._attn_implementation == decode_attention.ATTENTION_NAME
+    assert judge.model.model.visual.config._attn_implementation == "sdpa"
+    judge.generate(judge.prepare(calls[:2]))
+    layers = len(judge.model.model.language_model.layers)
+    assert seen == [1] * (3 * layers)  # 4 new tokens: 1 from the prefill, 3 decode steps through every layer
+    seen.clear()
+    judge.set_speed("packed", "eager")  # switching back restores transformers' attention
+    assert text_config._attn_implementation == "sdpa" and "decode" not in judge.settings()
+    judge.generate(judge.prepare(calls[:2]))
+    assert seen == []
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_grouped_decode_attention_is_sdpa_with_repeated_key_value_heads(mask_kind):
+    torch.manual_seed(0)
+    batch, q_heads, kv_heads, length, dim = 3, 6, 2, 11, 16
+    query = torch.randn(batch, q_heads, 1, dim, dtype=torch.float64)
+    key, value = (torch.randn(batch, kv_heads, length, dim, dtype=torch.float64) for _ in range(2))
+    keep = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    keep[0, ..., :4] = False  # left padding of the first row
+    keep[2, ..., :1] = False
+    mask = {"none": None, "bool": keep,
+            "float": torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, float("-inf"))}[mask_kind]
+    got = decode_attention.grouped_decode_attention(query, key, value, mask, scaling=0.3)
+    repeat = q_heads // kv_heads  # transformers' repeat_kv: query head h reads key/value head h // repeat
+    want = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1),
+        attn_mask=None if mask is None else keep, scale=0.3).transpose(1, 2)
+    assert got.shape == (batch, 1, q_heads, dim)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="one query token"):
+        decode_attention.grouped_decode_attention(query.expand(-1, -1, 2, -1), key, value, None, 0.3)
 
 
 def test_compiled_decode_gives_the_plain_answers(judge_folder, calls):
@@ -128,7 +154,7 @@ def test_fast_judge_on_cuda_gives_the_plain_answers(judge_folder, calls):
 
 @pytest.mark.gpu
 def test_reproducible_decode_on_cuda_gives_the_same_tokens_in_every_run(judge_folder, calls):
-    # bf16, as the judge runs on a GPU; the math decode attention must give bitwise the same answers run after run
+    # bf16, as the judge runs on a GPU; the grouped decode attention must give bitwise the same answers run after run
     judge = QwenJudge.load(judge_folder, device="cuda", batch_size=6, max_new_tokens=16, max_retries=0,
                            decode="eager-reproducible")
     first = answers(judge, calls)

@@ -18,16 +18,13 @@ decode
         one-token decode steps gave other tokens from the second new token on when the same batch was decoded again
         in the same process (2 to 5 of 64 random-judge answers kept all their token ids), while the prefill logits
         stayed bitwise equal; torch.use_deterministic_algorithms does not change that kernel.
-    "eager-reproducible": "eager" with every one-token decode step's attention on SDPA's math backend: the same token
-        ids in every repeat, memory state, process and GPU measured (64 of 64), at 1.63x the generate time of "eager"
-        at batch 32 with 64 new tokens (the math backend runs unfused kernels over the whole cache; larger batches,
-        where the cache is larger, were not measured). results/judge_determinism_h200.json, benchmarks/judge_determinism.py.
+    "eager-reproducible": "eager" with every one-token decode step's attention as two batched GEMMs per layer
+        (harness.gedit.decode_attention): the same token ids in every repeat, memory state, process and GPU.
 
 Why eager decoding is the default (H200, 7B-shaped random weights, results/judge_speed_h200.json and
 results/judge_packed_h200.json): packed + compiled reached 3.87 samples/s at batch 64 but its compilation took 220 s
 per process; packed + eager reached 3.18 samples/s at batch 256 (74 GiB peak; the auto batch size on a 141 GiB GPU)
 and 2.39 at 128, with nothing to compile. A 1212-sample run is then 6.3 min eager against 5.2 + 3.7 min compiled.
-"eager-reproducible" is not the default because it costs 1.6x the generation time measured, more at larger batches.
 
 The vision option is installed by swapping each vision block's attention module for `PackedVisionAttention`, which
 keeps the original's parameters (same state-dict keys): transformers' attention interface is handed one window at a
@@ -37,12 +34,11 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from contextlib import nullcontext
 from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from harness.gedit.decode_attention import set_decode_attention
 from harness.gedit.judge_batching import PROMPT_TOKENS_BOUND
 
 VISION_ATTENTION_MODES = ("packed", "per-window")
@@ -51,7 +47,8 @@ DYNAMIC_CACHE_MODES = ("eager", "eager-reproducible")  # the others keep a stati
 # What each non-plain option does, as recorded in the judge's settings (bump the version on any change).
 VISION_ATTENTION_SETTINGS = {"packed": "v1: windows and images of equal length stacked, one attention call per length"}
 DECODE_SETTINGS = {
-    "eager-reproducible": "v1: dynamic cache, eager; one-token decode steps on SDPA's math backend",
+    "eager-reproducible": "v2: dynamic cache, eager; one-token decode steps as grouped-query bmm attention with float32 "
+                          "scores and softmax (harness.gedit.decode_attention)",
     "static": "v1: StaticCache of cache_tokens() tokens, eager",
     "compiled": "v1: StaticCache of cache_tokens() tokens, decode step torch.compile'd by generate "
                 "(inductor, reduce-overhead = CUDA graphs, dynamic shapes); prefill eager",
@@ -86,7 +83,7 @@ def reproducibility(decode: str, device: str, served: bool) -> str:
         return "the same judgements for any number of processes on CPUs with the same thread count"
     if decode == "eager-reproducible":
         return ("the same judgements for any number of processes and GPUs of one kind: one-token decode steps run "
-                "on SDPA's math attention, the batches do not depend on the world size")
+                "as grouped-query GEMMs (harness.gedit.decode_attention), the batches do not depend on the world size")
     return (f"decode {decode}: not bitwise reproducible on GPUs; SDPA's kernel for the one-token decode steps can "
             "give other tokens when the same batch is decoded again (a rerun, another process or GPU); pass "
             "--judge-decode eager-reproducible for the same judgements in every run (1.6x the generation time "
@@ -129,7 +126,7 @@ class JudgeSpeed:
         self._cache = None
         self._compile_config = self._make_compile_config() if self.decode == "compiled" else None
         set_vision_attention(model, self.vision_attention)
-        set_decode_attention(model, "math" if self.decode == "eager-reproducible" else "sdpa")
+        set_decode_attention(model, reproducible=self.decode == "eager-reproducible")
 
     def settings(self) -> dict:
         return speed_settings(self.vision_attention, self.decode, self.compile_backend)
@@ -171,47 +168,6 @@ class JudgeSpeed:
 def _cache_argument(model) -> str:
     # transformers renamed generate's/forward's `past_key_values` to `cache` (5.2x; the old name is deprecated)
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-# ---------------------------------------------------------------------------------------------- decode attention
-def set_decode_attention(model, backend: str) -> int:
-    """Run the attention of every one-token forward of `model`'s language model on SDPA's math backend ("math"), or
-    leave the choice to SDPA ("sdpa"); returns how many language models were changed. A forward pre-hook enters the
-    backend context when the forward sees one new token per sequence, and a hook that also runs on exceptions
-    leaves it, so the prefill and the vision tower keep SDPA's choice."""
-    # The decoder is Qwen2_5_VLTextModel since transformers 4.52; before, Qwen2_5_VLModel was the decoder itself.
-    names = {type(m).__name__ for m in model.modules()}
-    decoder = "Qwen2_5_VLTextModel" if "Qwen2_5_VLTextModel" in names else "Qwen2_5_VLModel"
-    changed = 0
-    for module in model.modules():
-        if type(module).__name__ != decoder:
-            continue
-        for handle in getattr(module, "_decode_attention_hooks", ()):
-            handle.remove()
-        module._decode_attention_hooks = ()
-        if backend == "math":
-            contexts: list = []
-
-            def enter(m, args, kwargs, contexts=contexts) -> None:
-                contexts.append(_backend_for(args, kwargs))
-
-            def leave(m, args, output, contexts=contexts) -> None:  # returns None: the output stays as it is
-                contexts.pop().__exit__(None, None, None)
-
-            module._decode_attention_hooks = (module.register_forward_pre_hook(enter, with_kwargs=True),
-                                              module.register_forward_hook(leave, always_call=True))
-        changed += 1
-    return changed
-
-
-def _backend_for(args: tuple, kwargs: dict):
-    """The entered SDPA backend context for one language-model forward: math when it has one new token per row."""
-    tokens = kwargs.get("inputs_embeds")
-    tokens = kwargs.get("input_ids") if tokens is None else tokens
-    tokens = args[0] if tokens is None and args else tokens
-    context = sdpa_kernel(SDPBackend.MATH) if tokens is not None and tokens.shape[1] == 1 else nullcontext()
-    context.__enter__()
-    return context
 
 
 # ---------------------------------------------------------------------------------------------- vision attention
