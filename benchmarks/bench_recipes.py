@@ -1,7 +1,10 @@
 """Precision recipes x execution modes, side by side in one process, through the real edit pipeline.
 
-Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant word `normquant` (the
-FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan, forced with `dispatch.use_plan`);
+Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant words, forced with
+`dispatch.use_plan`: `normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel
+plan) and `rowwise` (compiled FP8 GEMMs keep cuBLASLt's row-wise scaling instead of the tensor-wise GEMM with the
+scales fused into the consumer: the library before `KernelPlan.epilogue_scales`). `--launch-json` (a sweep's winners
+from bench_fp8_layers) sets the quantization kernel's launches of every FP8 layer.
 modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
 graph), compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
+import json
 import sys
 import time
 import traceback
@@ -42,6 +47,7 @@ from omnigen2_fp8.modes import CUDA_DEFAULT_MODE, EAGER_MODE
 from omnigen2_fp8.fp8 import Fp8Linear, Kernel, quantize_fp8
 from omnigen2_fp8.fp8.attention import Fp8Sdpa
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan
+from omnigen2_fp8.fp8.kernels import LaunchConfig
 from omnigen2_fp8.fp8.fused_block import unfused_blocks
 from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.pipeline import OmniGen2Pipeline
@@ -55,7 +61,8 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+normquant", "fp8+normquant+fp8attn")
-NORMQUANT = "normquant"  # this benchmark's variant word, not a library recipe part
+NORMQUANT, ROWWISE = "normquant", "rowwise"  # this benchmark's variant words, not library recipe parts
+VARIANT_WORDS = (NORMQUANT, ROWWISE)
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -95,28 +102,41 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def split_recipe(name: str) -> tuple[Recipe, bool]:
-    """A benchmark recipe name -> (the library recipe, whether the normquant variant is on)."""
+def split_recipe(name: str) -> tuple[Recipe, set[str]]:
+    """A benchmark recipe name -> (the library recipe, its variant words)."""
     words = name.split("+")
-    recipe = parse_recipe("+".join(w for w in words if w != NORMQUANT))
-    if NORMQUANT in words and not recipe.quantized:
-        raise RecipeError(f"{name!r}: {NORMQUANT} changes FP8 layers; use it on an fp8 recipe")
-    return recipe, NORMQUANT in words
+    recipe = parse_recipe("+".join(w for w in words if w not in VARIANT_WORDS))
+    variants = {w for w in words if w in VARIANT_WORDS}
+    if variants and not recipe.quantized:
+        raise RecipeError(f"{name!r}: {', '.join(sorted(variants))} changes FP8 layers; use it on an fp8 recipe")
+    return recipe, variants
 
 
-def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtype,
+                 launch: LaunchConfig | None = None) -> dict[str, torch.nn.Module]:
     """One DiT per recipe (eager), all from the same random weights; compile arms get their own copies."""
     base = synthetic.build_transformer(preset, device, dtype, seed=0)
     models = {}
     for name in recipes:
-        recipe, normquant = split_recipe(name)
+        recipe, variants = split_recipe(name)
         model = base if not recipe.quantized else copy.deepcopy(base)
         if recipe.quantized:
             quantize_fp8(model, recipe.fp8_config())
-        if normquant:
+        if NORMQUANT in variants:
             quantize_after_norms_in_graph(model)
+        if ROWWISE in variants:
+            replace_plans(model, epilogue_scales=False)
+        if launch is not None and recipe.quantized:
+            replace_plans(model, launch=launch)
         models[name] = model
     return models
+
+
+def replace_plans(model: torch.nn.Module, **changes) -> None:
+    """Force on every FP8 layer its current kernel plan with `changes` (KernelPlan fields) applied."""
+    for module in model.modules():
+        if isinstance(module, Fp8Linear) and module.weight.is_cuda:  # CPU layers run the reference plan
+            module.use_plan(dataclasses.replace(module.kernel_plan(), **changes))
 
 
 def quantize_after_norms_in_graph(model: torch.nn.Module) -> None:
@@ -130,11 +150,11 @@ def quantize_after_norms_in_graph(model: torch.nn.Module) -> None:
 
 
 def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = "full",
-               only: set[str] | None = None) -> list[Arm]:
+               only: set[str] | None = None, launch: LaunchConfig | None = None) -> list[Arm]:
     """An OmniGen2Pipeline per (recipe, mode) sharing the MLLM, VAE and tokenizer; compile modes share a copy.
     preset "tiny" (float32, CPU) only smoke-tests this script."""
     dtype = torch.bfloat16 if preset == "full" else torch.float32
-    models = build_models(recipes, device, preset, dtype)
+    models = build_models(recipes, device, preset, dtype, launch)
     components = synthetic.build_components(preset, device, dtype, seed=0)
     arms = []
     for recipe in recipes:
@@ -374,7 +394,12 @@ def run(args, record: dict) -> None:
     # budget of 8 compiled versions per function, later variants would silently run eager.
     torch._dynamo.config.recompile_limit = 64
     start = time.perf_counter()
-    arms = build_arms(args.recipes, args.modes, args.device, args.preset, set(args.arms or ()))
+    launch = None
+    if args.launch_json:
+        table = json.loads(args.launch_json.read_text())["launch"]
+        launch = LaunchConfig.from_table({(k, bool(swiglu)): tuple(rest) for k, swiglu, *rest in table})
+        record["settings"]["quant_launch"] = table
+    arms = build_arms(args.recipes, args.modes, args.device, args.preset, set(args.arms or ()), launch)
     record["build_s"] = time.perf_counter() - start
     print(f"built {len(arms)} arms in {record['build_s']:.1f} s; {allocated() / 2**30:.1f} GiB", flush=True)
     for size in args.sizes:
@@ -421,7 +446,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help=f"recipes (library names, plus the variant word {NORMQUANT!r}); default {RECIPES}")
+                        help=f"recipes (library names, plus the variant words {VARIANT_WORDS}); default {RECIPES}")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per size (arms alternate)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="denoising steps per timed call")
@@ -436,6 +461,8 @@ def main() -> int:
     parser.add_argument("--profile", nargs="*", choices=MODES, default=None,
                         help="kernel categories of one step for the arms of these modes (default: none; "
                              "bare --profile: compile)")
+    parser.add_argument("--launch-json", type=Path, default=None,
+                        help="quantization-kernel launches of every FP8 layer: bench_fp8_layers --launch-out's table")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preset", choices=("full", "tiny"), default="full",
                         help="tiny: float32 toy models with sides / 8, a CPU smoke test of this script only")
