@@ -445,6 +445,9 @@ class Attention(nn.Module):
         k = self.norm_k(k.unflatten(-1, (self.kv_heads, self.head_dim)))
         v = v.unflatten(-1, (self.kv_heads, self.head_dim))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        project = getattr(self.sdpa, "attend_and_project", None)  # a core may feed the projection itself (FP8)
+        if project is not None:
+            return project(q, k, v, mask, self.to_out[0])
         return self.to_out[0](self.sdpa(q, k, v, mask))
 
 

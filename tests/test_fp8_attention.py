@@ -71,6 +71,37 @@ def test_swap_runs_emulated_on_cpu_and_masked_batches_fall_back_exactly():
     assert torch.equal(core(q, k, v, mask), grouped_attention(q, k, v, mask))
 
 
+def test_fp8_output_projection_takes_the_attention_output_as_it_is():
+    # O8 (e4m3, one descale) into the FP8 projection: the exact product of the values attention returned, without
+    # the per-token requantization of the dequantized path, which adds its own rounding
+    from omnigen2_fp8.fp8.fused_block import unfused_blocks
+
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    quantize_fp8(model, Fp8Config(attention="fp8"))
+    attn = model.layers[0].attn
+    core, to_out = attn.sdpa, attn.to_out[0]
+    assert core.projects_directly(to_out)
+    g = torch.Generator().manual_seed(4)
+    ones = torch.ones(20)
+    q, k = normed_heads(g, 1, 12, 6, ones), normed_heads(g, 1, 12, 2, ones)
+    v = torch.randn(1, 12, 2, 20, generator=g)
+    o8, descale = core.attend_quantized(quantize_heads_static(q, core.q_descale, 32),
+                                        quantize_heads_static(k, core.k_descale, 32), v)
+    exact = (o8[..., :20].double() * descale.double()).flatten(2) @ (
+        to_out.weight.double()[: to_out.out_features, : to_out.in_features] * to_out.weight_scale.double()[
+            : to_out.out_features, None]).t()
+    direct = core.attend_and_project(q, k, v, None, to_out)
+    assert direct.shape == (1, 12, to_out.out_features)
+    assert rel(direct, exact) < 1e-6  # float32 output of an exact (emulated) GEMM of the same e4m3 values
+    with unfused_blocks(model):  # module by module: the core's forward, then the projection's own quantization
+        assert not core.projects_directly(to_out)
+        requantized = core.attend_and_project(q, k, v, None, to_out)
+    assert core.projects_directly(to_out)
+    assert 1e-4 < rel(requantized, exact) < 0.1
+    masked = torch.ones(1, 1, 1, 12, dtype=torch.bool)
+    assert torch.equal(core.attend_and_project(q, k, v, masked, to_out), to_out(core(q, k, v, masked)))
+
+
 def test_without_cudnn_support_the_model_keeps_bf16_attention_and_says_why():
     model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
     swapped, reason = enable_fp8_attention(model)  # not emulated: needs cuDNN on a GPU

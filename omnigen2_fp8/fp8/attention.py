@@ -8,7 +8,9 @@ Numerics (what cuDNN's FP8 SDPA computes, and `fp8_attention_reference` emulates
 Scales: s_q, s_k static, from the QK-norm weights (`qk_descale_bound`: no pass over q and k); s_v = absmax(v) / 448,
 computed on the device (no host sync, graph capturable).
 Head dim 120 is padded to 128 (cuDNN needs a multiple of 16); the padding is zero, so scores are unchanged.
-On Hopper cuDNN returns O in e4m3; it is dequantized here (and the padding dropped) for the output projection.
+On Hopper cuDNN returns O in e4m3. An FP8 output projection takes it as it is (`attend_and_project`): the head padding
+is dropped by a byte copy and O's per-tensor descale s_v joins the GEMM's scales, so O is quantized once (no
+dequantize-to-BF16 and per-token requantize pass); otherwise O is dequantized for the projection.
 
 Measured error: see benchmarks/bench_fp8_attention.py (per layer and end to end against BF16 attention).
 Without cuDNN FP8 support (no CUDA, a GPU before Hopper, nvidia-cudnn-frontend missing, a graph cuDNN refuses)
@@ -215,13 +217,47 @@ class Fp8Sdpa(nn.Module):
         """Unmasked FP8 attention on q and k already in e4m3 with this module's static descales and padded head
         dim (the fused QK-norm + RoPE kernel writes them so): q8 [B, L, Hq, Dp], k8 [B, L, Hkv, Dp], v
         [B, L, Hkv, D] -> [B, L, Hq * D] in v's dtype."""
+        o8, descale = self.attend_quantized(q8, k8, v)
+        return dequantize_heads(o8, descale, self.head_dim, v.dtype)
+
+    def attend_quantized(self, q8: torch.Tensor, k8: torch.Tensor,
+                         v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward_quantized` up to cuDNN's output: (O8 e4m3 [B, L, Hq, Dp], its float32 descale [1, 1, 1, 1])."""
         dq, dk = self.q_descale, self.k_descale
         v8, dv = quantize_heads(v, self.head_dim_padded)  # v has no norm: its scale comes from its absmax
         if self.emulate:
-            o8 = fp8_attention_reference(q8, k8, v8, dq, dk, dv, self.head_dim)
-        else:
-            o8 = torch.ops.omnigen2_fp8.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, self.head_dim)
-        return dequantize_heads(o8, dv, self.head_dim, v.dtype)
+            return fp8_attention_reference(q8, k8, v8, dq, dk, dv, self.head_dim), dv
+        return torch.ops.omnigen2_fp8.cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, self.head_dim), dv
+
+    # Module-by-module studies turn this off (fused_block.unfused_blocks): forward hooks on this module then see
+    # its dequantized output on every path.
+    direct_projection = True
+
+    def projects_directly(self, out_proj: nn.Module) -> bool:
+        """Can `out_proj` take this core's e4m3 output as it is (an FP8 layer over all heads, without bias)?"""
+        return (self.direct_projection and getattr(out_proj, "is_fp8", False) and out_proj.bias is None
+                and out_proj.in_features % self.head_dim == 0)
+
+    def attend_and_project(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                           out_proj: nn.Module) -> torch.Tensor:
+        """out_proj(attention(q, k, v)): [B, L, H, D] inputs -> [B, L, out_features]. With an FP8 `out_proj`, O8
+        goes into its GEMM as it is (`project`)."""
+        if mask is not None or not self.projects_directly(out_proj):
+            return out_proj(self(q, k, v, mask))
+        q8 = quantize_heads_static(q, self.q_descale, self.head_dim_padded)
+        k8 = quantize_heads_static(k, self.k_descale, self.head_dim_padded)
+        return self.project(*self.attend_quantized(q8, k8, v), out_proj, v.dtype)
+
+    def project(self, o8: torch.Tensor, descale: torch.Tensor, out_proj: nn.Module,
+                dtype: torch.dtype) -> torch.Tensor:
+        """The FP8 output projection of O8 [B, L, H, Dp] (descale [1, 1, 1, 1]) -> [B, L, out_features] in dtype:
+        the head padding dropped and the input width padded to the layer's, as bytes (e4m3 copies exactly);
+        O's per-tensor descale is the activation scale of the GEMM."""
+        b, seq, heads, _ = o8.shape
+        rows = o8.view(torch.uint8)[..., : self.head_dim].reshape(b * seq, heads * self.head_dim)
+        pad = out_proj.in_padded - rows.shape[1]
+        x8 = (F.pad(rows, (0, pad)) if pad else rows.contiguous()).view(FP8_DTYPE)
+        return out_proj.forward_quantized(x8, descale.reshape(1, 1), dtype).view(b, seq, -1)
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim} (padded {self.head_dim_padded}), q/k/v/P/O e4m3 per tensor, "

@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .attention import dequantize_heads
 from .config import ActivationGranularity
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
@@ -55,22 +56,25 @@ def fused_block_forward(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | 
 
 def _attention(attn: nn.Module, plan, xq: torch.Tensor, x_scale: torch.Tensor, lead: tuple[int, int],
                mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Attention from the quantized input rows: -> to_out's padded output [N, L, Dp] (read the first D columns)."""
+    """Attention from the quantized input rows: -> to_out's output [N, L, D], or its padded [N, L, Dp] (the caller
+    reads the first D columns)."""
     hd, kv = attn.heads * attn.head_dim, attn.kv_heads * attn.head_dim
     qkv = attn.to_qkv.forward_quantized(xq, x_scale, dtype, keep_padding=True).view(*lead, -1)
     q = qkv[..., :hd].unflatten(-1, (attn.heads, attn.head_dim))
     k = qkv[..., hd: hd + kv].unflatten(-1, (attn.kv_heads, attn.head_dim))
     v = qkv[..., hd + kv: hd + 2 * kv].unflatten(-1, (attn.kv_heads, attn.head_dim))
     norms = (attn.norm_q.weight, attn.norm_k.weight, cos, sin, attn.norm_q.eps, attn.norm_k.eps)
-    sdpa = attn.sdpa
+    sdpa, to_out = attn.sdpa, attn.to_out[0]
     if getattr(sdpa, "is_fp8_attention", False) and mask is None:
         # FP8 attention: the kernel writes q and k as e4m3 with the core's static scales and padded head dim.
         q8, k8 = plan.qk_norm_rope(q, k, *norms, sdpa.q_descale, sdpa.k_descale, sdpa.head_dim_padded)
-        out = sdpa.forward_quantized(q8, k8, v)
+        o8, o_descale = sdpa.attend_quantized(q8, k8, v)
+        if sdpa.projects_directly(to_out):  # O8 goes into the projection as it is: [N, L, D]
+            return sdpa.project(o8, o_descale, to_out, dtype).view(*lead, -1)
+        out = dequantize_heads(o8, o_descale, sdpa.head_dim, dtype)
     else:
         q, k = plan.qk_norm_rope(q, k, *norms)
         out = sdpa(q, k, v, mask)
-    to_out = attn.to_out[0]
     oq, o_scale = to_out.quantize_input(out.reshape(-1, hd))
     return to_out.forward_quantized(oq, o_scale, dtype, keep_padding=True).view(*lead, -1)
 
@@ -109,15 +113,22 @@ def install_fused_blocks(model: nn.Module) -> tuple[list[str], dict[str, str]]:
 
 @contextlib.contextmanager
 def unfused_blocks(model: nn.Module) -> Iterator[None]:
-    """Run every block of `model` unfused inside the context, whatever its plans: the fused path calls the
-    attention core's and the layers' entry points directly, so forward hooks on those modules (per-layer error
-    studies) fire only on the unfused path."""
+    """Run every block of `model` unfused inside the context, whatever its plans, and every FP8 attention core
+    through its forward (dequantized output, then the projection): the fused path and the direct projection call
+    the attention core's and the layers' entry points directly, so forward hooks on those modules (per-layer error
+    studies) fire only on this path."""
     blocks = [m for m in model.modules() if hasattr(m, "forward_unfused")]
+    cores = [m for m in model.modules() if getattr(m, "is_fp8_attention", False)]
     saved = [block.fused_forward for block in blocks]
+    saved_cores = [core.direct_projection for core in cores]
     for block in blocks:
         block.fused_forward = None
+    for core in cores:
+        core.direct_projection = False
     try:
         yield
     finally:
         for block, fused in zip(blocks, saved):
             block.fused_forward = fused
+        for core, direct in zip(cores, saved_cores):
+            core.direct_projection = direct
