@@ -2,8 +2,8 @@
 
 Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant words, forced with
 `dispatch.use_plan`: `normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel
-plan) and `rowwise` (compiled FP8 GEMMs keep cuBLASLt's row-wise scaling instead of the tensor-wise GEMM with the
-scales fused into the consumer: the library before `KernelPlan.epilogue_scales`). `--launch-json` (a sweep's winners
+plan) and `epilogue` (compiled FP8 GEMMs run tensor-wise with the scales applied by the consumer,
+`KernelPlan.epilogue_scales`). `--launch-json` (a sweep's winners
 from bench_fp8_layers) sets the quantization kernel's launches of every FP8 layer.
 modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
 graph), compile+graphs.
@@ -61,8 +61,8 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+normquant", "fp8+normquant+fp8attn")
-NORMQUANT, ROWWISE = "normquant", "rowwise"  # this benchmark's variant words, not library recipe parts
-VARIANT_WORDS = (NORMQUANT, ROWWISE)
+NORMQUANT, EPILOGUE = "normquant", "epilogue"  # this benchmark's variant words, not library recipe parts
+VARIANT_WORDS = (NORMQUANT, EPILOGUE)
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -124,8 +124,8 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
             quantize_fp8(model, recipe.fp8_config())
         if NORMQUANT in variants:
             quantize_after_norms_in_graph(model)
-        if ROWWISE in variants:
-            replace_plans(model, epilogue_scales=False)
+        if EPILOGUE in variants:
+            replace_plans(model, epilogue_scales=True)
         if launch is not None and recipe.quantized:
             replace_plans(model, launch=launch)
         models[name] = model

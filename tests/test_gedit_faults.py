@@ -96,11 +96,11 @@ def test_judge_settings_are_checked_on_resume_and_the_summary_keeps_the_records_
     assert main([*BASE, "--out", str(copy), "--stage", "judge", "--batch-size", "3"]) == 2
     assert f"batch_size: {recorded['batch_size']} -> 3" in capsys.readouterr().err
     # the speed options are settings too; the plain path records none (as judges did before the options existed)
-    assert recorded["vision_attention"].startswith("packed") and "decode" not in recorded  # the CPU defaults
+    assert recorded["vision_attention"].startswith("packed") and recorded["decode"].startswith("eager-reproducible")
     assert main([*BASE, "--out", str(copy), "--stage", "all", "--judge-vision-attention", "per-window"]) == 2
     assert f"vision_attention: {recorded['vision_attention']!r} -> None" in capsys.readouterr().err
-    assert main([*BASE, "--out", str(copy), "--stage", "judge", "--judge-decode", "static"]) == 2
-    assert "decode: None -> 'static v1" in capsys.readouterr().err
+    assert main([*BASE, "--out", str(copy), "--stage", "judge", "--judge-decode", "eager"]) == 2
+    assert f"decode: {recorded['decode']!r} -> None" in capsys.readouterr().err
     assert (copy / "judgements.jsonl").read_text() == before
     assert main([*BASE, "--out", str(copy), "--stage", "score", "--steps", "30", "--seed", "5"]) == 0
     summary = _summary(copy)

@@ -163,14 +163,14 @@ def test_reproducible_decode_on_cuda_gives_the_same_tokens_in_every_run(judge_fo
 
 def test_speed_options_are_recorded_in_the_settings_and_checked(judge_folder):
     judge = QwenJudge.load(judge_folder, device="cpu", max_new_tokens=4)
-    assert (judge.speed.vision_attention, judge.speed.decode) == ("packed", "eager")  # the CPU defaults
+    assert (judge.speed.vision_attention, judge.speed.decode) == ("packed", "eager-reproducible")  # the defaults
     assert judge.settings()["vision_attention"].startswith("packed v1")
-    assert "decode" not in judge.settings()
+    assert judge.settings()["decode"].startswith("eager-reproducible v2")
     judge.set_speed("per-window", "eager")  # the plain path records what judges recorded before the options
     assert not {"vision_attention", "decode", "compile_backend"} & set(judge.settings())
     judge.set_speed("packed", "compiled")
     assert judge.settings()["decode"].startswith("compiled v1") and "compile_backend" not in judge.settings()
-    assert speed.resolve_modes(None, None) == ("packed", "eager")  # compiling costs minutes (module doc)
+    assert speed.resolve_modes(None, None) == ("packed", "eager-reproducible")  # same everywhere, no compiling
     with pytest.raises(speed.JudgeSpeedError, match="unknown judge decode mode 'graphs': use one of eager, eager-reproducible"):
         speed.resolve_modes("packed", "graphs")
     with pytest.raises(speed.JudgeSpeedError, match="vision attention 'flash'"):

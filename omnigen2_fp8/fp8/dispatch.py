@@ -64,10 +64,10 @@ class KernelPlan:
     gemm_impl: "scaled-mm" (cuBLASLt FP8 tensor cores) or "emulated" (dequantize + exact matmul, float64 on CPU);
     launch: the fused kernel's launch settings;
     epilogue_scales: under torch.compile, a "scaled-mm" GEMM runs tensor-wise with unit scales (cuBLASLt's faster
-    path) and its per-token x per-channel scales are applied by torch ops after it, which inductor fuses into the
-    kernel that consumes the output (a norm, the QK-norm + RoPE), so they cost no pass of their own; eager calls
-    keep the row-wise scaled GEMM, where those ops would be a pass of their own (and so do fused blocks, whose
-    consumers are opaque kernels);
+    path) and its per-token x per-channel scales are applied by torch ops after it, for inductor to fuse into the
+    kernel that consumes the output; eager calls and fused blocks keep the row-wise scaled GEMM. Off by default:
+    on an H200 the GEMMs got 3.5 ms faster per 1024 step but inductor's consumers as much slower, 279.8 vs 279.0
+    ms per step (results/perf_recipes_h200_epilogue_trial.json), and it adds one bf16 rounding;
     fused_block: blocks whose FP8 layers run this plan take the fused path (fused_block.py): modulated RMSNorm
     straight to e4m3, residual + gate + norm epilogues, QK-norm + RoPE, each one kernel ("fused" quantize_impl)
     or its torch reference ("torch"; "fused-eager": Triton eager, torch ops under compile).
@@ -78,7 +78,7 @@ class KernelPlan:
     gemm_impl: str
     launch: LaunchConfig = DEFAULT_LAUNCH
     fused_block: bool = False
-    epilogue_scales: bool = True
+    epilogue_scales: bool = False
 
     def __post_init__(self):
         if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
@@ -105,7 +105,7 @@ class KernelPlan:
         return torch.ops.omnigen2_fp8.quantize_activation(x2, k_padded, per_token, apply_swiglu, row_scale,
                                                           col_scale, launch.block_k, launch.num_warps,
                                                           launch.stages, self.launch.hw_cast_on_cuda and x2.is_cuda,
-                                                          launch.block_m)
+                                                          launch.block_m, launch.programs_per_sm)
 
     # ------------------------------------------------------------------------------- fused block ops
     def _block_op(self, reference, triton_fn, op, like: torch.Tensor):

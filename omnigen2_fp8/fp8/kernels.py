@@ -98,59 +98,63 @@ if HAS_TRITON:
                               SINGLE_PASS: tl.constexpr, SWIGLU: tl.constexpr, DEQUANT: tl.constexpr,
                               MODE: tl.constexpr, X_ALIGN: tl.constexpr, HW_CAST: tl.constexpr,
                               STAGES: tl.constexpr):
-        """One program per BLOCK_M rows. SINGLE_PASS: the whole padded rows in registers (BLOCK_K >= KP), read
-        once. Otherwise chunks of BLOCK_K: a first pass for the absmax, a second (from L2) to quantize and store."""
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)[:, None]
-        row_ok = rows < M
-        # Row starts are 16-byte aligned when the stride allows it; telling Triton lets it vectorize the loads.
-        x_rows = x_ptr + rows * tl.multiple_of(stride_xm, X_ALIGN)
-        q_rows = q_ptr + rows * stride_qm
-        row_scale = tl.load(row_scale_ptr + rows * stride_rs, mask=row_ok, other=1.0) if DEQUANT else 1.0
-        if SINGLE_PASS:
-            cols = tl.arange(0, BLOCK_K)[None, :]
-            x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
-            amax = tl.max(tl.abs(x), axis=1, keep_dims=True)
-        else:
-            amax = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
-            for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
-                x = _load_rows_chunk(x_rows, k0 + tl.arange(0, BLOCK_K)[None, :], K, row_ok, SWIGLU, DEQUANT,
-                                     row_scale, col_scale_ptr)
-                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1, keep_dims=True))
-        if MODE == _MODE_ROW_AMAX_C:
-            tl.store(scale_ptr + rows, amax, mask=row_ok)
-        else:
-            if MODE == _MODE_GIVEN_SCALE_C:
-                scale = tl.load(given_scale_ptr)
-            else:
-                scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
-                tl.store(scale_ptr + rows, scale, mask=row_ok)
+        """Programs take tiles of BLOCK_M rows, tile pid, pid + programs, ... (a grid of one program per tile, or fewer
+        that loop: fewer rows in flight, so a two-pass row is still in L2 when its second pass reads it).
+        SINGLE_PASS: the whole padded rows in registers (BLOCK_K >= KP), read once. Otherwise chunks of BLOCK_K: a
+        first pass for the absmax, a second (from L2) to quantize and store."""
+        for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
+            rows = tl.arange(0, BLOCK_M)[:, None].to(tl.int64) + tile * BLOCK_M  # int64 offsets: no overflow
+            row_ok = rows < M
+            # Row starts are 16-byte aligned when the stride allows it; telling Triton lets it vectorize the loads.
+            x_rows = x_ptr + rows * tl.multiple_of(stride_xm, X_ALIGN)
+            q_rows = q_ptr + rows * stride_qm
+            row_scale = tl.load(row_scale_ptr + rows * stride_rs, mask=row_ok, other=1.0) if DEQUANT else 1.0
             if SINGLE_PASS:
-                code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
-                tl.store(q_rows + cols, code, mask=row_ok & (cols < KP))
+                cols = tl.arange(0, BLOCK_K)[None, :]
+                x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+                amax = tl.max(tl.abs(x), axis=1, keep_dims=True)
             else:
-                for k0 in tl.range(0, KP, BLOCK_K, num_stages=STAGES):
-                    cols = k0 + tl.arange(0, BLOCK_K)[None, :]
-                    x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+                amax = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+                for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
+                    x = _load_rows_chunk(x_rows, k0 + tl.arange(0, BLOCK_K)[None, :], K, row_ok, SWIGLU, DEQUANT,
+                                         row_scale, col_scale_ptr)
+                    amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1, keep_dims=True))
+            if MODE == _MODE_ROW_AMAX_C:
+                tl.store(scale_ptr + rows, amax, mask=row_ok)
+            else:
+                if MODE == _MODE_GIVEN_SCALE_C:
+                    scale = tl.load(given_scale_ptr)
+                else:
+                    scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
+                    tl.store(scale_ptr + rows, scale, mask=row_ok)
+                if SINGLE_PASS:
                     code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                     tl.store(q_rows + cols, code, mask=row_ok & (cols < KP))
+                else:
+                    for k0 in tl.range(0, KP, BLOCK_K, num_stages=STAGES):
+                        cols = k0 + tl.arange(0, BLOCK_K)[None, :]
+                        x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+                        code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
+                        tl.store(q_rows + cols, code, mask=row_ok & (cols < KP))
 
 
 class Launch(NamedTuple):
     """Launch settings of the quantization kernel: columns per chunk (>= the padded width: one pass, the rows kept in
-    registers), warps, software-pipeline stages of the chunk loops, and rows per program (the column scales of a
-    dequantizing launch are then loaded once for that many rows)."""
+    registers), warps, software-pipeline stages of the chunk loops, rows per tile (the column scales of a dequantizing
+    launch are then loaded once for that many rows) and programs per SM (a looping grid)."""
 
     block_k: int
     num_warps: int
     stages: int
     block_m: int = 1
+    programs_per_sm: int = 0  # 0: one program per tile of rows; n: n programs per SM, each looping over tiles
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the fused kernel is launched; the default is the measured heuristic (`default_launch`).
 
-    overrides: ((K, swiglu), (block_k, num_warps, stages[, block_m])) pairs, e.g. a benchmark's sweep winners;
+    overrides: ((K, swiglu), (block_k, num_warps, stages[, block_m[, programs_per_sm]])) pairs, e.g. a benchmark's sweep winners;
     block_k >= the padded width = a single pass. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
     module docstring); the CPU interpreter always uses the integer encoder.
     """
@@ -160,7 +164,7 @@ class LaunchConfig:
 
     @classmethod
     def from_table(cls, table: dict[tuple[int, bool], tuple[int, ...]], hw_cast_on_cuda: bool = True):
-        """From {(K, swiglu): (block_k, num_warps, stages[, block_m])}."""
+        """From {(K, swiglu): (block_k, num_warps, stages[, block_m[, programs_per_sm]])}."""
         return cls(tuple((tuple(key), tuple(value)) for key, value in sorted(table.items())), hw_cast_on_cuda)
 
     def choose(self, k: int, k_padded: int, apply_swiglu: bool) -> Launch:
@@ -183,11 +187,25 @@ def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> Launch:
     return Launch(block, 8, 1)  # K = 10240: the whole row in registers
 
 
+def _multiprocessors(device: torch.device) -> int:
+    """SMs of a CUDA device (the CPU interpreter: 2, so that a looping grid loops in the tests)."""
+    if device.type != "cuda":
+        return 2
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
 def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool = True,
                                apply_swiglu: bool = False, row_scale: torch.Tensor | None = None,
                                col_scale: torch.Tensor | None = None, block_k: int | None = None,
                                num_warps: int | None = None, hw_cast: bool | None = None,
                                stages: int | None = None, block_m: int | None = None,
+                               programs_per_sm: int | None = None,
                                launch: LaunchConfig = DEFAULT_LAUNCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton activation quantization; same contract as `primitives.quantize_activation`.
 
@@ -195,8 +213,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     the CPU when TRITON_INTERPRET=1). Returns (e4m3 [M, k_padded], float32 [M, 1] per token or [1, 1]).
     row_scale [M, 1] or [1, 1] and col_scale [width] (float32, both or neither): x holds raw FP8 GEMM sums
     and is dequantized in the kernel (x * row_scale * col_scale) before anything else.
-    block_k / num_warps / stages / block_m / hw_cast override `launch` (block_k < padded width selects the two-pass
-    kernel).
+    block_k / num_warps / stages / block_m / programs_per_sm / hw_cast override `launch` (block_k < padded width
+    selects the two-pass kernel).
     """
     if not HAS_TRITON:
         raise RuntimeError("the fused FP8 kernel needs triton (pip install triton); or use "
@@ -232,7 +250,9 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     stages = stages or chosen.stages
     common = dict(BLOCK_M=rows, BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
                   STAGES=stages, X_ALIGN=vec if aligned else 1, num_warps=warps)
-    grid = (triton.cdiv(m, rows),)
+    tiles = triton.cdiv(m, rows)
+    per_sm = chosen.programs_per_sm if programs_per_sm is None else programs_per_sm
+    grid = (min(tiles, per_sm * _multiprocessors(x.device)) if per_sm else tiles,)
     q_bits = q.view(torch.uint8)
     if m == 0:
         return q, torch.empty((0, 1) if per_token else (1, 1), dtype=torch.float32, device=x.device)
@@ -257,14 +277,16 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
 def quantize_activation_op(x: torch.Tensor, k_padded: int, per_token: bool, apply_swiglu: bool,
                            row_scale: torch.Tensor | None = None, col_scale: torch.Tensor | None = None,
                            block_k: int | None = None, num_warps: int | None = None, stages: int | None = None,
-                           hw_cast: bool | None = None, block_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           hw_cast: bool | None = None, block_m: int | None = None,
+                           programs_per_sm: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_activation_triton(x, k_padded, per_token, apply_swiglu, row_scale, col_scale, block_k=block_k,
-                                      num_warps=num_warps, hw_cast=hw_cast, stages=stages, block_m=block_m)
+                                      num_warps=num_warps, hw_cast=hw_cast, stages=stages, block_m=block_m,
+                                      programs_per_sm=programs_per_sm)
 
 
 @quantize_activation_op.register_fake
 def _(x, k_padded, per_token, apply_swiglu, row_scale=None, col_scale=None, block_k=None, num_warps=None,
-      stages=None, hw_cast=None, block_m=None):
+      stages=None, hw_cast=None, block_m=None, programs_per_sm=None):
     m = x.shape[0]
     return (x.new_empty((m, k_padded), dtype=FP8_DTYPE),
             x.new_empty((m, 1) if per_token else (1, 1), dtype=torch.float32))
