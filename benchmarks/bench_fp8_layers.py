@@ -79,6 +79,15 @@ def check_kernel(m: int, k: int, swiglu: bool) -> dict:
         out["per_token_dequant"] = {"max_code_step_diff": int(diff.max()),
                                     "frac_codes_differing": float((diff > 0).float().mean()),
                                     "max_scale_rel_diff": float(((s - sr).abs() / sr).max())}
+    fast_cases = [("per_token_fast_math", {})]
+    if swiglu:
+        fast_cases.append(("per_token_dequant_fast_math", dict(row_scale=rs, col_scale=cs)))
+    for name, extra in fast_cases:
+        q, s = quantize_activation_triton(x, kp, True, swiglu, fast_math=True, **extra)
+        qr, sr = P.quantize_activation(x, kp, True, swiglu, **extra)
+        diff = (ordinal(q) - ordinal(qr)).abs()
+        out[name] = {"max_code_step_diff": int(diff.max()), "frac_codes_differing": float((diff > 0).float().mean()),
+                     "max_scale_rel_diff": float(((s - sr).abs() / sr).max())}
     return out
 
 
@@ -150,23 +159,24 @@ def bench_layer(name: str, m: int, launch: LaunchConfig = DEFAULT_LAUNCH) -> dic
     return row
 
 
-SWEEP = {  # (K, swiglu with dequantization): (block_k, num_warps, stages, hw_cast[, block_m[, programs_per_sm]]);
-    # block_k >= padded K: one pass; block_m rows per tile; programs_per_sm > 0: a looping grid of that many programs
-    # per SM (fewer rows in flight: a two-pass row is still in L2 for its second pass)
-    (2520, False): [(512, 4, 1, True), (4096, 4, 1, True), (4096, 8, 1, True), (4096, 4, 1, True, 1, 8),
-                    (4096, 4, 1, True, 1, 16)],
-    (10240, True): [(2048, 8, 1, False), (2048, 8, 1, True), (1024, 8, 1, True), (2048, 8, 1, True, 1, 1),
-                    (2048, 8, 1, True, 1, 2), (2048, 8, 1, True, 1, 4), (1024, 8, 1, True, 1, 4),
-                    (1024, 4, 1, True, 1, 8), (2048, 16, 1, True, 1, 2), (4096, 16, 1, True, 1, 1),
-                    (4096, 16, 1, True, 1, 2), (16384, 32, 1, True)],
-    (10240, False): [(16384, 8, 1, True), (16384, 16, 1, True), (2048, 8, 2, True)],
+SWEEP = {  # (K, swiglu with dequantization): (block_k, num_warps, stages, hw_cast[, block_m[, programs_per_sm[,
+    # fast_math]]]); block_k >= padded K: one pass; block_m rows per tile; programs_per_sm > 0: a looping grid of that
+    # many programs per SM; fast_math: approximate divisions (codes within one e4m3 step of the reference)
+    (2520, False): [(512, 4, 1, True), (4096, 4, 1, True), (4096, 8, 1, True), (4096, 4, 1, True, 1, 0, True),
+                    (4096, 8, 1, True, 1, 0, True)],
+    (10240, True): [(2048, 8, 1, False), (2048, 8, 1, True), (2048, 8, 1, True, 1, 0, True),
+                    (1024, 8, 1, True, 1, 0, True), (4096, 8, 1, True, 1, 0, True), (4096, 16, 1, True, 1, 0, True),
+                    (1024, 4, 1, True, 1, 0, True), (2048, 4, 1, True, 1, 0, True),
+                    (16384, 32, 1, True, 1, 0, True), (2048, 8, 1, True, 1, 4, True)],
+    (10240, False): [(16384, 8, 1, True), (16384, 16, 1, True), (16384, 8, 1, True, 1, 0, True)],
 }
 
 
 def tune_quant_kernel(tokens: list[int]) -> tuple[list[dict], dict]:
     """Sweep launch configs (and the e4m3 conversion: integer encoder vs hardware cvt) of the quantization kernel
     at the model's row widths and at each token count; returns the rows and, per width, the hardware-cast config
-    with the least summed time over the token counts, as (block_k, num_warps, stages, block_m, programs_per_sm)."""
+    with the least summed time over the token counts, as (block_k, num_warps, stages, block_m, programs_per_sm,
+    fast_math)."""
     rows, best = [], {}
     for (k, swiglu), configs in SWEEP.items():
         kp = P.round_up(k, 16)
@@ -178,16 +188,17 @@ def tune_quant_kernel(tokens: list[int]) -> tuple[list[dict], dict]:
                 extra = dict(row_scale=torch.rand(m, 1, device="cuda") * 1e-3,
                              col_scale=torch.rand(2 * k, device="cuda") * 1e-3)
             for block, warps, stages, hw, *more in configs:
-                block_m, per_sm = (*more, 1, 0)[:2] if more else (1, 0)
+                block_m, per_sm, fast = (*more, *(1, 0, False)[len(more):])
                 ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, block_k=block,
                                                                  num_warps=warps, hw_cast=hw, stages=stages,
-                                                                 block_m=block_m, programs_per_sm=per_sm, **extra))
+                                                                 block_m=block_m, programs_per_sm=per_sm,
+                                                                 fast_math=fast, **extra))
                 rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
-                             "stages": stages, "block_m": block_m, "programs_per_sm": per_sm, "hw_cast": hw,
-                             "single_pass": block >= kp, "ms": ms,
+                             "stages": stages, "block_m": block_m, "programs_per_sm": per_sm, "fast_math": fast,
+                             "hw_cast": hw, "single_pass": block >= kp, "ms": ms,
                              "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
                 if hw:
-                    key = (block, warps, stages, block_m, per_sm)
+                    key = (block, warps, stages, block_m, per_sm, fast)
                     totals[key] = totals.get(key, 0.0) + ms
         best[(k, swiglu)] = min(totals, key=totals.get)
     return rows, best
@@ -251,12 +262,12 @@ def main() -> None:
         for r in result["quant_kernel_sweep"]:
             print(f"sweep M={r['M']} K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} "
                   f"warps={r['num_warps']} stages={r['stages']} rows={r['block_m']} "
-                  f"per_sm={r['programs_per_sm']} hw_cast={r['hw_cast']}: "
+                  f"per_sm={r['programs_per_sm']} fast={r['fast_math']} hw_cast={r['hw_cast']}: "
                   f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
         if args.use_sweep:
             launch = LaunchConfig.from_table(best)
         result["quant_sweep_winners"] = {f"{k}{'-swiglu' if sw else ''}": list(v) for (k, sw), v in best.items()}
-        print("sweep winners (block, warps, stages, rows, per_sm):", result["quant_sweep_winners"])
+        print("sweep winners (block, warps, stages, rows, per_sm, fast):", result["quant_sweep_winners"])
         if args.launch_out:
             write_json_atomic(args.launch_out, {"launch": [[k, sw, *v] for (k, sw), v in best.items()]})
     if args.tune_only:

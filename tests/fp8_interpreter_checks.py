@@ -23,9 +23,9 @@ def ordinal(q: torch.Tensor) -> torch.Tensor:
 
 
 def compare(x, k_padded, per_token, swiglu, row_scale=None, col_scale=None, block_k=None, block_m=None,
-            programs_per_sm=None) -> dict:
+            programs_per_sm=None, fast_math=None) -> dict:
     q, s = kernels.quantize_activation_triton(x, k_padded, per_token, swiglu, row_scale, col_scale, block_k=block_k,
-                                              block_m=block_m, programs_per_sm=programs_per_sm)
+                                              block_m=block_m, programs_per_sm=programs_per_sm, fast_math=fast_math)
     qr, sr = P.quantize_activation(x, k_padded, per_token, swiglu, row_scale, col_scale)
     k = x.shape[1] // 2 if swiglu else x.shape[1]
     return {"max_step_diff": int((ordinal(q) - ordinal(qr)).abs().max()),
@@ -63,6 +63,10 @@ def main() -> None:
                                                torch.rand(11, 1) * 1e-2, torch.rand(208) * 1e-2, block_k=32,
                                                programs_per_sm=1),
         "per_tensor_looping_grid": compare(x, 112, False, False, block_m=2, programs_per_sm=1),
+        "swiglu_dequant_fast_math": compare(torch.randn(11, 200, dtype=torch.bfloat16) * 300, 112, True, True,
+                                            torch.rand(11, 1) * 1e-2, torch.rand(208) * 1e-2, block_k=32,
+                                            fast_math=True),
+        "per_token_fast_math": compare(x, 112, True, False, fast_math=True),
     }
     out["cases"] = cases
     # the exhaustive encoder check: every e4m3 rounding boundary region, against torch's cast

@@ -24,7 +24,7 @@ def test_kernel_really_ran_in_the_interpreter(interpreted):
 @pytest.mark.parametrize("case", ["per_token", "per_token_two_pass", "per_tensor", "strided_rows", "fp32_input",
                                   "swiglu", "swiglu_two_pass", "swiglu_dequant", "swiglu_dequant_rows4_two_pass",
                                   "per_token_rows8", "per_tensor_rows4_two_pass", "swiglu_dequant_looping_grid",
-                                  "per_tensor_looping_grid"])
+                                  "per_tensor_looping_grid", "swiglu_dequant_fast_math", "per_token_fast_math"])
 def test_kernel_matches_torch_reference(interpreted, case):
     r = interpreted["cases"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn"

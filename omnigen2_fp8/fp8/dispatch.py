@@ -105,7 +105,7 @@ class KernelPlan:
         return torch.ops.omnigen2_fp8.quantize_activation(x2, k_padded, per_token, apply_swiglu, row_scale,
                                                           col_scale, launch.block_k, launch.num_warps,
                                                           launch.stages, self.launch.hw_cast_on_cuda and x2.is_cuda,
-                                                          launch.block_m, launch.programs_per_sm)
+                                                          launch.block_m, launch.programs_per_sm, launch.fast_math)
 
     # ------------------------------------------------------------------------------- fused block ops
     def _block_op(self, reference, triton_fn, op, like: torch.Tensor):

@@ -76,10 +76,12 @@ if HAS_TRITON:
 
     @triton.jit
     def _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, row_scale,
-                         col_scale_ptr):
+                         col_scale_ptr, FAST_MATH: tl.constexpr):
         """float32 values [BLOCK_M, BLOCK_K] of the rows at `cols` [1, BLOCK_K] (0 past K or past the last row);
         with SWIGLU, silu(gate) * up of [gate | up]. DEQUANT: the rows hold raw FP8 GEMM sums; multiply by
-        row_scale [BLOCK_M, 1] * col_scale[col] first (one load of the column scales serves all BLOCK_M rows)."""
+        row_scale [BLOCK_M, 1] * col_scale[col] first (one load of the column scales serves all BLOCK_M rows).
+        FAST_MATH: silu's division is the approximate one (2 ulp) instead of IEEE's, whose ~10 instructions per
+        value made the SwiGLU kernel ALU-bound."""
         in_k = cols < K
         ok = row_ok & in_k
         x = tl.load(x_rows + cols, mask=ok, other=0.0).to(tl.float32)
@@ -89,7 +91,10 @@ if HAS_TRITON:
             up = tl.load(x_rows + K + cols, mask=ok, other=0.0).to(tl.float32)
             if DEQUANT:
                 up = up * row_scale * tl.load(col_scale_ptr + K + cols, mask=in_k, other=0.0)
-            x = x / (1.0 + tl.exp(-x)) * up
+            if FAST_MATH:
+                x = tl.fdiv(x, 1.0 + tl.exp(-x), ieee_rounding=False) * up
+            else:
+                x = x / (1.0 + tl.exp(-x)) * up
         return x
 
     @triton.jit
@@ -97,11 +102,13 @@ if HAS_TRITON:
                               stride_xm, stride_qm, stride_rs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                               SINGLE_PASS: tl.constexpr, SWIGLU: tl.constexpr, DEQUANT: tl.constexpr,
                               MODE: tl.constexpr, X_ALIGN: tl.constexpr, HW_CAST: tl.constexpr,
-                              STAGES: tl.constexpr):
+                              STAGES: tl.constexpr, FAST_MATH: tl.constexpr):
         """Programs take tiles of BLOCK_M rows, tile pid, pid + programs, ... (a grid of one program per tile, or fewer
         that loop: fewer rows in flight, so a two-pass row is still in L2 when its second pass reads it).
         SINGLE_PASS: the whole padded rows in registers (BLOCK_K >= KP), read once. Otherwise chunks of BLOCK_K: a
-        first pass for the absmax, a second (from L2) to quantize and store."""
+        first pass for the absmax, a second (from L2) to quantize and store. FAST_MATH: values are multiplied by the
+        row's 448 / absmax instead of divided by its scale (an e4m3 code can then differ by one step from the
+        reference's, where a value lies within a float32 ulp of a rounding boundary), and see _load_rows_chunk."""
         for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
             rows = tl.arange(0, BLOCK_M)[:, None].to(tl.int64) + tile * BLOCK_M  # int64 offsets: no overflow
             row_ok = rows < M
@@ -111,13 +118,14 @@ if HAS_TRITON:
             row_scale = tl.load(row_scale_ptr + rows * stride_rs, mask=row_ok, other=1.0) if DEQUANT else 1.0
             if SINGLE_PASS:
                 cols = tl.arange(0, BLOCK_K)[None, :]
-                x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+                x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr,
+                                     FAST_MATH)
                 amax = tl.max(tl.abs(x), axis=1, keep_dims=True)
             else:
                 amax = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
                 for k0 in tl.range(0, K, BLOCK_K, num_stages=STAGES):
                     x = _load_rows_chunk(x_rows, k0 + tl.arange(0, BLOCK_K)[None, :], K, row_ok, SWIGLU, DEQUANT,
-                                         row_scale, col_scale_ptr)
+                                         row_scale, col_scale_ptr, FAST_MATH)
                     amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1, keep_dims=True))
             if MODE == _MODE_ROW_AMAX_C:
                 tl.store(scale_ptr + rows, amax, mask=row_ok)
@@ -127,14 +135,18 @@ if HAS_TRITON:
                 else:
                     scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
                     tl.store(scale_ptr + rows, scale, mask=row_ok)
+                inverse = 1.0 / scale  # FAST_MATH only: one division per row, multiplications per value
                 if SINGLE_PASS:
-                    code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
+                    y = x * inverse if FAST_MATH else x / scale
+                    code = _encode(tl.clamp(y, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                     tl.store(q_rows + cols, code, mask=row_ok & (cols < KP))
                 else:
                     for k0 in tl.range(0, KP, BLOCK_K, num_stages=STAGES):
                         cols = k0 + tl.arange(0, BLOCK_K)[None, :]
-                        x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
-                        code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
+                        x = _load_rows_chunk(x_rows, cols, K, row_ok, SWIGLU, DEQUANT, row_scale, col_scale_ptr,
+                                             FAST_MATH)
+                        y = x * inverse if FAST_MATH else x / scale
+                        code = _encode(tl.clamp(y, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                         tl.store(q_rows + cols, code, mask=row_ok & (cols < KP))
 
 
@@ -148,13 +160,14 @@ class Launch(NamedTuple):
     stages: int
     block_m: int = 1
     programs_per_sm: int = 0  # 0: one program per tile of rows; n: n programs per SM, each looping over tiles
+    fast_math: bool = False  # approximate divisions (the kernel's FAST_MATH): codes within one e4m3 step
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the fused kernel is launched; the default is the measured heuristic (`default_launch`).
 
-    overrides: ((K, swiglu), (block_k, num_warps, stages[, block_m[, programs_per_sm]])) pairs, e.g. a benchmark's sweep winners;
+    overrides: ((K, swiglu), (block_k, num_warps, stages[, block_m[, programs_per_sm[, fast_math]]])) pairs, e.g. a benchmark's sweep winners;
     block_k >= the padded width = a single pass. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
     module docstring); the CPU interpreter always uses the integer encoder.
     """
@@ -164,7 +177,7 @@ class LaunchConfig:
 
     @classmethod
     def from_table(cls, table: dict[tuple[int, bool], tuple[int, ...]], hw_cast_on_cuda: bool = True):
-        """From {(K, swiglu): (block_k, num_warps, stages[, block_m[, programs_per_sm]])}."""
+        """From {(K, swiglu): (block_k, num_warps, stages[, block_m[, programs_per_sm[, fast_math]]])}."""
         return cls(tuple((tuple(key), tuple(value)) for key, value in sorted(table.items())), hw_cast_on_cuda)
 
     def choose(self, k: int, k_padded: int, apply_swiglu: bool) -> Launch:
@@ -205,7 +218,7 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
                                col_scale: torch.Tensor | None = None, block_k: int | None = None,
                                num_warps: int | None = None, hw_cast: bool | None = None,
                                stages: int | None = None, block_m: int | None = None,
-                               programs_per_sm: int | None = None,
+                               programs_per_sm: int | None = None, fast_math: bool | None = None,
                                launch: LaunchConfig = DEFAULT_LAUNCH) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused Triton activation quantization; same contract as `primitives.quantize_activation`.
 
@@ -213,8 +226,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     the CPU when TRITON_INTERPRET=1). Returns (e4m3 [M, k_padded], float32 [M, 1] per token or [1, 1]).
     row_scale [M, 1] or [1, 1] and col_scale [width] (float32, both or neither): x holds raw FP8 GEMM sums
     and is dequantized in the kernel (x * row_scale * col_scale) before anything else.
-    block_k / num_warps / stages / block_m / programs_per_sm / hw_cast override `launch` (block_k < padded width
-    selects the two-pass kernel).
+    block_k / num_warps / stages / block_m / programs_per_sm / fast_math / hw_cast override `launch` (block_k <
+    padded width selects the two-pass kernel).
     """
     if not HAS_TRITON:
         raise RuntimeError("the fused FP8 kernel needs triton (pip install triton); or use "
@@ -248,7 +261,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
     hw_cast = (launch.hw_cast_on_cuda and x.is_cuda) if hw_cast is None else hw_cast
     stages = stages or chosen.stages
-    common = dict(BLOCK_M=rows, BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
+    fast = chosen.fast_math if fast_math is None else fast_math
+    common = dict(FAST_MATH=bool(fast), BLOCK_M=rows, BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
                   STAGES=stages, X_ALIGN=vec if aligned else 1, num_warps=warps)
     tiles = triton.cdiv(m, rows)
     per_sm = chosen.programs_per_sm if programs_per_sm is None else programs_per_sm
@@ -278,15 +292,16 @@ def quantize_activation_op(x: torch.Tensor, k_padded: int, per_token: bool, appl
                            row_scale: torch.Tensor | None = None, col_scale: torch.Tensor | None = None,
                            block_k: int | None = None, num_warps: int | None = None, stages: int | None = None,
                            hw_cast: bool | None = None, block_m: int | None = None,
-                           programs_per_sm: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           programs_per_sm: int | None = None,
+                           fast_math: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_activation_triton(x, k_padded, per_token, apply_swiglu, row_scale, col_scale, block_k=block_k,
                                       num_warps=num_warps, hw_cast=hw_cast, stages=stages, block_m=block_m,
-                                      programs_per_sm=programs_per_sm)
+                                      programs_per_sm=programs_per_sm, fast_math=fast_math)
 
 
 @quantize_activation_op.register_fake
 def _(x, k_padded, per_token, apply_swiglu, row_scale=None, col_scale=None, block_k=None, num_warps=None,
-      stages=None, hw_cast=None, block_m=None, programs_per_sm=None):
+      stages=None, hw_cast=None, block_m=None, programs_per_sm=None, fast_math=None):
     m = x.shape[0]
     return (x.new_empty((m, k_padded), dtype=FP8_DTYPE),
             x.new_empty((m, 1) if per_token else (1, 1), dtype=torch.float32))
