@@ -79,15 +79,6 @@ def check_kernel(m: int, k: int, swiglu: bool) -> dict:
         out["per_token_dequant"] = {"max_code_step_diff": int(diff.max()),
                                     "frac_codes_differing": float((diff > 0).float().mean()),
                                     "max_scale_rel_diff": float(((s - sr).abs() / sr).max())}
-    fast_cases = [("per_token_fast_math", {})]
-    if swiglu:
-        fast_cases.append(("per_token_dequant_fast_math", dict(row_scale=rs, col_scale=cs)))
-    for name, extra in fast_cases:
-        q, s = quantize_activation_triton(x, kp, True, swiglu, fast_math=True, **extra)
-        qr, sr = P.quantize_activation(x, kp, True, swiglu, **extra)
-        diff = (ordinal(q) - ordinal(qr)).abs()
-        out[name] = {"max_code_step_diff": int(diff.max()), "frac_codes_differing": float((diff > 0).float().mean()),
-                     "max_scale_rel_diff": float(((s - sr).abs() / sr).max())}
     return out
 
 
@@ -159,48 +150,36 @@ def bench_layer(name: str, m: int, launch: LaunchConfig = DEFAULT_LAUNCH) -> dic
     return row
 
 
-SWEEP = {  # (K, swiglu with dequantization): (block_k, num_warps, stages, hw_cast[, block_m[, programs_per_sm[,
-    # fast_math]]]); block_k >= padded K: one pass; block_m rows per tile; programs_per_sm > 0: a looping grid of that
-    # many programs per SM; fast_math: approximate divisions (codes within one e4m3 step of the reference)
-    (2520, False): [(512, 4, 1, True), (4096, 4, 1, True), (4096, 8, 1, True), (4096, 4, 1, True, 1, 0, True),
-                    (4096, 8, 1, True, 1, 0, True)],
-    (10240, True): [(2048, 8, 1, False), (2048, 8, 1, True), (2048, 8, 1, True, 1, 0, True),
-                    (1024, 8, 1, True, 1, 0, True), (4096, 8, 1, True, 1, 0, True), (4096, 16, 1, True, 1, 0, True),
-                    (1024, 4, 1, True, 1, 0, True), (2048, 4, 1, True, 1, 0, True),
-                    (16384, 32, 1, True, 1, 0, True), (2048, 8, 1, True, 1, 4, True)],
-    (10240, False): [(16384, 8, 1, True), (16384, 16, 1, True), (16384, 8, 1, True, 1, 0, True)],
+SWEEP = {  # (K, swiglu with dequantization): (block_k, num_warps, stages, hw_cast); block_k >= padded K: one pass
+    (2520, False): [(512, 4, 1, False), (512, 4, 1, True), (512, 4, 2, True), (512, 8, 2, True), (256, 2, 2, True),
+                    (1024, 4, 2, True), (4096, 4, 1, True), (4096, 8, 1, True)],
+    (10240, True): [(2048, 8, 1, False), (2048, 8, 1, True), (2048, 8, 2, True), (2048, 8, 3, True),
+                    (1024, 8, 2, True), (4096, 16, 2, True), (16384, 16, 1, True), (16384, 32, 1, True)],
+    (10240, False): [(16384, 8, 1, False), (16384, 8, 1, True), (16384, 16, 1, True), (2048, 8, 2, True)],
 }
 
 
-def tune_quant_kernel(tokens: list[int]) -> tuple[list[dict], dict]:
+def tune_quant_kernel(m: int) -> tuple[list[dict], dict]:
     """Sweep launch configs (and the e4m3 conversion: integer encoder vs hardware cvt) of the quantization kernel
-    at the model's row widths and at each token count; returns the rows and, per width, the hardware-cast config
-    with the least summed time over the token counts, as (block_k, num_warps, stages, block_m, programs_per_sm,
-    fast_math)."""
+    at the model's row widths; returns the rows and the fastest hardware-cast config per width."""
     rows, best = [], {}
     for (k, swiglu), configs in SWEEP.items():
+        x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
+        extra = {}
+        if swiglu:  # the model's down input: raw gate/up sums plus their scales
+            extra = dict(row_scale=torch.rand(m, 1, device="cuda") * 1e-3,
+                         col_scale=torch.rand(2 * k, device="cuda") * 1e-3)
         kp = P.round_up(k, 16)
-        totals: dict[tuple, float] = {}
-        for m in tokens:
-            x = torch.randn(m, 2 * k if swiglu else k, device="cuda", dtype=torch.bfloat16)
-            extra = {}
-            if swiglu:  # the model's down input: raw gate/up sums plus their scales
-                extra = dict(row_scale=torch.rand(m, 1, device="cuda") * 1e-3,
-                             col_scale=torch.rand(2 * k, device="cuda") * 1e-3)
-            for block, warps, stages, hw, *more in configs:
-                block_m, per_sm, fast = (*more, *(1, 0, False)[len(more):])
-                ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, block_k=block,
-                                                                 num_warps=warps, hw_cast=hw, stages=stages,
-                                                                 block_m=block_m, programs_per_sm=per_sm,
-                                                                 fast_math=fast, **extra))
-                rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
-                             "stages": stages, "block_m": block_m, "programs_per_sm": per_sm, "fast_math": fast,
-                             "hw_cast": hw, "single_pass": block >= kp, "ms": ms,
-                             "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
-                if hw:
-                    key = (block, warps, stages, block_m, per_sm, fast)
-                    totals[key] = totals.get(key, 0.0) + ms
-        best[(k, swiglu)] = min(totals, key=totals.get)
+        shape_rows = []
+        for block, warps, stages, hw in configs:
+            ms = bench_ms(lambda: quantize_activation_triton(x, kp, True, swiglu, block_k=block, num_warps=warps,
+                                                             hw_cast=hw, stages=stages, **extra))
+            shape_rows.append({"M": m, "K": k, "swiglu_dequant": swiglu, "block_k": block, "num_warps": warps,
+                               "stages": stages, "hw_cast": hw, "single_pass": block >= kp, "ms": ms,
+                               "gb_per_s": (x.numel() * 2 + m * kp + m * 4) / ms / 1e6})
+        rows += shape_rows
+        win = min((r for r in shape_rows if r["hw_cast"]), key=lambda r: r["ms"])
+        best[(k, swiglu)] = (win["block_k"], win["num_warps"], win["stages"])
     return rows, best
 
 
@@ -238,9 +217,6 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="result JSON path")
     parser.add_argument("--tokens", type=int, nargs="*", default=list(TOKENS))
     parser.add_argument("--no-tune", action="store_true", help="skip the quantization-kernel launch sweep")
-    parser.add_argument("--tune-only", action="store_true", help="the checks and the sweep only (no layer timings)")
-    parser.add_argument("--tune-tokens", type=int, nargs="+", default=[8500, 2200],
-                        help="token counts of the sweep (1024 and 512 edits' largest passes)")
     parser.add_argument("--launch-out", default=None, help="write the sweep winners here (for the transformer bench)")
     parser.add_argument("--use-sweep", action="store_true", help="time the layers with the sweep winners instead "
                         "of the built-in launch heuristic")
@@ -258,21 +234,16 @@ def main() -> None:
     write_json_atomic(args.out, result)
     launch = DEFAULT_LAUNCH
     if not args.no_tune:
-        result["quant_kernel_sweep"], best = tune_quant_kernel(args.tune_tokens)
+        result["quant_kernel_sweep"], best = tune_quant_kernel(8500)
         for r in result["quant_kernel_sweep"]:
-            print(f"sweep M={r['M']} K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} "
-                  f"warps={r['num_warps']} stages={r['stages']} rows={r['block_m']} "
-                  f"per_sm={r['programs_per_sm']} fast={r['fast_math']} hw_cast={r['hw_cast']}: "
-                  f"{r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
+            print(f"sweep K={r['K']} swiglu={r['swiglu_dequant']} block={r['block_k']} warps={r['num_warps']} "
+                  f"stages={r['stages']} hw_cast={r['hw_cast']}: {r['ms']:.4f} ms {r['gb_per_s']:.0f} GB/s")
         if args.use_sweep:
             launch = LaunchConfig.from_table(best)
         result["quant_sweep_winners"] = {f"{k}{'-swiglu' if sw else ''}": list(v) for (k, sw), v in best.items()}
-        print("sweep winners (block, warps, stages, rows, per_sm, fast):", result["quant_sweep_winners"])
+        print("sweep winners (block, warps, stages):", result["quant_sweep_winners"])
         if args.launch_out:
             write_json_atomic(args.launch_out, {"launch": [[k, sw, *v] for (k, sw), v in best.items()]})
-    if args.tune_only:
-        write_json_atomic(args.out, result)
-        return
     result["quant_launch_used"] = ("sweep winners" if args.use_sweep and not args.no_tune else
                                    "built-in heuristic (kernels.default_launch), hardware e4m3 cast: "
                                    f"{launch.hw_cast_on_cuda}")

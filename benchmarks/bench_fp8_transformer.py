@@ -236,7 +236,7 @@ def main() -> None:
         import json
 
         table = json.load(open(args.launch_json))
-        args.launch = LaunchConfig.from_table({(k, bool(sw)): tuple(launch) for k, sw, *launch in table["launch"]})
+        args.launch = LaunchConfig.from_table({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in table["launch"]})
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),

@@ -1,11 +1,9 @@
 """Precision recipes x execution modes, side by side in one process, through the real edit pipeline.
 
-Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant words, forced with
-`dispatch.use_plan`: `normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel
-plan) and `epilogue` (compiled FP8 GEMMs run tensor-wise with the scales applied by the consumer,
-`KernelPlan.epilogue_scales`). `--launch-json` (a sweep's winners
-from bench_fp8_layers) sets the quantization kernel's launches of every FP8 layer.
-modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
+Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant word `normquant` (the
+FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan, forced with `dispatch.use_plan`);
+`--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
+FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
 graph), compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
 and the 1024x1024 one-reference edit (28 steps). Every step is a 3-branch CFG step (cond, ref, uncond passes).
@@ -25,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import gc
 import json
 import sys
@@ -46,7 +43,7 @@ from omnigen2_fp8.attention import grouped_attention
 from omnigen2_fp8.modes import CUDA_DEFAULT_MODE, EAGER_MODE
 from omnigen2_fp8.fp8 import Fp8Linear, Kernel, quantize_fp8
 from omnigen2_fp8.fp8.attention import Fp8Sdpa
-from omnigen2_fp8.fp8.dispatch import select_kernel_plan
+from omnigen2_fp8.fp8.dispatch import select_kernel_plan, with_launch
 from omnigen2_fp8.fp8.kernels import LaunchConfig
 from omnigen2_fp8.fp8.fused_block import unfused_blocks
 from omnigen2_fp8.measure import StageClock
@@ -61,8 +58,7 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+normquant", "fp8+normquant+fp8attn")
-NORMQUANT, EPILOGUE = "normquant", "epilogue"  # this benchmark's variant words, not library recipe parts
-VARIANT_WORDS = (NORMQUANT, EPILOGUE)
+NORMQUANT = "normquant"  # this benchmark's variant word, not a library recipe part
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -102,14 +98,13 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def split_recipe(name: str) -> tuple[Recipe, set[str]]:
-    """A benchmark recipe name -> (the library recipe, its variant words)."""
+def split_recipe(name: str) -> tuple[Recipe, bool]:
+    """A benchmark recipe name -> (the library recipe, whether the normquant variant is on)."""
     words = name.split("+")
-    recipe = parse_recipe("+".join(w for w in words if w not in VARIANT_WORDS))
-    variants = {w for w in words if w in VARIANT_WORDS}
-    if variants and not recipe.quantized:
-        raise RecipeError(f"{name!r}: {', '.join(sorted(variants))} changes FP8 layers; use it on an fp8 recipe")
-    return recipe, variants
+    recipe = parse_recipe("+".join(w for w in words if w != NORMQUANT))
+    if NORMQUANT in words and not recipe.quantized:
+        raise RecipeError(f"{name!r}: {NORMQUANT} changes FP8 layers; use it on an fp8 recipe")
+    return recipe, NORMQUANT in words
 
 
 def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtype,
@@ -118,25 +113,18 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     base = synthetic.build_transformer(preset, device, dtype, seed=0)
     models = {}
     for name in recipes:
-        recipe, variants = split_recipe(name)
+        recipe, normquant = split_recipe(name)
         model = base if not recipe.quantized else copy.deepcopy(base)
         if recipe.quantized:
             quantize_fp8(model, recipe.fp8_config())
-        if NORMQUANT in variants:
+        if normquant:
             quantize_after_norms_in_graph(model)
-        if EPILOGUE in variants:
-            replace_plans(model, epilogue_scales=True)
         if launch is not None and recipe.quantized:
-            replace_plans(model, launch=launch)
+            for module in model.modules():
+                if isinstance(module, Fp8Linear) and module.weight.is_cuda:  # CPU layers run the reference plan
+                    module.use_plan(with_launch(module.kernel_plan(), launch))
         models[name] = model
     return models
-
-
-def replace_plans(model: torch.nn.Module, **changes) -> None:
-    """Force on every FP8 layer its current kernel plan with `changes` (KernelPlan fields) applied."""
-    for module in model.modules():
-        if isinstance(module, Fp8Linear) and module.weight.is_cuda:  # CPU layers run the reference plan
-            module.use_plan(dataclasses.replace(module.kernel_plan(), **changes))
 
 
 def quantize_after_norms_in_graph(model: torch.nn.Module) -> None:
@@ -446,7 +434,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help=f"recipes (library names, plus the variant words {VARIANT_WORDS}); default {RECIPES}")
+                        help=f"recipes (library names, plus the variant word {NORMQUANT!r}); default {RECIPES}")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per size (arms alternate)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="denoising steps per timed call")

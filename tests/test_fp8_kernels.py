@@ -22,16 +22,14 @@ def test_kernel_really_ran_in_the_interpreter(interpreted):
 
 
 @pytest.mark.parametrize("case", ["per_token", "per_token_two_pass", "per_tensor", "strided_rows", "fp32_input",
-                                  "swiglu", "swiglu_two_pass", "swiglu_dequant", "swiglu_dequant_rows4_two_pass",
-                                  "per_token_rows8", "per_tensor_rows4_two_pass", "swiglu_dequant_looping_grid",
-                                  "per_tensor_looping_grid", "swiglu_dequant_fast_math", "per_token_fast_math"])
+                                  "swiglu", "swiglu_two_pass", "swiglu_dequant"])
 def test_kernel_matches_torch_reference(interpreted, case):
     r = interpreted["cases"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn"
     assert r["max_step_diff"] <= 1, r  # exact, or within one e4m3 step
     assert r["scale_max_rel_diff"] < 1e-6, r
     assert r["padding_zero"] and not r["nan"], r
-    assert r["scale_shape"][0] == (1 if case.startswith("per_tensor") else r["q_shape"][0])
+    assert r["scale_shape"][0] == (1 if case == "per_tensor" else r["q_shape"][0])
 
 
 def test_integer_e4m3_encoder_is_bit_identical_to_torch_cast(interpreted):
@@ -46,9 +44,3 @@ def test_fp8_linear_compiles_without_graph_breaks(interpreted):
     # fullgraph=True raises on a graph break; dynamic shapes serve a second token count without retracing
     assert interpreted["compiled_max_abs_diff"] == 0.0
     assert interpreted["compiled_second_shape_max_abs_diff"] == 0.0
-
-
-def test_epilogue_scales_plan_is_within_one_bf16_rounding_of_the_row_wise_gemm(interpreted):
-    # compiled with KernelPlan(epilogue_scales=True): tensor-wise GEMM + scales as torch ops, really another path
-    assert 0 < interpreted["epilogue_rel_diff_vs_fused"] < 2 ** -8
-    assert interpreted["epilogue_rel_diff_vs_emulated"] < 2 ** -8

@@ -110,10 +110,8 @@ def test_plans_are_chosen_in_one_place_and_forced_through_a_public_seam():
         plan_for("auto")
     with pytest.raises(Fp8UnsupportedDeviceError):
         select_kernel_plan("cublas-padded", cpu)
-    launch = LaunchConfig.from_table({(120, False): (64, 2, 1), (64, True): (32, 4, 2, 8)})
-    assert launch.choose(120, 128, False) == (64, 2, 1, 1, 0, False)
-    assert launch.choose(64, 64, False)[:3] != (64, 2, 1)
-    assert launch.choose(64, 64, True) == (32, 4, 2, 8, 0, False) and launch.choose(64, 64, True).block_m == 8
+    launch = LaunchConfig.from_table({(120, False): (64, 2, 1)})
+    assert launch.choose(120, 128, False) == (64, 2, 1) and launch.choose(64, 64, False) != (64, 2, 1)
 
     model = OmniGen2Transformer(TransformerConfig.from_name("tiny"))
     report = quantize_fp8(model, Fp8Config())

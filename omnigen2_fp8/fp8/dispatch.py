@@ -63,14 +63,12 @@ class KernelPlan:
     eager, torch ops under compile so inductor fuses them with their neighbours) or "torch" (reference ops);
     gemm_impl: "scaled-mm" (cuBLASLt FP8 tensor cores) or "emulated" (dequantize + exact matmul, float64 on CPU);
     launch: the fused kernel's launch settings;
-    epilogue_scales: under torch.compile, a "scaled-mm" GEMM runs tensor-wise with unit scales (cuBLASLt's faster
-    path) and its per-token x per-channel scales are applied by torch ops after it, for inductor to fuse into the
-    kernel that consumes the output; eager calls and fused blocks keep the row-wise scaled GEMM. Off by default:
-    on an H200 the GEMMs got 3.5 ms faster per 1024 step but inductor's consumers as much slower, 279.8 vs 279.0
-    ms per step (results/perf_recipes_h200_epilogue_trial.json), and it adds one bf16 rounding;
     fused_block: blocks whose FP8 layers run this plan take the fused path (fused_block.py): modulated RMSNorm
     straight to e4m3, residual + gate + norm epilogues, QK-norm + RoPE, each one kernel ("fused" quantize_impl)
     or its torch reference ("torch"; "fused-eager": Triton eager, torch ops under compile).
+    Tried and left out (H200, results/perf_recipes_h200_epilogue_trial.json): compiled GEMMs run tensor-wise with
+    unit scales and the scales applied by torch ops for inductor to fuse into the consumer: the GEMMs got 3.5 ms
+    faster per 1024 step, inductor's consumers as much slower (279.8 vs 279.0 ms per step).
     """
 
     kernel: Kernel
@@ -78,7 +76,6 @@ class KernelPlan:
     gemm_impl: str
     launch: LaunchConfig = DEFAULT_LAUNCH
     fused_block: bool = False
-    epilogue_scales: bool = False
 
     def __post_init__(self):
         if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
@@ -101,11 +98,10 @@ class KernelPlan:
             return quantize_activation_triton(x2, k_padded, per_token, apply_swiglu, row_scale, col_scale,
                                               launch=self.launch)
         k = x2.shape[-1] // 2 if apply_swiglu else x2.shape[-1]
-        launch = self.launch.choose(k, k_padded, apply_swiglu)
+        block, warps, stages = self.launch.choose(k, k_padded, apply_swiglu)
         return torch.ops.omnigen2_fp8.quantize_activation(x2, k_padded, per_token, apply_swiglu, row_scale,
-                                                          col_scale, launch.block_k, launch.num_warps,
-                                                          launch.stages, self.launch.hw_cast_on_cuda and x2.is_cuda,
-                                                          launch.block_m, launch.programs_per_sm, launch.fast_math)
+                                                          col_scale, block, warps, stages,
+                                                          self.launch.hw_cast_on_cuda and x2.is_cuda)
 
     # ------------------------------------------------------------------------------- fused block ops
     def _block_op(self, reference, triton_fn, op, like: torch.Tensor):
@@ -156,9 +152,6 @@ class KernelPlan:
         if self.gemm_impl == "emulated":
             compute = torch.float64 if xq.device.type == "cpu" else torch.float32
             return emulated_scaled_mm(xq, x_scale, layer.weight, layer.weight_scale, out_dtype, compute)
-        if self.epilogue_scales and not self.fused_block and torch.compiler.is_compiling():
-            raw = layer.matmul_unscaled(xq)  # [M, Np] bf16 sums; the scales follow as ops inductor fuses forward
-            return (raw.float() * x_scale * layer.weight_scale).to(out_dtype)
         return layer.matmul(xq, x_scale, out_dtype)
 
 
