@@ -2,10 +2,10 @@
 speed options side by side, GEdit-shaped calls, every answer forced to exactly `--new-tokens` tokens (128: a realistic
 VIEScore answer length; a random judge never stops by itself).
 
-Variants (`harness.gedit.judge_speed`): "fast" = packed vision attention + compiled decoding (the CUDA default),
-"packed-vision" = packed vision attention + eager decoding, "packed-reproducible" = the same with the reproducible
-decode attention (harness.gedit.decode_attention), "plain" = transformers' per-window vision attention +
-eager decoding (the judge before the speed options). The first variant is measured at every `--batch-sizes` and
+Variants (`harness.gedit.judge_speed`): "packed-reproducible" = packed vision attention + eager decoding with the
+reproducible decode attention (harness.gedit.decode_attention; the default), "packed-vision" = packed vision
+attention + eager decoding on SDPA's own decode kernel, "fast" = packed vision attention + compiled decoding,
+"plain" = transformers' per-window vision attention + eager decoding (the judge before the speed options). The first variant is measured at every `--batch-sizes` and
 `--first-variant-batch-sizes` entry, the others at every `--batch-sizes` entry, in that order, while `--budget-s` has
 time left (what is skipped is recorded as skipped).
 
@@ -186,7 +186,8 @@ def plan(variants: list[str], batch_sizes: list[int], first_only: list[int]) -> 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="where to write the results (rewritten after every step)")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["fast", "packed-vision", "plain"],
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                        default=["packed-reproducible", "packed-vision", "plain"],
                         help="measured in this order")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--first-variant-batch-sizes", type=int, nargs="*", default=[256],

@@ -2,11 +2,13 @@
 
 On an H200 (torch 2.11, transformers 5.17) the kernel SDPA picks for a one-token decode step gave other greedy tokens
 when the same batch was decoded again, even in the same process, while the prefill logits stayed bitwise equal
-(results/judge_determinism_h200.json). SDPA's math backend is reproducible but costs 1.6x the generation time: it
+(results/judge_determinism_h200.json). SDPA's math backend is reproducible but cost 1.6x the generation time: it
 repeats the key/value heads of the whole cache for grouped-query attention and upcasts the cache to float32 on every
 step. A decode step needs neither: the query heads that share a key/value head are one small GEMM against that head's
 cache, so a step is two batched cuBLAS GEMMs (same shapes, same algorithm, no atomics: the same bits every time) and a
-float32 softmax, reading the cache once in bf16 as a fused kernel would.
+float32 softmax, reading the cache once in bf16. Measured on H200s (results/judge_reproducible_decode_h200.json): 128
+of 128 answers kept their token ids in every repeat and on a second GPU, and the judge ran 2.15x the samples/s of
+SDPA's own decode path at batch 256, which repeats the key/value heads of a padded batch's cache on every step.
 
 Installed by name through transformers' attention interface on the text decoder's config only: the vision tower and
 every prefill (more than one query token) keep transformers' SDPA path unchanged.

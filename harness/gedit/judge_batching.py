@@ -22,8 +22,8 @@ ORDERING = "v1: within each judge() call, calls sorted by prompt tokens (stable,
 # Calls per forward batch at most when chosen from the device's memory. The plain judge on an H200
 # (results/judge_throughput_h200.json): 1.10 samples/s at 32, 1.76 at 64, 2.18 at 128 (45 GiB peak): an eager decode
 # step costs about the same at any batch size, so larger batches pay. 256 fits an H200 (about 100 GiB by the estimate
-# below at 512 new tokens; measured: 74 GiB peak at 128 new tokens, 3.18 samples/s with packed vision attention,
-# results/judge_speed_packed_eager_b256_h200.json); an 80 GB card gets 128 from the estimate.
+# below at 512 new tokens; measured at 128 new tokens with packed vision attention: 76 GiB peak and 7.36 samples/s with
+# the default reproducible decoding, results/judge_reproducible_decode_h200.json); an 80 GB card gets 128.
 AUTO_BATCH_CAP = 256
 CPU_BATCH_SIZE = 4  # on a CPU there is no memory to size by; small batches keep the tiny test judges fast
 PROMPT_TOKENS_BOUND = 1536  # a two-image GEdit call at the 512x512 area (~650 image + ~450 text tokens), rounded up
