@@ -276,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", default=["bf16", "fp8"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--eager", action="store_true", help="without CUDA graphs (the fast mode is the default)")
+    p.add_argument("--mode", choices=("auto", "graphs", "eager"), default="auto",
+                   help="the DiT's execution mode: auto = harness.gedit's default (compile + CUDA graphs on GPUs), "
+                        "graphs = --cuda-graphs (no compile), eager = --eager")
     p.add_argument("--no-judge", action="store_true", help="generation only (--stage generate)")
     p.add_argument("--judge-max-new-tokens", type=int, default=64)
     p.add_argument("--judge-decode", default="eager-reproducible", choices=DECODE_MODES,
@@ -312,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--judge-decode", args.judge_decode]
     if args.device:
         common += ["--device", args.device]
-    if not args.eager and args.device != "cpu":
-        common += ["--cuda-graphs"]
+    if args.mode != "auto":
+        common += ["--cuda-graphs" if args.mode == "graphs" else "--eager"]
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.gpus))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
@@ -324,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
               "synthetic": args.synthetic, "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "settings": {"tasks": args.tasks, "per_task": args.per_task, "samples": args.per_task * len(args.tasks),
                            "arms": args.arms, "steps": args.steps, "resolution": args.resolution,
-                           "cuda_graphs": "--cuda-graphs" in common, "judge": not args.no_judge,
+                           "mode": args.mode, "judge": not args.no_judge,
                            "judge_max_new_tokens": args.judge_max_new_tokens, "judge_decode": args.judge_decode,
                            "judge_batch_size": args.judge_batch_size, "omp_num_threads": threads},
               "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",

@@ -305,20 +305,39 @@ def test_truncated_safetensors_are_named_by_the_loader(tmp_path):
 
 # ------------------------------------------------------------------------------- the fast mode by default on GPUs
 @pytest.mark.parametrize("asked, device, gpu, arm, expected", [
-    (None, "cpu", False, "fp8", False),            # no GPU: eager
-    (None, "cuda", True, "fp8", True),             # the default on a GPU: graphs (the FP8 arm is launch-bound)
-    (None, "cuda", True, "bf16+taylorseer", True),  # TaylorSeer replays graphs
-    (None, "cuda", True, "bf16+teacache", False),  # TeaCache decides inside a pass: that arm runs eagerly
-    (False, "cuda", True, "fp8", False),           # --eager
-    (True, "cuda", True, "fp8", True),             # --cuda-graphs
+    (None, "cpu", False, "fp8", "eager"),                      # no GPU: eager
+    (None, "cuda", False, "fp8", "eager"),                     # asked for CUDA where torch sees none: eager
+    (None, "cuda", True, "fp8", "compile+graphs"),             # the default on a GPU: the fastest measured mode
+    (None, "cuda", True, "bf16+taylorseer", "compile+graphs"),  # TaylorSeer replays graphs
+    (None, "cuda", True, "bf16+teacache", "compile"),          # TeaCache decides inside a pass: compile alone
+    (False, "cuda", True, "fp8", "eager"),                     # --eager
+    (True, "cuda", True, "fp8", "graphs"),                     # --cuda-graphs
 ])
-def test_arms_replay_cuda_graphs_by_default_on_gpus(monkeypatch, asked, device, gpu, arm, expected):
+def test_arms_run_the_fastest_mode_by_default_on_gpus(monkeypatch, asked, device, gpu, arm, expected):
     from types import SimpleNamespace
 
-    from harness.gedit.context import arm_uses_cuda_graphs
+    from harness.gedit.context import arm_mode
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    assert arm_uses_cuda_graphs(SimpleNamespace(cuda_graphs=asked, device=device), arm) is expected
+    choice = arm_mode(SimpleNamespace(cuda_graphs=asked, device=device), arm)
+    assert choice.mode == expected
+    assert (choice.fallback_reason is not None) == (arm == "bf16+teacache" and gpu and asked is None)
+
+
+def test_compiled_edits_are_a_setting_and_older_runs_without_it_resume(tmp_path):
+    from harness.gedit.config import GenerationSpec
+    from harness.gedit.generate import arm_settings
+    from harness.gedit.run_folder import RunFolder, SettingsMismatchError
+
+    folder = RunFolder(tmp_path, tmp_path)
+    gen = GenerationSpec()
+    eager, compiled = (arm_settings("m", "fp8", gen, compiled=c) for c in (False, True))
+    folder.check_or_record_settings("fp8", eager)
+    with pytest.raises(SettingsMismatchError, match="transformer_compiled: False -> True"):
+        folder.check_or_record_settings("fp8", compiled)
+    older = {k: v for k, v in eager.items() if k != "transformer_compiled"}  # recorded before the key existed
+    (tmp_path / "fp8" / "generation_settings.json").write_text(json.dumps(older))
+    folder.check_or_record_settings("fp8", compiled)
 
 
 def test_eager_and_cuda_graphs_are_exclusive(capsys):

@@ -127,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     modes = io.add_mutually_exclusive_group()
     modes.add_argument("--cuda-graphs", action="store_true", default=None,
-                       help="replay transformer passes as CUDA graphs for every arm, refusing an arm that cannot be "
-                            "(default on CUDA: graphs for every arm that can be replayed, eager for the others)")
+                       help="replay transformer passes as CUDA graphs for every arm, without torch.compile, refusing "
+                            "an arm that cannot be replayed (default on CUDA: compile + CUDA graphs, the fastest "
+                            "measured mode; compile alone for an arm that cannot be replayed, e.g. TeaCache)")
     modes.add_argument("--eager", action="store_true",
-                       help="run transformer passes eagerly (same images; at 512x512 the FP8 arm is launch-bound "
-                            "and slower than BF16 this way)")
+                       help="run transformer passes eagerly (at 512x512 the FP8 arm is launch-bound and slower than "
+                            "BF16 this way)")
     io.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples for the 95%% intervals")
     io.add_argument("--no-progress", action="store_true")
     return p

@@ -16,7 +16,7 @@ import torch
 
 from omnigen2_fp8.caching import check_step_cache
 from omnigen2_fp8.loading import check_safetensors_file
-from omnigen2_fp8.modes import graphs_blocker
+from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
@@ -187,14 +187,16 @@ def check_device(device: str | None) -> None:
                          f"{torch.version.cuda}); pass --device cpu, or run where a GPU is visible")
 
 
-def arm_uses_cuda_graphs(ctx: RunContext, arm: str) -> bool:
-    """Whether `arm`'s transformer passes replay as CUDA graphs: as asked, or by default on a GPU for every arm
-    whose step cache can be captured (TeaCache decides inside each pass, so it runs eagerly)."""
+def arm_mode(ctx: RunContext, arm: str) -> ModeChoice:
+    """How `arm`'s transformer runs. By default `omnigen2_fp8.modes.choose_mode("auto")`: on a GPU compile + CUDA
+    graphs (the fastest measured mode; compile alone for a step cache that decides inside each pass, e.g. TeaCache),
+    eager elsewhere. --cuda-graphs: graphs for every arm, without compile (refusing an arm that cannot); --eager:
+    eager."""
     if ctx.cuda_graphs is not None:
-        return ctx.cuda_graphs
-    if not (str(ctx.device).startswith("cuda") and torch.cuda.is_available()):
-        return False
-    return graphs_blocker(step_cache=parse_recipe(arm).step_cache) is None
+        mode = GRAPHS_MODE if ctx.cuda_graphs else EAGER_MODE
+        return ModeChoice(mode, mode)
+    gpu = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
+    return choose_mode(AUTO_MODE, ctx.device if gpu else "cpu", step_cache=parse_recipe(arm).step_cache)
 
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:

@@ -29,13 +29,15 @@ from omnigen2_fp8.synthetic import build_components, build_transformer
 log = logging.getLogger("harness.gedit")
 
 
-def arm_settings(model: str, arm: str, gen: GenerationSpec, model_weights: str | None = None) -> dict:
+def arm_settings(model: str, arm: str, gen: GenerationSpec, model_weights: str | None = None,
+                 compiled: bool = False) -> dict:
     """What decides an arm's images: resume reuses an edit only when these are unchanged (`model_weights`: which
-    weights `model` holds, so a moved folder still matches)."""
+    weights `model` holds, so a moved folder still matches). `compiled`: torch.compile fuses the DiT's ops, which
+    changes float roundings; CUDA graphs replay the eager kernels bit for bit, so they are not a setting."""
     return {"model": model, "model_weights": model_weights, "precision": arm, "seed": gen.seed, "steps": gen.steps,
             "resolution": gen.resolution,
             "text_guidance_scale": gen.text_guidance_scale, "image_guidance_scale": gen.image_guidance_scale,
-            "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt}
+            "time_shift": gen.time_shift, "negative_prompt": gen.negative_prompt, "transformer_compiled": compiled}
 
 
 def load_shared_components(model: str, device: str, synthetic: str | None = None,
@@ -54,12 +56,13 @@ def load_shared_components(model: str, device: str, synthetic: str | None = None
 
 def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None = None,
                       time_shift: float | None = None, dtype: torch.dtype | None = None, cuda_graphs: bool = False,
-                      components: Components | None = None) -> OmniGen2Pipeline:
+                      compile: bool = False, components: Components | None = None) -> OmniGen2Pipeline:
     """One OmniGen2Pipeline for precision `arm` ("bf16" or "fp8").
 
     synthetic "full": random full-size models built in device memory (nothing read from `model`); otherwise the
     checkpoint folder or hub id `model` (a tiny synthetic checkpoint is such a folder). dtype: bf16 on CUDA,
     fp32 on CPU unless given. components: the shared parts (`load_shared_components`); None loads them too.
+    cuda_graphs / compile: the execution mode (`omnigen2_fp8.modes`).
     Random weights are seeded as `synthetic.build_synthetic_pipeline` seeds them, so either way gives one model.
     """
     dtype = dtype or _default_dtype(device)
@@ -69,7 +72,8 @@ def load_arm_pipeline(model: str, arm: str, device: str, synthetic: str | None =
     else:
         transformer = load_transformer(checkpoint_root(model) / "transformer", dtype=dtype, device=device)
     return OmniGen2Pipeline.from_components(components, transformer, device=device, dtype=dtype, precision=arm,
-                                            time_shift=time_shift, progress=False, cuda_graphs=cuda_graphs)
+                                            time_shift=time_shift, progress=False, cuda_graphs=cuda_graphs,
+                                            compile=compile)
 
 
 def _default_dtype(device: str) -> torch.dtype:

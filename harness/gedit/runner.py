@@ -36,7 +36,7 @@ from harness.core.distributed import DistributedSetupError, Shard, launched_with
 from harness.core.lock import FolderLock
 from harness.core.records import RecordSink, run_manifest, write_json_atomic
 from harness.gedit import data as gdata
-from harness.gedit.context import RunContext, SetupError, arm_uses_cuda_graphs, preflight, weights_revision
+from harness.gedit.context import RunContext, SetupError, arm_mode, preflight, weights_revision
 from harness.gedit.generate import (arm_settings, free_pipeline, generate_samples, load_arm_pipeline,
                                     load_shared_components, release_device_memory)
 from harness.gedit.judging import Pair, check_same_on_every_rank, judge_chunks, load_judge
@@ -177,12 +177,13 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
                   arms: Sequence[str] | None = None) -> dict:
     """Edits for every arm; finished samples are skipped. The parts every arm shares (VAE, Qwen2.5-VL) are loaded
     once; each arm loads only its DiT, freed before the next. Returns {"components_load_seconds": None when nothing
-    was loaded, "arms": [{"arm", "edits", "load_seconds", "seconds"}] for the arms that made edits}."""
+    was loaded, "arms": [{"arm", "mode", "edits", "load_seconds", "seconds"}] for the arms that made edits}."""
     folder = ctx.folder
     todo = {}
     for arm in arms or ctx.arms:
         folder.check_or_record_settings(arm, arm_settings(ctx.model, arm, ctx.config.generation,
-                                                          model_weights=weights_revision(ctx.model)))
+                                                          model_weights=weights_revision(ctx.model),
+                                                          compiled=arm_mode(ctx, arm).compile))
         todo[arm] = folder.pending(arm, samples)
         if not todo[arm]:
             log.info("generate %s: all %d edits exist", arm, len(samples))
@@ -205,15 +206,17 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
 def _generate_arm(ctx: RunContext, ds, todo: Sequence[gdata.SampleRef], shard: Shard, arm: str, components) -> dict:
     log.info("generate %s: %d edits to make", arm, len(todo))
     start = time.perf_counter()
+    mode = arm_mode(ctx, arm)
     pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift,
-                             cuda_graphs=arm_uses_cuda_graphs(ctx, arm), components=components)
+                             components=components, **mode.pipeline_flags())
     loaded = time.perf_counter()
     try:
         generate_samples(pipe, ds, todo, ctx.folder, arm, ctx.config.generation,
                          RecordSink(ctx.folder.generation_log(arm), shard), progress=ctx.progress)
     finally:
         free_pipeline(pipe)
-    return {"arm": arm, "edits": len(todo), "load_seconds": loaded - start, "seconds": time.perf_counter() - start}
+    return {"arm": arm, "mode": mode.describe(), "edits": len(todo), "load_seconds": loaded - start,
+            "seconds": time.perf_counter() - start}
 
 
 # ------------------------------------------------------------------------------------------------------ judging
