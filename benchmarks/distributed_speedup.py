@@ -276,9 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arms", nargs="+", default=["bf16", "fp8"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--mode", choices=("auto", "graphs", "eager"), default="auto",
-                   help="the DiT's execution mode: auto = harness.gedit's default (compile + CUDA graphs on GPUs), "
-                        "graphs = --cuda-graphs (no compile), eager = --eager")
+    p.add_argument("--mode", choices=("auto", "compile", "eager"), default="auto",
+                   help="the DiT's execution mode: auto = harness.gedit's default (CUDA graphs on GPUs), compile = "
+                        "--compile (compile + CUDA graphs), eager = --eager")
     p.add_argument("--no-judge", action="store_true", help="generation only (--stage generate)")
     p.add_argument("--judge-max-new-tokens", type=int, default=64)
     p.add_argument("--judge-decode", default="eager-reproducible", choices=DECODE_MODES,
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         common += ["--device", args.device]
     if args.mode != "auto":
-        common += ["--cuda-graphs" if args.mode == "graphs" else "--eager"]
+        common += [f"--{args.mode}"]
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.gpus))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()

@@ -9,7 +9,9 @@
 speed of BF16 at the 512 GEdit shape, compile+graphs FP8 1.3x faster), and eager elsewhere. An arm that cannot be
 replayed as a graph (a TeaCache step cache decides inside each pass; offloaded weights move between passes) gets
 compile alone under `auto`, with the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is
-refused with the fix. `omnigen2_fp8.edit`, `harness.profile` and `harness.gedit` decide through these functions.
+refused with the fix. `omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too
+with --compile, and by default replays CUDA graphs without compile, because compiled kernels depend on the shapes a
+process compiles for first and a sharded evaluation must give the same edits on any number of GPUs.
 """
 from __future__ import annotations
 

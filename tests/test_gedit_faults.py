@@ -304,22 +304,25 @@ def test_truncated_safetensors_are_named_by_the_loader(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the fast mode by default on GPUs
-@pytest.mark.parametrize("asked, device, gpu, arm, expected", [
-    (None, "cpu", False, "fp8", "eager"),                      # no GPU: eager
-    (None, "cuda", False, "fp8", "eager"),                     # asked for CUDA where torch sees none: eager
-    (None, "cuda", True, "fp8", "compile+graphs"),             # the default on a GPU: the fastest measured mode
-    (None, "cuda", True, "bf16+taylorseer", "compile+graphs"),  # TaylorSeer replays graphs
-    (None, "cuda", True, "bf16+teacache", "compile"),          # TeaCache decides inside a pass: compile alone
-    (False, "cuda", True, "fp8", "eager"),                     # --eager
-    (True, "cuda", True, "fp8", "graphs"),                     # --cuda-graphs
+@pytest.mark.parametrize("asked, compile, device, gpu, arm, expected", [
+    (None, False, "cpu", False, "fp8", "eager"),                     # no GPU: eager
+    (None, False, "cuda", False, "fp8", "eager"),                    # asked for CUDA where torch sees none: eager
+    (None, False, "cuda", True, "fp8", "graphs"),                    # the default on a GPU (same edits any GPU count)
+    (None, False, "cuda", True, "bf16+taylorseer", "graphs"),        # TaylorSeer replays graphs
+    (None, False, "cuda", True, "bf16+teacache", "eager"),           # TeaCache decides inside a pass: eager
+    (False, False, "cuda", True, "fp8", "eager"),                    # --eager
+    (True, False, "cuda", True, "fp8", "graphs"),                    # --cuda-graphs
+    (None, True, "cuda", True, "fp8", "compile+graphs"),             # --compile: the fastest mode
+    (None, True, "cuda", True, "bf16+teacache", "compile"),          # --compile, TeaCache: compile alone
+    (None, True, "cpu", False, "fp8", "eager"),                      # --compile without a GPU: eager
 ])
-def test_arms_run_the_fastest_mode_by_default_on_gpus(monkeypatch, asked, device, gpu, arm, expected):
+def test_arm_modes_by_default_and_as_asked(monkeypatch, asked, compile, device, gpu, arm, expected):
     from types import SimpleNamespace
 
     from harness.gedit.context import arm_mode
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    choice = arm_mode(SimpleNamespace(cuda_graphs=asked, device=device), arm)
+    choice = arm_mode(SimpleNamespace(cuda_graphs=asked, compile=compile, device=device), arm)
     assert choice.mode == expected
     assert (choice.fallback_reason is not None) == (arm == "bf16+teacache" and gpu and asked is None)
 
@@ -340,7 +343,8 @@ def test_compiled_edits_are_a_setting_and_older_runs_without_it_resume(tmp_path)
     folder.check_or_record_settings("fp8", compiled)
 
 
-def test_eager_and_cuda_graphs_are_exclusive(capsys):
-    with pytest.raises(SystemExit):
-        main([*BASE, "--eager", "--cuda-graphs"])
-    assert "not allowed with argument" in capsys.readouterr().err
+def test_eager_cuda_graphs_and_compile_are_exclusive(capsys):
+    for flags in (["--eager", "--cuda-graphs"], ["--compile", "--eager"], ["--cuda-graphs", "--compile"]):
+        with pytest.raises(SystemExit):
+            main([*BASE, *flags])
+        assert "not allowed with argument" in capsys.readouterr().err

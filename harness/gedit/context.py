@@ -16,7 +16,7 @@ import torch
 
 from omnigen2_fp8.caching import check_step_cache
 from omnigen2_fp8.loading import check_safetensors_file
-from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
+from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode, graphs_blocker
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
@@ -61,6 +61,9 @@ class RunContext:
     # replay transformer passes as CUDA graphs (same images, less launch overhead): True for every arm, False for
     # none, None (the default) for every arm that can be replayed when the device is a GPU
     cuda_graphs: bool | None = None
+    # --compile: torch.compile + CUDA graphs (compile alone where graphs cannot replay); faster, but the edits are
+    # not bitwise the same across processes (see arm_mode)
+    compile: bool = False
     edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
     prompt_problem: str | None = None  # why the prompt set's text is missing; preflight reports it with the rest
     judge_server: JudgeServer | None = None  # judge through this OpenAI-compatible server instead of in process
@@ -102,7 +105,7 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
                  arms: Sequence[str] | None, device: str, viescore_file: str | None = None,
                  batch_size: int | None = None, progress: bool = True, bootstrap: int = 10_000,
                  cuda_graphs: bool | None = None, stage: str = "all", judge_server: JudgeServer | None = None,
-                 judge_speed: dict | None = None) -> RunContext:
+                 judge_speed: dict | None = None, compile: bool = False) -> RunContext:
     """Task file + synthetic defaults + flags -> RunContext (builds synthetic models and data when asked).
 
     flags: dotted task fields -> flag values (None = not given); out: results folder (default
@@ -119,7 +122,8 @@ def make_context(*, task: str, flags: dict[str, Any], synthetic: str | None, out
                      dataset=config.dataset.id, model=config.generation.model, judge_model=config.judge.model,
                      prompts=prompts, protocol=get_protocol(config.judge.protocol), device=device,
                      batch_size=batch_size, synthetic=synthetic, progress=progress, bootstrap=bootstrap,
-                     cuda_graphs=cuda_graphs, edits_elsewhere=edits is not None, prompt_problem=prompt_problem,
+                     cuda_graphs=cuda_graphs, compile=compile, edits_elsewhere=edits is not None,
+                     prompt_problem=prompt_problem,
                      judge_server=judge_server, judge_speed=dict(judge_speed or {}))
     if synthetic:
         prepare_synthetic(ctx, explicit_dataset=flags.get("dataset.id") is not None,
@@ -188,15 +192,26 @@ def check_device(device: str | None) -> None:
 
 
 def arm_mode(ctx: RunContext, arm: str) -> ModeChoice:
-    """How `arm`'s transformer runs. By default `omnigen2_fp8.modes.choose_mode("auto")`: on a GPU compile + CUDA
-    graphs (the fastest measured mode; compile alone for a step cache that decides inside each pass, e.g. TeaCache),
-    eager elsewhere. --cuda-graphs: graphs for every arm, without compile (refusing an arm that cannot); --eager:
-    eager."""
+    """How `arm`'s transformer runs: --eager eager; --cuda-graphs CUDA graphs for every arm (refusing an arm that
+    cannot be replayed); --compile `omnigen2_fp8.modes.choose_mode("auto")`, compile + CUDA graphs on a GPU (compile
+    alone for a step cache that decides inside each pass, e.g. TeaCache); by default CUDA graphs on a GPU for every
+    arm that can be replayed, eager for the others and on CPUs.
+
+    Why compile is not the default although it is the fastest mode (FP8 at 512: 59.8 vs 73.5 ms per step,
+    results/perf_recipes_h200_all_modes.json): inductor's kernels depend on the shapes a process compiles for first,
+    so compiled edits differ between processes. Between a 1-GPU and a 2-GPU run none of 44 compiled edits was
+    byte-identical (up to 14 of 255 levels, results/distributed_compile_nvidia-h200-x2.json), where CUDA graphs
+    alone replay the eager kernels and gave 88 of 88 identical edits."""
+    gpu = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
+    if ctx.compile:
+        return choose_mode(AUTO_MODE, ctx.device if gpu else "cpu", step_cache=parse_recipe(arm).step_cache)
     if ctx.cuda_graphs is not None:
         mode = GRAPHS_MODE if ctx.cuda_graphs else EAGER_MODE
         return ModeChoice(mode, mode)
-    gpu = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
-    return choose_mode(AUTO_MODE, ctx.device if gpu else "cpu", step_cache=parse_recipe(arm).step_cache)
+    blocker = graphs_blocker(step_cache=parse_recipe(arm).step_cache)
+    if not gpu:
+        return ModeChoice(EAGER_MODE, AUTO_MODE)
+    return ModeChoice(EAGER_MODE, AUTO_MODE, blocker) if blocker else ModeChoice(GRAPHS_MODE, AUTO_MODE)
 
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
