@@ -136,6 +136,7 @@ def test_two_ranks_write_exactly_the_single_process_outputs(reference, tmp_path)
     # what a rerun on any number of processes shares with this one is said where the ranks are reported
     assert report["reproducibility"] == single["reproducibility"]
     assert report["reproducibility"]["judgements"].startswith("the same judgements for any number of processes on CPUs")
+    assert report["reproducibility"]["edits"].startswith("the same edits for any number of processes")
     for rank in (*report["ranks"], *single["ranks"]):  # every stage says when it ran, comparable across ranks
         for stage in ("generate", "judge"):
             assert rank["ready_unix"] <= rank[stage]["start_unix"] <= rank[stage]["end_unix"]

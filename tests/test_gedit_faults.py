@@ -341,6 +341,12 @@ def test_compiled_edits_are_a_setting_and_older_runs_without_it_resume(tmp_path)
     older = {k: v for k, v in eager.items() if k != "transformer_compiled"}  # recorded before the key existed
     (tmp_path / "fp8" / "generation_settings.json").write_text(json.dumps(older))
     folder.check_or_record_settings("fp8", compiled)
+    from types import SimpleNamespace
+
+    from harness.gedit.runner import edits_reproducibility
+
+    assert "not bitwise reproducible across processes" in edits_reproducibility(SimpleNamespace(compile=True))
+    assert edits_reproducibility(SimpleNamespace(compile=False)).startswith("the same edits")
 
 
 def test_eager_cuda_graphs_and_compile_are_exclusive(capsys):

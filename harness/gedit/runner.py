@@ -125,12 +125,20 @@ def _run_stages(ctx: RunContext, stages: tuple[str, ...], shard: Shard, startup:
             "synthetic": ctx.synthetic or False, "world_size": shard.world_size, "backend": shard.backend,
             "stages": list(stages), "ranks": everyone, "merged_records": merged,
             "reproducibility": {
-                "edits": "the same edits for any number of processes: each sample's noise comes from its own seed",
+                "edits": edits_reproducibility(ctx),
                 **({"judgements": reproducibility(resolve_modes(None, ctx.judge_speed.get("decode"))[1],
                                                   shard.device, ctx.judge_server is not None)}
                    if "judge" in stages else {})},
             "provenance": run_manifest(synthetic=ctx.synthetic or False, device=shard.device)})
     return run_score(ctx) if "score" in stages else None
+
+
+def edits_reproducibility(ctx: RunContext) -> str:
+    """What a run's edits share with a rerun on any number of processes (recorded in distributed.json)."""
+    if ctx.compile:
+        return ("--compile: not bitwise reproducible across processes; inductor's kernels depend on the shapes each "
+                "process compiles for first (0 of 44 edits identical between 1 and 2 H200s, up to 14/255 levels)")
+    return "the same edits for any number of processes: each sample's noise comes from its own seed"
 
 
 @contextlib.contextmanager
