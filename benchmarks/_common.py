@@ -1,6 +1,7 @@
 """Builders and timers every benchmark shares (run benchmarks from the repository root: python -m benchmarks.NAME)."""
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Callable
 import torch
 
 from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
+from omnigen2_fp8.fp8.kernels import LaunchConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,3 +91,10 @@ def top_kernels(per_kernel: dict[str, list], n: int) -> list[dict]:
     """The `n` kernels with the most device time, as JSON rows (name cut to 160 characters)."""
     top = sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:n]
     return [{"name": name[:160], "calls": calls, "ms": ms} for name, (calls, ms) in top]
+
+
+def read_launch_table(path: str | Path) -> tuple[LaunchConfig, list]:
+    """The quantization-kernel launches that bench_fp8_layers --launch-out wrote: rows [K, swiglu, block_k,
+    num_warps, stages] -> (LaunchConfig, the rows as read, for the result record)."""
+    rows = json.loads(Path(path).read_text())["launch"]
+    return LaunchConfig.from_table({(k, bool(swiglu)): tuple(launch) for k, swiglu, *launch in rows}), rows

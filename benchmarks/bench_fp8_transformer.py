@@ -26,7 +26,8 @@ from harness.profile.taxonomy import categorize
 from omnigen2_fp8.fp8 import Fp8Config, Kernel, quantize_fp8, save_fp8_checkpoint
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan, use_plan
 from omnigen2_fp8.fp8.kernels import DEFAULT_LAUNCH, LaunchConfig
-from benchmarks._common import build_model, cuda_kernel_times, run_keeping_partial, sync, time_forward, top_kernels
+from benchmarks._common import (build_model, cuda_kernel_times, read_launch_table, run_keeping_partial, sync,
+                               time_forward, top_kernels)
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.transformer import OmniGen2Transformer
 
@@ -233,10 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     args.launch = DEFAULT_LAUNCH
     if args.launch_json:
-        import json
-
-        table = json.load(open(args.launch_json))
-        args.launch = LaunchConfig.from_table({(k, bool(sw)): (b, w, st) for k, sw, b, w, st in table["launch"]})
+        args.launch, _ = read_launch_table(args.launch_json)
     torch.manual_seed(0)
     result = {"manifest": run_manifest(synthetic="full" if args.preset == "omnigen2" else args.preset,
                                        device=args.device, extra={"benchmark": "fp8 transformer"}),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import sys
 import time
 import traceback
@@ -35,7 +34,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from benchmarks._common import cuda_kernel_times, run_keeping_partial, top_kernels
+from benchmarks._common import cuda_kernel_times, read_launch_table, run_keeping_partial, top_kernels
 from harness.core.records import run_manifest, write_json_atomic
 from harness.profile.taxonomy import categorize
 from omnigen2_fp8 import synthetic
@@ -384,9 +383,7 @@ def run(args, record: dict) -> None:
     start = time.perf_counter()
     launch = None
     if args.launch_json:
-        table = json.loads(args.launch_json.read_text())["launch"]
-        launch = LaunchConfig.from_table({(k, bool(swiglu)): tuple(rest) for k, swiglu, *rest in table})
-        record["settings"]["quant_launch"] = table
+        launch, record["settings"]["quant_launch"] = read_launch_table(args.launch_json)
     arms = build_arms(args.recipes, args.modes, args.device, args.preset, set(args.arms or ()), launch)
     record["build_s"] = time.perf_counter() - start
     print(f"built {len(arms)} arms in {record['build_s']:.1f} s; {allocated() / 2**30:.1f} GiB", flush=True)

@@ -44,6 +44,13 @@ def find_case(name: str, root: Path = GOLDEN_ROOT) -> Path:
     return hits[0]
 
 
+def transformer_batch_call(io: dict) -> tuple:
+    """The forward arguments of the `transformer_batch` case from its io.safetensors: two ragged samples (latents,
+    timestep, text features, text mask, references: two for the first sample, one for the second)."""
+    return ([io["latent.0"], io["latent.1"]], io["timestep"], io["text_hidden_states"], io["text_attention_mask"],
+            [[io["ref.0.0"], io["ref.0.1"]], [io["ref.1.0"]]])
+
+
 def scheduler_grids(root: Path = GOLDEN_ROOT) -> dict[str, list[float]]:
     grids: dict[str, list[float]] = {}
     for path in sorted(root.glob("**/scheduler_timesteps.json")):

@@ -14,7 +14,7 @@ from omnigen2_fp8.fp8 import Fp8Config, Fp8Linear, Kernel, plan_for, quantize_fp
 from omnigen2_fp8.fp8.fused_block import fused_block_forward, unfused_blocks
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
-from golden_cases import find_case
+from golden_cases import find_case, transformer_batch_call
 
 FUSED_REFERENCE = plan_for(Kernel.TORCH_REFERENCE, fused_block=True)
 
@@ -173,12 +173,10 @@ def test_golden_model_fused_stays_within_the_fp8_tolerance(golden_dir):
     case = find_case("transformer_batch", golden_dir)
     model = load_transformer(case / "transformer")
     io = load_file(str(case / "io.safetensors"))
-    latents = [io["latent.0"], io["latent.1"]]
-    refs = [[io["ref.0.0"], io["ref.0.1"]], [io["ref.1.0"]]]
     quantize_fp8(model)
     use_plan(model, FUSED_REFERENCE)
     with torch.no_grad():
-        out = model(latents, io["timestep"], io["text_hidden_states"], io["text_attention_mask"], refs)
+        out = model(*transformer_batch_call(io))
     for i, y in enumerate(out):
         want = io[f"output.{i}"]
         assert float((y - want).norm() / want.norm()) < 0.15, i  # test_fp8_quantize's bar for the unfused model

@@ -15,7 +15,7 @@ from omnigen2_fp8.fp8 import (Fp8Config, Fp8ConfigError, Fp8Linear, Fp8Quantizat
 from omnigen2_fp8.checkpoints import load_transformer
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
-from golden_cases import find_case
+from golden_cases import find_case, transformer_batch_call
 
 TARGET = re.compile(r"(layers|noise_refiner|ref_image_refiner|context_refiner)\.\d+\."
                     r"(attn\.(to_q|to_k|to_v|to_qkv|to_out\.0)|feed_forward\.(linear_1|linear_2|linear_3|linear_13))")
@@ -67,12 +67,10 @@ def test_golden_model_quantized_stays_close(golden_dir):
     case = find_case("transformer_batch", golden_dir)
     model = load_transformer(case / "transformer")
     io = load_file(str(case / "io.safetensors"))
-    latents = [io["latent.0"], io["latent.1"]]
-    refs = [[io["ref.0.0"], io["ref.0.1"]], [io["ref.1.0"]]]
     report = quantize_fp8(model)
     assert len(report.quantized) == 20
     with torch.no_grad():
-        out = model(latents, io["timestep"], io["text_hidden_states"], io["text_attention_mask"], refs)
+        out = model(*transformer_batch_call(io))
     for i, y in enumerate(out):
         want = io[f"output.{i}"]
         err = float((y - want).norm() / want.norm())

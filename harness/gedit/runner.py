@@ -32,6 +32,8 @@ import socket
 import time
 from typing import Iterator, Sequence
 
+from omnigen2_fp8.modes import ModeChoice
+
 from harness.core.distributed import DistributedSetupError, Shard, launched_with_several_ranks, merge_rank_files
 from harness.core.lock import FolderLock
 from harness.core.records import RecordSink, run_manifest, write_json_atomic
@@ -187,11 +189,12 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
     once; each arm loads only its DiT, freed before the next. Returns {"components_load_seconds": None when nothing
     was loaded, "arms": [{"arm", "mode", "edits", "load_seconds", "seconds"}] for the arms that made edits}."""
     folder = ctx.folder
-    todo = {}
+    todo, modes = {}, {}
     for arm in arms or ctx.arms:
+        modes[arm] = arm_mode(ctx, arm)  # recorded in the settings and run by _generate_arm: one decision
         folder.check_or_record_settings(arm, arm_settings(ctx.model, arm, ctx.config.generation,
                                                           model_weights=weights_revision(ctx.model),
-                                                          compiled=arm_mode(ctx, arm).compile))
+                                                          compiled=modes[arm].compile))
         todo[arm] = folder.pending(arm, samples)
         if not todo[arm]:
             log.info("generate %s: all %d edits exist", arm, len(samples))
@@ -204,17 +207,17 @@ def generate_arms(ctx: RunContext, ds, samples: Sequence[gdata.SampleRef], shard
     try:
         for arm, part in todo.items():
             if part:
-                report["arms"].append(_generate_arm(ctx, ds, part, shard, arm, components))
+                report["arms"].append(_generate_arm(ctx, ds, part, shard, arm, modes[arm], components))
     finally:
         del components
         release_device_memory()
     return report
 
 
-def _generate_arm(ctx: RunContext, ds, todo: Sequence[gdata.SampleRef], shard: Shard, arm: str, components) -> dict:
-    log.info("generate %s: %d edits to make", arm, len(todo))
+def _generate_arm(ctx: RunContext, ds, todo: Sequence[gdata.SampleRef], shard: Shard, arm: str, mode: ModeChoice,
+                  components) -> dict:
+    log.info("generate %s (%s): %d edits to make", arm, mode.describe(), len(todo))
     start = time.perf_counter()
-    mode = arm_mode(ctx, arm)
     pipe = load_arm_pipeline(ctx.model, arm, ctx.device, ctx.synthetic, time_shift=ctx.config.generation.time_shift,
                              components=components, **mode.pipeline_flags())
     loaded = time.perf_counter()

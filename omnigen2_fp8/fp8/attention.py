@@ -209,9 +209,12 @@ class Fp8Sdpa(nn.Module):
             _say_once("masked", "FP8 attention takes unmasked (batch-1) passes; a masked ragged batch runs BF16 "
                                 "attention")
             return grouped_attention(q, k, v, mask)
-        q8 = quantize_heads_static(q, self.q_descale, self.head_dim_padded)
-        k8 = quantize_heads_static(k, self.k_descale, self.head_dim_padded)
-        return self.forward_quantized(q8, k8, v)
+        return self.forward_quantized(*self.quantize_qk(q, k), v)
+
+    def quantize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k [B, L, H, D] -> e4m3 [B, L, H, Dp] with this module's static descales."""
+        return (quantize_heads_static(q, self.q_descale, self.head_dim_padded),
+                quantize_heads_static(k, self.k_descale, self.head_dim_padded))
 
     def forward_quantized(self, q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Unmasked FP8 attention on q and k already in e4m3 with this module's static descales and padded head
@@ -244,9 +247,7 @@ class Fp8Sdpa(nn.Module):
         goes into its GEMM as it is (`project`)."""
         if mask is not None or not self.projects_directly(out_proj):
             return out_proj(self(q, k, v, mask))
-        q8 = quantize_heads_static(q, self.q_descale, self.head_dim_padded)
-        k8 = quantize_heads_static(k, self.k_descale, self.head_dim_padded)
-        return self.project(*self.attend_quantized(q8, k8, v), out_proj, v.dtype)
+        return self.project(*self.attend_quantized(*self.quantize_qk(q, k), v), out_proj, v.dtype)
 
     def project(self, o8: torch.Tensor, descale: torch.Tensor, out_proj: nn.Module,
                 dtype: torch.dtype) -> torch.Tensor:
