@@ -1,7 +1,9 @@
 """Precision recipes x execution modes, side by side in one process, through the real edit pipeline.
 
-Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, and the benchmark's own variant word `normquant` (the
-FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan, forced with `dispatch.use_plan`);
+Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, plus this benchmark's own variant words on an fp8
+recipe (alternatives measured against the library's defaults, forced with `dispatch.use_plan` or the config):
+`normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan), `exactaccum`
+(Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel);
 `--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
 FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
 graph), compile+graphs.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import sys
 import time
@@ -56,8 +59,9 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
     "edit-1024": dict(side=1024, steps=28, guidance=dict(text_guidance_scale=5.0, image_guidance_scale=2.0)),
 }
 MODES = ("eager", "compile", "graphs", "compile+graphs")
-RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+normquant", "fp8+normquant+fp8attn")
-NORMQUANT = "normquant"  # this benchmark's variant word, not a library recipe part
+RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
+# This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
+VARIANTS = ("normquant", "exactaccum", "unitgateup")
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -97,13 +101,14 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def split_recipe(name: str) -> tuple[Recipe, bool]:
-    """A benchmark recipe name -> (the library recipe, whether the normquant variant is on)."""
+def split_recipe(name: str) -> tuple[Recipe, frozenset[str]]:
+    """A benchmark recipe name -> (the library recipe, the variant words it carries)."""
     words = name.split("+")
-    recipe = parse_recipe("+".join(w for w in words if w != NORMQUANT))
-    if NORMQUANT in words and not recipe.quantized:
-        raise RecipeError(f"{name!r}: {NORMQUANT} changes FP8 layers; use it on an fp8 recipe")
-    return recipe, NORMQUANT in words
+    recipe = parse_recipe("+".join(w for w in words if w not in VARIANTS))
+    variants = frozenset(w for w in words if w in VARIANTS)
+    if variants and not recipe.quantized:
+        raise RecipeError(f"{name!r}: {sorted(variants)} change FP8 layers; use them on an fp8 recipe")
+    return recipe, variants
 
 
 def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtype,
@@ -112,16 +117,25 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     base = synthetic.build_transformer(preset, device, dtype, seed=0)
     models = {}
     for name in recipes:
-        recipe, normquant = split_recipe(name)
+        recipe, variants = split_recipe(name)
         model = base if not recipe.quantized else copy.deepcopy(base)
         if recipe.quantized:
-            quantize_fp8(model, recipe.fp8_config())
-        if normquant:
+            config = recipe.fp8_config()
+            if "exactaccum" in variants:
+                config = dataclasses.replace(config, fast_accumulation=False)
+            quantize_fp8(model, config)
+        if "normquant" in variants:
             quantize_after_norms_in_graph(model)
-        if launch is not None and recipe.quantized:
-            for module in model.modules():
-                if isinstance(module, Fp8Linear) and module.weight.is_cuda:  # CPU layers run the reference plan
-                    module.use_plan(with_launch(module.kernel_plan(), launch))
+        for module in model.modules():
+            if not (isinstance(module, Fp8Linear) and module.weight.is_cuda):
+                continue  # CPU layers run the reference plan
+            plan = module.kernel_plan()
+            if launch is not None:
+                plan = with_launch(plan, launch)
+            if "unitgateup" in variants:
+                plan = dataclasses.replace(plan, gate_up_unit_scales=True)
+            if plan != module.kernel_plan():
+                module.use_plan(plan)
         models[name] = model
     return models
 
@@ -321,7 +335,10 @@ def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
         categories[cat] = categories.get(cat, 0.0) + ms
     total = sum(categories.values()) or 1.0
     overhead = sum(categories.get(c, 0.0) for c in NORM_ELEMENTWISE_MEMCPY_QUANT)
-    return {"arm": arm.name, "kernel_ms": total,
+    device = [e.time_range for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # First kernel start to last kernel end: kernel_ms plus the time the GPU sat idle inside the step.
+    span = (max(r.end for r in device) - min(r.start for r in device)) / 1e3 if device else 0.0
+    return {"arm": arm.name, "kernel_ms": total, "gpu_span_ms": span,
             "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
             "norm_elementwise_memcpy_quant_share": overhead / total,
             "top_kernels": top_kernels(per_kernel, 25)}
@@ -331,8 +348,10 @@ def ratios(arms: list[Arm], size: str) -> dict:
     """Speed-ups over BF16 (BF16 ms / other ms; > 1: faster than BF16) of one 3-branch step at this size.
 
     fp8_best_over_bf16_best: the fastest FP8 arm without FP8 attention against the fastest BF16 arm;
-    fp8attn_best_over_bf16_best: the same with FP8 attention; *_default_*: the `edit` CLI's CUDA default mode
-    (plain FP8 recipe); per recipe: best, default, eager and per-mode ratios. Whole-edit ratios where measured.
+    fp8attn_best_over_bf16_best: the same with FP8 attention (library recipes only: arms with a benchmark variant
+    word are alternatives to the library's defaults and appear per recipe); *_default_*: the `edit` CLI's CUDA
+    default mode (plain FP8 recipe); per recipe: best, default, eager and per-mode ratios. Whole-edit ratios where
+    measured.
     """
     step = {(a.recipe, a.mode): a.results[size]["step_ms"] for a in arms if "step_ms" in a.results.get(size, {})}
     bf16 = {m: ms for (r, m), ms in step.items() if r == "bf16"}
@@ -341,7 +360,7 @@ def ratios(arms: list[Arm], size: str) -> dict:
     bf16_best = min(bf16, key=bf16.get)
     out = {"bf16_best": {"mode": bf16_best, "step_ms": bf16[bf16_best]}, "recipes": {}}
     for label, keep in (("fp8", lambda r: "fp8attn" not in r), ("fp8attn", lambda r: "fp8attn" in r)):
-        mine = {k: ms for k, ms in step.items() if k[0] != "bf16" and keep(k[0])}
+        mine = {k: ms for k, ms in step.items() if k[0] != "bf16" and keep(k[0]) and not split_recipe(k[0])[1]}
         if mine:
             best = min(mine, key=mine.get)
             out[f"{label}_best"] = {"arm": "/".join(best), "step_ms": mine[best]}
@@ -431,7 +450,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=list(SIZES))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
-                        help=f"recipes (library names, plus the variant word {NORMQUANT!r}); default {RECIPES}")
+                        help=f"recipes (library names, plus the variant words {VARIANTS}); default {RECIPES}")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per size (arms alternate)")
     parser.add_argument("--steps-per-round", type=int, default=3, help="denoising steps per timed call")

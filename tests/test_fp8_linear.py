@@ -1,6 +1,8 @@
 """Fp8Linear against the BF16 nn.Linear it replaces, dtype safety, and device errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -105,7 +107,9 @@ def test_plans_are_chosen_in_one_place_and_forced_through_a_public_seam():
     cpu = torch.device("cpu")
     assert select_kernel_plan("auto", cpu) == plan_for(Kernel.TORCH_REFERENCE)
     assert (plan_for("cublas-padded").quantize_impl, plan_for("cublas-padded").gemm_impl) == ("fused", "scaled-mm")
-    assert plan_for("cublas-padded").unscaled_gate_up and not plan_for("cublas-torch-quant").unscaled_gate_up
+    unit = dataclasses.replace(plan_for("cublas-padded"), gate_up_unit_scales=True)
+    assert not plan_for("cublas-padded").unscaled_gate_up and unit.unscaled_gate_up
+    assert not dataclasses.replace(plan_for("cublas-torch-quant"), gate_up_unit_scales=True).unscaled_gate_up
     with pytest.raises(ValueError, match="not a concrete kernel"):
         plan_for("auto")
     with pytest.raises(Fp8UnsupportedDeviceError):

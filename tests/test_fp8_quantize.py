@@ -106,3 +106,19 @@ def test_config_round_trip_and_errors():
         Fp8Config.from_dict({**cfg.to_dict(), "format_version": 2})
     with pytest.raises(Fp8ConfigError, match="quant_method"):
         Fp8Config.from_dict({**cfg.to_dict(), "quant_method": "fbgemm_fp8"})
+    with pytest.raises(Fp8ConfigError, match="fast_accumulation must be true or false"):
+        Fp8Config(fast_accumulation="yes")
+
+
+def test_fast_accumulation_reaches_every_layer_and_older_checkpoints_default_to_it(tmp_path):
+    from omnigen2_fp8.fp8 import save_fp8_checkpoint
+
+    older = {k: v for k, v in Fp8Config().to_dict().items() if k != "fast_accumulation"}
+    assert Fp8Config.from_dict(older).fast_accumulation  # configs written before the option existed
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).to(torch.bfloat16)
+    quantize_fp8(model, Fp8Config(fast_accumulation=False))
+    layers = [m for m in model.modules() if isinstance(m, Fp8Linear)]
+    assert layers and not any(m.fast_accumulation for m in layers)
+    assert "exact accumulation" in repr(layers[0])
+    loaded = load_transformer(save_fp8_checkpoint(model, tmp_path / "transformer"))
+    assert not any(m.fast_accumulation for m in loaded.modules() if isinstance(m, Fp8Linear))

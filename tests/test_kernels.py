@@ -62,6 +62,16 @@ from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
     ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, MeanOps>>", "aten::mean",
      "norm-elementwise"),
     ("triton_poi_fused_add_mul_0", None, "norm-elementwise"),
+    # inductor names a kernel after its consumers too: QK-norm + RoPE feeding SDPA is no attention kernel, a norm
+    # feeding the quantization op no quantization; an absmax or a clamped cast to e4m3 is
+    ("triton_red_fused__fused_rms_norm__scaled_dot_product_cudnn_attention__to_copy_add_mul_select_view_1", None,
+     "norm-elementwise"),
+    ("triton_red_fused__fused_rms_norm_add_mul_quantize_activation_split_unsqueeze_view_0", None,
+     "norm-elementwise"),
+    ("triton_red_fused_abs_amax_slice_split_with_sizes_view_3", None, "quant"),
+    ("triton_poi_fused__to_copy_clamp_clamp_min_constant_pad_nd_cudnn_fp8_sdpa_div_slice_view_5", None, "quant"),
+    ("triton_poi_fused__scaled_mm__to_copy__unsafe_view_clamp_min_clone_constant_pad_nd_view_8", None, "quant"),
+    ("triton_tem_fused_mm_0", None, "gemm-bf16"),
     ("some_unheard_of_kernel", None, "other"),
     # CPU op names (CI)
     ("aten::_scaled_mm", None, "gemm-fp8"),

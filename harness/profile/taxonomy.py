@@ -13,6 +13,11 @@ Categories (`categorize`, first matching rule wins; names are matched case-insen
 - memcpy: Memcpy / Memset, copy and concatenation kernels (aten::copy_, cat, contiguous).
 - norm-elementwise: normalisation, reductions, softmax, activations, elementwise and Triton pointwise kernels.
 - other: the rest.
+Kernels inductor generates (`triton_poi_` / `triton_red_` / `triton_per_fused_*`) are named after every op their
+fused nodes came from, consumers included: the QK-norm + RoPE kernel that feeds SDPA carries
+`scaled_dot_product_*`, a norm feeding the quantization op carries `quantize_activation`. Their names say nothing
+about GEMMs or attention, so they are quant when they compute an FP8 conversion (an absmax, or a clamped `_to_copy`)
+or run inside an FP8 layer's range, and norm-elementwise otherwise.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ TRITON_SCALED_MM = re.compile(r"scaled_mm_kernel|triton.*scaled_mm|_w8a8|fp8.*ma
 ATTENTION_MARK = re.compile(r"flash|fmha|attention|_attn|sdpa|mha_|fort_native_sdpa", re.I)
 QUANT_MARK = re.compile(r"quant|fp8|float8|e4m3|e5m2|amax|absmax", re.I)
 MEMCPY_MARK = re.compile(r"memcpy|memset|copy|catarray|^aten::cat$|^aten::(contiguous|clone|_to_copy|to|stack)$", re.I)
+INDUCTOR_FUSED = re.compile(r"^triton_(poi|red|per)_", re.I)
+INDUCTOR_QUANT = re.compile(r"amax|absmax|_to_copy.*clamp|clamp.*_to_copy", re.I)
 NORM_ELEMENTWISE_MARK = re.compile(
     r"elementwise|reduce|norm|softmax|^triton_(poi|per|red)_|silu|gelu|tanh|sigmoid|rsqrt|exp|pow|mean|sum|"
     r"^aten::(add|sub|mul|div|neg|cos|sin|where|fill_|zero_|zeros|ones|empty|abs|clamp|maximum|minimum|"
@@ -57,6 +64,8 @@ def categorize(name: str, op: str | None = None, *, in_fp8_layer: bool = False, 
     launcher = op or ""
     if in_attention:
         return "attention"
+    if INDUCTOR_FUSED.search(name):
+        return "quant" if in_fp8_layer or INDUCTOR_QUANT.search(name) else "norm-elementwise"
     # everything an FP8 GEMM op launches (cuBLASLt's kernel and its workspace memsets) is that GEMM's cost
     if FP8_GEMM_OPS.search(name) or FP8_GEMM_OPS.search(launcher) or TRITON_SCALED_MM.search(name):
         return "gemm-fp8"

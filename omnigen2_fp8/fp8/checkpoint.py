@@ -61,7 +61,8 @@ def build_fp8_skeleton(model_factory: Callable[[], nn.Module], quantization: Fp8
         return Fp8Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
                          weight_granularity=quantization.weight_granularity,
                          activation_granularity=quantization.activation_granularity,
-                         pad_multiple=pad_multiple, kernel=kernel, device="meta")
+                         pad_multiple=pad_multiple, kernel=kernel,
+                         fast_accumulation=quantization.fast_accumulation, device="meta")
 
     with torch.device("meta"):
         model = model_factory()

@@ -104,6 +104,11 @@ class Fp8Config:
     attention: "bf16" (default) or "fp8": cuDNN's FP8 attention (Hopper+, nvidia-cudnn-frontend) in every block
     whose attention module name (e.g. "layers.0.attn") matches no `attention_exclude` pattern (fnmatch); where
     the device cannot run it, BF16 attention stays and the reason is reported (see fp8/attention.py).
+    fast_accumulation: cuBLASLt's fast FP8 accumulation (`torch._scaled_mm(use_fast_accum=True)`): the tensor
+    cores accumulate the whole K in their own reduced-precision accumulator instead of promoting partial sums to
+    float32 every few K blocks: faster GEMMs for a small added error, measured per layer shape in
+    results/fp8_gemm_accumulation_h200.json (the GEMM's own error against float64, beside FP8 quantization's).
+    The emulation (torch-reference) always accumulates exactly.
     """
 
     weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL
@@ -117,6 +122,7 @@ class Fp8Config:
     fuse_swiglu: bool = True
     attention: str = "bf16"
     attention_exclude: tuple[str, ...] = ()
+    fast_accumulation: bool = True
     format_version: int = FORMAT_VERSION
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
 
@@ -137,6 +143,8 @@ class Fp8Config:
                 raise Fp8ConfigError(f"Fp8Config.{name} must be a list of patterns, got the string {value!r}; "
                                      f"write {name}=[{value!r}]")
             set_(self, name, tuple(value))
+        if not isinstance(self.fast_accumulation, bool):
+            raise Fp8ConfigError(f"Fp8Config.fast_accumulation must be true or false, got {self.fast_accumulation!r}")
         if not isinstance(self.pad_multiple, int) or self.pad_multiple <= 0 or self.pad_multiple % 16:
             raise Fp8ConfigError(f"Fp8Config.pad_multiple must be a positive multiple of 16 (FP8 tensor cores need "
                                  f"K and N divisible by 16); got {self.pad_multiple!r}")

@@ -76,6 +76,7 @@ class KernelPlan:
     gemm_impl: str
     launch: LaunchConfig = DEFAULT_LAUNCH
     fused_block: bool = False
+    gate_up_unit_scales: bool = False
 
     def __post_init__(self):
         if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
@@ -84,8 +85,8 @@ class KernelPlan:
 
     @property
     def unscaled_gate_up(self) -> bool:
-        """May the folded SwiGLU run gate/up with unit scales and dequantize inside the down quantization?"""
-        return self.gemm_impl == "scaled-mm" and self.quantize_impl != "torch"
+        """Does the folded SwiGLU run gate/up with unit scales and dequantize inside the down quantization?"""
+        return self.gate_up_unit_scales and self.gemm_impl == "scaled-mm" and self.quantize_impl != "torch"
 
     def quantize(self, x2: torch.Tensor, k_padded: int, per_token: bool, apply_swiglu: bool = False,
                  row_scale: torch.Tensor | None = None,

@@ -32,14 +32,15 @@ class Fp8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
                  weight_granularity: WeightGranularity = WeightGranularity.PER_CHANNEL,
                  activation_granularity: ActivationGranularity = ActivationGranularity.PER_TOKEN,
-                 pad_multiple: int = 16, kernel: Kernel = Kernel.AUTO, device=None,
-                 bias_dtype: torch.dtype = torch.bfloat16):
+                 pad_multiple: int = 16, kernel: Kernel = Kernel.AUTO, fast_accumulation: bool = True,
+                 device=None, bias_dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.in_padded, self.out_padded = round_up(in_features, pad_multiple), round_up(out_features, pad_multiple)
         self.weight_granularity = WeightGranularity(weight_granularity)
         self.activation_granularity = ActivationGranularity(activation_granularity)
         self.kernel = Kernel(kernel)
+        self.fast_accumulation = bool(fast_accumulation)  # cuBLASLt's fast FP8 accumulation (see Fp8Config)
         self.weight = nn.Parameter(torch.empty(self.out_padded, self.in_padded, dtype=FP8_DTYPE, device=device),
                                    requires_grad=False)
         self.register_buffer("weight_scale", torch.ones(self.out_padded, dtype=torch.float32, device=device))
@@ -63,7 +64,8 @@ class Fp8Linear(nn.Module):
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                     weight_granularity=config.weight_granularity,
                     activation_granularity=config.activation_granularity, pad_multiple=pad,
-                    kernel=layout_kernel if kernel is None else kernel, device="meta")
+                    kernel=layout_kernel if kernel is None else kernel,
+                    fast_accumulation=config.fast_accumulation, device="meta")
         q, scale = quantize_weight(linear.weight, layer.weight_granularity == WeightGranularity.PER_CHANNEL, pad)
         layer.weight = nn.Parameter(q, requires_grad=False)
         layer.weight_scale = scale
@@ -163,19 +165,21 @@ class Fp8Linear(nn.Module):
             # Tensor-wise scaling (the fastest cuBLASLt path) when both scales are single numbers.
             dtype = out_dtype if out_dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
             return torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale.reshape(()),
-                                    scale_b=self.weight_scale[0], out_dtype=dtype).to(out_dtype)
+                                    scale_b=self.weight_scale[0], out_dtype=dtype,
+                                    use_fast_accum=self.fast_accumulation).to(out_dtype)
         # Row-wise scaling: [M, 1] x [1, N] float32 scales, BF16 output (cuBLASLt's requirement).
         if x_scale.shape[0] != xq.shape[0]:
             x_scale = x_scale.expand(xq.shape[0], 1).contiguous()
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
-                             out_dtype=torch.bfloat16)
+                             out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation)
         return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
 
     def matmul_unscaled(self, xq: torch.Tensor) -> torch.Tensor:
         """Raw sums xq @ W_q^T [M, Np] in BF16 through the tensor-wise GEMM (unit scales), which cuBLASLt runs
         10-20% faster than the row-wise one; the consumer applies x_scale[m] * weight_scale[n] itself."""
         one = torch.ones((), dtype=torch.float32, device=xq.device)
-        return torch._scaled_mm(xq, self.weight.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        return torch._scaled_mm(xq, self.weight.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16,
+                                use_fast_accum=self.fast_accumulation)
 
     def finish(self, y: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """Drop the padded output columns, add the bias, restore the leading dims."""
@@ -190,7 +194,7 @@ class Fp8Linear(nn.Module):
                if (self.out_padded, self.in_padded) != (self.out_features, self.in_features) else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}{pad}, bias={self.bias is not None}, "
                 f"weight=e4m3/{self.weight_granularity.value}, activations=e4m3/{self.activation_granularity.value}, "
-                f"kernel={self.kernel.value}" + (f"->{self.resolved_kernel.value}" if self.resolved_kernel and
+                f"kernel={self.kernel.value}" + ("" if self.fast_accumulation else ", exact accumulation") + (f"->{self.resolved_kernel.value}" if self.resolved_kernel and
                                                   self.resolved_kernel != self.kernel else ""))
 
 
