@@ -2,7 +2,8 @@
 
 Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, plus this benchmark's own variant words on an fp8
 recipe (alternatives measured against the library's defaults, forced with `dispatch.use_plan` or the config):
-`normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan), `exactaccum`
+`normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan), `inductorquant`
+(every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `exactaccum`
 (Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel);
 `--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
 FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
@@ -61,7 +62,7 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
 # This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
-VARIANTS = ("normquant", "exactaccum", "unitgateup")
+VARIANTS = ("normquant", "inductorquant", "exactaccum", "unitgateup")
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -126,6 +127,10 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
             quantize_fp8(model, config)
         if "normquant" in variants:
             quantize_after_norms_in_graph(model)
+        if "inductorquant" in variants:
+            for module in model.modules():
+                if isinstance(module, Fp8Linear) and module.weight.is_cuda:
+                    module.use_plan(select_kernel_plan(Kernel.CUBLAS_INDUCTOR_QUANT, module.weight.device))
         for module in model.modules():
             if not (isinstance(module, Fp8Linear) and module.weight.is_cuda):
                 continue  # CPU layers run the reference plan

@@ -383,8 +383,10 @@ def test_gpu_default_is_the_fast_mode_with_kernels_profiled_without_graph_replay
         "bf16": "compile+graphs", "fp8": "compile+graphs", "fp8+taylorseer": "compile+graphs",
         "fp8+teacache": "compile"}
     assert rec.arms["fp8+teacache"].mode["fallback_reason"].startswith("TeaCache decides inside each pass")
+    bf16 = rec.arms["bf16"].startup  # the first arm compiles and captures in its warm-up; later arms of the same
+    assert bf16["first_call_ms"] > bf16["steady_call_ms"]  # block kinds may reuse its compiled code
     for name, arm in rec.arms.items():
-        assert arm.startup["first_call_ms"] > arm.startup["steady_call_ms"] > 0  # compile + capture in the warm-up
+        assert arm.startup["first_call_ms"] > 0 and arm.startup["steady_call_ms"] > 0
         assert arm.kernels["profiled_mode"] == "compile" and arm.kernels["total_us_in_steps"] > 0
         assert (arm.kernels["profiled_mode_note"] is not None) == (name != "fp8+teacache")
     fp8 = rec.arms["fp8"]
