@@ -3,11 +3,12 @@
 Recipes (`omnigen2_fp8.precision`): bf16, fp8, fp8+fp8attn, plus this benchmark's own variant words on an fp8
 recipe (alternatives measured against the library's defaults, forced with `dispatch.use_plan` or the config):
 `normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan), `inductorquant`
-(every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `exactaccum`
-(Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel);
-`--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
-FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA
-graph), compile+graphs.
+(every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `fusedblock` (the fused
+block kernels of fp8/fused_block.py), `fusednormquant` (only its two norm-to-e4m3 kernels; QK-norm + RoPE and the
+last residual stay torch ops for inductor), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
+(gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
+FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed
+as a CUDA graph), compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
 and the 1024x1024 one-reference edit (28 steps). Every step is a 3-branch CFG step (cond, ref, uncond passes).
 
@@ -62,7 +63,8 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
 # This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
-VARIANTS = ("normquant", "inductorquant", "exactaccum", "unitgateup")
+VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "exactaccum", "unitgateup")
+NORM_QUANT_ONLY = ("qk_norm_rope", "gated_residual_rmsnorm")  # fusednormquant: these stay torch ops
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -139,6 +141,9 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
                 plan = with_launch(plan, launch)
             if "unitgateup" in variants:
                 plan = dataclasses.replace(plan, gate_up_unit_scales=True)
+            if "fusedblock" in variants or "fusednormquant" in variants:
+                plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=(
+                    NORM_QUANT_ONLY if "fusednormquant" in variants else ()))
             if plan != module.kernel_plan():
                 module.use_plan(plan)
         models[name] = model

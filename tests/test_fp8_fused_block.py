@@ -91,6 +91,24 @@ def test_the_flag_is_off_by_default_and_can_be_forced():
     assert plan_for(Kernel.CUBLAS_PADDED, fused_block=True).fused_block
 
 
+def test_named_block_ops_run_their_torch_reference_in_a_triton_plan():
+    import dataclasses
+
+    from omnigen2_fp8.fp8 import fused_kernels, fused_reference
+    from omnigen2_fp8.fp8.dispatch import BLOCK_OPS
+
+    assert all(callable(getattr(fused_reference, name)) for name in BLOCK_OPS)
+    plan = dataclasses.replace(plan_for(Kernel.CUBLAS_PADDED, fused_block=True), reference_block_ops=("qk_norm_rope",))
+    like = torch.zeros(1)
+    chosen = plan._block_op(fused_reference.qk_norm_rope, fused_kernels.qk_norm_rope_triton, None, like)
+    assert chosen is fused_reference.qk_norm_rope
+    norm = plan._block_op(fused_reference.modulated_rmsnorm_quant, fused_kernels.modulated_rmsnorm_quant_triton,
+                          None, like)
+    assert norm is not fused_reference.modulated_rmsnorm_quant  # the Triton kernel (bound to its e4m3 encoder)
+    with pytest.raises(ValueError, match="unknown ops \\['qk_rope'\\]"):
+        dataclasses.replace(plan, reference_block_ops=("qk_rope",))
+
+
 def test_blocks_whose_layers_cannot_fuse_stay_unfused_and_the_report_says_why():
     model = tiny()
     report = quantize_fp8(model, Fp8Config(exclude=["re:layers\\.0\\.attn\\.to_out\\.0", "module:norm1.linear"]))

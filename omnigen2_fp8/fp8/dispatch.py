@@ -22,6 +22,8 @@ from .primitives import emulated_scaled_mm, quantize_activation
 
 MIN_FP8_CAPABILITY = (8, 9)
 QUANTIZE_IMPLS = ("fused", "fused-eager", "torch")
+# The fused block's ops (fp8/fused_block.py), named as their torch references in fp8/fused_reference.py.
+BLOCK_OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant", "qk_norm_rope")
 GEMM_IMPLS = ("scaled-mm", "emulated")
 
 
@@ -65,7 +67,13 @@ class KernelPlan:
     launch: the fused kernel's launch settings;
     fused_block: blocks whose FP8 layers run this plan take the fused path (fused_block.py): modulated RMSNorm
     straight to e4m3, residual + gate + norm epilogues, QK-norm + RoPE, each one kernel ("fused" quantize_impl)
-    or its torch reference ("torch"; "fused-eager": Triton eager, torch ops under compile).
+    or its torch reference ("torch"; "fused-eager": Triton eager, torch ops under compile);
+    gate_up_unit_scales: the folded SwiGLU runs gate/up as a GEMM with unit scales and applies the per-token and
+    per-channel scales inside the down projection's quantization kernel (a float32 column scale read per value).
+    Off by default: slower on an H200 (results/fp8_gemm_accumulation_h200.json; the `unitgateup` arm of
+    results/perf_recipes_h200.json);
+    reference_block_ops: names of fused block ops (BLOCK_OPS) that run their torch reference even so, which
+    torch.compile then fuses with its neighbours (e.g. QK-norm + RoPE, whose inductor kernel beats ours).
     Tried and left out (H200, results/perf_recipes_h200_epilogue_trial.json): compiled GEMMs run tensor-wise with
     unit scales and the scales applied by torch ops for inductor to fuse into the consumer: the GEMMs got 3.5 ms
     faster per 1024 step, inductor's consumers as much slower (279.8 vs 279.0 ms per step).
@@ -77,11 +85,16 @@ class KernelPlan:
     launch: LaunchConfig = DEFAULT_LAUNCH
     fused_block: bool = False
     gate_up_unit_scales: bool = False
+    reference_block_ops: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.quantize_impl not in QUANTIZE_IMPLS or self.gemm_impl not in GEMM_IMPLS:
             raise ValueError(f"KernelPlan({self.quantize_impl!r}, {self.gemm_impl!r}): quantize_impl is one of "
                              f"{QUANTIZE_IMPLS}, gemm_impl one of {GEMM_IMPLS}")
+        unknown = sorted(set(self.reference_block_ops) - set(BLOCK_OPS))
+        if unknown:
+            raise ValueError(f"KernelPlan.reference_block_ops: unknown ops {unknown}; the fused block ops are "
+                             f"{BLOCK_OPS}")
 
     @property
     def unscaled_gate_up(self) -> bool:
@@ -109,7 +122,8 @@ class KernelPlan:
         """The implementation of one fused block op this plan runs: the torch reference, or the Triton kernel
         (its custom op under torch.compile) with the e4m3 conversion chosen for `like`'s device."""
         compiling = torch.compiler.is_compiling()
-        if self.quantize_impl == "torch" or (self.quantize_impl == "fused-eager" and compiling):
+        if (self.quantize_impl == "torch" or (self.quantize_impl == "fused-eager" and compiling)
+                or reference.__name__ in self.reference_block_ops):
             return reference
         kernel = op if compiling else triton_fn  # eager calls skip the custom op's dispatch overhead
         hw_cast = self.launch.hw_cast_on_cuda and like.is_cuda

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..rope import rotate_pairs_complex
+from ..rope import apply_rotary
 from .attention import quantize_heads_static
 from .primitives import quantize_activation
 
@@ -63,11 +63,13 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_wei
                  cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
                  q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
                  head_dim_padded: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head RMSNorm of q [N, L, Hq, hd] and k [N, L, Hkv, hd], then RoPE on adjacent pairs (rope.py's complex
-    form), in float32. Returns q and k in their dtype; or, with descales ([1, 1, 1, 1] float32, FP8 attention's
-    static scales), e4m3 [N, L, H, head_dim_padded] (zero padded) as `attention.quantize_heads_static` writes."""
+    """Per-head RMSNorm of q [N, L, Hq, hd] and k [N, L, Hkv, hd], then RoPE on adjacent pairs (rope.py's
+    `apply_rotary`: the complex form eager, the real one under torch.compile), in float32. Returns q and k in
+    their dtype; or, with descales ([1, 1, 1, 1] float32, FP8 attention's static scales), e4m3
+    [N, L, H, head_dim_padded] (zero padded) as `attention.quantize_heads_static` writes."""
     def one(x: torch.Tensor, weight: torch.Tensor, eps: float, descale: torch.Tensor | None) -> torch.Tensor:
-        rotated = rotate_pairs_complex(rms_normalize(x, weight, eps), cos, sin)  # float32 in, float32 out
+        # float32 in and out; under torch.compile the real form (complex multiplies would run as eager kernels)
+        rotated = apply_rotary(rms_normalize(x, weight, eps), cos, sin)
         if descale is None:
             return rotated.to(x.dtype)
         return quantize_heads_static(rotated, descale, head_dim_padded)

@@ -194,8 +194,9 @@ class Fp8Linear(nn.Module):
                if (self.out_padded, self.in_padded) != (self.out_features, self.in_features) else "")
         return (f"in_features={self.in_features}, out_features={self.out_features}{pad}, bias={self.bias is not None}, "
                 f"weight=e4m3/{self.weight_granularity.value}, activations=e4m3/{self.activation_granularity.value}, "
-                f"kernel={self.kernel.value}" + ("" if self.fast_accumulation else ", exact accumulation") + (f"->{self.resolved_kernel.value}" if self.resolved_kernel and
-                                                  self.resolved_kernel != self.kernel else ""))
+                f"kernel={self.kernel.value}" + (f"->{self.resolved_kernel.value}" if self.resolved_kernel and
+                                                  self.resolved_kernel != self.kernel else "")
+                + ("" if self.fast_accumulation else ", exact accumulation"))
 
 
 class Fp8SwiGLUFeedForward(nn.Module):
