@@ -40,7 +40,7 @@ def test_compiled_blocks_compile_once_per_block_kind(precision):
     exact = [three_branch_step(pipe, *case) for case in cases]
     if precision.startswith("fp8"):
         quantize_fp8(pipe.transformer, Fp8Config())  # torch-reference kernel on the CPU: the GPU's graph structure
-    if precision == "fp8-fused":  # the fused block (the CUDA default), its kernels as their torch references
+    if precision == "fp8-fused":  # the fused block (an opt-in plan), its kernels as their torch references
         use_plan(pipe.transformer, plan_for(Kernel.TORCH_REFERENCE, fused_block=True))
     eager = [three_branch_step(pipe, *case) for case in cases]
     pipe.transformer.compile_blocks()
