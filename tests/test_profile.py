@@ -5,8 +5,10 @@ import csv
 import gzip
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from harness.core.records import SYNTHETIC_WARNING
 from harness.core.vocab import KERNEL_CATEGORIES
@@ -53,6 +55,22 @@ def test_cli_writes_every_output(tiny_run):
         assert any(e.get("name") == "stage::denoise_step" for e in json.load(f)["traceEvents"])
     assert list(rec["arms"]) == ["bf16", "fp8", "fp8-nopad"]
     assert rec["schema_version"] == SCHEMA_VERSION and rec["kind"] == "omnigen2-profile"
+
+
+def test_every_arm_edit_is_saved_and_compared_with_the_first_arm(tiny_run):
+    _, out, rec = tiny_run
+    assert sorted(p.name for p in (out / "edits").iterdir()) == ["bf16.png", "fp8-nopad.png", "fp8.png"]
+    assert rec["arms"]["bf16"]["fidelity"] is None  # the first arm is the baseline
+    for name in ("fp8", "fp8-nopad"):
+        f = rec["arms"][name]["fidelity"]
+        assert f["vs"] == "bf16" and f["image"] == f"edits/{name}.png" and not f["identical"]
+        assert f["psnr_db"] > 0 and -1 <= f["ssim"] < 1
+    # the values are PSNR / SSIM of the saved images themselves
+    from harness.core.fidelity import image_fidelity
+    bf16, fp8 = (np.asarray(Image.open(out / "edits" / f"{n}.png").convert("RGB")) for n in ("bf16", "fp8"))
+    assert image_fidelity(bf16, fp8)["psnr_db"] == pytest.approx(rec["arms"]["fp8"]["fidelity"]["psnr_db"])
+    md = (out / "profile.md").read_text()
+    assert "## Fidelity to the first arm's edit" in md and "| fp8 | bf16 |" in md and "Synthetic weights:" in md
 
 
 def test_provenance_and_synthetic_flag(tiny_run):

@@ -1,8 +1,5 @@
-"""Fidelity of one precision's edits to another's: PSNR and SSIM (scikit-image) of image pairs with the same seed.
-
-It costs no judge time and is far less noisy than the judge: identical pipelines with the same seed give identical
-images, so any drop measures what the precision change did to the output.
-"""
+"""Fidelity of one arm's GEdit edits to another's: PSNR and SSIM (harness.core.fidelity) of image pairs with the
+same seed, per sample and summarised per task group."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,19 +9,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-
-def image_fidelity(reference: np.ndarray, test: np.ndarray) -> dict:
-    """PSNR (dB, data range 255; None when the images are identical) and SSIM of two uint8 images [H, W, 3]."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    if reference.shape != test.shape:
-        raise ValueError(f"image shapes differ: {reference.shape} vs {test.shape}")
-    identical = bool(np.array_equal(reference, test))
-    psnr = None if identical else float(peak_signal_noise_ratio(reference, test, data_range=255))
-    side = min(7, *reference.shape[:2])
-    win = side if side % 2 else side - 1  # SSIM needs an odd window no larger than the image
-    ssim = float(structural_similarity(reference, test, channel_axis=2, data_range=255, win_size=win))
-    return {"psnr_db": psnr, "ssim": ssim, "identical": identical}
+from harness.core.fidelity import image_fidelity
 
 
 def fidelity_table(pairs: Iterable[tuple[dict, Path, Path]]) -> pd.DataFrame:

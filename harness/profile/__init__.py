@@ -31,6 +31,9 @@ Method (profile.md and profile.json repeat it):
    temperature hits every arm alike. End to end: perf_counter between two synchronisations. Stages: CUDA events
    per stage and per denoising step (harness.core.timing.StageTimer); each transformer call: CUDA events around it,
    read after the closing synchronise, and classed computed / cached by the step cache's record of the call.
+   Each arm's first timed edit is saved as `edits/<arm>.png` and compared with the first arm's (same seed, prompt
+   and references): PSNR / SSIM in profile.json (`arms.<arm>.fidelity`) and profile.md, what the arm's precision
+   or acceleration did to the output, with no judge.
 4. Profile (after timing, so the profiler never perturbs the timings): one call per arm with `--profile-steps`
    denoising steps under torch.profiler, with a `layer::<name>` range around every linear of the transformer
    (`omnigen2_fp8.profiling.layer_ranges`; not inside compiled blocks); the kernel tables cover the denoising steps;

@@ -61,6 +61,8 @@ class Arm:
     stage_runs: list[dict[str, list[float]]] = field(default_factory=list)
     step_cache_runs: list = field(default_factory=list)  # one step_cache.StepCacheRun per timed repeat
     profile: dict | None = None
+    edit: Any = None                     # the first timed call's edited image (PIL), for the fidelity check
+    fidelity: dict | None = None         # runner.edit_fidelity: this arm's edit against the first arm's
     error: str | None = None
     traceback: str | None = None
 

@@ -54,6 +54,9 @@ class ArmRecord:
     step_cache: dict | None = None
     mode: dict | None = None      # omnigen2_fp8.modes.ModeChoice.to_dict(): how the transformer ran (None: older file)
     startup: dict | None = None   # runner.startup_record: first call, startup (compile / capture) ms, amortisation
+    # runner.edit_fidelity: PSNR / SSIM of this arm's edit against the first arm's (same seed and inputs); None: the
+    # first arm itself, or an older file
+    fidelity: dict | None = None
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,7 +1,7 @@
 """A profile record as markdown: the sections profile.md and the report both show, in the same words.
 
-`sections(record)` returns the tables (latency, wall vs kernel time, memory, kernel categories, the FP8 fallback
-check, top kernels per arm, warnings), each with its chart; `profile_markdown(record)` is profile.md: a header with
+`sections(record)` returns the tables (latency, fidelity of each arm's edit, wall vs kernel time, memory, kernel
+categories, the FP8 fallback check, top kernels per arm, warnings), each with its chart; `profile_markdown(record)` is profile.md: a header with
 provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
 own headings and draws their charts. Numbers are read from the record only; units are converted (us -> ms).
 """
@@ -29,8 +29,8 @@ MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("
 
 def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
     """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
-    out = [latency_section(record), step_cache_section(record), wall_vs_kernel_section(record),
-           memory_section(record)]
+    out = [latency_section(record), fidelity_section(record), step_cache_section(record),
+           wall_vs_kernel_section(record), memory_section(record)]
     out += kernel_sections(record, link)
     if record.warnings:  # folded: on a busy or CPU machine there are many spread warnings
         out.append(Section("Warnings", [f"<details><summary>{len(record.warnings)} warnings recorded by the run"
@@ -141,6 +141,24 @@ def latency_section(record: ProfileRecord) -> Section:
             value_label="ms per call (median; whiskers: interquartile range)", horizontal=True, value_labels=True,
             fmt=".1f"))
     return Section("Latency per stage", lines, chart)
+
+
+def fidelity_section(record: ProfileRecord) -> Section:
+    """PSNR / SSIM of each arm's edit against the first arm's (same seed and inputs), from the timed calls."""
+    names = record.arm_names
+    rows = [[n, f["vs"], "identical" if f["identical"] else fmt(f["psnr_db"], 2), fmt(f["ssim"], 4),
+             f"`{f['image']}`"] for n in names[1:] if (f := record.arms[n].fidelity)]
+    if not rows:
+        return Section("Fidelity to the first arm's edit", [
+            "Not recorded (one arm, no timed call finished, or a profile.json written before this check).", ""])
+    lines = [f"Each arm's first timed edit against {names[0]}'s, same seed, prompt and references: what the arm's "
+             "precision or acceleration did to the output, with no judge involved (PSNR in dB over 8-bit RGB; "
+             "higher is closer).", ""]
+    lines += table(["arm", "vs", "PSNR dB", "SSIM", "edit"], rows)
+    if record.synthetic:
+        lines += ["> **Synthetic weights:** random models amplify differences unlike a trained one; these numbers "
+                  "say that the arms differ, not by how much a real edit would.", ""]
+    return Section("Fidelity to the first arm's edit", lines)
 
 
 def startup_lines(record: ProfileRecord) -> list[str]:

@@ -19,10 +19,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from harness.core import timing
+from harness.core.fidelity import image_fidelity
 from harness.core.records import SYNTHETIC_WARNING, run_manifest, write_json_atomic, write_text_atomic
 from harness.profile import fallbacks, kernels, step_cache
 from harness.profile.arms import Arm, build_arm, load_arm_components, module_bytes, only_on_device, restore_all
@@ -57,6 +59,7 @@ GRAPHS_PROFILE_NOTE = ("CUDA graph replay launches a whole transformer pass from
 COMPILED_FALLBACK_NOTE = ("Compiled blocks cannot carry per-layer ranges, so this check read a second profiled call "
                           "with the same model run eagerly (torch.compiler.set_stance('force_eager')); the kernel "
                           "tables are the compiled call's.")
+EDITS_FOLDER = "edits"  # each arm's first timed edit, as PNG
 AMORTISE_SHARE = 0.05  # startup is "amortised" once it adds less than this share to each edit
 
 
@@ -345,7 +348,9 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
             bar.set_postfix_str(f"repeat {r + 1}/{options.repeats} {arm.name}")
             if arm.ok:
                 def one(arm=arm):
-                    ms, stages, call_ms, _ = timed_call(arm, scenario, images, steps, device)
+                    ms, stages, call_ms, result = timed_call(arm, scenario, images, steps, device)
+                    if arm.edit is None:
+                        arm.edit = result.images[0]
                     arm.e2e_ms.append(ms)
                     arm.stage_runs.append(stages)
                     arm.call_runs.append(call_ms)
@@ -353,6 +358,7 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
                         arm.pipe.step_cache_stats, scenario.branches_per_step()))
                 _guard(arm, one)
             bar.update(1)
+    edit_fidelity(arms, out)
     if options.profile_steps:
         for arm in arms:
             bar.set_postfix_str(f"profile {arm.name}")
@@ -360,6 +366,32 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
                 _guard(arm, lambda: setattr(arm, "profile", profile_call(arm, scenario, images, options, device, out)))
             bar.update(1)
     record["complete"] = all(a.ok for a in arms)
+
+
+def edit_fidelity(arms: list[Arm], out: Path) -> None:
+    """Each arm's first timed edit saved as edits/<arm>.png, and PSNR / SSIM of every other arm's edit against the
+    first arm's (same seed, prompt and references: what the arm's precision or acceleration did to the output)."""
+    done = [a for a in arms if a.edit is not None]
+    if not done:
+        return
+    folder = out / EDITS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for arm in done:
+        arm.edit.save(folder / f"{_file_stem(arm.name)}.png")
+    base = arms[0]
+    if base.edit is None:
+        return
+    reference = np.asarray(base.edit.convert("RGB"))
+    for arm in done:
+        if arm is base:
+            continue
+        found = image_fidelity(reference, np.asarray(arm.edit.convert("RGB")))
+        arm.fidelity = {"vs": base.name, **found, "image": f"{EDITS_FOLDER}/{_file_stem(arm.name)}.png"}
+
+
+def _file_stem(name: str) -> str:
+    """An arm name as a file name (recipe names may hold ':' and '=')."""
+    return "".join(c if c.isalnum() or c in "+-._" else "_" for c in name)
 
 
 def _guard(arm: Arm, fn: Callable[[], Any]) -> None:
@@ -394,6 +426,7 @@ def arm_record(arm: Arm) -> ArmRecord:
                      memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
                      step_cache=step_cache.summarize(arm.step_cache_runs, arm.stage_runs, arm.call_runs),
                      mode=arm.mode.to_dict() if arm.mode else None, startup=startup_record(arm),
+                     fidelity=arm.fidelity,
                      fallback=arm.profile["fallback"] if arm.profile else None,
                      traceback=arm.traceback if arm.error else None)
 
