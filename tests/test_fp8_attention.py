@@ -71,6 +71,37 @@ def test_swap_runs_emulated_on_cpu_and_masked_batches_fall_back_exactly():
     assert torch.equal(core(q, k, v, mask), grouped_attention(q, k, v, mask))
 
 
+def test_error_probe_compares_every_fp8_attention_call_with_bf16_attention_on_its_inputs():
+    from omnigen2_fp8.fp8.attention_error import attention_error_probe, has_fp8_attention
+
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    quantize_fp8(model, Fp8Config(attention="fp8", attention_exclude=("layers.1.attn",)))
+    assert has_fp8_attention(model)
+    g = torch.Generator().manual_seed(0)
+    call = ([torch.randn(16, 8, 8, generator=g)], torch.tensor([0.4]), torch.randn(1, 5, 64, generator=g),
+            torch.ones(1, 5))
+    refs = [[torch.randn(16, 6, 8, generator=g)]]
+    with torch.no_grad():
+        plain = model(*call, ref_latents=refs)
+        with attention_error_probe(model) as probe:
+            probed = model(*call, ref_latents=refs)
+        after = model(*call, ref_latents=refs)
+    summary = probe.summary()
+    swapped = {n.removesuffix(".sdpa") for n, m in model.named_modules() if isinstance(m, Fp8Sdpa)}
+    assert set(summary["per_layer"]) == swapped and "layers.1.attn" not in swapped
+    assert summary["calls"] == len(swapped)  # one unmasked pass: one call per FP8 core
+    assert 0 < summary["min"] <= summary["mean"] <= summary["max"] < 0.2  # e4m3 error, not a broken kernel
+    assert summary["max"] == max(summary["worst_layers"].values())
+    # the probe restores the model (same outputs after it, no hook left behind); inside it the attention output is
+    # dequantized and requantized per token for the projection instead of going in as e4m3: close, not equal
+    assert all(torch.equal(a, c) for a, c in zip(plain, after))
+    assert all(float((a - b).norm() / a.norm()) < 0.02 for a, b in zip(plain, probed))
+    assert not any(m._forward_hooks for m in model.modules() if isinstance(m, Fp8Sdpa))
+    with attention_error_probe(synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)) as none:
+        pass
+    assert none.summary() is None
+
+
 def test_fp8_output_projection_takes_the_attention_output_as_it_is():
     # O8 (e4m3, one descale) into the FP8 projection: the exact product of the values attention returned, without
     # the per-token requantization of the dequantized path, which adds its own rounding

@@ -73,6 +73,21 @@ def test_every_arm_edit_is_saved_and_compared_with_the_first_arm(tiny_run):
     assert "## Fidelity to the first arm's edit" in md and "| fp8 | bf16 |" in md and "Synthetic weights:" in md
 
 
+def test_fp8_attention_arm_records_its_error_per_layer_against_bf16_attention(tmp_path):
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    code = run_profile(["--precision", "bf16", "fp8+fp8attn", "--scenario", str(scenario), "--synthetic", "tiny",
+                        "--device", "cpu", "--warmup", "1", "--repeats", "1", "--profile-steps", "1",
+                        "--out", str(tmp_path / "out"), "--no-progress"])
+    rec = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert code == 0 and rec["arms"]["bf16"]["attention_error"] is None
+    err = rec["arms"]["fp8+fp8attn"]["attention_error"]  # emulated on the CPU: the same e4m3 numerics
+    assert err["steps"] == 1 and err["layers"] == len(err["per_layer"]) >= 5 and err["calls"] >= err["layers"]
+    assert 0 < err["min"] <= err["mean"] <= err["max"] < 0.2
+    md = (tmp_path / "out" / "profile.md").read_text()
+    assert "## FP8 attention error per layer" in md and "| fp8+fp8attn | 1 |" in md
+    assert rec["arms"]["fp8+fp8attn"]["fidelity"]["vs"] == "bf16"
+
+
 def test_provenance_and_synthetic_flag(tiny_run):
     _, out, rec = tiny_run
     m = rec["manifest"]

@@ -63,6 +63,7 @@ class Arm:
     profile: dict | None = None
     edit: Any = None                     # the first timed call's edited image (PIL), for the fidelity check
     fidelity: dict | None = None         # runner.edit_fidelity: this arm's edit against the first arm's
+    attention_error: dict | None = None  # runner.attention_error_call: FP8 attention against BF16, per layer
     error: str | None = None
     traceback: str | None = None
 

@@ -57,6 +57,8 @@ class ArmRecord:
     # runner.edit_fidelity: PSNR / SSIM of this arm's edit against the first arm's (same seed and inputs); None: the
     # first arm itself, or an older file
     fidelity: dict | None = None
+    # runner.attention_error_call (FP8 attention arms): omnigen2_fp8.fp8.attention_error's per-layer summary
+    attention_error: dict | None = None
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -1,8 +1,8 @@
 """A profile record as markdown: the sections profile.md and the report both show, in the same words.
 
-`sections(record)` returns the tables (latency, fidelity of each arm's edit, wall vs kernel time, memory, kernel
-categories, the FP8 fallback check, top kernels per arm, warnings), each with its chart; `profile_markdown(record)` is profile.md: a header with
-provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
+`sections(record)` returns the tables (latency, fidelity of each arm's edit, FP8 attention error per layer, wall vs
+kernel time, memory, kernel categories, the FP8 fallback check, top kernels per arm, warnings), each with its chart;
+`profile_markdown(record)` is profile.md: a header with provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
 own headings and draws their charts. Numbers are read from the record only; units are converted (us -> ms).
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("
 
 def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
     """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
-    out = [latency_section(record), fidelity_section(record), step_cache_section(record),
-           wall_vs_kernel_section(record), memory_section(record)]
+    out = [latency_section(record), fidelity_section(record), attention_error_section(record),
+           step_cache_section(record), wall_vs_kernel_section(record), memory_section(record)]
+    out = [s for s in out if s is not None]
     out += kernel_sections(record, link)
     if record.warnings:  # folded: on a busy or CPU machine there are many spread warnings
         out.append(Section("Warnings", [f"<details><summary>{len(record.warnings)} warnings recorded by the run"
@@ -156,9 +157,27 @@ def fidelity_section(record: ProfileRecord) -> Section:
              "higher is closer).", ""]
     lines += table(["arm", "vs", "PSNR dB", "SSIM", "edit"], rows)
     if record.synthetic:
-        lines += ["> **Synthetic weights:** random models amplify differences unlike a trained one; these numbers "
-                  "say that the arms differ, not by how much a real edit would.", ""]
+        lines += ["> **Synthetic weights:** these numbers say how far the outputs of random models moved, not how a "
+                  "real edit would change.", ""]
     return Section("Fidelity to the first arm's edit", lines)
+
+
+def attention_error_section(record: ProfileRecord) -> Section | None:
+    """Per-layer error of FP8 attention against BF16 attention on the same inputs (FP8 attention arms only)."""
+    measured = {n: a.attention_error for n, a in record.arms.items() if a.attention_error}
+    if not measured:
+        return None
+    lines = ["Every FP8 attention call of one eager call against BF16 attention on the very same q, k, v (relative "
+             "L2 of the output; the attention kernel's own error, apart from the FP8 linears'). Per layer: the mean "
+             "over that layer's calls.", ""]
+    rows = [[n, e["steps"], e["layers"], e["calls"], fmt(e["mean"], 4), fmt(e["min"], 4), fmt(e["max"], 4),
+             ", ".join(f"{layer} {fmt(v, 4)}" for layer, v in e["worst_layers"].items())]
+            for n, e in measured.items()]
+    lines += table(["arm", "steps", "layers", "calls", "mean", "min", "max", "worst layers"], rows)
+    if record.synthetic:
+        lines += ["> **Synthetic weights:** the error of the kernel on random models' activations; a trained model's "
+                  "may differ.", ""]
+    return Section("FP8 attention error per layer", lines)
 
 
 def startup_lines(record: ProfileRecord) -> list[str]:

@@ -32,6 +32,7 @@ from harness.profile.options import ProfileOptions
 from harness.profile.record import ArmRecord, ProfileRecord, compute_ratios
 from harness.profile.render import profile_markdown
 from harness.profile.scenarios import ScenarioConfig, load_scenario, reference_images
+from omnigen2_fp8.fp8.attention_error import attention_error_probe, has_fp8_attention
 from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, mode_name
 from omnigen2_fp8.profiling import layer_ranges
@@ -365,7 +366,26 @@ def _phases(arms, options, scenario, images, device, dtype, out, park, bar, reco
             if arm.ok:
                 _guard(arm, lambda: setattr(arm, "profile", profile_call(arm, scenario, images, options, device, out)))
             bar.update(1)
+    for arm in arms:
+        if arm.ok and has_fp8_attention(arm.pipe.transformer):
+            bar.set_postfix_str(f"attention error {arm.name}")
+            _guard(arm, lambda: setattr(arm, "attention_error",
+                                        attention_error_call(arm, scenario, images, options, device)))
     record["complete"] = all(a.ok for a in arms)
+
+
+def attention_error_call(arm: Arm, scenario: ScenarioConfig, images: list, options: ProfileOptions,
+                         device: torch.device) -> dict | None:
+    """One call with `profile_steps` denoising steps (at least 1) under the FP8 attention error probe: every FP8
+    attention call against BF16 attention on the same q, k, v (hooks need the model eager: compiled blocks run
+    eagerly, CUDA graphs are paused)."""
+    steps = max(options.profile_steps, 1)
+    with torch.compiler.set_stance("force_eager"), arm.pipe.without_cuda_graphs(), \
+            attention_error_probe(arm.pipe.transformer) as probe:
+        call_pipeline(arm, scenario, images, steps, None)
+        timing.synchronize(device)
+    summary = probe.summary()
+    return None if summary is None else {**summary, "steps": steps}
 
 
 def edit_fidelity(arms: list[Arm], out: Path) -> None:
@@ -426,7 +446,7 @@ def arm_record(arm: Arm) -> ArmRecord:
                      memory={"load": arm.load, "run": arm.run_memory}, latency=latency, kernels=arm.profile,
                      step_cache=step_cache.summarize(arm.step_cache_runs, arm.stage_runs, arm.call_runs),
                      mode=arm.mode.to_dict() if arm.mode else None, startup=startup_record(arm),
-                     fidelity=arm.fidelity,
+                     fidelity=arm.fidelity, attention_error=arm.attention_error,
                      fallback=arm.profile["fallback"] if arm.profile else None,
                      traceback=arm.traceback if arm.error else None)
 
