@@ -43,13 +43,11 @@ from benchmarks._common import cuda_kernel_times, read_launch_table, run_keeping
 from harness.core.records import run_manifest, write_json_atomic
 from harness.profile.taxonomy import categorize
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.attention import grouped_attention
 from omnigen2_fp8.modes import CUDA_DEFAULT_MODE, EAGER_MODE
 from omnigen2_fp8.fp8 import Fp8Linear, Kernel, quantize_fp8
-from omnigen2_fp8.fp8.attention import Fp8Sdpa
+from omnigen2_fp8.fp8.attention_error import attention_error_probe, has_fp8_attention
 from omnigen2_fp8.fp8.dispatch import select_kernel_plan, with_launch
 from omnigen2_fp8.fp8.kernels import LaunchConfig
-from omnigen2_fp8.fp8.fused_block import unfused_blocks
 from omnigen2_fp8.measure import StageClock
 from omnigen2_fp8.pipeline import OmniGen2Pipeline
 from omnigen2_fp8.precision import Recipe, RecipeError, parse_recipe
@@ -211,24 +209,11 @@ def accuracy(arms: list[Arm], inputs) -> dict:
                 continue
             velocity = model(*call, ref_latents=[refs]).float()
             out["velocity_rel_err_vs_bf16"][recipe] = float((velocity - reference).norm() / reference.norm())
-            layer_errors = {}
-            hooks = [m.register_forward_hook(_attention_error_hook(n, layer_errors)) for n, m in
-                     model.named_modules() if isinstance(m, Fp8Sdpa)]
-            if hooks:  # the fused blocks feed FP8 attention directly: hooks fire on the unfused path only
-                with unfused_blocks(model):
+            if has_fp8_attention(model):
+                with attention_error_probe(model) as probe:
                     model(*call, ref_latents=[refs])
-            for h in hooks:
-                h.remove()
-            if layer_errors:
-                out["attention_rel_err_per_layer"][recipe] = layer_errors
+                out["attention_rel_err_per_layer"][recipe] = probe.summary()["per_layer"]
     return out
-
-
-def _attention_error_hook(name: str, errors: dict):
-    def record(module, args, output):
-        exact = grouped_attention(*args).float()
-        errors[name] = float((output.float() - exact).norm() / exact.norm())
-    return record
 
 
 def size_inputs(pipe: OmniGen2Pipeline, side: int):
