@@ -28,7 +28,7 @@ from omnigen2_fp8.attention import grouped_attention
 from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8
 from omnigen2_fp8.fp8.attention import (Fp8Sdpa, cudnn_fp8_sdpa, fp8_attention_reference, qk_descale_bound,
                                         quantize_heads)
-from omnigen2_fp8.fp8.fused_block import unfused_blocks
+from omnigen2_fp8.fp8.attention_error import attention_error_probe
 
 LENGTHS = (2148, 8460)  # 512 and 1024 edits with one reference: joint tokens of the cond pass
 
@@ -88,19 +88,10 @@ def per_layer_and_end_to_end(latent_side: int, text_tokens: int) -> dict:
     fp8 = copy.deepcopy(base)
     quantize_fp8(fp8, Fp8Config())
     quantize_fp8(base, Fp8Config(attention="fp8"))  # base becomes FP8 + FP8 attention (saves a copy)
-    errors = {}
-
-    def hook(name):
-        def record(module, args, output):
-            errors[name] = rel(output, grouped_attention(*args))
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in base.named_modules() if isinstance(m, Fp8Sdpa)]
     with torch.inference_mode():
-        with unfused_blocks(base):  # the fused blocks feed FP8 attention directly: hooks fire unfused only
+        with attention_error_probe(base) as probe:
             base(*inputs)
-        for h in handles:
-            h.remove()
+        errors = probe.summary()["per_layer"]
         out_attn = torch.stack(base(*inputs)).float()
         out_fp8 = torch.stack(fp8(*inputs)).float()
     return {"latent_side": latent_side, "text_tokens": text_tokens, "per_layer_rel_err": errors,
