@@ -71,6 +71,7 @@ def test_every_arm_edit_is_saved_and_compared_with_the_first_arm(tiny_run):
     assert image_fidelity(bf16, fp8)["psnr_db"] == pytest.approx(rec["arms"]["fp8"]["fidelity"]["psnr_db"])
     md = (out / "profile.md").read_text()
     assert "## Fidelity to the first arm's edit" in md and "| fp8 | bf16 |" in md and "Synthetic weights:" in md
+    assert "[`edits/fp8.png`](edits/fp8.png)" in md  # a link from profile.md (the report links from its own folder)
 
 
 def test_fp8_attention_arm_records_its_error_per_layer_against_bf16_attention(tmp_path):

@@ -29,7 +29,7 @@ MEMORY_FIELDS = (("load", "transformer_gib"), ("load", "peak_allocated_gib"), ("
 
 def sections(record: ProfileRecord, *, link: Callable[[str], str] = str) -> list[Section]:
     """Every section of a profile, in reading order. link(file name in the run folder) -> its link target."""
-    out = [latency_section(record), fidelity_section(record), attention_error_section(record),
+    out = [latency_section(record), fidelity_section(record, link), attention_error_section(record),
            step_cache_section(record), wall_vs_kernel_section(record), memory_section(record)]
     out = [s for s in out if s is not None]
     out += kernel_sections(record, link)
@@ -144,11 +144,11 @@ def latency_section(record: ProfileRecord) -> Section:
     return Section("Latency per stage", lines, chart)
 
 
-def fidelity_section(record: ProfileRecord) -> Section:
+def fidelity_section(record: ProfileRecord, link: Callable[[str], str] = str) -> Section:
     """PSNR / SSIM of each arm's edit against the first arm's (same seed and inputs), from the timed calls."""
     names = record.arm_names
     rows = [[n, f["vs"], "identical" if f["identical"] else fmt(f["psnr_db"], 2), fmt(f["ssim"], 4),
-             f"`{f['image']}`"] for n in names[1:] if (f := record.arms[n].fidelity)]
+             f"[`{f['image']}`]({link(f['image'])})"] for n in names[1:] if (f := record.arms[n].fidelity)]
     if not rows:
         return Section("Fidelity to the first arm's edit", [
             "Not recorded (one arm, no timed call finished, or a profile.json written before this check).", ""])
