@@ -5,8 +5,8 @@
     graphs           each CFG branch's transformer pass replayed as a CUDA graph (`cuda_graphs.CudaGraphForward`)
     compile+graphs   both: compiled blocks, captured and replayed
 
-`auto` is the fastest measured mode on CUDA, compile+graphs (results/perf_recipes_h200.json: eager FP8 is half the
-speed of BF16 at the 512 GEdit shape, compile+graphs FP8 1.3x faster), and eager elsewhere. An arm that cannot be
+`auto` is the fastest measured mode on CUDA, compile+graphs (results/perf_recipes_h200_modes_512.json: at the 512
+GEdit shape FP8 over BF16 is 0.74x eager, 0.74x compiled, 1.31x with graphs, 1.39x with both), and eager elsewhere. An arm that cannot be
 replayed as a graph (a TeaCache step cache decides inside each pass; offloaded weights move between passes) gets
 compile alone under `auto`, with the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is
 refused with the fix. `omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too
