@@ -5,7 +5,8 @@ The kernel reads each BF16 row from memory once and writes the zero-padded e4m3 
     -> q [M, Kp] e4m3 (columns K..Kp are 0), scale [M, 1] float32, with x ~= q * scale.
 Rows up to the block size stay in registers; longer rows are read in chunks twice, the second time from L2.
 Optionally x holds raw FP8 GEMM sums and is dequantized first (x * row_scale[m] * col_scale[k]): that lets the
-gate/up GEMM run with unit scales (cuBLASLt's faster tensor-wise path) and its scales be applied here, for free.
+gate/up GEMM run with unit scales (KernelPlan.gate_up_unit_scales; off by default: the float32 column scale read
+per value costs more than the tensor-wise GEMM saves, results/fp8_gemm_accumulation_h200.json).
 Written as plain torch ops the same work takes several kernels and extra passes over memory, which made FP8
 layers slower than BF16 (see REFERENCE.md section 3).
 
