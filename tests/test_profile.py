@@ -74,6 +74,19 @@ def test_every_arm_edit_is_saved_and_compared_with_the_first_arm(tiny_run):
     assert "[`edits/fp8.png`](edits/fp8.png)" in md  # a link from profile.md (the report links from its own folder)
 
 
+def test_edits_of_another_size_are_saved_and_say_why_they_are_not_compared(tmp_path):
+    from harness.profile.arms import Arm
+    from harness.profile.runner import edit_fidelity
+
+    arms = [Arm("bf16", edit=Image.new("RGB", (8, 8))), Arm("fp8", edit=Image.new("RGB", (8, 6))),
+            Arm("fp8+teacache", edit=Image.new("RGB", (8, 8))), Arm("fp8+taylorseer")]
+    edit_fidelity(arms, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == ["bf16.png", "fp8+teacache.png", "fp8.png"]
+    assert arms[0].fidelity is None and arms[3].fidelity is None  # the baseline; an arm without a timed edit
+    assert arms[1].fidelity["psnr_db"] is None and "shapes differ" in arms[1].fidelity["error"]
+    assert arms[2].fidelity["identical"] and arms[2].fidelity["psnr_db"] is None and arms[2].fidelity["ssim"] == 1
+
+
 def test_fp8_attention_arm_records_its_error_per_layer_against_bf16_attention(tmp_path):
     scenario = write_scenario(tmp_path, TINY_SCENARIO)
     code = run_profile(["--precision", "bf16", "fp8+fp8attn", "--scenario", str(scenario), "--synthetic", "tiny",

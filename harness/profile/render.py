@@ -147,8 +147,9 @@ def latency_section(record: ProfileRecord) -> Section:
 def fidelity_section(record: ProfileRecord, link: Callable[[str], str] = str) -> Section:
     """PSNR / SSIM of each arm's edit against the first arm's (same seed and inputs), from the timed calls."""
     names = record.arm_names
-    rows = [[n, f["vs"], "identical" if f["identical"] else fmt(f["psnr_db"], 2), fmt(f["ssim"], 4),
-             f"[`{f['image']}`]({link(f['image'])})"] for n in names[1:] if (f := record.arms[n].fidelity)]
+    rows = [[n, f["vs"], cell(f["error"]) if f.get("error") else "identical" if f["identical"]
+             else fmt(f["psnr_db"], 2), fmt(f["ssim"], 4), f"[`{f['image']}`]({link(f['image'])})"]
+            for n in names[1:] if (f := record.arms[n].fidelity)]
     if not rows:
         return Section("Fidelity to the first arm's edit", [
             "Not recorded (one arm, no timed call finished, or a profile.json written before this check).", ""])

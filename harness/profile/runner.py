@@ -405,8 +405,12 @@ def edit_fidelity(arms: list[Arm], out: Path) -> None:
     for arm in done:
         if arm is base:
             continue
-        found = image_fidelity(reference, np.asarray(arm.edit.convert("RGB")))
-        arm.fidelity = {"vs": base.name, **found, "image": f"{EDITS_FOLDER}/{_file_stem(arm.name)}.png"}
+        image = f"{EDITS_FOLDER}/{_file_stem(arm.name)}.png"
+        try:
+            found = image_fidelity(reference, np.asarray(arm.edit.convert("RGB")))
+        except ValueError as err:  # e.g. another output size: nothing to compare, the arm's timings still stand
+            found = {"psnr_db": None, "ssim": None, "identical": None, "error": str(err)}
+        arm.fidelity = {"vs": base.name, **found, "image": image}
 
 
 def _file_stem(name: str) -> str:
