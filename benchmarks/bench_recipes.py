@@ -6,8 +6,8 @@ recipe (alternatives measured against the library's defaults, forced with `dispa
 (every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `fusedblock` (the fused
 block kernels of fp8/fused_block.py), `fusednormquant` (only its two norm-to-e4m3 kernels; QK-norm + RoPE and the
 last residual stay torch ops for inductor), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
-(gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of every
-FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed
+(gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from
+bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed
 as a CUDA graph), compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
 and the 1024x1024 one-reference edit (28 steps). Every step is a 3-branch CFG step (cond, ref, uncond passes).
@@ -125,37 +125,33 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
             if "exactaccum" in variants:
                 config = dataclasses.replace(config, fast_accumulation=False)
             quantize_fp8(model, config)
-        if "normquant" in variants:
-            quantize_after_norms_in_graph(model)
-        if "inductorquant" in variants:
-            for module in model.modules():
-                if isinstance(module, Fp8Linear) and module.weight.is_cuda:
-                    module.use_plan(select_kernel_plan(Kernel.CUBLAS_INDUCTOR_QUANT, module.weight.device))
-        for module in model.modules():
-            if not (isinstance(module, Fp8Linear) and module.weight.is_cuda):
-                continue  # CPU layers run the reference plan
-            plan = module.kernel_plan()
-            if launch is not None:
-                plan = with_launch(plan, launch)
-            if "unitgateup" in variants:
-                plan = dataclasses.replace(plan, gate_up_unit_scales=True)
-            if "fusedblock" in variants or "fusednormquant" in variants:
-                plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=(
-                    NORM_QUANT_ONLY if "fusednormquant" in variants else ()))
-            if plan != module.kernel_plan():
-                module.use_plan(plan)
+        for layer_name, module in model.named_modules():
+            if isinstance(module, Fp8Linear) and module.weight.is_cuda:  # CPU layers run the reference plan
+                plan = variant_plan(module, layer_name, variants, launch)
+                if plan != module.kernel_plan():
+                    module.use_plan(plan)
         models[name] = model
     return models
 
 
-def quantize_after_norms_in_graph(model: torch.nn.Module) -> None:
-    """The FP8 layers fed by a modulated RMSNorm (to_qkv, linear_13) quantize their input with the torch
-    reference under torch.compile, which inductor fuses into the norm's kernel (e4m3 + scales written directly,
-    no BF16 round trip); the others keep the Triton kernel. Eager runs are unchanged."""
-    for name, module in model.named_modules():
-        if (isinstance(module, Fp8Linear) and name.endswith(("attn.to_qkv", "feed_forward.linear_13"))
-                and module.weight.is_cuda):  # on a CPU every layer already quantizes with the torch reference
-            module.use_plan(select_kernel_plan(Kernel.CUBLAS_INDUCTOR_QUANT, module.weight.device))
+def variant_plan(layer: Fp8Linear, name: str, variants: frozenset[str], launch: LaunchConfig | None):
+    """The kernel plan an FP8 layer called `name` runs in an arm with these variant words (see the module docstring).
+
+    normquant / inductorquant: the cublas-inductor-quant plan (under torch.compile the quantization is torch ops,
+    which inductor fuses into the kernel before it: for normquant the modulated RMSNorm of to_qkv and linear_13, so
+    e4m3 + scales are written directly, no BF16 round trip), on those two layers or on every layer."""
+    plan = layer.kernel_plan()
+    if "inductorquant" in variants or ("normquant" in variants
+                                       and name.endswith(("attn.to_qkv", "feed_forward.linear_13"))):
+        plan = select_kernel_plan(Kernel.CUBLAS_INDUCTOR_QUANT, layer.weight.device)
+    if launch is not None:
+        plan = with_launch(plan, launch)
+    if "unitgateup" in variants:
+        plan = dataclasses.replace(plan, gate_up_unit_scales=True)
+    if "fusedblock" in variants or "fusednormquant" in variants:
+        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=(
+            NORM_QUANT_ONLY if "fusednormquant" in variants else ()))
+    return plan
 
 
 def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = "full",

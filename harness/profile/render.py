@@ -2,8 +2,9 @@
 
 `sections(record)` returns the tables (latency, fidelity of each arm's edit, FP8 attention error per layer, wall vs
 kernel time, memory, kernel categories, the FP8 fallback check, top kernels per arm, warnings), each with its chart;
-`profile_markdown(record)` is profile.md: a header with provenance, then those sections (no figures). The report (harness/report.py) places the same sections under its
-own headings and draws their charts. Numbers are read from the record only; units are converted (us -> ms).
+`profile_markdown(record)` is profile.md: a header with provenance, then those sections (no figures). The report
+(harness/report.py) places the same sections under its own headings and draws their charts. Numbers are read from
+the record only; units are converted (us -> ms).
 """
 from __future__ import annotations
 

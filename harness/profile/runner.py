@@ -394,10 +394,10 @@ def edit_fidelity(arms: list[Arm], out: Path) -> None:
     done = [a for a in arms if a.edit is not None]
     if not done:
         return
-    folder = out / EDITS_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    (out / EDITS_FOLDER).mkdir(parents=True, exist_ok=True)
+    saved = {arm.name: f"{EDITS_FOLDER}/{_file_stem(arm.name)}.png" for arm in done}
     for arm in done:
-        arm.edit.save(folder / f"{_file_stem(arm.name)}.png")
+        arm.edit.save(out / saved[arm.name])
     base = arms[0]
     if base.edit is None:
         return
@@ -405,12 +405,11 @@ def edit_fidelity(arms: list[Arm], out: Path) -> None:
     for arm in done:
         if arm is base:
             continue
-        image = f"{EDITS_FOLDER}/{_file_stem(arm.name)}.png"
         try:
             found = image_fidelity(reference, np.asarray(arm.edit.convert("RGB")))
         except ValueError as err:  # e.g. another output size: nothing to compare, the arm's timings still stand
             found = {"psnr_db": None, "ssim": None, "identical": None, "error": str(err)}
-        arm.fidelity = {"vs": base.name, **found, "image": image}
+        arm.fidelity = {"vs": base.name, **found, "image": saved[arm.name]}
 
 
 def _file_stem(name: str) -> str:

@@ -53,15 +53,20 @@ class AttentionErrorProbe:
                 "per_layer": per_layer}
 
 
+def fp8_attention_cores(model: nn.Module) -> dict[str, nn.Module]:
+    """The FP8 attention cores of `model` by module name (empty when it has none)."""
+    return {name: m for name, m in model.named_modules() if getattr(m, "is_fp8_attention", False)}
+
+
 def has_fp8_attention(model: nn.Module) -> bool:
-    return any(getattr(m, "is_fp8_attention", False) for m in model.modules())
+    return bool(fp8_attention_cores(model))
 
 
 @contextlib.contextmanager
 def attention_error_probe(model: nn.Module) -> Iterator[AttentionErrorProbe]:
     """Record every FP8 attention call of `model` inside the block (see the module docstring)."""
     probe = AttentionErrorProbe()
-    cores = [(name, m) for name, m in model.named_modules() if getattr(m, "is_fp8_attention", False)]
+    cores = fp8_attention_cores(model).items()
     with unfused_blocks(model):
         hooks = [core.register_forward_hook(probe.record(name.removesuffix(".sdpa"))) for name, core in cores]
         try:
