@@ -22,7 +22,7 @@ import torch
 
 from harness.core.records import run_manifest, write_json_atomic
 from omnigen2_fp8.fp8.kernels import quantize_activation_triton
-from omnigen2_fp8.fp8.primitives import FP8_DTYPE, E4M3_MAX, round_up
+from omnigen2_fp8.fp8.primitives import emulated_scaled_mm, quantize_activation, quantize_weight, round_up
 from omnigen2_fp8.transformer import TransformerConfig
 
 ROWS = (8389, 4204, 2245)
@@ -42,14 +42,6 @@ def bench(fn) -> float:
     return do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
-def quantize_rows(t: torch.Tensor, pad_to: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row e4m3 with zero padding: (q [R, pad_to], float32 scale [R, 1])."""
-    scale = t.float().abs().amax(1, keepdim=True).clamp_min(1e-12) / E4M3_MAX
-    q = torch.zeros(t.shape[0], pad_to, device=t.device, dtype=FP8_DTYPE)
-    q[:, : t.shape[1]] = (t.float() / scale).to(FP8_DTYPE)
-    return q, scale
-
-
 def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.double() - ref).norm() / ref.norm())
 
@@ -58,14 +50,12 @@ def gemm_rows(shapes: dict[str, tuple[int, int]]) -> list[dict]:
     rows = []
     for m in ROWS:
         for name, (n, k) in shapes.items():
-            kp, np_ = round_up(k, 16), round_up(n, 16)
+            kp = round_up(k, 16)
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
-            xq, xs = quantize_rows(x, kp)
-            wq, ws = quantize_rows(w, kp)
-            wq = torch.cat([wq, wq.new_zeros(np_ - n, kp)])
-            ws = torch.cat([ws, ws.new_ones(np_ - n, 1)])
-            exact = (xq.double() * xs.double()) @ (wq.double() * ws.double()).t()
+            xq, xs = quantize_activation(x, kp)  # the library's e4m3 rounding: per token, zero padded
+            wq, ws = quantize_weight(w, per_channel=True)  # [Np, kp] zero padded, scales [Np] (1 on padded rows)
+            exact = emulated_scaled_mm(xq, xs, wq, ws, torch.float64)  # float64: exact for these K
             one = torch.ones((), device="cuda")
             row = {"rows": m, "layer": name, "n": n, "k": k, "bf16_ms": bench(lambda: x @ w.t())}
             for fast in (False, True):
