@@ -1,7 +1,7 @@
 """Step caching (TeaCache, TaylorSeer) with BF16 and FP8 against the best BF16, side by side in one process.
 
-Every arm runs in its fastest mode (`omnigen2_fp8.modes.choose_mode("auto")`: compile+graphs on CUDA; compile for
-TeaCache, which decides inside each pass and cannot be captured), plus eager BF16 for reference. Full-size random
+Every arm runs in its fastest mode (`omnigen2_fp8.modes.choose_mode("auto")`: compile+graphs on CUDA; TeaCache
+replays the main stack of its computed calls), plus eager BF16 for reference. Full-size random
 weights (OmniGen2 DiT, Qwen2.5-VL-3B, FLUX.1 VAE), one 1024x1024 reference, 28 steps, 3-branch CFG, whole edits
 through `OmniGen2Pipeline.__call__`.
 
@@ -71,7 +71,7 @@ def plan_arms(specs: list[str], device: str) -> list[Arm]:
     arms: dict[str, Arm] = {}
     for spec in specs:
         text, _, mode = spec.partition("/")
-        arm = Arm(parse_recipe(text), choose_mode(mode or AUTO_MODE, device, step_cache=parse_recipe(text).step_cache))
+        arm = Arm(parse_recipe(text), choose_mode(mode or AUTO_MODE, device))
         arms.setdefault(arm.name, arm)
     return list(arms.values())
 

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="every arm replays CUDA graphs without compiling (GPU; by default both steps already "
-                             "run the fast mode on a GPU: gedit graphs, profile compile+graphs, and an arm that "
-                             "cannot be captured, such as TeaCache, falls back with the reason)")
+                             "run the fast mode on a GPU: gedit graphs, profile compile+graphs; a TeaCache arm "
+                             "replays the main stack of its computed calls)")
     args = parser.parse_args(argv)
     if not args.real and (args.model or args.judge or args.dataset or args.viescore_file):
         parser.error("--model/--judge/--dataset/--viescore-file name real inputs: add --real")

@@ -21,8 +21,8 @@ How it plugs in: `OmniGen2Transformer.forward` hands its main stack (`main_layer
 "fp8+taylorseer", "bf16+teacache:0.1") is one of the configs below. TaylorSeer makes every host-side decision in
 `begin_call` and keeps its tensors at fixed addresses with the per-call numbers in a device tensor, so a CUDA graph
 replaying a whole pass (`cuda_graphs.py`, keyed by `graph_key`) stays exact. TeaCache decides inside the pass from
-the pass's own activations (a device to host read), which one captured graph cannot do: that combination is
-refused up front.
+the pass's own activations (a device to host read), which one captured pass cannot do: with CUDA graphs its passes
+run eagerly up to the decision, and a computed call replays the main stack as its own graph (`stack_graphs`).
 """
 from __future__ import annotations
 
@@ -52,10 +52,8 @@ class TeaCacheConfig:
     rescale_coefficients: tuple[float, ...] = OFFICIAL_TEACACHE_RESCALE
 
     method: ClassVar[str] = "teacache"
-    graph_capturable: ClassVar[bool] = False
-    not_capturable_reason: ClassVar[str] = (
-        "TeaCache decides inside each pass, from that pass's own activations (read back to the host), whether the "
-        "main layers run, and a captured CUDA graph replays one fixed path")
+    # What CUDA graphs replay for this method: the decision reads the pass's own activations back to the host.
+    graphs_replay: ClassVar[str] = "the main stack of computed calls"
 
     def __post_init__(self):
         object.__setattr__(self, "rescale_coefficients", tuple(float(c) for c in self.rescale_coefficients))
@@ -84,8 +82,7 @@ class TaylorSeerConfig:
     max_order: int = 4
 
     method: ClassVar[str] = "taylorseer"
-    graph_capturable: ClassVar[bool] = True
-    not_capturable_reason: ClassVar[str] = ""
+    graphs_replay: ClassVar[str] = "whole passes"
 
     def __post_init__(self):
         for name, low in (("first_enhance", 1), ("fresh_threshold", 1), ("max_order", 0)):
@@ -120,16 +117,13 @@ def step_cache_from_dict(raw: dict) -> StepCacheConfig:
     return cls(**values)
 
 
-def check_step_cache(config, cuda_graphs: bool = False) -> StepCacheConfig | None:
+def check_step_cache(config) -> StepCacheConfig | None:
     """Validate a pipeline's `step_cache` argument (a config or None) before any model runs."""
     if config is None:
         return None
     if not isinstance(config, (TeaCacheConfig, TaylorSeerConfig)):
         raise TypeError(f"step_cache must be a TeaCacheConfig, a TaylorSeerConfig or None, got "
                         f"{type(config).__name__}; e.g. step_cache=TaylorSeerConfig()")
-    if cuda_graphs and not config.graph_capturable:
-        raise ValueError(f"step_cache={config.label} cannot be combined with cuda_graphs=True: "
-                         f"{config.not_capturable_reason}; use taylorseer, or compile=True instead of CUDA graphs")
     return config
 
 
@@ -181,6 +175,8 @@ class StepCache:
 
     def __init__(self, config: StepCacheConfig):
         self.config = config
+        # cuda_graphs.GraphedCalls replaying the main stack, for a method whose whole pass cannot be one graph
+        self.stack_graphs = None
         self.start(0)
 
     def start(self, num_steps: int) -> None:
@@ -252,7 +248,7 @@ class TeaCache(StepCache):
         compute = self._should_compute(state, modulated, step)
         state.previous_modulated = modulated
         if compute:
-            out = stack(hidden)
+            out = stack(hidden) if self.stack_graphs is None else stack.replayed(self.stack_graphs, hidden)
             state.previous_residual = out - hidden
         else:
             out = hidden + state.previous_residual

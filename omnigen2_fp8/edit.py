@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--mode", choices=(AUTO_MODE, *MODES), default=AUTO_MODE,
                        help=f"how the transformer runs: {AUTO_MODE} = {CUDA_DEFAULT_MODE} on CUDA (the fastest "
                             f"measured, results/perf_recipes_h200.json; compile time is reported; compile alone "
-                            f"with --offload or a TeaCache recipe), {EAGER_MODE} elsewhere")
+                            f"with --offload), {EAGER_MODE} elsewhere")
     speed.add_argument("--eager", action="store_const", const=EAGER_MODE, dest="mode",
                        help="plain eager PyTorch (same as --mode eager)")
     speed.add_argument("--compile", action="store_const", const="compile", dest="mode",
@@ -163,7 +163,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: must be >= 1")
-    resolve_mode(args.mode, args.device, args.offload, args.precision.step_cache)  # e.g. teacache with graphs
+    resolve_mode(args.mode, args.device, args.offload)  # e.g. graphs with --offload
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.image) == 1 and (args.width or args.height):
         print("note: --width/--height are ignored with one --image: the output follows its (resized) size",
               file=sys.stderr)
-    choice = choose_mode(args.mode, args.device, args.offload, args.precision.step_cache)
+    choice = choose_mode(args.mode, args.device, args.offload)
     pipe = load_pipeline(args, choice)
     steps = StepClock(pipe.device)
     result = pipe(args.prompt, args.image, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,

@@ -28,6 +28,16 @@ class MainStack:
             hidden = block(hidden, self.mask, self.cos, self.sin, self.temb_act)
         return hidden
 
+    def replayed(self, graphs, hidden: torch.Tensor) -> torch.Tensor:
+        """`self(hidden)` through `graphs` (a `cuda_graphs.GraphedCalls`): one CUDA graph per input signature,
+        replayed with this call's hidden rows, mask, RoPE tables and temb_act copied into its buffers."""
+        tensors = [hidden, self.cos, self.sin, self.temb_act] + ([self.mask] if self.mask is not None else [])
+
+        def run(hidden, cos, sin, temb_act, mask=None):
+            return MainStack(self.blocks, mask, cos, sin, temb_act)(hidden)
+
+        return graphs("main stack", run, tensors, owner=self.blocks)
+
     def attention_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the first block's attention reads: RMSNorm(hidden) * (1 + scale_msa) of its norm1, [N, L, D]."""
         norm1 = self.blocks[0].norm1

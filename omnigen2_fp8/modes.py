@@ -6,10 +6,11 @@
     compile+graphs   both: compiled blocks, captured and replayed
 
 `auto` is the fastest measured mode on CUDA, compile+graphs (results/perf_recipes_h200_modes_512.json: at the 512
-GEdit shape FP8 over BF16 is 0.74x eager, 0.74x compiled, 1.31x with graphs, 1.39x with both), and eager elsewhere. An arm that cannot be
-replayed as a graph (a TeaCache step cache decides inside each pass; offloaded weights move between passes) gets
-compile alone under `auto`, with the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is
-refused with the fix. `omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too
+GEdit shape FP8 over BF16 is 0.74x eager, 0.74x compiled, 1.31x with graphs, 1.39x with both), and eager elsewhere.
+A TeaCache arm decides inside each pass whether its main stack runs, so under graphs it replays the stack of each
+computed call as a graph (`caching.TeaCache`, `cuda_graphs.GraphedCalls`) and runs the rest of the pass eagerly.
+An arm that cannot be replayed at all (offloaded weights move between passes) gets compile alone under `auto`, with
+the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is refused with the fix. `omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too
 with --compile, and by default replays CUDA graphs without compile, because compiled kernels depend on the shapes a
 process compiles for first and a sharded evaluation must give the same edits on any number of GPUs.
 """
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .caching import StepCacheConfig, check_step_cache
 
 EAGER_MODE, COMPILE_MODE, GRAPHS_MODE, COMPILE_GRAPHS_MODE = "eager", "compile", "graphs", "compile+graphs"
 AUTO_MODE = "auto"
@@ -53,7 +53,7 @@ class ModeChoice:
         return {"compile": self.compile, "cuda_graphs": self.cuda_graphs}
 
     def describe(self) -> str:
-        """The mode and, when it fell back, why: e.g. 'compile (no CUDA graphs: TeaCache decides ...)'."""
+        """The mode and, when it fell back, why: e.g. 'compile (no CUDA graphs: offloaded weights ...)'."""
         return self.mode + (f" (no CUDA graphs: {self.fallback_reason})" if self.fallback_reason else "")
 
     def to_dict(self) -> dict:
@@ -66,24 +66,19 @@ def mode_name(compile: bool, cuda_graphs: bool) -> str:
             (True, True): COMPILE_GRAPHS_MODE}[(bool(compile), bool(cuda_graphs))]
 
 
-def graphs_blocker(offload: bool = False, step_cache: StepCacheConfig | None = None) -> str | None:
+def graphs_blocker(offload: bool = False) -> str | None:
     """Why this arm's passes cannot be replayed as CUDA graphs (None: they can), whatever the device."""
-    if offload:
-        return OFFLOAD_REASON
-    if step_cache is not None and not step_cache.graph_capturable:
-        return step_cache.not_capturable_reason
-    return None
+    return OFFLOAD_REASON if offload else None
 
 
-def choose_mode(requested: str, device: str | torch.device, offload: bool = False,
-                step_cache: StepCacheConfig | None = None) -> ModeChoice:
+def choose_mode(requested: str, device: str | torch.device, offload: bool = False) -> ModeChoice:
     """The concrete mode of an arm: `auto` is CUDA_DEFAULT_MODE on CUDA (compile alone, with the reason, when
     `graphs_blocker` says graphs cannot work) and eager elsewhere; an explicit mode is kept, and a graphs mode that
     cannot work raises ValueError naming the fix (before any model loads)."""
     if requested not in (AUTO_MODE, *MODES):
         raise ValueError(f"unknown mode {requested!r}; choose one of {[AUTO_MODE, *MODES]}")
     cuda = torch.device(device).type == "cuda"
-    blocker = graphs_blocker(offload, step_cache)
+    blocker = graphs_blocker(offload)
     if requested == AUTO_MODE:
         if not cuda:
             return ModeChoice(EAGER_MODE, AUTO_MODE)
@@ -92,11 +87,9 @@ def choose_mode(requested: str, device: str | torch.device, offload: bool = Fals
         if offload or not cuda:
             raise ValueError(f"--mode {requested} needs CUDA and no --offload (graphs hold the weights' GPU "
                              "addresses); use --mode compile or --eager")
-        check_step_cache(step_cache, cuda_graphs=True)  # e.g. TeaCache: refused with the reason and the fix
     return ModeChoice(requested, requested)
 
 
-def resolve_mode(mode: str, device: str | torch.device, offload: bool = False,
-                 step_cache: StepCacheConfig | None = None) -> str:
+def resolve_mode(mode: str, device: str | torch.device, offload: bool = False) -> str:
     """`choose_mode(...).mode`: the concrete mode name."""
-    return choose_mode(mode, device, offload, step_cache).mode
+    return choose_mode(mode, device, offload).mode

@@ -69,7 +69,7 @@ class OmniGen2Pipeline:
     quantized by `omnigen2_fp8.fp8.quantize_fp8` with the recipe's Fp8Config); fp8_config replaces that config,
     fp8_kernel overrides its kernel; a step-cache part ("fp8+taylorseer", "bf16+teacache:0.1") skips or
     extrapolates the main layers on some transformer calls as the official OmniGen2 does (`caching.py`;
-    TeaCache does not combine with cuda_graphs);
+    with cuda_graphs, TeaCache replays the main stack of computed calls, TaylorSeer whole passes);
     offload: keep models on the CPU and move each to `device` only for its stage;
     compile: torch.compile the DiT (its blocks, when it supports regional compilation);
     cuda_graphs: replay each CFG branch's transformer pass as a CUDA graph (CUDA only; removes the launch
@@ -83,7 +83,7 @@ class OmniGen2Pipeline:
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
                  cuda_graphs: bool = False, fp8_kernel: str | None = None):
         self.recipe = parse_recipe(precision)
-        self.step_cache = check_step_cache(self.recipe.step_cache, cuda_graphs)
+        self.step_cache = check_step_cache(self.recipe.step_cache)
         self.step_cache_stats: StepCacheStats | None = None  # of the last denoising run
         self._step_caches: dict[StepCacheConfig, StepCache] = {}
         self.device = torch.device(device) if device is not None else _default_device()
@@ -135,7 +135,6 @@ class OmniGen2Pipeline:
         one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
         precision = parse_recipe(precision)  # a wrong name or combination fails before minutes of loading
-        check_step_cache(precision.step_cache, cuda_graphs)
         root = checkpoint_root(path_or_hub_id)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
@@ -186,7 +185,7 @@ class OmniGen2Pipeline:
         step_cache: a `caching` config for this call instead of the recipe's (None: the recipe's);
         call_hook: callable(branch, step index) -> context manager wrapped around each transformer call (see `denoise`).
         """
-        step_cache = check_step_cache(step_cache, self.cuda_graphs) or self.step_cache
+        step_cache = check_step_cache(step_cache) or self.step_cache
         images = _as_list(images)
         check_reference_count(images, MAX_REFERENCE_IMAGES)
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
@@ -312,7 +311,7 @@ class OmniGen2Pipeline:
         transformer call alone (e.g. CUDA events timing it; the step cache's bookkeeping stays outside).
         """
         cfg.check_guidance(text_guidance_scale, image_guidance_scale, cfg_range)
-        cache = self._step_cache_runtime(check_step_cache(step_cache, self.cuda_graphs) or self.step_cache)
+        cache = self._step_cache_runtime(check_step_cache(step_cache) or self.step_cache)
         refs = list(ref_latents)
         n = num_inference_steps
         self.scheduler.set_timesteps(n, num_tokens=latents.shape[-2] * latents.shape[-1], device=self.device,
@@ -374,7 +373,9 @@ class OmniGen2Pipeline:
             return None
         if config not in self._step_caches:
             self._step_caches[config] = make_step_cache(config)
-        return self._step_caches[config]
+        cache = self._step_caches[config]
+        cache.stack_graphs = self._transformer_fn.stack_graphs if self.cuda_graphs else None
+        return cache
 
     def _predict(self, latents: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                  refs: list | None) -> torch.Tensor:

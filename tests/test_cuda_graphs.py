@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
-from omnigen2_fp8.cuda_graphs import CudaGraphForward
+from omnigen2_fp8.cuda_graphs import CudaGraphForward, GraphedCalls
 from omnigen2_fp8.synthetic import build_synthetic_pipeline
 
 
@@ -30,6 +30,13 @@ def test_cpu_calls_run_eagerly_and_match():
     assert wrapped.captures == 0 and wrapped.replays == 0
 
 
+def test_graphed_calls_run_cpu_tensors_directly():
+    calls = GraphedCalls()
+    x = torch.randn(3, 4)
+    assert torch.equal(calls("double", lambda t: 2 * t, [x], owner=torch.nn.Linear(1, 1)), 2 * x)
+    assert (calls.captures, calls.replays) == (0, 0)
+
+
 def test_graphs_and_offload_are_refused_together():
     with pytest.raises(ValueError, match="cannot be combined with offload"):
         build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, cuda_graphs=True, offload=True)
@@ -52,7 +59,23 @@ def test_replays_match_eager_on_cuda():
         args = tiny_inputs("cuda", 9, True, seed=99)  # a fourth signature evicts the least recently used graph
         torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
                                    rtol=1e-5, atol=1e-5)
-    assert wrapped.captures == 4 and len(wrapped._graphs) == 3
+    assert wrapped.captures == 4 and len(wrapped.passes._graphs) == 3
+
+
+@pytest.mark.gpu
+def test_graphed_calls_capture_once_per_signature_and_replay_new_inputs():
+    layer = torch.nn.Linear(8, 8).cuda()
+    calls = GraphedCalls(max_graphs=2)
+    with torch.no_grad():
+        for rows in (4, 4, 4, 6, 4):
+            x = torch.randn(rows, 8, device="cuda")
+            torch.testing.assert_close(calls("layer", lambda t: layer(t).relu(), [x], owner=layer), layer(x).relu())
+    assert (calls.captures, calls.replays, calls.disabled_reason) == (2, 3, None)
+    with torch.no_grad():
+        layer.cpu().cuda()  # the weights moved: graphs holding the old addresses are dropped
+        x = torch.randn(4, 8, device="cuda")
+        torch.testing.assert_close(calls("layer", lambda t: layer(t).relu(), [x], owner=layer), layer(x).relu())
+    assert calls.captures == 3
 
 
 @pytest.mark.gpu

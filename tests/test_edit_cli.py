@@ -10,7 +10,6 @@ import PIL.Image
 import pytest
 
 from omnigen2_fp8 import synthetic
-from omnigen2_fp8.caching import TaylorSeerConfig, TeaCacheConfig
 from omnigen2_fp8.edit import CUDA_DEFAULT_MODE, main, resolve_mode
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -65,14 +64,6 @@ def test_cli_runs_a_step_cache_recipe(tmp_path, image, capsys):
     assert data["settings"]["recipe"]["step_cache"] == {"method": "taylorseer", "first_enhance": 5,
                                                         "fresh_threshold": 3, "max_order": 4}
     assert data["step_cache"]["computed_per_call"] == [True] * 10 + [False] * 4  # cond, uncond
-
-
-def test_modes_and_step_caches():
-    # TeaCache decides inside each pass, which a replayed graph cannot: auto falls back to compile, graphs refuse.
-    assert resolve_mode("auto", "cuda", False, TeaCacheConfig()) == "compile"
-    assert resolve_mode("auto", "cuda", False, TaylorSeerConfig()) == CUDA_DEFAULT_MODE  # TaylorSeer replays graphs
-    with pytest.raises(ValueError, match="teacache:0.1 cannot be combined with cuda_graphs=True"):
-        resolve_mode("compile+graphs", "cuda", False, TeaCacheConfig(0.1))
 
 
 def test_cli_errors_name_the_problem(tmp_path, image, capsys):

@@ -214,7 +214,6 @@ def test_damaged_judge_folders_are_named_before_any_edit(assets, tmp_path, capsy
     (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     (["--bootstrap", "0"], "--bootstrap 0: must be >= 1"),
     (["--max-new-tokens", "0"], "judge.max_new_tokens must be >= 1"),
-    (["--precision", "bf16", "bf16+teacache", "--cuda-graphs"], "cannot be combined with cuda_graphs=True"),
 ])
 def test_bad_numbers_and_names_stop_before_any_edit(assets, tmp_path, capsys, flags, message):
     assert main([*FAST, *_flags(assets), "--out", str(tmp_path / "o"), *flags]) == 2
@@ -309,11 +308,11 @@ def test_truncated_safetensors_are_named_by_the_loader(tmp_path):
     (None, False, "cuda", False, "fp8", "eager"),                    # asked for CUDA where torch sees none: eager
     (None, False, "cuda", True, "fp8", "graphs"),                    # the default on a GPU (same edits any GPU count)
     (None, False, "cuda", True, "bf16+taylorseer", "graphs"),        # TaylorSeer replays graphs
-    (None, False, "cuda", True, "bf16+teacache", "eager"),           # TeaCache decides inside a pass: eager
+    (None, False, "cuda", True, "bf16+teacache", "graphs"),          # TeaCache replays its main stack
     (False, False, "cuda", True, "fp8", "eager"),                    # --eager
     (True, False, "cuda", True, "fp8", "graphs"),                    # --cuda-graphs
     (None, True, "cuda", True, "fp8", "compile+graphs"),             # --compile: the fastest mode
-    (None, True, "cuda", True, "bf16+teacache", "compile"),          # --compile, TeaCache: compile alone
+    (None, True, "cuda", True, "bf16+teacache", "compile+graphs"),   # --compile, TeaCache: the same
     (None, True, "cpu", False, "fp8", "eager"),                      # --compile without a GPU: eager
 ])
 def test_arm_modes_by_default_and_as_asked(monkeypatch, asked, compile, device, gpu, arm, expected):
@@ -324,7 +323,7 @@ def test_arm_modes_by_default_and_as_asked(monkeypatch, asked, compile, device, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     choice = arm_mode(SimpleNamespace(cuda_graphs=asked, compile=compile, device=device), arm)
     assert choice.mode == expected
-    assert (choice.fallback_reason is not None) == (arm == "bf16+teacache" and gpu and asked is None)
+    assert choice.fallback_reason is None
 
 
 def test_compiled_edits_are_a_setting_and_older_runs_without_it_resume(tmp_path):

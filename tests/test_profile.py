@@ -315,15 +315,13 @@ def test_auto_mode_is_the_fastest_per_arm_on_cuda():
     # the choice needs no GPU (the device type decides), so it is checked here without validate()'s CUDA check
     opts = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda")
     assert opts.arm_mode("bf16").mode == opts.arm_mode("fp8+taylorseer").mode == "compile+graphs"
-    teacache = opts.arm_mode("fp8+teacache")
-    assert teacache.mode == "compile" and teacache.fallback_reason.startswith("TeaCache decides inside each pass")
+    assert opts.arm_mode("fp8+teacache") == opts.arm_mode("bf16")  # TeaCache replays its main stack as graphs
     offloaded = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda",
                                offload=True)
     assert offloaded.arm_mode("bf16").mode == "compile" and "offloaded" in offloaded.arm_mode("bf16").fallback_reason
     explicit = ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="full", device="cuda",
                               mode="compile+graphs")
-    with pytest.raises(ValueError, match="teacache:0.05 cannot be combined with cuda_graphs=True"):
-        explicit.arm_mode("fp8+teacache")
+    assert explicit.arm_mode("fp8+teacache").mode == "compile+graphs"
     assert ProfileOptions(scenario="gedit-512", precisions=["bf16"], out="x", synthetic="tiny",
                           device="cpu").arm_mode("fp8+teacache").mode == "eager"
 
@@ -428,14 +426,14 @@ def test_gpu_default_is_the_fast_mode_with_kernels_profiled_without_graph_replay
     assert code == 0 and rec.complete
     assert {n: a.mode["mode"] for n, a in rec.arms.items()} == {
         "bf16": "compile+graphs", "fp8": "compile+graphs", "fp8+taylorseer": "compile+graphs",
-        "fp8+teacache": "compile"}
-    assert rec.arms["fp8+teacache"].mode["fallback_reason"].startswith("TeaCache decides inside each pass")
+        "fp8+teacache": "compile+graphs"}
+    assert all(arm.mode["fallback_reason"] is None for arm in rec.arms.values())
     bf16 = rec.arms["bf16"].startup  # the first arm compiles and captures in its warm-up; later arms of the same
     assert bf16["first_call_ms"] > bf16["steady_call_ms"]  # block kinds may reuse its compiled code
     for name, arm in rec.arms.items():
         assert arm.startup["first_call_ms"] > 0 and arm.startup["steady_call_ms"] > 0
         assert arm.kernels["profiled_mode"] == "compile" and arm.kernels["total_us_in_steps"] > 0
-        assert (arm.kernels["profiled_mode_note"] is not None) == (name != "fp8+teacache")
+        assert arm.kernels["profiled_mode_note"] is not None
     fp8 = rec.arms["fp8"]
     assert fp8.category("gemm-fp8")["calls"] > 0
     assert not fp8.fallback["fallback_detected"], fp8.fallback["findings"]

@@ -277,15 +277,9 @@ def test_fp8_and_regional_compile_compose_with_step_caches():
 
 
 # --------------------------------------------------------------------------------------------- CUDA graphs
-def test_teacache_and_cuda_graphs_are_refused_up_front():
-    with pytest.raises(ValueError, match="teacache:0.05 cannot be combined with cuda_graphs=True: TeaCache decides"):
-        synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, cuda_graphs=True,
-                                           precision="bf16+teacache")
-
-
-def test_a_recipe_carries_its_step_cache_and_bad_combinations_fail_before_loading(tmp_path):
-    with pytest.raises(ValueError, match="teacache:0.2 cannot be combined with cuda_graphs=True"):
-        OmniGen2Pipeline.from_pretrained(tmp_path / "no-checkpoint-here", precision="fp8+teacache:0.2",
+def test_a_recipe_carries_its_step_cache_and_bad_names_fail_before_loading(tmp_path):
+    with pytest.raises(ValueError, match="teacache"):
+        OmniGen2Pipeline.from_pretrained(tmp_path / "no-checkpoint-here", precision="fp8+teacache:-1",
                                          cuda_graphs=True, device="cpu")
     pipe = _denoiser(precision="bf16+taylorseer:first_enhance=2")
     assert pipe.step_cache == TaylorSeerConfig(first_enhance=2) and pipe.precision == "bf16+taylorseer:first_enhance=2"
@@ -340,3 +334,25 @@ def test_taylorseer_replays_cuda_graphs_and_matches_eager():
             assert wrapper.disabled_reason is None and wrapper.captures == 6 and wrapper.replays > 40
     for eager, graphed in zip(results[False], results[True]):
         torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_teacache_replays_its_main_stack_as_graphs_and_matches_eager():
+    # The decision reads each pass's activations on the host, so whole passes run eagerly and every computed
+    # call's main stack replays a graph: the same kernels with the same inputs, so the same numbers and decisions.
+    results, stats = {}, {}
+    for graphs in (False, True):
+        pipe = OmniGen2Pipeline(synthetic.build_transformer("tiny"), synthetic.build_vae("tiny"),
+                                FlowMatchEulerScheduler(), device="cuda", dtype=torch.float32, progress=False,
+                                cuda_graphs=graphs, precision="bf16+teacache:0.3")
+        results[graphs] = [_denoise(pipe, steps=12, device="cuda") for _ in range(2)]
+        stats[graphs] = pipe.step_cache_stats.computed_per_call
+        if graphs:
+            wrapper = pipe._transformer_fn
+            assert wrapper.captures == 0  # no whole pass is captured
+            parts = wrapper.stack_graphs
+            assert parts.disabled_reason is None and parts.captures == 3  # one main stack per CFG branch shape
+            assert parts.replays == 2 * sum(stats[graphs]) - parts.captures
+    assert stats[True] == stats[False] and not all(stats[True])  # some calls skipped, the same ones
+    for eager, graphed in zip(results[False], results[True]):
+        torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)

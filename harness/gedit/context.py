@@ -14,9 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from omnigen2_fp8.caching import check_step_cache
 from omnigen2_fp8.loading import check_safetensors_file
-from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode, graphs_blocker
+from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
@@ -192,10 +191,9 @@ def check_device(device: str | None) -> None:
 
 
 def arm_mode(ctx: RunContext, arm: str) -> ModeChoice:
-    """How `arm`'s transformer runs: --eager eager; --cuda-graphs CUDA graphs for every arm (refusing an arm that
-    cannot be replayed); --compile `omnigen2_fp8.modes.choose_mode("auto")`, compile + CUDA graphs on a GPU (compile
-    alone for a step cache that decides inside each pass, e.g. TeaCache); by default CUDA graphs on a GPU for every
-    arm that can be replayed, eager for the others and on CPUs.
+    """How `arm`'s transformer runs: --eager eager; --cuda-graphs CUDA graphs; --compile
+    `omnigen2_fp8.modes.choose_mode("auto")`, compile + CUDA graphs on a GPU; by default CUDA graphs on a GPU (a
+    TeaCache arm replays the main stack of its computed calls, `caching.TeaCache`) and eager on CPUs.
 
     Why compile is not the default although it is the fastest mode (FP8 at 512: 59.8 vs 73.5 ms per step,
     results/perf_recipes_h200_all_modes.json): inductor's kernels depend on the shapes a process compiles for first,
@@ -204,14 +202,11 @@ def arm_mode(ctx: RunContext, arm: str) -> ModeChoice:
     alone replay the eager kernels and gave 88 of 88 identical edits."""
     gpu = str(ctx.device).startswith("cuda") and torch.cuda.is_available()
     if ctx.compile:
-        return choose_mode(AUTO_MODE, ctx.device if gpu else "cpu", step_cache=parse_recipe(arm).step_cache)
+        return choose_mode(AUTO_MODE, ctx.device if gpu else "cpu")
     if ctx.cuda_graphs is not None:
         mode = GRAPHS_MODE if ctx.cuda_graphs else EAGER_MODE
         return ModeChoice(mode, mode)
-    blocker = graphs_blocker(step_cache=parse_recipe(arm).step_cache)
-    if not gpu:
-        return ModeChoice(EAGER_MODE, AUTO_MODE)
-    return ModeChoice(EAGER_MODE, AUTO_MODE, blocker) if blocker else ModeChoice(GRAPHS_MODE, AUTO_MODE)
+    return ModeChoice(GRAPHS_MODE if gpu else EAGER_MODE, AUTO_MODE)
 
 
 def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
@@ -225,12 +220,10 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     if "generate" in stages:
         for arm in ctx.arms:
             try:
-                check_step_cache(parse_recipe(arm).step_cache, cuda_graphs=ctx.cuda_graphs is True)
+                parse_recipe(arm)
             except RecipeError as err:
                 raise SetupError(f"--precision {arm}: {err}. To judge edits made elsewhere under other names, pass "
                                  "--edits DIR") from None
-            except ValueError as err:  # a step cache that cannot run under --cuda-graphs, refused before any work
-                raise SetupError(f"--precision {arm}: {err}") from None
     for flag, folder in (("--out", ctx.out), *((("--edits", ctx.edits_root),) if "generate" in stages else ())):
         problem = _unwritable(folder)
         if problem:

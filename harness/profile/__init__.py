@@ -9,8 +9,9 @@ An arm is a precision recipe (`omnigen2_fp8.precision`: bf16, fp8, fp8-nopad, pl
 fp8+teacache); `--fp8-kernel` sets the FP8 GEMM kernel of every FP8 arm.
 
 Mode (`--mode`, `omnigen2_fp8.modes`): by default (`auto`) every arm runs the fastest mode on CUDA, compile+graphs
-(regional torch.compile, each CFG branch's pass replayed as a CUDA graph), and an arm that cannot be captured (a
-TeaCache step cache) runs compiled without graphs, the reason recorded; eager on a CPU. `--eager` or an explicit
+(regional torch.compile, each CFG branch's pass replayed as a CUDA graph; a TeaCache arm replays the main stack of
+its computed calls), and an arm whose weights are offloaded runs compiled without graphs, the reason recorded;
+eager on a CPU. `--eager` or an explicit
 `--mode` applies to every arm. Each arm's mode is in profile.json (`arms.<arm>.mode`) and profile.md. Eager FP8
 is slower than eager BF16 at the 512 GEdit shape (launch-bound), so an eager default would mislead.
 

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed = how.add_mutually_exclusive_group()
     speed.add_argument("--mode", choices=(AUTO_MODE, *MODES), default=None,
                        help=f"how every arm's transformer runs (default {AUTO_MODE}: {CUDA_DEFAULT_MODE} on CUDA, the "
-                            "fastest measured, with compile alone for an arm that cannot be captured such as "
-                            f"TeaCache, the reason recorded; {EAGER_MODE} on a CPU). Compile and capture happen in the "
+                            "fastest measured, with compile alone when weights are offloaded, the reason recorded; "
+                            f"{EAGER_MODE} on a CPU). Compile and capture happen in the "
                             "warm-up, reported apart from the per-edit latency")
     speed.add_argument("--eager", action="store_const", const=EAGER_MODE, dest="mode",
                        help="plain eager PyTorch for every arm (same as --mode eager)")
