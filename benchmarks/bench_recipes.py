@@ -5,7 +5,8 @@ recipe (alternatives measured against the library's defaults, forced with `dispa
 `normquant` (the FP8 layers fed by a modulated RMSNorm run the cublas-inductor-quant kernel plan), `inductorquant`
 (every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `fusedblock` (the fused
 block kernels of fp8/fused_block.py), `fusednormquant` (only its two norm-to-e4m3 kernels; QK-norm + RoPE and the
-last residual stay torch ops for inductor), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
+last residual stay torch ops for inductor), `fusedrows` (its three row kernels: both norm-to-e4m3 kernels and the
+last residual; QK-norm + RoPE stays torch ops), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
 (gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from
 bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed
 as a CUDA graph), compile+graphs.
@@ -61,8 +62,10 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
 # This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
-VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "exactaccum", "unitgateup")
-NORM_QUANT_ONLY = ("qk_norm_rope", "gated_residual_rmsnorm")  # fusednormquant: these stay torch ops
+VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "fusedrows", "exactaccum", "unitgateup")
+# The fused block ops each variant leaves to torch (and so to inductor under compile).
+REFERENCE_OPS = {"fusedblock": (), "fusednormquant": ("qk_norm_rope", "gated_residual_rmsnorm"),
+                 "fusedrows": ("qk_norm_rope",)}
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -148,9 +151,9 @@ def variant_plan(layer: Fp8Linear, name: str, variants: frozenset[str], launch: 
         plan = with_launch(plan, launch)
     if "unitgateup" in variants:
         plan = dataclasses.replace(plan, gate_up_unit_scales=True)
-    if "fusedblock" in variants or "fusednormquant" in variants:
-        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=(
-            NORM_QUANT_ONLY if "fusednormquant" in variants else ()))
+    fused = [word for word in REFERENCE_OPS if word in variants]
+    if fused:
+        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=REFERENCE_OPS[fused[0]])
     return plan
 
 

@@ -53,24 +53,24 @@ def modulation(n: int, d: int) -> torch.Tensor:
     return (torch.randn(n, 4 * d) * 0.5).to(torch.bfloat16)[:, d: 2 * d]
 
 
-def modulated_case(x, scale, k_padded, eps=1e-5) -> dict:
+def modulated_case(x, scale, k_padded, eps=1e-5, launch=None) -> dict:
     torch.manual_seed(1)
     weight = torch.rand(x.shape[-1]) + 0.5
-    q, s = K.modulated_rmsnorm_quant_triton(x, weight, scale, eps, k_padded)
+    q, s = K.modulated_rmsnorm_quant_triton(x, weight, scale, eps, k_padded, launch=launch)
     qr, sr = R.modulated_rmsnorm_quant(x, weight, scale, eps, k_padded)
     d = x.shape[-1]
     return {**steps(q, qr), "scale_max_rel_diff": float(((s - sr).abs() / sr).max()), "q_shape": list(q.shape),
             "padding_zero": bool((q[:, d:].view(torch.uint8) == 0).all()), "q_dtype": str(q.dtype)}
 
 
-def residual_case(h, y, gate, quant: bool, k_padded: int = 0) -> dict:
+def residual_case(h, y, gate, quant: bool, k_padded: int = 0, launch=None) -> dict:
     d = h.shape[-1]
     w, nw = torch.rand(d) + 0.5, (torch.rand(d) + 0.5).to(h.dtype)
     if not quant:
-        return {"h": steps(K.gated_residual_rmsnorm_triton(h, y, gate, w, 1e-5),
+        return {"h": steps(K.gated_residual_rmsnorm_triton(h, y, gate, w, 1e-5, launch=launch),
                            R.gated_residual_rmsnorm(h, y, gate, w, 1e-5))}
     scale = modulation(h.shape[0], d)
-    out = K.gated_residual_rmsnorm_quant_triton(h, y, gate, w, 1e-5, nw, scale, 1e-6, k_padded)
+    out = K.gated_residual_rmsnorm_quant_triton(h, y, gate, w, 1e-5, nw, scale, 1e-6, k_padded, launch=launch)
     ref = R.gated_residual_rmsnorm_quant(h, y, gate, w, 1e-5, nw, scale, 1e-6, k_padded)
     # the quantized part against the reference norm-quant of the kernel's own h_new (the same input exactly)
     q_own, _ = R.modulated_rmsnorm_quant(out[0], nw, scale, 1e-6, k_padded)
@@ -160,6 +160,10 @@ def main() -> None:
         "tiny_no_scale_fp32": modulated_case(rows(2, 5, 120, torch.float32), None, 128),
         "strided_rows": modulated_case(padded_view(2, 4, 120, 136), modulation(2, 120), 128),
         "real_2520": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528),
+        # launches that split a sample's rows unevenly: masked tail rows, one row per program, 4 rows at once
+        "rows_4x2_tail": modulated_case(rows(2, 7, 120), modulation(2, 120), 128, launch=K.RowLaunch(4, 2, 4)),
+        "rows_1x1": modulated_case(rows(2, 5, 120), modulation(2, 120), 128, launch=K.RowLaunch(1, 1, 4)),
+        "rows_8x4_tail": modulated_case(rows(3, 5, 120), modulation(3, 120), 128, launch=K.RowLaunch(8, 4, 2)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -168,6 +172,10 @@ def main() -> None:
         "tiny_gate_quant": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, True, 128),
         "real_2520_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
                                          torch.randn(1, 2520).tanh(), True, 2528),
+        "rows_4x2_tail_quant": residual_case(rows(2, 7, 120), padded_view(2, 7, 120, 128), gate, True, 128,
+                                             launch=K.RowLaunch(4, 2, 4)),
+        "rows_8x4_tail": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, False,
+                                       launch=K.RowLaunch(8, 4, 2)),
     }
     out["rope"] = {
         "tiny_bf16": rope_case(2, 5, 6, 2, 20),

@@ -29,14 +29,16 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
     assert interpreted["interpreted"] == "InterpretedFunction"
 
 
-@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520"])
+@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
+                                  "rows_1x1", "rows_8x4_tail"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
     assert within_one_step(r) and r["scale_max_rel_diff"] < 1e-5, r
 
 
-@pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant"])
+@pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant",
+                                  "rows_4x2_tail_quant", "rows_8x4_tail"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r

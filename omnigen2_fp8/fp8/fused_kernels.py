@@ -16,6 +16,8 @@ Each kernel is registered as a torch custom op with a shape function, so torch.c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .kernels import HAS_TRITON, interpreter_enabled
@@ -41,36 +43,51 @@ if HAS_TRITON:
     @triton.jit
     def _residual_norm_quant_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
                                     L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn, s_qm, eps, next_eps,
-                                    BLOCK: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
-                                    QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
-                                    HW_CAST: tl.constexpr):
-        """One program per row (n, l). RESIDUAL: h + gate[n] * RMSNorm(y) * w -> out (rounded to out's dtype).
-        QUANT: RMSNorm(row) * nw * (1 + nscale[n]) -> e4m3 q + float32 scale, where the row is the rounded h_new
-        (RESIDUAL) or h itself (the plain modulated norm)."""
-        row = tl.program_id(0).to(tl.int64)
-        n, l = row // L, row % L
-        cols = tl.arange(0, BLOCK)
+                                    BLOCK: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr,
+                                    RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr, QUANT: tl.constexpr,
+                                    HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr, HW_CAST: tl.constexpr):
+        """Program (i, n) takes rows l = i * ROWS .. of sample n, SUB rows at a time, and loads the per-sample
+        vectors (norm weights, gate, modulation) once for all of them. RESIDUAL: h + gate[n] * RMSNorm(y) * w ->
+        out (rounded to out's dtype). QUANT: RMSNorm(row) * nw * (1 + nscale[n]) -> e4m3 q + float32 scale, where
+        the row is the rounded h_new (RESIDUAL) or h itself (the plain modulated norm)."""
+        n = tl.program_id(1).to(tl.int64)
+        first = tl.program_id(0).to(tl.int64) * ROWS
+        cols = tl.arange(0, BLOCK)[None, :]
         in_d = cols < D
-        x = tl.load(h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN) + cols, mask=in_d, other=0.0).to(tl.float32)
         if RESIDUAL:
-            y = tl.load(y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN) + cols, mask=in_d, other=0.0)
-            y = y.to(tl.float32)
-            branch = y * tl.math.rsqrt(tl.sum(y * y, axis=0) / D + eps)
-            branch = branch * tl.load(w_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
             if HAS_GATE:
-                branch = tl.load(gate_ptr + n * s_gn + cols, mask=in_d, other=0.0).to(tl.float32) * branch
-            stored = _to_output(x + branch, out_ptr, HW_CAST)
-            tl.store(out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN) + cols, stored, mask=in_d)
-            x = stored.to(tl.float32)  # the next norm reads h_new as stored, as an unfused pass would
+                gate = tl.load(gate_ptr + n * s_gn + cols, mask=in_d, other=0.0).to(tl.float32)
         if QUANT:
-            v = x * tl.math.rsqrt(tl.sum(x * x, axis=0) / D + next_eps)
-            v = v * tl.load(nw_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
+            nw = tl.load(nw_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
             if HAS_SCALE:
-                v = v * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=in_d, other=0.0).to(tl.float32))
-            scale = tl.maximum(tl.max(tl.abs(v), axis=0), _FLOOR) / _MAX
-            tl.store(qscale_ptr + row, scale)
-            code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
-            tl.store(q_ptr + row * s_qm + cols, code, mask=cols < KP)
+                shift = 1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=in_d, other=0.0).to(tl.float32)
+        for start in tl.static_range(0, ROWS, SUB):
+            l = first + start + tl.arange(0, SUB)[:, None]  # [SUB, 1]
+            row_ok = l < L
+            valid = row_ok & in_d
+            x = tl.load(h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN) + cols, mask=valid,
+                        other=0.0).to(tl.float32)
+            if RESIDUAL:
+                y = tl.load(y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN) + cols, mask=valid, other=0.0)
+                y = y.to(tl.float32)
+                branch = y * tl.math.rsqrt(tl.sum(y * y, axis=1)[:, None] / D + eps)
+                branch = branch * w
+                if HAS_GATE:
+                    branch = gate * branch
+                stored = _to_output(x + branch, out_ptr, HW_CAST)
+                tl.store(out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN) + cols, stored, mask=valid)
+                x = stored.to(tl.float32)  # the next norm reads h_new as stored, as an unfused pass would
+            if QUANT:
+                v = x * tl.math.rsqrt(tl.sum(x * x, axis=1)[:, None] / D + next_eps)
+                v = v * nw
+                if HAS_SCALE:
+                    v = v * shift
+                scale = tl.maximum(tl.max(tl.abs(v), axis=1)[:, None], _FLOOR) / _MAX
+                row = n * L + l
+                tl.store(qscale_ptr + row, scale, mask=row_ok)
+                code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
+                tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
 
     @triton.jit
     def _norm_rope_heads(x_ptr, s_xh, o_ptr, s_oh, H, w_ptr, c, s, descale_ptr, eps, HALF, HALF_OUT, D,
@@ -140,7 +157,30 @@ def _check_modulation(what: str, t: torch.Tensor | None, n: int, d: int) -> None
         raise ValueError(f"{what} must be [N, D] = [{n}, {d}] (one row per sample); got {tuple(t.shape)}")
 
 
-def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, out_dtype, hw_cast):
+@dataclass(frozen=True)
+class RowLaunch:
+    """How the row kernels (the modulated norm and the residual epilogues) are launched: each program takes
+    `rows_per_program` consecutive rows of one sample, `sub_rows` at a time in registers, with `num_warps` warps.
+    Per-sample vectors (norm weights, gate, modulation) are loaded once per program, not once per row."""
+
+    rows_per_program: int
+    sub_rows: int
+    num_warps: int
+
+    def __post_init__(self):
+        if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
+            raise ValueError(f"RowLaunch {self}: positive sizes, rows_per_program a multiple of sub_rows")
+        if self.sub_rows & (self.sub_rows - 1) or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"RowLaunch {self}: sub_rows and num_warps must be powers of two")
+
+
+def default_row_launch(block: int) -> RowLaunch:
+    """The launch used unless one is given, for rows padded to `block` values."""
+    return RowLaunch(8, 2, 8) if block >= 2048 else RowLaunch(4, 2, 4)
+
+
+def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, out_dtype, hw_cast,
+                 launch: RowLaunch | None = None):
     """Shared launcher of `_residual_norm_quant_kernel`: y None = no residual part, k_padded 0 = no quantization."""
     if h.dim() != 3:
         raise ValueError(f"the hidden rows must be [N, L, D]; got {tuple(h.shape)}")
@@ -169,39 +209,45 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     gate_t = gate if gate is not None else h
     scale_t = next_scale if next_scale is not None else h
     block = triton.next_power_of_2(max(k_padded, d))
+    launch = launch or default_row_launch(block)
     hw_cast = h.is_cuda if hw_cast is None else hw_cast
-    _residual_norm_quant_kernel[(m,)](
+    grid = (triton.cdiv(seq, launch.rows_per_program), n)
+    _residual_norm_quant_kernel[grid](
         h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
         k_padded, h.stride(0), h.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-        gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps, BLOCK=block, RESIDUAL=residual,
-        HAS_GATE=gate is not None, QUANT=quant, HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1,
-        HW_CAST=hw_cast, num_warps=8 if block >= 2048 else 4)
+        gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps, BLOCK=block,
+        ROWS=launch.rows_per_program, SUB=launch.sub_rows, RESIDUAL=residual, HAS_GATE=gate is not None,
+        QUANT=quant, HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1, HW_CAST=hw_cast,
+        num_warps=launch.num_warps)
     return out, q, qscale
 
 
 def modulated_rmsnorm_quant_triton(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, eps: float,
-                                   k_padded: int, hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                   k_padded: int, hw_cast: bool | None = None,
+                                   launch: RowLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused `fused_reference.modulated_rmsnorm_quant`: x [N, L, D] -> (e4m3 [N*L, k_padded], float32 [N*L, 1])."""
-    _, q, qscale = _launch_rows(x, None, None, weight, 0.0, weight, scale, eps, k_padded, x.dtype, hw_cast)
+    _, q, qscale = _launch_rows(x, None, None, weight, 0.0, weight, scale, eps, k_padded, x.dtype, hw_cast, launch)
     return q, qscale
 
 
 def gated_residual_rmsnorm_triton(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
-                                  weight: torch.Tensor, eps: float, hw_cast: bool | None = None) -> torch.Tensor:
+                                  weight: torch.Tensor, eps: float, hw_cast: bool | None = None,
+                                  launch: RowLaunch | None = None) -> torch.Tensor:
     """Fused `fused_reference.gated_residual_rmsnorm`: h, y [N, L, D] -> h_new [N, L, D] in h's dtype."""
-    out, _, _ = _launch_rows(h, y, gate, weight, eps, None, None, 0.0, 0, h.dtype, hw_cast)
+    out, _, _ = _launch_rows(h, y, gate, weight, eps, None, None, 0.0, 0, h.dtype, hw_cast, launch)
     return out
 
 
 def gated_residual_rmsnorm_quant_triton(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None,
                                         weight: torch.Tensor, eps: float, next_weight: torch.Tensor,
                                         next_scale: torch.Tensor | None, next_eps: float, k_padded: int,
-                                        hw_cast: bool | None = None):
+                                        hw_cast: bool | None = None, launch: RowLaunch | None = None):
     """Fused `fused_reference.gated_residual_rmsnorm_quant`: -> (h_new [N, L, D], e4m3 [N*L, k_padded],
     float32 [N*L, 1])."""
     if k_padded <= 0:
         raise ValueError(f"k_padded must be positive; got {k_padded}")
-    return _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, h.dtype, hw_cast)
+    return _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, h.dtype, hw_cast,
+                        launch)
 
 
 def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,

@@ -1,0 +1,162 @@
+"""The fused row kernels of the FP8 block (fp8/fused_kernels.py: modulated norm -> e4m3, gated residual + norm,
+gated residual + norm -> e4m3) against what the compiled unfused block runs in their place: inductor's fused
+norm / modulation / residual kernel writing BF16, then the row quantization kernel reading it back.
+
+Per op and token count: GPU time per call of the unfused pair under torch.compile, and of the fused kernel for a
+sweep of launches (`fused_kernels.RowLaunch`: rows per program, rows in registers at once, warps). Times are CUDA
+graphs of `--calls` back-to-back calls replayed `--rounds` times (no launch overhead, as in the pipeline's fastest
+mode), median per call. Each fused result is checked against its torch reference before it is timed.
+
+Shapes: hidden 2520, e4m3 rows padded to 2528, branch outputs read through the 2528-wide rows of a padded GEMM
+output; 8392 tokens = the cond pass of the 1024 one-reference edit, 2245 = the 512 GEdit shape.
+
+    python -m benchmarks.bench_row_kernels --out results/row_kernels_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness.core.records import run_manifest, write_json_atomic
+from omnigen2_fp8.fp8 import Kernel, fused_kernels as K, fused_reference as R
+from omnigen2_fp8.fp8.dispatch import plan_for
+
+D, KP = 2520, 2528
+EPS = 1e-6
+OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")
+SWEEP = [K.RowLaunch(rows, sub, warps) for rows, sub, warps in itertools.product((1, 2, 4, 8, 16), (1, 2, 4),
+                                                                                (4, 8, 16)) if rows % sub == 0]
+
+
+def inputs(tokens: int, device: str) -> dict:
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, generator=g, dtype=torch.bfloat16)
+
+    mod = randn(1, 4 * D) * 0.3  # AdaLN output: [scale_msa | gate_msa | scale_mlp | gate_mlp] as strided views
+    return {"h": randn(1, tokens, D) * 4, "y": (randn(1, tokens, KP) * 2)[..., :D], "scale": mod[:, :D],
+            "gate_raw": mod[:, D: 2 * D], "gate": mod[:, D: 2 * D].float().tanh(), "w": randn(D) * 0.1 + 1,
+            "nw": randn(D) * 0.1 + 1}
+
+
+def unfused(op: str, i: dict):
+    """The compiled unfused block's pieces for `op`: inductor-fused torch ops, then the quantization custom op."""
+    plan = plan_for(Kernel.CUBLAS_PADDED)
+
+    def norm(x, w):
+        return F.rms_norm(x, (D,), w, EPS)
+
+    def modulated(h, scale, w):
+        return plan.quantize((norm(h, w) * (1 + scale.unsqueeze(1))).reshape(-1, D), KP, True)
+
+    def residual(h, y, gate_raw, w):
+        return h + gate_raw.unsqueeze(1).tanh() * norm(y, w)
+
+    def residual_quant(h, y, gate_raw, w, nw, scale):
+        new = residual(h, y, gate_raw, w)
+        return new, plan.quantize((norm(new, nw) * (1 + scale.unsqueeze(1))).reshape(-1, D), KP, True)
+
+    fn, args = {"modulated_rmsnorm_quant": (modulated, ("h", "scale", "w")),
+                "gated_residual_rmsnorm": (residual, ("h", "y", "gate_raw", "w")),
+                "gated_residual_rmsnorm_quant": (residual_quant, ("h", "y", "gate_raw", "w", "nw", "scale"))}[op]
+    compiled = torch.compile(fn, dynamic=False)
+    return lambda: compiled(*(i[a] for a in args))
+
+
+def fused(op: str, i: dict, launch):
+    if op == "modulated_rmsnorm_quant":
+        return lambda: K.modulated_rmsnorm_quant_triton(i["h"], i["w"], i["scale"], EPS, KP, launch=launch)
+    if op == "gated_residual_rmsnorm":
+        return lambda: K.gated_residual_rmsnorm_triton(i["h"], i["y"], i["gate"], i["w"], EPS, launch=launch)
+    return lambda: K.gated_residual_rmsnorm_quant_triton(i["h"], i["y"], i["gate"], i["w"], EPS, i["nw"], i["scale"],
+                                                         EPS, KP, launch=launch)
+
+
+def reference(op: str, i: dict):
+    if op == "modulated_rmsnorm_quant":
+        return R.modulated_rmsnorm_quant(i["h"], i["w"], i["scale"], EPS, KP)
+    if op == "gated_residual_rmsnorm":
+        return R.gated_residual_rmsnorm(i["h"], i["y"], i["gate"], i["w"], EPS)
+    return R.gated_residual_rmsnorm_quant(i["h"], i["y"], i["gate"], i["w"], EPS, i["nw"], i["scale"], EPS, KP)
+
+
+def max_steps(got, want) -> int:
+    """Largest distance in representable steps over the e4m3 / bf16 outputs (scales: 0 or 1e6 when off)."""
+    worst = 0
+    for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        if a.dtype == torch.float32:
+            worst = max(worst, 0 if torch.allclose(a, b, rtol=1e-5, atol=0) else 10 ** 6)
+            continue
+        bits = [t.view(torch.uint8).int() if t.element_size() == 1 else t.view(torch.int16).int() & 0xFFFF
+                for t in (a, b)]
+        top = 0x80 if a.element_size() == 1 else 0x8000
+        o = [torch.where(x >= top, -(x - top), x) for x in bits]
+        worst = max(worst, int((o[0] - o[1]).abs().max()))
+    return worst
+
+
+def graph_ms(fn, calls: int, rounds: int) -> float:
+    """Median GPU ms per call of `calls` back-to-back calls captured in one CUDA graph."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8392, 2245])
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    record = {"note": args.note, "manifest": run_manifest(synthetic="random inputs", device="cuda",
+                                                          extra={"benchmark": "fused row kernels vs compiled ops"}),
+              "settings": {"hidden": D, "k_padded": KP, "calls": args.calls, "rounds": args.rounds}, "results": {}}
+    with torch.inference_mode():
+        for tokens, op in itertools.product(args.tokens, args.ops):
+            i = inputs(tokens, "cuda")
+            row = {"unfused_compiled_ms": graph_ms(unfused(op, i), args.calls, args.rounds), "fused": []}
+            want = reference(op, i)
+            for launch in SWEEP:
+                fn = fused(op, i, launch)
+                row["fused"].append({"launch": [launch.rows_per_program, launch.sub_rows, launch.num_warps],
+                                     "max_steps_vs_reference": max_steps(fn(), want),
+                                     "ms": graph_ms(fn, args.calls, args.rounds)})
+            default = K.default_row_launch(4096)
+            row["default_launch"] = [default.rows_per_program, default.sub_rows, default.num_warps]
+            row["default_ms"] = graph_ms(fused(op, i, None), args.calls, args.rounds)
+            best = min(row["fused"], key=lambda r: r["ms"])
+            row["best"] = best
+            row["best_speedup_over_unfused"] = row["unfused_compiled_ms"] / best["ms"]
+            row["default_speedup_over_unfused"] = row["unfused_compiled_ms"] / row["default_ms"]
+            record["results"][f"{op}@{tokens}"] = row
+            print(f"{op:30s} {tokens:5d} tokens: unfused {row['unfused_compiled_ms']:.4f} ms, fused default "
+                  f"{row['default_ms']:.4f} ms, best {best['ms']:.4f} ms {best['launch']} "
+                  f"(steps {best['max_steps_vs_reference']})", flush=True)
+            write_json_atomic(args.out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
