@@ -143,7 +143,7 @@ def main() -> int:
                 row["fused"].append({"launch": [launch.rows_per_program, launch.sub_rows, launch.num_warps],
                                      "max_steps_vs_reference": max_steps(fn(), want),
                                      "ms": graph_ms(fn, args.calls, args.rounds)})
-            default = K.default_row_launch(4096)
+            default = K.default_row_launch(4096, tokens)
             row["default_launch"] = [default.rows_per_program, default.sub_rows, default.num_warps]
             row["default_ms"] = graph_ms(fused(op, i, None), args.calls, args.rounds)
             best = min(row["fused"], key=lambda r: r["ms"])
