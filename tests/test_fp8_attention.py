@@ -124,6 +124,16 @@ def test_fp8_output_projection_takes_the_attention_output_as_it_is():
     direct = core.attend_and_project(q, k, v, None, to_out)
     assert direct.shape == (1, 12, to_out.out_features)
     assert rel(direct, exact) < 1e-6  # float32 output of an exact (emulated) GEMM of the same e4m3 values
+    # O8 goes in with its head padding, through a head-padded copy of the weight: the same exact sums
+    assert core.projection_weight.shape == (to_out.out_padded, 6 * 32)
+    assert torch.equal(core.projection_weight.view(torch.uint8).unflatten(1, (6, 32))[..., :20].flatten(1),
+                       to_out.weight.view(torch.uint8)[:, :120])
+    assert not core.projection_weight.view(torch.uint8).unflatten(1, (6, 32))[..., 20:].any()
+    bound = core.projection_weight
+    core.projection_weight = None  # the copy that drops the padding instead
+    assert torch.equal(core.attend_and_project(q, k, v, None, to_out), direct)
+    core.projection_weight = bound
+    assert "projection_weight" not in model.state_dict() and core.bind_projection(to_out)
     with unfused_blocks(model):  # module by module: the core's forward, then the projection's own quantization
         assert not core.projects_directly(to_out)
         requantized = core.attend_and_project(q, k, v, None, to_out)

@@ -203,6 +203,9 @@ class Fp8Sdpa(nn.Module):
         # persistent: derived from the checkpoint's norm weights, never stored.
         self.register_buffer("q_descale", q_descale.float().reshape(1, 1, 1, 1), persistent=False)
         self.register_buffer("k_descale", k_descale.float().reshape(1, 1, 1, 1), persistent=False)
+        # The output projection's e4m3 weight with each head's columns padded to head_dim_padded (`bind_projection`),
+        # so O8 [M, H * Dp] goes into its GEMM as cuDNN writes it: no copy that drops the head padding.
+        self.register_buffer("projection_weight", None, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is not None:
@@ -249,12 +252,33 @@ class Fp8Sdpa(nn.Module):
             return out_proj(self(q, k, v, mask))
         return self.project(*self.attend_quantized(*self.quantize_qk(q, k), v), out_proj, v.dtype)
 
+    def bind_projection(self, out_proj: nn.Module) -> bool:
+        """Derive `projection_weight` from `out_proj` (an FP8 layer this core projects into directly): its e4m3
+        weight [Np, H * D] laid out as [Np, H * Dp], each head's columns followed by Dp - D zero columns. Zero
+        columns add nothing to the sums, so the projection's result is the same (exactly so with exact
+        accumulation). Derived once, from the weight as it is now: re-bind after changing out_proj's weight.
+        Returns whether it bound (False: the layer cannot take O8 directly)."""
+        self.projection_weight = None
+        if not self.projects_directly(out_proj) or self.head_dim_padded == self.head_dim:
+            return False
+        heads = out_proj.in_features // self.head_dim
+        w = out_proj.weight.view(torch.uint8)[:, : out_proj.in_features].unflatten(1, (heads, self.head_dim))
+        padded = F.pad(w, (0, self.head_dim_padded - self.head_dim)).flatten(1)
+        self.projection_weight = padded.contiguous().view(FP8_DTYPE)
+        return True
+
     def project(self, o8: torch.Tensor, descale: torch.Tensor, out_proj: nn.Module,
                 dtype: torch.dtype) -> torch.Tensor:
-        """The FP8 output projection of O8 [B, L, H, Dp] (descale [1, 1, 1, 1]) -> [B, L, out_features] in dtype:
-        the head padding dropped and the input width padded to the layer's, as bytes (e4m3 copies exactly);
-        O's per-tensor descale is the activation scale of the GEMM."""
-        b, seq, heads, _ = o8.shape
+        """The FP8 output projection of O8 [B, L, H, Dp] (descale [1, 1, 1, 1]) -> [B, L, out_features] in dtype;
+        O's per-tensor descale is the activation scale of the GEMM. With a bound `projection_weight` O8 goes in
+        as it is; otherwise the head padding is dropped and the width padded to the layer's, as bytes (e4m3
+        copies exactly)."""
+        b, seq, heads, padded = o8.shape
+        weight = self.projection_weight
+        if weight is not None and weight.shape == (out_proj.out_padded, heads * padded):
+            y = out_proj.kernel_plan().gemm(out_proj, o8.reshape(b * seq, heads * padded), descale.reshape(1, 1),
+                                            dtype, weight)
+            return out_proj.finish(y, (b * seq,)).view(b, seq, -1)
         rows = o8.view(torch.uint8)[..., : self.head_dim].reshape(b * seq, heads * self.head_dim)
         pad = out_proj.in_padded - rows.shape[1]
         x8 = (F.pad(rows, (0, pad)) if pad else rows.contiguous()).view(FP8_DTYPE)
@@ -285,6 +309,9 @@ def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulat
             continue
         module.sdpa = Fp8Sdpa(module.head_dim, qk_descale_bound(module.norm_q.weight),
                               qk_descale_bound(module.norm_k.weight), emulate=emulate).to(device)
+        to_out = getattr(module, "to_out", None)
+        if to_out is not None:
+            module.sdpa.bind_projection(to_out[0])
         swapped.append(name)
     return swapped, None
 

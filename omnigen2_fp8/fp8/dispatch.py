@@ -161,13 +161,15 @@ class KernelPlan:
                             torch.ops.omnigen2_fp8.qk_norm_rope, q)
         return fn(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, head_dim_padded)
 
-    def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor,
-             out_dtype: torch.dtype) -> torch.Tensor:
-        """[M, Kp] e4m3 x layer's [Np, Kp] e4m3 weight -> [M, Np] in out_dtype, scales applied."""
+    def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """[M, Kp] e4m3 x layer's [Np, Kp] e4m3 weight -> [M, Np] in out_dtype, scales applied. weight: another
+        layout of the layer's weight with the same scales ([Np, K'], Fp8Linear.matmul); None: the layer's own."""
         if self.gemm_impl == "emulated":
             compute = torch.float64 if xq.device.type == "cpu" else torch.float32
-            return emulated_scaled_mm(xq, x_scale, layer.weight, layer.weight_scale, out_dtype, compute)
-        return layer.matmul(xq, x_scale, out_dtype)
+            weight = layer.weight if weight is None else weight
+            return emulated_scaled_mm(xq, x_scale, weight, layer.weight_scale, out_dtype, compute)
+        return layer.matmul(xq, x_scale, out_dtype, weight)
 
 
 # The implementation of every concrete kernel (AUTO resolves to one of these first): quantize, GEMM.

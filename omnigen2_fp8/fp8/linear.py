@@ -158,19 +158,23 @@ class Fp8Linear(nn.Module):
         per_token = self.activation_granularity == ActivationGranularity.PER_TOKEN
         return self.kernel_plan().quantize(x2, self.in_padded, per_token, apply_swiglu, row_scale, col_scale)
 
-    def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """Scaled FP8 GEMM on the padded shapes: [M, Kp] x [Np, Kp]^T -> [M, Np] in out_dtype."""
+    def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled FP8 GEMM on the padded shapes: [M, Kp] x [Np, Kp]^T -> [M, Np] in out_dtype. weight: another
+        e4m3 [Np, K'] layout of this layer's weight with the same scales (e.g. the head-padded one FP8 attention's
+        output projects through); None: the layer's own."""
+        weight = self.weight if weight is None else weight
         per_tensor_w = self.weight_granularity == WeightGranularity.PER_TENSOR
         if x_scale.numel() == 1 and per_tensor_w:
             # Tensor-wise scaling (the fastest cuBLASLt path) when both scales are single numbers.
             dtype = out_dtype if out_dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
-            return torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale.reshape(()),
+            return torch._scaled_mm(xq, weight.t(), scale_a=x_scale.reshape(()),
                                     scale_b=self.weight_scale[0], out_dtype=dtype,
                                     use_fast_accum=self.fast_accumulation).to(out_dtype)
         # Row-wise scaling: [M, 1] x [1, N] float32 scales, BF16 output (cuBLASLt's requirement).
         if x_scale.shape[0] != xq.shape[0]:
             x_scale = x_scale.expand(xq.shape[0], 1).contiguous()
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
+        y = torch._scaled_mm(xq, weight.t(), scale_a=x_scale, scale_b=self.weight_scale.view(1, -1),
                              out_dtype=torch.bfloat16, use_fast_accum=self.fast_accumulation)
         return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
 
