@@ -127,11 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     modes = io.add_mutually_exclusive_group()
     modes.add_argument("--cuda-graphs", action="store_true", default=None,
-                       help="replay transformer passes as CUDA graphs for every arm, refusing an arm that cannot be "
-                            "(default on CUDA: graphs for every arm that can be replayed, eager for the others)")
+                       help="replay transformer passes as CUDA graphs for every arm (the default on CUDA; a TeaCache "
+                            "arm replays the main stack of its computed calls)")
     modes.add_argument("--compile", action="store_true",
-                       help="torch.compile the DiT and replay CUDA graphs (compile alone for an arm that cannot be "
-                            "replayed): the fastest mode, but inductor's kernels depend on the shapes each process "
+                       help="torch.compile the DiT and replay CUDA graphs: the fastest mode, but inductor's kernels depend on the shapes each process "
                             "compiles for first, so edits are not bitwise the same across reruns, resumes and GPU "
                             "counts (up to 14/255 levels measured between 1 and 2 GPUs)")
     modes.add_argument("--eager", action="store_true",

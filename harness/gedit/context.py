@@ -58,9 +58,9 @@ class RunContext:
     bootstrap: int = 10_000
     baseline: str | None = None
     # replay transformer passes as CUDA graphs (same images, less launch overhead): True for every arm, False for
-    # none, None (the default) for every arm that can be replayed when the device is a GPU
+    # none, None (the default) for every arm when the device is a GPU
     cuda_graphs: bool | None = None
-    # --compile: torch.compile + CUDA graphs (compile alone where graphs cannot replay); faster, but the edits are
+    # --compile: torch.compile + CUDA graphs; faster, but the edits are
     # not bitwise the same across processes (see arm_mode)
     compile: bool = False
     edits_elsewhere: bool = False  # --edits given: the images exist already; `--stage all` judges and scores only
