@@ -32,6 +32,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cuda_event_ms(fn, warmup: int = 5, repeats: int = 30) -> float:
+    """Median ms of fn() between CUDA events, synchronised after each call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def time_forward(model, inputs, device: str, warmup: int, repeats: int) -> dict:
     """Median and spread of whole-forward times (CUDA events, perf_counter on a CPU); the first of the `warmup`
     untimed calls is reported as `first_call_s` (compilation, autotuning, lazy initialisation)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import cuda_event_ms
 from benchmarks.bench_fp8_transformer import make_inputs
 from harness.core.records import run_manifest, write_json_atomic
 from omnigen2_fp8 import synthetic
@@ -35,21 +36,6 @@ LENGTHS = (2148, 8460)  # 512 and 1024 edits with one reference: joint tokens of
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
-
-
-def bench(fn, warmup: int = 5, repeats: int = 30) -> float:
-    """Median ms of fn() with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def op_level(length: int) -> dict:
@@ -69,9 +55,9 @@ def op_level(length: int) -> dict:
     emulated = fp8_attention_reference(q8, k8, v8, dq, dk, dv, 120)
     steps = (kernel_out[..., :120].float() - emulated[..., :120].float()).abs() * dv
     out = {"tokens": length,
-           "bf16_sdpa_ms": bench(lambda: grouped_attention(q, k, v, None)),
-           "fp8_kernel_ms": bench(lambda: cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, 120)),
-           "fp8_core_ms": bench(lambda: core(q, k, v, None)),
+           "bf16_sdpa_ms": cuda_event_ms(lambda: grouped_attention(q, k, v, None)),
+           "fp8_kernel_ms": cuda_event_ms(lambda: cudnn_fp8_sdpa(q8, k8, v8, dq, dk, dv, 120)),
+           "fp8_core_ms": cuda_event_ms(lambda: core(q, k, v, None)),
            "fp8_vs_bf16_rel_err": rel(fp8, bf16),
            "cudnn_vs_emulation_rel_err": rel(kernel_out[..., :120].float() * dv, emulated[..., :120].float() * dv),
            "cudnn_vs_emulation_max_abs": float(steps.max())}

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import cuda_event_ms
 from harness.core.records import run_manifest, write_json_atomic
 from omnigen2_fp8.fp8 import Kernel, fused_kernels as K, fused_reference as R
 from omnigen2_fp8.fp8.dispatch import plan_for
@@ -110,15 +110,7 @@ def graph_ms(fn, calls: int, rounds: int) -> float:
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    return cuda_event_ms(graph.replay, warmup=1, repeats=rounds) / calls
 
 
 def main() -> int:
