@@ -52,8 +52,6 @@ class TeaCacheConfig:
     rescale_coefficients: tuple[float, ...] = OFFICIAL_TEACACHE_RESCALE
 
     method: ClassVar[str] = "teacache"
-    # What CUDA graphs replay for this method: the decision reads the pass's own activations back to the host.
-    graphs_replay: ClassVar[str] = "the main stack of computed calls"
 
     def __post_init__(self):
         object.__setattr__(self, "rescale_coefficients", tuple(float(c) for c in self.rescale_coefficients))
@@ -82,7 +80,6 @@ class TaylorSeerConfig:
     max_order: int = 4
 
     method: ClassVar[str] = "taylorseer"
-    graphs_replay: ClassVar[str] = "whole passes"
 
     def __post_init__(self):
         for name, low in (("first_enhance", 1), ("fresh_threshold", 1), ("max_order", 0)):

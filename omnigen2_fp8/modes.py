@@ -10,9 +10,10 @@ GEdit shape FP8 over BF16 is 0.74x eager, 0.74x compiled, 1.31x with graphs, 1.3
 A TeaCache arm decides inside each pass whether its main stack runs, so under graphs it replays the stack of each
 computed call as a graph (`caching.TeaCache`, `cuda_graphs.GraphedCalls`) and runs the rest of the pass eagerly.
 An arm that cannot be replayed at all (offloaded weights move between passes) gets compile alone under `auto`, with
-the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is refused with the fix. `omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too
-with --compile, and by default replays CUDA graphs without compile, because compiled kernels depend on the shapes a
-process compiles for first and a sharded evaluation must give the same edits on any number of GPUs.
+the reason kept in its `ModeChoice`; an explicit graphs mode it cannot run is refused with the fix.
+`omnigen2_fp8.edit` and `harness.profile` decide through these functions; `harness.gedit` too with --compile, and by
+default replays CUDA graphs without compile, because compiled kernels depend on the shapes a process compiles for
+first and a sharded evaluation must give the same edits on any number of GPUs.
 """
 from __future__ import annotations
 

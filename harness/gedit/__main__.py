@@ -130,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replay transformer passes as CUDA graphs for every arm (the default on CUDA; a TeaCache "
                             "arm replays the main stack of its computed calls)")
     modes.add_argument("--compile", action="store_true",
-                       help="torch.compile the DiT and replay CUDA graphs: the fastest mode, but inductor's kernels depend on the shapes each process "
-                            "compiles for first, so edits are not bitwise the same across reruns, resumes and GPU "
-                            "counts (up to 14/255 levels measured between 1 and 2 GPUs)")
+                       help="torch.compile the DiT and replay CUDA graphs: the fastest mode, but inductor's kernels "
+                            "depend on the shapes each process compiles for first, so edits are not bitwise the same "
+                            "across reruns, resumes and GPU counts (up to 14/255 levels measured between 1 and 2 GPUs)")
     modes.add_argument("--eager", action="store_true",
                        help="run transformer passes eagerly (at 512x512 the FP8 arm is launch-bound and slower than "
                             "BF16 this way)")
