@@ -8,8 +8,9 @@ Numerics (what cuDNN's FP8 SDPA computes, and `fp8_attention_reference` emulates
 Scales: s_q, s_k static, from the QK-norm weights (`qk_descale_bound`: no pass over q and k); s_v = absmax(v) / 448,
 computed on the device (no host sync, graph capturable).
 Head dim 120 is padded to 128 (cuDNN needs a multiple of 16); the padding is zero, so scores are unchanged.
-On Hopper cuDNN returns O in e4m3. An FP8 output projection takes it as it is (`attend_and_project`): the head padding
-is dropped by a byte copy and O's per-tensor descale s_v joins the GEMM's scales, so O is quantized once (no
+On Hopper cuDNN returns O in e4m3. An FP8 output projection takes it as it is (`attend_and_project`,
+`project_quantized`): through a head-padded copy of its weight (`bind_projection`; without one, a byte copy drops the
+head padding), with O's per-tensor descale s_v as the GEMM's activation scale, so O is quantized once (no
 dequantize-to-BF16 and per-token requantize pass); otherwise O is dequantized for the projection.
 
 Measured error: see benchmarks/bench_fp8_attention.py (per layer and end to end against BF16 attention).
@@ -247,10 +248,19 @@ class Fp8Sdpa(nn.Module):
     def attend_and_project(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                            out_proj: nn.Module) -> torch.Tensor:
         """out_proj(attention(q, k, v)): [B, L, H, D] inputs -> [B, L, out_features]. With an FP8 `out_proj`, O8
-        goes into its GEMM as it is (`project`)."""
+        goes into its GEMM as it is (`project`); otherwise through this module's forward (which hooks see)."""
         if mask is not None or not self.projects_directly(out_proj):
             return out_proj(self(q, k, v, mask))
-        return self.project(*self.attend_quantized(*self.quantize_qk(q, k), v), out_proj, v.dtype)
+        return self.project_quantized(*self.quantize_qk(q, k), v, out_proj, v.dtype)
+
+    def project_quantized(self, q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, out_proj: nn.Module,
+                          dtype: torch.dtype) -> torch.Tensor:
+        """out_proj(attention) from q8, k8 as `forward_quantized` takes them: -> [B, L, out_features] in dtype;
+        O8 into `out_proj` as it is when it can take it (`project`), else dequantized first."""
+        o8, descale = self.attend_quantized(q8, k8, v)
+        if self.projects_directly(out_proj):
+            return self.project(o8, descale, out_proj, dtype)
+        return out_proj(dequantize_heads(o8, descale, self.head_dim, dtype))
 
     def bind_projection(self, out_proj: nn.Module) -> bool:
         """Derive `projection_weight` from `out_proj` (an FP8 layer this core projects into directly): its e4m3
@@ -287,6 +297,11 @@ class Fp8Sdpa(nn.Module):
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim} (padded {self.head_dim_padded}), q/k/v/P/O e4m3 per tensor, "
                 f"{'emulated' if self.emulate else 'cuDNN'}")
+
+
+def fp8_attention_cores(model: nn.Module) -> dict[str, nn.Module]:
+    """The FP8 attention cores (`Fp8Sdpa`) of `model` by module name (empty when it has none)."""
+    return {name: m for name, m in model.named_modules() if getattr(m, "is_fp8_attention", False)}
 
 
 def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulate: bool = False,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..attention import grouped_attention
+from .attention import fp8_attention_cores
 from .fused_block import unfused_blocks
 
 
@@ -51,11 +52,6 @@ class AttentionErrorProbe:
                 "mean": statistics.fmean(per_layer.values()), "max": per_layer[ranked[0]],
                 "min": per_layer[ranked[-1]], "worst_layers": {n: per_layer[n] for n in ranked[:worst]},
                 "per_layer": per_layer}
-
-
-def fp8_attention_cores(model: nn.Module) -> dict[str, nn.Module]:
-    """The FP8 attention cores of `model` by module name (empty when it has none)."""
-    return {name: m for name, m in model.named_modules() if getattr(m, "is_fp8_attention", False)}
 
 
 def has_fp8_attention(model: nn.Module) -> bool:

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .attention import dequantize_heads
+from .attention import fp8_attention_cores
 from .config import ActivationGranularity
 from .linear import Fp8Linear, Fp8SwiGLUFeedForward
 
@@ -68,13 +68,9 @@ def _attention(attn: nn.Module, plan, xq: torch.Tensor, x_scale: torch.Tensor, l
     if getattr(sdpa, "is_fp8_attention", False) and mask is None:
         # FP8 attention: the kernel writes q and k as e4m3 with the core's static scales and padded head dim.
         q8, k8 = plan.qk_norm_rope(q, k, *norms, sdpa.q_descale, sdpa.k_descale, sdpa.head_dim_padded)
-        o8, o_descale = sdpa.attend_quantized(q8, k8, v)
-        if sdpa.projects_directly(to_out):  # O8 goes into the projection as it is: [N, L, D]
-            return sdpa.project(o8, o_descale, to_out, dtype).view(*lead, -1)
-        out = dequantize_heads(o8, o_descale, sdpa.head_dim, dtype)
-    else:
-        q, k = plan.qk_norm_rope(q, k, *norms)
-        out = sdpa(q, k, v, mask)
+        return sdpa.project_quantized(q8, k8, v, to_out, dtype).view(*lead, -1)
+    q, k = plan.qk_norm_rope(q, k, *norms)
+    out = sdpa(q, k, v, mask)
     oq, o_scale = to_out.quantize_input(out.reshape(-1, hd))
     return to_out.forward_quantized(oq, o_scale, dtype, keep_padding=True).view(*lead, -1)
 
@@ -118,7 +114,7 @@ def unfused_blocks(model: nn.Module) -> Iterator[None]:
     the attention core's and the layers' entry points directly, so forward hooks on those modules (per-layer error
     studies) fire only on this path."""
     blocks = [m for m in model.modules() if hasattr(m, "forward_unfused")]
-    cores = [m for m in model.modules() if getattr(m, "is_fp8_attention", False)]
+    cores = list(fp8_attention_cores(model).values())
     saved = [block.fused_forward for block in blocks]
     saved_cores = [core.direct_projection for core in cores]
     for block in blocks:

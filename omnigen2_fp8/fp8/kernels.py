@@ -163,8 +163,9 @@ def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int,
     block = triton.next_power_of_2(k_padded)
     if apply_swiglu:
         # K = 10240: gate and up rows whole in registers, read once. H200 (results/fp8_gemm_accumulation_h200.json):
-        # 0.136 vs 0.164 ms at 8389 rows against two passes over 2048-wide chunks, 0.073 vs 0.089 at 4204, and
-        # 0.058 vs 0.055 at 2245 (the 512 edit, where it loses 5 %); wider rows would spill registers.
+        # 0.136 vs 0.164 ms at 8389 rows against two passes over 2048-wide chunks, 0.073 vs 0.089 at 4204, and at
+        # 2245 (the 512 edit) 0.058 vs 0.055 in that run, 0.044 vs 0.056 in a later one
+        # (results/fp8_gemm_accumulation_h200_library_primitives.json); wider rows would spill registers.
         if block <= 16384:
             return block, (16 if block > 8192 else 8), 1
         return 2048, 8, 1  # two passes over 2K-wide chunks; the second reads from L2
