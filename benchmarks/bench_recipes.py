@@ -8,8 +8,9 @@ block kernels of fp8/fused_block.py), `fusednormquant` (only its two norm-to-e4m
 last residual stay torch ops for inductor), `fusedrows` (its three row kernels: both norm-to-e4m3 kernels and the
 last residual; QK-norm + RoPE stays torch ops), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
 (gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from
-bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed
-as a CUDA graph), compile+graphs.
+bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile
+(regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA graph),
+compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)
 and the 1024x1024 one-reference edit (28 steps). Every step is a 3-branch CFG step (cond, ref, uncond passes).
 

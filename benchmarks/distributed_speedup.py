@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode != "auto":
         common += [f"--{args.mode}"]
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.gpus))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": path}
     t0 = time.perf_counter()
     result = {"what": "torchrun-sharded GEdit run (generation, judging, scoring in one launch) on N GPUs vs 1; "
                       "random-weight models of the real shapes (--synthetic), one process per GPU; wall time from "

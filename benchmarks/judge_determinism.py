@@ -54,7 +54,8 @@ def run_condition(judge, batches, baseline: tuple | None) -> tuple[dict, tuple]:
     if judge.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    row = {"generate_seconds": seconds, "logits_sha256": [hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16] for t in logits],
+    row = {"generate_seconds": seconds,
+           "logits_sha256": [hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16] for t in logits],
            "ids_sha256": [hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16] for t in ids],
            "ids": [t.tolist() for t in ids], "answers": answers}
     if baseline is not None:
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
                         "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment too)")
     p.add_argument("--sdpa", choices=("default", "math", "efficient", "cudnn"), default="default",
                    help="restrict scaled_dot_product_attention to one backend for the whole run")
-    p.add_argument("--decode", default=None, choices=DECODE_MODES, help="the judge's decode mode (default: its default)")
+    p.add_argument("--decode", default=None, choices=DECODE_MODES,
+                   help="the judge's decode mode (default: its default)")
     args = p.parse_args(argv)
     if args.compare:
         runs = [json.loads(Path(f).read_text()) for f in args.compare]
@@ -121,7 +123,8 @@ def main(argv=None) -> int:
     batches = batching.length_ordered_batches(encoded, args.batch_size)
     conditions: dict[str, dict] = {}
     backend = contextlib.nullcontext() if args.sdpa == "default" else sdpa_kernel(
-        {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[args.sdpa])
+        {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+         "cudnn": SDPBackend.CUDNN_ATTENTION}[args.sdpa])
     with warnings.catch_warnings(record=True) as caught, backend:
         warnings.simplefilter("always")
         conditions["first"], base = run_condition(judge, batches, None)
@@ -137,8 +140,10 @@ def main(argv=None) -> int:
         if name != "first":
             row["answers_equal_to_first"] = sum(row["answers"][k] == v
                                                 for k, v in conditions["first"]["answers"].items())
-    out = {"manifest": run_manifest(synthetic=args.size, device=args.device), "device_name": torch.cuda.get_device_name() if cuda else "cpu",
-           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "deterministic": args.deterministic, "sdpa": args.sdpa, "decode": judge.speed.decode,
+    out = {"manifest": run_manifest(synthetic=args.size, device=args.device),
+           "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "deterministic": args.deterministic,
+           "sdpa": args.sdpa, "decode": judge.speed.decode,
            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
            "batch_fingerprints": [batching.batch_fingerprint(b, 0) for b in batches],
            "nondeterminism_warnings": sorted({str(w.message)[:300] for w in caught

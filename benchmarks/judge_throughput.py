@@ -5,9 +5,9 @@ VIEScore answer length; a random judge never stops by itself).
 Variants (`harness.gedit.judge_speed`): "packed-reproducible" = packed vision attention + eager decoding with the
 reproducible decode attention (harness.gedit.decode_attention; the default), "packed-vision" = packed vision
 attention + eager decoding on SDPA's own decode kernel, "fast" = packed vision attention + compiled decoding,
-"plain" = transformers' per-window vision attention + eager decoding (the judge before the speed options). The first variant is measured at every `--batch-sizes` and
-`--first-variant-batch-sizes` entry, the others at every `--batch-sizes` entry, in that order, while `--budget-s` has
-time left (what is skipped is recorded as skipped).
+"plain" = transformers' per-window vision attention + eager decoding (the judge before the speed options). The first
+variant is measured at every `--batch-sizes` and `--first-variant-batch-sizes` entry, the others at every
+`--batch-sizes` entry, in that order, while `--budget-s` has time left (what is skipped is recorded as skipped).
 
 Per sample two calls: SC sees [source, edit] + the SC prompt, PQ sees [edit] + the PQ prompt. Both images are drawn
 pictures at GEdit-like sizes, resized to the 512x512 area at their own aspect ratio (the protocol's judge input). The

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from omnigen2_fp8.modes import CUDA_DEFAULT_MODE, MODES, OFFLOAD_REASON, ModeChoice, choose_mode, graphs_blocker, mode_name
+from omnigen2_fp8.modes import (CUDA_DEFAULT_MODE, MODES, OFFLOAD_REASON, ModeChoice, choose_mode, graphs_blocker,
+                                mode_name)
 
 
 @pytest.mark.parametrize("device, offload, mode, reason", [
