@@ -109,9 +109,15 @@ class Shard:
         dist.all_gather_object(everyone, obj)
         return everyone
 
-    def close(self) -> None:
-        """Leave the process group (a single process has none)."""
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group (a single process has none). finished: this rank's work ended normally, so it
+        first waits at a barrier for every rank to get here, then tears its gloo connections down. Without it a rank
+        leaving while the main rank still worked was aborted at exit ("terminate called without an active
+        exception") in 3 of about 30 sharded CPU test runs, none in 9 loaded runs with it. After an error it leaves
+        at once: the other ranks may never get here."""
         if self._in_group():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
     def label_logs(self) -> None:

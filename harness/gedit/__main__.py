@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)  # before any process group or model
         shard = open_shard(args.device)  # one process, or this rank of a torchrun launch
         startup["group_unix"] = time.time()
+        finished = False
         try:
             # The main rank writes the shared files (synthetic models, data) before the others read them.
             ctx = shard.main_first(lambda: make_context(
@@ -188,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 judge_server=judge_server_from_args(args),
                 judge_speed={"vision_attention": args.judge_vision_attention, "decode": args.judge_decode}))
             summary = run(ctx, args.stage, shard, startup=startup)
+            finished = True
         finally:
-            shard.close()
+            shard.close(finished)
     except (SetupError, TaskError, DatasetError, PromptSetError, ProtocolError, DistributedSetupError,
             RunFolderError, JudgeError, FolderLockedError) as err:
         print(f"error: {err}", file=sys.stderr)
