@@ -28,12 +28,17 @@ from benchmarks.bench_fused_kernels import agreement
 from harness.core.records import run_manifest, write_json_atomic
 from omnigen2_fp8.fp8 import Kernel, fused_kernels as K, fused_reference as R
 from omnigen2_fp8.fp8.dispatch import plan_for
+from omnigen2_fp8.rope import rotate_pairs_real
 
 D, KP = 2520, 2528
 EPS = 1e-6
 OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")
-SWEEP = [K.RowLaunch(rows, sub, warps) for rows, sub, warps in itertools.product((1, 2, 4, 8, 16), (1, 2, 4),
-                                                                                (4, 8, 16)) if rows % sub == 0]
+# Whole rows in registers (the launches near the best of the first sweep), then the chunked kernel.
+SWEEP = ([K.RowLaunch(rows, sub, warps) for rows, sub, warps in ((8, 2, 8), (4, 2, 8), (4, 1, 4), (2, 1, 4))]
+         + [K.RowLaunch(sub, sub, warps, chunk) for chunk, sub, warps in itertools.product((256, 512, 1024), (1, 2),
+                                                                                          (1, 2, 4))])
+HEADS, KV_HEADS, HEAD_DIM = 21, 7, 120
+ROPE_SWEEP = [K.RopeLaunch(tokens, warps) for tokens, warps in itertools.product((1, 2, 4, 8, 16), (1, 2, 4, 8))]
 
 
 def inputs(tokens: int, device: str) -> dict:
@@ -46,6 +51,48 @@ def inputs(tokens: int, device: str) -> dict:
     return {"h": randn(1, tokens, D) * 4, "y": (randn(1, tokens, KP) * 2)[..., :D], "scale": mod[:, :D],
             "gate_raw": mod[:, D: 2 * D], "gate": mod[:, D: 2 * D].float().tanh(), "w": randn(D) * 0.1 + 1,
             "nw": randn(D) * 0.1 + 1}
+
+
+def rope_inputs(tokens: int, device: str) -> dict:
+    """q and k as strided views of a padded qkv GEMM output [1, L, 4208], the cos/sin rows, the head norms."""
+    g = torch.Generator(device=device).manual_seed(0)
+    width = (HEADS + 2 * KV_HEADS) * HEAD_DIM
+    qkv = torch.randn(1, tokens, width + 8, device=device, generator=g, dtype=torch.bfloat16)[..., :width] * 3
+    angles = torch.rand(1, tokens, HEAD_DIM // 2, device=device, generator=g) * 50
+    return {"q": qkv[..., : HEADS * HEAD_DIM].unflatten(-1, (HEADS, HEAD_DIM)),
+            "k": qkv[..., HEADS * HEAD_DIM: (HEADS + KV_HEADS) * HEAD_DIM].unflatten(-1, (KV_HEADS, HEAD_DIM)),
+            "cos": angles.cos(), "sin": angles.sin(),
+            "wq": torch.rand(HEAD_DIM, device=device, generator=g).bfloat16() + 0.5,
+            "wk": torch.rand(HEAD_DIM, device=device, generator=g).bfloat16() + 0.5}
+
+
+def rope_unfused(i: dict):
+    """What the unfused attention runs under torch.compile: the per-head RMSNorm modules (BF16 out), then the real
+    form of the rotation; inductor fuses them (here writing contiguous q and k)."""
+    def qk(q, k, wq, wk, cos, sin):
+        return (rotate_pairs_real(F.rms_norm(q, (HEAD_DIM,), wq, 1e-5), cos, sin),
+                rotate_pairs_real(F.rms_norm(k, (HEAD_DIM,), wk, 1e-5), cos, sin))
+
+    compiled = torch.compile(qk, dynamic=False)
+    return lambda: compiled(i["q"], i["k"], i["wq"], i["wk"], i["cos"], i["sin"])
+
+
+def rope_args(i: dict) -> tuple:
+    return i["q"], i["k"], i["wq"], i["wk"], i["cos"], i["sin"], 1e-5, 1e-5
+
+
+def rope_row(tokens: int, calls: int, rounds: int) -> dict:
+    i = rope_inputs(tokens, "cuda")
+    want = R.qk_norm_rope(*rope_args(i))
+    row = {"unfused_compiled_ms": graph_ms(rope_unfused(i), calls, rounds), "fused": []}
+    for launch in ROPE_SWEEP:
+        fn = lambda launch=launch: K.qk_norm_rope_triton(*rope_args(i), launch=launch)  # noqa: E731
+        row["fused"].append({"launch": [launch.tokens_per_program, launch.num_warps],
+                             "agreement_with_reference": agreements(fn(), want), "ms": graph_ms(fn, calls, rounds)})
+    default = K.DEFAULT_ROPE_LAUNCH
+    row["default_launch"] = [default.tokens_per_program, default.num_warps]
+    row["default_ms"] = graph_ms(lambda: K.qk_norm_rope_triton(*rope_args(i)), calls, rounds)
+    return row
 
 
 def unfused(op: str, i: dict):
@@ -111,13 +158,27 @@ def graph_ms(fn, calls: int, rounds: int) -> float:
     return cuda_event_ms(graph.replay, warmup=1, repeats=rounds) / calls
 
 
+def row_kernel_row(op: str, tokens: int, calls: int, rounds: int) -> dict:
+    i = inputs(tokens, "cuda")
+    row = {"unfused_compiled_ms": graph_ms(unfused(op, i), calls, rounds), "fused": []}
+    want = reference(op, i)
+    for launch in SWEEP:
+        fn = fused(op, i, launch)
+        row["fused"].append({"launch": [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk],
+                             "agreement_with_reference": agreements(fn(), want), "ms": graph_ms(fn, calls, rounds)})
+    default = K.default_row_launch(4096, tokens)
+    row["default_launch"] = [default.rows_per_program, default.sub_rows, default.num_warps, default.chunk]
+    row["default_ms"] = graph_ms(fused(op, i, None), calls, rounds)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokens", type=int, nargs="+", default=[8392, 2245])
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--ops", nargs="+", choices=(*OPS, "qk_norm_rope"), default=[*OPS, "qk_norm_rope"])
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     record = {"note": args.note, "manifest": run_manifest(synthetic="random inputs", device="cuda",
@@ -125,17 +186,10 @@ def main() -> int:
               "settings": {"hidden": D, "k_padded": KP, "calls": args.calls, "rounds": args.rounds}, "results": {}}
     with torch.inference_mode():
         for tokens, op in itertools.product(args.tokens, args.ops):
-            i = inputs(tokens, "cuda")
-            row = {"unfused_compiled_ms": graph_ms(unfused(op, i), args.calls, args.rounds), "fused": []}
-            want = reference(op, i)
-            for launch in SWEEP:
-                fn = fused(op, i, launch)
-                row["fused"].append({"launch": [launch.rows_per_program, launch.sub_rows, launch.num_warps],
-                                     "agreement_with_reference": agreements(fn(), want),
-                                     "ms": graph_ms(fn, args.calls, args.rounds)})
-            default = K.default_row_launch(4096, tokens)
-            row["default_launch"] = [default.rows_per_program, default.sub_rows, default.num_warps]
-            row["default_ms"] = graph_ms(fused(op, i, None), args.calls, args.rounds)
+            if op == "qk_norm_rope":
+                row = rope_row(tokens, args.calls, args.rounds)
+            else:
+                row = row_kernel_row(op, tokens, args.calls, args.rounds)
             best = min(row["fused"], key=lambda r: r["ms"])
             row["best"] = best
             row["best_speedup_over_unfused"] = row["unfused_compiled_ms"] / best["ms"]

@@ -80,7 +80,7 @@ def residual_case(h, y, gate, quant: bool, k_padded: int = 0, launch=None) -> di
             "q_vs_own_h": steps(out[1], q_own)}
 
 
-def rope_case(n, seq, hq, hk, hd, fp8_pad: int = 0, dtype=torch.bfloat16) -> dict:
+def rope_case(n, seq, hq, hk, hd, fp8_pad: int = 0, dtype=torch.bfloat16, launch=None) -> dict:
     width = (hq + 2 * hk) * hd
     qkv = rows(n, seq, width + 8, dtype, spread=False)[..., :width] * 3  # a padded qkv GEMM output
     q = qkv[..., : hq * hd].unflatten(-1, (hq, hd))
@@ -90,7 +90,7 @@ def rope_case(n, seq, hq, hk, hd, fp8_pad: int = 0, dtype=torch.bfloat16) -> dic
     wq, wk = (torch.rand(hd) + 0.5).to(dtype), (torch.rand(hd) + 0.5).to(dtype)
     descales = (torch.full((1, 1, 1, 1), 0.01), torch.full((1, 1, 1, 1), 0.02)) if fp8_pad else (None, None)
     args = (q, k, wq, wk, cos, sin, 1e-5, 1e-6, *descales, fp8_pad)
-    out, ref = K.qk_norm_rope_triton(*args), R.qk_norm_rope(*args)
+    out, ref = K.qk_norm_rope_triton(*args, launch=launch), R.qk_norm_rope(*args)
     result = {"q": steps(out[0], ref[0]), "k": steps(out[1], ref[1]), "q_shape": list(out[0].shape),
               "dtype": str(out[0].dtype)}
     if fp8_pad:
@@ -164,6 +164,12 @@ def main() -> None:
         "rows_4x2_tail": modulated_case(rows(2, 7, 120), modulation(2, 120), 128, launch=K.RowLaunch(4, 2, 4)),
         "rows_1x1": modulated_case(rows(2, 5, 120), modulation(2, 120), 128, launch=K.RowLaunch(1, 1, 4)),
         "rows_8x4_tail": modulated_case(rows(3, 5, 120), modulation(3, 120), 128, launch=K.RowLaunch(8, 4, 2)),
+        # the chunked kernel: 120 values in chunks of 32 (a partial last chunk), 2 rows per program (a tail row)
+        "chunked_32x2": modulated_case(rows(2, 5, 120), modulation(2, 120), 128, launch=K.RowLaunch(2, 2, 4, 32)),
+        "chunked_real_512": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
+                                           launch=K.RowLaunch(1, 1, 4, 512)),
+        "chunked_no_scale": modulated_case(rows(2, 3, 120, torch.float32), None, 128,
+                                           launch=K.RowLaunch(1, 1, 2, 64)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -176,6 +182,15 @@ def main() -> None:
                                              launch=K.RowLaunch(4, 2, 4)),
         "rows_8x4_tail": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, False,
                                        launch=K.RowLaunch(8, 4, 2)),
+        "chunked_32x2": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, False,
+                                      launch=K.RowLaunch(2, 2, 4, 32)),
+        "chunked_32x2_quant": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, True, 128,
+                                            launch=K.RowLaunch(2, 2, 4, 32)),
+        "chunked_no_gate_quant": residual_case(rows(2, 3, 120), padded_view(2, 3, 120, 128), None, True, 128,
+                                               launch=K.RowLaunch(1, 1, 4, 64)),
+        "chunked_real_512_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
+                                                torch.randn(1, 2520).tanh(), True, 2528,
+                                                launch=K.RowLaunch(1, 1, 4, 512)),
     }
     out["rope"] = {
         "tiny_bf16": rope_case(2, 5, 6, 2, 20),
@@ -183,6 +198,9 @@ def main() -> None:
         "tiny_fp32": rope_case(1, 3, 6, 2, 20, dtype=torch.float32),
         "real_bf16": rope_case(1, 3, 21, 7, 120),
         "real_fp8_pad128": rope_case(1, 3, 21, 7, 120, fp8_pad=128),
+        # 4 tokens per program over 2 samples of 5: programs that straddle samples, a partial last program
+        "tokens_4_straddle": rope_case(2, 5, 6, 2, 20, launch=K.RopeLaunch(4, 2)),
+        "tokens_1_fp8": rope_case(2, 3, 6, 2, 20, fp8_pad=32, launch=K.RopeLaunch(1, 1)),
     }
     out["model"] = model_checks()
     print("JSON:" + json.dumps(out))

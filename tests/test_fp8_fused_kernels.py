@@ -30,7 +30,8 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
 
 
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
-                                  "rows_1x1", "rows_8x4_tail"])
+                                  "rows_1x1", "rows_8x4_tail", "chunked_32x2", "chunked_real_512",
+                                  "chunked_no_scale"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
@@ -38,7 +39,8 @@ def test_modulated_norm_quant_matches_reference(interpreted, case):
 
 
 @pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant",
-                                  "rows_4x2_tail_quant", "rows_8x4_tail"])
+                                  "rows_4x2_tail_quant", "rows_8x4_tail", "chunked_32x2", "chunked_32x2_quant",
+                                  "chunked_no_gate_quant", "chunked_real_512_quant"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r
@@ -47,7 +49,8 @@ def test_gated_residual_norm_matches_reference(interpreted, case):
         assert within_one_step(r["q_vs_own_h"]), r  # the quantized part reads h_new as stored
 
 
-@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_fp8_pad32", "real_bf16", "real_fp8_pad128"])
+@pytest.mark.parametrize("case", ["tiny_bf16", "tiny_fp8_pad32", "real_bf16", "real_fp8_pad128", "tokens_4_straddle",
+                                  "tokens_1_fp8"])
 def test_qk_norm_rope_matches_reference(interpreted, case):
     r = interpreted["rope"][case]
     assert within_one_step(r["q"]) and within_one_step(r["k"]), r

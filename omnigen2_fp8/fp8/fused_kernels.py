@@ -90,47 +90,116 @@ if HAS_TRITON:
                 tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
 
     @triton.jit
-    def _norm_rope_heads(x_ptr, s_xh, o_ptr, s_oh, H, w_ptr, c, s, descale_ptr, eps, HALF, HALF_OUT, D,
-                         BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, FP8_OUT: tl.constexpr,
-                         HW_CAST: tl.constexpr):
-        """The H heads of one token: RMSNorm over each head's D values, then rotate pairs (2i, 2i+1) by (c, s)[i]."""
-        heads = tl.arange(0, BLOCK_H)[:, None]
-        pairs = tl.arange(0, BLOCK_P)[None, :]
-        valid = (heads < H) & (pairs < HALF)
-        even = tl.load(x_ptr + heads * s_xh + 2 * pairs, mask=valid, other=0.0).to(tl.float32)
-        odd = tl.load(x_ptr + heads * s_xh + 2 * pairs + 1, mask=valid, other=0.0).to(tl.float32)
-        r = tl.math.rsqrt(tl.sum(even * even + odd * odd, axis=1) / D + eps)[:, None]
-        even = even * r * tl.load(w_ptr + 2 * pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
-        odd = odd * r * tl.load(w_ptr + 2 * pairs + 1, mask=pairs < HALF, other=0.0).to(tl.float32)
-        rot_even = even * c - odd * s
-        rot_odd = even * s + odd * c
+    def _residual_norm_quant_chunked_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
+                                            nscale_ptr, L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn,
+                                            s_qm, eps, next_eps, CHUNK: tl.constexpr, SUB: tl.constexpr,
+                                            RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr, QUANT: tl.constexpr,
+                                            HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr, HW_CAST: tl.constexpr):
+        """The same function as `_residual_norm_quant_kernel`, for SUB rows of sample n per program, CHUNK values
+        at a time (few registers, many programs in flight). Passes over a row: RESIDUAL sums y^2 first; then one
+        pass writes h_new and, with QUANT, sums h_new^2 and the absmax of h_new * nw * (1 + nscale) (the norm's
+        positive factor commutes with the absmax); QUANT's last pass recomputes the row (same operations, same
+        bits) and writes e4m3. Only the first read of each input comes from memory; the rest hit L2."""
+        n = tl.program_id(1).to(tl.int64)
+        l = tl.program_id(0).to(tl.int64) * SUB + tl.arange(0, SUB)[:, None]  # [SUB, 1]
+        row_ok = l < L
+        span = tl.arange(0, CHUNK)[None, :]
+        h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
+        y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
+        o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
+        r_y = tl.zeros([SUB, 1], tl.float32)
+        if RESIDUAL:
+            acc = tl.zeros([SUB, CHUNK], tl.float32)
+            for c0 in range(0, D, CHUNK):
+                cols = c0 + span
+                y = tl.load(y_row + cols, mask=row_ok & (cols < D), other=0.0).to(tl.float32)
+                acc += y * y
+            r_y = tl.math.rsqrt(tl.sum(acc, axis=1)[:, None] / D + eps)
+        sq = tl.zeros([SUB, CHUNK], tl.float32)
+        peak = tl.zeros([SUB, CHUNK], tl.float32)
+        for c0 in range(0, D, CHUNK):
+            cols = c0 + span
+            x = _chunk_row(h_row, y_row, o_row, gate_ptr + n * s_gn, w_ptr, cols, row_ok & (cols < D), r_y,
+                           RESIDUAL, HAS_GATE, True, HW_CAST)
+            if QUANT:
+                u = x * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+                if HAS_SCALE:
+                    u = u * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=cols < D, other=0.0).to(tl.float32))
+                sq += x * x
+                peak = tl.maximum(peak, tl.abs(u))
+        if QUANT:
+            r = tl.math.rsqrt(tl.sum(sq, axis=1)[:, None] / D + next_eps)
+            scale = tl.maximum(tl.max(peak, axis=1)[:, None] * r, _FLOOR) / _MAX
+            row = n * L + l
+            tl.store(qscale_ptr + row, scale, mask=row_ok)
+            for c0 in range(0, KP, CHUNK):
+                cols = c0 + span
+                x = _chunk_row(h_row, y_row, o_row, gate_ptr + n * s_gn, w_ptr, cols, row_ok & (cols < D), r_y,
+                               RESIDUAL, HAS_GATE, False, HW_CAST)
+                v = x * r * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+                if HAS_SCALE:
+                    v = v * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=cols < D, other=0.0).to(tl.float32))
+                code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
+                tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
+
+    @triton.jit
+    def _chunk_row(h_row, y_row, o_row, gate_row, w_ptr, cols, valid, r_y, RESIDUAL: tl.constexpr,
+                   HAS_GATE: tl.constexpr, STORE: tl.constexpr, HW_CAST: tl.constexpr):
+        """float32 values of the row chunk the quantization reads: h, or (RESIDUAL) h + gate * y * r_y * w rounded
+        to out's dtype, stored when STORE."""
+        x = tl.load(h_row + cols, mask=valid, other=0.0).to(tl.float32)
+        if RESIDUAL:
+            y = tl.load(y_row + cols, mask=valid, other=0.0).to(tl.float32)
+            branch = y * r_y * tl.load(w_ptr + cols, mask=valid, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                branch = tl.load(gate_row + cols, mask=valid, other=0.0).to(tl.float32) * branch
+            stored = _to_output(x + branch, o_row, HW_CAST)
+            if STORE:
+                tl.store(o_row + cols, stored, mask=valid)
+            x = stored.to(tl.float32)
+        return x
+
+    @triton.jit
+    def _norm_rope_heads(x_ptr, x_tok, s_xh, o_ptr, o_tok, s_oh, H, w_ptr, c, s, descale_ptr, tok_ok, eps, HD, WIDTH,
+                         TOK: tl.constexpr, BLOCK_D: tl.constexpr, FP8_OUT: tl.constexpr, HW_CAST: tl.constexpr):
+        """H heads of TOK tokens (x_tok / o_tok: [TOK, 1] token offsets), one head at a time: each head's HD values
+        are read contiguously, RMS-normalized, and adjacent pairs (2i, 2i+1) rotated by (c, s)[:, i] after
+        splitting them apart in registers; WIDTH output columns are written (HD.. are zero padding)."""
+        cols = tl.arange(0, BLOCK_D)[None, :]
+        in_d = cols < HD
+        w = tl.load(w_ptr + cols, mask=in_d, other=0.0).to(tl.float32)
+        keep = tok_ok & (cols < WIDTH)
         if FP8_OUT:
             descale = tl.load(descale_ptr)
-            keep = (heads < H) & (pairs < HALF_OUT)  # pairs HALF.. are the zero padding of the head dim
-            tl.store(o_ptr + heads * s_oh + 2 * pairs, _encode(tl.clamp(rot_even / descale, -_MAX, _MAX), HW_CAST),
-                     mask=keep)
-            tl.store(o_ptr + heads * s_oh + 2 * pairs + 1,
-                     _encode(tl.clamp(rot_odd / descale, -_MAX, _MAX), HW_CAST), mask=keep)
-        else:
-            tl.store(o_ptr + heads * s_oh + 2 * pairs, _to_output(rot_even, o_ptr, HW_CAST), mask=valid)
-            tl.store(o_ptr + heads * s_oh + 2 * pairs + 1, _to_output(rot_odd, o_ptr, HW_CAST), mask=valid)
+        for head in range(H):
+            x = tl.load(x_ptr + x_tok + head * s_xh + cols, mask=tok_ok & in_d, other=0.0).to(tl.float32)
+            x = x * tl.math.rsqrt(tl.sum(x * x, axis=1)[:, None] / HD + eps) * w
+            even, odd = tl.split(tl.reshape(x, [TOK, BLOCK_D // 2, 2]))
+            y = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), [TOK, BLOCK_D])
+            out = o_ptr + o_tok + head * s_oh + cols
+            if FP8_OUT:
+                tl.store(out, _encode(tl.clamp(y / descale, -_MAX, _MAX), HW_CAST), mask=keep)
+            else:
+                tl.store(out, _to_output(y, o_ptr, HW_CAST), mask=keep)
 
     @triton.jit
     def _qk_norm_rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, dq_ptr, dk_ptr,
-                             L, HQ, HK, HALF, HALF_OUT, D, s_qn, s_ql, s_qh, s_kn, s_kl, s_kh, s_qon, s_qol, s_qoh,
-                             s_kon, s_kol, s_koh, s_cn, s_cl, s_sn, s_sl, q_eps, k_eps,
-                             BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, FP8_OUT: tl.constexpr,
-                             HW_CAST: tl.constexpr):
-        """One program per token (n, l): its q heads and k heads share the token's cos/sin, loaded once."""
-        row = tl.program_id(0).to(tl.int64)
-        n, l = row // L, row % L
-        pairs = tl.arange(0, BLOCK_P)[None, :]
-        c = tl.load(cos_ptr + n * s_cn + l * s_cl + pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
-        s = tl.load(sin_ptr + n * s_sn + l * s_sl + pairs, mask=pairs < HALF, other=0.0).to(tl.float32)
-        _norm_rope_heads(q_ptr + n * s_qn + l * s_ql, s_qh, qo_ptr + n * s_qon + l * s_qol, s_qoh, HQ, wq_ptr, c, s,
-                         dq_ptr, q_eps, HALF, HALF_OUT, D, BLOCK_H, BLOCK_P, FP8_OUT, HW_CAST)
-        _norm_rope_heads(k_ptr + n * s_kn + l * s_kl, s_kh, ko_ptr + n * s_kon + l * s_kol, s_koh, HK, wk_ptr, c, s,
-                         dk_ptr, k_eps, HALF, HALF_OUT, D, BLOCK_H, BLOCK_P, FP8_OUT, HW_CAST)
+                             T, L, HQ, HK, HALF, HD, WIDTH, s_qn, s_ql, s_qh, s_kn, s_kl, s_kh, s_qon, s_qol, s_qoh,
+                             s_kon, s_kol, s_koh, s_cn, s_cl, s_sn, s_sl, q_eps, k_eps, TOK: tl.constexpr,
+                             BLOCK_D: tl.constexpr, FP8_OUT: tl.constexpr, HW_CAST: tl.constexpr):
+        """TOK consecutive tokens (flattened over N, L) per program: their cos/sin are loaded once and serve
+        every q and k head."""
+        t = tl.program_id(0).to(tl.int64) * TOK + tl.arange(0, TOK)[:, None]  # [TOK, 1]
+        tok_ok = t < T
+        n, l = t // L, t % L
+        pairs = tl.arange(0, BLOCK_D // 2)[None, :]
+        in_half = tok_ok & (pairs < HALF)
+        c = tl.load(cos_ptr + n * s_cn + l * s_cl + pairs, mask=in_half, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + n * s_sn + l * s_sl + pairs, mask=in_half, other=0.0).to(tl.float32)
+        _norm_rope_heads(q_ptr, n * s_qn + l * s_ql, s_qh, qo_ptr, n * s_qon + l * s_qol, s_qoh, HQ, wq_ptr, c, s,
+                         dq_ptr, tok_ok, q_eps, HD, WIDTH, TOK, BLOCK_D, FP8_OUT, HW_CAST)
+        _norm_rope_heads(k_ptr, n * s_kn + l * s_kl, s_kh, ko_ptr, n * s_kon + l * s_kol, s_koh, HK, wk_ptr, c, s,
+                         dk_ptr, tok_ok, k_eps, HD, WIDTH, TOK, BLOCK_D, FP8_OUT, HW_CAST)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -159,19 +228,27 @@ def _check_modulation(what: str, t: torch.Tensor | None, n: int, d: int) -> None
 
 @dataclass(frozen=True)
 class RowLaunch:
-    """How the row kernels (the modulated norm and the residual epilogues) are launched: each program takes
-    `rows_per_program` consecutive rows of one sample, `sub_rows` at a time in registers, with `num_warps` warps.
-    Per-sample vectors (norm weights, gate, modulation) are loaded once per program, not once per row."""
+    """How the row kernels (the modulated norm and the residual epilogues) are launched.
+
+    chunk 0: whole rows in registers; each program takes `rows_per_program` consecutive rows of one sample,
+    `sub_rows` at a time, and loads the per-sample vectors (norm weights, gate, modulation) once for all of them.
+    chunk > 0 (a power of two): `_residual_norm_quant_chunked_kernel`, `sub_rows` rows per program (rows_per_program
+    must equal it) read `chunk` values at a time in several passes, the later ones from L2: few registers per
+    program, so many programs keep loads in flight. `num_warps` warps either way."""
 
     rows_per_program: int
     sub_rows: int
     num_warps: int
+    chunk: int = 0
 
     def __post_init__(self):
         if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
             raise ValueError(f"RowLaunch {self}: positive sizes, rows_per_program a multiple of sub_rows")
         if self.sub_rows & (self.sub_rows - 1) or self.num_warps & (self.num_warps - 1):
             raise ValueError(f"RowLaunch {self}: sub_rows and num_warps must be powers of two")
+        if self.chunk and (self.chunk < 16 or self.chunk & (self.chunk - 1) or self.rows_per_program != self.sub_rows):
+            raise ValueError(f"RowLaunch {self}: a chunked launch has a power-of-two chunk >= 16 and "
+                             "rows_per_program == sub_rows")
 
 
 def default_row_launch(block: int, rows: int) -> RowLaunch:
@@ -182,6 +259,23 @@ def default_row_launch(block: int, rows: int) -> RowLaunch:
     if block < 2048:
         return RowLaunch(4, 2, 4)
     return RowLaunch(8 if rows >= 4096 else 4, 2, 8)
+
+
+@dataclass(frozen=True)
+class RopeLaunch:
+    """How `qk_norm_rope` is launched: `tokens_per_program` tokens (a power of two) share one program and their
+    cos/sin rows, with `num_warps` warps."""
+
+    tokens_per_program: int
+    num_warps: int
+
+    def __post_init__(self):
+        for value in (self.tokens_per_program, self.num_warps):
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"RopeLaunch {self}: powers of two")
+
+
+DEFAULT_ROPE_LAUNCH = RopeLaunch(8, 4)
 
 
 def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, out_dtype, hw_cast,
@@ -217,13 +311,16 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     launch = launch or default_row_launch(block, seq)
     hw_cast = h.is_cuda if hw_cast is None else hw_cast
     grid = (triton.cdiv(seq, launch.rows_per_program), n)
-    _residual_norm_quant_kernel[grid](
-        h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
-        k_padded, h.stride(0), h.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-        gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps, BLOCK=block,
-        ROWS=launch.rows_per_program, SUB=launch.sub_rows, RESIDUAL=residual, HAS_GATE=gate is not None,
-        QUANT=quant, HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1, HW_CAST=hw_cast,
-        num_warps=launch.num_warps)
+    args = (h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
+            k_padded, h.stride(0), h.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
+            gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps)
+    flags = dict(SUB=launch.sub_rows, RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant,
+                 HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1, HW_CAST=hw_cast,
+                 num_warps=launch.num_warps)
+    if launch.chunk:
+        _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, **flags)
+    else:
+        _residual_norm_quant_kernel[grid](*args, BLOCK=block, ROWS=launch.rows_per_program, **flags)
     return out, q, qscale
 
 
@@ -258,7 +355,8 @@ def gated_residual_rmsnorm_quant_triton(h: torch.Tensor, y: torch.Tensor, gate: 
 def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
                         cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
                         q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
-                        head_dim_padded: int = 0, hw_cast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        head_dim_padded: int = 0, hw_cast: bool | None = None,
+                        launch: RopeLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused `fused_reference.qk_norm_rope`: q [N, L, Hq, hd], k [N, L, Hkv, hd] (any strides, unit stride in hd)
     -> new contiguous q, k in q's dtype, or with descales e4m3 [N, L, H, head_dim_padded]."""
     n, seq, hq, hd = q.shape
@@ -283,13 +381,14 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     qo, ko = (t.view(torch.uint8) for t in (q_out, k_out)) if fp8_out else (q_out, k_out)
     dq = q_descale if fp8_out else cos
     dk = k_descale if fp8_out else cos
-    block_p = triton.next_power_of_2(width // 2)
     hw_cast = q.is_cuda if hw_cast is None else hw_cast
-    _qk_norm_rope_kernel[(n * seq,)](
-        q, k, qo, ko, q_weight, k_weight, cos, sin, dq, dk, seq, hq, k.shape[2], hd // 2, width // 2, hd,
+    launch = launch or DEFAULT_ROPE_LAUNCH
+    tokens = n * seq
+    _qk_norm_rope_kernel[(triton.cdiv(tokens, launch.tokens_per_program),)](
+        q, k, qo, ko, q_weight, k_weight, cos, sin, dq, dk, tokens, seq, hq, k.shape[2], hd // 2, hd, width,
         *q.stride()[:3], *k.stride()[:3], *qo.stride()[:3], *ko.stride()[:3], *cos.stride()[:2], *sin.stride()[:2],
-        q_eps, k_eps, BLOCK_H=triton.next_power_of_2(max(hq, k.shape[2])), BLOCK_P=block_p, FP8_OUT=fp8_out,
-        HW_CAST=hw_cast, num_warps=4)
+        q_eps, k_eps, TOK=launch.tokens_per_program, BLOCK_D=triton.next_power_of_2(width), FP8_OUT=fp8_out,
+        HW_CAST=hw_cast, num_warps=launch.num_warps)
     return q_out, k_out
 
 
