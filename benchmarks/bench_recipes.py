@@ -6,8 +6,10 @@ recipe (alternatives measured against the library's defaults, forced with `dispa
 (every FP8 layer runs it: under torch.compile inductor writes the quantization kernels), `fusedblock` (the fused
 block kernels of fp8/fused_block.py), `fusednormquant` (only its two norm-to-e4m3 kernels; QK-norm + RoPE and the
 last residual stay torch ops for inductor), `fusedrows` (its three row kernels: both norm-to-e4m3 kernels and the
-last residual; QK-norm + RoPE stays torch ops), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup`
-(gate/up as a unit-scale GEMM, dequantized in the SwiGLU kernel); `--launch-json` (a sweep's winners from
+last residual; QK-norm + RoPE stays torch ops), `fusedmodnorm` (only the modulated norm -> e4m3 before to_qkv and
+QK-norm + RoPE), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM,
+dequantized in the SwiGLU kernel); on any recipe, `torchqk` (QK-norm + RoPE as torch ops, fused by inductor under
+compile, instead of the pipeline's default Triton kernel: OmniGen2Pipeline(fused_qk_norm_rope=False)); `--launch-json` (a sweep's winners from
 bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile
 (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA graph),
 compile+graphs.
@@ -63,10 +65,14 @@ SIZES = {  # name: side (output and reference, pixels), whole-edit steps, guidan
 MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
 # This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
-VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "fusedrows", "exactaccum", "unitgateup")
+VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "fusedrows", "fusedmodnorm", "exactaccum",
+            "unitgateup", "torchqk")
 # The fused block ops each variant leaves to torch (and so to inductor under compile).
 REFERENCE_OPS = {"fusedblock": (), "fusednormquant": ("qk_norm_rope", "gated_residual_rmsnorm"),
-                 "fusedrows": ("qk_norm_rope",)}
+                 "fusedrows": ("qk_norm_rope",),
+                 "fusedmodnorm": ("gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")}
+# Variant words any recipe may carry (the others change FP8 layers).
+ANY_PRECISION = frozenset({"torchqk"})
 NORM_ELEMENTWISE_MEMCPY_QUANT = ("quant", "memcpy", "norm-elementwise", "other")
 
 
@@ -111,8 +117,9 @@ def split_recipe(name: str) -> tuple[Recipe, frozenset[str]]:
     words = name.split("+")
     recipe = parse_recipe("+".join(w for w in words if w not in VARIANTS))
     variants = frozenset(w for w in words if w in VARIANTS)
-    if variants and not recipe.quantized:
-        raise RecipeError(f"{name!r}: {sorted(variants)} change FP8 layers; use them on an fp8 recipe")
+    if variants - ANY_PRECISION and not recipe.quantized:
+        raise RecipeError(f"{name!r}: {sorted(variants - ANY_PRECISION)} change FP8 layers; use them on an fp8 "
+                          "recipe")
     return recipe, variants
 
 
@@ -154,7 +161,8 @@ def variant_plan(layer: Fp8Linear, name: str, variants: frozenset[str], launch: 
         plan = dataclasses.replace(plan, gate_up_unit_scales=True)
     fused = [word for word in REFERENCE_OPS if word in variants]
     if fused:
-        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=REFERENCE_OPS[fused[0]])
+        reference = set(REFERENCE_OPS[fused[0]]) | ({"qk_norm_rope"} if "torchqk" in variants else set())
+        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=tuple(sorted(reference)))
     return plan
 
 
@@ -178,7 +186,8 @@ def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = 
                 model = compiled_copy
             pipe = OmniGen2Pipeline.from_components(components, model, device=device, dtype=dtype,
                                                     precision=split_recipe(recipe)[0], compile=compiled,
-                                                    cuda_graphs=mode.endswith("graphs"), progress=False)
+                                                    cuda_graphs=mode.endswith("graphs"), progress=False,
+                                                    fused_qk_norm_rope="torchqk" not in split_recipe(recipe)[1])
             arms.append(Arm(recipe, mode, pipe, weight_bytes(model)))
     return arms
 

@@ -89,7 +89,7 @@ def rope_row(tokens: int, calls: int, rounds: int) -> dict:
         fn = lambda launch=launch: K.qk_norm_rope_triton(*rope_args(i), launch=launch)  # noqa: E731
         row["fused"].append({"launch": [launch.tokens_per_program, launch.num_warps],
                              "agreement_with_reference": agreements(fn(), want), "ms": graph_ms(fn, calls, rounds)})
-    default = K.DEFAULT_ROPE_LAUNCH
+    default = K.default_rope_launch(tokens)
     row["default_launch"] = [default.tokens_per_program, default.num_warps]
     row["default_ms"] = graph_ms(lambda: K.qk_norm_rope_triton(*rope_args(i)), calls, rounds)
     return row

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -313,6 +313,13 @@ class OmniGen2Transformer(nn.Module):
     def blocks(self) -> list["TransformerBlock"]:
         return [*self.context_refiner, *self.noise_refiner, *self.ref_image_refiner, *self.layers]
 
+    def use_qk_norm_rope(self, fn: Callable | None) -> "OmniGen2Transformer":
+        """Run every block's q/k RMSNorm + RoPE through `fn` on CUDA inputs (see `Attention.qk_norm_rope`), e.g.
+        the fused kernel `omnigen2_fp8.fp8.fused_kernels.qk_norm_rope`; None: the separate torch ops again."""
+        for block in self.blocks():
+            block.attn.qk_norm_rope = fn
+        return self
+
 
 # --------------------------------------------------------------------------------------------------- parts
 class TimeCaptionEmbedding(nn.Module):
@@ -423,6 +430,10 @@ class Attention(nn.Module):
         self.norm_k = RMSNorm(c.head_dim, 1e-5)
         self.to_out = nn.ModuleList([nn.Linear(c.hidden_size, c.hidden_size, bias=False)])
         self.sdpa: nn.Module = GroupedSdpa()  # swappable core (FP8 attention), no parameters
+        # An optional fused QK-norm + RoPE for CUDA inputs (OmniGen2Transformer.use_qk_norm_rope): called as
+        # fn(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps) -> (q, k); the same math with one rounding at the
+        # end where the torch ops round the norm's output to the model dtype before the rotation.
+        self.qk_norm_rope: Callable | None = None
 
     def fuse(self) -> None:
         if self.to_qkv is not None:
@@ -441,10 +452,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor):
         q, k, v = self.project_qkv(x)
-        q = self.norm_q(q.unflatten(-1, (self.heads, self.head_dim)))
-        k = self.norm_k(k.unflatten(-1, (self.kv_heads, self.head_dim)))
+        q = q.unflatten(-1, (self.heads, self.head_dim))
+        k = k.unflatten(-1, (self.kv_heads, self.head_dim))
         v = v.unflatten(-1, (self.kv_heads, self.head_dim))
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qk_norm_rope is not None and q.is_cuda:
+            q, k = self.qk_norm_rope(q, k, self.norm_q.weight, self.norm_k.weight, cos, sin, self.norm_q.eps,
+                                     self.norm_k.eps)
+        else:
+            q, k = self.norm_q(q), self.norm_k(k)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         project = getattr(self.sdpa, "attend_and_project", None)  # a core may feed the projection itself (FP8)
         if project is not None:
             return project(q, k, v, mask, self.to_out[0])

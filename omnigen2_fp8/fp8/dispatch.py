@@ -145,7 +145,11 @@ class KernelPlan:
                                      weight: torch.Tensor, eps: float, next_weight: torch.Tensor,
                                      next_scale: torch.Tensor | None, next_eps: float, k_padded: int):
         """`gated_residual_rmsnorm`, and h_new's modulated norm quantized for the next FP8 linear:
-        -> (h_new [N, L, D], e4m3 [N*L, k_padded], float32 [N*L, 1])."""
+        -> (h_new [N, L, D], e4m3 [N*L, k_padded], float32 [N*L, 1]). Listed in reference_block_ops: the two
+        ops one after the other, each as this plan runs it (the reference's own definition)."""
+        if "gated_residual_rmsnorm_quant" in self.reference_block_ops:
+            h_new = self.gated_residual_rmsnorm(h, y, gate, weight, eps)
+            return (h_new, *self.modulated_rmsnorm_quant(h_new, next_weight, next_scale, next_eps, k_padded))
         fn = self._block_op(fused_reference.gated_residual_rmsnorm_quant,
                             fused_kernels.gated_residual_rmsnorm_quant_triton,
                             torch.ops.omnigen2_fp8.gated_residual_rmsnorm_quant, h)
