@@ -9,7 +9,8 @@ last residual stay torch ops for inductor), `fusedrows` (its three row kernels: 
 last residual; QK-norm + RoPE stays torch ops), `fusedmodnorm` (only the modulated norm -> e4m3 before to_qkv and
 QK-norm + RoPE), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM,
 dequantized in the SwiGLU kernel); on any recipe, `torchqk` (QK-norm + RoPE as torch ops, fused by inductor under
-compile, instead of the pipeline's default Triton kernel: OmniGen2Pipeline(fused_qk_norm_rope=False)); `--launch-json` (a sweep's winners from
+compile, instead of the pipeline's default Triton kernel: OmniGen2Pipeline(fused_qk_norm_rope=False)),
+`unfusedblock` (the block's torch ops between the FP8 GEMMs, the FP8 default before the fused block was); `--launch-json` (a sweep's winners from
 bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile
 (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA graph),
 compile+graphs.
@@ -66,7 +67,7 @@ MODES = ("eager", "compile", "graphs", "compile+graphs")
 RECIPES = ("bf16", "fp8", "fp8+fp8attn", "fp8+exactaccum", "fp8+unitgateup")
 # This benchmark's variant words (not library recipe parts): an alternative to a library default, on an fp8 recipe.
 VARIANTS = ("normquant", "inductorquant", "fusedblock", "fusednormquant", "fusedrows", "fusedmodnorm", "exactaccum",
-            "unitgateup", "torchqk")
+            "unitgateup", "torchqk", "unfusedblock")
 # The fused block ops each variant leaves to torch (and so to inductor under compile).
 REFERENCE_OPS = {"fusedblock": (), "fusednormquant": ("qk_norm_rope", "gated_residual_rmsnorm"),
                  "fusedrows": ("qk_norm_rope",),
@@ -159,6 +160,8 @@ def variant_plan(layer: Fp8Linear, name: str, variants: frozenset[str], launch: 
         plan = with_launch(plan, launch)
     if "unitgateup" in variants:
         plan = dataclasses.replace(plan, gate_up_unit_scales=True)
+    if "unfusedblock" in variants:
+        plan = dataclasses.replace(plan, fused_block=False)
     fused = [word for word in REFERENCE_OPS if word in variants]
     if fused:
         reference = set(REFERENCE_OPS[fused[0]]) | ({"qk_norm_rope"} if "torchqk" in variants else set())

@@ -1,16 +1,17 @@
-"""The fused row kernels of the FP8 block (fp8/fused_kernels.py: modulated norm -> e4m3, gated residual + norm,
-gated residual + norm -> e4m3) against what the compiled unfused block runs in their place: inductor's fused
-norm / modulation / residual kernel writing BF16, then the row quantization kernel reading it back.
+"""The fused kernels of the FP8 block (fp8/fused_kernels.py: modulated norm -> e4m3, gated residual + norm,
+gated residual + norm -> e4m3, QK-norm + RoPE) against what the compiled unfused block runs in their place:
+inductor's fused norm / modulation / residual kernel writing BF16, then the row quantization kernel reading it
+back; for QK-norm + RoPE inductor's fusion of the per-head RMSNorm and the rotation.
 
-Per op and token count: GPU time per call of the unfused pair under torch.compile, and of the fused kernel for a
-sweep of launches (`fused_kernels.RowLaunch`: rows per program, rows in registers at once, warps). Times are CUDA
-graphs of `--calls` back-to-back calls replayed `--rounds` times (no launch overhead, as in the pipeline's fastest
-mode), median per call. Each fused result is compared with its torch reference before it is timed
-(`agreement_with_reference`, per output; the committed results/row_kernels_h200.json has the older
-`max_steps_vs_reference`, the largest step distance alone).
+Per op and token count: GPU time per call of the unfused ops under torch.compile, and of the fused kernel for a
+sweep of launches (`fused_kernels.RowLaunch`: whole rows in registers, several per program, or the chunked kernel;
+`fused_kernels.RopeLaunch`: tokens per program, warps). Times are CUDA graphs of `--calls` back-to-back calls
+replayed `--rounds` times (no launch overhead, as in the pipeline's fastest mode), median per call. Each fused
+result is compared with its torch reference before it is timed (`agreement_with_reference`, per output).
 
 Shapes: hidden 2520, e4m3 rows padded to 2528, branch outputs read through the 2528-wide rows of a padded GEMM
-output; 8392 tokens = the cond pass of the 1024 one-reference edit, 2245 = the 512 GEdit shape.
+output, q and k (21 and 7 heads of 120) through the rows of a padded qkv output; 8392 tokens = the cond pass of
+the 1024 one-reference edit, 2245 = the 512 GEdit shape.
 
     python -m benchmarks.bench_row_kernels --out results/row_kernels_h200.json
 """

@@ -162,7 +162,7 @@ class KernelPlan:
         """Per-head RMSNorm + RoPE of q [N, L, Hq, hd], k [N, L, Hkv, hd]; e4m3 [.., head_dim_padded] with
         descales (FP8 attention), else q's dtype."""
         fn = self._block_op(fused_reference.qk_norm_rope, fused_kernels.qk_norm_rope_triton,
-                            torch.ops.omnigen2_fp8.qk_norm_rope, q)
+                            fused_kernels.qk_norm_rope_compiled, q)
         return fn(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, head_dim_padded)
 
     def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,
@@ -185,22 +185,29 @@ _IMPLS = {
 }
 
 
-def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH, fused_block: bool = False) -> KernelPlan:
-    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one).
+# Kernels whose plan takes the fused block path unless told otherwise. The Triton kernels of CUBLAS_PADDED: on an
+# H200 with compile + CUDA graphs (results/perf_recipes_h200_fused_qk.json) the fused block made the 3-branch step
+# 1.01-1.02x faster at 1024 and 512, with FP8 attention too (its q and k leave QK-norm + RoPE as e4m3).
+# Earlier kernels (one row per program) lost to inductor's fusion (results/perf_recipes_h200_fused_norms.json).
+# The reference kernels keep the unfused block: the golden tests check the block as the official code writes it.
+FUSED_BLOCK_BY_DEFAULT = frozenset({Kernel.CUBLAS_PADDED})
 
-    fused_block is off by default for every kernel: on an H200 at 1024 (results/fused_kernels_h200.json) the fused
-    block kernels made the eager 3-branch step 1.06x faster but the compiled one 0.93x (inductor fuses these ops
-    itself, and better)."""
+
+def plan_for(kernel: Kernel | str, launch: LaunchConfig = DEFAULT_LAUNCH,
+             fused_block: bool | None = None) -> KernelPlan:
+    """The plan of a concrete kernel, without device checks (for tests and benchmarks that force one).
+    fused_block None: on for the kernels in FUSED_BLOCK_BY_DEFAULT."""
     kernel = Kernel(kernel)
     if kernel not in _IMPLS:
         raise ValueError(f"{kernel.value!r} is not a concrete kernel; resolve it with select_kernel_plan(kernel, "
                          "device)")
     quantize_impl, gemm_impl = _IMPLS[kernel]
+    fused_block = kernel in FUSED_BLOCK_BY_DEFAULT if fused_block is None else fused_block
     return KernelPlan(kernel, quantize_impl, gemm_impl, launch, fused_block)
 
 
 def select_kernel_plan(kernel: Kernel | str, device: torch.device | str, launch: LaunchConfig = DEFAULT_LAUNCH,
-                       fused_block: bool = False) -> KernelPlan:
+                       fused_block: bool | None = None) -> KernelPlan:
     """The plan for `kernel` on `device` (AUTO resolved; raises Fp8UnsupportedDeviceError on a GPU without FP8).
 
     Whether a call is being compiled is decided per call inside the plan ("fused" uses the custom op then).
