@@ -164,8 +164,10 @@ def variant_plan(layer: Fp8Linear, name: str, variants: frozenset[str], launch: 
         plan = dataclasses.replace(plan, fused_block=False)
     fused = [word for word in REFERENCE_OPS if word in variants]
     if fused:
-        reference = set(REFERENCE_OPS[fused[0]]) | ({"qk_norm_rope"} if "torchqk" in variants else set())
-        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=tuple(sorted(reference)))
+        plan = dataclasses.replace(plan, fused_block=True, reference_block_ops=REFERENCE_OPS[fused[0]])
+    if "torchqk" in variants and plan.fused_block:  # the fused block's QK-norm + RoPE as torch ops too
+        plan = dataclasses.replace(plan, reference_block_ops=tuple(sorted({*plan.reference_block_ops,
+                                                                          "qk_norm_rope"})))
     return plan
 
 

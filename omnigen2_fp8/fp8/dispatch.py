@@ -162,7 +162,7 @@ class KernelPlan:
         """Per-head RMSNorm + RoPE of q [N, L, Hq, hd], k [N, L, Hkv, hd]; e4m3 [.., head_dim_padded] with
         descales (FP8 attention), else q's dtype."""
         fn = self._block_op(fused_reference.qk_norm_rope, fused_kernels.qk_norm_rope_triton,
-                            fused_kernels.qk_norm_rope_compiled, q)
+                            torch.ops.omnigen2_fp8.qk_norm_rope, q)
         return fn(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, head_dim_padded)
 
     def gemm(self, layer: nn.Module, xq: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype,

@@ -361,9 +361,10 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
                         head_dim_padded: int = 0, hw_cast: bool | None = None,
                         launch: RopeLaunch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused `fused_reference.qk_norm_rope`: q [N, L, Hq, hd], k [N, L, Hkv, hd] (any strides, unit stride in hd)
-    -> new q, k in q's dtype, or with descales e4m3 [N, L, H, head_dim_padded]: [N, L, H, W] views of head-major
-    [N, H, L, W] memory, which attention reads one head's rows at a time (as inductor lays out q and k for cuDNN's
-    SDPA when it fuses these ops itself)."""
+    -> new contiguous q, k in q's dtype, or with descales e4m3 [N, L, H, head_dim_padded]. Token-major like the
+    input: attention's output then has the same layout, and [N, L, H*D] is a view of it (head-major q and k
+    cost an extra transposing copy of the output, 3.9-5.4 ms per 1024 step on an H200,
+    results/perf_recipes_h200_heads_major_trial.json)."""
     n, seq, hq, hd = q.shape
     if k.dim() != 4 or k.shape[:2] != q.shape[:2] or k.shape[3] != hd or hd % 2:
         raise ValueError(f"q [N, L, Hq, hd] and k [N, L, Hkv, hd] with an even hd must agree; got {tuple(q.shape)} "
@@ -379,8 +380,7 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     _check_runnable(q)
     width = head_dim_padded if fp8_out else hd
     dtype = FP8_DTYPE if fp8_out else q.dtype
-    q_out, k_out = (torch.empty((n, h, seq, width), dtype=dtype, device=q.device).transpose(1, 2)
-                    for h in (hq, k.shape[2]))
+    q_out, k_out = (torch.empty((n, seq, h, width), dtype=dtype, device=q.device) for h in (hq, k.shape[2]))
     if n * seq == 0:
         return q_out, k_out
     qo, ko = (t.view(torch.uint8) for t in (q_out, k_out)) if fp8_out else (q_out, k_out)
@@ -397,19 +397,13 @@ def qk_norm_rope_triton(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor
     return q_out, k_out
 
 
-def qk_norm_rope_compiled(q: torch.Tensor, k: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
-    """`qk_norm_rope_triton` under torch.compile: the custom op, which returns the head-major [N, H, L, W] tensors
-    themselves (inductor lays out a custom op's outputs contiguously), then the [N, L, H, W] views."""
-    q_out, k_out = torch.ops.omnigen2_fp8.qk_norm_rope(q, k, *args)
-    return q_out.transpose(1, 2), k_out.transpose(1, 2)
-
-
 def fused_qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor,
                        cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float) -> tuple[torch.Tensor, ...]:
     """QK-norm + RoPE in the model dtype for `Attention.qk_norm_rope` (every precision, CUDA inputs): the custom op
     under torch.compile (inductor's own fusion of these ops runs at a third of the speed), the launcher eager."""
     if torch.compiler.is_compiling():
-        return qk_norm_rope_compiled(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, None, None, 0, q.is_cuda)
+        return torch.ops.omnigen2_fp8.qk_norm_rope(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, None, None, 0,
+                                                   q.is_cuda)
     return qk_norm_rope_triton(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps)
 
 
@@ -459,9 +453,8 @@ def qk_norm_rope_op(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor, k_
                     cos: torch.Tensor, sin: torch.Tensor, q_eps: float, k_eps: float,
                     q_descale: torch.Tensor | None, k_descale: torch.Tensor | None, head_dim_padded: int,
                     hw_cast: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    q_out, k_out = qk_norm_rope_triton(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale,
-                                       head_dim_padded, hw_cast)
-    return q_out.transpose(1, 2), k_out.transpose(1, 2)  # the head-major memory itself (see qk_norm_rope_compiled)
+    return qk_norm_rope_triton(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale,
+                               head_dim_padded, hw_cast)
 
 
 @qk_norm_rope_op.register_fake
@@ -469,5 +462,4 @@ def _(q, k, q_weight, k_weight, cos, sin, q_eps, k_eps, q_descale, k_descale, he
     fp8_out = q_descale is not None
     width = head_dim_padded if fp8_out else q.shape[3]
     dtype = FP8_DTYPE if fp8_out else q.dtype
-    n, seq = q.shape[:2]
-    return tuple(torch.empty((n, t.shape[2], seq, width), dtype=dtype, device=t.device) for t in (q, k))
+    return tuple(torch.empty((*t.shape[:3], width), dtype=dtype, device=t.device) for t in (q, k))
