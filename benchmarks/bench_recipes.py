@@ -131,7 +131,8 @@ def build_models(recipes: list[str], device: str, preset: str, dtype: torch.dtyp
     models = {}
     for name in recipes:
         recipe, variants = split_recipe(name)
-        model = base if not recipe.quantized else copy.deepcopy(base)
+        # only the plain bf16 recipe runs the base model itself: a variant sets state on its own copy
+        model = base if not recipe.quantized and not variants else copy.deepcopy(base)
         if recipe.quantized:
             config = recipe.fp8_config()
             if "exactaccum" in variants:

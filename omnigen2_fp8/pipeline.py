@@ -109,8 +109,8 @@ class OmniGen2Pipeline:
             self.fp8_report = None
         self.fused_qk_norm_rope = (fused_qk_norm_rope and self.device.type == "cuda" and fused_kernels.HAS_TRITON
                                    and hasattr(transformer, "use_qk_norm_rope"))
-        if self.fused_qk_norm_rope:
-            transformer.use_qk_norm_rope(fused_kernels.fused_qk_norm_rope)
+        if hasattr(transformer, "use_qk_norm_rope"):  # set either way: a model may come from another pipeline
+            transformer.use_qk_norm_rope(fused_kernels.fused_qk_norm_rope if self.fused_qk_norm_rope else None)
         home = torch.device("cpu") if offload else self.device
         for module in (transformer, vae, mllm):
             if module is not None:

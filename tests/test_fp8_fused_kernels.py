@@ -129,3 +129,54 @@ def test_gpu_kernels_match_references_at_the_1024_shapes():
             else:  # e4m3 of the rotated values: one step
                 assert worst <= 1, (extra, worst, same)
             assert same > 0.99, (extra, worst, same)
+
+
+def _tiny_bf16_call(device: str):
+    from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).eval().to(device, torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    call = ([torch.randn(16, 8, 8, generator=g).bfloat16().to(device)], torch.tensor([0.4], device=device),
+            torch.randn(1, 7, 64, generator=g).bfloat16().to(device), torch.ones(1, 7, device=device),
+            [[torch.randn(16, 8, 6, generator=g).bfloat16().to(device)]])
+    return model, call
+
+
+def test_the_pipeline_sets_the_qk_hook_on_every_block_and_cpu_blocks_keep_the_torch_ops():
+    from omnigen2_fp8.fp8 import fused_kernels as K
+    from omnigen2_fp8.synthetic import build_synthetic_pipeline
+
+    pipe = build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32)
+    assert not pipe.fused_qk_norm_rope  # a CPU pipeline: no kernel
+    assert all(block.attn.qk_norm_rope is None for block in pipe.transformer.blocks())
+    model, call = _tiny_bf16_call("cpu")
+    with torch.no_grad():
+        plain = model(*call)
+        model.use_qk_norm_rope(K.fused_qk_norm_rope)
+        assert all(block.attn.qk_norm_rope is K.fused_qk_norm_rope for block in model.blocks())
+        hooked = model(*call)  # CPU inputs: the hook is for CUDA tensors only, the torch ops run
+    assert all(torch.equal(a, b) for a, b in zip(plain, hooked))
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_model_with_the_fused_qk_kernel_matches_the_torch_ops_eager_and_compiled():
+    from omnigen2_fp8.fp8 import fused_kernels as K
+
+    model, call = _tiny_bf16_call("cuda")
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        return K.fused_qk_norm_rope(*args)
+
+    with torch.no_grad():
+        want = [y.float() for y in model(*call)]
+        model.use_qk_norm_rope(counted)
+        eager = [y.float() for y in model(*call)]
+        assert len(calls) == len(model.blocks())
+        model.compile_blocks()
+        compiled = [y.float() for y in model(*call)]
+    for got in (eager, compiled):
+        for a, b in zip(got, want):  # one rounding instead of the norm's BF16 output before the rotation
+            assert float((a - b).norm() / b.norm()) < 2e-2
