@@ -86,7 +86,7 @@ def test_plan_flag_off_runs_the_unfused_block_bit_for_bit():
 
 
 def test_the_flag_is_on_for_the_triton_kernels_by_default_and_can_be_forced():
-    # on for the CUDA default (faster under compile + graphs on an H200, results/perf_recipes_h200_fused_qk.json);
+    # on for the CUDA default (faster with CUDA graphs on an H200, results/perf_recipes_h200_fused_block_default.json);
     # the reference kernels keep the block as the official code writes it
     assert plan_for(Kernel.CUBLAS_PADDED).fused_block
     assert select_kernel_plan(Kernel.AUTO, "cpu") == plan_for(Kernel.TORCH_REFERENCE)

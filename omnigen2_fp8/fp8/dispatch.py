@@ -185,11 +185,13 @@ _IMPLS = {
 }
 
 
-# Kernels whose plan takes the fused block path unless told otherwise. The Triton kernels of CUBLAS_PADDED: on an
-# H200 with compile + CUDA graphs (results/perf_recipes_h200_fused_qk.json) the fused block made the 3-branch step
-# 1.01-1.02x faster at 1024 and 512, with FP8 attention too (its q and k leave QK-norm + RoPE as e4m3).
-# Earlier kernels (one row per program) lost to inductor's fusion (results/perf_recipes_h200_fused_norms.json).
-# The reference kernels keep the unfused block: the golden tests check the block as the official code writes it.
+# Kernels whose plan takes the fused block path unless told otherwise: CUBLAS_PADDED's Triton kernels. On an H200
+# (results/perf_recipes_h200_fused_block_default.json, 3-branch step) the fused block is 1.09x (1024) and 1.13x
+# (512) faster than the unfused FP8 block with CUDA graphs alone (gedit's default mode) and ties under compile +
+# graphs (1.00x at 1024, 0.98x at 512), where inductor fuses the unfused block's ops itself; with FP8 attention
+# its q and k leave QK-norm + RoPE as e4m3. Earlier kernels (one row per program) lost to inductor's fusion
+# (results/perf_recipes_h200_fused_norms.json). The reference kernels keep the unfused block, as the official
+# code writes it (the golden tests check that block).
 FUSED_BLOCK_BY_DEFAULT = frozenset({Kernel.CUBLAS_PADDED})
 
 

@@ -128,8 +128,8 @@ def quantize_fp8(model: nn.Module, config: Fp8Config | None = None) -> Fp8Report
 
 
 def apply_fused_blocks(model: nn.Module, report: Fp8Report | None = None) -> list[str]:
-    """Install the fused block kernels where the layers allow (they run only when a layer's plan has `fused_block`,
-    which no plan has by default: see dispatch.plan_for); the report notes the blocks that cannot fuse, and why."""
+    """Install the fused block kernels where the layers allow (they run when a layer's plan has `fused_block`: the
+    CUDA default, see dispatch.FUSED_BLOCK_BY_DEFAULT); the report notes the blocks that cannot fuse, and why."""
     installed, skipped = install_fused_blocks(model)
     if report is not None and skipped:
         reasons = sorted(set(skipped.values()))
