@@ -10,8 +10,9 @@ last residual; QK-norm + RoPE stays torch ops), `fusedmodnorm` (only the modulat
 QK-norm + RoPE), `exactaccum` (Fp8Config(fast_accumulation=False)), `unitgateup` (gate/up as a unit-scale GEMM,
 dequantized in the SwiGLU kernel); on any recipe, `torchqk` (QK-norm + RoPE as torch ops, fused by inductor under
 compile, instead of the pipeline's default Triton kernel: OmniGen2Pipeline(fused_qk_norm_rope=False)),
-`unfusedblock` (the block's torch ops between the FP8 GEMMs, the FP8 default before the fused block was); `--launch-json` (a sweep's winners from
-bench_fp8_layers --launch-out) sets the quantization kernel's launches of every FP8 layer. Modes: eager, compile
+`unfusedblock` (the block's torch ops between the FP8 GEMMs, the FP8 default before the fused block was);
+`--launch-json` (a sweep's winners from bench_fp8_layers --launch-out) sets the quantization kernel's launches of
+every FP8 layer. Modes: eager, compile
 (regional torch.compile of every DiT block), graphs (each CFG branch's pass replayed as a CUDA graph),
 compile+graphs.
 Sizes: the GEdit setting (512x512 edit of one 512x512 reference, 20 steps, text 5.0 / image 1.5 guidance, shift 3)

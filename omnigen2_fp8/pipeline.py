@@ -107,9 +107,10 @@ class OmniGen2Pipeline:
             self.fp8_report = quantize_fp8(transformer, self.fp8_config)
         else:
             self.fp8_report = None
-        self.fused_qk_norm_rope = (fused_qk_norm_rope and self.device.type == "cuda" and fused_kernels.HAS_TRITON
-                                   and hasattr(transformer, "use_qk_norm_rope"))
-        if hasattr(transformer, "use_qk_norm_rope"):  # set either way: a model may come from another pipeline
+        has_hook = hasattr(transformer, "use_qk_norm_rope")
+        self.fused_qk_norm_rope = (fused_qk_norm_rope and has_hook and self.device.type == "cuda"
+                                   and fused_kernels.HAS_TRITON)
+        if has_hook:  # set either way: a model may come from another pipeline
             transformer.use_qk_norm_rope(fused_kernels.fused_qk_norm_rope if self.fused_qk_norm_rope else None)
         home = torch.device("cpu") if offload else self.device
         for module in (transformer, vae, mllm):

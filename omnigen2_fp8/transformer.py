@@ -315,7 +315,7 @@ class OmniGen2Transformer(nn.Module):
 
     def use_qk_norm_rope(self, fn: Callable | None) -> "OmniGen2Transformer":
         """Run every block's q/k RMSNorm + RoPE through `fn` on CUDA inputs (see `Attention.qk_norm_rope`), e.g.
-        the fused kernel `omnigen2_fp8.fp8.fused_kernels.qk_norm_rope`; None: the separate torch ops again."""
+        the fused kernel `omnigen2_fp8.fp8.fused_kernels.fused_qk_norm_rope`; None: the separate torch ops again."""
         for block in self.blocks():
             block.attn.qk_norm_rope = fn
         return self

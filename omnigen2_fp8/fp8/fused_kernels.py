@@ -99,7 +99,7 @@ if HAS_TRITON:
         at a time (few registers, many programs in flight). Passes over a row: RESIDUAL sums y^2 first; then one
         pass writes h_new and, with QUANT, sums h_new^2 and the absmax of h_new * nw * (1 + nscale) (the norm's
         positive factor commutes with the absmax); QUANT's last pass recomputes the row (same operations, same
-        bits) and writes e4m3. Only the first read of each input comes from memory; the rest hit L2."""
+        bits) and writes e4m3. The later passes reread a row the program has just read, meant to come from L2."""
         n = tl.program_id(1).to(tl.int64)
         l = tl.program_id(0).to(tl.int64) * SUB + tl.arange(0, SUB)[:, None]  # [SUB, 1]
         row_ok = l < L
@@ -122,11 +122,8 @@ if HAS_TRITON:
             x = _chunk_row(h_row, y_row, o_row, gate_ptr + n * s_gn, w_ptr, cols, row_ok & (cols < D), r_y,
                            RESIDUAL, HAS_GATE, True, HW_CAST)
             if QUANT:
-                u = x * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-                if HAS_SCALE:
-                    u = u * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=cols < D, other=0.0).to(tl.float32))
                 sq += x * x
-                peak = tl.maximum(peak, tl.abs(u))
+                peak = tl.maximum(peak, tl.abs(_modulated(x, nw_ptr, nscale_ptr + n * s_sn, cols, D, HAS_SCALE)))
         if QUANT:
             r = tl.math.rsqrt(tl.sum(sq, axis=1)[:, None] / D + next_eps)
             scale = tl.maximum(tl.max(peak, axis=1)[:, None] * r, _FLOOR) / _MAX
@@ -136,11 +133,17 @@ if HAS_TRITON:
                 cols = c0 + span
                 x = _chunk_row(h_row, y_row, o_row, gate_ptr + n * s_gn, w_ptr, cols, row_ok & (cols < D), r_y,
                                RESIDUAL, HAS_GATE, False, HW_CAST)
-                v = x * r * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-                if HAS_SCALE:
-                    v = v * (1.0 + tl.load(nscale_ptr + n * s_sn + cols, mask=cols < D, other=0.0).to(tl.float32))
+                v = _modulated(x * r, nw_ptr, nscale_ptr + n * s_sn, cols, D, HAS_SCALE)
                 code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
                 tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
+
+    @triton.jit
+    def _modulated(x, nw_ptr, nscale_row, cols, D, HAS_SCALE: tl.constexpr):
+        """x * nw (* (1 + nscale)) at `cols`, in that order (the reference's)."""
+        x = x * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+        if HAS_SCALE:
+            x = x * (1.0 + tl.load(nscale_row + cols, mask=cols < D, other=0.0).to(tl.float32))
+        return x
 
     @triton.jit
     def _chunk_row(h_row, y_row, o_row, gate_row, w_ptr, cols, valid, r_y, RESIDUAL: tl.constexpr,
