@@ -330,16 +330,20 @@ def time_edits(arms: list[Arm], size: str, inputs, steps: int, rounds: int) -> N
         print(f"  edit {size:10s} {arm.name:22s} {res['edit_ms']:9.1f} ms", flush=True)
 
 
-def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
-    """Kernel time of one 3-branch step by category (harness.profile.taxonomy.categorize on kernel names)."""
+def profile_step(arm: Arm, inputs, guidance: dict, steps: int = 1) -> dict:
+    """Kernel time per 3-branch step by category (harness.profile.taxonomy.categorize on kernel names), from one
+    profiled call of `steps` steps, as the timed rounds call it; its wall time per step beside the GPU's span."""
     from torch.profiler import ProfilerActivity, profile
 
     _, embeds, refs, latents = inputs
     g = {k: v for k, v in guidance.items() if k != "time_shift"}
+    sync()
+    start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        arm.pipe.denoise(latents, refs, embeds, num_inference_steps=1, progress=False, **g)
+        arm.pipe.denoise(latents, refs, embeds, num_inference_steps=steps, progress=False, **g)
         sync()
-    per_kernel = cuda_kernel_times(prof)
+    wall = (time.perf_counter() - start) * 1e3 / steps
+    per_kernel = {name: (calls / steps, ms / steps) for name, (calls, ms) in cuda_kernel_times(prof).items()}
     categories: dict[str, float] = {}
     for name, (_, ms) in per_kernel.items():
         cat = categorize(name)
@@ -347,9 +351,9 @@ def profile_step(arm: Arm, inputs, guidance: dict) -> dict:
     total = sum(categories.values()) or 1.0
     overhead = sum(categories.get(c, 0.0) for c in NORM_ELEMENTWISE_MEMCPY_QUANT)
     device = [e.time_range for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    # First kernel start to last kernel end: kernel_ms plus the time the GPU sat idle inside the step.
-    span = (max(r.end for r in device) - min(r.start for r in device)) / 1e3 if device else 0.0
-    return {"arm": arm.name, "kernel_ms": total, "gpu_span_ms": span,
+    # First kernel start to last kernel end: kernel_ms plus the time the GPU sat idle inside the steps.
+    span = (max(r.end for r in device) - min(r.start for r in device)) / 1e3 / steps if device else 0.0
+    return {"arm": arm.name, "steps": steps, "kernel_ms": total, "gpu_span_ms": span, "profiled_wall_ms": wall,
             "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
             "norm_elementwise_memcpy_quant_share": overhead / total,
             "top_kernels": top_kernels(per_kernel, 25)}
@@ -439,7 +443,7 @@ def run(args, record: dict) -> None:
             entry["profiles"] = []
             for arm in (a for a in live(arms) if a.mode in args.profile):
                 try:
-                    entry["profiles"].append(profile_step(arm, inputs, spec["guidance"]))
+                    entry["profiles"].append(profile_step(arm, inputs, spec["guidance"], args.steps_per_round))
                 except Exception as err:  # a profile is extra: keep going
                     entry["profiles"].append({"arm": arm.name, "error": f"{type(err).__name__}: {err}"})
             save()

@@ -9,9 +9,13 @@ sweep of launches (`fused_kernels.RowLaunch`: whole rows in registers, several p
 replayed `--rounds` times (no launch overhead, as in the pipeline's fastest mode), median per call. Each fused
 result is compared with its torch reference before it is timed (`agreement_with_reference`, per output).
 
+The row quantization kernel (kernels.py) is swept too, on to_out's input [tokens, 2520] and on the SwiGLU rows
+[tokens, 2 x 10240] of the gate/up GEMM (its `unfused_compiled_ms` is a plain copy of that input). Every op but
+QK-norm + RoPE reports the bandwidth it reaches (the least bytes it moves over its time) beside a plain copy's.
+
 Shapes: hidden 2520, e4m3 rows padded to 2528, branch outputs read through the 2528-wide rows of a padded GEMM
 output, q and k (21 and 7 heads of 120) through the rows of a padded qkv output; 8392 tokens = the cond pass of
-the 1024 one-reference edit, 2245 = the 512 GEdit shape.
+the 1024 one-reference edit, 4204 = its uncond pass, 2245 = the 512 GEdit shape.
 
     python -m benchmarks.bench_row_kernels --out results/row_kernels_h200.json
 """
@@ -27,17 +31,26 @@ import torch.nn.functional as F
 from benchmarks._common import cuda_event_ms
 from benchmarks.bench_fused_kernels import agreement
 from harness.core.records import run_manifest, write_json_atomic
-from omnigen2_fp8.fp8 import Kernel, fused_kernels as K, fused_reference as R
+from omnigen2_fp8.fp8 import Kernel, fused_kernels as K, fused_reference as R, kernels as KQ, primitives as P
 from omnigen2_fp8.fp8.dispatch import plan_for
 from omnigen2_fp8.rope import rotate_pairs_real
 
 D, KP = 2520, 2528
+FF = 10240  # the feed-forward's inner width: the SwiGLU rows are [gate | up] = 2 x 10240
 EPS = 1e-6
 OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")
-# Whole rows in registers (the launches near the best of the first sweep), then the chunked kernel.
-SWEEP = ([K.RowLaunch(rows, sub, warps) for rows, sub, warps in ((8, 2, 8), (4, 2, 8), (4, 1, 4), (2, 1, 4))]
-         + [K.RowLaunch(sub, sub, warps, chunk) for chunk, sub, warps in itertools.product((256, 512, 1024), (1, 2),
-                                                                                          (1, 2, 4))])
+QUANT_OPS = ("quantize_rows", "quantize_swiglu_rows")  # to_out's input; the down projection's input
+# A whole-row launch, the best chunked launches of results/row_kernels_h200.json, then the resident kernel (each row
+# in registers as 2048 + 512 lanes, the per-sample vectors loaded once for 1, 4 or 16 rows).
+SWEEP = ([K.RowLaunch(8, 2, 8)]
+         + [K.RowLaunch(sub, sub, warps, chunk) for sub, warps, chunk in ((1, 2, 256), (1, 4, 256), (1, 4, 512),
+                                                                          (2, 4, 256))]
+         + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 16), (2, 4, 8))])
+# (block_k, num_warps, stages) of the row quantization kernel: the default, then resident chunks (stages RESIDENT)
+QUANT_SWEEP = {"quantize_rows": [(b, w, KQ.RESIDENT) for b, w in ((512, 1), (512, 2), (512, 4), (1024, 2), (1024, 4),
+                                                                 (1024, 8))],
+               "quantize_swiglu_rows": [(b, w, KQ.RESIDENT) for b, w in ((2048, 4), (2048, 8), (2048, 16), (4096, 8),
+                                                                        (4096, 16))]}
 HEADS, KV_HEADS, HEAD_DIM = 21, 7, 120
 ROPE_SWEEP = [K.RopeLaunch(tokens, warps) for tokens, warps in itertools.product((1, 2, 4, 8, 16), (1, 2, 4, 8))]
 
@@ -159,27 +172,70 @@ def graph_ms(fn, calls: int, rounds: int) -> float:
     return cuda_event_ms(graph.replay, warmup=1, repeats=rounds) / calls
 
 
+def op_bytes(op: str, tokens: int) -> int:
+    """Bytes an op must move at least (each input read once, each output written once): the TB/s figures."""
+    row_bf16, row_q = 2 * D, KP + 4
+    per_row = {"modulated_rmsnorm_quant": row_bf16 + row_q, "gated_residual_rmsnorm": 3 * row_bf16,
+               "gated_residual_rmsnorm_quant": 3 * row_bf16 + row_q, "quantize_rows": row_bf16 + row_q,
+               "quantize_swiglu_rows": 2 * 2 * FF + FF + 4, "copy": 2 * row_bf16}[op]
+    return tokens * per_row
+
+
+def launch_name(launch: K.RowLaunch) -> list:
+    return [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk,
+            "resident" if launch.resident else "passes"]
+
+
 def row_kernel_row(op: str, tokens: int, calls: int, rounds: int) -> dict:
     i = inputs(tokens, "cuda")
     row = {"unfused_compiled_ms": graph_ms(unfused(op, i), calls, rounds), "fused": []}
     want = reference(op, i)
     for launch in SWEEP:
         fn = fused(op, i, launch)
-        row["fused"].append({"launch": [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk],
-                             "agreement_with_reference": agreements(fn(), want), "ms": graph_ms(fn, calls, rounds)})
-    default = K.default_row_launch(4096, tokens)
-    row["default_launch"] = [default.rows_per_program, default.sub_rows, default.num_warps, default.chunk]
+        row["fused"].append({"launch": launch_name(launch), "agreement_with_reference": agreements(fn(), want),
+                             "ms": graph_ms(fn, calls, rounds)})
+    row["default_launch"] = launch_name(K.default_row_launch(4096, tokens, op != "gated_residual_rmsnorm"))
     row["default_ms"] = graph_ms(fused(op, i, None), calls, rounds)
     return row
+
+
+def quant_row(op: str, tokens: int, calls: int, rounds: int) -> dict:
+    """The row quantization kernel (kernels.py) on to_out's input [tokens, 2520] or the SwiGLU rows [tokens, 2 x
+    10240] of a gate/up GEMM output; `unfused_compiled_ms` is a plain copy of the same input (no inductor fusion
+    to compare with: these are what the GEMMs leave behind)."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    swiglu = op == "quantize_swiglu_rows"
+    width, k_padded = (2 * FF, FF) if swiglu else (D, KP)
+    x = torch.randn(tokens, width, device="cuda", generator=g, dtype=torch.bfloat16) * 3
+    want = P.quantize_activation(x, k_padded, True, swiglu)
+    copy = torch.empty_like(x)
+    row = {"unfused_compiled_ms": graph_ms(lambda: copy.copy_(x), calls, rounds), "fused": []}
+    default = KQ.DEFAULT_LAUNCH.choose(k_padded if swiglu else D, k_padded, swiglu)
+    for block, warps, stages in [default, *QUANT_SWEEP[op]]:
+        fn = lambda b=block, w=warps, st=stages: KQ.quantize_activation_triton(  # noqa: E731
+            x, k_padded, True, swiglu, block_k=b, num_warps=w, stages=st)
+        row["fused"].append({"launch": [block, warps, stages], "agreement_with_reference": agreements(fn(), want),
+                             "ms": graph_ms(fn, calls, rounds)})
+    row["default_launch"] = list(default)
+    row["default_ms"] = row["fused"][0]["ms"]
+    return row
+
+
+def copy_ms(tokens: int, calls: int, rounds: int) -> float:
+    """A device-to-device copy of [tokens, 2520] BF16 rows: the bandwidth a streaming kernel can reach here."""
+    x = torch.randn(tokens, D, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    return graph_ms(lambda: y.copy_(x), calls, rounds)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[8392, 2245])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[8392, 4204, 2245])
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--ops", nargs="+", choices=(*OPS, "qk_norm_rope"), default=[*OPS, "qk_norm_rope"])
+    parser.add_argument("--ops", nargs="+", choices=(*OPS, *QUANT_OPS, "qk_norm_rope"),
+                        default=[*OPS, *QUANT_OPS, "qk_norm_rope"])
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     record = {"note": args.note, "manifest": run_manifest(synthetic="random inputs", device="cuda",
@@ -189,16 +245,24 @@ def main() -> int:
         for tokens, op in itertools.product(args.tokens, args.ops):
             if op == "qk_norm_rope":
                 row = rope_row(tokens, args.calls, args.rounds)
+            elif op in QUANT_OPS:
+                row = quant_row(op, tokens, args.calls, args.rounds)
             else:
                 row = row_kernel_row(op, tokens, args.calls, args.rounds)
             best = min(row["fused"], key=lambda r: r["ms"])
             row["best"] = best
+            if op != "qk_norm_rope":  # achieved bandwidth: the least bytes the op moves over its time
+                row["bytes"] = op_bytes(op, tokens)
+                row["best_tb_per_s"] = row["bytes"] / best["ms"] / 1e9
+                row["default_tb_per_s"] = row["bytes"] / row["default_ms"] / 1e9
+                row["copy_tb_per_s"] = op_bytes("copy", tokens) / copy_ms(tokens, args.calls, args.rounds) / 1e9
             row["best_speedup_over_unfused"] = row["unfused_compiled_ms"] / best["ms"]
             row["default_speedup_over_unfused"] = row["unfused_compiled_ms"] / row["default_ms"]
             record["results"][f"{op}@{tokens}"] = row
+            bandwidth = f", {row['best_tb_per_s']:.2f} TB/s (copy {row['copy_tb_per_s']:.2f})" if "bytes" in row else ""
             print(f"{op:30s} {tokens:5d} tokens: unfused {row['unfused_compiled_ms']:.4f} ms, fused default "
                   f"{row['default_ms']:.4f} ms, best {best['ms']:.4f} ms {best['launch']} "
-                  f"(steps {worst_steps(best['agreement_with_reference'])})", flush=True)
+                  f"(steps {worst_steps(best['agreement_with_reference'])}){bandwidth}", flush=True)
             write_json_atomic(args.out, record)
     return 0
 

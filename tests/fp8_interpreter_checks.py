@@ -21,8 +21,9 @@ def ordinal(q: torch.Tensor) -> torch.Tensor:
     return torch.where(c >= 128, -(c - 128), c)
 
 
-def compare(x, k_padded, per_token, swiglu, row_scale=None, col_scale=None, block_k=None) -> dict:
-    q, s = kernels.quantize_activation_triton(x, k_padded, per_token, swiglu, row_scale, col_scale, block_k=block_k)
+def compare(x, k_padded, per_token, swiglu, row_scale=None, col_scale=None, block_k=None, stages=None) -> dict:
+    q, s = kernels.quantize_activation_triton(x, k_padded, per_token, swiglu, row_scale, col_scale, block_k=block_k,
+                                              stages=stages)
     qr, sr = P.quantize_activation(x, k_padded, per_token, swiglu, row_scale, col_scale)
     k = x.shape[1] // 2 if swiglu else x.shape[1]
     return {"max_step_diff": int((ordinal(q) - ordinal(qr)).abs().max()),
@@ -49,6 +50,14 @@ def main() -> None:
         "swiglu_two_pass": compare(torch.randn(11, 200, dtype=torch.bfloat16) * 4, 112, True, True, block_k=32),
         "swiglu_dequant": compare(torch.randn(11, 200, dtype=torch.bfloat16) * 300, 112, True, True,
                                   torch.rand(11, 1) * 1e-2, torch.rand(208) * 1e-2),
+        # the row in registers as chunks: 4 of 32 (a partial one past K, padding), 5 of 512 at the real 2528 width
+        "resident": compare(x, 112, True, False, block_k=32, stages=kernels.RESIDENT),
+        "resident_per_tensor": compare(x, 112, False, False, block_k=32, stages=kernels.RESIDENT),
+        "resident_swiglu_dequant": compare(torch.randn(11, 200, dtype=torch.bfloat16) * 300, 112, True, True,
+                                           torch.rand(11, 1) * 1e-2, torch.rand(208) * 1e-2, block_k=32,
+                                           stages=kernels.RESIDENT),
+        "resident_real_2520": compare(torch.randn(3, 2520, dtype=torch.bfloat16) * 3, 2528, True, False,
+                                      block_k=512, stages=kernels.RESIDENT),
     }
     out["cases"] = cases
     # the exhaustive encoder check: every e4m3 rounding boundary region, against torch's cast

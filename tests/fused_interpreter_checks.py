@@ -170,6 +170,11 @@ def main() -> None:
                                            launch=K.RowLaunch(1, 1, 4, 512)),
         "chunked_no_scale": modulated_case(rows(2, 3, 120, torch.float32), None, 128,
                                            launch=K.RowLaunch(1, 1, 2, 64)),
+        # the resident kernel: 120 -> 64 + 64 lanes, 3 rows per program (a partial last program); 2048 + 512 lanes
+        "resident_3rows": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
+                                         launch=K.RowLaunch(3, 1, 4, resident=True)),
+        "resident_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
+                                        launch=K.RowLaunch(2, 1, 4, resident=True)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -191,6 +196,13 @@ def main() -> None:
         "chunked_real_512_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
                                                 torch.randn(1, 2520).tanh(), True, 2528,
                                                 launch=K.RowLaunch(1, 1, 4, 512)),
+        "resident_no_gate": residual_case(rows(2, 3, 120), padded_view(2, 3, 120, 128), None, False,
+                                          launch=K.RowLaunch(1, 1, 2, resident=True)),
+        "resident_3rows_quant": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, True, 128,
+                                              launch=K.RowLaunch(3, 1, 4, resident=True)),
+        "resident_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
+                                             torch.randn(1, 2520).tanh(), True, 2528,
+                                             launch=K.RowLaunch(2, 1, 4, resident=True)),
     }
     out["rope"] = {
         "tiny_bf16": rope_case(2, 5, 6, 2, 20),

@@ -31,7 +31,7 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
 
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
                                   "rows_1x1", "rows_8x4_tail", "chunked_32x2", "chunked_real_512",
-                                  "chunked_no_scale"])
+                                  "chunked_no_scale", "resident_3rows", "resident_real"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
@@ -40,7 +40,8 @@ def test_modulated_norm_quant_matches_reference(interpreted, case):
 
 @pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant",
                                   "rows_4x2_tail_quant", "rows_8x4_tail", "chunked_32x2", "chunked_32x2_quant",
-                                  "chunked_no_gate_quant", "chunked_real_512_quant"])
+                                  "chunked_no_gate_quant", "chunked_real_512_quant", "resident_no_gate",
+                                  "resident_3rows_quant", "resident_real_quant"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r
@@ -180,3 +181,19 @@ def test_gpu_bf16_model_with_the_fused_qk_kernel_matches_the_torch_ops_eager_and
     for got in (eager, compiled):
         for a, b in zip(got, want):  # one rounding instead of the norm's BF16 output before the rotation
             assert float((a - b).norm() / b.norm()) < 2e-2
+
+
+def test_launch_settings_refuse_what_the_kernels_cannot_run(monkeypatch):
+    from omnigen2_fp8.fp8 import fused_kernels as K, kernels as KQ
+
+    for bad in (dict(rows_per_program=16, sub_rows=2, num_warps=2), dict(rows_per_program=1, sub_rows=1, num_warps=2,
+                                                                          chunk=512)):
+        with pytest.raises(ValueError, match="one at a time"):
+            K.RowLaunch(**bad, resident=True)
+    # the resident row: a power of two, then the smallest power of two (>= 16) covering the rest
+    assert K.resident_pieces(2528) == (2048, 512) and K.resident_pieces(128) == (128, 0)
+    assert K.resident_pieces(120) == (64, 64) and K.resident_pieces(1030) == (1024, 16)
+    # a resident row quantization holds at most 5 chunks: refused before any launch
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="at most 5 chunks"):
+        KQ.quantize_activation_triton(torch.zeros(2, 4096), 4096, block_k=512, stages=KQ.RESIDENT)

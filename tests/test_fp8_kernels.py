@@ -22,14 +22,15 @@ def test_kernel_really_ran_in_the_interpreter(interpreted):
 
 
 @pytest.mark.parametrize("case", ["per_token", "per_token_two_pass", "per_tensor", "strided_rows", "fp32_input",
-                                  "swiglu", "swiglu_two_pass", "swiglu_dequant"])
+                                  "swiglu", "swiglu_two_pass", "swiglu_dequant", "resident", "resident_per_tensor",
+                                  "resident_swiglu_dequant", "resident_real_2520"])
 def test_kernel_matches_torch_reference(interpreted, case):
     r = interpreted["cases"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn"
     assert r["max_step_diff"] <= 1, r  # exact, or within one e4m3 step
     assert r["scale_max_rel_diff"] < 1e-6, r
     assert r["padding_zero"] and not r["nan"], r
-    assert r["scale_shape"][0] == (1 if case == "per_tensor" else r["q_shape"][0])
+    assert r["scale_shape"][0] == (1 if case.endswith("per_tensor") else r["q_shape"][0])
 
 
 def test_integer_e4m3_encoder_is_bit_identical_to_torch_cast(interpreted):

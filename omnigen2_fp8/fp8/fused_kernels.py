@@ -7,7 +7,9 @@
 
 Unfused, the block runs each of these as several torch kernels with a BF16 tensor between each pair, then the
 activation quantization reads the result once more. Here each row is read once, kept in registers in float32, and
-written once; padded GEMM outputs are read in place through their strides (no slicing copy).
+written once; padded GEMM outputs are read in place through their strides (no slicing copy). Three forms of the
+row kernel (`RowLaunch`): whole rows padded to a power of two, chunked passes (later ones from L2), and resident
+rows (two register pieces, per-sample factors kept across 16 rows; the default from 8192 rows).
 
 Numerics: the torch references in fp8/fused_reference.py (float32 inside, one rounding at the end). Encoding:
 e4m3 through kernels.py's encoder (integer arithmetic on the CPU interpreter, the hardware conversion on CUDA,
@@ -138,6 +140,83 @@ if HAS_TRITON:
                 tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
 
     @triton.jit
+    def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
+                                             nscale_ptr, L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn,
+                                             s_qm, eps, next_eps, HEAD: tl.constexpr, TAIL: tl.constexpr,
+                                             ROWS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+                                             QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
+                                             HW_CAST: tl.constexpr):
+        """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
+        at a time, each held in registers as two one-dimensional pieces, a power of two (HEAD) and a shorter one
+        (TAIL, 0: none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
+        modulation) are loaded once per program and combined (gate * w, nw * (1 + nscale)), not reloaded per row
+        (reloading them per row from L1 cost as much as the row itself on an H200). Arithmetic as the reference's
+        but for those products, taken first (float32 rounding apart, the same values)."""
+        n = tl.program_id(1).to(tl.int64)
+        first = tl.program_id(0).to(tl.int64) * ROWS
+        a = tl.arange(0, HEAD)
+        in_a = a < D
+        if TAIL > 0:
+            b = HEAD + tl.arange(0, TAIL)
+            in_b = b < D
+        # The per-sample factors, combined once per program: one float32 vector per side instead of two.
+        if RESIDUAL:
+            gw_a = tl.load(w_ptr + a, mask=in_a, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                gw_a = tl.load(gate_ptr + n * s_gn + a, mask=in_a, other=0.0).to(tl.float32) * gw_a
+            if TAIL > 0:
+                gw_b = tl.load(w_ptr + b, mask=in_b, other=0.0).to(tl.float32)
+                if HAS_GATE:
+                    gw_b = tl.load(gate_ptr + n * s_gn + b, mask=in_b, other=0.0).to(tl.float32) * gw_b
+        if QUANT:
+            m_a = tl.load(nw_ptr + a, mask=in_a, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                m_a = m_a * (1.0 + tl.load(nscale_ptr + n * s_sn + a, mask=in_a, other=0.0).to(tl.float32))
+            if TAIL > 0:
+                m_b = tl.load(nw_ptr + b, mask=in_b, other=0.0).to(tl.float32)
+                if HAS_SCALE:
+                    m_b = m_b * (1.0 + tl.load(nscale_ptr + n * s_sn + b, mask=in_b, other=0.0).to(tl.float32))
+        for i in range(ROWS):
+            l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
+            ok = l < L
+            h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
+            x_a = tl.load(h_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
+            if TAIL > 0:
+                x_b = tl.load(h_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
+            if RESIDUAL:
+                y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
+                o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
+                y_a = tl.load(y_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
+                acc = tl.sum(y_a * y_a, axis=0)
+                if TAIL > 0:
+                    y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
+                    acc += tl.sum(y_b * y_b, axis=0)
+                r_y = tl.math.rsqrt(acc / D + eps)
+                stored = _to_output(x_a + y_a * r_y * gw_a, o_row, HW_CAST)
+                tl.store(o_row + a, stored, mask=ok & in_a)
+                x_a = stored.to(tl.float32)  # the next norm reads h_new as stored, as an unfused pass would
+                if TAIL > 0:
+                    stored = _to_output(x_b + y_b * r_y * gw_b, o_row, HW_CAST)
+                    tl.store(o_row + b, stored, mask=ok & in_b)
+                    x_b = stored.to(tl.float32)
+            if QUANT:
+                sq = tl.sum(x_a * x_a, axis=0)
+                peak = tl.max(tl.abs(x_a * m_a), axis=0)
+                if TAIL > 0:
+                    sq += tl.sum(x_b * x_b, axis=0)
+                    peak = tl.maximum(peak, tl.max(tl.abs(x_b * m_b), axis=0))
+                r = tl.math.rsqrt(sq / D + next_eps)
+                scale = tl.maximum(peak * r, _FLOOR) / _MAX  # the norm's positive factor commutes with the absmax
+                row = n * L + l
+                tl.store(qscale_ptr + row, scale, mask=ok)
+                q_row = q_ptr + row * s_qm
+                code = _encode(tl.clamp(x_a * r * m_a / scale, -_MAX, _MAX), HW_CAST)
+                tl.store(q_row + a, code, mask=ok & (a < KP))
+                if TAIL > 0:
+                    code = _encode(tl.clamp(x_b * r * m_b / scale, -_MAX, _MAX), HW_CAST)
+                    tl.store(q_row + b, code, mask=ok & (b < KP))
+
+    @triton.jit
     def _modulated(x, nw_ptr, nscale_row, cols, D, HAS_SCALE: tl.constexpr):
         """x * nw (* (1 + nscale)) at `cols`, in that order (the reference's)."""
         x = x * tl.load(nw_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
@@ -237,12 +316,15 @@ class RowLaunch:
     `sub_rows` at a time, and loads the per-sample vectors (norm weights, gate, modulation) once for all of them.
     chunk > 0 (a power of two): `_residual_norm_quant_chunked_kernel`, `sub_rows` rows per program (rows_per_program
     must equal it) read `chunk` values at a time in several passes, the later ones from L2: few registers per
-    program, so many programs keep loads in flight. `num_warps` warps either way."""
+    program, so many programs keep loads in flight. resident (sub_rows 1, chunk 0):
+    `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows one after the other, each in registers
+    as two pieces and read once, the per-sample vectors loaded once per program. `num_warps` warps."""
 
     rows_per_program: int
     sub_rows: int
     num_warps: int
     chunk: int = 0
+    resident: bool = False
 
     def __post_init__(self):
         if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
@@ -252,15 +334,31 @@ class RowLaunch:
         if self.chunk and (self.chunk < 16 or self.chunk & (self.chunk - 1) or self.rows_per_program != self.sub_rows):
             raise ValueError(f"RowLaunch {self}: a chunked launch has a power-of-two chunk >= 16 and "
                              "rows_per_program == sub_rows")
+        if self.resident and (self.chunk or self.sub_rows != 1):
+            raise ValueError(f"RowLaunch {self}: a resident launch takes its rows one at a time (sub_rows 1, chunk 0)")
 
 
-def default_row_launch(block: int, rows: int) -> RowLaunch:
-    """The launch used unless one is given, for `rows` rows per sample padded to `block` values. H200 sweep
-    (results/row_kernels_h200.json, 2520-wide rows, 8392 and 2245 rows): the chunked kernel, one row per program
-    in chunks of 512 with 4 warps, is within 10 % of the best launch of every op and size and beats the best
-    whole-row launch by 1.3-1.5x on the residual + norm -> e4m3 op; small rows keep whole rows in registers."""
+def resident_pieces(width: int) -> tuple[int, int]:
+    """(HEAD, TAIL) of the resident kernel for rows of `width` values: the largest power of two <= width, then the
+    smallest power of two (>= 16) covering the rest, or 0."""
+    head = triton.next_power_of_2(width)
+    if head == width:
+        return head, 0
+    head //= 2
+    return head, max(triton.next_power_of_2(width - head), 16)
+
+
+def default_row_launch(block: int, rows: int, quant: bool = True) -> RowLaunch:
+    """The launch used unless one is given, for `rows` rows per sample padded to `block` values, writing e4m3 or
+    not. H200 sweeps (results/row_kernels_h200*.json, 2520-wide rows; 8392, 4204 and 2245 rows): the chunked
+    kernel, one row per program in chunks of 512 with 4 warps, is within 10 % of the best launch of every op and
+    size; at 8392 rows the resident kernel over 16 rows per program with 2 warps beats it on both ops that write
+    e4m3 (modulated norm 0.037 vs 0.046 ms, residual + norm -> e4m3 0.084 vs 0.106), ties at 4204 and loses at
+    2245 (too few programs). Small rows keep whole rows in registers."""
     if block < 2048:
         return RowLaunch(4, 2, 4)
+    if quant and rows >= 8192:
+        return RowLaunch(16, 1, 2, resident=True)
     return RowLaunch(1, 1, 4, 512)
 
 
@@ -280,8 +378,9 @@ class RopeLaunch:
 
 def default_rope_launch(tokens: int) -> RopeLaunch:
     """H200 sweep (results/row_kernels_h200.json, 21 + 7 heads of 120): one warp per program is fastest; 4 tokens
-    per program at 8392 tokens (0.049 ms against 0.127 for inductor's kernels), 1 at 2245 (0.015 against 0.035)."""
-    return RopeLaunch(4 if tokens >= 4096 else 1, 1)
+    per program at 8392 tokens (0.048 ms against 0.127 for inductor's kernels), 1 at 4204 (0.029 against 0.036 for
+    4) and at 2245 (0.016 against 0.039 for inductor)."""
+    return RopeLaunch(4 if tokens >= 8192 else 1, 1)
 
 
 def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_padded, out_dtype, hw_cast,
@@ -314,7 +413,7 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     gate_t = gate if gate is not None else h
     scale_t = next_scale if next_scale is not None else h
     block = triton.next_power_of_2(max(k_padded, d))
-    launch = launch or default_row_launch(block, seq)
+    launch = launch or default_row_launch(block, seq, quant)
     hw_cast = h.is_cuda if hw_cast is None else hw_cast
     grid = (triton.cdiv(seq, launch.rows_per_program), n)
     args = (h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
@@ -323,7 +422,11 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     flags = dict(SUB=launch.sub_rows, RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant,
                  HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1, HW_CAST=hw_cast,
                  num_warps=launch.num_warps)
-    if launch.chunk:
+    if launch.resident:
+        flags.pop("SUB")
+        head, tail = resident_pieces(max(k_padded, d))
+        _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program, **flags)
+    elif launch.chunk:
         _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, **flags)
     else:
         _residual_norm_quant_kernel[grid](*args, BLOCK=block, ROWS=launch.rows_per_program, **flags)

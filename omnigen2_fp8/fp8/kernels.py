@@ -3,7 +3,9 @@
 The kernel reads each BF16 row from memory once and writes the zero-padded e4m3 row plus its float32 scale:
     x [M, K] (or [M, 2K] = [gate | up], then silu(gate) * up is taken first, in float32)
     -> q [M, Kp] e4m3 (columns K..Kp are 0), scale [M, 1] float32, with x ~= q * scale.
-Rows up to the block size stay in registers; longer rows are read in chunks twice, the second time from L2.
+Rows up to the block size stay in registers; a resident launch (stages RESIDENT, the default at the real widths)
+keeps a longer row in registers as up to five chunks, read once; otherwise longer rows are read in chunks twice,
+the second time from L2.
 Optionally x holds raw FP8 GEMM sums and is dequantized first (x * row_scale[m] * col_scale[k]): that lets the
 gate/up GEMM run with unit scales (KernelPlan.gate_up_unit_scales; off by default: the float32 column scale read
 per value costs more than the tensor-wise GEMM saves, results/fp8_gemm_accumulation_h200.json).
@@ -130,12 +132,71 @@ if HAS_TRITON:
                     tl.store(q_row + cols, code, mask=cols < KP)
 
 
+    @triton.jit
+    def _quantize_rows_resident_kernel(x_ptr, q_ptr, scale_ptr, given_scale_ptr, row_scale_ptr, col_scale_ptr, K, KP,
+                                       stride_xm, stride_qm, stride_rs, BLOCK_K: tl.constexpr, NC: tl.constexpr,
+                                       SWIGLU: tl.constexpr, DEQUANT: tl.constexpr, MODE: tl.constexpr,
+                                       X_ALIGN: tl.constexpr, HW_CAST: tl.constexpr):
+        """`_quantize_rows_kernel` with the row held in registers as NC (1..5) chunks of BLOCK_K: read once like
+        the single pass, but NC * BLOCK_K fits the width far closer than one power of two (10240 = 5 x 2048,
+        2528 <= 5 x 512), and every load is issued before the absmax needs it."""
+        row = tl.program_id(0).to(tl.int64)
+        x_row = x_ptr + row * tl.multiple_of(stride_xm, X_ALIGN)
+        q_row = q_ptr + row * stride_qm
+        row_scale = tl.load(row_scale_ptr + row * stride_rs) if DEQUANT else 1.0
+        span = tl.arange(0, BLOCK_K)
+        x0 = _load_row_chunk(x_row, span, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+        if NC > 1:
+            x1 = _load_row_chunk(x_row, BLOCK_K + span, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+        if NC > 2:
+            x2 = _load_row_chunk(x_row, 2 * BLOCK_K + span, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+        if NC > 3:
+            x3 = _load_row_chunk(x_row, 3 * BLOCK_K + span, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+        if NC > 4:
+            x4 = _load_row_chunk(x_row, 4 * BLOCK_K + span, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
+        amax = tl.max(tl.abs(x0), axis=0)
+        if NC > 1:
+            amax = tl.maximum(amax, tl.max(tl.abs(x1), axis=0))
+        if NC > 2:
+            amax = tl.maximum(amax, tl.max(tl.abs(x2), axis=0))
+        if NC > 3:
+            amax = tl.maximum(amax, tl.max(tl.abs(x3), axis=0))
+        if NC > 4:
+            amax = tl.maximum(amax, tl.max(tl.abs(x4), axis=0))
+        if MODE == _MODE_ROW_AMAX_C:
+            tl.store(scale_ptr + row, amax)
+        else:
+            if MODE == _MODE_GIVEN_SCALE_C:
+                scale = tl.load(given_scale_ptr)
+            else:
+                scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
+                tl.store(scale_ptr + row, scale)
+            _store_codes(x0, scale, q_row, span, KP, HW_CAST)
+            if NC > 1:
+                _store_codes(x1, scale, q_row, BLOCK_K + span, KP, HW_CAST)
+            if NC > 2:
+                _store_codes(x2, scale, q_row, 2 * BLOCK_K + span, KP, HW_CAST)
+            if NC > 3:
+                _store_codes(x3, scale, q_row, 3 * BLOCK_K + span, KP, HW_CAST)
+            if NC > 4:
+                _store_codes(x4, scale, q_row, 4 * BLOCK_K + span, KP, HW_CAST)
+
+    @triton.jit
+    def _store_codes(x, scale, q_row, cols, KP, HW_CAST: tl.constexpr):
+        tl.store(q_row + cols, _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST), mask=cols < KP)
+
+
+MAX_RESIDENT_CHUNKS = 5  # the chunk variables `_quantize_rows_resident_kernel` spells out
+RESIDENT = 0  # the `stages` value of a launch whose row stays in registers as chunks of block_k (see LaunchConfig)
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     """How the fused kernel is launched; the default is the measured heuristic (`default_launch`).
 
     overrides: ((K, swiglu), (block_k, num_warps, stages)) pairs, e.g. a benchmark's sweep winners;
-    block_k >= the padded width = a single pass. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
+    block_k >= the padded width = a single pass; stages RESIDENT (0) with a smaller block_k = the row held in
+    registers as at most MAX_RESIDENT_CHUNKS chunks of block_k and read once; otherwise two passes over chunks. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
     module docstring); the CPU interpreter always uses the integer encoder.
     """
 
@@ -159,19 +220,23 @@ def default_launch(k: int, k_padded: int, apply_swiglu: bool) -> tuple[int, int,
     """The measured heuristic: (block_k, num_warps, pipeline stages) for rows of K values (2K read with SwiGLU)."""
     # Measured on an H100 at M = 8.5k (results/fp8_layers_h100.json, "quant_kernel_sweep") and on an H200 at 8.5k
     # and 2.2k (results/quant_kernel_sweep_h200.json: also several rows per program, a looping grid and approximate
-    # divisions for the SwiGLU rows, none faster at the step level).
+    # divisions for the SwiGLU rows, none faster at the step level). Since then the resident kernel (the row in
+    # registers as a few chunks, no power-of-two padding) beats the whole-row launch at both real widths, on an H200
+    # (results/row_kernels_h200.json, 8392 / 2245 rows): SwiGLU K = 10240 as 5 x 2048 with 8 warps 0.104 / 0.032 ms
+    # against 0.131 / 0.039 (16384 lanes, 16 warps); K = 2520 as 5 x 512 with 4 warps 0.023 / 0.007 against
+    # 0.031 / 0.010 (4096 lanes).
     block = triton.next_power_of_2(k_padded)
     if apply_swiglu:
-        # K = 10240: gate and up rows whole in registers, read once. H200 (results/fp8_gemm_accumulation_h200.json):
-        # 0.136 vs 0.164 ms at 8389 rows against two passes over 2048-wide chunks, 0.073 vs 0.089 at 4204, and at
-        # 2245 (the 512 edit) 0.058 vs 0.055 in that run, 0.044 vs 0.056 in a later one
-        # (results/fp8_gemm_accumulation_h200_library_primitives.json); wider rows would spill registers.
+        if 2048 < k_padded <= MAX_RESIDENT_CHUNKS * 2048:
+            return 2048, 8, RESIDENT
         if block <= 16384:
-            return block, (16 if block > 8192 else 8), 1
+            return block, (16 if block > 8192 else 8), 1  # gate and up rows whole in registers, read once
         return 2048, 8, 1  # two passes over 2K-wide chunks; the second reads from L2
+    if 512 < k_padded <= MAX_RESIDENT_CHUNKS * 512:
+        return 512, 4, RESIDENT
     if block <= 4096:
-        return block, 4, 1  # K = 2520: the whole row in registers (H200 sweep: 0.0347 vs 0.0378 ms for two passes)
-    return block, 8, 1  # K = 10240: the whole row in registers
+        return block, 4, 1  # the whole row in registers
+    return block, 8, 1  # K = 10240: the whole row in registers (not measured against the resident kernel)
 
 
 def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool = True,
@@ -186,7 +251,8 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     the CPU when TRITON_INTERPRET=1). Returns (e4m3 [M, k_padded], float32 [M, 1] per token or [1, 1]).
     row_scale [M, 1] or [1, 1] and col_scale [width] (float32, both or neither): x holds raw FP8 GEMM sums
     and is dequantized in the kernel (x * row_scale * col_scale) before anything else.
-    block_k / num_warps / stages / hw_cast override `launch` (block_k < padded width selects the two-pass kernel).
+    block_k / num_warps / stages / hw_cast override `launch` (block_k < padded width: the two-pass kernel, or with
+    stages=RESIDENT the row in registers as chunks).
     """
     if not HAS_TRITON:
         raise RuntimeError("the fused FP8 kernel needs triton (pip install triton); or use "
@@ -213,31 +279,41 @@ def quantize_activation_triton(x: torch.Tensor, k_padded: int, per_token: bool =
     default_block, default_warps, default_stages = launch.choose(k, k_padded, apply_swiglu)
     block, warps = block_k or default_block, num_warps or default_warps
     single = block >= k_padded
+    stages = default_stages if stages is None else stages
+    chunks = -(-k_padded // block)
+    resident = not single and stages == RESIDENT
+    if resident and chunks > MAX_RESIDENT_CHUNKS:
+        raise ValueError(f"a resident launch holds at most {MAX_RESIDENT_CHUNKS} chunks; rows of {k_padded} values "
+                         f"need {chunks} of block_k={block} (take a larger block_k)")
     vec = 16 // x.element_size()
     aligned = x.stride(0) % vec == 0 and x.data_ptr() % 16 == 0 and (not apply_swiglu or k % vec == 0)
     rs = row_scale if dequant else x  # placeholders are never read when DEQUANT is off
     cs = col_scale if dequant else x
     rs_stride = (row_scale.stride(0) if row_scale.shape[0] == m and m > 1 else 0) if dequant else 0
     hw_cast = (launch.hw_cast_on_cuda and x.is_cuda) if hw_cast is None else hw_cast
-    stages = stages or default_stages
-    common = dict(BLOCK_K=block, SINGLE_PASS=single, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast,
-                  STAGES=stages, X_ALIGN=vec if aligned else 1, num_warps=warps)
+    kernel = _quantize_rows_resident_kernel if resident else _quantize_rows_kernel
+    common = dict(BLOCK_K=block, SWIGLU=apply_swiglu, DEQUANT=dequant, HW_CAST=hw_cast, X_ALIGN=vec if aligned else 1,
+                  num_warps=warps)
+    if resident:
+        common["NC"] = chunks
+    else:
+        common.update(SINGLE_PASS=single, STAGES=max(stages, 1))
     grid = (m,)
     q_bits = q.view(torch.uint8)
     if m == 0:
         return q, torch.empty((0, 1) if per_token else (1, 1), dtype=torch.float32, device=x.device)
     if per_token:
         scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-        _quantize_rows_kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
-                                    MODE=_MODE_PER_TOKEN, **common)
+        kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                     MODE=_MODE_PER_TOKEN, **common)
         return q, scale
     # Per-tensor: a first pass for the row absmax values, then one scale for every row.
     row_amax = torch.empty((m, 1), dtype=torch.float32, device=x.device)
-    _quantize_rows_kernel[grid](x, q_bits, row_amax, row_amax, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
-                                MODE=_MODE_ROW_AMAX, **common)
+    kernel[grid](x, q_bits, row_amax, row_amax, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                 MODE=_MODE_ROW_AMAX, **common)
     scale = (row_amax.amax().clamp_min(AMAX_FLOOR) / E4M3_MAX).reshape(1, 1)
-    _quantize_rows_kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
-                                MODE=_MODE_GIVEN_SCALE, **common)
+    kernel[grid](x, q_bits, scale, scale, rs, cs, k, k_padded, x.stride(0), q.stride(0), rs_stride,
+                 MODE=_MODE_GIVEN_SCALE, **common)
     return q, scale
 
 
