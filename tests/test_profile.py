@@ -396,7 +396,14 @@ def test_unpadded_summary_splits_the_fp8_layers_by_alignment():
 
 @pytest.mark.gpu
 def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
+    import gc
+
     scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    # The profile runs in this pytest process: CUDA memory other tests still hold (their cached models and compiled
+    # graphs) is resident too, and is not any arm's. It is measured here, as the harness does, and subtracted below.
+    gc.collect()
+    torch.cuda.synchronize()
+    held_by_other_tests = torch.cuda.memory_allocated() / 2**30
     code = run_profile(["--precision", "bf16", "fp8", "--fp8-no-pad", "--scenario", str(scenario), "--synthetic",
                         "tiny", "--device", "cuda", "--repeats", "2", "--out", str(tmp_path / "out"), "--no-progress",
                         "--eager"])
@@ -413,7 +420,7 @@ def test_gpu_tiny_run_fp8_is_clean_and_unpadded_arm_is_flagged(tmp_path):
         mem = arm["memory"]
         assert mem["run"]["peak_allocated_gib"] > 0 and mem["load"]["peak_allocated_gib"] > 0
         # only this arm's models (plus library workspaces) were resident when its memory run began
-        assert abs(mem["run"]["resident_unexplained_gib"]) < 0.25
+        assert abs(mem["run"]["resident_unexplained_gib"] - held_by_other_tests) < 0.25, held_by_other_tests
 
 
 @pytest.mark.gpu
