@@ -113,14 +113,8 @@ if HAS_TRITON:
                 x = _load_row_chunk(x_row, k0 + tl.arange(0, BLOCK_K), K, SWIGLU, DEQUANT, row_scale,
                                     col_scale_ptr)
                 amax = tl.maximum(amax, tl.max(tl.abs(x), axis=0))
-        if MODE == _MODE_ROW_AMAX_C:
-            tl.store(scale_ptr + row, amax)
-        else:
-            if MODE == _MODE_GIVEN_SCALE_C:
-                scale = tl.load(given_scale_ptr)
-            else:
-                scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
-                tl.store(scale_ptr + row, scale)
+        scale = _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE)
+        if MODE != _MODE_ROW_AMAX_C:
             if SINGLE_PASS:
                 code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
                 tl.store(q_row + cols, code, mask=cols < KP)
@@ -163,14 +157,8 @@ if HAS_TRITON:
             amax = tl.maximum(amax, tl.max(tl.abs(x3), axis=0))
         if NC > 4:
             amax = tl.maximum(amax, tl.max(tl.abs(x4), axis=0))
-        if MODE == _MODE_ROW_AMAX_C:
-            tl.store(scale_ptr + row, amax)
-        else:
-            if MODE == _MODE_GIVEN_SCALE_C:
-                scale = tl.load(given_scale_ptr)
-            else:
-                scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
-                tl.store(scale_ptr + row, scale)
+        scale = _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE)
+        if MODE != _MODE_ROW_AMAX_C:
             _store_codes(x0, scale, q_row, span, KP, HW_CAST)
             if NC > 1:
                 _store_codes(x1, scale, q_row, BLOCK_K + span, KP, HW_CAST)
@@ -180,6 +168,19 @@ if HAS_TRITON:
                 _store_codes(x3, scale, q_row, 3 * BLOCK_K + span, KP, HW_CAST)
             if NC > 4:
                 _store_codes(x4, scale, q_row, 4 * BLOCK_K + span, KP, HW_CAST)
+
+    @triton.jit
+    def _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE: tl.constexpr):
+        """Stores what MODE keeps per row (the absmax, or the per-token scale); returns the scale codes divide by."""
+        if MODE == _MODE_ROW_AMAX_C:
+            tl.store(scale_ptr + row, amax)
+            scale = amax
+        elif MODE == _MODE_GIVEN_SCALE_C:
+            scale = tl.load(given_scale_ptr)
+        else:
+            scale = tl.maximum(amax, _AMAX_FLOOR) / _E4M3_MAX
+            tl.store(scale_ptr + row, scale)
+        return scale
 
     @triton.jit
     def _store_codes(x, scale, q_row, cols, KP, HW_CAST: tl.constexpr):
