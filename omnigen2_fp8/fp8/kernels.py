@@ -197,8 +197,9 @@ class LaunchConfig:
 
     overrides: ((K, swiglu), (block_k, num_warps, stages)) pairs, e.g. a benchmark's sweep winners;
     block_k >= the padded width = a single pass; stages RESIDENT (0) with a smaller block_k = the row held in
-    registers as at most MAX_RESIDENT_CHUNKS chunks of block_k and read once; otherwise two passes over chunks. hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the
-    module docstring); the CPU interpreter always uses the integer encoder.
+    registers as at most MAX_RESIDENT_CHUNKS chunks of block_k and read once; otherwise two passes over chunks.
+    hw_cast_on_cuda: the hardware e4m3 conversion on CUDA (see the module docstring); the CPU interpreter always
+    uses the integer encoder.
     """
 
     overrides: tuple[tuple[tuple[int, bool], tuple[int, int, int]], ...] = ()
