@@ -29,7 +29,7 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
-    from .kernels import _encode
+    from .kernels import _store_codes
 
     _FLOOR = tl.constexpr(AMAX_FLOOR)
     _MAX = tl.constexpr(E4M3_MAX)
@@ -88,8 +88,7 @@ if HAS_TRITON:
                 scale = tl.maximum(tl.max(tl.abs(v), axis=1)[:, None], _FLOOR) / _MAX
                 row = n * L + l
                 tl.store(qscale_ptr + row, scale, mask=row_ok)
-                code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
-                tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
+                _store_codes(v, scale, q_ptr + row * s_qm, cols, row_ok & (cols < KP), HW_CAST)
 
     @triton.jit
     def _residual_norm_quant_chunked_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
@@ -136,8 +135,7 @@ if HAS_TRITON:
                 x = _chunk_row(h_row, y_row, o_row, gate_ptr + n * s_gn, w_ptr, cols, row_ok & (cols < D), r_y,
                                RESIDUAL, HAS_GATE, False, HW_CAST)
                 v = _modulated(x * r, nw_ptr, nscale_ptr + n * s_sn, cols, D, HAS_SCALE)
-                code = _encode(tl.clamp(v / scale, -_MAX, _MAX), HW_CAST)
-                tl.store(q_ptr + row * s_qm + cols, code, mask=row_ok & (cols < KP))
+                _store_codes(v, scale, q_ptr + row * s_qm, cols, row_ok & (cols < KP), HW_CAST)
 
     @triton.jit
     def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
@@ -192,13 +190,9 @@ if HAS_TRITON:
                     y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
                     acc += tl.sum(y_b * y_b, axis=0)
                 r_y = tl.math.rsqrt(acc / D + eps)
-                stored = _to_output(x_a + y_a * r_y * gw_a, o_row, HW_CAST)
-                tl.store(o_row + a, stored, mask=ok & in_a)
-                x_a = stored.to(tl.float32)  # the next norm reads h_new as stored, as an unfused pass would
+                x_a = _stored_residual(x_a + y_a * r_y * gw_a, o_row, a, ok & in_a, HW_CAST)
                 if TAIL > 0:
-                    stored = _to_output(x_b + y_b * r_y * gw_b, o_row, HW_CAST)
-                    tl.store(o_row + b, stored, mask=ok & in_b)
-                    x_b = stored.to(tl.float32)
+                    x_b = _stored_residual(x_b + y_b * r_y * gw_b, o_row, b, ok & in_b, HW_CAST)
             if QUANT:
                 sq = tl.sum(x_a * x_a, axis=0)
                 peak = tl.max(tl.abs(x_a * m_a), axis=0)
@@ -210,11 +204,17 @@ if HAS_TRITON:
                 row = n * L + l
                 tl.store(qscale_ptr + row, scale, mask=ok)
                 q_row = q_ptr + row * s_qm
-                code = _encode(tl.clamp(x_a * r * m_a / scale, -_MAX, _MAX), HW_CAST)
-                tl.store(q_row + a, code, mask=ok & (a < KP))
+                _store_codes(x_a * r * m_a, scale, q_row, a, ok & (a < KP), HW_CAST)
                 if TAIL > 0:
-                    code = _encode(tl.clamp(x_b * r * m_b / scale, -_MAX, _MAX), HW_CAST)
-                    tl.store(q_row + b, code, mask=ok & (b < KP))
+                    _store_codes(x_b * r * m_b, scale, q_row, b, ok & (b < KP), HW_CAST)
+
+    @triton.jit
+    def _stored_residual(h_new, o_row, cols, mask, HW_CAST: tl.constexpr):
+        """h_new rounded to out's dtype and stored; returned as stored, in float32 (the next norm reads it so, as an
+        unfused pass would)."""
+        stored = _to_output(h_new, o_row, HW_CAST)
+        tl.store(o_row + cols, stored, mask=mask)
+        return stored.to(tl.float32)
 
     @triton.jit
     def _modulated(x, nw_ptr, nscale_row, cols, D, HAS_SCALE: tl.constexpr):
@@ -258,11 +258,11 @@ if HAS_TRITON:
             x = x * tl.math.rsqrt(tl.sum(x * x, axis=1)[:, None] / HD + eps) * w
             even, odd = tl.split(tl.reshape(x, [TOK, BLOCK_D // 2, 2]))
             y = tl.reshape(tl.join(even * c - odd * s, even * s + odd * c), [TOK, BLOCK_D])
-            out = o_ptr + o_tok + head * s_oh + cols
+            out = o_ptr + o_tok + head * s_oh
             if FP8_OUT:
-                tl.store(out, _encode(tl.clamp(y / descale, -_MAX, _MAX), HW_CAST), mask=keep)
+                _store_codes(y, descale, out, cols, keep, HW_CAST)
             else:
-                tl.store(out, _to_output(y, o_ptr, HW_CAST), mask=keep)
+                tl.store(out + cols, _to_output(y, o_ptr, HW_CAST), mask=keep)
 
     @triton.jit
     def _qk_norm_rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, wq_ptr, wk_ptr, cos_ptr, sin_ptr, dq_ptr, dk_ptr,

@@ -116,14 +116,12 @@ if HAS_TRITON:
         scale = _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE)
         if MODE != _MODE_ROW_AMAX_C:
             if SINGLE_PASS:
-                code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
-                tl.store(q_row + cols, code, mask=cols < KP)
+                _store_codes(x, scale, q_row, cols, cols < KP, HW_CAST)
             else:
                 for k0 in tl.range(0, KP, BLOCK_K, num_stages=STAGES):
                     cols = k0 + tl.arange(0, BLOCK_K)
                     x = _load_row_chunk(x_row, cols, K, SWIGLU, DEQUANT, row_scale, col_scale_ptr)
-                    code = _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST)
-                    tl.store(q_row + cols, code, mask=cols < KP)
+                    _store_codes(x, scale, q_row, cols, cols < KP, HW_CAST)
 
 
     @triton.jit
@@ -159,15 +157,15 @@ if HAS_TRITON:
             amax = tl.maximum(amax, tl.max(tl.abs(x4), axis=0))
         scale = _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE)
         if MODE != _MODE_ROW_AMAX_C:
-            _store_codes(x0, scale, q_row, span, KP, HW_CAST)
+            _store_codes(x0, scale, q_row, span, span < KP, HW_CAST)
             if NC > 1:
-                _store_codes(x1, scale, q_row, BLOCK_K + span, KP, HW_CAST)
+                _store_codes(x1, scale, q_row, BLOCK_K + span, BLOCK_K + span < KP, HW_CAST)
             if NC > 2:
-                _store_codes(x2, scale, q_row, 2 * BLOCK_K + span, KP, HW_CAST)
+                _store_codes(x2, scale, q_row, 2 * BLOCK_K + span, 2 * BLOCK_K + span < KP, HW_CAST)
             if NC > 3:
-                _store_codes(x3, scale, q_row, 3 * BLOCK_K + span, KP, HW_CAST)
+                _store_codes(x3, scale, q_row, 3 * BLOCK_K + span, 3 * BLOCK_K + span < KP, HW_CAST)
             if NC > 4:
-                _store_codes(x4, scale, q_row, 4 * BLOCK_K + span, KP, HW_CAST)
+                _store_codes(x4, scale, q_row, 4 * BLOCK_K + span, 4 * BLOCK_K + span < KP, HW_CAST)
 
     @triton.jit
     def _row_scale(amax, scale_ptr, given_scale_ptr, row, MODE: tl.constexpr):
@@ -183,8 +181,9 @@ if HAS_TRITON:
         return scale
 
     @triton.jit
-    def _store_codes(x, scale, q_row, cols, KP, HW_CAST: tl.constexpr):
-        tl.store(q_row + cols, _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST), mask=cols < KP)
+    def _store_codes(x, scale, q_row, cols, mask, HW_CAST: tl.constexpr):
+        """e4m3 codes of x / scale (clamped to the e4m3 range) stored at q_row + cols where mask holds."""
+        tl.store(q_row + cols, _encode(tl.clamp(x / scale, -_E4M3_MAX, _E4M3_MAX), HW_CAST), mask=mask)
 
 
 MAX_RESIDENT_CHUNKS = 5  # the chunk variables `_quantize_rows_resident_kernel` spells out
