@@ -148,8 +148,8 @@ if HAS_TRITON:
         at a time, each held in registers as two one-dimensional pieces, a power of two (HEAD) and a shorter one
         (TAIL, 0: none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
         modulation) are loaded once per program and combined (gate * w, nw * (1 + nscale)), not reloaded per row
-        (reloading them per row from L1 cost as much as the row itself on an H200). Arithmetic as the reference's
-        but for those products, taken first (float32 rounding apart, the same values)."""
+        (that made the kernel about half again as slow on an H200, results/row_kernel_ablation_h200.json).
+        Arithmetic as the reference's but for those products, taken first (float32 rounding apart, the same values)."""
         n = tl.program_id(1).to(tl.int64)
         first = tl.program_id(0).to(tl.int64) * ROWS
         a = tl.arange(0, HEAD)
