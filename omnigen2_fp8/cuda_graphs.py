@@ -14,7 +14,8 @@ call; its `graph_key()` names the path the coming call takes (e.g. TaylorSeer's 
 CFG branch), which joins the signature, and None runs the pass eagerly (a run's first call of a branch, TeaCache).
 TeaCache decides on the host, between the pass's first part and its main stack, whether the stack runs; it replays
 the stack alone through `GraphedCalls` (the wrapper's `stack_graphs`), so most of the pass's launches are still
-one graph launch.
+one graph launch. A model's run-time switches join every key too (`switches_key`: FP8 attention off for the
+denoising steps its config excludes), so each branch is captured once per setting of the switches.
 """
 from __future__ import annotations
 
@@ -67,9 +68,10 @@ class GraphedCalls:
     runs eagerly (warm-up) and captures; later calls copy their inputs into the graph's buffers and replay it.
     `owner`'s parameters must stay where they were at capture; when they move, the graphs are dropped."""
 
-    def __init__(self, max_graphs: int = 6, sdpa_backends=None):
+    def __init__(self, max_graphs: int = 6, sdpa_backends=None, context: Callable[[], Hashable] = tuple):
         self.max_graphs = max_graphs
         self.sdpa_backends = sdpa_backends
+        self.context = context  # what else decides what a call computes (`switches_key`): joins every key
         self._graphs: OrderedDict[tuple, _Captured] = OrderedDict()
         self._weights: tuple = ()
         self.captures = 0
@@ -89,7 +91,7 @@ class GraphedCalls:
         if weights != self._weights:
             self._graphs.clear()
             self._weights = weights
-        signature = (key, tuple((tuple(t.shape), t.dtype, t.device) for t in flat))
+        signature = (key, self.context(), tuple((tuple(t.shape), t.dtype, t.device) for t in flat))
         entry = self._graphs.get(signature)
         if entry is not None:
             self._graphs.move_to_end(signature)
@@ -117,9 +119,13 @@ class CudaGraphForward:
 
     def __init__(self, model: torch.nn.Module, max_graphs: int = 6, sdpa_backends=None):
         self.model = model
-        self.passes = GraphedCalls(max_graphs, sdpa_backends)  # whole transformer passes
+
+        def context() -> Hashable:
+            return switches_key(model)
+
+        self.passes = GraphedCalls(max_graphs, sdpa_backends, context)  # whole transformer passes
         # Parts of a pass replayed on their own when the whole pass cannot be (a step cache's `graph_key` None).
-        self.stack_graphs = GraphedCalls(max_graphs, sdpa_backends)
+        self.stack_graphs = GraphedCalls(max_graphs, sdpa_backends, context)
 
     @property
     def captures(self) -> int:
@@ -167,6 +173,13 @@ class CudaGraphForward:
         key = (None if refs is None else tuple(len(r) for r in refs), tuple(mask.shape),
                tuple(mask.bool().sum(dim=1).tolist()), path)
         return self.passes(key, run, flat, owner=self.model)
+
+
+def switches_key(model: torch.nn.Module) -> Hashable:
+    """The state of `model`'s run-time switches that change what its next call computes: its FP8 attention step
+    switch (`fp8.attention_steps.AttentionSteps`, present when FP8 attention is on), else ()."""
+    steps = getattr(model, "fp8_attention_steps", None)
+    return () if steps is None else ("fp8 attention", steps.graph_key())
 
 
 def _attention_backends(backends):

@@ -333,8 +333,11 @@ class OmniGen2Pipeline:
         show = self.progress if progress is None else progress
         if cache is not None:
             cache.start(n)
-        with self._on_device(self.transformer), installed(self.transformer, cache):
+        attention_steps = getattr(self.transformer, "fp8_attention_steps", None)  # fp8/attention_steps.py
+        with self._on_device(self.transformer), installed(self.transformer, cache), _resets(attention_steps):
             for i, t in enumerate(tqdm(self.scheduler.timesteps, desc="denoise", disable=not show, leave=False)):
+                if attention_steps is not None:
+                    attention_steps.select(i, n)
                 scales = cfg.scales_at_step(i, n, text_guidance_scale, image_guidance_scale, cfg_range)
                 branches = cfg.branches_for(scales, has_references=bool(refs))
                 predictions = {}
@@ -419,6 +422,16 @@ def _as_list(images) -> list:
     if isinstance(images, (str, os.PathLike, PIL.Image.Image)):
         return [images]
     return list(images)
+
+
+@contextlib.contextmanager
+def _resets(attention_steps) -> Iterator[None]:
+    """FP8 attention back on after a denoising run (also one that fails), for calls outside a run."""
+    try:
+        yield
+    finally:
+        if attention_steps is not None:
+            attention_steps.reset()
 
 
 def _is_fp8(model: torch.nn.Module) -> bool:

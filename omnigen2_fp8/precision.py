@@ -11,6 +11,8 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
     fp8+taylorseer            + TaylorSeer step caching (first_enhance 5, fresh_threshold 3, max_order 4)
     fp8+taylorseer:max_order=2  + TaylorSeer with other settings (field=value pairs, comma separated)
     fp8+fp8attn               + FP8 attention (`Fp8Config(attention="fp8")`: cuDNN's FP8 SDPA; FP8 bases only)
+    fp8+fp8attn:exclude_steps=0:3,-2:
+                              + FP8 attention except in the first three and the last two denoising steps
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
 Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .caching import StepCacheConfig, TaylorSeerConfig, TeaCacheConfig
+from .fp8.attention_steps import parse_step_range
 from .fp8.config import Fp8Config
 
 
@@ -46,7 +49,8 @@ class Part:
     name: the word in the recipe; slot: parts sharing a slot exclude each other (e.g. two step caches);
     parse(value text or None) -> the setting (raises ValueError on a bad value); describe(setting) -> the value
     text of the canonical name, None when the setting is the default; needs_fp8: only valid on an FP8 base;
-    fp8_field: the `Fp8Config` field the setting sets (the part is then a quantization option), or None.
+    fp8_fields(setting) -> the `Fp8Config` fields the setting sets (the part is then a quantization option), or
+    None.
     """
 
     name: str
@@ -56,7 +60,7 @@ class Part:
     describe: Callable[[Any], str | None]
     value_help: str | None = None
     needs_fp8: bool = False
-    fp8_field: str | None = None
+    fp8_fields: Callable[[Any], dict[str, Any]] | None = None
 
 
 PARTS: dict[str, Part] = {}
@@ -117,15 +121,44 @@ register_part(_step_cache_part(TaylorSeerConfig, None, "TaylorSeer: forecast ski
 
 
 # ----------------------------------------------------------------------------------------------- FP8 attention
-def _fp8attn(value: str | None) -> str:
-    if value is not None:
-        raise ValueError(f"fp8attn takes no value, got {value!r}; write +fp8attn")
-    return "fp8"
+_EXCLUDE_STEPS = "exclude_steps"
+
+
+@dataclass(frozen=True)
+class Fp8Attention:
+    """The fp8attn part's setting: FP8 attention, except in the denoising steps `exclude_steps` (step ranges,
+    `Fp8Config.attention_exclude_steps`)."""
+
+    exclude_steps: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"attention": "fp8", _EXCLUDE_STEPS: list(self.exclude_steps)}
+
+
+def _fp8attn(value: str | None) -> Fp8Attention:
+    if value is None:
+        return Fp8Attention()
+    key, sep, ranges = value.partition("=")
+    if not sep or key.strip() != _EXCLUDE_STEPS:
+        raise ValueError(f"fp8attn takes {_EXCLUDE_STEPS}=RANGES, got {value!r}; e.g. "
+                         f"fp8attn:{_EXCLUDE_STEPS}=0:3,-2: (BF16 attention in the first three and the last two "
+                         "steps)")
+    steps = tuple(r.strip() for r in ranges.split(","))
+    for text in steps:
+        parse_step_range(text)
+    return Fp8Attention(steps)
+
+
+def _describe_fp8attn(setting: Fp8Attention) -> str | None:
+    return f"{_EXCLUDE_STEPS}={','.join(setting.exclude_steps)}" if setting.exclude_steps else None
 
 
 register_part(Part("fp8attn", "attention", "FP8 attention: cuDNN's FP8 SDPA in every block (Hopper and newer, "
-                   "nvidia-cudnn-frontend; BF16 attention, with the reason, elsewhere; emulated on a CPU)",
-                   _fp8attn, lambda setting: None, needs_fp8=True, fp8_field="attention"))
+                   "nvidia-cudnn-frontend; BF16 attention, with the reason, elsewhere; emulated on a CPU); "
+                   f"{_EXCLUDE_STEPS}=0:3,-2: keeps BF16 attention in those denoising steps",
+                   _fp8attn, _describe_fp8attn, value_help=f"{_EXCLUDE_STEPS}=RANGES", needs_fp8=True,
+                   fp8_fields=lambda setting: {"attention": "fp8",
+                                               "attention_exclude_steps": setting.exclude_steps}))
 
 
 # ----------------------------------------------------------------------------------------------- recipes
@@ -172,7 +205,8 @@ class Recipe:
         config = BASES[self.base]
         if config is None:
             return None
-        parts = {PARTS[n].fp8_field: s for n, s in self.parts if PARTS[n].fp8_field is not None}
+        parts = {k: v for n, s in self.parts if PARTS[n].fp8_fields is not None
+                 for k, v in PARTS[n].fp8_fields(s).items()}
         overrides = {**parts, **overrides, **({"kernel": kernel} if kernel is not None else {})}
         return dataclasses.replace(config, **overrides) if overrides else config
 

@@ -89,3 +89,30 @@ def test_compile_and_graphs_on_cuda_are_no_worse_than_eager(precision):
     for x, e, f in zip(exact, eager, fast):
         eager_err = ((e - x).norm() / x.norm()).item()
         assert ((f - x).norm() / x.norm()).item() < 1.5 * eager_err + 1e-3  # against float32: no worse than eager
+
+
+def test_fp8_attention_off_for_some_steps_compiles_each_setting_once():
+    """A run whose first step keeps BF16 attention (Fp8Config.attention_exclude_steps): the cores' switch is read
+    inside the compiled blocks, so each of its two settings is one compiled variant per block kind, made once."""
+    def two_steps(pipe):
+        g = torch.Generator().manual_seed(0)
+        embeds = pipe.encode_prompt("add a red hat", "", need_negative=True)
+        refs = [torch.randn(16, 12, 8, generator=g)]
+        latents = torch.randn(1, 16, 8, 8, generator=g)
+        return pipe.denoise(latents, refs, embeds, num_inference_steps=2, text_guidance_scale=5.0,
+                            image_guidance_scale=2.0, progress=False)
+
+    exact = two_steps(synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, progress=False))
+    pipe = synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, progress=False,
+                                              precision="fp8+fp8attn:exclude_steps=0")
+    eager = two_steps(pipe)
+    torch._dynamo.reset()
+    counters.clear()
+    pipe.transformer.compile_blocks()
+    compiled = [two_steps(pipe) for _ in range(2)]
+
+    assert counters["stats"]["unique_graphs"] == 2 * BLOCK_KINDS, dict(counters["stats"])
+    assert counters["frames"]["ok"] == 2 * BLOCK_KINDS, dict(counters["frames"])
+    assert torch.equal(compiled[0], compiled[1])
+    fp8_err = ((eager - exact).norm() / exact.norm()).item()
+    assert ((compiled[0] - eager).norm() / eager.norm()).item() < 0.5 * fp8_err

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from omnigen2_fp8 import OmniGen2Transformer, TransformerConfig
-from omnigen2_fp8.cuda_graphs import CudaGraphForward, GraphedCalls
+from omnigen2_fp8.cuda_graphs import CudaGraphForward, GraphedCalls, switches_key
+from omnigen2_fp8.fp8.attention import enable_fp8_attention
 from omnigen2_fp8.synthetic import build_synthetic_pipeline
 
 
@@ -110,3 +111,35 @@ def test_paused_replays_run_the_model_and_keep_the_graphs_and_clear_drops_them()
         torch.testing.assert_close(wrapped(*args[:4], ref_latents=args[4]), model(*args[:4], ref_latents=args[4]),
                                    rtol=1e-5, atol=1e-5)
     assert (wrapped.captures, wrapped.replays) == (2, 1)
+
+
+def test_the_fp8_attention_step_switch_joins_every_graph_key():
+    torch.manual_seed(0)
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).eval()
+    assert switches_key(model) == ()
+    enable_fp8_attention(model, emulate=True, exclude_steps=("0",))
+    on = switches_key(model)
+    model.fp8_attention_steps.select(0, 2)
+    assert switches_key(model) != on
+    model.fp8_attention_steps.select(1, 2)
+    assert switches_key(model) == on
+
+
+@pytest.mark.gpu
+def test_each_setting_of_the_fp8_attention_switch_is_its_own_graph():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    model = OmniGen2Transformer(TransformerConfig.from_name("tiny")).cuda().eval()
+    enable_fp8_attention(model, emulate=True, exclude_steps=("0",))  # emulated: any CUDA GPU
+    wrapped = CudaGraphForward(model)
+    outputs = {}
+    with torch.no_grad():
+        for step in (0, 1, 0, 1):
+            model.fp8_attention_steps.select(step, 2)
+            args = tiny_inputs("cuda", seed=7)  # the same inputs: only the switch differs
+            got = wrapped(*args[:4], ref_latents=args[4])
+            torch.testing.assert_close(got, model(*args[:4], ref_latents=args[4]), rtol=1e-5, atol=1e-5)
+            outputs.setdefault(step, got)
+    assert wrapped.disabled_reason is None and wrapped.captures == 2 and wrapped.replays == 2
+    assert not torch.equal(outputs[0], outputs[1])

@@ -13,6 +13,9 @@ from omnigen2_fp8.attention import GroupedSdpa, grouped_attention
 from omnigen2_fp8.fp8 import Fp8Config, Fp8ConfigError, quantize_fp8, save_fp8_checkpoint
 from omnigen2_fp8.fp8.attention import (Fp8Sdpa, enable_fp8_attention, fp8_attention_reference, qk_descale_bound,
                                         quantize_heads, quantize_heads_static)
+from omnigen2_fp8.fp8.attention_error import attention_error_probe
+from omnigen2_fp8.fp8.attention_steps import excluded_steps, parse_step_range
+from omnigen2_fp8.precision import RecipeError, parse_recipe
 from omnigen2_fp8.rope import apply_rotary
 from omnigen2_fp8.checkpoints import load_transformer
 
@@ -201,3 +204,93 @@ def test_cudnn_fp8_attention_matches_bf16_within_fp8_error():
     assert rel(out, exact) < 0.1
     assert rel(out, emulated(q, k, v, None)) < rel(out, exact)
     assert math.isfinite(out.float().sum().item())
+
+
+# ------------------------------------------------------------------------------------ steps excluded from FP8 attention
+def test_step_ranges_select_the_same_steps_in_runs_of_any_length():
+    assert [parse_step_range(t) for t in ("0:3", "-2:", "5", "-1", ":2", "-3")] == [
+        slice(0, 3), slice(-2, None), slice(5, 6), slice(-1, None), slice(None, 2), slice(-3, -2)]
+    assert excluded_steps(("0:3", "-2:"), 10) == [0, 1, 2, 8, 9]
+    assert excluded_steps(("0:3", "-2:"), 4) == [0, 1, 2, 3]  # overlapping ranges: each step once
+    assert excluded_steps(("5",), 3) == [] and excluded_steps(("-1",), 3) == [2]
+    for bad, why in (("3:3", "no step"), ("5:2", "no step"), ("1:2:3", "3 fields"), ("a", "not understood"),
+                     ("", "empty"), (3, "must be text")):
+        with pytest.raises(ValueError, match=why):
+            parse_step_range(bad)
+
+
+def test_config_checks_its_excluded_steps_and_stores_them():
+    config = Fp8Config(attention="fp8", attention_exclude_steps=["0:3", "-1"])
+    assert config.attention_exclude_steps == ("0:3", "-1")
+    assert Fp8Config.from_dict(config.to_dict()) == config
+    assert Fp8Config.from_dict({k: v for k, v in config.to_dict().items()
+                                if k != "attention_exclude_steps"}).attention_exclude_steps == ()  # older files
+    with pytest.raises(Fp8ConfigError, match="attention_exclude_steps.*'0-3' is not understood"):
+        Fp8Config(attention="fp8", attention_exclude_steps=("0-3",))
+    with pytest.raises(Fp8ConfigError, match="attention is 'bf16'"):
+        Fp8Config(attention_exclude_steps=("0:3",))
+
+
+def test_excluded_steps_survive_an_fp8_checkpoint(tmp_path):
+    model = synthetic.build_transformer("tiny", "cpu", torch.float32, seed=0)
+    quantize_fp8(model, Fp8Config(attention="fp8", attention_exclude_steps=("0:2",)))
+    assert model.fp8_attention_steps.exclude == ("0:2",)
+    save_fp8_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_transformer(tmp_path / "ckpt")
+    assert loaded.fp8_config.attention_exclude_steps == ("0:2",)
+    cores = [m for m in loaded.modules() if isinstance(m, Fp8Sdpa)]
+    assert len(cores) == 5 and all(core.steps is loaded.fp8_attention_steps for core in cores)
+
+
+def test_the_recipe_names_the_excluded_steps():
+    recipe = parse_recipe("fp8 + fp8attn:exclude_steps=0:3, -2:")
+    assert recipe.name == "fp8+fp8attn:exclude_steps=0:3,-2:" and parse_recipe(recipe.name) == recipe
+    config = recipe.fp8_config()
+    assert config.attention == "fp8" and config.attention_exclude_steps == ("0:3", "-2:")
+    assert parse_recipe("fp8+fp8attn").fp8_config().attention_exclude_steps == ()
+    with pytest.raises(RecipeError, match="exclude_steps=RANGES"):
+        parse_recipe("fp8+fp8attn:0:3")
+    with pytest.raises(RecipeError, match="selects no step"):
+        parse_recipe("fp8+fp8attn:exclude_steps=2:1")
+
+
+def denoise_recording_the_switch(precision: str, steps: int = 4):
+    """A tiny CPU pipeline's denoising run -> (latents, FP8 attention on/off per step as the run saw it, model)."""
+    pipe = synthetic.build_synthetic_pipeline("tiny", device="cpu", dtype=torch.float32, progress=False,
+                                              precision=precision)
+    g = torch.Generator().manual_seed(0)
+    embeds = pipe.encode_prompt("add a red hat", "", need_negative=True)
+    refs = [torch.randn(16, 8, 8, generator=g)]
+    latents = torch.randn(1, 16, 8, 8, generator=g)
+    switch = getattr(pipe.transformer, "fp8_attention_steps", None)
+    seen = []
+    out = pipe.denoise(latents, refs, embeds, num_inference_steps=steps, text_guidance_scale=5.0,
+                       image_guidance_scale=2.0, progress=False,
+                       on_step=lambda i, n, x: seen.append(None if switch is None else switch.fp8_now))
+    return out, seen, pipe.transformer
+
+
+def test_excluded_steps_run_the_bf16_attention_and_the_rest_fp8():
+    linears_only, _, _ = denoise_recording_the_switch("fp8")
+    every_step, seen_every, _ = denoise_recording_the_switch("fp8+fp8attn")
+    no_step, seen_none, _ = denoise_recording_the_switch("fp8+fp8attn:exclude_steps=0:")
+    first_two, seen_first, model = denoise_recording_the_switch("fp8+fp8attn:exclude_steps=0:2")
+    assert seen_every == [True] * 4 and seen_none == [False] * 4 and seen_first == [False, False, True, True]
+    assert torch.equal(no_step, linears_only)  # excluded steps are exactly the FP8-linears model's attention
+    assert not torch.equal(first_two, every_step) and not torch.equal(first_two, linears_only)
+    assert model.fp8_attention_steps.fp8_now  # on again after the run, for calls outside one
+    # The error probe measures the kernel: FP8 attention runs inside it whatever the switch says, and the switch's
+    # setting and exclusion come back after it.
+    model.fp8_attention_steps.fp8_now = False
+    inputs = ([torch.randn(16, 8, 8)], torch.tensor([0.3]), torch.randn(1, 6, 64), torch.ones(1, 6, dtype=torch.bool),
+              [[torch.randn(16, 8, 8)]])
+    with attention_error_probe(model) as probe, torch.no_grad():
+        model(*inputs)
+    assert probe.summary()["calls"] == 5  # one per block
+    assert not model.fp8_attention_steps.fp8_now and model.fp8_attention_steps.exclude == ("0:2",)
+    # Outside the probe, a core whose switch is off runs BF16 attention itself.
+    core = model.layers[0].attn.sdpa
+    q, k, v = torch.randn(1, 6, 6, 20), torch.randn(1, 6, 2, 20), torch.randn(1, 6, 2, 20)  # the tiny heads
+    assert torch.equal(core(q, k, v, None), grouped_attention(q, k, v, None))
+    model.fp8_attention_steps.reset()
+    assert not torch.equal(core(q, k, v, None), grouped_attention(q, k, v, None))

@@ -66,7 +66,7 @@ def test_settings_and_records():
     ("fp8+taylorseer:first_enhance=0", ["first_enhance must be an integer >= 1"]),
     ("", ["recipe"]),
     ("bf16+fp8attn", ["'fp8attn' needs an FP8 base", "fp8+fp8attn"]),
-    ("fp8+fp8attn:on", ["fp8attn takes no value"]),
+    ("fp8+fp8attn:on", ["fp8attn takes exclude_steps=RANGES", "fp8attn:exclude_steps=0:3,-2:"]),
 ])
 def test_bad_recipes_name_the_problem(text, words):
     with pytest.raises(RecipeError) as err:
@@ -78,7 +78,8 @@ def test_fp8attn_is_an_fp8_config_option():
     recipe = parse_recipe("fp8-nopad+fp8attn")
     assert recipe.fp8_config() == Fp8Config(misaligned="reference", attention="fp8")
     assert recipe.fp8_config(kernel="torch-reference").attention == "fp8"  # overrides keep the parts
-    assert recipe.to_dict()["fp8"]["attention"] == "fp8" and recipe.to_dict()["attention"] == "fp8"
+    assert recipe.to_dict()["fp8"]["attention"] == "fp8"
+    assert recipe.to_dict()["attention"] == {"attention": "fp8", "exclude_steps": []}
     assert parse_recipe("fp8").fp8_config().attention == "bf16"
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attention import grouped_attention
+from .attention_steps import AttentionSteps
 from .primitives import AMAX_FLOOR, E4M3_MAX, FP8_DTYPE, round_up
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,9 @@ class Fp8Sdpa(nn.Module):
 
     q/k scales are static bounds from the QK-norm weights; v's is its absmax. Unmasked (batch-1) passes run
     cuDNN's FP8 SDPA (or, with emulate=True, `fp8_attention_reference`: CPU tests
-    and error studies); a masked ragged batch runs the BF16 attention (logged once). Installed by
-    `enable_fp8_attention`, which checks the device first.
+    and error studies); a masked ragged batch runs the BF16 attention (logged once), and so does every call while
+    the model's `AttentionSteps` switch is off (a denoising step excluded by Fp8Config.attention_exclude_steps).
+    Installed by `enable_fp8_attention`, which checks the device first.
     """
 
     is_fp8_attention = True
@@ -207,8 +209,17 @@ class Fp8Sdpa(nn.Module):
         # The output projection's e4m3 weight with each head's columns padded to head_dim_padded (`bind_projection`),
         # so O8 [M, H * Dp] goes into its GEMM as cuDNN writes it: no copy that drops the head padding.
         self.register_buffer("projection_weight", None, persistent=False)
+        # The switch shared by the model's cores (enable_fp8_attention); None: FP8 on every call.
+        self.steps: AttentionSteps | None = None
+
+    @property
+    def fp8_now(self) -> bool:
+        """Does the coming call run FP8 attention (False during a step the config excludes)?"""
+        return self.steps is None or self.steps.fp8_now
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.fp8_now:
+            return grouped_attention(q, k, v, mask)
         if mask is not None:
             _say_once("masked", "FP8 attention takes unmasked (batch-1) passes; a masked ragged batch runs BF16 "
                                 "attention")
@@ -249,7 +260,7 @@ class Fp8Sdpa(nn.Module):
                            out_proj: nn.Module) -> torch.Tensor:
         """out_proj(attention(q, k, v)): [B, L, H, D] inputs -> [B, L, out_features]. With an FP8 `out_proj`, O8
         goes into its GEMM as it is (`project`); otherwise through this module's forward (which hooks see)."""
-        if mask is not None or not self.projects_directly(out_proj):
+        if mask is not None or not self.fp8_now or not self.projects_directly(out_proj):
             return out_proj(self(q, k, v, mask))
         return self.project_quantized(*self.quantize_qk(q, k), v, out_proj, v.dtype)
 
@@ -295,8 +306,9 @@ class Fp8Sdpa(nn.Module):
         return out_proj.forward_quantized(x8, descale.reshape(1, 1), dtype).view(b, seq, -1)
 
     def extra_repr(self) -> str:
+        excluded = f", BF16 in steps {','.join(self.steps.exclude)}" if self.steps and self.steps.exclude else ""
         return (f"head_dim={self.head_dim} (padded {self.head_dim_padded}), q/k/v/P/O e4m3 per tensor, "
-                f"{'emulated' if self.emulate else 'cuDNN'}")
+                f"{'emulated' if self.emulate else 'cuDNN'}{excluded}")
 
 
 def fp8_attention_cores(model: nn.Module) -> dict[str, nn.Module]:
@@ -305,14 +317,18 @@ def fp8_attention_cores(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulate: bool = False,
-                         device: torch.device | None = None) -> tuple[list[str], str | None]:
+                         device: torch.device | None = None,
+                         exclude_steps: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
     """Swap the attention core of every block whose name matches no `exclude` pattern (fnmatch on the attention
     module's name, e.g. "layers.0.attn") for Fp8Sdpa. Returns (swapped names, reason it is off or None).
+    exclude_steps: denoising steps that run BF16 attention (step ranges, fp8/attention_steps.py); the cores share
+    one `AttentionSteps`, installed as the model's `fp8_attention_steps` for the pipeline to set.
 
     Unless `emulate`, the device (default: the model's) must run cuDNN FP8 SDPA; if it cannot, nothing is swapped
     and the reason is logged once and returned: the model keeps BF16 attention.
     """
     device = device or next(model.parameters()).device
+    steps = AttentionSteps(tuple(exclude_steps))  # checked before anything is swapped
     reason = None if emulate else fp8_attention_unsupported_reason(device)
     if reason:
         _say_once("unsupported", f"FP8 attention off, BF16 attention runs instead: {reason}")
@@ -324,10 +340,13 @@ def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulat
             continue
         module.sdpa = Fp8Sdpa(module.head_dim, qk_descale_bound(module.norm_q.weight),
                               qk_descale_bound(module.norm_k.weight), emulate=emulate).to(device)
+        module.sdpa.steps = steps
         to_out = getattr(module, "to_out", None)
         if to_out is not None:
             module.sdpa.bind_projection(to_out[0])
         swapped.append(name)
+    if swapped:
+        model.fp8_attention_steps = steps
     return swapped, None
 
 

@@ -11,7 +11,8 @@ edit-level effect is the fidelity of whole edits). The probe runs the blocks unf
 forward (`fused_block.unfused_blocks`), because the fused path and the direct FP8 output projection bypass the
 module call the hook watches: inside the probe the attention output reaches the FP8 projection dequantized and
 requantized per token, not as the e4m3 values cuDNN wrote, so the model's output moves slightly (the attention
-errors recorded are the same).
+errors recorded are the same). Steps the config keeps out of FP8 attention (`attention_exclude_steps`) run it inside
+the probe too: it measures the kernel, on every step it sees.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class AttentionErrorProbe:
 
     def record(self, name: str):
         def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-            if args[3] is not None:  # a masked ragged batch: the core ran BF16 attention itself
+            # The core ran BF16 attention itself: a masked ragged batch, or a step excluded from FP8 attention.
+            if args[3] is not None or not module.fp8_now:
                 return
             exact = grouped_attention(*args).float()
             self.calls.setdefault(name, []).append(float((output.float() - exact).norm() / exact.norm()))
@@ -63,7 +65,8 @@ def attention_error_probe(model: nn.Module) -> Iterator[AttentionErrorProbe]:
     """Record every FP8 attention call of `model` inside the block (see the module docstring)."""
     probe = AttentionErrorProbe()
     cores = fp8_attention_cores(model).items()
-    with unfused_blocks(model):
+    steps = getattr(model, "fp8_attention_steps", None)
+    with unfused_blocks(model), steps.every_step() if steps is not None else contextlib.nullcontext():
         hooks = [core.register_forward_hook(probe.record(name.removesuffix(".sdpa"))) for name, core in cores]
         try:
             yield probe

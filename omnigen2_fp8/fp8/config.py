@@ -12,6 +12,8 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
+from .attention_steps import parse_step_range
+
 FORMAT_VERSION = 1
 QUANT_METHOD = "omnigen2_fp8"
 # FP8 tensor cores (torch._scaled_mm) need K and N divisible by 16.
@@ -104,6 +106,8 @@ class Fp8Config:
     attention: "bf16" (default) or "fp8": cuDNN's FP8 attention (Hopper+, nvidia-cudnn-frontend) in every block
     whose attention module name (e.g. "layers.0.attn") matches no `attention_exclude` pattern (fnmatch); where
     the device cannot run it, BF16 attention stays and the reason is reported (see fp8/attention.py).
+    attention_exclude_steps: denoising steps that run BF16 attention instead (the FP8 linears stay), as step
+    ranges over the run's steps: "0:3" the first three, "-2:" the last two, "5" one step (fp8/attention_steps.py).
     fast_accumulation: cuBLASLt's fast FP8 accumulation (`torch._scaled_mm(use_fast_accum=True)`): the tensor
     cores accumulate the whole K in their own reduced-precision accumulator instead of promoting partial sums to
     float32 every few K blocks: faster GEMMs for a small added error, measured per layer shape in
@@ -122,6 +126,7 @@ class Fp8Config:
     fuse_swiglu: bool = True
     attention: str = "bf16"
     attention_exclude: tuple[str, ...] = ()
+    attention_exclude_steps: tuple[str, ...] = ()
     fast_accumulation: bool = True
     format_version: int = FORMAT_VERSION
     _compiled: tuple = field(default=(), init=False, repr=False, compare=False)
@@ -135,7 +140,7 @@ class Fp8Config:
         if self.attention not in ATTENTION_CHOICES:
             raise Fp8ConfigError(f"Fp8Config.attention = {self.attention!r} is not valid; choose one of "
                                  f"{list(ATTENTION_CHOICES)}")
-        for name in ("include", "exclude", "attention_exclude"):
+        for name in ("include", "exclude", "attention_exclude", "attention_exclude_steps"):
             value = getattr(self, name)
             if value is None and name == "exclude":
                 continue
@@ -143,6 +148,15 @@ class Fp8Config:
                 raise Fp8ConfigError(f"Fp8Config.{name} must be a list of patterns, got the string {value!r}; "
                                      f"write {name}=[{value!r}]")
             set_(self, name, tuple(value))
+        for text in self.attention_exclude_steps:
+            try:
+                parse_step_range(text)
+            except ValueError as err:
+                raise Fp8ConfigError(f"Fp8Config.attention_exclude_steps: {err}") from None
+        if self.attention_exclude_steps and self.attention != "fp8":
+            raise Fp8ConfigError(f"Fp8Config.attention_exclude_steps {list(self.attention_exclude_steps)} takes steps "
+                                 f"out of FP8 attention, but attention is {self.attention!r}; set attention='fp8' "
+                                 "(recipe part +fp8attn) or drop the steps")
         if not isinstance(self.fast_accumulation, bool):
             raise Fp8ConfigError(f"Fp8Config.fast_accumulation must be true or false, got {self.fast_accumulation!r}")
         if not isinstance(self.pad_multiple, int) or self.pad_multiple <= 0 or self.pad_multiple % 16:

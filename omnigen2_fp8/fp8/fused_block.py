@@ -65,7 +65,7 @@ def _attention(attn: nn.Module, plan, xq: torch.Tensor, x_scale: torch.Tensor, l
     v = qkv[..., hd + kv: hd + 2 * kv].unflatten(-1, (attn.kv_heads, attn.head_dim))
     norms = (attn.norm_q.weight, attn.norm_k.weight, cos, sin, attn.norm_q.eps, attn.norm_k.eps)
     sdpa, to_out = attn.sdpa, attn.to_out[0]
-    if getattr(sdpa, "is_fp8_attention", False) and mask is None:
+    if getattr(sdpa, "is_fp8_attention", False) and mask is None and sdpa.fp8_now:
         # FP8 attention: the kernel writes q and k as e4m3 with the core's static scales and padded head dim.
         q8, k8 = plan.qk_norm_rope(q, k, *norms, sdpa.q_descale, sdpa.k_descale, sdpa.head_dim_padded)
         return sdpa.project_quantized(q8, k8, v, to_out, dtype).view(*lead, -1)

@@ -145,7 +145,8 @@ def apply_attention_option(model: nn.Module, config: Fp8Config, report: Fp8Repor
         return
     device = next(model.parameters()).device
     emulate = device.type == "cpu"
-    swapped, reason = enable_fp8_attention(model, config.attention_exclude, emulate=emulate, device=device)
+    swapped, reason = enable_fp8_attention(model, config.attention_exclude, emulate=emulate, device=device,
+                                           exclude_steps=config.attention_exclude_steps)
     if report is not None:
         report.fp8_attention = swapped
         if reason:
