@@ -4,8 +4,9 @@ inductor's fused norm / modulation / residual kernel writing BF16, then the row 
 back; for QK-norm + RoPE inductor's fusion of the per-head RMSNorm and the rotation.
 
 Per op and token count: GPU time per call of the unfused ops under torch.compile, and of the fused kernel for a
-sweep of launches (`fused_kernels.RowLaunch`: whole rows in registers, several per program, or the chunked kernel;
-`fused_kernels.RopeLaunch`: tokens per program, warps). Times are CUDA graphs of `--calls` back-to-back calls
+sweep of launches (`fused_kernels.RowLaunch`: whole rows in registers, several per program, the chunked kernel, or
+the resident kernel with or without prefetching the next row; `fused_kernels.RopeLaunch`: tokens per program,
+warps). Times are CUDA graphs of `--calls` back-to-back calls
 replayed `--rounds` times (no launch overhead, as in the pipeline's fastest mode), median per call. Each fused
 result is compared with its torch reference before it is timed (`agreement_with_reference`, per output).
 
@@ -41,11 +42,14 @@ EPS = 1e-6
 OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")
 QUANT_OPS = ("quantize_rows", "quantize_swiglu_rows")  # to_out's input; the down projection's input
 # A whole-row launch, the best chunked launches of results/row_kernels_h200.json, then the resident kernel (each row
-# in registers as 2048 + 512 lanes, the per-sample vectors loaded once for 1, 4 or 16 rows).
+# in registers as 2048 + 512 lanes, the per-sample vectors loaded once for 1, 4 or 16 rows), then the resident kernel
+# loading the next row while it computes this one.
 SWEEP = ([K.RowLaunch(8, 2, 8)]
          + [K.RowLaunch(sub, sub, warps, chunk) for sub, warps, chunk in ((1, 2, 256), (1, 4, 256), (1, 4, 512),
                                                                           (2, 4, 256))]
-         + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 16), (2, 4, 8))])
+         + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 16), (2, 4, 8))]
+         + [K.RowLaunch(rows, 1, warps, resident=True, prefetch=True)
+            for rows, warps in itertools.product((4, 8, 16), (2, 4, 8))])
 # (block_k, num_warps, stages) of the row quantization kernel: the default, then resident chunks (stages RESIDENT)
 QUANT_SWEEP = {"quantize_rows": [(b, w, KQ.RESIDENT) for b, w in ((512, 1), (512, 2), (512, 4), (1024, 2), (1024, 4),
                                                                  (1024, 8))],
@@ -183,7 +187,7 @@ def op_bytes(op: str, tokens: int) -> int:
 
 def launch_name(launch: K.RowLaunch) -> list:
     return [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk,
-            "resident" if launch.resident else "passes"]
+            ("resident+prefetch" if launch.prefetch else "resident") if launch.resident else "passes"]
 
 
 def row_kernel_row(op: str, tokens: int, calls: int, rounds: int) -> dict:

@@ -80,6 +80,25 @@ def residual_case(h, y, gate, quant: bool, k_padded: int = 0, launch=None) -> di
             "q_vs_own_h": steps(out[1], q_own)}
 
 
+def prefetch_case(h, y, gate, k_padded: int, rows_per_program: int) -> bool:
+    """Do the resident kernel's launches with and without prefetching write the very same bits (every output)?"""
+    d = h.shape[-1]
+    w, nw = torch.rand(d) + 0.5, (torch.rand(d) + 0.5).to(h.dtype)
+    scale = modulation(h.shape[0], d)
+    outs = []
+    for prefetch in (False, True):
+        launch = K.RowLaunch(rows_per_program, 1, 4, resident=True, prefetch=prefetch)
+        if y is None:
+            outs.append(K.modulated_rmsnorm_quant_triton(h, nw, scale, 1e-6, k_padded, launch=launch))
+        elif k_padded:
+            outs.append(K.gated_residual_rmsnorm_quant_triton(h, y, gate, w, 1e-5, nw, scale, 1e-6, k_padded,
+                                                              launch=launch))
+        else:
+            outs.append((K.gated_residual_rmsnorm_triton(h, y, gate, w, 1e-5, launch=launch),))
+    return all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.element_size() == 1 else torch.equal(a, b)
+               for a, b in zip(*outs))
+
+
 def rope_case(n, seq, hq, hk, hd, fp8_pad: int = 0, dtype=torch.bfloat16, launch=None) -> dict:
     width = (hq + 2 * hk) * hd
     qkv = rows(n, seq, width + 8, dtype, spread=False)[..., :width] * 3  # a padded qkv GEMM output
@@ -175,6 +194,13 @@ def main() -> None:
                                          launch=K.RowLaunch(3, 1, 4, resident=True)),
         "resident_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
                                         launch=K.RowLaunch(2, 1, 4, resident=True)),
+        # prefetching the next row: a partial last program (its prefetch past the rows reads nothing), 128 = one piece
+        "prefetch_3rows": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
+                                         launch=K.RowLaunch(3, 1, 4, resident=True, prefetch=True)),
+        "prefetch_one_piece": modulated_case(rows(2, 3, 128), modulation(2, 128), 128,
+                                             launch=K.RowLaunch(2, 1, 2, resident=True, prefetch=True)),
+        "prefetch_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
+                                        launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -203,6 +229,19 @@ def main() -> None:
         "resident_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
                                              torch.randn(1, 2520).tanh(), True, 2528,
                                              launch=K.RowLaunch(2, 1, 4, resident=True)),
+        "prefetch_no_gate": residual_case(rows(2, 3, 120), padded_view(2, 3, 120, 128), None, False,
+                                          launch=K.RowLaunch(2, 1, 2, resident=True, prefetch=True)),
+        "prefetch_3rows_quant": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, True, 128,
+                                              launch=K.RowLaunch(3, 1, 4, resident=True, prefetch=True)),
+        "prefetch_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
+                                             torch.randn(1, 2520).tanh(), True, 2528,
+                                             launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
+    }
+    out["prefetch_same_bits"] = {
+        "modulated_real": prefetch_case(rows(1, 5, 2520), None, None, 2528, 2),
+        "residual_real_quant": prefetch_case(rows(1, 5, 2520), padded_view(1, 5, 2520, 2528),
+                                             torch.randn(1, 2520).tanh(), 2528, 4),
+        "residual_tiny": prefetch_case(rows(2, 7, 120), padded_view(2, 7, 120, 128), gate, 0, 3),
     }
     out["rope"] = {
         "tiny_bf16": rope_case(2, 5, 6, 2, 20),

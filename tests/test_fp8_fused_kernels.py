@@ -31,7 +31,8 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
 
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
                                   "rows_1x1", "rows_8x4_tail", "chunked_32x2", "chunked_real_512",
-                                  "chunked_no_scale", "resident_3rows", "resident_real"])
+                                  "chunked_no_scale", "resident_3rows", "resident_real", "prefetch_3rows",
+                                  "prefetch_one_piece", "prefetch_real"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
@@ -41,13 +42,20 @@ def test_modulated_norm_quant_matches_reference(interpreted, case):
 @pytest.mark.parametrize("case", ["tiny_gate", "tiny_no_gate", "tiny_gate_quant", "real_2520_quant",
                                   "rows_4x2_tail_quant", "rows_8x4_tail", "chunked_32x2", "chunked_32x2_quant",
                                   "chunked_no_gate_quant", "chunked_real_512_quant", "resident_no_gate",
-                                  "resident_3rows_quant", "resident_real_quant"])
+                                  "resident_3rows_quant", "resident_real_quant", "prefetch_no_gate",
+                                  "prefetch_3rows_quant", "prefetch_real_quant"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r
     if "q" in r:
         assert within_one_step(r["q"]) and r["padding_zero"] and r["scale_max_rel_diff"] < 1e-5, r
         assert within_one_step(r["q_vs_own_h"]), r  # the quantized part reads h_new as stored
+
+
+def test_prefetching_the_next_row_changes_no_bit(interpreted):
+    # the same operations on the same values, only issued earlier: every output identical to the resident launch's
+    assert interpreted["prefetch_same_bits"] == {"modulated_real": True, "residual_real_quant": True,
+                                                 "residual_tiny": True}
 
 
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_fp8_pad32", "real_bf16", "real_fp8_pad128", "tokens_4_straddle",
@@ -190,6 +198,8 @@ def test_launch_settings_refuse_what_the_kernels_cannot_run(monkeypatch):
                                                                           chunk=512)):
         with pytest.raises(ValueError, match="one at a time"):
             K.RowLaunch(**bad, resident=True)
+    with pytest.raises(ValueError, match="prefetch is a form of the resident kernel"):
+        K.RowLaunch(1, 1, 4, 512, prefetch=True)
     # the resident row: a power of two, then the smallest power of two (>= 16) covering the rest
     assert K.resident_pieces(2528) == (2048, 512) and K.resident_pieces(128) == (128, 0)
     assert K.resident_pieces(120) == (64, 64) and K.resident_pieces(1030) == (1024, 16)

@@ -143,13 +143,15 @@ if HAS_TRITON:
                                              s_qm, eps, next_eps, HEAD: tl.constexpr, TAIL: tl.constexpr,
                                              ROWS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
                                              QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
-                                             HW_CAST: tl.constexpr):
+                                             HW_CAST: tl.constexpr, PREFETCH: tl.constexpr = False):
         """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
         at a time, each held in registers as two one-dimensional pieces, a power of two (HEAD) and a shorter one
         (TAIL, 0: none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
         modulation) are loaded once per program and combined (gate * w, nw * (1 + nscale)), not reloaded per row
         (that made the kernel about half again as slow on an H200, results/row_kernel_ablation_h200.json).
-        Arithmetic as the reference's but for those products, taken first (float32 rounding apart, the same values)."""
+        Arithmetic as the reference's but for those products, taken first (float32 rounding apart, the same values).
+        PREFETCH: the next row's loads are issued before this row's reductions, so they are in flight while it
+        computes (one more row of registers)."""
         n = tl.program_id(1).to(tl.int64)
         first = tl.program_id(0).to(tl.int64) * ROWS
         a = tl.arange(0, HEAD)
@@ -174,20 +176,26 @@ if HAS_TRITON:
                 m_b = tl.load(nw_ptr + b, mask=in_b, other=0.0).to(tl.float32)
                 if HAS_SCALE:
                     m_b = m_b * (1.0 + tl.load(nscale_ptr + n * s_sn + b, mask=in_b, other=0.0).to(tl.float32))
+        if TAIL == 0:  # unused stand-ins, so that the row loader has one signature
+            b, in_b = a, in_a
+        last = first + ROWS + tl.zeros([1], tl.int64)
+        if PREFETCH:
+            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl,
+                                   a, b, in_a, in_b, TAIL, RESIDUAL, ALIGN)
         for i in range(ROWS):
             l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
             ok = l < L
-            h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
-            x_a = tl.load(h_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
-            if TAIL > 0:
-                x_b = tl.load(h_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
+            if PREFETCH:
+                x_a, x_b, y_a, y_b = coming
+                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b,
+                                       TAIL, RESIDUAL, ALIGN)
+            else:
+                x_a, x_b, y_a, y_b = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a,
+                                                   in_b, TAIL, RESIDUAL, ALIGN)
             if RESIDUAL:
-                y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
                 o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
-                y_a = tl.load(y_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
                 acc = tl.sum(y_a * y_a, axis=0)
                 if TAIL > 0:
-                    y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
                     acc += tl.sum(y_b * y_b, axis=0)
                 r_y = tl.math.rsqrt(acc / D + eps)
                 x_a = _stored_residual(x_a + y_a * r_y * gw_a, o_row, a, ok & in_a, HW_CAST)
@@ -207,6 +215,26 @@ if HAS_TRITON:
                 _store_codes(x_a * r * m_a, scale, q_row, a, ok & (a < KP), HW_CAST)
                 if TAIL > 0:
                     _store_codes(x_b * r * m_b, scale, q_row, b, ok & (b < KP), HW_CAST)
+
+    @triton.jit
+    def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b, TAIL: tl.constexpr,
+                      RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
+        """Row l ([1]) of sample n as the resident kernel holds it, in float32: (h head, h tail, y head, y tail);
+        pieces the launch does not have are stand-ins. Rows from `last` on (another program's) or past L read
+        nothing (zeros)."""
+        ok = (l < L) & (l < last)
+        h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
+        x_a = tl.load(h_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
+        x_b = x_a
+        if TAIL > 0:
+            x_b = tl.load(h_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
+        y_a, y_b = x_a, x_b
+        if RESIDUAL:
+            y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
+            y_a = tl.load(y_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
+            if TAIL > 0:
+                y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
+        return x_a, x_b, y_a, y_b
 
     @triton.jit
     def _stored_residual(h_new, o_row, cols, mask, HW_CAST: tl.constexpr):
@@ -318,13 +346,15 @@ class RowLaunch:
     must equal it) read `chunk` values at a time in several passes, the later ones from L2: few registers per
     program, so many programs keep loads in flight. resident (sub_rows 1, chunk 0):
     `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows one after the other, each in registers
-    as two pieces and read once, the per-sample vectors loaded once per program. `num_warps` warps."""
+    as two pieces and read once, the per-sample vectors loaded once per program; with `prefetch`, the next row's
+    loads are issued before the current row is computed. `num_warps` warps."""
 
     rows_per_program: int
     sub_rows: int
     num_warps: int
     chunk: int = 0
     resident: bool = False
+    prefetch: bool = False
 
     def __post_init__(self):
         if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
@@ -336,6 +366,8 @@ class RowLaunch:
                              "rows_per_program == sub_rows")
         if self.resident and (self.chunk or self.sub_rows != 1):
             raise ValueError(f"RowLaunch {self}: a resident launch takes its rows one at a time (sub_rows 1, chunk 0)")
+        if self.prefetch and not self.resident:
+            raise ValueError(f"RowLaunch {self}: prefetch is a form of the resident kernel (resident=True)")
 
 
 def resident_pieces(width: int) -> tuple[int, int]:
@@ -425,7 +457,8 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     if launch.resident:
         flags.pop("SUB")
         head, tail = resident_pieces(max(k_padded, d))
-        _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program, **flags)
+        _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program,
+                                                   PREFETCH=launch.prefetch, **flags)
     elif launch.chunk:
         _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, **flags)
     else:
