@@ -88,18 +88,24 @@ def test_edits_of_another_size_are_saved_and_say_why_they_are_not_compared(tmp_p
 
 
 def test_fp8_attention_arm_records_its_error_per_layer_against_bf16_attention(tmp_path):
+    # The arm keeps BF16 attention in step 0, the only step of the probe's call: the probe measures the kernel on
+    # every step all the same.
+    arm = "fp8+fp8attn:exclude_steps=0"
     scenario = write_scenario(tmp_path, TINY_SCENARIO)
-    code = run_profile(["--precision", "bf16", "fp8+fp8attn", "--scenario", str(scenario), "--synthetic", "tiny",
+    code = run_profile(["--precision", "bf16", arm, "--scenario", str(scenario), "--synthetic", "tiny",
                         "--device", "cpu", "--warmup", "1", "--repeats", "1", "--profile-steps", "1",
                         "--out", str(tmp_path / "out"), "--no-progress"])
     rec = json.loads((tmp_path / "out" / "profile.json").read_text())
     assert code == 0 and rec["arms"]["bf16"]["attention_error"] is None
-    err = rec["arms"]["fp8+fp8attn"]["attention_error"]  # emulated on the CPU: the same e4m3 numerics
+    err = rec["arms"][arm]["attention_error"]  # emulated on the CPU: the same e4m3 numerics
     assert err["steps"] == 1 and err["layers"] == len(err["per_layer"]) >= 5 and err["calls"] >= err["layers"]
     assert 0 < err["min"] <= err["mean"] <= err["max"] < 0.2
     md = (tmp_path / "out" / "profile.md").read_text()
-    assert "## FP8 attention error per layer" in md and "| fp8+fp8attn | 1 |" in md
-    assert rec["arms"]["fp8+fp8attn"]["fidelity"]["vs"] == "bf16"
+    assert "## FP8 attention error per layer" in md and f"| {arm} | 1 |" in md
+    assert rec["arms"][arm]["fidelity"]["vs"] == "bf16"
+    # files of an arm are named without the recipe's ':' and '='
+    assert (tmp_path / "out" / "kernels_fp8+fp8attn_exclude_steps_0.csv").is_file()
+    assert "(kernels_fp8+fp8attn_exclude_steps_0.csv)" in md
 
 
 def test_provenance_and_synthetic_flag(tiny_run):

@@ -169,11 +169,11 @@ def profile_call(arm: Arm, scenario: ScenarioConfig, images: list, options: Prof
     prof, capture, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=False)
     fp8_layers = {f for f, p in arm.layer_policy.items() if p == "fp8"}
     rows = kernels.kernel_table(capture, fp8_layers)
-    csv_name = f"kernels_{arm.name}.csv"
+    csv_name = f"kernels_{_file_stem(arm.name)}.csv"
     kernels.write_kernel_csv(out / csv_name, rows)
     trace = None
     if options.trace:
-        trace = kernels.export_trace(prof, out / f"trace_{arm.name}.json.gz").name
+        trace = kernels.export_trace(prof, out / f"trace_{_file_stem(arm.name)}.json.gz").name
     checked_on = capture
     if compiled and arm.recipe.quantized:
         _, checked_on, layer_calls = _profiled_run(arm, scenario, images, options, device, out, eager=True)
