@@ -32,6 +32,8 @@ from .checkpoints import Components, checkpoint_root, load_components, load_tran
 from .cuda_graphs import CudaGraphForward
 from .edit_result import EditResult
 from .fp8 import fused_kernels, quantize_fp8
+from .fp8.attention import set_attention_steps
+from .fp8.config import Fp8Config, Kernel
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
 from .precision import Recipe, parse_recipe
@@ -103,10 +105,11 @@ class OmniGen2Pipeline:
         if self.recipe.quantized:
             config = fp8_config if fp8_config is not None else self.recipe.fp8_config()
             self.fp8_config = config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
-        if self.fp8_config is not None and not _is_fp8(transformer):
+        self.fp8_report = None
+        if _is_fp8(transformer):  # an FP8 checkpoint: it runs what it was quantized with, which the recipe must say
+            self.fp8_config = _already_quantized_as(transformer, self.recipe, self.fp8_config)
+        elif self.fp8_config is not None:
             self.fp8_report = quantize_fp8(transformer, self.fp8_config)
-        else:
-            self.fp8_report = None
         has_hook = hasattr(transformer, "use_qk_norm_rope")
         self.fused_qk_norm_rope = (fused_qk_norm_rope and has_hook and self.device.type == "cuda"
                                    and fused_kernels.HAS_TRITON)
@@ -436,6 +439,45 @@ def _resets(attention_steps) -> Iterator[None]:
 
 def _is_fp8(model: torch.nn.Module) -> bool:
     return any(getattr(m, "is_fp8", False) for m in model.modules())
+
+
+def _already_quantized_as(transformer: torch.nn.Module, recipe: Recipe, requested: Fp8Config | None) -> Fp8Config:
+    """The config an FP8 transformer was quantized with (`fp8_config`, from its checkpoint), once the recipe is
+    found to ask for it: a BF16 recipe, or another FP8 policy, would label results with settings the model does not
+    run. Two choices stay free at run time: the kernel (when one is named) and the denoising steps kept out of FP8
+    attention, which are applied here."""
+    stored = getattr(transformer, "fp8_config", None)
+    if stored is None:
+        raise ValueError("the transformer holds FP8 layers but no fp8_config; load it with "
+                         "checkpoints.load_transformer or quantize it with fp8.quantize_fp8")
+    if requested is None:
+        raise ValueError(f"the transformer is already FP8 (an FP8 checkpoint); precision {recipe.name!r} would label "
+                         f"FP8 results as {recipe.base}. Load the BF16 checkpoint for a {recipe.base} run, or use the "
+                         f"precision the checkpoint was made with ({_recipe_of(stored)!r})")
+    requested = requested.for_model(transformer)
+    free = {"kernel", "attention_exclude_steps"}
+    wanted, made = requested.to_dict(), stored.to_dict()
+    differ = [f"{k}: checkpoint {made.get(k)!r}, asked {v!r}" for k, v in wanted.items()
+              if k not in free and made.get(k) != v]
+    if differ:
+        raise ValueError(f"the FP8 checkpoint was quantized with other settings than precision {recipe.name!r} asks "
+                         f"({'; '.join(differ)}); quantize the BF16 checkpoint with that precision, or use the one the "
+                         f"checkpoint was made with ({_recipe_of(stored)!r})")
+    if requested.kernel != Kernel.AUTO and requested.kernel != stored.kernel:
+        raise ValueError(f"the FP8 checkpoint's layers run kernel {stored.kernel.value!r}; another kernel "
+                         f"({requested.kernel.value!r}) needs the BF16 checkpoint quantized with it")
+    if requested.attention_exclude_steps != stored.attention_exclude_steps:
+        set_attention_steps(transformer, requested.attention_exclude_steps)
+    return dataclasses.replace(stored, attention_exclude_steps=requested.attention_exclude_steps)
+
+
+def _recipe_of(config: Fp8Config) -> str:
+    """The recipe name closest to an FP8 checkpoint's config (for error messages)."""
+    base = "fp8" if config.misaligned == "pad" else "fp8-nopad"
+    if config.attention != "fp8":
+        return base
+    steps = config.attention_exclude_steps
+    return base + "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")
 
 
 def _compile(transformer: torch.nn.Module):

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from omnigen2_fp8 import loading, synthetic
+from omnigen2_fp8.checkpoints import load_transformer
+from omnigen2_fp8.fp8.attention import fp8_attention_cores
 from omnigen2_fp8.image_processing import ImageInputError
 from omnigen2_fp8.loading import CheckpointNotFoundError
 from omnigen2_fp8.measure import StageClock
@@ -206,3 +208,33 @@ def test_fp8_precision_quantizes_the_dit_and_serialized_fp8_folders_load_as_is(c
                                               progress=False)
     assert loaded.fp8_report is None  # already FP8: loaded, not re-quantized
     torch.testing.assert_close(_edit(loaded, [image_paths[0]]).latents, result.latents)
+
+
+def test_an_fp8_checkpoint_runs_only_under_the_precision_it_was_made_with(checkpoint, tmp_path):
+    """A serialized FP8 DiT runs what it was quantized with: a BF16 recipe, FP8 attention it does not have, or
+    another layer policy would label results with settings the model does not run. The steps kept out of FP8
+    attention are a run-time choice and apply to the loaded model."""
+    from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint
+
+    serialized = tmp_path / "fp8-attention-checkpoint"
+    shutil.copytree(checkpoint, serialized)
+    shutil.rmtree(serialized / "transformer")
+    transformer = load_transformer(checkpoint / "transformer", dtype=torch.float32)
+    quantize_fp8(transformer, Fp8Config(attention="fp8"))
+    save_fp8_checkpoint(transformer, serialized / "transformer")
+
+    def load(precision):
+        return OmniGen2Pipeline.from_pretrained(serialized, dtype=torch.float32, device="cpu", precision=precision,
+                                                progress=False)
+
+    for precision, words in (("bf16", "would label FP8 results as bf16"),
+                             ("fp8", "attention: checkpoint 'fp8', asked 'bf16'"),
+                             ("fp8-nopad+fp8attn", "misaligned: checkpoint 'pad', asked 'reference'")):
+        with pytest.raises(ValueError, match=words) as err:
+            load(precision)
+        assert "'fp8+fp8attn'" in str(err.value)  # the precision that would run it
+    pipe = load("fp8+fp8attn:exclude_steps=0:2")
+    assert pipe.fp8_report is None and pipe.fp8_config.attention_exclude_steps == ("0:2",)
+    assert pipe.transformer.fp8_attention_steps.exclude == ("0:2",)
+    assert all(core.steps is pipe.transformer.fp8_attention_steps
+               for core in fp8_attention_cores(pipe.transformer).values())

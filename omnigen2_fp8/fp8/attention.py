@@ -350,6 +350,18 @@ def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulat
     return swapped, None
 
 
+def set_attention_steps(model: nn.Module, exclude_steps: tuple[str, ...]) -> None:
+    """Give the FP8 attention cores of `model` (an FP8 checkpoint, say) another step exclusion: one new shared
+    `AttentionSteps`. The exclusion is a run-time choice, so it needs no re-quantization."""
+    cores = fp8_attention_cores(model)
+    if not cores:
+        raise ValueError("the model has no FP8 attention cores; quantize it with Fp8Config(attention='fp8')")
+    steps = AttentionSteps(tuple(exclude_steps))
+    for core in cores.values():
+        core.steps = steps
+    model.fp8_attention_steps = steps
+
+
 _SAID: set[str] = set()
 
 
