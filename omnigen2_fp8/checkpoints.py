@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .fp8.checkpoint import load_fp8_transformer, save_fp8_checkpoint
+from .fp8.config import Fp8Config
 from .loading import (CheckpointNotFoundError, check_state_dict, download_from_hub, load_tensors, read_json,
                       read_synthetic_marker, resolve_component_folder, safetensors_files, save_tensors_sharded)
 from .text_encoder import load_tokenizer
@@ -52,6 +53,13 @@ def load_transformer(path_or_hub_id: str | os.PathLike, dtype: torch.dtype | Non
     check_state_dict({k: v.shape for k, v in model.state_dict().items()}, tensors, folder)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def stored_fp8_config(folder: str | os.PathLike) -> Fp8Config | None:
+    """The Fp8Config a `transformer/` folder was quantized with (its config.json's "quantization_config"), None for
+    a BF16 folder: read before any tensor, so a run can refuse a mismatch before minutes of loading."""
+    raw = read_json(Path(folder) / "config.json").get("quantization_config")
+    return None if raw is None else Fp8Config.from_dict(raw)
 
 
 def save_transformer(model: OmniGen2Transformer, folder: str | os.PathLike,

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import PIL.Image
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from . import guidance as cfg
 from .caching import StepCache, StepCacheConfig, StepCacheStats, check_step_cache, installed, make_step_cache
-from .checkpoints import Components, checkpoint_root, load_components, load_transformer
+from .checkpoints import Components, checkpoint_root, load_components, load_transformer, stored_fp8_config
 from .cuda_graphs import CudaGraphForward
 from .edit_result import EditResult
 from .fp8 import fused_kernels, quantize_fp8
@@ -107,7 +108,13 @@ class OmniGen2Pipeline:
             self.fp8_config = config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
         self.fp8_report = None
         if _is_fp8(transformer):  # an FP8 checkpoint: it runs what it was quantized with, which the recipe must say
-            self.fp8_config = _already_quantized_as(transformer, self.recipe, self.fp8_config)
+            stored = getattr(transformer, "fp8_config", None)
+            if stored is None:
+                raise ValueError("the transformer holds FP8 layers but no fp8_config; load it with "
+                                 "checkpoints.load_transformer or quantize it with fp8.quantize_fp8")
+            self.fp8_config = check_fp8_checkpoint(stored, self.recipe, self.fp8_config, transformer)
+            if self.fp8_config.attention_exclude_steps != stored.attention_exclude_steps:
+                set_attention_steps(transformer, self.fp8_config.attention_exclude_steps)
         elif self.fp8_config is not None:
             self.fp8_report = quantize_fp8(transformer, self.fp8_config)
         has_hook = hasattr(transformer, "use_qk_norm_rope")
@@ -147,6 +154,10 @@ class OmniGen2Pipeline:
         """
         precision = parse_recipe(precision)  # a wrong name or combination fails before minutes of loading
         root = checkpoint_root(path_or_hub_id)
+        stored = stored_fp8_config(root / "transformer")
+        if stored is not None:  # a serialized FP8 DiT: refuse a precision it cannot run before loading anything
+            requested = (fp8_config or precision.fp8_config(kernel=fp8_kernel)) if precision.quantized else None
+            check_fp8_checkpoint(stored, precision, requested)
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
         transformer = load_transformer(root / "transformer", dtype=dtype, device=load_device)
@@ -441,20 +452,18 @@ def _is_fp8(model: torch.nn.Module) -> bool:
     return any(getattr(m, "is_fp8", False) for m in model.modules())
 
 
-def _already_quantized_as(transformer: torch.nn.Module, recipe: Recipe, requested: Fp8Config | None) -> Fp8Config:
-    """The config an FP8 transformer was quantized with (`fp8_config`, from its checkpoint), once the recipe is
-    found to ask for it: a BF16 recipe, or another FP8 policy, would label results with settings the model does not
-    run. Two choices stay free at run time: the kernel (when one is named) and the denoising steps kept out of FP8
-    attention, which are applied here."""
-    stored = getattr(transformer, "fp8_config", None)
-    if stored is None:
-        raise ValueError("the transformer holds FP8 layers but no fp8_config; load it with "
-                         "checkpoints.load_transformer or quantize it with fp8.quantize_fp8")
+def check_fp8_checkpoint(stored: Fp8Config, recipe: Recipe, requested: Fp8Config | None,
+                         model=OmniGen2Transformer) -> Fp8Config:
+    """The config to run an FP8 checkpoint quantized with `stored` under `recipe` (its config `requested`, None
+    for a BF16 recipe), or ValueError naming the mismatch and the precision that fits: a BF16 recipe, or another FP8
+    policy, would label results with settings the model does not run. Two choices stay free at run time: the
+    kernel (when one is named, it must be the checkpoint's) and the denoising steps kept out of FP8 attention
+    (the requested ones are returned). `model`: the model or its class (for the default exclude list)."""
     if requested is None:
         raise ValueError(f"the transformer is already FP8 (an FP8 checkpoint); precision {recipe.name!r} would label "
                          f"FP8 results as {recipe.base}. Load the BF16 checkpoint for a {recipe.base} run, or use the "
                          f"precision the checkpoint was made with ({_recipe_of(stored)!r})")
-    requested = requested.for_model(transformer)
+    requested = requested.for_model(model)
     free = {"kernel", "attention_exclude_steps"}
     wanted, made = requested.to_dict(), stored.to_dict()
     differ = [f"{k}: checkpoint {made.get(k)!r}, asked {v!r}" for k, v in wanted.items()
@@ -466,9 +475,29 @@ def _already_quantized_as(transformer: torch.nn.Module, recipe: Recipe, requeste
     if requested.kernel != Kernel.AUTO and requested.kernel != stored.kernel:
         raise ValueError(f"the FP8 checkpoint's layers run kernel {stored.kernel.value!r}; another kernel "
                          f"({requested.kernel.value!r}) needs the BF16 checkpoint quantized with it")
-    if requested.attention_exclude_steps != stored.attention_exclude_steps:
-        set_attention_steps(transformer, requested.attention_exclude_steps)
     return dataclasses.replace(stored, attention_exclude_steps=requested.attention_exclude_steps)
+
+
+def fp8_checkpoint_mismatches(checkpoint: str | os.PathLike, precisions: Sequence[str | Recipe],
+                              fp8_kernel: str | None = None) -> dict[str, str]:
+    """{precision: why not} for the precisions a local checkpoint folder whose DiT is serialized FP8 cannot run
+    (`check_fp8_checkpoint`), read from its transformer/config.json alone; empty for a BF16 folder or one that is
+    not local (a hub id is checked when it loads)."""
+    folder = Path(checkpoint).expanduser() / "transformer"
+    if not (folder / "config.json").is_file():
+        return {}
+    stored = stored_fp8_config(folder)
+    if stored is None:
+        return {}
+    problems = {}
+    for precision in precisions:
+        recipe = parse_recipe(precision)
+        requested = recipe.fp8_config(kernel=fp8_kernel) if recipe.quantized else None
+        try:
+            check_fp8_checkpoint(stored, recipe, requested)
+        except ValueError as err:
+            problems[recipe.name] = str(err)
+    return problems
 
 
 def _recipe_of(config: Fp8Config) -> str:

@@ -222,6 +222,26 @@ def test_bad_numbers_and_names_stop_before_any_edit(assets, tmp_path, capsys, fl
     assert not (tmp_path / "o" / "bf16").exists()
 
 
+def test_an_fp8_model_folder_is_refused_for_arms_it_would_mislabel(assets, tmp_path, capsys):
+    """--model whose DiT is a serialized FP8 checkpoint: a bf16 arm would run FP8 under the name bf16, so every arm
+    it cannot run is named before any edit; the fp8 arm alone runs."""
+    from omnigen2_fp8.checkpoints import load_transformer
+    from omnigen2_fp8.fp8 import quantize_fp8, save_fp8_checkpoint
+
+    model = shutil.copytree(assets["--model"], tmp_path / "omnigen2-tiny-fp8")
+    transformer = load_transformer(model / "transformer", dtype=torch.float32)
+    shutil.rmtree(model / "transformer")
+    quantize_fp8(transformer)
+    save_fp8_checkpoint(transformer, model / "transformer")
+    flags = [*FAST, *_flags(assets, **{"--model": model})]
+    assert main([*flags, "--out", str(tmp_path / "o"), "--precision", "bf16", "fp8", "fp8+fp8attn"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision bf16 on --model" in err and "would label FP8 results as bf16" in err
+    assert "--precision fp8+fp8attn on --model" in err and "attention: checkpoint 'bf16', asked 'fp8'" in err
+    assert "--precision fp8 on" not in err and not (tmp_path / "o" / "bf16").exists()
+    assert main([*flags, "--out", str(tmp_path / "o"), "--precision", "fp8", "--stage", "generate"]) == 0
+
+
 def test_unwritable_out_and_absent_gpu_are_one_line_errors(assets, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

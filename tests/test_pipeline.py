@@ -238,3 +238,8 @@ def test_an_fp8_checkpoint_runs_only_under_the_precision_it_was_made_with(checkp
     assert pipe.transformer.fp8_attention_steps.exclude == ("0:2",)
     assert all(core.steps is pipe.transformer.fp8_attention_steps
                for core in fp8_attention_cores(pipe.transformer).values())
+    # Refused from config.json alone, before any tensor is read: without the weights the answer is the same.
+    for weights in (serialized / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ValueError, match="would label FP8 results as bf16"):
+        load("bf16")

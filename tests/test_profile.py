@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -500,3 +501,25 @@ def test_a_failing_arm_keeps_its_error_and_the_others_still_run(tmp_path, capsys
     assert rec["ratios"]["fp8"]["end_to_end_ratio"] is None
     assert "Arm **fp8** failed:" in (tmp_path / "out" / "profile.md").read_text()
     assert "error in arm fp8" in capsys.readouterr().err
+
+
+def test_an_fp8_model_folder_is_refused_for_arms_it_would_mislabel(tmp_path):
+    from omnigen2_fp8.checkpoints import load_transformer
+    from omnigen2_fp8.fp8 import Fp8Config, quantize_fp8, save_fp8_checkpoint
+    from omnigen2_fp8.synthetic import write_synthetic_checkpoint
+
+    model = write_synthetic_checkpoint(tmp_path / "tiny")
+    transformer = load_transformer(model / "transformer", dtype=torch.float32)
+    shutil.rmtree(model / "transformer")
+    quantize_fp8(transformer, Fp8Config(attention="fp8"))
+    save_fp8_checkpoint(transformer, model / "transformer")
+
+    def options(*arms, kernel="auto"):
+        return ProfileOptions(scenario="gedit-512", precisions=list(arms), out=tmp_path / "out", model=str(model),
+                              device="cpu", fp8_kernel=kernel)
+
+    with pytest.raises(ProfileError, match=r"--precision bf16 on --model .*would label FP8 results as bf16"):
+        options("bf16", "fp8+fp8attn").validate()
+    with pytest.raises(ProfileError, match="kernel 'auto'; another kernel .'torch-reference'."):
+        options("fp8+fp8attn", kernel="torch-reference").validate()
+    options("fp8+fp8attn", "fp8+fp8attn:exclude_steps=0:3").validate()  # the steps are a run-time choice

@@ -16,6 +16,7 @@ import torch
 
 from omnigen2_fp8.loading import check_safetensors_file
 from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
+from omnigen2_fp8.pipeline import fp8_checkpoint_mismatches
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 from harness.gedit import data as gdata
@@ -231,6 +232,8 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
     problems = [ctx.prompt_problem] if ctx.prompt_problem and "judge" in stages else []
     if "generate" in stages and not ctx.model.startswith("synthetic:"):
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
+        problems += [f"--precision {arm} on --model {ctx.model}: {why}"
+                     for arm, why in fp8_checkpoint_mismatches(ctx.model, ctx.arms).items()]
     if "judge" in stages and ctx.judge_server is not None:
         spec = ctx.config.judge
         try:  # one 1-token request: URL, key and model name checked before any real work

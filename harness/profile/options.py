@@ -9,6 +9,7 @@ import torch
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
 from omnigen2_fp8.modes import AUTO_MODE, ModeChoice, choose_mode
+from omnigen2_fp8.pipeline import fp8_checkpoint_mismatches
 from omnigen2_fp8.precision import RecipeError, parse_recipe
 
 UNPADDED_ARM = "fp8-nopad"  # the arm --fp8-no-pad adds: FP8 without padding, its fallback GEMMs must be flagged
@@ -57,6 +58,11 @@ class ProfileOptions:
             raise ProfileError(f"--device {self.device} asked for, but this machine has no CUDA GPU; use --device cpu")
         if self.fp8_kernel not in [k.value for k in Kernel]:
             raise ProfileError(f"--fp8-kernel {self.fp8_kernel!r} is not one of {[k.value for k in Kernel]}")
+        kernel = None if self.fp8_kernel == "auto" else self.fp8_kernel
+        mismatches = fp8_checkpoint_mismatches(self.model, self.precisions, kernel) if self.model else {}
+        if mismatches:  # an FP8 checkpoint runs only what it was made with: a "bf16" arm would run FP8
+            raise ProfileError("; ".join(f"--precision {arm} on --model {self.model}: {why}"
+                                         for arm, why in mismatches.items()))
         try:  # an explicit graphs mode that cannot run here is refused before any model loads
             self.arm_mode(self.precisions[0])
         except ValueError as err:
