@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 import PIL.Image
@@ -34,10 +33,9 @@ from .cuda_graphs import CudaGraphForward
 from .edit_result import EditResult
 from .fp8 import fused_kernels, quantize_fp8
 from .fp8.attention import set_attention_steps
-from .fp8.config import Fp8Config, Kernel
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
-from .precision import Recipe, parse_recipe
+from .precision import Recipe, check_fp8_checkpoint, parse_recipe
 from .scheduler import FlowMatchEulerScheduler
 from .text_encoder import TextEncoder
 from .transformer import MAX_REFERENCE_IMAGES, OmniGen2Transformer
@@ -450,63 +448,6 @@ def _resets(attention_steps) -> Iterator[None]:
 
 def _is_fp8(model: torch.nn.Module) -> bool:
     return any(getattr(m, "is_fp8", False) for m in model.modules())
-
-
-def check_fp8_checkpoint(stored: Fp8Config, recipe: Recipe, requested: Fp8Config | None,
-                         model=OmniGen2Transformer) -> Fp8Config:
-    """The config to run an FP8 checkpoint quantized with `stored` under `recipe` (its config `requested`, None
-    for a BF16 recipe), or ValueError naming the mismatch and the precision that fits: a BF16 recipe, or another FP8
-    policy, would label results with settings the model does not run. Two choices stay free at run time: the
-    kernel (when one is named, it must be the checkpoint's) and the denoising steps kept out of FP8 attention
-    (the requested ones are returned). `model`: the model or its class (for the default exclude list)."""
-    if requested is None:
-        raise ValueError(f"the transformer is already FP8 (an FP8 checkpoint); precision {recipe.name!r} would label "
-                         f"FP8 results as {recipe.base}. Load the BF16 checkpoint for a {recipe.base} run, or use the "
-                         f"precision the checkpoint was made with ({_recipe_of(stored)!r})")
-    requested = requested.for_model(model)
-    free = {"kernel", "attention_exclude_steps"}
-    wanted, made = requested.to_dict(), stored.to_dict()
-    differ = [f"{k}: checkpoint {made.get(k)!r}, asked {v!r}" for k, v in wanted.items()
-              if k not in free and made.get(k) != v]
-    if differ:
-        raise ValueError(f"the FP8 checkpoint was quantized with other settings than precision {recipe.name!r} asks "
-                         f"({'; '.join(differ)}); quantize the BF16 checkpoint with that precision, or use the one the "
-                         f"checkpoint was made with ({_recipe_of(stored)!r})")
-    if requested.kernel != Kernel.AUTO and requested.kernel != stored.kernel:
-        raise ValueError(f"the FP8 checkpoint's layers run kernel {stored.kernel.value!r}; another kernel "
-                         f"({requested.kernel.value!r}) needs the BF16 checkpoint quantized with it")
-    return dataclasses.replace(stored, attention_exclude_steps=requested.attention_exclude_steps)
-
-
-def fp8_checkpoint_mismatches(checkpoint: str | os.PathLike, precisions: Sequence[str | Recipe],
-                              fp8_kernel: str | None = None) -> dict[str, str]:
-    """{precision: why not} for the precisions a local checkpoint folder whose DiT is serialized FP8 cannot run
-    (`check_fp8_checkpoint`), read from its transformer/config.json alone; empty for a BF16 folder or one that is
-    not local (a hub id is checked when it loads)."""
-    folder = Path(checkpoint).expanduser() / "transformer"
-    if not (folder / "config.json").is_file():
-        return {}
-    stored = stored_fp8_config(folder)
-    if stored is None:
-        return {}
-    problems = {}
-    for precision in precisions:
-        recipe = parse_recipe(precision)
-        requested = recipe.fp8_config(kernel=fp8_kernel) if recipe.quantized else None
-        try:
-            check_fp8_checkpoint(stored, recipe, requested)
-        except ValueError as err:
-            problems[recipe.name] = str(err)
-    return problems
-
-
-def _recipe_of(config: Fp8Config) -> str:
-    """The recipe name closest to an FP8 checkpoint's config (for error messages)."""
-    base = "fp8" if config.misaligned == "pad" else "fp8-nopad"
-    if config.attention != "fp8":
-        return base
-    steps = config.attention_exclude_steps
-    return base + "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")
 
 
 def _compile(transformer: torch.nn.Module):

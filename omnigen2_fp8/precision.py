@@ -15,6 +15,8 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
                               + FP8 attention except in the first three and the last two denoising steps
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
+A serialized FP8 checkpoint runs only the recipe it was quantized with (`check_fp8_checkpoint`: a "bf16" name on
+it would label FP8 results as BF16); the CLIs ask `fp8_checkpoint_mismatches` before loading anything.
 Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
 setting is a frozen `caching.TeaCacheConfig` / `TaylorSeerConfig` (one source of defaults), which the pipeline runs.
 """
@@ -22,12 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from .caching import StepCacheConfig, TaylorSeerConfig, TeaCacheConfig
+from .checkpoints import stored_fp8_config
 from .fp8.attention_steps import parse_step_range
-from .fp8.config import Fp8Config
+from .fp8.config import Fp8Config, Kernel
+from .transformer import OmniGen2Transformer
 
 
 class RecipeError(ValueError):
@@ -260,3 +266,61 @@ def recipe_help() -> str:
 def _did_you_mean(word: str, known: list[str]) -> str:
     close = difflib.get_close_matches(word, known, n=2, cutoff=0.5)
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------------------------- FP8 checkpoints
+def check_fp8_checkpoint(stored: Fp8Config, recipe: Recipe, requested: Fp8Config | None,
+                         model=OmniGen2Transformer) -> Fp8Config:
+    """The config to run an FP8 checkpoint quantized with `stored` under `recipe` (its config `requested`, None
+    for a BF16 recipe), or ValueError naming the mismatch and the precision that fits: a BF16 recipe, or another FP8
+    policy, would label results with settings the model does not run. Two choices stay free at run time: the
+    kernel (when one is named, it must be the checkpoint's) and the denoising steps kept out of FP8 attention
+    (the requested ones are returned). `model`: the model or its class (for the default exclude list)."""
+    if requested is None:
+        raise ValueError(f"the transformer is already FP8 (an FP8 checkpoint); precision {recipe.name!r} would label "
+                         f"FP8 results as {recipe.base}. Load the BF16 checkpoint for a {recipe.base} run, or use the "
+                         f"precision the checkpoint was made with ({_recipe_of(stored)!r})")
+    requested = requested.for_model(model)
+    free = {"kernel", "attention_exclude_steps"}
+    wanted, made = requested.to_dict(), stored.to_dict()
+    differ = [f"{k}: checkpoint {made.get(k)!r}, asked {v!r}" for k, v in wanted.items()
+              if k not in free and made.get(k) != v]
+    if differ:
+        raise ValueError(f"the FP8 checkpoint was quantized with other settings than precision {recipe.name!r} asks "
+                         f"({'; '.join(differ)}); quantize the BF16 checkpoint with that precision, or use the one the "
+                         f"checkpoint was made with ({_recipe_of(stored)!r})")
+    if requested.kernel != Kernel.AUTO and requested.kernel != stored.kernel:
+        raise ValueError(f"the FP8 checkpoint's layers run kernel {stored.kernel.value!r}; another kernel "
+                         f"({requested.kernel.value!r}) needs the BF16 checkpoint quantized with it")
+    return dataclasses.replace(stored, attention_exclude_steps=requested.attention_exclude_steps)
+
+
+def fp8_checkpoint_mismatches(checkpoint: str | os.PathLike, precisions: Sequence[str | Recipe],
+                              fp8_kernel: str | None = None) -> dict[str, str]:
+    """{precision: why not} for the precisions a local checkpoint folder whose DiT is serialized FP8 cannot run
+    (`check_fp8_checkpoint`), read from its transformer/config.json alone; empty for a BF16 folder or one that is
+    not local (a hub id is checked when it loads)."""
+    folder = Path(checkpoint).expanduser() / "transformer"
+    if not (folder / "config.json").is_file():
+        return {}
+    stored = stored_fp8_config(folder)
+    if stored is None:
+        return {}
+    problems = {}
+    for precision in precisions:
+        recipe = parse_recipe(precision)
+        requested = recipe.fp8_config(kernel=fp8_kernel) if recipe.quantized else None
+        try:
+            check_fp8_checkpoint(stored, recipe, requested)
+        except ValueError as err:
+            problems[recipe.name] = str(err)
+    return problems
+
+
+def _recipe_of(config: Fp8Config) -> str:
+    """The recipe name closest to an FP8 checkpoint's config (for error messages)."""
+    base = "fp8" if config.misaligned == "pad" else "fp8-nopad"
+    if config.attention != "fp8":
+        return base
+    steps = config.attention_exclude_steps
+    return base + "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")

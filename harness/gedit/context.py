@@ -16,8 +16,7 @@ import torch
 
 from omnigen2_fp8.loading import check_safetensors_file
 from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
-from omnigen2_fp8.pipeline import fp8_checkpoint_mismatches
-from omnigen2_fp8.precision import RecipeError, parse_recipe
+from omnigen2_fp8.precision import RecipeError, fp8_checkpoint_mismatches, parse_recipe
 
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task, unique

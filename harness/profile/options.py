@@ -9,8 +9,7 @@ import torch
 from harness.profile.scenarios import ProfileError
 from omnigen2_fp8.fp8.config import Kernel
 from omnigen2_fp8.modes import AUTO_MODE, ModeChoice, choose_mode
-from omnigen2_fp8.pipeline import fp8_checkpoint_mismatches
-from omnigen2_fp8.precision import RecipeError, parse_recipe
+from omnigen2_fp8.precision import RecipeError, fp8_checkpoint_mismatches, parse_recipe
 
 UNPADDED_ARM = "fp8-nopad"  # the arm --fp8-no-pad adds: FP8 without padding, its fallback GEMMs must be flagged
 
