@@ -163,6 +163,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here; pass --device cpu")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: must be >= 1")
+    if args.fp8_kernel is not None and not args.precision.quantized:
+        raise ValueError(f"--fp8-kernel {args.fp8_kernel} with --precision {args.precision.name}, which quantizes "
+                         "nothing; drop --fp8-kernel or pass an FP8 precision (e.g. --precision fp8)")
     resolve_mode(args.mode, args.device, args.offload)  # e.g. graphs with --offload
 
 

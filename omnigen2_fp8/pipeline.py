@@ -87,6 +87,7 @@ class OmniGen2Pipeline:
                  synthetic: dict | None = None, progress: bool = True, fp8_config=None, processor=None,
                  cuda_graphs: bool = False, fp8_kernel: str | None = None, fused_qk_norm_rope: bool = True):
         self.recipe = parse_recipe(precision)
+        _check_fp8_options(self.recipe, fp8_config, fp8_kernel)
         self.step_cache = check_step_cache(self.recipe.step_cache)
         self.step_cache_stats: StepCacheStats | None = None  # of the last denoising run
         self._step_caches: dict[StepCacheConfig, StepCache] = {}
@@ -151,6 +152,7 @@ class OmniGen2Pipeline:
         one). A SYNTHETIC.json at the root marks random weights; every result then says synthetic=True.
         """
         precision = parse_recipe(precision)  # a wrong name or combination fails before minutes of loading
+        _check_fp8_options(precision, fp8_config, fp8_kernel)
         root = checkpoint_root(path_or_hub_id)
         stored = stored_fp8_config(root / "transformer")
         if stored is not None:  # a serialized FP8 DiT: refuse a precision it cannot run before loading anything
@@ -444,6 +446,14 @@ def _resets(attention_steps) -> Iterator[None]:
     finally:
         if attention_steps is not None:
             attention_steps.reset()
+
+
+def _check_fp8_options(recipe: Recipe, fp8_config, fp8_kernel: str | None) -> None:
+    """FP8 options with a recipe that quantizes nothing would be dropped without a word: refuse them."""
+    given = [name for name, value in (("fp8_config", fp8_config), ("fp8_kernel", fp8_kernel)) if value is not None]
+    if given and not recipe.quantized:
+        raise ValueError(f"{' and '.join(given)} given, but precision {recipe.name!r} quantizes nothing; drop "
+                         f"{'them' if len(given) > 1 else 'it'} or use an FP8 precision (e.g. 'fp8')")
 
 
 def _is_fp8(model: torch.nn.Module) -> bool:

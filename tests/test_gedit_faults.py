@@ -286,6 +286,8 @@ def test_a_summary_that_does_not_say_synthetic_is_not_reported_as_real(tmp_path)
     (["--prompt", "x", "-o", "{tmp}/folder.png"], "is a folder"),
     (["--prompt", "x", "-o", "{tmp}/a-file/out.png"], "cannot write"),
     (["--prompt", "x", "-o", "{tmp}/out.png", "--image", "{tmp}/huge.png"], "over PIL's size limit"),
+    (["--prompt", "x", "-o", "{tmp}/out.png", "--fp8-kernel", "torch-reference"],
+     "--fp8-kernel torch-reference with --precision bf16, which quantizes nothing"),
 ])
 def test_edit_cli_refuses_bad_arguments_before_loading(tmp_path, capsys, args, message, monkeypatch):
     from omnigen2_fp8.edit import main as edit_main

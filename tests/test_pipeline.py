@@ -243,3 +243,14 @@ def test_an_fp8_checkpoint_runs_only_under_the_precision_it_was_made_with(checkp
         weights.unlink()
     with pytest.raises(ValueError, match="would label FP8 results as bf16"):
         load("bf16")
+
+
+def test_fp8_options_with_a_recipe_that_quantizes_nothing_are_refused(pipe):
+    from omnigen2_fp8.fp8 import Fp8Config
+
+    parts = dict(vae=pipe.vae, scheduler=pipe.scheduler, mllm=pipe.mllm, tokenizer=pipe.tokenizer, device="cpu",
+                 dtype=torch.float32, progress=False)
+    with pytest.raises(ValueError, match="fp8_config and fp8_kernel given, but precision 'bf16' quantizes nothing"):
+        OmniGen2Pipeline(pipe.transformer, precision="bf16", fp8_config=Fp8Config(), fp8_kernel="auto", **parts)
+    with pytest.raises(ValueError, match=r"fp8_kernel given, but precision 'bf16\+teacache' quantizes nothing"):
+        OmniGen2Pipeline(pipe.transformer, precision="bf16+teacache", fp8_kernel="torch-reference", **parts)
