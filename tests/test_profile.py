@@ -523,3 +523,16 @@ def test_an_fp8_model_folder_is_refused_for_arms_it_would_mislabel(tmp_path):
     with pytest.raises(ProfileError, match="kernel 'auto'; another kernel .'torch-reference'."):
         options("fp8+fp8attn", kernel="torch-reference").validate()
     options("fp8+fp8attn", "fp8+fp8attn:exclude_steps=0:3").validate()  # the steps are a run-time choice
+
+
+def test_an_arm_that_ran_bf16_attention_under_an_fp8_attention_name_is_flagged(tiny_run):
+    _, _, rec = tiny_run
+    assert rec["arms"]["fp8"]["quantization"]["fp8_attention_blocks"] == 0  # plain fp8: nothing to flag
+    assert "asked for FP8 attention" not in profile_markdown(ProfileRecord.from_dict(rec))
+    fell_back = json.loads(json.dumps(rec))
+    q = fell_back["arms"]["fp8"]["quantization"]
+    q["config"]["attention"] = "fp8"  # what a GPU without cuDNN's FP8 attention records for an fp8+fp8attn arm
+    q["notes"] = ["note: FP8 attention asked, BF16 attention kept: FP8 attention runs on CUDA GPUs (cuDNN)"]
+    md = profile_markdown(ProfileRecord.from_dict(fell_back))
+    assert ("> Arm **fp8** asked for FP8 attention and ran BF16 attention: note: FP8 attention asked, BF16 "
+            "attention kept: FP8 attention runs on CUDA GPUs (cuDNN)") in md

@@ -98,11 +98,13 @@ def build_arm(arm: Arm, options: ProfileOptions, components: Components, device:
 
 
 def quantization_summary(report: Fp8Report) -> dict:
-    """The arm's quantization in profile.json: counts, fusions, the config, the FP8 kernel per layer (counts);
+    """The arm's quantization in profile.json: counts, fusions, the config, the FP8 kernel per layer (counts), the
+    blocks running FP8 attention and the quantization's notes (e.g. why FP8 attention was asked and not run);
     with an unpadding policy also which FP8 layers run misaligned shapes (the fallback GEMM) and which do not."""
     summary = {"num_fp8": len(report.quantized), "num_bf16": len(report.kept),
                "fused_projections": report.fused_projections, "swiglu_folded": len(report.swiglu_folded),
-               "config": report.config.to_dict(), "resolved_kernels": report.counts_by_kernel}
+               "config": report.config.to_dict(), "resolved_kernels": report.counts_by_kernel,
+               "fp8_attention_blocks": len(report.fp8_attention), "notes": list(report.notes)}
     if report.config.misaligned != "pad":
         fallback, aligned = [], []
         for d in report.quantized:

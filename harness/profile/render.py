@@ -86,6 +86,19 @@ def failure_lines(record: ProfileRecord) -> list[str]:
     for name, arm in record.arms.items():
         if arm.error:
             lines += ["> [!CAUTION]", f"> Arm **{name}** failed: `{cell(arm.error)}`", ""]
+    return lines + attention_fallback_lines(record)
+
+
+def attention_fallback_lines(record: ProfileRecord) -> list[str]:
+    """Arms that asked for FP8 attention and ran BF16 attention (a GPU or cuDNN without FP8 attention): their
+    numbers are not FP8 attention's, whatever the arm's name says."""
+    lines = []
+    for name, arm in record.arms.items():
+        q = arm.quantization or {}
+        if (q.get("config") or {}).get("attention") == "fp8" and q.get("fp8_attention_blocks") == 0:
+            why = "; ".join(n for n in q.get("notes", []) if "attention" in n) or "no block took it"
+            lines += ["> [!WARNING]", f"> Arm **{name}** asked for FP8 attention and ran BF16 attention: "
+                                      f"{cell(why)}", ""]
     return lines
 
 
