@@ -16,7 +16,8 @@ A recipe is a base precision plus optional accelerations, written `base[+part[:v
 
 Every CLI (`omnigen2_fp8.edit`, the harness) takes these names; `Recipe.to_dict()` is what run records store.
 A serialized FP8 checkpoint runs only the recipe it was quantized with (`check_fp8_checkpoint`: a "bf16" name on
-it would label FP8 results as BF16); the CLIs ask `fp8_checkpoint_mismatches` before loading anything.
+it would label FP8 results as BF16); the CLIs ask `fp8_checkpoint_mismatches` before loading anything, and
+`device_mismatches` for recipes a GPU cannot run as named (FP8 without FP8 tensor cores or cuDNN's FP8 attention).
 Parts live in one registry (`register_part`), so a new acceleration is added in one place. A step-cache part's
 setting is a frozen `caching.TeaCacheConfig` / `TaylorSeerConfig` (one source of defaults), which the pipeline runs.
 """
@@ -29,10 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .caching import StepCacheConfig, TaylorSeerConfig, TeaCacheConfig
 from .checkpoints import stored_fp8_config
+from .fp8.attention import fp8_attention_unsupported_reason
 from .fp8.attention_steps import parse_step_range
 from .fp8.config import Fp8Config, Kernel
+from .fp8.dispatch import Fp8UnsupportedDeviceError, resolve_kernel
 from .transformer import OmniGen2Transformer
 
 
@@ -314,6 +319,31 @@ def fp8_checkpoint_mismatches(checkpoint: str | os.PathLike, precisions: Sequenc
             check_fp8_checkpoint(stored, recipe, requested)
         except ValueError as err:
             problems[recipe.name] = str(err)
+    return problems
+
+
+def device_mismatches(precisions: Sequence[str | Recipe], device: str | torch.device) -> dict[str, str]:
+    """{precision: why not} for the precisions `device` cannot run as named: FP8 GEMMs on a GPU without FP8
+    tensor cores (the arm would stop when it loads), FP8 attention where cuDNN's FP8 attention cannot run (the arm
+    would run BF16 attention under its name). A CPU emulates both: nothing to say there."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {}
+    problems = {}
+    for precision in precisions:
+        recipe = parse_recipe(precision)
+        config = recipe.fp8_config()
+        if config is None:
+            continue
+        try:
+            resolve_kernel(config.kernel, device)
+        except Fp8UnsupportedDeviceError as err:
+            problems[recipe.name] = str(err)
+            continue
+        reason = fp8_attention_unsupported_reason(device) if config.attention == "fp8" else None
+        if reason:
+            problems[recipe.name] = (f"FP8 attention cannot run here ({reason}); the arm would run BF16 attention "
+                                     "under its name. Drop +fp8attn, or run it where cuDNN's FP8 attention runs")
     return problems
 
 

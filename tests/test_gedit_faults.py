@@ -242,6 +242,18 @@ def test_an_fp8_model_folder_is_refused_for_arms_it_would_mislabel(assets, tmp_p
     assert main([*flags, "--out", str(tmp_path / "o"), "--precision", "fp8", "--stage", "generate"]) == 0
 
 
+def test_arms_a_gpu_cannot_run_as_named_stop_before_any_edit(assets, tmp_path, capsys, monkeypatch):
+    # An Ada-class GPU as this machine's (capability 8.9): FP8 GEMMs run there, cuDNN's FP8 attention does not.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "an Ada GPU")
+    flags = [*FAST, *_flags(assets), "--device", "cuda", "--out", str(tmp_path / "o")]
+    assert main([*flags, "--precision", "bf16", "fp8", "fp8+fp8attn"]) == 2
+    err = capsys.readouterr().err
+    assert "--precision fp8+fp8attn on cuda: FP8 attention cannot run here" in err and "--precision fp8 on" not in err
+    assert not (tmp_path / "o" / "bf16").exists()
+
+
 def test_unwritable_out_and_absent_gpu_are_one_line_errors(assets, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

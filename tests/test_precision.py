@@ -7,7 +7,7 @@ import torch
 from omnigen2_fp8.caching import OFFICIAL_TEACACHE_RESCALE, TaylorSeerConfig, TeaCacheConfig
 from omnigen2_fp8.checkpoints import load_transformer, save_transformer
 from omnigen2_fp8.fp8 import Fp8Config, Fp8ConfigError, Fp8Linear, Kernel, quantize_fp8
-from omnigen2_fp8.precision import BASES, PARTS, RecipeError, parse_recipe
+from omnigen2_fp8.precision import BASES, PARTS, RecipeError, device_mismatches, parse_recipe
 from omnigen2_fp8.transformer import OmniGen2Transformer, TransformerConfig
 
 
@@ -127,3 +127,24 @@ def test_misaligned_error_policy_names_the_layer():
     assert not any(isinstance(m, Fp8Linear) for m in model.modules())  # refused before any swap
     with pytest.raises(Fp8ConfigError, match="misaligned"):
         Fp8Config(misaligned="skip")
+
+
+def pretend_gpu(monkeypatch, capability):
+    """This machine seen as one CUDA GPU of `capability` (the checks read only these three answers)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"a GPU of capability {capability}")
+
+
+def test_recipes_a_gpu_cannot_run_as_named_are_named(monkeypatch):
+    arms = ["bf16", "fp8", "fp8+fp8attn:exclude_steps=0:2"]
+    assert device_mismatches(arms, "cpu") == {}  # emulated there
+    pretend_gpu(monkeypatch, (8, 0))  # no FP8 tensor cores
+    found = device_mismatches(arms, "cuda")
+    assert set(found) == {"fp8", "fp8+fp8attn:exclude_steps=0:2"}
+    assert "compute capability 8.0; FP8 tensor cores need 8.9" in found["fp8"]
+    pretend_gpu(monkeypatch, (8, 9))  # FP8 GEMMs, but not cuDNN's FP8 attention (Hopper and newer)
+    found = device_mismatches(arms, "cuda")
+    assert list(found) == ["fp8+fp8attn:exclude_steps=0:2"]
+    assert "FP8 attention cannot run here" in found["fp8+fp8attn:exclude_steps=0:2"]
+    assert "needs Hopper (9.0) or newer" in found["fp8+fp8attn:exclude_steps=0:2"]

@@ -16,7 +16,7 @@ import torch
 
 from omnigen2_fp8.loading import check_safetensors_file
 from omnigen2_fp8.modes import AUTO_MODE, EAGER_MODE, GRAPHS_MODE, ModeChoice, choose_mode
-from omnigen2_fp8.precision import RecipeError, fp8_checkpoint_mismatches, parse_recipe
+from omnigen2_fp8.precision import RecipeError, device_mismatches, fp8_checkpoint_mismatches, parse_recipe
 
 from harness.gedit import data as gdata
 from harness.gedit.config import GeditTaskConfig, resolve_task, unique
@@ -233,6 +233,9 @@ def preflight(ctx: RunContext, stages: Sequence[str]) -> None:
         problems += _check_model(ctx.model, "OmniGen2 checkpoint", "--model", "model_index.json")
         problems += [f"--precision {arm} on --model {ctx.model}: {why}"
                      for arm, why in fp8_checkpoint_mismatches(ctx.model, ctx.arms).items()]
+    if "generate" in stages:  # an arm this GPU cannot run as named stops here, not after the arms before it ran
+        problems += [f"--precision {arm} on {ctx.device}: {why}"
+                     for arm, why in device_mismatches(ctx.arms, ctx.device).items()]
     if "judge" in stages and ctx.judge_server is not None:
         spec = ctx.config.judge
         try:  # one 1-token request: URL, key and model name checked before any real work
