@@ -116,6 +116,9 @@ def format_report(result) -> str:
     lines.append(f"generated {settings['generation_size'][0]}x{settings['generation_size'][1]}, "
                  f"{settings['num_inference_steps']} steps, {result.transformer_calls} transformer passes, "
                  f"precision={settings['precision']} dtype={settings['dtype']} device={settings['device']}")
+    if settings.get("attention") == "bf16" and (settings.get("recipe") or {}).get("attention"):
+        lines.append("note: FP8 attention was asked and BF16 attention ran (this GPU or cuDNN has no FP8 attention; "
+                     "the log says why)")
     for stage, seconds in result.stage_seconds.items():
         peak = result.stage_peak_vram_bytes.get(stage)
         vram = f"   peak {peak / 2**30:6.2f} GiB" if peak is not None else ""

@@ -32,7 +32,7 @@ from .checkpoints import Components, checkpoint_root, load_components, load_tran
 from .cuda_graphs import CudaGraphForward
 from .edit_result import EditResult
 from .fp8 import fused_kernels, quantize_fp8
-from .fp8.attention import set_attention_steps
+from .fp8.attention import fp8_attention_cores, set_attention_steps
 from .image_processing import (MAX_PIXELS, MAX_SIDE, ImageInput, check_reference_count, generation_size,
                                load_image, postprocess, preprocess)
 from .precision import Recipe, check_fp8_checkpoint, parse_recipe
@@ -262,6 +262,8 @@ class OmniGen2Pipeline:
             "precision": recipe.name, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "offload": self.offload, "compile": self.compiled, "cuda_graphs": self.cuda_graphs,
             "recipe": {**recipe.to_dict(), "fp8": None if self.fp8_config is None else self.fp8_config.to_dict()},
+            # what the attention ran, whatever the recipe asked (a GPU without cuDNN's FP8 attention keeps BF16)
+            "attention": "fp8" if fp8_attention_cores(self.transformer) else "bf16",
         }
         timed = clock is not None
         return EditResult(images=pil_out, latents=latents, stage_seconds=dict(clock.seconds) if timed else None,

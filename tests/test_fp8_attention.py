@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,8 @@ def test_the_fp8attn_recipe_swaps_attention_in_the_pipeline():
                                               precision="fp8+fp8attn")
     assert pipe.fp8_config.attention == "fp8" and len(pipe.fp8_report.fp8_attention) == 5  # every block, emulated
     assert sum(isinstance(m, Fp8Sdpa) for m in pipe.transformer.modules()) == 5
+    result = pipe("add a red hat", PIL.Image.new("RGB", (64, 64)), num_inference_steps=1)
+    assert result.settings["attention"] == "fp8"  # what ran (a GPU without cuDNN FP8 attention records bf16)
 
 
 def test_config_rejects_unknown_attention_values():
