@@ -191,8 +191,10 @@ def build_arms(recipes: list[str], modes: list[str], device: str, preset: str = 
             if compiled:
                 compiled_copy = compiled_copy or copy.deepcopy(model)
                 model = compiled_copy
+            # the model is quantized already, with the arm's config (a variant may change it, e.g. exactaccum)
             pipe = OmniGen2Pipeline.from_components(components, model, device=device, dtype=dtype,
                                                     precision=split_recipe(recipe)[0], compile=compiled,
+                                                    fp8_config=getattr(model, "fp8_config", None),
                                                     cuda_graphs=mode.endswith("graphs"), progress=False,
                                                     fused_qk_norm_rope="torchqk" not in split_recipe(recipe)[1])
             arms.append(Arm(recipe, mode, pipe, weight_bytes(model)))

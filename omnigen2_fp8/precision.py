@@ -348,9 +348,14 @@ def device_mismatches(precisions: Sequence[str | Recipe], device: str | torch.de
 
 
 def _recipe_of(config: Fp8Config) -> str:
-    """The recipe name closest to an FP8 checkpoint's config (for error messages)."""
-    base = "fp8" if config.misaligned == "pad" else "fp8-nopad"
-    if config.attention != "fp8":
-        return base
-    steps = config.attention_exclude_steps
-    return base + "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")
+    """The recipe name that runs an FP8 checkpoint quantized with `config` (for error messages), or what to pass
+    when no recipe name gives its config."""
+    name = "fp8" if config.misaligned == "pad" else "fp8-nopad"
+    if config.attention == "fp8":
+        steps = config.attention_exclude_steps
+        name += "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")
+    free = dict(kernel=config.kernel, attention_exclude_steps=config.attention_exclude_steps)
+    named = dataclasses.replace(parse_recipe(name).fp8_config(), **free).for_model(OmniGen2Transformer)
+    if named.to_dict() != config.to_dict():
+        return "no recipe name: pass its own Fp8Config as fp8_config"
+    return name
