@@ -114,6 +114,7 @@ class OmniGen2Pipeline:
             self.fp8_config = check_fp8_checkpoint(stored, self.recipe, self.fp8_config, transformer)
             if self.fp8_config.attention_exclude_steps != stored.attention_exclude_steps:
                 set_attention_steps(transformer, self.fp8_config.attention_exclude_steps)
+                transformer.fp8_config = self.fp8_config  # what it runs now, and what a re-save writes
         elif self.fp8_config is not None:
             self.fp8_report = quantize_fp8(transformer, self.fp8_config)
         has_hook = hasattr(transformer, "use_qk_norm_rope")

@@ -236,6 +236,7 @@ def test_an_fp8_checkpoint_runs_only_under_the_precision_it_was_made_with(checkp
     pipe = load("fp8+fp8attn:exclude_steps=0:2")
     assert pipe.fp8_report is None and pipe.fp8_config.attention_exclude_steps == ("0:2",)
     assert pipe.transformer.fp8_attention_steps.exclude == ("0:2",)
+    assert pipe.transformer.fp8_config.attention_exclude_steps == ("0:2",)  # a re-save keeps what it runs
     assert all(core.steps is pipe.transformer.fp8_attention_steps
                for core in fp8_attention_cores(pipe.transformer).values())
     # Refused from config.json alone, before any tensor is read: without the weights the answer is the same.
