@@ -23,7 +23,8 @@ SYNTAX = ('a step range is "start:stop" (a Python slice over the step indices 0 
 def parse_step_range(text: str) -> slice:
     """"0:3" -> slice(0, 3); "-2:" -> slice(-2, None); "5" -> slice(5, 6); "-1" -> slice(-1, None).
 
-    Raises ValueError naming the syntax for anything else (steps, a third field, an empty range such as "3:3")."""
+    Raises ValueError naming the syntax for anything else (a slice step such as "0:6:2", a range that selects no
+    step in any run such as "3:3", text that is no number)."""
     if not isinstance(text, str):
         raise ValueError(f"step range {text!r} must be text; {SYNTAX}")
     if not text.strip():
