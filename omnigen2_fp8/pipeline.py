@@ -101,10 +101,7 @@ class OmniGen2Pipeline:
         self.transformer, self.vae, self.scheduler, self.mllm = transformer, vae, scheduler, mllm
         self.tokenizer, self.processor = tokenizer, processor
         self.text_encoder = TextEncoder(mllm, tokenizer) if mllm is not None and tokenizer is not None else None
-        self.fp8_config = None
-        if self.recipe.quantized:
-            config = fp8_config if fp8_config is not None else self.recipe.fp8_config()
-            self.fp8_config = config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
+        self.fp8_config = _requested_fp8_config(self.recipe, fp8_config, fp8_kernel)
         self.fp8_report = None
         if _is_fp8(transformer):  # an FP8 checkpoint: it runs what it was quantized with, which the recipe must say
             stored = getattr(transformer, "fp8_config", None)
@@ -157,8 +154,7 @@ class OmniGen2Pipeline:
         root = checkpoint_root(path_or_hub_id)
         stored = stored_fp8_config(root / "transformer")
         if stored is not None:  # a serialized FP8 DiT: refuse a precision it cannot run before loading anything
-            requested = (fp8_config or precision.fp8_config(kernel=fp8_kernel)) if precision.quantized else None
-            check_fp8_checkpoint(stored, precision, requested)
+            check_fp8_checkpoint(stored, precision, _requested_fp8_config(precision, fp8_config, fp8_kernel))
         device = torch.device(device) if device is not None else _default_device()
         load_device = torch.device("cpu") if offload else device
         transformer = load_transformer(root / "transformer", dtype=dtype, device=load_device)
@@ -449,6 +445,15 @@ def _resets(attention_steps) -> Iterator[None]:
     finally:
         if attention_steps is not None:
             attention_steps.reset()
+
+
+def _requested_fp8_config(recipe: Recipe, fp8_config, fp8_kernel: str | None):
+    """The FP8 config a run asks for: `fp8_config`, else the recipe's, with `fp8_kernel` when given; None for a
+    recipe that quantizes nothing."""
+    if not recipe.quantized:
+        return None
+    config = fp8_config if fp8_config is not None else recipe.fp8_config()
+    return config if fp8_kernel is None else dataclasses.replace(config, kernel=fp8_kernel)
 
 
 def _check_fp8_options(recipe: Recipe, fp8_config, fp8_kernel: str | None) -> None:

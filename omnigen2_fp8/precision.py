@@ -314,9 +314,8 @@ def fp8_checkpoint_mismatches(checkpoint: str | os.PathLike, precisions: Sequenc
     problems = {}
     for precision in precisions:
         recipe = parse_recipe(precision)
-        requested = recipe.fp8_config(kernel=fp8_kernel) if recipe.quantized else None
         try:
-            check_fp8_checkpoint(stored, recipe, requested)
+            check_fp8_checkpoint(stored, recipe, recipe.fp8_config(kernel=fp8_kernel))
         except ValueError as err:
             problems[recipe.name] = str(err)
     return problems
@@ -350,12 +349,9 @@ def device_mismatches(precisions: Sequence[str | Recipe], device: str | torch.de
 def _recipe_of(config: Fp8Config) -> str:
     """The recipe name that runs an FP8 checkpoint quantized with `config` (for error messages), or what to pass
     when no recipe name gives its config."""
-    name = "fp8" if config.misaligned == "pad" else "fp8-nopad"
-    if config.attention == "fp8":
-        steps = config.attention_exclude_steps
-        name += "+fp8attn" + (f":exclude_steps={','.join(steps)}" if steps else "")
-    free = dict(kernel=config.kernel, attention_exclude_steps=config.attention_exclude_steps)
-    named = dataclasses.replace(parse_recipe(name).fp8_config(), **free).for_model(OmniGen2Transformer)
+    parts = (("fp8attn", Fp8Attention(config.attention_exclude_steps)),) if config.attention == "fp8" else ()
+    recipe = Recipe("fp8" if config.misaligned == "pad" else "fp8-nopad", parts)
+    named = dataclasses.replace(recipe.fp8_config(), kernel=config.kernel).for_model(OmniGen2Transformer)
     if named.to_dict() != config.to_dict():
         return "no recipe name: pass its own Fp8Config as fp8_config"
-    return name
+    return recipe.name
