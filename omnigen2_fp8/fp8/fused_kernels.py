@@ -161,21 +161,13 @@ if HAS_TRITON:
             in_b = b < D
         # The per-sample factors, combined once per program: one float32 vector per side instead of two.
         if RESIDUAL:
-            gw_a = tl.load(w_ptr + a, mask=in_a, other=0.0).to(tl.float32)
-            if HAS_GATE:
-                gw_a = tl.load(gate_ptr + n * s_gn + a, mask=in_a, other=0.0).to(tl.float32) * gw_a
+            gw_a = _gated_weight(w_ptr, gate_ptr + n * s_gn, a, D, HAS_GATE)
             if TAIL > 0:
-                gw_b = tl.load(w_ptr + b, mask=in_b, other=0.0).to(tl.float32)
-                if HAS_GATE:
-                    gw_b = tl.load(gate_ptr + n * s_gn + b, mask=in_b, other=0.0).to(tl.float32) * gw_b
-        if QUANT:
-            m_a = tl.load(nw_ptr + a, mask=in_a, other=0.0).to(tl.float32)
-            if HAS_SCALE:
-                m_a = m_a * (1.0 + tl.load(nscale_ptr + n * s_sn + a, mask=in_a, other=0.0).to(tl.float32))
+                gw_b = _gated_weight(w_ptr, gate_ptr + n * s_gn, b, D, HAS_GATE)
+        if QUANT:  # nw * (1 + nscale): `_modulated` of ones (x1.0 is exact)
+            m_a = _modulated(1.0, nw_ptr, nscale_ptr + n * s_sn, a, D, HAS_SCALE)
             if TAIL > 0:
-                m_b = tl.load(nw_ptr + b, mask=in_b, other=0.0).to(tl.float32)
-                if HAS_SCALE:
-                    m_b = m_b * (1.0 + tl.load(nscale_ptr + n * s_sn + b, mask=in_b, other=0.0).to(tl.float32))
+                m_b = _modulated(1.0, nw_ptr, nscale_ptr + n * s_sn, b, D, HAS_SCALE)
         if TAIL == 0:  # unused stand-ins, so that the row loader has one signature
             b, in_b = a, in_a
         last = first + ROWS + tl.zeros([1], tl.int64)
@@ -235,6 +227,14 @@ if HAS_TRITON:
             if TAIL > 0:
                 y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
         return x_a, x_b, y_a, y_b
+
+    @triton.jit
+    def _gated_weight(w_ptr, gate_row, cols, D, HAS_GATE: tl.constexpr):
+        """gate * w at `cols` in float32 (w alone without a gate): the residual branch's per-sample factor."""
+        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+        if HAS_GATE:
+            w = tl.load(gate_row + cols, mask=cols < D, other=0.0).to(tl.float32) * w
+        return w
 
     @triton.jit
     def _stored_residual(h_new, o_row, cols, mask, HW_CAST: tl.constexpr):
@@ -451,18 +451,17 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     args = (h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
             k_padded, h.stride(0), h.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
             gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps)
-    flags = dict(SUB=launch.sub_rows, RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant,
-                 HAS_SCALE=next_scale is not None, ALIGN=vec if aligned else 1, HW_CAST=hw_cast,
-                 num_warps=launch.num_warps)
+    flags = dict(RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant, HAS_SCALE=next_scale is not None,
+                 ALIGN=vec if aligned else 1, HW_CAST=hw_cast, num_warps=launch.num_warps)
     if launch.resident:
-        flags.pop("SUB")
         head, tail = resident_pieces(max(k_padded, d))
         _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program,
                                                    PREFETCH=launch.prefetch, **flags)
     elif launch.chunk:
-        _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, **flags)
+        _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, SUB=launch.sub_rows, **flags)
     else:
-        _residual_norm_quant_kernel[grid](*args, BLOCK=block, ROWS=launch.rows_per_program, **flags)
+        _residual_norm_quant_kernel[grid](*args, BLOCK=block, ROWS=launch.rows_per_program, SUB=launch.sub_rows,
+                                          **flags)
     return out, q, qscale
 
 
