@@ -340,24 +340,26 @@ def enable_fp8_attention(model: nn.Module, exclude: tuple[str, ...] = (), emulat
             continue
         module.sdpa = Fp8Sdpa(module.head_dim, qk_descale_bound(module.norm_q.weight),
                               qk_descale_bound(module.norm_k.weight), emulate=emulate).to(device)
-        module.sdpa.steps = steps
         to_out = getattr(module, "to_out", None)
         if to_out is not None:
             module.sdpa.bind_projection(to_out[0])
         swapped.append(name)
     if swapped:
-        model.fp8_attention_steps = steps
+        _share_steps(model, steps)
     return swapped, None
 
 
 def set_attention_steps(model: nn.Module, exclude_steps: tuple[str, ...]) -> None:
     """Give the FP8 attention cores of `model` (an FP8 checkpoint, say) another step exclusion: one new shared
     `AttentionSteps`. The exclusion is a run-time choice, so it needs no re-quantization."""
-    cores = fp8_attention_cores(model)
-    if not cores:
+    if not fp8_attention_cores(model):
         raise ValueError("the model has no FP8 attention cores; quantize it with Fp8Config(attention='fp8')")
-    steps = AttentionSteps(tuple(exclude_steps))
-    for core in cores.values():
+    _share_steps(model, AttentionSteps(tuple(exclude_steps)))
+
+
+def _share_steps(model: nn.Module, steps: AttentionSteps) -> None:
+    """`steps` as the switch of every FP8 attention core of `model`, and as its `fp8_attention_steps`."""
+    for core in fp8_attention_cores(model).values():
         core.steps = steps
     model.fp8_attention_steps = steps
 
