@@ -382,15 +382,20 @@ def resident_pieces(width: int) -> tuple[int, int]:
 
 def default_row_launch(block: int, rows: int, quant: bool = True) -> RowLaunch:
     """The launch used unless one is given, for `rows` rows per sample padded to `block` values, writing e4m3 or
-    not. H200 sweeps (results/row_kernels_h200*.json, 2520-wide rows; 8392, 4204 and 2245 rows): the chunked
-    kernel, one row per program in chunks of 512 with 4 warps, is within 10 % of the best launch of every op and
-    size; at 8392 rows the resident kernel over 16 rows per program with 2 warps beats it on both ops that write
-    e4m3 (modulated norm 0.037 vs 0.046 ms, residual + norm -> e4m3 0.084 vs 0.106), ties at 4204 and loses at
-    2245 (too few programs). Small rows keep whole rows in registers."""
+    not. H200 sweep with 2520-wide rows (results/row_kernels_h200_prefetch.json; 8392, 4204 and 2245 rows):
+    - from 8192 rows, the resident kernel over 16 rows per program: with prefetch and 2 warps for the ops that write
+      e4m3 (modulated norm 0.032 ms against 0.037 without prefetch; residual + norm -> e4m3 0.075 against 0.078),
+      without prefetch and with 4 warps for the residual + norm alone (0.045 against 0.052 for the chunked kernel);
+    - from 4096 rows (the 1024 edit's uncond pass, its refiners), 8 rows per program with prefetch and 2 warps, every
+      op (0.019 / 0.042 / 0.026 ms against 0.024 / 0.057 / 0.029 for the chunked kernel);
+    - below that the chunked kernel, one row per program in chunks of 512 with 4 warps: too few programs otherwise.
+    Small rows keep whole rows in registers."""
     if block < 2048:
         return RowLaunch(4, 2, 4)
-    if quant and rows >= 8192:
-        return RowLaunch(16, 1, 2, resident=True)
+    if rows >= 8192:
+        return RowLaunch(16, 1, 2, resident=True, prefetch=True) if quant else RowLaunch(16, 1, 4, resident=True)
+    if rows >= 4096:
+        return RowLaunch(8, 1, 2, resident=True, prefetch=True)
     return RowLaunch(1, 1, 4, 512)
 
 
