@@ -148,3 +148,12 @@ def test_recipes_a_gpu_cannot_run_as_named_are_named(monkeypatch):
     assert list(found) == ["fp8+fp8attn:exclude_steps=0:2"]
     assert "FP8 attention cannot run here" in found["fp8+fp8attn:exclude_steps=0:2"]
     assert "needs Hopper (9.0) or newer" in found["fp8+fp8attn:exclude_steps=0:2"]
+
+
+@pytest.mark.gpu
+def test_a_hopper_gpu_with_cudnn_runs_every_recipe_as_named():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("cuDNN's FP8 attention needs Hopper or newer")
+    pytest.importorskip("cudnn")
+    arms = ["bf16", "fp8", "fp8+fp8attn", "fp8+fp8attn:exclude_steps=0:2"]
+    assert device_mismatches(arms, "cuda") == {}
