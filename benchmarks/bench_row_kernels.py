@@ -43,15 +43,13 @@ OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsn
 QUANT_OPS = ("quantize_rows", "quantize_swiglu_rows")  # to_out's input; the down projection's input
 # A whole-row launch, the best chunked launches of results/row_kernels_h200.json, then the resident kernel (each row
 # in registers as 2048 + 512 lanes, the per-sample vectors loaded once for 1, 4 or 16 rows), then the resident kernel
-# loading the next row while it computes this one, then the resident kernel taking 2 or 4 rows at a time.
+# loading the next row while it computes this one.
 SWEEP = ([K.RowLaunch(8, 2, 8)]
          + [K.RowLaunch(sub, sub, warps, chunk) for sub, warps, chunk in ((1, 2, 256), (1, 4, 256), (1, 4, 512),
                                                                           (2, 4, 256))]
          + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 16), (2, 4, 8))]
          + [K.RowLaunch(rows, 1, warps, resident=True, prefetch=True)
-            for rows, warps in itertools.product((4, 8, 16), (2, 4, 8))]
-         + [K.RowLaunch(rows, sub, warps, resident=True, prefetch=prefetch)
-            for rows, sub, warps, prefetch in itertools.product((8, 16, 32), (2, 4), (4, 8), (False, True))])
+            for rows, warps in itertools.product((4, 8, 16), (2, 4, 8))])
 # (block_k, num_warps, stages) of the row quantization kernel: the default, then resident chunks (stages RESIDENT)
 QUANT_SWEEP = {"quantize_rows": [(b, w, KQ.RESIDENT) for b, w in ((512, 1), (512, 2), (512, 4), (1024, 2), (1024, 4),
                                                                  (1024, 8))],

@@ -80,14 +80,14 @@ def residual_case(h, y, gate, quant: bool, k_padded: int = 0, launch=None) -> di
             "q_vs_own_h": steps(out[1], q_own)}
 
 
-def prefetch_case(h, y, gate, k_padded: int, rows_per_program: int, sub_rows: int = 1) -> bool:
+def prefetch_case(h, y, gate, k_padded: int, rows_per_program: int) -> bool:
     """Do the resident kernel's launches with and without prefetching write the very same bits (every output)?"""
     d = h.shape[-1]
     w, nw = torch.rand(d) + 0.5, (torch.rand(d) + 0.5).to(h.dtype)
     scale = modulation(h.shape[0], d)
     outs = []
     for prefetch in (False, True):
-        launch = K.RowLaunch(rows_per_program, sub_rows, 4, resident=True, prefetch=prefetch)
+        launch = K.RowLaunch(rows_per_program, 1, 4, resident=True, prefetch=prefetch)
         if y is None:
             outs.append(K.modulated_rmsnorm_quant_triton(h, nw, scale, 1e-6, k_padded, launch=launch))
         elif k_padded:
@@ -201,11 +201,6 @@ def main() -> None:
                                              launch=K.RowLaunch(2, 1, 2, resident=True, prefetch=True)),
         "prefetch_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
                                         launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
-        # two rows at a time: 5 rows in programs of 4 (a partial pair, a partial program), with and without prefetch
-        "resident_pairs": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
-                                         launch=K.RowLaunch(4, 2, 4, resident=True)),
-        "prefetch_pairs_real": modulated_case(rows(1, 5, 2520), modulation(1, 2520), 2528,
-                                              launch=K.RowLaunch(4, 2, 4, resident=True, prefetch=True)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -241,20 +236,12 @@ def main() -> None:
         "prefetch_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
                                              torch.randn(1, 2520).tanh(), True, 2528,
                                              launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
-        "resident_pairs": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, False,
-                                        launch=K.RowLaunch(4, 2, 2, resident=True)),
-        "prefetch_pairs_quant": residual_case(rows(2, 7, 120), padded_view(2, 7, 120, 128), gate, True, 128,
-                                              launch=K.RowLaunch(4, 2, 4, resident=True, prefetch=True)),
-        "prefetch_quads_real_quant": residual_case(rows(1, 6, 2520), padded_view(1, 6, 2520, 2528),
-                                                   torch.randn(1, 2520).tanh(), True, 2528,
-                                                   launch=K.RowLaunch(8, 4, 4, resident=True, prefetch=True)),
     }
     out["prefetch_same_bits"] = {
         "modulated_real": prefetch_case(rows(1, 5, 2520), None, None, 2528, 2),
         "residual_real_quant": prefetch_case(rows(1, 5, 2520), padded_view(1, 5, 2520, 2528),
                                              torch.randn(1, 2520).tanh(), 2528, 4),
         "residual_tiny": prefetch_case(rows(2, 7, 120), padded_view(2, 7, 120, 128), gate, 0, 3),
-        "residual_pairs_quant": prefetch_case(rows(2, 7, 120), padded_view(2, 7, 120, 128), gate, 128, 4, 2),
     }
     out["rope"] = {
         "tiny_bf16": rope_case(2, 5, 6, 2, 20),

@@ -32,7 +32,7 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
                                   "rows_1x1", "rows_8x4_tail", "chunked_32x2", "chunked_real_512",
                                   "chunked_no_scale", "resident_3rows", "resident_real", "prefetch_3rows",
-                                  "prefetch_one_piece", "prefetch_real", "resident_pairs", "prefetch_pairs_real"])
+                                  "prefetch_one_piece", "prefetch_real"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
@@ -43,8 +43,7 @@ def test_modulated_norm_quant_matches_reference(interpreted, case):
                                   "rows_4x2_tail_quant", "rows_8x4_tail", "chunked_32x2", "chunked_32x2_quant",
                                   "chunked_no_gate_quant", "chunked_real_512_quant", "resident_no_gate",
                                   "resident_3rows_quant", "resident_real_quant", "prefetch_no_gate",
-                                  "prefetch_3rows_quant", "prefetch_real_quant", "resident_pairs",
-                                  "prefetch_pairs_quant", "prefetch_quads_real_quant"])
+                                  "prefetch_3rows_quant", "prefetch_real_quant"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r
@@ -56,7 +55,7 @@ def test_gated_residual_norm_matches_reference(interpreted, case):
 def test_prefetching_the_next_row_changes_no_bit(interpreted):
     # the same operations on the same values, only issued earlier: every output identical to the resident launch's
     assert interpreted["prefetch_same_bits"] == {"modulated_real": True, "residual_real_quant": True,
-                                                 "residual_tiny": True, "residual_pairs_quant": True}
+                                                 "residual_tiny": True}
 
 
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_fp8_pad32", "real_bf16", "real_fp8_pad128", "tokens_4_straddle",
@@ -195,11 +194,10 @@ def test_gpu_bf16_model_with_the_fused_qk_kernel_matches_the_torch_ops_eager_and
 def test_launch_settings_refuse_what_the_kernels_cannot_run(monkeypatch):
     from omnigen2_fp8.fp8 import fused_kernels as K, kernels as KQ
 
-    with pytest.raises(ValueError, match="holds whole rows"):
-        K.RowLaunch(1, 1, 2, 512, resident=True)
-    with pytest.raises(ValueError, match="rows_per_program a multiple of sub_rows"):
-        K.RowLaunch(6, 4, 2, resident=True)
-    assert K.RowLaunch(16, 2, 4, resident=True, prefetch=True).sub_rows == 2  # several rows at a time
+    for bad in (dict(rows_per_program=16, sub_rows=2, num_warps=2), dict(rows_per_program=1, sub_rows=1, num_warps=2,
+                                                                          chunk=512)):
+        with pytest.raises(ValueError, match="one at a time"):
+            K.RowLaunch(**bad, resident=True)
     with pytest.raises(ValueError, match="prefetch is a form of the resident kernel"):
         K.RowLaunch(1, 1, 4, 512, prefetch=True)
     # the resident row: a power of two, then the smallest power of two (>= 16) covering the rest

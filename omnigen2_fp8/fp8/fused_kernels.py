@@ -141,24 +141,23 @@ if HAS_TRITON:
     def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
                                              nscale_ptr, L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn,
                                              s_qm, eps, next_eps, HEAD: tl.constexpr, TAIL: tl.constexpr,
-                                             ROWS: tl.constexpr, SUB: tl.constexpr, RESIDUAL: tl.constexpr,
-                                             HAS_GATE: tl.constexpr, QUANT: tl.constexpr, HAS_SCALE: tl.constexpr,
-                                             ALIGN: tl.constexpr, HW_CAST: tl.constexpr,
-                                             PREFETCH: tl.constexpr = False):
-        """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n,
-        SUB at a time, each held in registers as two pieces, a power of two (HEAD) and a shorter one (TAIL, 0:
-        none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
+                                             ROWS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
+                                             QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
+                                             HW_CAST: tl.constexpr, PREFETCH: tl.constexpr = False):
+        """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
+        at a time, each held in registers as two one-dimensional pieces, a power of two (HEAD) and a shorter one
+        (TAIL, 0: none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
         modulation) are loaded once per program and combined (gate * w, nw * (1 + nscale)), not reloaded per row
-        (that made the kernel about half again as slow on an H200, results/row_kernel_ablation_h200.json). SUB rows
-        at once share each reduction's synchronisation. Arithmetic as the reference's but for those products,
-        taken first (float32 rounding apart, the same values). PREFETCH: the next SUB rows' loads are issued before
-        these rows' reductions, so they are in flight while these compute (more registers)."""
+        (that made the kernel about half again as slow on an H200, results/row_kernel_ablation_h200.json).
+        Arithmetic as the reference's but for those products, taken first (float32 rounding apart, the same values).
+        PREFETCH: the next row's loads are issued before this row's reductions, so they are in flight while it
+        computes (one more row of registers)."""
         n = tl.program_id(1).to(tl.int64)
         first = tl.program_id(0).to(tl.int64) * ROWS
-        a = tl.arange(0, HEAD)[None, :]
+        a = tl.arange(0, HEAD)
         in_a = a < D
         if TAIL > 0:
-            b = HEAD + tl.arange(0, TAIL)[None, :]
+            b = HEAD + tl.arange(0, TAIL)
             in_b = b < D
         # The per-sample factors, combined once per program: one float32 vector per side instead of two.
         if RESIDUAL:
@@ -171,36 +170,35 @@ if HAS_TRITON:
                 m_b = _modulated(1.0, nw_ptr, nscale_ptr + n * s_sn, b, D, HAS_SCALE)
         if TAIL == 0:  # unused stand-ins, so that the row loader has one signature
             b, in_b = a, in_a
-        sub = tl.arange(0, SUB)[:, None].to(tl.int64)  # [SUB, 1]: never a scalar (the interpreter rejects scalar masks)
-        last = first + ROWS
+        last = first + ROWS + tl.zeros([1], tl.int64)
         if PREFETCH:
-            coming = _resident_row(h_ptr, y_ptr, n, first + sub, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b,
-                                   TAIL, RESIDUAL, ALIGN)
-        for i in range(ROWS // SUB):
-            l = first + i * SUB + sub
+            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl,
+                                   a, b, in_a, in_b, TAIL, RESIDUAL, ALIGN)
+        for i in range(ROWS):
+            l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
             ok = l < L
             if PREFETCH:
                 x_a, x_b, y_a, y_b = coming
-                coming = _resident_row(h_ptr, y_ptr, n, l + SUB, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b,
+                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b,
                                        TAIL, RESIDUAL, ALIGN)
             else:
                 x_a, x_b, y_a, y_b = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a,
                                                    in_b, TAIL, RESIDUAL, ALIGN)
             if RESIDUAL:
                 o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
-                acc = tl.sum(y_a * y_a, axis=1, keep_dims=True)
+                acc = tl.sum(y_a * y_a, axis=0)
                 if TAIL > 0:
-                    acc += tl.sum(y_b * y_b, axis=1, keep_dims=True)
+                    acc += tl.sum(y_b * y_b, axis=0)
                 r_y = tl.math.rsqrt(acc / D + eps)
                 x_a = _stored_residual(x_a + y_a * r_y * gw_a, o_row, a, ok & in_a, HW_CAST)
                 if TAIL > 0:
                     x_b = _stored_residual(x_b + y_b * r_y * gw_b, o_row, b, ok & in_b, HW_CAST)
             if QUANT:
-                sq = tl.sum(x_a * x_a, axis=1, keep_dims=True)
-                peak = tl.max(tl.abs(x_a * m_a), axis=1, keep_dims=True)
+                sq = tl.sum(x_a * x_a, axis=0)
+                peak = tl.max(tl.abs(x_a * m_a), axis=0)
                 if TAIL > 0:
-                    sq += tl.sum(x_b * x_b, axis=1, keep_dims=True)
-                    peak = tl.maximum(peak, tl.max(tl.abs(x_b * m_b), axis=1, keep_dims=True))
+                    sq += tl.sum(x_b * x_b, axis=0)
+                    peak = tl.maximum(peak, tl.max(tl.abs(x_b * m_b), axis=0))
                 r = tl.math.rsqrt(sq / D + next_eps)
                 scale = tl.maximum(peak * r, _FLOOR) / _MAX  # the norm's positive factor commutes with the absmax
                 row = n * L + l
@@ -213,9 +211,9 @@ if HAS_TRITON:
     @triton.jit
     def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b, TAIL: tl.constexpr,
                       RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
-        """Rows l ([SUB, 1]) of sample n as the resident kernel holds them, in float32: (h head, h tail, y head,
-        y tail), [SUB, piece] each; pieces the launch does not have are stand-ins. Rows from `last` on (another
-        program's) or past L read nothing (zeros)."""
+        """Row l ([1]) of sample n as the resident kernel holds it, in float32: (h head, h tail, y head, y tail);
+        pieces the launch does not have are stand-ins. Rows from `last` on (another program's) or past L read
+        nothing (zeros)."""
         ok = (l < L) & (l < last)
         h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
         x_a = tl.load(h_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
@@ -346,10 +344,10 @@ class RowLaunch:
     `sub_rows` at a time, and loads the per-sample vectors (norm weights, gate, modulation) once for all of them.
     chunk > 0 (a power of two): `_residual_norm_quant_chunked_kernel`, `sub_rows` rows per program (rows_per_program
     must equal it) read `chunk` values at a time in several passes, the later ones from L2: few registers per
-    program, so many programs keep loads in flight. resident (chunk 0):
-    `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows, `sub_rows` at a time, each in registers
-    as two pieces and read once, the per-sample vectors loaded once per program; with `prefetch`, the next rows'
-    loads are issued before the current ones are computed. `num_warps` warps."""
+    program, so many programs keep loads in flight. resident (sub_rows 1, chunk 0):
+    `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows one after the other, each in registers
+    as two pieces and read once, the per-sample vectors loaded once per program; with `prefetch`, the next row's
+    loads are issued before the current row is computed. `num_warps` warps."""
 
     rows_per_program: int
     sub_rows: int
@@ -366,8 +364,8 @@ class RowLaunch:
         if self.chunk and (self.chunk < 16 or self.chunk & (self.chunk - 1) or self.rows_per_program != self.sub_rows):
             raise ValueError(f"RowLaunch {self}: a chunked launch has a power-of-two chunk >= 16 and "
                              "rows_per_program == sub_rows")
-        if self.resident and self.chunk:
-            raise ValueError(f"RowLaunch {self}: a resident launch holds whole rows (chunk 0)")
+        if self.resident and (self.chunk or self.sub_rows != 1):
+            raise ValueError(f"RowLaunch {self}: a resident launch takes its rows one at a time (sub_rows 1, chunk 0)")
         if self.prefetch and not self.resident:
             raise ValueError(f"RowLaunch {self}: prefetch is a form of the resident kernel (resident=True)")
 
@@ -463,7 +461,7 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     if launch.resident:
         head, tail = resident_pieces(max(k_padded, d))
         _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program,
-                                                   SUB=launch.sub_rows, PREFETCH=launch.prefetch, **flags)
+                                                   PREFETCH=launch.prefetch, **flags)
     elif launch.chunk:
         _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, SUB=launch.sub_rows, **flags)
     else:
