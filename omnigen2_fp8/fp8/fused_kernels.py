@@ -209,6 +209,93 @@ if HAS_TRITON:
                     _store_codes(x_b * r * m_b, scale, q_row, b, ok & (b < KP), HW_CAST)
 
     @triton.jit
+    def _residual_norm_quant_five_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
+                                         L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn, s_qm, eps, next_eps,
+                                         CW: tl.constexpr, ROWS: tl.constexpr, RESIDUAL: tl.constexpr,
+                                         HAS_GATE: tl.constexpr, QUANT: tl.constexpr, HAS_SCALE: tl.constexpr,
+                                         ALIGN: tl.constexpr, HW_CAST: tl.constexpr, PREFETCH: tl.constexpr):
+        """`_residual_norm_quant_resident_kernel` with each row held as five chunks of CW lanes (2528 values: 5 x
+        512) instead of two pieces of different sizes. The chunks share one register layout, so a sum or maximum
+        over the row adds the chunks lane by lane and reduces once: one synchronisation of the warps per reduction
+        instead of one per piece (the residual + norm -> e4m3 op reduces three times per row)."""
+        n = tl.program_id(1).to(tl.int64)
+        first = tl.program_id(0).to(tl.int64) * ROWS
+        c0 = tl.arange(0, CW)
+        c1, c2, c3, c4 = c0 + CW, c0 + 2 * CW, c0 + 3 * CW, c0 + 4 * CW
+        gate_row, nscale_row = gate_ptr + n * s_gn, nscale_ptr + n * s_sn
+        if RESIDUAL:
+            g0 = _gated_weight(w_ptr, gate_row, c0, D, HAS_GATE)
+            g1 = _gated_weight(w_ptr, gate_row, c1, D, HAS_GATE)
+            g2 = _gated_weight(w_ptr, gate_row, c2, D, HAS_GATE)
+            g3 = _gated_weight(w_ptr, gate_row, c3, D, HAS_GATE)
+            g4 = _gated_weight(w_ptr, gate_row, c4, D, HAS_GATE)
+        if QUANT:
+            m0 = _modulated(1.0, nw_ptr, nscale_row, c0, D, HAS_SCALE)
+            m1 = _modulated(1.0, nw_ptr, nscale_row, c1, D, HAS_SCALE)
+            m2 = _modulated(1.0, nw_ptr, nscale_row, c2, D, HAS_SCALE)
+            m3 = _modulated(1.0, nw_ptr, nscale_row, c3, D, HAS_SCALE)
+            m4 = _modulated(1.0, nw_ptr, nscale_row, c4, D, HAS_SCALE)
+        last = first + ROWS + tl.zeros([1], tl.int64)
+        if PREFETCH:
+            coming = _five_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl, c0,
+                               CW, D, RESIDUAL, ALIGN)
+        for i in range(ROWS):
+            l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
+            ok = l < L
+            if PREFETCH:
+                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = coming
+                coming = _five_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW, D, RESIDUAL,
+                                   ALIGN)
+            else:
+                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = _five_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn,
+                                                                   s_yl, c0, CW, D, RESIDUAL, ALIGN)
+            if RESIDUAL:
+                o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
+                r_y = tl.math.rsqrt(tl.sum(y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3 + y4 * y4, axis=0) / D + eps)
+                x0 = _stored_residual(x0 + y0 * r_y * g0, o_row, c0, ok & (c0 < D), HW_CAST)
+                x1 = _stored_residual(x1 + y1 * r_y * g1, o_row, c1, ok & (c1 < D), HW_CAST)
+                x2 = _stored_residual(x2 + y2 * r_y * g2, o_row, c2, ok & (c2 < D), HW_CAST)
+                x3 = _stored_residual(x3 + y3 * r_y * g3, o_row, c3, ok & (c3 < D), HW_CAST)
+                x4 = _stored_residual(x4 + y4 * r_y * g4, o_row, c4, ok & (c4 < D), HW_CAST)
+            if QUANT:
+                sq = tl.sum(x0 * x0 + x1 * x1 + x2 * x2 + x3 * x3 + x4 * x4, axis=0)
+                peak = tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0 * m0), tl.abs(x1 * m1)),
+                                                    tl.maximum(tl.abs(x2 * m2), tl.abs(x3 * m3))),
+                                         tl.abs(x4 * m4)), axis=0)
+                r = tl.math.rsqrt(sq / D + next_eps)
+                scale = tl.maximum(peak * r, _FLOOR) / _MAX  # the norm's positive factor commutes with the absmax
+                row = n * L + l
+                tl.store(qscale_ptr + row, scale, mask=ok)
+                q_row = q_ptr + row * s_qm
+                _store_codes(x0 * r * m0, scale, q_row, c0, ok & (c0 < KP), HW_CAST)
+                _store_codes(x1 * r * m1, scale, q_row, c1, ok & (c1 < KP), HW_CAST)
+                _store_codes(x2 * r * m2, scale, q_row, c2, ok & (c2 < KP), HW_CAST)
+                _store_codes(x3 * r * m3, scale, q_row, c3, ok & (c3 < KP), HW_CAST)
+                _store_codes(x4 * r * m4, scale, q_row, c4, ok & (c4 < KP), HW_CAST)
+
+    @triton.jit
+    def _five_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW: tl.constexpr, D,
+                  RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
+        """Row l ([1]) of sample n as the five-chunk kernel holds it, in float32: h's five chunks, then y's (h's
+        again without a residual part). Rows from `last` on (another program's) or past L read nothing (zeros)."""
+        ok = (l < L) & (l < last)
+        h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
+        x0 = tl.load(h_row + c0, mask=ok & (c0 < D), other=0.0).to(tl.float32)
+        x1 = tl.load(h_row + c0 + CW, mask=ok & (c0 + CW < D), other=0.0).to(tl.float32)
+        x2 = tl.load(h_row + c0 + 2 * CW, mask=ok & (c0 + 2 * CW < D), other=0.0).to(tl.float32)
+        x3 = tl.load(h_row + c0 + 3 * CW, mask=ok & (c0 + 3 * CW < D), other=0.0).to(tl.float32)
+        x4 = tl.load(h_row + c0 + 4 * CW, mask=ok & (c0 + 4 * CW < D), other=0.0).to(tl.float32)
+        y0, y1, y2, y3, y4 = x0, x1, x2, x3, x4
+        if RESIDUAL:
+            y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
+            y0 = tl.load(y_row + c0, mask=ok & (c0 < D), other=0.0).to(tl.float32)
+            y1 = tl.load(y_row + c0 + CW, mask=ok & (c0 + CW < D), other=0.0).to(tl.float32)
+            y2 = tl.load(y_row + c0 + 2 * CW, mask=ok & (c0 + 2 * CW < D), other=0.0).to(tl.float32)
+            y3 = tl.load(y_row + c0 + 3 * CW, mask=ok & (c0 + 3 * CW < D), other=0.0).to(tl.float32)
+            y4 = tl.load(y_row + c0 + 4 * CW, mask=ok & (c0 + 4 * CW < D), other=0.0).to(tl.float32)
+        return x0, x1, x2, x3, x4, y0, y1, y2, y3, y4
+
+    @triton.jit
     def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b, TAIL: tl.constexpr,
                       RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
         """Row l ([1]) of sample n as the resident kernel holds it, in float32: (h head, h tail, y head, y tail);
@@ -347,7 +434,8 @@ class RowLaunch:
     program, so many programs keep loads in flight. resident (sub_rows 1, chunk 0):
     `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows one after the other, each in registers
     as two pieces and read once, the per-sample vectors loaded once per program; with `prefetch`, the next row's
-    loads are issued before the current row is computed. `num_warps` warps."""
+    loads are issued before the current row is computed; with `five_chunks`, `_residual_norm_quant_five_kernel`
+    holds each row as five equal chunks instead of two pieces. `num_warps` warps."""
 
     rows_per_program: int
     sub_rows: int
@@ -355,6 +443,7 @@ class RowLaunch:
     chunk: int = 0
     resident: bool = False
     prefetch: bool = False
+    five_chunks: bool = False
 
     def __post_init__(self):
         if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
@@ -368,6 +457,8 @@ class RowLaunch:
             raise ValueError(f"RowLaunch {self}: a resident launch takes its rows one at a time (sub_rows 1, chunk 0)")
         if self.prefetch and not self.resident:
             raise ValueError(f"RowLaunch {self}: prefetch is a form of the resident kernel (resident=True)")
+        if self.five_chunks and not self.resident:
+            raise ValueError(f"RowLaunch {self}: five_chunks is a form of the resident kernel (resident=True)")
 
 
 def resident_pieces(width: int) -> tuple[int, int]:
@@ -378,6 +469,12 @@ def resident_pieces(width: int) -> tuple[int, int]:
         return head, 0
     head //= 2
     return head, max(triton.next_power_of_2(width - head), 16)
+
+
+def five_chunk_width(width: int) -> int:
+    """The chunk of the five-chunk kernel for rows of `width` values: the smallest power of two whose five chunks
+    cover the row (2528 -> 512)."""
+    return max(triton.next_power_of_2(-(-width // 5)), 16)
 
 
 def default_row_launch(block: int, rows: int, quant: bool = True) -> RowLaunch:
@@ -458,7 +555,10 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
             gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps)
     flags = dict(RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant, HAS_SCALE=next_scale is not None,
                  ALIGN=vec if aligned else 1, HW_CAST=hw_cast, num_warps=launch.num_warps)
-    if launch.resident:
+    if launch.five_chunks:
+        _residual_norm_quant_five_kernel[grid](*args, CW=five_chunk_width(max(k_padded, d)),
+                                               ROWS=launch.rows_per_program, PREFETCH=launch.prefetch, **flags)
+    elif launch.resident:
         head, tail = resident_pieces(max(k_padded, d))
         _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program,
                                                    PREFETCH=launch.prefetch, **flags)
