@@ -202,7 +202,8 @@ def row_kernel_row(op: str, tokens: int, calls: int, rounds: int) -> dict:
         fn = fused(op, i, launch)
         row["fused"].append({"launch": launch_name(launch), "agreement_with_reference": agreements(fn(), want),
                              "ms": graph_ms(fn, calls, rounds)})
-    row["default_launch"] = launch_name(K.default_row_launch(4096, tokens, op != "gated_residual_rmsnorm"))
+    row["default_launch"] = launch_name(K.default_row_launch(4096, tokens, op != "gated_residual_rmsnorm",
+                                                              op != "modulated_rmsnorm_quant"))
     row["default_ms"] = graph_ms(fused(op, i, None), calls, rounds)
     return row
 

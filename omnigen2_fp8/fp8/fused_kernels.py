@@ -9,7 +9,8 @@ Unfused, the block runs each of these as several torch kernels with a BF16 tenso
 activation quantization reads the result once more. Here each row is read once, kept in registers in float32, and
 written once; padded GEMM outputs are read in place through their strides (no slicing copy). Three forms of the
 row kernel (`RowLaunch`): whole rows padded to a power of two, chunked passes (later ones from L2), and resident
-rows (two register pieces, per-sample factors kept across 16 rows; the default from 8192 rows).
+rows (per-sample factors kept across 8 or 16 rows; each row in registers as two pieces or as five equal chunks, the
+default from 4096 rows).
 
 Numerics: the torch references in fp8/fused_reference.py (float32 inside, one rounding at the end). Encoding:
 e4m3 through kernels.py's encoder (integer arithmetic on the CPU interpreter, the hardware conversion on CUDA,
@@ -477,22 +478,22 @@ def five_chunk_width(width: int) -> int:
     return max(triton.next_power_of_2(-(-width // 5)), 16)
 
 
-def default_row_launch(block: int, rows: int, quant: bool = True) -> RowLaunch:
+def default_row_launch(block: int, rows: int, quant: bool = True, residual: bool = True) -> RowLaunch:
     """The launch used unless one is given, for `rows` rows per sample padded to `block` values, writing e4m3 or
-    not. H200 sweep with 2520-wide rows (results/row_kernels_h200_prefetch.json; 8392, 4204 and 2245 rows):
-    - from 8192 rows, the resident kernel over 16 rows per program: with prefetch and 2 warps for the ops that write
-      e4m3 (modulated norm 0.032 ms against 0.037 without prefetch; residual + norm -> e4m3 0.075 against 0.078),
-      without prefetch and with 4 warps for the residual + norm alone (0.045 against 0.052 for the chunked kernel);
-    - from 4096 rows (the 1024 edit's uncond pass, its refiners), 8 rows per program with prefetch and 2 warps, every
-      op (0.019 / 0.042 / 0.026 ms against 0.024 / 0.057 / 0.029 for the chunked kernel);
-    - below that the chunked kernel, one row per program in chunks of 512 with 4 warps: too few programs otherwise.
+    not, with a residual part or not (the plain modulated norm). H200 sweeps with 2520-wide rows:
+    - from 4096 rows (the 1024 edit's passes and refiners), the five-chunk resident kernel with 4 warps, 16 rows per
+      program from 8192 rows and 8 below, prefetching the next row except for residual + norm -> e4m3, which is
+      fastest without (results/row_kernels_h200_five_chunks.json; at 8392 / 4204 rows residual + norm -> e4m3
+      0.054 / 0.029 ms against 0.074 / 0.043 for the two-piece kernel with prefetch, the modulated norm 0.024 /
+      0.012 against 0.032 / 0.019, the residual + norm alone 0.041 / 0.022 against 0.045 / 0.026);
+    - below that the chunked kernel, one row per program in chunks of 512 with 4 warps (results/
+      row_kernels_h200_prefetch.json at 2245 rows: within 5 % of the best launch of every op).
     Small rows keep whole rows in registers."""
     if block < 2048:
         return RowLaunch(4, 2, 4)
-    if rows >= 8192:
-        return RowLaunch(16, 1, 2, resident=True, prefetch=True) if quant else RowLaunch(16, 1, 4, resident=True)
     if rows >= 4096:
-        return RowLaunch(8, 1, 2, resident=True, prefetch=True)
+        return RowLaunch(16 if rows >= 8192 else 8, 1, 4, resident=True, prefetch=not (quant and residual),
+                         five_chunks=True)
     return RowLaunch(1, 1, 4, 512)
 
 
@@ -547,7 +548,7 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
     gate_t = gate if gate is not None else h
     scale_t = next_scale if next_scale is not None else h
     block = triton.next_power_of_2(max(k_padded, d))
-    launch = launch or default_row_launch(block, seq, quant)
+    launch = launch or default_row_launch(block, seq, quant, residual)
     hw_cast = h.is_cuda if hw_cast is None else hw_cast
     grid = (triton.cdiv(seq, launch.rows_per_program), n)
     args = (h, y, out, q.view(torch.uint8), qscale, gate_t, weight, next_weight if quant else weight, scale_t, seq, d,
