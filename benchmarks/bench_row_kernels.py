@@ -42,16 +42,14 @@ EPS = 1e-6
 OPS = ("modulated_rmsnorm_quant", "gated_residual_rmsnorm", "gated_residual_rmsnorm_quant")
 QUANT_OPS = ("quantize_rows", "quantize_swiglu_rows")  # to_out's input; the down projection's input
 # A whole-row launch, the best chunked launches of results/row_kernels_h200.json, then the resident kernel (each row
-# in registers as 2048 + 512 lanes, the per-sample vectors loaded once for 1, 4 or 16 rows), then the resident kernel
-# loading the next row while it computes this one, then the resident kernel holding each row as five equal chunks.
+# in registers as five chunks of 512 lanes, the per-sample vectors loaded once for 1 to 16 rows), then the resident
+# kernel loading the next row while it computes this one.
 SWEEP = ([K.RowLaunch(8, 2, 8)]
          + [K.RowLaunch(sub, sub, warps, chunk) for sub, warps, chunk in ((1, 2, 256), (1, 4, 256), (1, 4, 512),
                                                                           (2, 4, 256))]
-         + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 16), (2, 4, 8))]
+         + [K.RowLaunch(rows, 1, warps, resident=True) for rows, warps in itertools.product((1, 4, 8, 16), (2, 4, 8))]
          + [K.RowLaunch(rows, 1, warps, resident=True, prefetch=True)
-            for rows, warps in itertools.product((4, 8, 16), (2, 4, 8))]
-         + [K.RowLaunch(rows, 1, warps, resident=True, prefetch=prefetch, five_chunks=True)
-            for rows, warps, prefetch in itertools.product((8, 16), (2, 4, 8), (False, True))])
+            for rows, warps in itertools.product((4, 8, 16), (2, 4, 8))])
 # (block_k, num_warps, stages) of the row quantization kernel: the default, then resident chunks (stages RESIDENT)
 QUANT_SWEEP = {"quantize_rows": [(b, w, KQ.RESIDENT) for b, w in ((512, 1), (512, 2), (512, 4), (1024, 2), (1024, 4),
                                                                  (1024, 8))],
@@ -188,10 +186,8 @@ def op_bytes(op: str, tokens: int) -> int:
 
 
 def launch_name(launch: K.RowLaunch) -> list:
-    form = "passes"
-    if launch.resident:
-        form = ("five" if launch.five_chunks else "resident") + ("+prefetch" if launch.prefetch else "")
-    return [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk, form]
+    return [launch.rows_per_program, launch.sub_rows, launch.num_warps, launch.chunk,
+            ("resident+prefetch" if launch.prefetch else "resident") if launch.resident else "passes"]
 
 
 def row_kernel_row(op: str, tokens: int, calls: int, rounds: int) -> dict:

@@ -189,24 +189,18 @@ def main() -> None:
                                            launch=K.RowLaunch(1, 1, 4, 512)),
         "chunked_no_scale": modulated_case(rows(2, 3, 120, torch.float32), None, 128,
                                            launch=K.RowLaunch(1, 1, 2, 64)),
-        # the resident kernel: 120 -> 64 + 64 lanes, 3 rows per program (a partial last program); 2048 + 512 lanes
+        # the resident kernel: 120 -> 5 x 32 lanes, 3 rows per program (a partial last program); 2528 -> 5 x 512 lanes
         "resident_3rows": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
                                          launch=K.RowLaunch(3, 1, 4, resident=True)),
         "resident_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
                                         launch=K.RowLaunch(2, 1, 4, resident=True)),
-        # prefetching the next row: a partial last program (its prefetch past the rows reads nothing), 128 = one piece
+        # prefetching the next row: a partial last program (its prefetch past the rows reads nothing), 128 -> 5 x 32
         "prefetch_3rows": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
                                          launch=K.RowLaunch(3, 1, 4, resident=True, prefetch=True)),
         "prefetch_one_piece": modulated_case(rows(2, 3, 128), modulation(2, 128), 128,
                                              launch=K.RowLaunch(2, 1, 2, resident=True, prefetch=True)),
         "prefetch_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
                                         launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
-        # rows as five equal chunks: 120 -> 5 x 32 lanes, 3 rows per program (a partial program); 2528 -> 5 x 512
-        "five_3rows": modulated_case(rows(2, 5, 120), modulation(2, 120), 128,
-                                     launch=K.RowLaunch(3, 1, 4, resident=True, five_chunks=True)),
-        "five_prefetch_real": modulated_case(rows(1, 3, 2520), modulation(1, 2520), 2528,
-                                             launch=K.RowLaunch(2, 1, 2, resident=True, prefetch=True,
-                                                                five_chunks=True)),
     }
     gate = torch.randn(2, 120).tanh()
     out["residual"] = {
@@ -242,14 +236,6 @@ def main() -> None:
         "prefetch_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
                                              torch.randn(1, 2520).tanh(), True, 2528,
                                              launch=K.RowLaunch(2, 1, 4, resident=True, prefetch=True)),
-        "five_no_gate": residual_case(rows(2, 3, 120), padded_view(2, 3, 120, 128), None, False,
-                                      launch=K.RowLaunch(2, 1, 2, resident=True, five_chunks=True)),
-        "five_prefetch_3rows_quant": residual_case(rows(2, 5, 120), padded_view(2, 5, 120, 128), gate, True, 128,
-                                                   launch=K.RowLaunch(3, 1, 4, resident=True, prefetch=True,
-                                                                      five_chunks=True)),
-        "five_real_quant": residual_case(rows(1, 3, 2520), padded_view(1, 3, 2520, 2528),
-                                         torch.randn(1, 2520).tanh(), True, 2528,
-                                         launch=K.RowLaunch(2, 1, 4, resident=True, five_chunks=True)),
     }
     out["prefetch_same_bits"] = {
         "modulated_real": prefetch_case(rows(1, 5, 2520), None, None, 2528, 2),

@@ -32,7 +32,7 @@ def test_kernels_really_ran_in_the_interpreter(interpreted):
 @pytest.mark.parametrize("case", ["tiny_bf16", "tiny_no_scale_fp32", "strided_rows", "real_2520", "rows_4x2_tail",
                                   "rows_1x1", "rows_8x4_tail", "chunked_32x2", "chunked_real_512",
                                   "chunked_no_scale", "resident_3rows", "resident_real", "prefetch_3rows",
-                                  "prefetch_one_piece", "prefetch_real", "five_3rows", "five_prefetch_real"])
+                                  "prefetch_one_piece", "prefetch_real"])
 def test_modulated_norm_quant_matches_reference(interpreted, case):
     r = interpreted["modulated"][case]
     assert r["q_dtype"] == "torch.float8_e4m3fn" and r["padding_zero"], r
@@ -43,8 +43,7 @@ def test_modulated_norm_quant_matches_reference(interpreted, case):
                                   "rows_4x2_tail_quant", "rows_8x4_tail", "chunked_32x2", "chunked_32x2_quant",
                                   "chunked_no_gate_quant", "chunked_real_512_quant", "resident_no_gate",
                                   "resident_3rows_quant", "resident_real_quant", "prefetch_no_gate",
-                                  "prefetch_3rows_quant", "prefetch_real_quant", "five_no_gate",
-                                  "five_prefetch_3rows_quant", "five_real_quant"])
+                                  "prefetch_3rows_quant", "prefetch_real_quant"])
 def test_gated_residual_norm_matches_reference(interpreted, case):
     r = interpreted["residual"][case]
     assert within_one_step(r["h"]), r
@@ -201,12 +200,9 @@ def test_launch_settings_refuse_what_the_kernels_cannot_run(monkeypatch):
             K.RowLaunch(**bad, resident=True)
     with pytest.raises(ValueError, match="prefetch is a form of the resident kernel"):
         K.RowLaunch(1, 1, 4, 512, prefetch=True)
-    with pytest.raises(ValueError, match="five_chunks is a form of the resident kernel"):
-        K.RowLaunch(1, 1, 4, five_chunks=True)
-    assert K.five_chunk_width(2528) == 512 and K.five_chunk_width(120) == 32 and K.five_chunk_width(40) == 16
-    # the resident row: a power of two, then the smallest power of two (>= 16) covering the rest
-    assert K.resident_pieces(2528) == (2048, 512) and K.resident_pieces(128) == (128, 0)
-    assert K.resident_pieces(120) == (64, 64) and K.resident_pieces(1030) == (1024, 16)
+    # the resident row: five chunks of the smallest power of two (>= 16) that covers it
+    assert K.resident_chunk_width(2528) == 512 and K.resident_chunk_width(120) == 32
+    assert K.resident_chunk_width(40) == 16 and K.resident_chunk_width(2560) == 512
     # a resident row quantization holds at most 5 chunks: refused before any launch
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match="at most 5 chunks"):

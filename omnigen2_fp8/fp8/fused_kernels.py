@@ -9,8 +9,8 @@ Unfused, the block runs each of these as several torch kernels with a BF16 tenso
 activation quantization reads the result once more. Here each row is read once, kept in registers in float32, and
 written once; padded GEMM outputs are read in place through their strides (no slicing copy). Three forms of the
 row kernel (`RowLaunch`): whole rows padded to a power of two, chunked passes (later ones from L2), and resident
-rows (per-sample factors kept across 8 or 16 rows; each row in registers as two pieces or as five equal chunks, the
-default from 4096 rows).
+rows (each row in registers as five equal chunks, per-sample factors kept across 8 or 16 rows; the default from 4096
+rows).
 
 Numerics: the torch references in fp8/fused_reference.py (float32 inside, one rounding at the end). Encoding:
 e4m3 through kernels.py's encoder (integer arithmetic on the CPU interpreter, the hardware conversion on CUDA,
@@ -139,86 +139,21 @@ if HAS_TRITON:
                 _store_codes(v, scale, q_ptr + row * s_qm, cols, row_ok & (cols < KP), HW_CAST)
 
     @triton.jit
-    def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
-                                             nscale_ptr, L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn,
-                                             s_qm, eps, next_eps, HEAD: tl.constexpr, TAIL: tl.constexpr,
-                                             ROWS: tl.constexpr, RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr,
-                                             QUANT: tl.constexpr, HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr,
-                                             HW_CAST: tl.constexpr, PREFETCH: tl.constexpr = False):
-        """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
-        at a time, each held in registers as two one-dimensional pieces, a power of two (HEAD) and a shorter one
-        (TAIL, 0: none), so 2528 values take 2048 + 512 lanes, not 4096; the per-sample vectors (norm weights, gate,
-        modulation) are loaded once per program and combined (gate * w, nw * (1 + nscale)), not reloaded per row
-        (that made the kernel about half again as slow on an H200, results/row_kernel_ablation_h200.json).
-        Arithmetic as the reference's but for those products, taken first (float32 rounding apart, the same values).
-        PREFETCH: the next row's loads are issued before this row's reductions, so they are in flight while it
-        computes (one more row of registers)."""
-        n = tl.program_id(1).to(tl.int64)
-        first = tl.program_id(0).to(tl.int64) * ROWS
-        a = tl.arange(0, HEAD)
-        in_a = a < D
-        if TAIL > 0:
-            b = HEAD + tl.arange(0, TAIL)
-            in_b = b < D
-        # The per-sample factors, combined once per program: one float32 vector per side instead of two.
-        if RESIDUAL:
-            gw_a = _gated_weight(w_ptr, gate_ptr + n * s_gn, a, D, HAS_GATE)
-            if TAIL > 0:
-                gw_b = _gated_weight(w_ptr, gate_ptr + n * s_gn, b, D, HAS_GATE)
-        if QUANT:  # nw * (1 + nscale): `_modulated` of ones (x1.0 is exact)
-            m_a = _modulated(1.0, nw_ptr, nscale_ptr + n * s_sn, a, D, HAS_SCALE)
-            if TAIL > 0:
-                m_b = _modulated(1.0, nw_ptr, nscale_ptr + n * s_sn, b, D, HAS_SCALE)
-        if TAIL == 0:  # unused stand-ins, so that the row loader has one signature
-            b, in_b = a, in_a
-        last = first + ROWS + tl.zeros([1], tl.int64)
-        if PREFETCH:
-            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl,
-                                   a, b, in_a, in_b, TAIL, RESIDUAL, ALIGN)
-        for i in range(ROWS):
-            l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
-            ok = l < L
-            if PREFETCH:
-                x_a, x_b, y_a, y_b = coming
-                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b,
-                                       TAIL, RESIDUAL, ALIGN)
-            else:
-                x_a, x_b, y_a, y_b = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a,
-                                                   in_b, TAIL, RESIDUAL, ALIGN)
-            if RESIDUAL:
-                o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
-                acc = tl.sum(y_a * y_a, axis=0)
-                if TAIL > 0:
-                    acc += tl.sum(y_b * y_b, axis=0)
-                r_y = tl.math.rsqrt(acc / D + eps)
-                x_a = _stored_residual(x_a + y_a * r_y * gw_a, o_row, a, ok & in_a, HW_CAST)
-                if TAIL > 0:
-                    x_b = _stored_residual(x_b + y_b * r_y * gw_b, o_row, b, ok & in_b, HW_CAST)
-            if QUANT:
-                sq = tl.sum(x_a * x_a, axis=0)
-                peak = tl.max(tl.abs(x_a * m_a), axis=0)
-                if TAIL > 0:
-                    sq += tl.sum(x_b * x_b, axis=0)
-                    peak = tl.maximum(peak, tl.max(tl.abs(x_b * m_b), axis=0))
-                r = tl.math.rsqrt(sq / D + next_eps)
-                scale = tl.maximum(peak * r, _FLOOR) / _MAX  # the norm's positive factor commutes with the absmax
-                row = n * L + l
-                tl.store(qscale_ptr + row, scale, mask=ok)
-                q_row = q_ptr + row * s_qm
-                _store_codes(x_a * r * m_a, scale, q_row, a, ok & (a < KP), HW_CAST)
-                if TAIL > 0:
-                    _store_codes(x_b * r * m_b, scale, q_row, b, ok & (b < KP), HW_CAST)
-
-    @triton.jit
-    def _residual_norm_quant_five_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
+    def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
                                          L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn, s_qm, eps, next_eps,
                                          CW: tl.constexpr, ROWS: tl.constexpr, RESIDUAL: tl.constexpr,
                                          HAS_GATE: tl.constexpr, QUANT: tl.constexpr, HAS_SCALE: tl.constexpr,
                                          ALIGN: tl.constexpr, HW_CAST: tl.constexpr, PREFETCH: tl.constexpr):
-        """`_residual_norm_quant_resident_kernel` with each row held as five chunks of CW lanes (2528 values: 5 x
-        512) instead of two pieces of different sizes. The chunks share one register layout, so a sum or maximum
-        over the row adds the chunks lane by lane and reduces once: one synchronisation of the warps per reduction
-        instead of one per piece (the residual + norm -> e4m3 op reduces three times per row)."""
+        """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
+        at a time, each held in registers as five chunks of CW lanes (2528 values: 5 x 512, not 4096 lanes), read
+        once. The chunks share one register layout, so a sum or maximum over the row adds them lane by lane and
+        synchronises the warps once (a 2048 + 512 split reduced each piece on its own: 0.074 against 0.054 ms for
+        residual + norm -> e4m3 at 8392 rows on an H200, results/row_kernels_h200_five_chunks.json). The
+        per-sample vectors (norm weights, gate, modulation) are loaded once per program and combined (gate * w,
+        nw * (1 + nscale)), not reloaded per row (that made the kernel about half again as slow,
+        results/row_kernel_ablation_h200.json). Arithmetic as the reference's but for those products, taken first
+        (float32 rounding apart, the same values). PREFETCH: the next row's loads are issued before this row's
+        reductions, so they are in flight while it computes (one more row of registers)."""
         n = tl.program_id(1).to(tl.int64)
         first = tl.program_id(0).to(tl.int64) * ROWS
         c0 = tl.arange(0, CW)
@@ -238,17 +173,17 @@ if HAS_TRITON:
             m4 = _modulated(1.0, nw_ptr, nscale_row, c4, D, HAS_SCALE)
         last = first + ROWS + tl.zeros([1], tl.int64)
         if PREFETCH:
-            coming = _five_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl, c0,
+            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl, c0,
                                CW, D, RESIDUAL, ALIGN)
         for i in range(ROWS):
             l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
             ok = l < L
             if PREFETCH:
                 x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = coming
-                coming = _five_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW, D, RESIDUAL,
+                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW, D, RESIDUAL,
                                    ALIGN)
             else:
-                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = _five_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn,
+                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn,
                                                                    s_yl, c0, CW, D, RESIDUAL, ALIGN)
             if RESIDUAL:
                 o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
@@ -275,9 +210,9 @@ if HAS_TRITON:
                 _store_codes(x4 * r * m4, scale, q_row, c4, ok & (c4 < KP), HW_CAST)
 
     @triton.jit
-    def _five_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW: tl.constexpr, D,
+    def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW: tl.constexpr, D,
                   RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
-        """Row l ([1]) of sample n as the five-chunk kernel holds it, in float32: h's five chunks, then y's (h's
+        """Row l ([1]) of sample n as the resident kernel holds it, in float32: h's five chunks, then y's (h's
         again without a residual part). Rows from `last` on (another program's) or past L read nothing (zeros)."""
         ok = (l < L) & (l < last)
         h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
@@ -295,26 +230,6 @@ if HAS_TRITON:
             y3 = tl.load(y_row + c0 + 3 * CW, mask=ok & (c0 + 3 * CW < D), other=0.0).to(tl.float32)
             y4 = tl.load(y_row + c0 + 4 * CW, mask=ok & (c0 + 4 * CW < D), other=0.0).to(tl.float32)
         return x0, x1, x2, x3, x4, y0, y1, y2, y3, y4
-
-    @triton.jit
-    def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, a, b, in_a, in_b, TAIL: tl.constexpr,
-                      RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
-        """Row l ([1]) of sample n as the resident kernel holds it, in float32: (h head, h tail, y head, y tail);
-        pieces the launch does not have are stand-ins. Rows from `last` on (another program's) or past L read
-        nothing (zeros)."""
-        ok = (l < L) & (l < last)
-        h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
-        x_a = tl.load(h_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
-        x_b = x_a
-        if TAIL > 0:
-            x_b = tl.load(h_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
-        y_a, y_b = x_a, x_b
-        if RESIDUAL:
-            y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
-            y_a = tl.load(y_row + a, mask=ok & in_a, other=0.0).to(tl.float32)
-            if TAIL > 0:
-                y_b = tl.load(y_row + b, mask=ok & in_b, other=0.0).to(tl.float32)
-        return x_a, x_b, y_a, y_b
 
     @triton.jit
     def _gated_weight(w_ptr, gate_row, cols, D, HAS_GATE: tl.constexpr):
@@ -434,9 +349,8 @@ class RowLaunch:
     must equal it) read `chunk` values at a time in several passes, the later ones from L2: few registers per
     program, so many programs keep loads in flight. resident (sub_rows 1, chunk 0):
     `_residual_norm_quant_resident_kernel` instead, `rows_per_program` rows one after the other, each in registers
-    as two pieces and read once, the per-sample vectors loaded once per program; with `prefetch`, the next row's
-    loads are issued before the current row is computed; with `five_chunks`, `_residual_norm_quant_five_kernel`
-    holds each row as five equal chunks instead of two pieces. `num_warps` warps."""
+    as five equal chunks and read once, the per-sample vectors loaded once per program; with `prefetch`, the next
+    row's loads are issued before the current row is computed. `num_warps` warps."""
 
     rows_per_program: int
     sub_rows: int
@@ -444,7 +358,6 @@ class RowLaunch:
     chunk: int = 0
     resident: bool = False
     prefetch: bool = False
-    five_chunks: bool = False
 
     def __post_init__(self):
         if min(self.rows_per_program, self.sub_rows, self.num_warps) < 1 or self.rows_per_program % self.sub_rows:
@@ -458,22 +371,10 @@ class RowLaunch:
             raise ValueError(f"RowLaunch {self}: a resident launch takes its rows one at a time (sub_rows 1, chunk 0)")
         if self.prefetch and not self.resident:
             raise ValueError(f"RowLaunch {self}: prefetch is a form of the resident kernel (resident=True)")
-        if self.five_chunks and not self.resident:
-            raise ValueError(f"RowLaunch {self}: five_chunks is a form of the resident kernel (resident=True)")
 
 
-def resident_pieces(width: int) -> tuple[int, int]:
-    """(HEAD, TAIL) of the resident kernel for rows of `width` values: the largest power of two <= width, then the
-    smallest power of two (>= 16) covering the rest, or 0."""
-    head = triton.next_power_of_2(width)
-    if head == width:
-        return head, 0
-    head //= 2
-    return head, max(triton.next_power_of_2(width - head), 16)
-
-
-def five_chunk_width(width: int) -> int:
-    """The chunk of the five-chunk kernel for rows of `width` values: the smallest power of two whose five chunks
+def resident_chunk_width(width: int) -> int:
+    """The chunk of the resident kernel for rows of `width` values: the smallest power of two whose five chunks
     cover the row (2528 -> 512)."""
     return max(triton.next_power_of_2(-(-width // 5)), 16)
 
@@ -481,19 +382,19 @@ def five_chunk_width(width: int) -> int:
 def default_row_launch(block: int, rows: int, quant: bool = True, residual: bool = True) -> RowLaunch:
     """The launch used unless one is given, for `rows` rows per sample padded to `block` values, writing e4m3 or
     not, with a residual part or not (the plain modulated norm). H200 sweeps with 2520-wide rows:
-    - from 4096 rows (the 1024 edit's passes and refiners), the five-chunk resident kernel with 4 warps, 16 rows per
-      program from 8192 rows and 8 below, prefetching the next row except for residual + norm -> e4m3, which is
-      fastest without (results/row_kernels_h200_five_chunks.json; at 8392 / 4204 rows residual + norm -> e4m3
-      0.054 / 0.029 ms against 0.074 / 0.043 for the two-piece kernel with prefetch, the modulated norm 0.024 /
-      0.012 against 0.032 / 0.019, the residual + norm alone 0.041 / 0.022 against 0.045 / 0.026);
+    - from 4096 rows (the 1024 edit's passes and refiners), the resident kernel (five chunks per row) with 4 warps,
+      16 rows per program from 8192 rows and 8 below, prefetching the next row except for residual + norm ->
+      e4m3, which is fastest without (results/row_kernels_h200_five_chunks.json; at 8392 / 4204 rows residual +
+      norm -> e4m3 0.054 / 0.029 ms against 0.074 / 0.043 for its earlier 2048 + 512 form with prefetch, the
+      modulated norm 0.024 / 0.012 against 0.032 / 0.019, the residual + norm alone 0.041 / 0.022 against 0.045 /
+      0.026);
     - below that the chunked kernel, one row per program in chunks of 512 with 4 warps (results/
-      row_kernels_h200_prefetch.json at 2245 rows: within 5 % of the best launch of every op).
+      row_kernels_h200_prefetch.json at 2245 rows: within 7 % of the best launch of every op).
     Small rows keep whole rows in registers."""
     if block < 2048:
         return RowLaunch(4, 2, 4)
     if rows >= 4096:
-        return RowLaunch(16 if rows >= 8192 else 8, 1, 4, resident=True, prefetch=not (quant and residual),
-                         five_chunks=True)
+        return RowLaunch(16 if rows >= 8192 else 8, 1, 4, resident=True, prefetch=not (quant and residual))
     return RowLaunch(1, 1, 4, 512)
 
 
@@ -556,13 +457,9 @@ def _launch_rows(h, y, gate, weight, eps, next_weight, next_scale, next_eps, k_p
             gate_t.stride(0), scale_t.stride(0), q.stride(0), eps, next_eps)
     flags = dict(RESIDUAL=residual, HAS_GATE=gate is not None, QUANT=quant, HAS_SCALE=next_scale is not None,
                  ALIGN=vec if aligned else 1, HW_CAST=hw_cast, num_warps=launch.num_warps)
-    if launch.five_chunks:
-        _residual_norm_quant_five_kernel[grid](*args, CW=five_chunk_width(max(k_padded, d)),
-                                               ROWS=launch.rows_per_program, PREFETCH=launch.prefetch, **flags)
-    elif launch.resident:
-        head, tail = resident_pieces(max(k_padded, d))
-        _residual_norm_quant_resident_kernel[grid](*args, HEAD=head, TAIL=tail, ROWS=launch.rows_per_program,
-                                                   PREFETCH=launch.prefetch, **flags)
+    if launch.resident:
+        _residual_norm_quant_resident_kernel[grid](*args, CW=resident_chunk_width(max(k_padded, d)),
+                                                   ROWS=launch.rows_per_program, PREFETCH=launch.prefetch, **flags)
     elif launch.chunk:
         _residual_norm_quant_chunked_kernel[grid](*args, CHUNK=launch.chunk, SUB=launch.sub_rows, **flags)
     else:
