@@ -71,7 +71,7 @@ class KernelPlan:
     gate_up_unit_scales: the folded SwiGLU runs gate/up as a GEMM with unit scales and applies the per-token and
     per-channel scales inside the down projection's quantization kernel (a float32 column scale read per value).
     Off by default: slower on an H200 (results/fp8_gemm_accumulation_h200.json; the `unitgateup` arm of
-    results/perf_recipes_h200.json);
+    results/perf_recipes_h200_round1.json);
     reference_block_ops: names of fused block ops (BLOCK_OPS) that run their torch reference even so, which
     torch.compile then fuses with its neighbours (e.g. QK-norm + RoPE, whose inductor kernel beats ours).
     Tried and left out (H200, results/perf_recipes_h200_epilogue_trial.json): compiled GEMMs run tensor-wise with
