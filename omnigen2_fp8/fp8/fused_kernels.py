@@ -139,11 +139,12 @@ if HAS_TRITON:
                 _store_codes(v, scale, q_ptr + row * s_qm, cols, row_ok & (cols < KP), HW_CAST)
 
     @triton.jit
-    def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr, nscale_ptr,
-                                         L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn, s_qm, eps, next_eps,
-                                         CW: tl.constexpr, ROWS: tl.constexpr, RESIDUAL: tl.constexpr,
-                                         HAS_GATE: tl.constexpr, QUANT: tl.constexpr, HAS_SCALE: tl.constexpr,
-                                         ALIGN: tl.constexpr, HW_CAST: tl.constexpr, PREFETCH: tl.constexpr):
+    def _residual_norm_quant_resident_kernel(h_ptr, y_ptr, out_ptr, q_ptr, qscale_ptr, gate_ptr, w_ptr, nw_ptr,
+                                             nscale_ptr, L, D, KP, s_hn, s_hl, s_yn, s_yl, s_on, s_ol, s_gn, s_sn,
+                                             s_qm, eps, next_eps, CW: tl.constexpr, ROWS: tl.constexpr,
+                                             RESIDUAL: tl.constexpr, HAS_GATE: tl.constexpr, QUANT: tl.constexpr,
+                                             HAS_SCALE: tl.constexpr, ALIGN: tl.constexpr, HW_CAST: tl.constexpr,
+                                             PREFETCH: tl.constexpr):
         """The same function as `_residual_norm_quant_kernel`. Program (i, n) takes rows i * ROWS .. of sample n one
         at a time, each held in registers as five chunks of CW lanes (2528 values: 5 x 512, not 4096 lanes), read
         once. The chunks share one register layout, so a sum or maximum over the row adds them lane by lane and
@@ -159,13 +160,14 @@ if HAS_TRITON:
         c0 = tl.arange(0, CW)
         c1, c2, c3, c4 = c0 + CW, c0 + 2 * CW, c0 + 3 * CW, c0 + 4 * CW
         gate_row, nscale_row = gate_ptr + n * s_gn, nscale_ptr + n * s_sn
+        # The per-sample factors, combined once per program: one float32 vector per chunk instead of two.
         if RESIDUAL:
             g0 = _gated_weight(w_ptr, gate_row, c0, D, HAS_GATE)
             g1 = _gated_weight(w_ptr, gate_row, c1, D, HAS_GATE)
             g2 = _gated_weight(w_ptr, gate_row, c2, D, HAS_GATE)
             g3 = _gated_weight(w_ptr, gate_row, c3, D, HAS_GATE)
             g4 = _gated_weight(w_ptr, gate_row, c4, D, HAS_GATE)
-        if QUANT:
+        if QUANT:  # nw * (1 + nscale): `_modulated` of ones (x1.0 is exact)
             m0 = _modulated(1.0, nw_ptr, nscale_row, c0, D, HAS_SCALE)
             m1 = _modulated(1.0, nw_ptr, nscale_row, c1, D, HAS_SCALE)
             m2 = _modulated(1.0, nw_ptr, nscale_row, c2, D, HAS_SCALE)
@@ -173,18 +175,18 @@ if HAS_TRITON:
             m4 = _modulated(1.0, nw_ptr, nscale_row, c4, D, HAS_SCALE)
         last = first + ROWS + tl.zeros([1], tl.int64)
         if PREFETCH:
-            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl, c0,
-                               CW, D, RESIDUAL, ALIGN)
+            coming = _resident_row(h_ptr, y_ptr, n, first + tl.zeros([1], tl.int64), L, last, s_hn, s_hl, s_yn, s_yl,
+                                   c0, CW, D, RESIDUAL, ALIGN)
         for i in range(ROWS):
             l = first + i + tl.zeros([1], tl.int64)  # [1], not a scalar: Triton's interpreter rejects scalar masks
             ok = l < L
             if PREFETCH:
                 x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = coming
-                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW, D, RESIDUAL,
-                                   ALIGN)
+                coming = _resident_row(h_ptr, y_ptr, n, l + 1, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW, D,
+                                       RESIDUAL, ALIGN)
             else:
-                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn,
-                                                                   s_yl, c0, CW, D, RESIDUAL, ALIGN)
+                x0, x1, x2, x3, x4, y0, y1, y2, y3, y4 = _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl,
+                                                                       s_yn, s_yl, c0, CW, D, RESIDUAL, ALIGN)
             if RESIDUAL:
                 o_row = out_ptr + n * s_on + l * tl.multiple_of(s_ol, ALIGN)
                 r_y = tl.math.rsqrt(tl.sum(y0 * y0 + y1 * y1 + y2 * y2 + y3 * y3 + y4 * y4, axis=0) / D + eps)
@@ -211,25 +213,26 @@ if HAS_TRITON:
 
     @triton.jit
     def _resident_row(h_ptr, y_ptr, n, l, L, last, s_hn, s_hl, s_yn, s_yl, c0, CW: tl.constexpr, D,
-                  RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
+                      RESIDUAL: tl.constexpr, ALIGN: tl.constexpr):
         """Row l ([1]) of sample n as the resident kernel holds it, in float32: h's five chunks, then y's (h's
         again without a residual part). Rows from `last` on (another program's) or past L read nothing (zeros)."""
         ok = (l < L) & (l < last)
         h_row = h_ptr + n * s_hn + l * tl.multiple_of(s_hl, ALIGN)
-        x0 = tl.load(h_row + c0, mask=ok & (c0 < D), other=0.0).to(tl.float32)
-        x1 = tl.load(h_row + c0 + CW, mask=ok & (c0 + CW < D), other=0.0).to(tl.float32)
-        x2 = tl.load(h_row + c0 + 2 * CW, mask=ok & (c0 + 2 * CW < D), other=0.0).to(tl.float32)
-        x3 = tl.load(h_row + c0 + 3 * CW, mask=ok & (c0 + 3 * CW < D), other=0.0).to(tl.float32)
-        x4 = tl.load(h_row + c0 + 4 * CW, mask=ok & (c0 + 4 * CW < D), other=0.0).to(tl.float32)
+        x0, x1 = _chunk_f32(h_row, c0, D, ok), _chunk_f32(h_row, c0 + CW, D, ok)
+        x2, x3 = _chunk_f32(h_row, c0 + 2 * CW, D, ok), _chunk_f32(h_row, c0 + 3 * CW, D, ok)
+        x4 = _chunk_f32(h_row, c0 + 4 * CW, D, ok)
         y0, y1, y2, y3, y4 = x0, x1, x2, x3, x4
         if RESIDUAL:
             y_row = y_ptr + n * s_yn + l * tl.multiple_of(s_yl, ALIGN)
-            y0 = tl.load(y_row + c0, mask=ok & (c0 < D), other=0.0).to(tl.float32)
-            y1 = tl.load(y_row + c0 + CW, mask=ok & (c0 + CW < D), other=0.0).to(tl.float32)
-            y2 = tl.load(y_row + c0 + 2 * CW, mask=ok & (c0 + 2 * CW < D), other=0.0).to(tl.float32)
-            y3 = tl.load(y_row + c0 + 3 * CW, mask=ok & (c0 + 3 * CW < D), other=0.0).to(tl.float32)
-            y4 = tl.load(y_row + c0 + 4 * CW, mask=ok & (c0 + 4 * CW < D), other=0.0).to(tl.float32)
+            y0, y1 = _chunk_f32(y_row, c0, D, ok), _chunk_f32(y_row, c0 + CW, D, ok)
+            y2, y3 = _chunk_f32(y_row, c0 + 2 * CW, D, ok), _chunk_f32(y_row, c0 + 3 * CW, D, ok)
+            y4 = _chunk_f32(y_row, c0 + 4 * CW, D, ok)
         return x0, x1, x2, x3, x4, y0, y1, y2, y3, y4
+
+    @triton.jit
+    def _chunk_f32(row_ptr, cols, D, ok):
+        """row_ptr[cols] in float32 where the row is real (ok) and cols < D, else 0."""
+        return tl.load(row_ptr + cols, mask=ok & (cols < D), other=0.0).to(tl.float32)
 
     @triton.jit
     def _gated_weight(w_ptr, gate_row, cols, D, HAS_GATE: tl.constexpr):
